@@ -1,0 +1,2 @@
+//! The `wendy` command-line tool.
+fn main() {}

@@ -1,0 +1,6 @@
+//! Wendy: a Pastry overlay network where every link is a mutually authenticated QUIC connection.
+#![deny(missing_docs)]
+#![warn(unreachable_pub, clippy::use_self)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod id;
