@@ -72,3 +72,76 @@ pub enum Message {
         leaf_set: Vec<PeerInfo>,
     },
 }
+
+#[cfg(test)]
+pub(crate) mod strategy {
+    //! Proptest strategies for Pastry messages. Keep [`any_message`] covering every variant of
+    //! [`Message`]: the wire format's round-trip property tests rely on it.
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use proptest::prelude::*;
+
+    use super::{Message, PeerInfo};
+    use crate::id::{Key, NodeId};
+
+    /// Any node id.
+    pub(crate) fn any_node_id() -> impl Strategy<Value = NodeId> {
+        any::<u128>().prop_map(NodeId::from_u128)
+    }
+
+    /// Any key.
+    pub(crate) fn any_key() -> impl Strategy<Value = Key> {
+        any::<u128>().prop_map(Key::from_u128)
+    }
+
+    /// Any socket address, IPv4 or IPv6.
+    pub(crate) fn any_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<u32>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
+            (any::<u128>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
+        ]
+    }
+
+    /// Any peer.
+    pub(crate) fn any_peer() -> impl Strategy<Value = PeerInfo> {
+        (any_node_id(), any_addr()).prop_map(|(id, addr)| PeerInfo { id, addr })
+    }
+
+    fn peers(max: usize) -> impl Strategy<Value = Vec<PeerInfo>> {
+        proptest::collection::vec(any_peer(), 0..max)
+    }
+
+    /// Any Pastry message, covering every variant.
+    pub(crate) fn any_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any_peer(), any::<u8>()).prop_map(|(joiner, hops)| Message::Join { joiner, hops }),
+            (
+                proptest::collection::vec((any::<u8>(), peers(16)), 0..4),
+                proptest::option::of(peers(16))
+            )
+                .prop_map(|(rows, leaf_set)| Message::JoinState { rows, leaf_set }),
+            (any::<u64>(), peers(16))
+                .prop_map(|(nonce, leaf_set)| Message::Probe { nonce, leaf_set }),
+            (any::<u64>(), peers(16))
+                .prop_map(|(nonce, leaf_set)| Message::ProbeReply { nonce, leaf_set }),
+            (
+                any::<u64>(),
+                any_key(),
+                any_peer(),
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..256)
+            )
+                .prop_map(|(id, key, origin, hops, payload)| Message::Route {
+                    id,
+                    key,
+                    origin,
+                    hops,
+                    payload
+                }),
+            (any_node_id(), any::<u64>()).prop_map(|(origin, id)| Message::RouteAck { origin, id }),
+            peers(16).prop_map(|leaf_set| Message::Leave { leaf_set }),
+        ]
+    }
+}
