@@ -4,4 +4,5 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod id;
+pub mod identity;
 pub mod pastry;
