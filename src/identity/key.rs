@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
@@ -62,8 +62,11 @@ impl Identity {
     }
 
     /// The key as a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), the format `openssl` reads.
+    ///
+    /// Written as PKCS#8 v1 (RFC 8410, no embedded public key): OpenSSL 3.0 rejects the v2 form
+    /// ed25519-dalek would produce by default.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, IdentityError> {
-        self.key
+        self.pkcs8_v1()
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| IdentityError::BadPem {
                 path: None,
@@ -121,12 +124,20 @@ impl Identity {
     /// (the only error sources in `to_pkcs8_der` are length overflows of the DER writer); we still
     /// avoid panicking by falling back to an empty document that rustls will reject.
     fn pkcs8_der(&self) -> Vec<u8> {
-        match self.key.to_pkcs8_der() {
+        match self.pkcs8_v1().to_pkcs8_der() {
             Ok(doc) => doc.as_bytes().to_vec(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode ed25519 key as PKCS#8");
                 Vec::new()
             }
+        }
+    }
+
+    /// The secret key alone (zeroized on drop), for PKCS#8 v1 encoding.
+    fn pkcs8_v1(&self) -> KeypairBytes {
+        KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
         }
     }
 
@@ -138,7 +149,7 @@ impl Identity {
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
-            .field("node_id", &self.node_id())
+            .field("node_id", &format_args!("{}", self.node_id()))
             .field("key", &"<redacted>")
             .finish()
     }
