@@ -55,7 +55,7 @@ fn webpki_verify(
     ] {
         ee.verify_for_usage(
             &[webpki::ring::ED25519],
-            &[anchor.clone()],
+            std::slice::from_ref(&anchor),
             &[],
             time,
             usage,
