@@ -42,3 +42,6 @@ pub use crate::id::NodeId;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fixture_tests;
