@@ -83,7 +83,11 @@ impl Identity {
             .map_err(|e| IdentityError::BadPem {
                 path: None,
                 what: KEY_PEM,
-                reason: e.to_string(),
+                reason: if pem.contains("-----BEGIN PRIVATE KEY-----") {
+                    other_algorithm(pem).unwrap_or_else(|| e.to_string())
+                } else {
+                    "no \"-----BEGIN PRIVATE KEY-----\" block found".to_owned()
+                },
             })
     }
 
@@ -185,4 +189,15 @@ impl rcgen::PublicKeyData for RcgenPublicKey<'_> {
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
         &rcgen::PKCS_ED25519
     }
+}
+
+/// When `pem` is a well-formed PKCS#8 key of another algorithm, says which (a clearer message
+/// than the decoder's "unsupported algorithm").
+fn other_algorithm(pem: &str) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let info = ed25519_dalek::pkcs8::PrivateKeyInfo::try_from(der.secret_pkcs8_der()).ok()?;
+    let oid = info.algorithm.oid;
+    (oid != ed25519_dalek::pkcs8::ALGORITHM_OID)
+        .then(|| format!("key algorithm {oid} is not ed25519 (generate one with `wendy keygen`)"))
 }

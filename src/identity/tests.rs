@@ -151,6 +151,9 @@ fn garbage_pem_is_bad_pem() {
     let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let err = Identity::from_pkcs8_pem(&p256.serialize_pem()).unwrap_err();
     assert!(matches!(err, IdentityError::BadPem { .. }), "{err:?}");
+    assert!(err.to_string().contains("is not ed25519"), "{err}");
+    let err = Identity::from_pkcs8_pem("hello").unwrap_err();
+    assert!(err.to_string().contains("BEGIN PRIVATE KEY"), "{err}");
 }
 
 #[test]
