@@ -133,6 +133,9 @@ fn private_key_der_is_pkcs8_that_rcgen_and_ring_accept() {
     };
     let pair = rcgen::KeyPair::try_from(pkcs8).unwrap();
     assert_eq!(pair.public_key_raw(), id.public_key().as_bytes());
+    // rustls (ring provider) loads it as an ed25519 signing key.
+    let signer = rustls::crypto::ring::sign::any_eddsa_type(pkcs8).unwrap();
+    assert_eq!(signer.algorithm(), rustls::SignatureAlgorithm::ED25519);
 }
 
 #[test]
