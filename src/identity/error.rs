@@ -21,7 +21,7 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// The target file exists and overwriting was not requested.
-    #[error("{} already exists (refusing to overwrite it)", path.display())]
+    #[error("{} already exists", path.display())]
     Exists {
         /// The existing file.
         path: PathBuf,

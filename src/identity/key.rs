@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
@@ -62,8 +62,11 @@ impl Identity {
     }
 
     /// The key as a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), the format `openssl` reads.
+    ///
+    /// Written as PKCS#8 v1 (RFC 8410, no embedded public key): OpenSSL 3.0 rejects the v2 form
+    /// ed25519-dalek would produce by default.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, IdentityError> {
-        self.key
+        self.pkcs8_v1()
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| IdentityError::BadPem {
                 path: None,
@@ -80,7 +83,11 @@ impl Identity {
             .map_err(|e| IdentityError::BadPem {
                 path: None,
                 what: KEY_PEM,
-                reason: e.to_string(),
+                reason: if pem.contains("-----BEGIN PRIVATE KEY-----") {
+                    other_algorithm(pem).unwrap_or_else(|| e.to_string())
+                } else {
+                    "no \"-----BEGIN PRIVATE KEY-----\" block found".to_owned()
+                },
             })
     }
 
@@ -121,12 +128,20 @@ impl Identity {
     /// (the only error sources in `to_pkcs8_der` are length overflows of the DER writer); we still
     /// avoid panicking by falling back to an empty document that rustls will reject.
     fn pkcs8_der(&self) -> Vec<u8> {
-        match self.key.to_pkcs8_der() {
+        match self.pkcs8_v1().to_pkcs8_der() {
             Ok(doc) => doc.as_bytes().to_vec(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode ed25519 key as PKCS#8");
                 Vec::new()
             }
+        }
+    }
+
+    /// The secret key alone (zeroized on drop), for PKCS#8 v1 encoding.
+    fn pkcs8_v1(&self) -> KeypairBytes {
+        KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
         }
     }
 
@@ -138,7 +153,7 @@ impl Identity {
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
-            .field("node_id", &self.node_id())
+            .field("node_id", &format_args!("{}", self.node_id()))
             .field("key", &"<redacted>")
             .finish()
     }
@@ -174,4 +189,15 @@ impl rcgen::PublicKeyData for RcgenPublicKey<'_> {
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
         &rcgen::PKCS_ED25519
     }
+}
+
+/// When `pem` is a well-formed PKCS#8 key of another algorithm, says which (a clearer message
+/// than the decoder's "unsupported algorithm").
+fn other_algorithm(pem: &str) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let info = ed25519_dalek::pkcs8::PrivateKeyInfo::try_from(der.secret_pkcs8_der()).ok()?;
+    let oid = info.algorithm.oid;
+    (oid != ed25519_dalek::pkcs8::ALGORITHM_OID)
+        .then(|| format!("key algorithm {oid} is not ed25519 (generate one with `wendy keygen`)"))
 }

@@ -39,3 +39,9 @@ pub use key::Identity;
 
 /// The NodeId type this module derives from keys (re-exported for convenience).
 pub use crate::id::NodeId;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod fixture_tests;
