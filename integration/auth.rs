@@ -565,3 +565,110 @@ async fn good_peer_keeps_being_served_while_bad_peers_try() {
     .expect("hang guard: not every bad attempt was reported");
     assert_eq!(server_transport.links().len(), 1);
 }
+
+// ---- the committed TEST-ONLY fixtures, under the `ca` policy (trust anchor test-ca.crt) ----
+
+mod fixtures {
+    use super::*;
+    use wendy::identity::test_fixtures::path;
+    use wendy::identity::Certificate;
+
+    fn fixture_cert(name: &str) -> Certificate {
+        Certificate::load(&path(&format!("{name}.crt"))).unwrap()
+    }
+
+    /// The raw PKCS#8 DER of a fixture key (any algorithm).
+    fn fixture_pkcs8(name: &str) -> Vec<u8> {
+        let pem = std::fs::read_to_string(path(&format!("{name}.key"))).unwrap();
+        rcgen::KeyPair::from_pem(&pem).unwrap().serialize_der()
+    }
+
+    fn ca_admission() -> Admission {
+        Admission::Ca {
+            roots: vec![fixture_cert("test-ca").der().clone()],
+        }
+    }
+
+    /// A closed-mesh server as test-node-a.
+    async fn ca_server() -> Node {
+        let identity = Identity::load(&path("test-node-a.key")).unwrap();
+        Node::bind(config_with(
+            identity,
+            fixture_cert("test-node-a"),
+            ca_admission(),
+        ))
+        .await
+    }
+
+    /// Presents fixture `name` (its certificate and key) from a raw client.
+    async fn present_fixture(server: &Node, name: &str, scheme: SignatureScheme) {
+        let key = CertifiedKey::new(
+            vec![fixture_cert(name).der().clone()],
+            Arc::new(ForceScheme(signing_key(fixture_pkcs8(name)), scheme)),
+        );
+        raw_dial(server, raw_client_config(Some(key), &[b"wendy/1"])).await;
+    }
+
+    async fn refused_as(name: &str, scheme: SignatureScheme) -> AuthError {
+        let mut server = ca_server().await;
+        present_fixture(&server, name, scheme).await;
+        let error = auth_error(handshake_failure(&mut server).await);
+        // The mesh member test-node-b is still served.
+        let identity = Identity::load(&path("test-node-b.key")).unwrap();
+        let member = Node::bind(config_with(
+            identity,
+            fixture_cert("test-node-b"),
+            ca_admission(),
+        ))
+        .await;
+        member
+            .transport
+            .send(server.id(), server.addr(), &Body::Ping { nonce: 9 })
+            .await
+            .unwrap();
+        let from = server
+            .next_matching(|event| match event {
+                TransportEvent::Message { from, .. } => Some(from),
+                _ => None,
+            })
+            .await;
+        assert_eq!(from, member.id());
+        error
+    }
+
+    #[tokio::test]
+    async fn fixture_expired_is_refused() {
+        let error = refused_as("test-expired", SignatureScheme::ED25519).await;
+        assert!(matches!(error, AuthError::Expired { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn fixture_not_yet_valid_is_refused() {
+        let error = refused_as("test-not-yet-valid", SignatureScheme::ED25519).await;
+        assert!(matches!(error, AuthError::NotYetValid { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn fixture_wrong_ca_is_refused() {
+        let error = refused_as("test-wrong-ca", SignatureScheme::ED25519).await;
+        assert_eq!(error, AuthError::UnknownIssuer);
+    }
+
+    #[tokio::test]
+    async fn fixture_self_signed_is_refused_by_a_closed_mesh() {
+        let error = refused_as("test-self-signed", SignatureScheme::ED25519).await;
+        assert_eq!(error, AuthError::UnknownIssuer);
+    }
+
+    #[tokio::test]
+    async fn fixture_p256_is_refused() {
+        let error = refused_as("test-p256", SignatureScheme::ECDSA_NISTP256_SHA256).await;
+        assert!(matches!(error, AuthError::NotEd25519 { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn fixture_mismatched_key_is_refused() {
+        let error = refused_as("test-mismatch", SignatureScheme::ED25519).await;
+        assert_eq!(error, AuthError::BadSignature);
+    }
+}
