@@ -3,6 +3,7 @@
 #![warn(unreachable_pub, clippy::use_self)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bench;
 pub mod id;
 pub mod identity;
 pub mod pastry;

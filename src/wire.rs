@@ -34,6 +34,7 @@ pub enum Body {
     /// An application payload sent directly to this peer (not routed).
     Direct {
         /// The application's bytes.
+        #[serde(with = "byte_buf")]
         payload: Vec<u8>,
     },
     /// An error answer to a request, or a notice that something the peer sent was refused.
@@ -75,6 +76,52 @@ impl Body {
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
             Self::Tunnel { .. } => "tunnel",
+        }
+    }
+}
+
+/// Serde helpers that encode a `Vec<u8>` as a byte string.
+///
+/// postcard writes a byte string exactly as it writes a sequence of `u8` (a varint length, then
+/// the bytes), so this changes no encoding; it only copies the bytes in one go instead of one
+/// element at a time. Use with `#[serde(with = "crate::wire::byte_buf")]` on payload fields.
+pub mod byte_buf {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    /// Serialises `bytes` as a byte string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Deserialises a byte string (or a sequence of `u8`, for self-describing formats).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(ByteBufVisitor)
+    }
+
+    struct ByteBufVisitor;
+
+    impl<'de> Visitor<'de> for ByteBufVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Self::Value, E> {
+            Ok(bytes)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
         }
     }
 }
@@ -302,6 +349,23 @@ mod tests {
         assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
         assert_eq!(kind_name_of(Body::KINDS - 1), "tunnel");
         assert_eq!(kind_name_of(Body::KINDS), "unknown");
+    }
+
+    #[test]
+    fn byte_string_payload_encodes_like_a_u8_sequence() {
+        // The `byte_buf` helper must not change the wire format of `Vec<u8>` fields.
+        #[derive(serde::Serialize)]
+        enum Plain {
+            _Pastry(()),
+            Direct { payload: Vec<u8> },
+        }
+        let payload: Vec<u8> = (0..=255).collect();
+        let plain = postcard::to_allocvec(&Plain::Direct {
+            payload: payload.clone(),
+        })
+        .unwrap();
+        let ours = encode(&Body::Direct { payload }).unwrap();
+        assert_eq!(&ours[1..], &plain[..]);
     }
 
     #[test]

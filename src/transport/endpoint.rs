@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use quinn::{ConnectionError, RecvStream, SendStream, TransportErrorCode, VarInt};
@@ -13,8 +14,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::pool::{Insert, Link, Pool, Removed};
 use super::stream::{
-    read_error, read_frame_to_end, read_header, write_error, write_header, LinkGuard, RawStream,
-    ReadFrameError, Responder,
+    poll_read_available, read_error, read_header, read_rest_of_frame, write_error, write_header,
+    LinkGuard, RawStream, ReadFrameError, Responder,
 };
 use super::tls::{TlsContext, ALPN};
 use super::verifier::Verdict;
@@ -606,22 +607,37 @@ impl Inner {
 
     /// Accepts the peer's streams on one link until it closes, then reports the loss.
     async fn stream_loop(self: Arc<Self>, link: Arc<Link>) {
+        // Bi streams (requests, tunnels) get their own loop so the hot uni loop awaits a single
+        // future per stream.
+        let bi_loop = tokio::spawn(self.clone().accept_bi_loop(link.clone()));
+        let max = self.limits.max_message_size;
         let error = loop {
-            tokio::select! {
-                uni = link.conn.accept_uni() => match uni {
-                    Ok(recv) => {
-                        tokio::spawn(self.clone().incoming_uni(link.clone(), recv));
-                    }
-                    Err(error) => break error,
-                },
-                bi = link.conn.accept_bi() => match bi {
-                    Ok((send, recv)) => {
-                        tokio::spawn(self.clone().incoming_bi(link.clone(), send, recv));
-                    }
-                    Err(error) => break error,
-                },
-            }
+            let mut recv = match link.conn.accept_uni().await {
+                Ok(recv) => recv,
+                Err(error) => break error,
+            };
+            link.touch();
+            // Fast path: a small message usually arrives whole with its stream, so read what is
+            // already buffered right here; only a stream still waiting for data gets a task.
+            let mut frame = Vec::new();
+            let available = std::future::poll_fn(|cx| {
+                Poll::Ready(poll_read_available(&mut recv, cx, &mut frame, max))
+            })
+            .await;
+            let Poll::Ready(result) = available else {
+                tokio::spawn(self.clone().incoming_uni(link.clone(), recv, frame));
+                continue;
+            };
+            // Waiting for room in the event channel stalls this link's accept loop: the peer
+            // then runs out of stream credit (backpressure, no unbounded queue).
+            let Ok(permit) = self.events.reserve().await else {
+                continue;
+            };
+            let result =
+                result.and_then(|()| wire::decode(&frame, max).map_err(ReadFrameError::Wire));
+            self.deliver_uni(&link, permit, result, &mut recv);
         };
+        bi_loop.abort();
         let duplicate = matches!(
             &error,
             ConnectionError::ApplicationClosed(close)
@@ -654,23 +670,45 @@ impl Inner {
         }
     }
 
-    async fn incoming_uni(self: Arc<Self>, link: Arc<Link>, mut recv: RecvStream) {
+    async fn accept_bi_loop(self: Arc<Self>, link: Arc<Link>) {
+        while let Ok((send, recv)) = link.conn.accept_bi().await {
+            tokio::spawn(self.clone().incoming_bi(link.clone(), send, recv));
+        }
+    }
+
+    async fn incoming_uni(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        mut recv: RecvStream,
+        partial: Vec<u8>,
+    ) {
         let _guard = LinkGuard::new(&link.in_flight);
-        link.touch();
         // Reserve the event slot first: while the consumer is behind, the data stays unread in
         // QUIC's windows and the peer is flow-controlled.
         let Ok(permit) = self.events.reserve().await else {
             return;
         };
         let max = self.limits.max_message_size;
-        match read_frame_to_end(&mut recv, max, self.limits.stream_read_timeout).await {
+        let result =
+            read_rest_of_frame(&mut recv, partial, max, self.limits.stream_read_timeout).await;
+        self.deliver_uni(&link, permit, result, &mut recv);
+    }
+
+    fn deliver_uni(
+        &self,
+        link: &Link,
+        permit: mpsc::Permit<'_, TransportEvent>,
+        result: Result<Body, ReadFrameError>,
+        recv: &mut RecvStream,
+    ) {
+        match result {
             Ok(body) => permit.send(TransportEvent::Message {
                 from: link.peer,
                 from_addr: link.addr(),
                 body,
             }),
             Err(error) => {
-                if let Some(error) = self.reject_stream(&link, error, Some(&mut recv), None) {
+                if let Some(error) = self.reject_stream(link, error, Some(recv), None) {
                     permit.send(TransportEvent::StreamRejected {
                         from: link.peer,
                         error,

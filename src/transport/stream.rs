@@ -127,13 +127,47 @@ pub(crate) enum ReadFrameError {
     Stream(String),
 }
 
-/// Reads a whole-stream frame (uni streams, answers) of at most `max` bytes and decodes it.
-pub(crate) async fn read_frame_to_end(
+/// Reads whatever of a whole-stream frame is already buffered, without waiting: `Ready` once the
+/// stream's end was reached (or on an error), `Pending` if more data must arrive first (then
+/// the stream's task is woken when it does; `buf` keeps what was read).
+pub(crate) fn poll_read_available(
     recv: &mut RecvStream,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::task::Poll<Result<(), ReadFrameError>> {
+    use std::task::Poll;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match recv.poll_read(cx, &mut chunk) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(error)) => {
+                return Poll::Ready(Err(ReadFrameError::Stream(error.to_string())))
+            }
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(read)) => {
+                if buf.len() + read > max {
+                    return Poll::Ready(Err(ReadFrameError::Wire(WireError::Oversized {
+                        len: buf.len() + read,
+                        max,
+                    })));
+                }
+                buf.extend_from_slice(&chunk[..read]);
+            }
+        }
+    }
+}
+
+/// Reads the rest of a whole-stream frame after `partial` and decodes it (see
+/// [`poll_read_available`]).
+pub(crate) async fn read_rest_of_frame(
+    recv: &mut RecvStream,
+    mut partial: Vec<u8>,
     max: usize,
     timeout: Duration,
 ) -> Result<Body, ReadFrameError> {
-    let bytes = match tokio::time::timeout(timeout, recv.read_to_end(max)).await {
+    let budget = max.saturating_sub(partial.len());
+    let rest = match tokio::time::timeout(timeout, recv.read_to_end(budget)).await {
         Err(_) => return Err(ReadFrameError::Timeout),
         Ok(Err(ReadToEndError::TooLong)) => {
             return Err(ReadFrameError::Wire(WireError::Oversized {
@@ -144,9 +178,10 @@ pub(crate) async fn read_frame_to_end(
         Ok(Err(ReadToEndError::Read(error))) => {
             return Err(ReadFrameError::Stream(error.to_string()))
         }
-        Ok(Ok(bytes)) => bytes,
+        Ok(Ok(rest)) => rest,
     };
-    wire::decode(&bytes, max).map_err(ReadFrameError::Wire)
+    partial.extend_from_slice(&rest);
+    wire::decode(&partial, max).map_err(ReadFrameError::Wire)
 }
 
 /// Reads a length-prefixed header frame (bi streams) of at most `max` bytes and decodes it.

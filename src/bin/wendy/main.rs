@@ -3,6 +3,7 @@
 //! `main.rs` holds only the command enum and the dispatch; each command lives in its own file.
 //! Every failure prints one line `error: ...` on stderr and exits non-zero.
 
+mod bench;
 mod ca;
 mod keys;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Manage a mesh certificate authority (closed meshes).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Benchmarks (Wendy vs a baseline, in one run).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The error every command returns; printed as one line.
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keys::keygen(args),
         Command::Id(args) => keys::id(args),
         Command::Ca(cmd) => ca::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
