@@ -44,6 +44,21 @@ async fn handshake_failure(server: &mut Node) -> TransportError {
         .await
 }
 
+/// A Wendy client that the server refuses learns it from the server's TLS alert, and keeps no
+/// link.
+async fn assert_refused_by_peer(client: &Node, server: &Node) {
+    let error = client
+        .transport
+        .connect(server.addr(), Some(server.id()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, TransportError::RefusedByPeer(_)),
+        "{error:?}"
+    );
+    assert!(client.transport.links().is_empty());
+}
+
 fn auth_error(error: TransportError) -> AuthError {
     match error {
         TransportError::Auth(auth) => auth,
@@ -228,10 +243,7 @@ async fn certificate_from_another_ca_is_refused() {
         Admission::Open,
     ))
     .await;
-    let _ = client
-        .transport
-        .connect(server.addr(), Some(server.id()))
-        .await;
+    assert_refused_by_peer(&client, &server).await;
     assert_eq!(
         auth_error(handshake_failure(&mut server).await),
         AuthError::UnknownIssuer
@@ -276,10 +288,7 @@ async fn expired_certificate_is_refused() {
         Admission::Open,
     ))
     .await;
-    let _ = client
-        .transport
-        .connect(server.addr(), Some(server.id()))
-        .await;
+    assert_refused_by_peer(&client, &server).await;
     assert!(matches!(
         auth_error(handshake_failure(&mut server).await),
         AuthError::Expired { .. }
@@ -301,10 +310,7 @@ async fn not_yet_valid_certificate_is_refused() {
     let identity = Identity::generate();
     let early = identity.self_signed_certificate(validity(-1, 10)).unwrap();
     let client = Node::bind(config_with(identity, early, Admission::Open)).await;
-    let _ = client
-        .transport
-        .connect(server.addr(), Some(server.id()))
-        .await;
+    assert_refused_by_peer(&client, &server).await;
     assert!(matches!(
         auth_error(handshake_failure(&mut server).await),
         AuthError::NotYetValid { .. }
@@ -399,10 +405,7 @@ async fn peer_not_on_the_allow_list_is_refused() {
     let mut server = Node::bind(server_config).await;
 
     let stranger = Node::open().await;
-    let _ = stranger
-        .transport
-        .connect(server.addr(), Some(server.id()))
-        .await;
+    assert_refused_by_peer(&stranger, &server).await;
     assert_eq!(
         auth_error(handshake_failure(&mut server).await),
         AuthError::NotAllowed(stranger.id())
@@ -484,10 +487,7 @@ async fn ca_and_allow_list_combined_need_both() {
         Admission::Open,
     ))
     .await;
-    let _ = unlisted
-        .transport
-        .connect(server.addr(), Some(server.id()))
-        .await;
+    assert_refused_by_peer(&unlisted, &server).await;
     assert_eq!(
         auth_error(handshake_failure(&mut server).await),
         AuthError::NotAllowed(unlisted.id())

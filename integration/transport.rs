@@ -629,3 +629,51 @@ async fn closing_a_link_reports_it_on_both_sides() {
     );
     assert!(a.transport.links().is_empty());
 }
+
+/// Collects formatted log output.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// A current-thread runtime, so the thread-local log subscriber sees every task of the test.
+#[tokio::test(flavor = "current_thread")]
+async fn a_bad_frame_is_logged_in_one_clear_line() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut server = Node::open().await;
+    let (_endpoint, conn, id) = raw_client(&server).await;
+    send_raw_uni(&conn, &[VERSION + 7, 1, 2, 3]).await;
+    assert_eq!(
+        expect_rejected(&mut server, id).await,
+        WireError::UnknownVersion(VERSION + 7)
+    );
+    expect_good_after(&mut server, &conn, id).await;
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("stream")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let line = lines[0];
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&id.to_string()), "names the peer: {line}");
+    assert!(
+        line.contains("unknown frame version 8"),
+        "says what was wrong: {line}"
+    );
+}

@@ -212,3 +212,153 @@ fn check_chain(
             other => AuthError::InvalidChain(other.to_string()),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::identity::{Certificate, Identity, MeshCa, Validity};
+
+    fn now() -> UnixTime {
+        UnixTime::since_unix_epoch(SystemTime::now().duration_since(UNIX_EPOCH).unwrap())
+    }
+
+    fn shifted(days_before: u32, days_after: u32, past: bool) -> Validity {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        if past {
+            Validity {
+                not_before: now - day * days_before,
+                not_after: now - day * days_after,
+            }
+        } else {
+            Validity {
+                not_before: now + day * days_before,
+                not_after: now + day * days_after,
+            }
+        }
+    }
+
+    fn self_signed(identity: &Identity) -> Certificate {
+        identity
+            .self_signed_certificate(Validity::days_from_now(1))
+            .unwrap()
+    }
+
+    fn check(
+        admission: &Admission,
+        certificate: &Certificate,
+        expected: Option<NodeId>,
+    ) -> Result<NodeId, AuthError> {
+        admission.check(certificate.der(), &[], now(), PeerRole::Client, expected)
+    }
+
+    #[test]
+    fn open_admits_any_valid_ed25519_certificate_and_derives_its_id() {
+        let identity = Identity::generate();
+        assert_eq!(
+            check(&Admission::Open, &self_signed(&identity), None),
+            Ok(identity.node_id())
+        );
+    }
+
+    #[test]
+    fn validity_dates_are_checked_in_every_mode() {
+        let identity = Identity::generate();
+        let expired = identity
+            .self_signed_certificate(shifted(10, 1, true))
+            .unwrap();
+        let early = identity
+            .self_signed_certificate(shifted(1, 10, false))
+            .unwrap();
+        assert!(matches!(
+            check(&Admission::Open, &expired, None),
+            Err(AuthError::Expired { .. })
+        ));
+        assert!(matches!(
+            check(&Admission::Open, &early, None),
+            Err(AuthError::NotYetValid { .. })
+        ));
+    }
+
+    #[test]
+    fn ca_mode_admits_only_certificates_of_the_mesh_ca() {
+        let mesh = MeshCa::generate("mesh", Validity::days_from_now(10)).unwrap();
+        let other = MeshCa::generate("other", Validity::days_from_now(10)).unwrap();
+        let admission = Admission::Ca {
+            roots: vec![mesh.certificate().der().clone()],
+        };
+        let node = Identity::generate();
+        let issued = mesh
+            .issue(&node.public_key(), Validity::days_from_now(1))
+            .unwrap();
+        let foreign = other
+            .issue(&node.public_key(), Validity::days_from_now(1))
+            .unwrap();
+        assert_eq!(check(&admission, &issued, None), Ok(node.node_id()));
+        assert_eq!(
+            check(&admission, &foreign, None),
+            Err(AuthError::UnknownIssuer)
+        );
+        assert_eq!(
+            check(&admission, &self_signed(&node), None),
+            Err(AuthError::UnknownIssuer)
+        );
+        // Server role too (the verifier of a dialling node).
+        assert_eq!(
+            admission.check(issued.der(), &[], now(), PeerRole::Server, None),
+            Ok(node.node_id())
+        );
+    }
+
+    #[test]
+    fn allow_list_admits_only_listed_ids() {
+        let listed = Identity::generate();
+        let stranger = Identity::generate();
+        let admission = Admission::AllowList(HashSet::from([listed.node_id()]));
+        assert_eq!(
+            check(&admission, &self_signed(&listed), None),
+            Ok(listed.node_id())
+        );
+        assert_eq!(
+            check(&admission, &self_signed(&stranger), None),
+            Err(AuthError::NotAllowed(stranger.node_id()))
+        );
+    }
+
+    #[test]
+    fn expected_id_mismatch_is_reported_before_the_policy() {
+        let node = Identity::generate();
+        let expected = Identity::generate().node_id();
+        let admission = Admission::AllowList(HashSet::new());
+        assert_eq!(
+            check(&admission, &self_signed(&node), Some(expected)),
+            Err(AuthError::NodeIdMismatch {
+                expected,
+                presented: node.node_id()
+            })
+        );
+    }
+
+    #[test]
+    fn non_ed25519_and_garbage_certificates_are_refused() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let p256 = rcgen::CertificateParams::new(vec!["p256".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let p256 = Certificate::from_der(p256.der().to_vec());
+        assert_eq!(
+            check(&Admission::Open, &p256, None),
+            Err(AuthError::NotEd25519 {
+                algorithm: "1.2.840.10045.2.1".to_string()
+            })
+        );
+        let garbage = Certificate::from_der(vec![0x30, 0x03, 0x01, 0x02, 0x03]);
+        assert!(matches!(
+            check(&Admission::Open, &garbage, None),
+            Err(AuthError::BadCertificate(_))
+        ));
+    }
+}

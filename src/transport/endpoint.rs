@@ -444,6 +444,18 @@ impl Inner {
             conn.close(CloseCode::SelfConnection.to_varint(), b"self");
             return Err(TransportError::SelfConnection(addr));
         }
+        match tokio::time::timeout(self.limits.connect_timeout, confirmed(&conn)).await {
+            Err(_) => {
+                conn.close(CloseCode::Closed.to_varint(), b"not confirmed");
+                return Err(TransportError::ConnectTimeout(addr));
+            }
+            Ok(Err(error)) => {
+                let error = handshake_error(error, &verdict, addr);
+                debug!(%addr, %error, "peer refused us");
+                return Err(error);
+            }
+            Ok(Ok(())) => {}
+        }
         self.register(conn, peer, false).await
     }
 
@@ -832,6 +844,23 @@ async fn drain_and_close(link: Arc<Link>) {
     }
     link.conn
         .close(CloseCode::Duplicate.to_varint(), b"duplicate link");
+}
+
+/// Waits until the server has accepted us: in TLS 1.3 the client finishes its handshake first
+/// and the server judges the client's certificate afterwards. The server's HANDSHAKE_DONE frame
+/// confirms acceptance; a refusal closes the connection instead. quinn has no event for the
+/// frame, so its counter is polled at a fraction of the RTT (sub-millisecond on loopback).
+async fn confirmed(conn: &quinn::Connection) -> Result<(), ConnectionError> {
+    let interval = (conn.rtt() / 8).clamp(Duration::from_millis(1), Duration::from_millis(20));
+    loop {
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(());
+        }
+        if let Some(error) = conn.close_reason() {
+            return Err(error);
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// Classifies a failed handshake: our verifier's verdict first, then the TLS alert.

@@ -74,11 +74,12 @@ impl TlsContext {
         })
     }
 
-    /// A client config for one dial; the returned verdict reports the handshake's outcome.
-    pub(crate) fn client_config(
+    /// A rustls client config for one dial; the returned verdict reports the handshake's
+    /// outcome.
+    pub(crate) fn rustls_client_config(
         &self,
         expected: Option<NodeId>,
-    ) -> Result<(quinn::crypto::rustls::QuicClientConfig, Verdict), TlsError> {
+    ) -> Result<(rustls::ClientConfig, Verdict), TlsError> {
         let verdict = Verdict::default();
         let verifier = ServerVerifier::new(self.admission.clone(), expected, verdict.clone());
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
@@ -87,15 +88,22 @@ impl TlsContext {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(FixedKey(self.certified_key.clone())));
         config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok((config, verdict))
+    }
+
+    /// A quinn client crypto config for one dial (see [`Self::rustls_client_config`]).
+    pub(crate) fn client_config(
+        &self,
+        expected: Option<NodeId>,
+    ) -> Result<(quinn::crypto::rustls::QuicClientConfig, Verdict), TlsError> {
+        let (config, verdict) = self.rustls_client_config(expected)?;
         let config = quinn::crypto::rustls::QuicClientConfig::try_from(config)
             .map_err(|error| TlsError::Quic(error.to_string()))?;
         Ok((config, verdict))
     }
 
-    /// A server config for one incoming handshake; the verdict reports its outcome.
-    pub(crate) fn server_config(
-        &self,
-    ) -> Result<(quinn::crypto::rustls::QuicServerConfig, Verdict), TlsError> {
+    /// A rustls server config for one incoming handshake; the verdict reports its outcome.
+    pub(crate) fn rustls_server_config(&self) -> Result<(rustls::ServerConfig, Verdict), TlsError> {
         let verdict = Verdict::default();
         let verifier = ClientVerifier::new(self.admission.clone(), verdict.clone());
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
@@ -105,6 +113,15 @@ impl TlsContext {
         config.alpn_protocols = vec![ALPN.to_vec()];
         // 0-RTT would let a peer send before it is authenticated; never accept early data.
         config.max_early_data_size = 0;
+        Ok((config, verdict))
+    }
+
+    /// A quinn server crypto config for one incoming handshake (see
+    /// [`Self::rustls_server_config`]).
+    pub(crate) fn server_config(
+        &self,
+    ) -> Result<(quinn::crypto::rustls::QuicServerConfig, Verdict), TlsError> {
+        let (config, verdict) = self.rustls_server_config()?;
         let config = quinn::crypto::rustls::QuicServerConfig::try_from(config)
             .map_err(|error| TlsError::Quic(error.to_string()))?;
         Ok((config, verdict))
@@ -181,4 +198,152 @@ fn context_of(config: &super::TransportConfig) -> Result<TlsContext, super::Tran
         config.admission.clone(),
     )
     .map_err(|error| super::TransportError::Tls(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Handshakes driven in memory (no sockets): rustls client and server connections built
+    //! from Wendy's configs exchange their TLS bytes directly.
+    use rustls::{ClientConnection, ServerConnection};
+
+    use super::*;
+    use crate::identity::{Identity, Validity};
+    use crate::transport::AuthError;
+
+    fn context(identity: &Identity, admission: Admission) -> TlsContext {
+        let certificate = identity
+            .self_signed_certificate(Validity::days_from_now(1))
+            .unwrap();
+        TlsContext::new(
+            identity.private_key_der(),
+            vec![certificate.der().clone()],
+            admission,
+        )
+        .unwrap()
+    }
+
+    /// Runs the handshake to completion or the first error.
+    fn handshake(
+        client: &mut ClientConnection,
+        server: &mut ServerConnection,
+    ) -> Result<(), rustls::Error> {
+        for _ in 0..16 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+            let mut buffer = Vec::new();
+            client.write_tls(&mut buffer).unwrap();
+            if !buffer.is_empty() {
+                server.read_tls(&mut buffer.as_slice()).unwrap();
+                server.process_new_packets()?;
+            }
+            let mut buffer = Vec::new();
+            server.write_tls(&mut buffer).unwrap();
+            if !buffer.is_empty() {
+                client.read_tls(&mut buffer.as_slice()).unwrap();
+                client.process_new_packets()?;
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn pair(
+        client: &TlsContext,
+        server: &TlsContext,
+        expected: Option<NodeId>,
+    ) -> (ClientConnection, ServerConnection, Verdict, Verdict) {
+        let (client_config, client_verdict) = client.rustls_client_config(expected).unwrap();
+        let (server_config, server_verdict) = server.rustls_server_config().unwrap();
+        let client = ClientConnection::new(
+            Arc::new(client_config),
+            rustls::pki_types::ServerName::try_from("wendy").unwrap(),
+        )
+        .unwrap();
+        let server = ServerConnection::new(Arc::new(server_config)).unwrap();
+        (client, server, client_verdict, server_verdict)
+    }
+
+    #[test]
+    fn both_sides_learn_each_others_node_id() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let (mut client, mut server, client_verdict, server_verdict) = pair(
+            &context(&a, Admission::Open),
+            &context(&b, Admission::Open),
+            Some(b.node_id()),
+        );
+        handshake(&mut client, &mut server).unwrap();
+        assert_eq!(client_verdict.peer(), Some(b.node_id()));
+        assert_eq!(server_verdict.peer(), Some(a.node_id()));
+        assert_eq!(client.alpn_protocol(), Some(ALPN));
+        assert_eq!(
+            client.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(
+            client.negotiated_cipher_suite().unwrap().suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+    }
+
+    #[test]
+    fn dialling_the_wrong_node_id_fails_in_the_client_verifier() {
+        let (a, b, c) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let (mut client, mut server, client_verdict, _) = pair(
+            &context(&a, Admission::Open),
+            &context(&b, Admission::Open),
+            Some(c.node_id()),
+        );
+        assert!(handshake(&mut client, &mut server).is_err());
+        assert_eq!(
+            client_verdict.error(),
+            Some(AuthError::NodeIdMismatch {
+                expected: c.node_id(),
+                presented: b.node_id()
+            })
+        );
+        assert_eq!(client_verdict.peer(), None);
+    }
+
+    #[test]
+    fn allow_list_is_enforced_by_the_server_verifier() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let only_b = Admission::AllowList([b.node_id()].into_iter().collect());
+        let (mut client, mut server, _, server_verdict) =
+            pair(&context(&a, Admission::Open), &context(&b, only_b), None);
+        assert!(handshake(&mut client, &mut server).is_err());
+        assert_eq!(
+            server_verdict.error(),
+            Some(AuthError::NotAllowed(a.node_id()))
+        );
+    }
+
+    #[test]
+    fn only_ed25519_signatures_are_offered_and_accepted() {
+        let (config, _) = context(&Identity::generate(), Admission::Open)
+            .rustls_client_config(None)
+            .unwrap();
+        let schemes = config
+            .crypto_provider()
+            .signature_verification_algorithms
+            .supported_schemes();
+        assert_eq!(schemes, vec![SignatureScheme::ED25519]);
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_is_refused_at_setup() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let certificate_of_b = b
+            .self_signed_certificate(Validity::days_from_now(1))
+            .unwrap();
+        let result = TlsContext::new(
+            a.private_key_der(),
+            vec![certificate_of_b.der().clone()],
+            Admission::Open,
+        );
+        assert!(matches!(result, Err(TlsError::Rustls(_))), "{result:?}");
+    }
 }
