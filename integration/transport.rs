@@ -442,6 +442,9 @@ async fn simultaneous_dials_leave_exactly_one_link_on_both_sides() {
             links.len() == 1 && links[0].inbound == (node.id() != lower)
         };
         eventually(|| settled(&a) && settled(&b)).await;
+        // The losing connection is closed on both endpoints, not just left out of the pool.
+        eventually(|| a.transport.connection_count() == 1 && b.transport.connection_count() == 1)
+            .await;
         // Both ends use the same connection: what one sent the other received.
         let (la, lb) = (a.transport.links(), b.transport.links());
         assert_eq!(la[0].peer, b.id());
@@ -676,4 +679,97 @@ async fn a_bad_frame_is_logged_in_one_clear_line() {
         line.contains("unknown frame version 8"),
         "says what was wrong: {line}"
     );
+}
+
+#[tokio::test]
+async fn a_restarted_peer_replaces_its_stale_link() {
+    use wendy::identity::{Identity, Validity};
+    use wendy::transport::Admission;
+    // A must have the lower id, so that A's own (now stale) link would win a simultaneous-dial
+    // tie against the restarted peer's new link.
+    let (a_identity, b_identity) = loop {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        if a.node_id() < b.node_id() {
+            break (a, b);
+        }
+    };
+    let limits = Limits {
+        connect_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let certificate = |identity: &Identity| {
+        identity
+            .self_signed_certificate(Validity::days_from_now(1))
+            .unwrap()
+    };
+    let mut a_config = common::config_with(
+        a_identity.clone(),
+        certificate(&a_identity),
+        Admission::Open,
+    );
+    a_config.limits = limits.clone();
+    let mut a = Node::bind(a_config).await;
+
+    // B's first life, on its own runtime, killed without a word.
+    let b_config = common::config_with(
+        b_identity.clone(),
+        certificate(&b_identity),
+        Admission::Open,
+    );
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = runtime.block_on(Transport::bind(b_config)).unwrap();
+        ready_tx.send(node.0.local_addr()).unwrap();
+        kill_rx.recv().unwrap();
+        runtime.shutdown_background();
+        std::mem::forget(node);
+    });
+    let first_addr = ready_rx.recv().unwrap();
+    a.transport
+        .connect(first_addr, Some(b_identity.node_id()))
+        .await
+        .unwrap();
+    kill_tx.send(()).unwrap();
+    thread.join().unwrap();
+    // Longer than any dial takes: B's new link cannot be part of a simultaneous dial.
+    tokio::time::sleep(limits.connect_timeout * 2).await;
+
+    // B's second life: same key, new address. It reaches A, and A answers on the new link.
+    let mut b_config = common::config_with(
+        b_identity.clone(),
+        certificate(&b_identity),
+        Admission::Open,
+    );
+    b_config.limits = limits;
+    let mut b = Node::bind(b_config).await;
+    b.transport
+        .send(a.id(), a.addr(), &direct(b"i am back"))
+        .await
+        .unwrap();
+    let (from, from_addr) = a
+        .next_matching(|event| match event {
+            TransportEvent::Message {
+                from, from_addr, ..
+            } => Some((from, from_addr)),
+            _ => None,
+        })
+        .await;
+    assert_eq!((from, from_addr), (b.id(), b.addr()));
+    a.transport
+        .send(b.id(), first_addr, &direct(b"welcome back"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut b).await,
+        (a.id(), direct(b"welcome back"))
+    );
+    let links = a.transport.links();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0].addr, b.addr());
 }

@@ -151,7 +151,11 @@ impl Transport {
             local_id,
             local_addr,
             tls,
-            pool: Mutex::new(Pool::new(local_id, limits.max_connections)),
+            pool: Mutex::new(Pool::new(
+                local_id,
+                limits.max_connections,
+                limits.connect_timeout,
+            )),
             limits,
             quic,
             dial_locks: Mutex::new(HashMap::new()),
@@ -283,6 +287,12 @@ impl Transport {
     /// The link's smoothed RTT, if there is a link to `peer`.
     pub fn rtt(&self, peer: NodeId) -> Option<Duration> {
         lock(&self.inner.pool).get(peer).map(|link| link.conn.rtt())
+    }
+
+    /// QUIC connections open on the endpoint, counting those still handshaking or closing (a
+    /// diagnostic: [`Self::links`] shows only established links in the pool).
+    pub fn connection_count(&self) -> usize {
+        self.inner.endpoint.open_connections()
     }
 
     /// A snapshot of every link.
@@ -426,7 +436,8 @@ impl Inner {
                 addr,
                 message: error.to_string(),
             })?;
-        let conn = match tokio::time::timeout(self.limits.connect_timeout, connecting).await {
+        let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
             Err(_) => return Err(TransportError::ConnectTimeout(addr)),
             Ok(Err(error)) => {
                 let error = handshake_error(error, &verdict, addr);
@@ -444,7 +455,7 @@ impl Inner {
             conn.close(CloseCode::SelfConnection.to_varint(), b"self");
             return Err(TransportError::SelfConnection(addr));
         }
-        match tokio::time::timeout(self.limits.connect_timeout, confirmed(&conn)).await {
+        match tokio::time::timeout_at(deadline, confirmed(&conn)).await {
             Err(_) => {
                 conn.close(CloseCode::Closed.to_varint(), b"not confirmed");
                 return Err(TransportError::ConnectTimeout(addr));

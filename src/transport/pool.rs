@@ -23,6 +23,8 @@ pub(crate) struct Link {
     /// Milliseconds since the pool's epoch at the last use.
     last_used: AtomicU64,
     epoch: Instant,
+    /// When the link was registered.
+    created: Instant,
 }
 
 impl Link {
@@ -39,6 +41,7 @@ impl Link {
             in_flight: Arc::new(AtomicUsize::new(0)),
             last_used: AtomicU64::new(0),
             epoch,
+            created: Instant::now(),
         };
         link.touch();
         link
@@ -115,16 +118,22 @@ pub(crate) enum Removed {
 pub(crate) struct Pool {
     local: NodeId,
     max: usize,
+    /// Two links to one peer registered further apart than this are not a simultaneous dial
+    /// (see [`Pool::insert`]).
+    race_window: Duration,
     epoch: Instant,
     links: HashMap<NodeId, Arc<Link>>,
     announced: HashSet<NodeId>,
 }
 
 impl Pool {
-    pub(crate) fn new(local: NodeId, max: usize) -> Self {
+    /// An empty pool of at most `max` links; `race_window` is the longest a dial can take (the
+    /// connect timeout).
+    pub(crate) fn new(local: NodeId, max: usize, race_window: Duration) -> Self {
         Self {
             local,
             max,
+            race_window,
             epoch: Instant::now(),
             links: HashMap::new(),
             announced: HashSet::new(),
@@ -158,15 +167,18 @@ impl Pool {
     /// Offers a freshly verified link.
     ///
     /// Simultaneous dials: of two links to the same peer, the one dialled by the lower node id
-    /// survives, so both ends keep the same one. Two links dialled by the same node: the newer
-    /// survives (the dialler had no link left, e.g. it restarted).
+    /// survives, so both ends keep the same one. Otherwise the newer link survives: two links
+    /// dialled by the same node, or a link that arrives when the existing one is older than a
+    /// dial can take, mean the peer had no link left (it restarted, or its side closed), and
+    /// the existing one is stale.
     pub(crate) fn insert(&mut self, link: Arc<Link>) -> Insert {
         let peer = link.peer;
         if let Some(existing) = self.links.get(&peer) {
             let preferred = self.local.min(peer);
             let existing_ok = existing.initiator(self.local) == preferred;
             let new_ok = link.initiator(self.local) == preferred;
-            if existing_ok && !new_ok {
+            let racing = existing.created.elapsed() <= self.race_window;
+            if racing && existing_ok && !new_ok {
                 return Insert::Duplicate(existing.clone());
             }
             let replaced = self.links.insert(peer, link);
