@@ -64,6 +64,13 @@ pub struct LinkBenchReport {
     pub raw_quinn_msgs_per_s: f64,
     /// `ours_msgs_per_s / raw_quinn_msgs_per_s`.
     pub ratio: f64,
+    /// The median over rounds of each round's throughput ratio (less sensitive to one lucky
+    /// round than `ratio`).
+    pub ratio_median: f64,
+    /// Process CPU time of all raw quinn rounds divided by that of all Wendy rounds (above 1:
+    /// Wendy used less CPU per message). Little affected by other load on the machine. Linux
+    /// only (`/proc/self/stat`); `None` elsewhere.
+    pub cpu_ratio: Option<f64>,
 }
 
 /// Why the benchmark could not run.
@@ -121,16 +128,33 @@ pub async fn run(config: LinkBenchConfig) -> Result<LinkBenchReport, LinkBenchEr
     }
     let mut ours = Duration::MAX;
     let mut raw = Duration::MAX;
+    let mut round_ratios = Vec::with_capacity(config.rounds);
+    let (mut ours_cpu, mut raw_cpu) = (Some(0u64), Some(0u64));
     for round in 0..config.rounds {
         // Alternate which goes first, so a slow phase of the machine hits both alike.
-        if round % 2 == 0 {
-            ours = ours.min(run_ours(&sender_config, &receiver_config, config).await?);
-            raw = raw.min(run_raw(&sender_config, &receiver_config, config).await?);
+        let (ours_round, raw_round) = if round % 2 == 0 {
+            let ours_round = measured(run_ours(&sender_config, &receiver_config, config)).await?;
+            let raw_round = measured(run_raw(&sender_config, &receiver_config, config)).await?;
+            (ours_round, raw_round)
         } else {
-            raw = raw.min(run_raw(&sender_config, &receiver_config, config).await?);
-            ours = ours.min(run_ours(&sender_config, &receiver_config, config).await?);
-        }
+            let raw_round = measured(run_raw(&sender_config, &receiver_config, config)).await?;
+            let ours_round = measured(run_ours(&sender_config, &receiver_config, config)).await?;
+            (ours_round, raw_round)
+        };
+        ours = ours.min(ours_round.0);
+        raw = raw.min(raw_round.0);
+        round_ratios.push(raw_round.0.as_secs_f64() / ours_round.0.as_secs_f64().max(1e-9));
+        ours_cpu = ours_cpu
+            .zip(ours_round.1)
+            .map(|(total, ticks)| total + ticks);
+        raw_cpu = raw_cpu.zip(raw_round.1).map(|(total, ticks)| total + ticks);
     }
+    round_ratios.sort_by(f64::total_cmp);
+    let ratio_median = round_ratios[round_ratios.len() / 2];
+    let cpu_ratio = ours_cpu
+        .zip(raw_cpu)
+        .filter(|(ours, _)| *ours > 0)
+        .map(|(ours, raw)| raw as f64 / ours as f64);
     let rate = |elapsed: Duration| config.messages as f64 / elapsed.as_secs_f64().max(1e-9);
     let ours_msgs_per_s = rate(ours);
     let raw_quinn_msgs_per_s = rate(raw);
@@ -143,7 +167,36 @@ pub async fn run(config: LinkBenchConfig) -> Result<LinkBenchReport, LinkBenchEr
         raw_quinn_seconds: raw.as_secs_f64(),
         raw_quinn_msgs_per_s,
         ratio: ours_msgs_per_s / raw_quinn_msgs_per_s,
+        ratio_median,
+        cpu_ratio,
     })
+}
+
+/// Runs one side's round and also returns the process CPU time it took (clock ticks).
+async fn measured(
+    round: impl std::future::Future<Output = Result<Duration, LinkBenchError>>,
+) -> Result<(Duration, Option<u64>), LinkBenchError> {
+    let before = process_cpu_ticks();
+    let elapsed = round.await?;
+    let after = process_cpu_ticks();
+    Ok((
+        elapsed,
+        before
+            .zip(after)
+            .map(|(before, after)| after.saturating_sub(before)),
+    ))
+}
+
+/// User + system CPU time of this process, in clock ticks, from `/proc/self/stat` (Linux).
+fn process_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces): state is
+    // field 3, utime field 14, stime field 15.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 async fn run_ours(

@@ -404,7 +404,8 @@ pub struct LinkInfo {
     pub inbound: bool,
     /// QUIC's smoothed RTT.
     pub rtt: Duration,
-    /// Time since the link was last used.
+    /// Time since the link was last used (noticed at the pool's periodic looks, so it may lag
+    /// by a fraction of [`Limits::idle_link_timeout`]).
     pub idle: Duration,
     /// Streams in progress on the link.
     pub in_flight: usize,

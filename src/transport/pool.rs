@@ -20,8 +20,12 @@ pub(crate) struct Link {
     pub(crate) inbound: bool,
     /// Streams in progress (ours and the peer's); the link is idle at zero.
     pub(crate) in_flight: Arc<AtomicUsize>,
-    /// Milliseconds since the pool's epoch at the last use.
-    last_used: AtomicU64,
+    /// Uses so far, bumped once per stream: no clock read on the hot path.
+    uses: AtomicU64,
+    /// `uses` when the pool last looked.
+    seen_uses: AtomicU64,
+    /// Milliseconds since the pool's epoch when the pool last saw `uses` change.
+    idle_since: AtomicU64,
     epoch: Instant,
     /// When the link was registered.
     created: Instant,
@@ -39,7 +43,9 @@ impl Link {
             peer,
             inbound,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            last_used: AtomicU64::new(0),
+            uses: AtomicU64::new(0),
+            seen_uses: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
             epoch,
             created: Instant::now(),
         };
@@ -47,17 +53,23 @@ impl Link {
         link
     }
 
-    /// Records a use now.
+    /// Records a use.
     pub(crate) fn touch(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_used.store(now, Ordering::Relaxed);
+        self.uses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Time since the last use.
+    /// Time since the link was last used, as far as the pool has seen: a use is noticed when
+    /// the pool next looks (the idle reaper looks several times per idle timeout), so this can
+    /// lag by up to one look.
     pub(crate) fn idle_for(&self) -> Duration {
         let now = self.epoch.elapsed();
+        let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let uses = self.uses.load(Ordering::Relaxed);
+        if self.seen_uses.swap(uses, Ordering::Relaxed) != uses {
+            self.idle_since.store(now_ms, Ordering::Relaxed);
+        }
         now.saturating_sub(Duration::from_millis(
-            self.last_used.load(Ordering::Relaxed),
+            self.idle_since.load(Ordering::Relaxed),
         ))
     }
 

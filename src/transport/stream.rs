@@ -136,23 +136,27 @@ pub(crate) fn poll_read_available(
     buf: &mut Vec<u8>,
     max: usize,
 ) -> std::task::Poll<Result<(), ReadFrameError>> {
+    use std::mem::MaybeUninit;
     use std::task::Poll;
-    let mut chunk = [0u8; 4096];
+    // Uninitialised scratch space: nothing to zero per message.
+    let mut scratch = [const { MaybeUninit::<u8>::uninit() }; 4096];
     loop {
-        match recv.poll_read(cx, &mut chunk) {
+        let mut chunk = tokio::io::ReadBuf::uninit(&mut scratch);
+        match recv.poll_read_buf(cx, &mut chunk) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(error)) => {
                 return Poll::Ready(Err(ReadFrameError::Stream(error.to_string())))
             }
-            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-            Poll::Ready(Ok(read)) => {
-                if buf.len() + read > max {
+            Poll::Ready(Ok(())) if chunk.filled().is_empty() => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => {
+                let read = chunk.filled();
+                if buf.len() + read.len() > max {
                     return Poll::Ready(Err(ReadFrameError::Wire(WireError::Oversized {
-                        len: buf.len() + read,
+                        len: buf.len() + read.len(),
                         max,
                     })));
                 }
-                buf.extend_from_slice(&chunk[..read]);
+                buf.extend_from_slice(read);
             }
         }
     }

@@ -65,5 +65,11 @@ fn print_table(report: &LinkBenchReport) {
         "{:<12} {:>12.3} {:>14.0}",
         "raw quinn", report.raw_quinn_seconds, report.raw_quinn_msgs_per_s
     );
-    println!("ratio (wendy / raw quinn): {:.3}", report.ratio);
+    println!(
+        "ratio (wendy / raw quinn): {:.3} (best rounds), {:.3} (median round)",
+        report.ratio, report.ratio_median
+    );
+    if let Some(cpu_ratio) = report.cpu_ratio {
+        println!("cpu efficiency (raw quinn cpu / wendy cpu): {cpu_ratio:.3}");
+    }
 }
