@@ -380,6 +380,17 @@ impl Inner {
         )
     }
 
+    /// The pooled link to `peer`, unless it has closed (its loss may not be processed yet; then
+    /// a new dial need not wait for that).
+    fn live_link(&self, peer: NodeId) -> Option<Arc<Link>> {
+        let link = lock(&self.pool).get(peer)?;
+        if link.conn.close_reason().is_none() {
+            Some(link)
+        } else {
+            None
+        }
+    }
+
     /// The link to `peer` (or to whoever is at `addr`), dialling if needed.
     async fn link(
         self: &Arc<Self>,
@@ -390,7 +401,7 @@ impl Inner {
             return Err(TransportError::Shutdown);
         }
         if let Some(peer) = peer {
-            if let Some(link) = lock(&self.pool).get(peer) {
+            if let Some(link) = self.live_link(peer) {
                 return Ok(link);
             }
             // One dial per peer at a time: concurrent senders wait for the first dial.
@@ -402,7 +413,7 @@ impl Inner {
                 locks.entry(peer).or_default().clone()
             };
             let _dialling = dial_lock.lock().await;
-            if let Some(link) = lock(&self.pool).get(peer) {
+            if let Some(link) = self.live_link(peer) {
                 return Ok(link);
             }
             let result = self.dial(addr, Some(peer)).await;
