@@ -88,6 +88,10 @@ impl TlsContext {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(FixedKey(self.certified_key.clone())));
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // Every handshake presents and verifies full certificates: a resumed session would skip
+        // the verifiers, and with them the key -> NodeId binding and the admission check.
+        config.resumption = rustls::client::Resumption::disabled();
+        config.enable_early_data = false;
         Ok((config, verdict))
     }
 
@@ -111,8 +115,11 @@ impl TlsContext {
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(FixedKey(self.certified_key.clone())));
         config.alpn_protocols = vec![ALPN.to_vec()];
-        // 0-RTT would let a peer send before it is authenticated; never accept early data.
+        // 0-RTT would let a peer send before it is authenticated; never accept early data. No
+        // resumption either (see `rustls_client_config`).
         config.max_early_data_size = 0;
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok((config, verdict))
     }
 
@@ -331,6 +338,33 @@ mod tests {
             .signature_verification_algorithms
             .supported_schemes();
         assert_eq!(schemes, vec![SignatureScheme::ED25519]);
+    }
+
+    #[test]
+    fn sessions_are_never_resumed() {
+        // Even reusing one pair of configs, the second handshake is a full one (certificates
+        // presented and verified again), never a resumption.
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let (client_config, _) = context(&a, Admission::Open)
+            .rustls_client_config(None)
+            .unwrap();
+        let (server_config, _) = context(&b, Admission::Open).rustls_server_config().unwrap();
+        let (client_config, server_config) = (Arc::new(client_config), Arc::new(server_config));
+        for _ in 0..2 {
+            let mut client = ClientConnection::new(
+                client_config.clone(),
+                rustls::pki_types::ServerName::try_from("wendy").unwrap(),
+            )
+            .unwrap();
+            let mut server = ServerConnection::new(server_config.clone()).unwrap();
+            handshake(&mut client, &mut server).unwrap();
+            // Let the client read any session ticket the server might send.
+            let mut buffer = Vec::new();
+            server.write_tls(&mut buffer).unwrap();
+            client.read_tls(&mut buffer.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            assert_eq!(client.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        }
     }
 
     #[test]
