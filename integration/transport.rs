@@ -773,3 +773,82 @@ async fn a_restarted_peer_replaces_its_stale_link() {
     assert_eq!(links.len(), 1);
     assert_eq!(links[0].addr, b.addr());
 }
+
+#[tokio::test]
+async fn a_request_without_an_answer_times_out() {
+    let limits = Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let a = Node::with_limits(limits).await;
+    let mut b = Node::open().await;
+    let (b_id, b_addr) = (b.id(), b.addr());
+    let requester = a.transport.clone();
+    let request = tokio::spawn(async move {
+        requester
+            .request(b_id, b_addr, &Body::Ping { nonce: 3 })
+            .await
+    });
+    // B holds the responder without answering.
+    let _held = b
+        .next_matching(|event| match event {
+            TransportEvent::Request { reply, .. } => Some(reply),
+            _ => None,
+        })
+        .await;
+    let error = request.await.unwrap().unwrap_err();
+    assert!(matches!(error, TransportError::RequestTimeout), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_applies_backpressure_to_the_sender() {
+    const STREAMS: u32 = 16;
+    const EVENTS: usize = 4;
+    let limits = Limits {
+        event_capacity: EVENTS,
+        max_concurrent_uni_streams: STREAMS,
+        open_stream_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let a = Node::with_limits(limits.clone()).await;
+    let mut b = Node::with_limits(limits).await;
+    // B reads no events: its channel fills, its stream reader stops accepting, and A runs out
+    // of stream credit instead of B buffering without bound.
+    let mut sent = 0u32;
+    let error = loop {
+        match a
+            .transport
+            .send(b.id(), b.addr(), &direct(&sent.to_be_bytes()))
+            .await
+        {
+            Ok(()) => sent += 1,
+            Err(error) => break error,
+        }
+        assert!(
+            sent <= 10 * STREAMS,
+            "no backpressure after {sent} messages"
+        );
+    };
+    assert!(
+        matches!(error, TransportError::OpenStreamTimeout),
+        "{error:?}"
+    );
+    assert!(
+        sent >= STREAMS,
+        "credit for {STREAMS} streams, only {sent} sent"
+    );
+    // Once B reads, everything sent arrives, in any order, and A can send again.
+    let mut seen = HashSet::new();
+    while seen.len() < sent as usize {
+        let (_, body) = next_message(&mut b).await;
+        let Body::Direct { payload } = body else {
+            panic!("unexpected {body:?}")
+        };
+        assert!(seen.insert(u32::from_be_bytes(payload.try_into().unwrap())));
+    }
+    a.transport
+        .send(b.id(), b.addr(), &direct(b"after"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut b).await.1, direct(b"after"));
+}
