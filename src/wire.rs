@@ -461,6 +461,10 @@ mod tests {
         #[test]
         fn every_body_round_trips(body in any_body()) {
             let frame = encode(&body).unwrap();
+            // The kind index is below KINDS and named consistently (catches a new variant
+            // added without updating KINDS and the names).
+            prop_assert!(u32::from(frame[1]) < Body::KINDS);
+            prop_assert_eq!(kind_name_of(u32::from(frame[1])), body.kind_name());
             prop_assert_eq!(decode(&frame, MAX).unwrap(), body);
         }
 
