@@ -67,9 +67,9 @@ pub struct LinkBenchReport {
     /// The median over rounds of each round's throughput ratio (less sensitive to one lucky
     /// round than `ratio`).
     pub ratio_median: f64,
-    /// Process CPU time of all raw quinn rounds divided by that of all Wendy rounds (above 1:
-    /// Wendy used less CPU per message). Little affected by other load on the machine. Linux
-    /// only (`/proc/self/stat`); `None` elsewhere.
+    /// Process CPU time in the timed windows of all raw quinn rounds divided by that of all
+    /// Wendy rounds (above 1: Wendy used less CPU for the same messages). Little affected by
+    /// other load on the machine. Linux only (`/proc/self/stat`, 10 ms ticks); `None` elsewhere.
     pub cpu_ratio: Option<f64>,
 }
 
@@ -133,12 +133,12 @@ pub async fn run(config: LinkBenchConfig) -> Result<LinkBenchReport, LinkBenchEr
     for round in 0..config.rounds {
         // Alternate which goes first, so a slow phase of the machine hits both alike.
         let (ours_round, raw_round) = if round % 2 == 0 {
-            let ours_round = measured(run_ours(&sender_config, &receiver_config, config)).await?;
-            let raw_round = measured(run_raw(&sender_config, &receiver_config, config)).await?;
+            let ours_round = run_ours(&sender_config, &receiver_config, config).await?;
+            let raw_round = run_raw(&sender_config, &receiver_config, config).await?;
             (ours_round, raw_round)
         } else {
-            let raw_round = measured(run_raw(&sender_config, &receiver_config, config)).await?;
-            let ours_round = measured(run_ours(&sender_config, &receiver_config, config)).await?;
+            let raw_round = run_raw(&sender_config, &receiver_config, config).await?;
+            let ours_round = run_ours(&sender_config, &receiver_config, config).await?;
             (ours_round, raw_round)
         };
         ours = ours.min(ours_round.0);
@@ -172,19 +172,14 @@ pub async fn run(config: LinkBenchConfig) -> Result<LinkBenchReport, LinkBenchEr
     })
 }
 
-/// Runs one side's round and also returns the process CPU time it took (clock ticks).
-async fn measured(
-    round: impl std::future::Future<Output = Result<Duration, LinkBenchError>>,
-) -> Result<(Duration, Option<u64>), LinkBenchError> {
-    let before = process_cpu_ticks();
-    let elapsed = round.await?;
-    let after = process_cpu_ticks();
-    Ok((
-        elapsed,
-        before
-            .zip(after)
-            .map(|(before, after)| after.saturating_sub(before)),
-    ))
+/// A round's wall-clock time and the process CPU time (clock ticks) spent in it.
+type Round = (Duration, Option<u64>);
+
+/// CPU ticks between two readings.
+fn ticks_between(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    before
+        .zip(after)
+        .map(|(before, after)| after.saturating_sub(before))
 }
 
 /// User + system CPU time of this process, in clock ticks, from `/proc/self/stat` (Linux).
@@ -203,7 +198,7 @@ async fn run_ours(
     sender_config: &TransportConfig,
     receiver_config: &TransportConfig,
     config: LinkBenchConfig,
-) -> Result<Duration, LinkBenchError> {
+) -> Result<Round, LinkBenchError> {
     let (sender, _sender_events) = Transport::bind(sender_config.clone()).await?;
     let (receiver, mut events) = Transport::bind(receiver_config.clone()).await?;
     let (peer, addr) = (receiver.local_id(), receiver.local_addr());
@@ -224,6 +219,7 @@ async fn run_ours(
     let body = Body::Direct {
         payload: vec![0x5a; config.size],
     };
+    let cpu_before = process_cpu_ticks();
     let start = Instant::now();
     for _ in 0..config.messages {
         sender.send(peer, addr, &body).await?;
@@ -231,19 +227,20 @@ async fn run_ours(
     let (received, end) = counter
         .await
         .map_err(|error| LinkBenchError::Quinn(error.to_string()))?;
+    let cpu = ticks_between(cpu_before, process_cpu_ticks());
     sender.shutdown().await;
     receiver.shutdown().await;
     if received < expected {
         return Err(LinkBenchError::Incomplete { received, expected });
     }
-    Ok(end.saturating_duration_since(start))
+    Ok((end.saturating_duration_since(start), cpu))
 }
 
 async fn run_raw(
     sender_config: &TransportConfig,
     receiver_config: &TransportConfig,
     config: LinkBenchConfig,
-) -> Result<Duration, LinkBenchError> {
+) -> Result<Round, LinkBenchError> {
     let quinn_error = |error: &dyn std::fmt::Display| LinkBenchError::Quinn(error.to_string());
     let server_config = tls::quinn_server_config(receiver_config)?;
     let client_config =
@@ -288,6 +285,7 @@ async fn run_raw(
         .await
         .map_err(|error| quinn_error(&error))?;
     let payload = bytes::Bytes::from(vec![0x5a; config.size]);
+    let cpu_before = process_cpu_ticks();
     let start = Instant::now();
     for _ in 0..config.messages {
         let mut stream = conn.open_uni().await.map_err(|error| quinn_error(&error))?;
@@ -299,6 +297,7 @@ async fn run_raw(
     }
     let finished = tokio::time::timeout(Duration::from_secs(600), done.notified()).await;
     let end = Instant::now();
+    let cpu = ticks_between(cpu_before, process_cpu_ticks());
     conn.close(0u32.into(), b"done");
     client.close(0u32.into(), b"done");
     server.close(0u32.into(), b"done");
@@ -310,5 +309,5 @@ async fn run_raw(
             expected,
         });
     }
-    Ok(end.saturating_duration_since(start))
+    Ok((end.saturating_duration_since(start), cpu))
 }

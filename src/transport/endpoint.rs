@@ -222,13 +222,10 @@ impl Transport {
         body: &Body,
     ) -> Result<(), TransportError> {
         let frame = wire::encode_bounded(body, self.inner.limits.max_message_size)?;
-        let link = self.inner.link(Some(peer), addr).await?;
-        let _guard = LinkGuard::new(&link.in_flight);
-        link.touch();
-        let mut stream =
-            tokio::time::timeout(self.inner.limits.open_stream_timeout, link.conn.open_uni())
-                .await
-                .map_err(|_| TransportError::OpenStreamTimeout)??;
+        let (_guard, mut stream) = self
+            .inner
+            .open(peer, addr, |conn| async move { conn.open_uni().await })
+            .await?;
         stream.write_chunk(frame).await.map_err(write_error)?;
         stream
             .finish()
@@ -246,11 +243,11 @@ impl Transport {
     ) -> Result<Body, TransportError> {
         let max = self.inner.limits.max_message_size;
         let frame = wire::encode_bounded(body, max)?;
-        let link = self.inner.link(Some(peer), addr).await?;
-        let _guard = LinkGuard::new(&link.in_flight);
-        link.touch();
         let exchange = async {
-            let (mut send, mut recv) = self.inner.open_bi(&link).await?;
+            let (_guard, (mut send, mut recv)) = self
+                .inner
+                .open(peer, addr, |conn| async move { conn.open_bi().await })
+                .await?;
             write_header(&mut send, frame).await?;
             send.finish()
                 .map_err(|error| TransportError::Stream(error.to_string()))?;
@@ -276,10 +273,10 @@ impl Transport {
         header: &Body,
     ) -> Result<RawStream, TransportError> {
         let frame = wire::encode_bounded(header, self.inner.limits.max_message_size)?;
-        let link = self.inner.link(Some(peer), addr).await?;
-        let guard = LinkGuard::new(&link.in_flight);
-        link.touch();
-        let (mut send, recv) = self.inner.open_bi(&link).await?;
+        let (guard, (mut send, recv)) = self
+            .inner
+            .open(peer, addr, |conn| async move { conn.open_bi().await })
+            .await?;
         write_header(&mut send, frame).await?;
         Ok(RawStream::new(send, recv, guard))
     }
@@ -372,22 +369,53 @@ impl Inner {
         Ok((config, verdict))
     }
 
-    async fn open_bi(&self, link: &Link) -> Result<(SendStream, RecvStream), TransportError> {
-        Ok(
-            tokio::time::timeout(self.limits.open_stream_timeout, link.conn.open_bi())
+    /// Opens a stream to `peer` with `open` (dialling `addr` if there is no link), within
+    /// [`Limits::open_stream_timeout`]. A pooled link that turns out to be closed (its loss not
+    /// processed yet) is dropped and the peer dialled afresh, once. The guard keeps the link
+    /// busy while the stream is in use.
+    async fn open<T, F, Fut>(
+        self: &Arc<Self>,
+        peer: NodeId,
+        addr: SocketAddr,
+        open: F,
+    ) -> Result<(LinkGuard, T), TransportError>
+    where
+        F: Fn(quinn::Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ConnectionError>>,
+    {
+        let mut retried = false;
+        loop {
+            let link = self.link(Some(peer), addr).await?;
+            let guard = LinkGuard::new(&link.in_flight);
+            link.touch();
+            match tokio::time::timeout(self.limits.open_stream_timeout, open(link.conn.clone()))
                 .await
-                .map_err(|_| TransportError::OpenStreamTimeout)??,
-        )
+            {
+                Err(_) => return Err(TransportError::OpenStreamTimeout),
+                Ok(Ok(stream)) => return Ok((guard, stream)),
+                Ok(Err(error)) if !retried => {
+                    debug!(%peer, %error, "pooled link was closed; dialling again");
+                    drop(guard);
+                    self.forget(&link, &error).await;
+                    retried = true;
+                }
+                Ok(Err(error)) => return Err(TransportError::Connection(error)),
+            }
+        }
     }
 
-    /// The pooled link to `peer`, unless it has closed (its loss may not be processed yet; then
-    /// a new dial need not wait for that).
-    fn live_link(&self, peer: NodeId) -> Option<Arc<Link>> {
-        let link = lock(&self.pool).get(peer)?;
-        if link.conn.close_reason().is_none() {
-            Some(link)
-        } else {
-            None
+    /// Removes a link found closed from the pool (reporting its loss) before its stream loop
+    /// has noticed.
+    async fn forget(&self, link: &Link, error: &ConnectionError) {
+        let removed = lock(&self.pool).closed(link.peer, link.id(), false);
+        if removed == Removed::Lost {
+            let reason = lost_reason(error);
+            info!(peer = %link.peer, ?reason, "link lost");
+            self.emit(TransportEvent::LinkLost {
+                peer: link.peer,
+                reason,
+            })
+            .await;
         }
     }
 
@@ -401,7 +429,7 @@ impl Inner {
             return Err(TransportError::Shutdown);
         }
         if let Some(peer) = peer {
-            if let Some(link) = self.live_link(peer) {
+            if let Some(link) = lock(&self.pool).get(peer) {
                 return Ok(link);
             }
             // One dial per peer at a time: concurrent senders wait for the first dial.
@@ -413,7 +441,7 @@ impl Inner {
                 locks.entry(peer).or_default().clone()
             };
             let _dialling = dial_lock.lock().await;
-            if let Some(link) = self.live_link(peer) {
+            if let Some(link) = lock(&self.pool).get(peer) {
                 return Ok(link);
             }
             let result = self.dial(addr, Some(peer)).await;
