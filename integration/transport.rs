@@ -852,3 +852,28 @@ async fn a_slow_consumer_applies_backpressure_to_the_sender() {
         .unwrap();
     assert_eq!(next_message(&mut b).await.1, direct(b"after"));
 }
+
+#[tokio::test]
+async fn after_the_peer_closes_the_link_the_next_send_dials_again() {
+    let mut a = Node::open().await;
+    let mut b = Node::open().await;
+    a.transport
+        .send(b.id(), b.addr(), &direct(b"one"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut b).await.1, direct(b"one"));
+    b.transport.close(a.id()).await;
+    let reason = a
+        .next_matching(|event| match event {
+            TransportEvent::LinkLost { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert!(!reason.is_failure(), "{reason:?}");
+    a.transport
+        .send(b.id(), b.addr(), &direct(b"two"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut b).await.1, direct(b"two"));
+    assert_eq!(a.transport.links().len(), 1);
+}
