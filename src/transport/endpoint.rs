@@ -99,7 +99,8 @@ fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
 }
 
 impl Transport {
-    /// Binds the node's UDP socket and starts accepting links.
+    /// Binds the node's UDP socket and starts accepting links. Call it inside a tokio runtime
+    /// (multi-threaded for throughput): the transport's tasks run on it.
     ///
     /// Returns the transport and the receiver of its events (bounded by
     /// [`Limits::event_capacity`]; see the module docs on backpressure).
