@@ -534,16 +534,23 @@ fn measured_candidates_enter_the_table_only_after_measurement() {
     // A nearer peer for the same slot (beyond hysteresis) replaces it; a farther one does not.
     let nearer = peer((0xf << 124) + 1);
     let farther = peer((0xf << 124) + 2);
+    // An unsolicited candidate for a taken slot is not worth a measurement...
+    let other = peer((0xf << 124) + 3);
+    node.handle_message(
+        Time::ZERO,
+        far,
+        Message::RowReply {
+            row: 0,
+            entries: vec![other],
+        },
+    );
+    assert!(!drain(&mut node).contains(&Output::Measure { peer: other }));
+    // ...but a newly announced node is (it may be nearer than the holder).
     for p in [nearer, farther] {
-        node.handle_message(
-            Time::ZERO,
-            p,
-            Message::RowReply {
-                row: 0,
-                entries: vec![],
-            },
-        );
+        node.handle_message(Time::ZERO, p, Message::Announce { leaf_set: vec![] });
     }
+    let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::Measure { peer: nearer }));
     node.handle_proximity(Time::ZERO, nearer, Duration::from_millis(10));
     node.handle_proximity(Time::ZERO, farther, Duration::from_millis(50));
     assert_eq!(node.routing_table().get(0, 0xf).unwrap().peer, nearer);
@@ -664,7 +671,10 @@ fn scale_probe() {
         .unwrap_or(3000);
     let started = std::time::Instant::now();
     let env = |name: &str, default: usize| -> usize {
-        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let config = Config {
         join_row_refresh: env("PASTRY_REFRESH", 1),
@@ -675,7 +685,11 @@ fn scale_probe() {
     net.run_for(Duration::from_secs(env("PASTRY_SETTLE_S", 0) as u64));
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_owned));
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .map(str::to_owned)
+        });
     eprintln!(
         "built {n} nodes in {:?}; {rss:?}; size_of Pastry {}",
         started.elapsed(),
