@@ -619,6 +619,7 @@ impl Pastry {
                 if self.is_active() {
                     self.add_live(now, from, false);
                     self.merge_candidates(now, &leaf_set);
+                    self.check_against(now, from, &leaf_set);
                 }
             }
             Message::NodeFailed { node, leaf_set } => {
@@ -1382,6 +1383,36 @@ impl Pastry {
             self.add_live(now, from, false);
         }
         self.merge_candidates(now, leaf_set);
+        if active && self.is_active() {
+            self.check_against(now, from, leaf_set);
+        }
+    }
+
+    /// Compares our leaf set with a live neighbour's: a member of ours that lies within the
+    /// neighbour's range but is missing from its leaf set is probably dead (its failure notice
+    /// did not reach us, e.g. when it sat at the far end of our leaf set). Probe it.
+    fn check_against(&mut self, now: Time, from: PeerInfo, theirs: &[PeerInfo]) {
+        if theirs.is_empty() {
+            return;
+        }
+        let mut their_set = LeafSet::new(from.id, self.leaf_set.half());
+        for peer in theirs {
+            their_set.insert(*peer, None);
+        }
+        let doubtful: Vec<PeerInfo> = self
+            .leaf_set
+            .iter()
+            .map(|s| s.peer)
+            .filter(|p| {
+                p.id != from.id
+                    && !their_set.contains(p.id)
+                    && their_set.covers(p.id.to_key())
+                    && !self.probes.iter().any(|probe| probe.peer.id == p.id)
+            })
+            .collect();
+        for peer in doubtful {
+            self.start_probe(now, peer, ProbeKind::Member);
+        }
     }
 
     /// Removes `id` from every structure. Returns whether it was in the leaf set.

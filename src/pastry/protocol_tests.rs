@@ -131,7 +131,14 @@ fn concurrent_joins_converge_to_the_oracle() {
 fn silent_failures_are_detected_repaired_and_reported() {
     let mut net = Net::build(Config::default(), 100, 4);
     net.run_for(Duration::from_secs(30));
-    let victims: Vec<usize> = (0..10).map(|k| 5 + k * 9).collect();
+    // Ten nodes, including runs of ring neighbours (so that some notices have no live sender
+    // next to the dead node and far leaf-set members must find out by themselves).
+    let mut by_id: Vec<usize> = (0..net.nodes.len()).collect();
+    by_id.sort_by_key(|&i| net.nodes[i].id());
+    let victims: Vec<usize> = [5, 6, 30, 31, 32, 60, 61, 75, 88, 95]
+        .iter()
+        .map(|&r| by_id[r])
+        .collect();
     // Who had each victim in its leaf set when it died.
     let mut watchers = Vec::new();
     for &v in &victims {
