@@ -204,6 +204,11 @@ pub struct Stats {
     pub table_repairs: u64,
     /// Joins restarted after [`Config::join_timeout`].
     pub join_restarts: u64,
+    /// Probes started to check a node in our state (missed heartbeat, ack timeout, leaf-set
+    /// repair, a neighbour's leaf set lacking it).
+    pub suspect_probes: u64,
+    /// Probes started to verify a leaf-set candidate learned second hand (or while joining).
+    pub candidate_probes: u64,
 }
 
 impl Stats {
@@ -374,11 +379,14 @@ pub struct Pastry {
     row_requests: Vec<(NodeId, u8, bool)>,
     /// Rows whose empty slot was met while routing and already asked about this period.
     holes_asked: u32,
+    /// Messages for our keys that arrived while we were joining, routed again once active.
+    waiting: Vec<RouteMsg>,
 }
 
 const DEAD_MEMORY: usize = 32;
 const RTT_CACHE: usize = 16;
 const MAX_ROW_REQUESTS: usize = 16;
+const MAX_WAITING: usize = 64;
 
 impl Pastry {
     /// A node with identity `me`, not yet part of an overlay. `seed` seeds its private RNG
@@ -411,6 +419,7 @@ impl Pastry {
             rtt_cache: VecDeque::new(),
             row_requests: Vec::new(),
             holes_asked: 0,
+            waiting: Vec::new(),
         }
     }
 
@@ -879,6 +888,15 @@ impl Pastry {
             msg.avoid.iter().chain(&excluded).copied().collect()
         };
         let skip = if skip.is_empty() { &excluded } else { &skip };
+        if self.is_joining() && matches!(self.choose(msg.key, skip, true), Choice::Local) {
+            // Our leaf set already routes this key to us: hold it until we are active.
+            if self.waiting.len() >= MAX_WAITING {
+                let oldest = self.waiting.remove(0);
+                self.fail_route(oldest.id, oldest.key);
+            }
+            self.waiting.push(msg);
+            return;
+        }
         match self.choose(msg.key, skip, self.is_active()) {
             Choice::Local => self.deliver(msg),
             Choice::Peer(next) => {
@@ -1240,6 +1258,9 @@ impl Pastry {
         for peer in others {
             self.send(peer, Message::Announce { leaf_set: vec![] });
         }
+        for msg in std::mem::take(&mut self.waiting) {
+            self.route_step(now, msg, Vec::new(), 0);
+        }
         // Improve locality at once (the paper's second join phase, one peer per row): the
         // rows we were given came from nodes near the join route, not near us.
         if self.config.proximity {
@@ -1537,6 +1558,10 @@ impl Pastry {
                 existing.kind = kind;
             }
             return;
+        }
+        match kind {
+            ProbeKind::Member => self.stats.suspect_probes += 1,
+            ProbeKind::Candidate => self.stats.candidate_probes += 1,
         }
         let retries_left = match kind {
             ProbeKind::Member => self.config.probe_retries,
