@@ -259,6 +259,9 @@ enum ProbeKind {
     Member,
     /// A node learned second hand (or a joiner's leaf-set candidate): a reply admits it.
     Candidate,
+    /// A member whose liveness is merely in doubt (a neighbour's leaf set lacks it): silence
+    /// declares it dead, but it stays usable for routing meanwhile (it may be the root).
+    Verify,
 }
 
 #[derive(Debug, Clone)]
@@ -1432,7 +1435,7 @@ impl Pastry {
             })
             .collect();
         for peer in doubtful {
-            self.start_probe(now, peer, ProbeKind::Member);
+            self.start_probe(now, peer, ProbeKind::Verify);
         }
     }
 
@@ -1560,11 +1563,11 @@ impl Pastry {
             return;
         }
         match kind {
-            ProbeKind::Member => self.stats.suspect_probes += 1,
+            ProbeKind::Member | ProbeKind::Verify => self.stats.suspect_probes += 1,
             ProbeKind::Candidate => self.stats.candidate_probes += 1,
         }
         let retries_left = match kind {
-            ProbeKind::Member => self.config.probe_retries,
+            ProbeKind::Member | ProbeKind::Verify => self.config.probe_retries,
             // A candidate that does not answer is simply not admitted.
             ProbeKind::Candidate => 0,
         };
@@ -1650,7 +1653,7 @@ impl Pastry {
         }
         for (peer, kind) in failed {
             match kind {
-                ProbeKind::Member => self.declare_dead(now, peer),
+                ProbeKind::Member | ProbeKind::Verify => self.declare_dead(now, peer),
                 ProbeKind::Candidate => self.note_dead(now, peer.id),
             }
         }
