@@ -641,7 +641,13 @@ impl Pastry {
                         self.start_probe(now, from, ProbeKind::Member);
                     }
                 } else if self.knows(node) {
-                    self.forget_dead(now, node, false);
+                    // The sender told its own leaf set: we only tell the members it lacks.
+                    let told: Vec<NodeId> = leaf_set
+                        .iter()
+                        .map(|p| p.id)
+                        .chain(std::iter::once(from.id))
+                        .collect();
+                    self.forget_dead(now, node, false, &told);
                 }
                 self.merge_candidates(now, &leaf_set);
             }
@@ -1286,7 +1292,7 @@ impl Pastry {
             return;
         }
         // Tell the newcomer about leaf-set members it is missing (concurrent joins).
-        let mut their_set = LeafSet::new(from.id, self.leaf_set.half());
+        let mut their_set = self.leaf_set.empty_for(from.id);
         for peer in theirs {
             their_set.insert(*peer, None);
         }
@@ -1383,15 +1389,35 @@ impl Pastry {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
-        for peer in peers {
+        if self.is_active() {
             // Leaf sets of nearby nodes also fill empty routing-table slots of the deepest rows.
-            if self.is_active() {
+            for peer in peers {
                 self.consider(now, *peer, false);
             }
-            if peer.id != self.me.id
-                && !self.leaf_set.contains(peer.id)
-                && self.leaf_set.would_accept(peer.id)
-                && !self.is_dead(peer.id)
+        }
+        let fits = |this: &Self, peer: &PeerInfo| {
+            peer.id != this.me.id
+                && !this.leaf_set.contains(peer.id)
+                && this.leaf_set.would_accept(peer.id)
+                && !this.is_dead(peer.id)
+        };
+        if !peers.iter().any(|p| fits(self, p)) {
+            return;
+        }
+        // Probe only the candidates that would still be members if every candidate (and every
+        // one already being probed) answered: a hole of one needs one probe, not eight.
+        let mut hypothetical = self.leaf_set.clone();
+        for probe in &self.probes {
+            if probe.kind == ProbeKind::Candidate {
+                hypothetical.insert(probe.peer, None);
+            }
+        }
+        for peer in peers.iter().filter(|p| fits(self, p)) {
+            hypothetical.insert(*peer, None);
+        }
+        for peer in peers {
+            if fits(self, peer)
+                && hypothetical.contains(peer.id)
                 && !self.probes.iter().any(|p| p.peer.id == peer.id)
             {
                 self.start_probe(now, *peer, ProbeKind::Candidate);
@@ -1419,7 +1445,7 @@ impl Pastry {
         if theirs.is_empty() {
             return;
         }
-        let mut their_set = LeafSet::new(from.id, self.leaf_set.half());
+        let mut their_set = self.leaf_set.empty_for(from.id);
         for peer in theirs {
             their_set.insert(*peer, None);
         }
@@ -1481,13 +1507,13 @@ impl Pastry {
     fn declare_dead(&mut self, now: Time, peer: PeerInfo) {
         self.stats.declared_dead += 1;
         tracing::debug!(me = ?self.me.id, dead = ?peer.id, "declaring node dead");
-        self.forget_dead(now, peer.id, true);
+        self.forget_dead(now, peer.id, true, &[]);
     }
 
     /// Drops a dead node and spreads the news so that every leaf set holding it learns: the
     /// dead node's immediate neighbours tell their whole leaf sets (together they span every
     /// node that can hold it); a detector that is not a neighbour tells those neighbours.
-    fn forget_dead(&mut self, now: Time, id: NodeId, detected_here: bool) {
+    fn forget_dead(&mut self, now: Time, id: NodeId, detected_here: bool, told: &[NodeId]) {
         let position = self.leaf_set.position(id);
         let inner = position.and_then(|(side, rank)| {
             rank.checked_sub(1)
@@ -1503,7 +1529,11 @@ impl Pastry {
         }
         let leaf_set = self.leaf_set.peers();
         let targets: Vec<PeerInfo> = if position.is_some_and(|(_, rank)| rank == 0) {
-            leaf_set.clone()
+            leaf_set
+                .iter()
+                .filter(|p| !told.contains(&p.id))
+                .copied()
+                .collect()
         } else if detected_here {
             inner.into_iter().chain(outer).collect()
         } else {
