@@ -865,6 +865,10 @@ impl Pastry {
         }
         // The rare case: the best of every known peer that is at least as good as us.
         let mut best: Option<PeerInfo> = None;
+        // Any known node closer than us, whatever its prefix: used only when nothing better
+        // exists, so that a node with a hole in its leaf set (the key lies outside its range)
+        // does not wrongly deliver as root.
+        let mut closer: Option<PeerInfo> = None;
         let known = self
             .leaf_set
             .iter()
@@ -875,6 +879,12 @@ impl Pastry {
             if !usable(id) {
                 continue;
             }
+            if allow_self
+                && key.is_closer(id, me)
+                && closer.map_or(true, |c| key.is_closer(id, c.id))
+            {
+                closer = Some(slot.peer);
+            }
             if allow_self && (key.shared_prefix_len(id) < row || !key.is_closer(id, me)) {
                 continue;
             }
@@ -882,7 +892,7 @@ impl Pastry {
                 best = Some(slot.peer);
             }
         }
-        match best {
+        match best.or(closer) {
             Some(p) => Choice::Peer(p),
             None if allow_self => Choice::Local,
             None => Choice::Nowhere,
