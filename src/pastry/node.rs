@@ -1538,25 +1538,30 @@ impl Pastry {
             return;
         }
         let leaf_set = self.leaf_set.peers();
-        let targets: Vec<PeerInfo> = if position.is_some_and(|(_, rank)| rank == 0) {
-            leaf_set
-                .iter()
-                .filter(|p| !told.contains(&p.id))
-                .copied()
-                .collect()
+        if position.is_some_and(|(_, rank)| rank == 0) {
+            // We were its neighbour: tell our leaf set (but not who the sender already told).
+            // The notice carries our leaf set, meaning "everyone here has been told".
+            for member in leaf_set.iter().filter(|p| !told.contains(&p.id)) {
+                self.send(
+                    *member,
+                    Message::NodeFailed {
+                        node: id,
+                        leaf_set: leaf_set.clone(),
+                    },
+                );
+            }
         } else if detected_here {
-            inner.into_iter().chain(outer).collect()
-        } else {
-            Vec::new()
-        };
-        for member in targets {
-            self.send(
-                member,
-                Message::NodeFailed {
-                    node: id,
-                    leaf_set: leaf_set.clone(),
-                },
-            );
+            // Not its neighbour: tell its neighbours, who tell their leaf sets. An empty leaf
+            // set says we told nobody else.
+            for member in inner.into_iter().chain(outer) {
+                self.send(
+                    member,
+                    Message::NodeFailed {
+                        node: id,
+                        leaf_set: Vec::new(),
+                    },
+                );
+            }
         }
     }
 
