@@ -54,7 +54,7 @@ pub struct Config {
     /// A join not complete after this long is restarted. Default 20 s.
     pub join_timeout: Duration,
     /// After joining, ask this many of the nearest entries of each routing-table row for their
-    /// row and measure the candidates (only with proximity). Default 1.
+    /// row and measure the candidates (only with proximity). Default 3.
     pub join_row_refresh: usize,
     /// How many recently delivered `(origin, id)` pairs are remembered to drop duplicates.
     /// Default 128.
@@ -78,7 +78,7 @@ impl Default for Config {
             maintenance_period: Duration::from_secs(60),
             intercept_forwards: false,
             join_timeout: Duration::from_secs(20),
-            join_row_refresh: 1,
+            join_row_refresh: 3,
             dedup_capacity: 128,
         }
     }
@@ -652,6 +652,10 @@ impl Pastry {
                 self.merge_candidates(now, &leaf_set);
             }
             Message::RowRequest { row } => {
+                // The asker is live: it may fill an empty slot of ours.
+                if self.is_active() {
+                    self.consider(now, from, false);
+                }
                 let entries = self
                     .table
                     .row(usize::from(row))
