@@ -281,6 +281,8 @@ struct RouteMsg {
     hops: u8,
     /// Unresponsive nodes reported by earlier hops.
     avoid: Vec<NodeId>,
+    /// The node we received it from (none at the origin).
+    prev: Option<NodeId>,
     payload: Vec<u8>,
 }
 
@@ -538,6 +540,7 @@ impl Pastry {
             origin: self.me,
             hops: 0,
             avoid: Vec::new(),
+            prev: None,
             payload,
         };
         self.route_step(now, msg, Vec::new(), 0);
@@ -705,6 +708,7 @@ impl Pastry {
                     origin,
                     hops,
                     avoid,
+                    prev: Some(from.id),
                     payload,
                 };
                 if hops > self.config.max_hops {
@@ -903,7 +907,19 @@ impl Pastry {
         }
     }
 
-    fn route_step(&mut self, now: Time, msg: RouteMsg, excluded: Vec<NodeId>, attempts: u8) {
+    fn route_step(&mut self, now: Time, msg: RouteMsg, mut excluded: Vec<NodeId>, attempts: u8) {
+        // Sending a message straight back where it came from means our two states disagree
+        // (each thinks the other is closer): a loop. Tell the sender what we know (it probes
+        // the nodes it is missing) and route around it.
+        if let Some(prev) = msg.prev.filter(|_| attempts == 0) {
+            if let Choice::Peer(next) = self.choose(msg.key, &msg.avoid, self.is_active()) {
+                if next.id == prev {
+                    let leaf_set = self.leaf_set.peers();
+                    self.send(next, Message::Heartbeat { leaf_set });
+                    excluded.push(prev);
+                }
+            }
+        }
         // Only an active node may be a root (MSPastry's consistent join).
         let skip: Vec<NodeId> = if msg.avoid.is_empty() {
             Vec::new()
