@@ -996,3 +996,50 @@ fn link_down_suspects_the_peer_and_reroutes_at_once() {
     assert_eq!(got.len(), 1);
     assert!(got[0].correct);
 }
+
+#[test]
+fn a_message_is_not_bounced_back_to_its_sender() {
+    // B's leaf set is tight around it and its table points at A for the key's first digit;
+    // A (knowing only B) thinks B is closer. Without care the message would ping-pong.
+    let a = hex("e0370000000000000000000000000000");
+    let b = hex("f65e0000000000000000000000000000");
+    let mut node_b = lone(b);
+    for n in 1..=8u128 {
+        meet(&mut node_b, peer(b + n));
+        meet(&mut node_b, peer(b - n));
+    }
+    meet(&mut node_b, peer(a));
+    let key = Key::from_u128(hex("eff60000000000000000000000000000"));
+    assert!(!node_b.leaf_set().covers(key));
+    assert_eq!(node_b.next_hop(key).map(|p| p.id.as_u128()), Some(a));
+    node_b.handle_message(
+        Time::ZERO,
+        peer(a),
+        Message::Route {
+            id: 5,
+            key,
+            origin: peer(a),
+            hops: 1,
+            avoid: vec![],
+            payload: vec![],
+        },
+    );
+    let outputs = drain(&mut node_b);
+    let routed_to: Vec<u128> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                msg: Message::Route { .. },
+            } => Some(to.id.as_u128()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routed_to.len(), 1);
+    assert_ne!(routed_to[0], a, "bounced back to the sender");
+    // The sender is told what B knows, so it can fix its leaf set.
+    assert!(outputs.iter().any(|o| matches!(
+        o,
+        Output::Send { to, msg: Message::Heartbeat { .. } } if to.id.as_u128() == a
+    )));
+}
