@@ -564,6 +564,7 @@ impl Pastry {
         self.phase = Phase::Left;
         self.in_flight.clear();
         self.held.clear();
+        self.waiting.clear();
         self.probes.clear();
         self.measuring.clear();
     }
