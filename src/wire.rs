@@ -300,10 +300,10 @@ pub(crate) mod strategy {
     use super::Body;
 
     /// Any [`Body`], with nested Pastry messages from
-    /// [`crate::pastry::message::strategy::any_message`].
+    /// [`crate::pastry::message::strategy::message`].
     pub(crate) fn any_body() -> impl Strategy<Value = Body> {
         prop_oneof![
-            crate::pastry::message::strategy::any_message().prop_map(Body::Pastry),
+            crate::pastry::message::strategy::message().prop_map(Body::Pastry),
             proptest::collection::vec(any::<u8>(), 0..512)
                 .prop_map(|payload| Body::Direct { payload }),
             (any::<u16>(), ".{0,64}").prop_map(|(code, message)| Body::Error { code, message }),
