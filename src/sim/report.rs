@@ -1,0 +1,255 @@
+//! The result of a simulation run, as a readable summary and as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+/// Everything a run measured. Serialises to the JSON object `wendy sim --json` prints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// `steady`, `failure` or `churn`.
+    pub scenario: String,
+    /// Latency model name (`plane`, `regions`, `matrix`).
+    pub model: String,
+    /// The seed.
+    pub seed: u64,
+    /// Whether proximity-aware routing tables were enabled.
+    pub proximity: bool,
+    /// Nodes in the built overlay.
+    pub nodes: usize,
+    /// Lookups issued.
+    pub lookups: usize,
+    /// Lookups delivered (first delivery) to the right node: the live active node closest to
+    /// the key when the lookup was delivered or when it was issued.
+    pub delivered_correct: u64,
+    /// Lookups never delivered (including those the origin gave up on).
+    pub lost: u64,
+    /// Lookups whose first delivery was at a wrong node.
+    pub misdelivered: u64,
+    /// Deliveries of an already delivered lookup.
+    pub duplicates: u64,
+    /// Lookups the origin reported as failed (`RouteFailed`); counted in `lost` unless delivered.
+    pub route_failed: u64,
+    /// Mean hops of delivered lookups.
+    pub mean_hops: f64,
+    /// Largest hop count of a delivered lookup.
+    pub max_hops: u32,
+    /// `hops_histogram[h]` = delivered lookups that took `h` hops.
+    pub hops_histogram: Vec<u64>,
+    /// Mean of route latency / direct latency (origin to deliverer), over lookups with >= 1 hop.
+    pub stretch_mean: f64,
+    /// Median of the same ratio.
+    pub stretch_median: f64,
+    /// Messages (every kind, plus RTT measurements as pairs) sent while building the overlay,
+    /// per joined node.
+    pub join_msgs_per_node: f64,
+    /// Joins that did not complete within the join timeout.
+    pub join_failures: u64,
+    /// Failure scenario: control messages caused by the failure (repair window minus the
+    /// steady baseline) per failed node.
+    pub repair_msgs_per_failed_node: Option<f64>,
+    /// Control messages (everything but lookups and their per-hop acks) per live node per
+    /// second of virtual time, over the measurement window.
+    pub control_msgs_per_node_per_s: f64,
+    /// Control bytes (encoded message + per-message transport overhead) per node per second.
+    pub control_bytes_per_node_per_s: f64,
+    /// Per-hop route acknowledgements per live node per second over the same window.
+    pub ack_msgs_per_node_per_s: f64,
+    /// Failure scenario details.
+    pub failure: Option<FailureReport>,
+    /// Churn scenario details.
+    pub churn: Option<ChurnReport>,
+    /// Live active nodes whose leaf set differs from the true one at the end of the run.
+    pub leaf_sets_wrong: u64,
+    /// Leaf-set entries at live nodes that point at dead nodes at the end of the run.
+    pub dead_leaf_entries: u64,
+    /// Messages and bytes sent, by message kind, over the whole run.
+    pub msgs_by_kind: BTreeMap<String, KindCount>,
+    /// Virtual time simulated, in seconds.
+    pub virtual_seconds: f64,
+    /// Events processed.
+    pub events: u64,
+    /// Wall-clock time of the run, in seconds (not deterministic).
+    pub wall_seconds: f64,
+    /// Peak resident set size of the process (VmHWM), in MiB (not deterministic).
+    pub peak_rss_mib: f64,
+}
+
+/// Messages and bytes of one message kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KindCount {
+    /// Messages sent.
+    pub msgs: u64,
+    /// Bytes sent (encoded size plus transport overhead).
+    pub bytes: u64,
+}
+
+/// What happened around the silent failure.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FailureReport {
+    /// Nodes that failed.
+    pub failed: usize,
+    /// Mean hops of lookups issued before the failure.
+    pub mean_hops_before: f64,
+    /// Mean hops of lookups issued during the repair window.
+    pub mean_hops_during: f64,
+    /// Mean hops of lookups issued after the repair window.
+    pub mean_hops_after: f64,
+    /// `(after - before) / before`.
+    pub hops_change: f64,
+    /// Lookups lost, per phase `[before, during, after]`.
+    pub lost_by_phase: [u64; 3],
+    /// Lookups misdelivered, per phase.
+    pub misdelivered_by_phase: [u64; 3],
+    /// Control messages in the repair window.
+    pub repair_window_control_msgs: u64,
+    /// Control messages expected in the same window without failure: the steady per-node rate
+    /// before the failure times the window's live node-seconds.
+    pub baseline_control_msgs: f64,
+    /// Seconds of virtual time in the repair window.
+    pub repair_window_s: f64,
+    /// Leaf-set entries pointing at dead nodes at the end of the repair window.
+    pub dead_leaf_entries_after_repair: u64,
+}
+
+/// What happened under churn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChurnReport {
+    /// Median session time, seconds.
+    pub median_session_s: f64,
+    /// Churn duration, seconds.
+    pub duration_s: f64,
+    /// Nodes that arrived during churn.
+    pub arrivals: u64,
+    /// Nodes that failed during churn.
+    pub departures: u64,
+    /// Mean number of live nodes during churn.
+    pub mean_live_nodes: f64,
+    /// `delivered_correct / lookups`.
+    pub correct_fraction: f64,
+    /// `misdelivered / lookups`.
+    pub misdelivered_fraction: f64,
+}
+
+impl Report {
+    /// The report with the non-deterministic fields (wall time, memory) zeroed.
+    pub fn deterministic_part(&self) -> Self {
+        Self {
+            wall_seconds: 0.0,
+            peak_rss_mib: 0.0,
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "scenario {} | model {} | seed {} | proximity {} | {} nodes",
+            self.scenario,
+            self.model,
+            self.seed,
+            if self.proximity { "on" } else { "off" },
+            self.nodes
+        )?;
+        writeln!(
+            f,
+            "lookups {}: correct {}, lost {}, misdelivered {}, duplicates {}",
+            self.lookups, self.delivered_correct, self.lost, self.misdelivered, self.duplicates
+        )?;
+        writeln!(
+            f,
+            "hops: mean {:.3}, max {}, histogram {:?}",
+            self.mean_hops, self.max_hops, self.hops_histogram
+        )?;
+        writeln!(
+            f,
+            "stretch: mean {:.3}, median {:.3}",
+            self.stretch_mean, self.stretch_median
+        )?;
+        writeln!(
+            f,
+            "join: {:.1} msgs per node ({} failed joins)",
+            self.join_msgs_per_node, self.join_failures
+        )?;
+        writeln!(
+            f,
+            "control: {:.3} msgs/s and {:.1} B/s per node (acks {:.3} msgs/s)",
+            self.control_msgs_per_node_per_s,
+            self.control_bytes_per_node_per_s,
+            self.ack_msgs_per_node_per_s
+        )?;
+        if let Some(failure) = &self.failure {
+            writeln!(
+                f,
+                "failure: {} failed; hops before {:.3}, during {:.3}, after {:.3} ({:+.2}%); \
+                 lost {:?}; repair msgs per failed node {:.1}",
+                failure.failed,
+                failure.mean_hops_before,
+                failure.mean_hops_during,
+                failure.mean_hops_after,
+                failure.hops_change * 100.0,
+                failure.lost_by_phase,
+                self.repair_msgs_per_failed_node.unwrap_or(0.0)
+            )?;
+        }
+        if let Some(churn) = &self.churn {
+            writeln!(
+                f,
+                "churn: {} arrivals, {} departures, {:.0} live on average; correct {:.5}, \
+                 misdelivered {:.2e}",
+                churn.arrivals,
+                churn.departures,
+                churn.mean_live_nodes,
+                churn.correct_fraction,
+                churn.misdelivered_fraction
+            )?;
+        }
+        writeln!(
+            f,
+            "state at end: {} wrong leaf sets, {} dead leaf entries",
+            self.leaf_sets_wrong, self.dead_leaf_entries
+        )?;
+        write!(
+            f,
+            "{:.1} s virtual, {} events, {:.1} s wall, peak RSS {:.0} MiB",
+            self.virtual_seconds, self.events, self.wall_seconds, self.peak_rss_mib
+        )
+    }
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM` from `/proc/self/status`), or 0 where
+/// that file does not exist.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_rss_is_read_from_proc() {
+        let before = peak_rss_mib();
+        assert!(before > 1.0, "{before}");
+        let big = vec![1u8; 64 << 20];
+        assert!(big.iter().map(|&b| u64::from(b)).sum::<u64>() > 0);
+        assert!(peak_rss_mib() >= before + 50.0);
+    }
+}
