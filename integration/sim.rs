@@ -116,11 +116,24 @@ fn wendy() -> Command {
 #[test]
 fn cli_prints_one_json_object() {
     let out = wendy()
-        .args(["sim", "--nodes", "100", "--lookups", "200", "--seed", "5", "--json"])
+        .args([
+            "sim",
+            "--nodes",
+            "100",
+            "--lookups",
+            "200",
+            "--seed",
+            "5",
+            "--json",
+        ])
         .args(["--model", "regions", "--quiet"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for field in [
         "nodes",
@@ -159,7 +172,11 @@ fn cli_reads_a_latency_matrix_and_reports_its_errors() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("model matrix"), "{text}");
     assert!(text.contains("correct 100"), "{text}");
@@ -173,13 +190,24 @@ fn cli_reads_a_latency_matrix_and_reports_its_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 2, column 4") && err.contains("not a number"), "{err}");
+    assert!(
+        err.contains("line 2, column 4") && err.contains("not a number"),
+        "{err}"
+    );
 }
 
 #[test]
 fn cli_rejects_conflicting_scenarios() {
     let out = wendy()
-        .args(["sim", "--nodes", "10", "--lookups", "1", "--fail-fraction", "0.1"])
+        .args([
+            "sim",
+            "--nodes",
+            "10",
+            "--lookups",
+            "1",
+            "--fail-fraction",
+            "0.1",
+        ])
         .args(["--churn-median-s", "60", "--duration-s", "100"])
         .output()
         .unwrap();

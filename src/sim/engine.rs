@@ -1,7 +1,6 @@
 //! The event loop: nodes, messages in flight, timers, scenarios and the delivery oracle.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::mem::Discriminant;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use super::queue::EventQueue;
 use super::report::{peak_rss_mib, ChurnReport, FailureReport, KindCount, Report};
 use super::{Scenario, SimConfig};
 use crate::id::{Key, NodeId};
-use crate::pastry::{Message, PeerInfo};
+use crate::pastry::{Message, MessageKind, Pastry, PeerInfo};
 
 const SECOND: f64 = 1_000_000.0;
 const NO_TIMER: u64 = u64::MAX;
@@ -65,11 +64,6 @@ enum Ev {
         node: u32,
         peer: u32,
         rtt_us: u64,
-    },
-    /// An RTT measurement of a dead peer timed out.
-    Unreachable {
-        node: u32,
-        peer: u32,
     },
     /// Build: create and join the next node.
     JoinNext,
@@ -155,7 +149,7 @@ struct Segment {
 /// 1 µs while RTT measurements still report the model's RTT, so the build costs no maintenance
 /// traffic (as in the paper's simulations, which build the overlay before measuring). After the
 /// build every message takes the model's delay.
-pub struct Simulation<P: SimNode> {
+pub struct Simulation<P: SimNode = Pastry> {
     config: SimConfig,
     protocol: P::Config,
     nodes: Vec<Slot<P>>,
@@ -183,8 +177,8 @@ pub struct Simulation<P: SimNode> {
     build_traffic: Traffic,
     build_nodes: usize,
     traffic: Traffic,
-    kinds: HashMap<Discriminant<Message>, usize>,
-    kind_counts: Vec<(String, KindCount)>,
+    /// Per message kind (`kind as usize`), plus RTT measurements at the end.
+    kind_counts: [KindCount; MessageKind::COUNT + 1],
     lookups: Vec<LookupRec>,
     route_ids: HashMap<(u32, u64), u32>,
     segments: Vec<Segment>,
@@ -198,6 +192,14 @@ pub struct Simulation<P: SimNode> {
     departures: u64,
     events: u64,
     done: bool,
+}
+
+impl Simulation<Pastry> {
+    /// A simulation of [`Pastry`] nodes.
+    pub fn new(config: SimConfig) -> Self {
+        let protocol = <Pastry as SimNode>::protocol_config(&config.protocol);
+        Self::with_protocol(config, protocol)
+    }
 }
 
 impl<P: SimNode> Simulation<P> {
@@ -237,8 +239,7 @@ impl<P: SimNode> Simulation<P> {
             build_traffic: Traffic::default(),
             build_nodes: 0,
             traffic: Traffic::default(),
-            kinds: HashMap::new(),
-            kind_counts: Vec::new(),
+            kind_counts: [KindCount::default(); MessageKind::COUNT + 1],
             lookups: Vec::with_capacity(config.lookups),
             route_ids: HashMap::new(),
             segments: Vec::new(),
@@ -316,10 +317,6 @@ impl<P: SimNode> Simulation<P> {
             Ev::Proximity { node, peer, rtt_us } => {
                 let peer = self.peer_info(peer);
                 self.call(node, false, |p, now| p.handle_proximity(now, peer, rtt_us));
-            }
-            Ev::Unreachable { node, peer } => {
-                let peer = self.nodes[peer as usize].id;
-                self.call(node, false, |p, now| p.handle_link_down(now, peer));
             }
             Ev::JoinNext => self.join_next(),
             Ev::JoinTimeout(node) => {
@@ -464,15 +461,20 @@ impl<P: SimNode> Simulation<P> {
                 self.queue.push(self.now + delay, Ev::Deliver(slot));
             }
             Effect::Measure { peer } => {
-                // An RTT sample costs a request and a reply on the link.
-                self.traffic.all_msgs += 2;
-                self.traffic.control_msgs += 2;
-                self.traffic.control_bytes += 2 * self.config.overhead_bytes;
-                self.count_kind(None, 2, 2 * self.config.overhead_bytes);
+                // An RTT sample costs a request and, from a live peer, a reply. A dead peer
+                // never answers and the node is told nothing (as the real transport would).
                 let Some(peer) = self.index_of(&peer) else {
                     return;
                 };
-                if self.nodes[peer as usize].alive {
+                let alive = self.nodes[peer as usize].alive;
+                let msgs = if alive { 2 } else { 1 };
+                self.traffic.all_msgs += msgs;
+                self.traffic.control_msgs += msgs;
+                self.traffic.control_bytes += msgs * self.config.overhead_bytes;
+                let count = &mut self.kind_counts[MessageKind::COUNT];
+                count.msgs += msgs;
+                count.bytes += msgs * self.config.overhead_bytes;
+                if alive {
                     let rtt_us = self.model.rtt_us(from as usize, peer as usize);
                     let after = if self.realtime { rtt_us } else { BUILD_HOP_US };
                     self.queue.push(
@@ -483,10 +485,6 @@ impl<P: SimNode> Simulation<P> {
                             rtt_us,
                         },
                     );
-                } else {
-                    let after = self.config.connect_timeout_ms * 1000;
-                    self.queue
-                        .push(self.now + after, Ev::Unreachable { node: from, peer });
                 }
             }
             Effect::Deliver {
@@ -515,51 +513,18 @@ impl<P: SimNode> Simulation<P> {
     }
 
     fn account(&mut self, msg: &Message) {
-        let bytes = postcard::experimental::serialized_size(msg).unwrap_or(0) as u64
-            + self.config.overhead_bytes;
+        let kind = msg.kind();
+        let bytes = msg.encoded_len() as u64 + self.config.overhead_bytes;
         self.traffic.all_msgs += 1;
-        match msg {
-            Message::Route { .. } => {}
-            Message::RouteAck { .. } => self.traffic.acks += 1,
-            _ => {
-                self.traffic.control_msgs += 1;
-                self.traffic.control_bytes += bytes;
-            }
+        if kind == MessageKind::RouteAck {
+            self.traffic.acks += 1;
         }
-        self.count_kind(Some(msg), 1, bytes);
-    }
-
-    fn count_kind(&mut self, msg: Option<&Message>, msgs: u64, bytes: u64) {
-        let index = match msg {
-            Some(msg) => {
-                let discriminant = std::mem::discriminant(msg);
-                match self.kinds.get(&discriminant) {
-                    Some(&index) => index,
-                    None => {
-                        let name = format!("{msg:?}");
-                        let name = name
-                            .split(|c: char| !c.is_alphanumeric() && c != '_')
-                            .next()
-                            .unwrap_or("?")
-                            .to_string();
-                        self.kind_counts.push((name, KindCount::default()));
-                        let index = self.kind_counts.len() - 1;
-                        self.kinds.insert(discriminant, index);
-                        index
-                    }
-                }
-            }
-            None => match self.kind_counts.iter().position(|(n, _)| n == "Measure") {
-                Some(index) => index,
-                None => {
-                    self.kind_counts
-                        .push(("Measure".to_string(), KindCount::default()));
-                    self.kind_counts.len() - 1
-                }
-            },
-        };
-        let count = &mut self.kind_counts[index].1;
-        count.msgs += msgs;
+        if kind.is_control() {
+            self.traffic.control_msgs += 1;
+            self.traffic.control_bytes += bytes;
+        }
+        let count = &mut self.kind_counts[kind as usize];
+        count.msgs += 1;
         count.bytes += bytes;
     }
 
@@ -1102,10 +1067,13 @@ impl<P: SimNode> Simulation<P> {
             churn,
             leaf_sets_wrong: self.wrong_leaf_sets(),
             dead_leaf_entries: self.dead_leaf_entries(),
-            msgs_by_kind: self
-                .kind_counts
+            msgs_by_kind: MessageKind::ALL
                 .iter()
-                .map(|(name, count)| (name.clone(), *count))
+                .map(|kind| kind.name())
+                .chain(["measure"])
+                .zip(self.kind_counts)
+                .filter(|(_, count)| count.msgs > 0)
+                .map(|(name, count)| (name.to_string(), count))
                 .collect::<BTreeMap<_, _>>(),
             virtual_seconds: self.now as f64 / SECOND,
             events: self.events,

@@ -95,8 +95,6 @@ pub struct SimConfig {
     pub drain_s: f64,
     /// A join not complete after this many virtual seconds is counted failed (build moves on).
     pub join_timeout_s: f64,
-    /// An RTT measurement of a dead node reports the link down after this many milliseconds.
-    pub connect_timeout_ms: u64,
     /// Transport overhead added to every message's encoded size (IP + UDP + QUIC), in bytes.
     pub overhead_bytes: u64,
 }
@@ -119,7 +117,6 @@ impl Default for SimConfig {
             repair_window_s: 300.0,
             drain_s: 30.0,
             join_timeout_s: 60.0,
-            connect_timeout_ms: 3_000,
             overhead_bytes: 60,
         }
     }

@@ -4,8 +4,10 @@
 //! and with its own small [`Effect`] type, so the event loop does not depend on details of the
 //! Pastry API beyond this adapter (and unit tests can drive the event loop with a stand-in).
 
+use std::time::Duration;
+
 use crate::id::{Key, NodeId};
-use crate::pastry::{Message, PeerInfo};
+use crate::pastry::{Config, Event, Message, Output, Pastry, PeerInfo, Time};
 
 /// Protocol knobs the simulator sets on every node.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,7 +67,7 @@ pub trait SimNode: Sized {
     /// Shared construction parameters.
     type Config;
     /// Builds the protocol configuration from the simulator's options.
-    fn config(options: &ProtocolOptions) -> Self::Config;
+    fn protocol_config(options: &ProtocolOptions) -> Self::Config;
     /// A fresh, inactive node.
     fn create(me: PeerInfo, config: &Self::Config, seed: u64) -> Self;
     /// Starts a new overlay with this node alone.
@@ -90,4 +92,88 @@ pub trait SimNode: Sized {
     fn is_active(&self) -> bool;
     /// The peers in this node's leaf set (for repair and consistency checks).
     fn leaf_peers(&self) -> Vec<PeerInfo>;
+}
+
+impl SimNode for Pastry {
+    type Config = Config;
+
+    fn protocol_config(options: &ProtocolOptions) -> Config {
+        Config {
+            proximity: options.proximity,
+            leaf_set_size: options.leaf_set_size,
+            intercept_forwards: false,
+            ..Config::default()
+        }
+    }
+
+    fn create(me: PeerInfo, config: &Config, seed: u64) -> Self {
+        Self::new(me, config.clone(), seed)
+    }
+
+    fn bootstrap_alone(&mut self, now: u64) {
+        Self::bootstrap_alone(self, Time::from_micros(now));
+    }
+
+    fn join(&mut self, now: u64, via: PeerInfo) {
+        Self::join(self, Time::from_micros(now), via);
+    }
+
+    fn route(&mut self, now: u64, key: Key, payload: Vec<u8>) -> u64 {
+        Self::route(self, Time::from_micros(now), key, payload)
+    }
+
+    fn handle_message(&mut self, now: u64, from: PeerInfo, msg: Message) {
+        Self::handle_message(self, Time::from_micros(now), from, msg);
+    }
+
+    fn handle_proximity(&mut self, now: u64, peer: PeerInfo, rtt_us: u64) {
+        Self::handle_proximity(
+            self,
+            Time::from_micros(now),
+            peer,
+            Duration::from_micros(rtt_us),
+        );
+    }
+
+    fn handle_link_down(&mut self, now: u64, peer: NodeId) {
+        Self::handle_link_down(self, Time::from_micros(now), peer);
+    }
+
+    fn handle_timeout(&mut self, now: u64) {
+        Self::handle_timeout(self, Time::from_micros(now));
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        Self::poll_timeout(self).map(Time::as_micros)
+    }
+
+    fn poll_effect(&mut self) -> Option<Effect> {
+        Some(match self.poll_output()? {
+            Output::Send { to, msg } => Effect::Send { to, msg },
+            Output::Measure { peer } => Effect::Measure { peer },
+            Output::Deliver {
+                key,
+                origin,
+                hops,
+                payload,
+                ..
+            } => Effect::Deliver {
+                key,
+                origin,
+                hops,
+                payload,
+            },
+            Output::Event(Event::RouteFailed { id, .. }) => Effect::RouteFailed { id },
+            // Forward is only emitted with intercept_forwards, which the simulator turns off.
+            Output::Forward { .. } | Output::Event(_) => Effect::Other,
+        })
+    }
+
+    fn is_active(&self) -> bool {
+        Self::is_active(self)
+    }
+
+    fn leaf_peers(&self) -> Vec<PeerInfo> {
+        self.leaf_set().peers()
+    }
 }

@@ -50,7 +50,7 @@ impl StandIn {
 impl SimNode for StandIn {
     type Config = Members;
 
-    fn config(_: &ProtocolOptions) -> Members {
+    fn protocol_config(_: &ProtocolOptions) -> Members {
         Members::default()
     }
 
@@ -73,7 +73,9 @@ impl SimNode for StandIn {
         self.out.push(Effect::Send {
             to: via,
             msg: Message::Join {
+                id: 0,
                 joiner: self.me,
+                next_row: 0,
                 hops: 0,
             },
         });
@@ -118,6 +120,7 @@ impl SimNode for StandIn {
                     to: joiner,
                     msg: Message::JoinState {
                         rows: Vec::new(),
+                        neighbourhood: Vec::new(),
                         leaf_set: Some(Vec::new()),
                     },
                 });
@@ -148,6 +151,7 @@ impl SimNode for StandIn {
                 to: from,
                 msg: Message::ProbeReply {
                     nonce,
+                    active: true,
                     leaf_set: Vec::new(),
                 },
             }),
@@ -168,6 +172,7 @@ impl SimNode for StandIn {
                         to,
                         msg: Message::Probe {
                             nonce: now,
+                            active: true,
                             leaf_set: Vec::new(),
                         },
                     });
@@ -199,7 +204,7 @@ impl SimNode for StandIn {
 }
 
 fn run(config: SimConfig) -> Report {
-    let members = StandIn::config(&config.protocol);
+    let members = StandIn::protocol_config(&config.protocol);
     Simulation::<StandIn>::with_protocol(config, members).run(&mut |_| {})
 }
 
@@ -253,9 +258,9 @@ fn steady_run_checks_every_delivery_against_the_oracle() {
     assert!((rate - 0.2).abs() < 0.01, "{rate}");
     assert!(report.control_bytes_per_node_per_s > rate * 60.0);
     assert!(report.ack_msgs_per_node_per_s > 0.0);
-    assert_eq!(report.msgs_by_kind["Join"].msgs, 199);
+    assert_eq!(report.msgs_by_kind["join"].msgs, 199);
     assert_eq!(
-        report.msgs_by_kind["RouteAck"].msgs,
+        report.msgs_by_kind["route_ack"].msgs,
         report.hops_histogram[1]
     );
     assert!(report.wall_seconds > 0.0 && report.peak_rss_mib > 0.0);
