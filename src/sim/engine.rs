@@ -10,7 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use super::latency::LatencyModel;
 use super::node::{Effect, SimNode};
 use super::queue::EventQueue;
-use super::report::{peak_rss_mib, ChurnReport, FailureReport, KindCount, Report};
+use super::report::{
+    peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, TableReport,
+};
 use super::{Scenario, SimConfig};
 use crate::id::{Key, NodeId};
 use crate::pastry::{Message, MessageKind, Pastry, PeerInfo};
@@ -183,6 +185,10 @@ pub struct Simulation<P: SimNode = Pastry> {
     route_ids: HashMap<(u32, u64), u32>,
     segments: Vec<Segment>,
     stretches: Vec<f32>,
+    route_us: u64,
+    direct_us: u64,
+    /// With `trace_routes`: every lookup hop `(lookup, from, to)`.
+    paths: Vec<(u32, u32, u32)>,
     marks: [Option<Mark>; 3],
     duplicates: u64,
     failed_nodes: usize,
@@ -244,6 +250,9 @@ impl<P: SimNode> Simulation<P> {
             route_ids: HashMap::new(),
             segments: Vec::new(),
             stretches: Vec::with_capacity(config.lookups),
+            route_us: 0,
+            direct_us: 0,
+            paths: Vec::new(),
             marks: [None; 3],
             duplicates: 0,
             failed_nodes: 0,
@@ -440,6 +449,14 @@ impl<P: SimNode> Simulation<P> {
                     tracing::warn!(?to, "send to an unknown peer");
                     return;
                 };
+                if self.config.trace_routes {
+                    if let Message::Route { payload, .. } = &msg {
+                        if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_slice()) {
+                            self.paths
+                                .push((u64::from_le_bytes(bytes) as u32, from, to));
+                        }
+                    }
+                }
                 if !self.nodes[to as usize].alive {
                     return;
                 }
@@ -767,6 +784,8 @@ impl<P: SimNode> Simulation<P> {
         if at != rec.origin {
             let direct = self.model.one_way_us(rec.origin as usize, at as usize);
             let route = self.now - rec.issued;
+            self.route_us += route;
+            self.direct_us += direct;
             self.stretches.push((route as f64 / direct as f64) as f32);
         }
     }
@@ -919,6 +938,146 @@ impl<P: SimNode> Simulation<P> {
         wrong
     }
 
+    fn long_routes(&self) -> Vec<RouteTrace> {
+        if !self.config.trace_routes {
+            return Vec::new();
+        }
+        let mut bound = 0u8;
+        let mut reach = 1usize;
+        while reach < self.build_nodes {
+            reach = reach.saturating_mul(16);
+            bound += 1;
+        }
+        let long: Vec<u32> = (0..self.lookups.len() as u32)
+            .filter(|&l| {
+                let rec = &self.lookups[l as usize];
+                rec.delivered_by != NOBODY && rec.hops > bound
+            })
+            .take(10)
+            .collect();
+        long.iter()
+            .map(|&l| {
+                let rec = &self.lookups[l as usize];
+                let hop = |node: u32, prev: Option<u32>| {
+                    let id = self.nodes[node as usize].id;
+                    let ms = prev.map_or(0.0, |p| {
+                        self.model.one_way_us(p as usize, node as usize) as f64 / 1000.0
+                    });
+                    format!("{id}/{}/{ms:.0}", rec.key.shared_prefix_len(id))
+                };
+                let mut path = vec![hop(rec.origin, None)];
+                for &(_, from, to) in self.paths.iter().filter(|(x, _, _)| *x == l) {
+                    path.push(hop(to, Some(from)));
+                }
+                RouteTrace {
+                    key: rec.key.to_string(),
+                    root: rec.root_at_issue.to_string(),
+                    path,
+                }
+            })
+            .collect()
+    }
+
+    /// Routing-table holes, dead entries and proximity quality (only with `trace_routes`).
+    fn tables(&self) -> Option<TableReport> {
+        if !self.config.trace_routes {
+            return None;
+        }
+        let mut report = TableReport::default();
+        let ids: Vec<u128> = self.oracle.iter().copied().collect();
+        // Live active nodes whose id starts with the first `row` digits of `id` then `digit`.
+        let qualifying = |id: NodeId, row: usize, digit: u8| -> (usize, usize) {
+            let prefix = id.with_digit(row, digit).as_u128();
+            let bits = 4 * (row as u32 + 1);
+            let lo = if bits >= 128 {
+                prefix
+            } else {
+                prefix >> (128 - bits) << (128 - bits)
+            };
+            let hi = if bits >= 128 {
+                prefix
+            } else {
+                lo | (u128::MAX >> bits)
+            };
+            (
+                ids.partition_point(|&x| x < lo),
+                ids.partition_point(|&x| x <= hi),
+            )
+        };
+        let mut ratio_sums: Vec<(f64, u64)> = Vec::new();
+        let by_id: HashMap<u128, u32> = self
+            .live_active
+            .iter()
+            .map(|&i| (self.nodes[i as usize].id.as_u128(), i))
+            .collect();
+        for (n, &i) in self.live_active.iter().enumerate() {
+            let Some(proto) = self.nodes[i as usize].proto.as_ref() else {
+                continue;
+            };
+            let me = self.nodes[i as usize].id;
+            let mut filled: HashMap<(usize, u8), u32> = HashMap::new();
+            for peer in proto.table_peers() {
+                report.filled += 1;
+                let Some(j) = index_of(peer.addr) else {
+                    continue;
+                };
+                if !self.nodes[j as usize].alive {
+                    report.dead_entries += 1;
+                }
+                let row = me.shared_prefix_len(peer.id);
+                if row < crate::id::DIGITS {
+                    filled.insert((row, peer.id.digit(row)), j);
+                }
+            }
+            let sample = n % 97 == 0;
+            for row in 0..crate::id::DIGITS {
+                let mut any = false;
+                for digit in 0..16u8 {
+                    if digit == me.digit(row) {
+                        continue;
+                    }
+                    let (lo, hi) = qualifying(me, row, digit);
+                    if lo == hi {
+                        continue;
+                    }
+                    any = true;
+                    match filled.get(&(row, digit)) {
+                        None => {
+                            if report.holes_by_row.len() <= row {
+                                report.holes_by_row.resize(row + 1, 0);
+                            }
+                            report.holes_by_row[row] += 1;
+                        }
+                        Some(&entry) if sample && row < 4 => {
+                            let best = ids[lo..hi]
+                                .iter()
+                                .filter_map(|id| by_id.get(id))
+                                .map(|&c| self.model.one_way_us(i as usize, c as usize))
+                                .min()
+                                .unwrap_or(1)
+                                .max(1);
+                            let actual = self.model.one_way_us(i as usize, entry as usize);
+                            if ratio_sums.len() <= row {
+                                ratio_sums.resize(row + 1, (0.0, 0));
+                            }
+                            ratio_sums[row].0 += actual as f64 / best as f64;
+                            ratio_sums[row].1 += 1;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if !any {
+                    break;
+                }
+            }
+        }
+        report.proximity_ratio_by_row = ratio_sums
+            .iter()
+            .map(|&(sum, n)| if n == 0 { 0.0 } else { sum / n as f64 })
+            .collect();
+        Some(report)
+    }
+
     fn report(&self) -> Report {
         let mut histogram: Vec<u64> = Vec::new();
         let (mut correct, mut lost, mut misdelivered, mut route_failed) = (0, 0, 0, 0);
@@ -1057,6 +1216,13 @@ impl<P: SimNode> Simulation<P> {
             hops_histogram: histogram,
             stretch_mean,
             stretch_median,
+            stretch_of_means: if self.direct_us == 0 {
+                0.0
+            } else {
+                self.route_us as f64 / self.direct_us as f64
+            },
+            long_routes: self.long_routes(),
+            tables: self.tables(),
             join_msgs_per_node: self.build_traffic.all_msgs as f64 / joined as f64,
             join_failures: self.join_failures,
             repair_msgs_per_failed_node: repair_per_node,

@@ -28,7 +28,9 @@ pub use latency::{
     LatencyModel, MatrixError, ModelSpec, RttMatrix, MIN_ONE_WAY_US, PLANE_SIDE_US, REGIONS,
 };
 pub use node::{Effect, ProtocolOptions, SimNode};
-pub use report::{peak_rss_mib, ChurnReport, FailureReport, KindCount, Report};
+pub use report::{
+    peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, TableReport,
+};
 
 /// What happens after the overlay is built.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,6 +97,8 @@ pub struct SimConfig {
     pub drain_s: f64,
     /// A join not complete after this many virtual seconds is counted failed (build moves on).
     pub join_timeout_s: f64,
+    /// Record every lookup's path and report the longest routes (diagnostics; costs memory).
+    pub trace_routes: bool,
     /// Transport overhead added to every message's encoded size (IP + UDP + QUIC), in bytes.
     pub overhead_bytes: u64,
 }
@@ -118,6 +122,7 @@ impl Default for SimConfig {
             drain_s: 30.0,
             join_timeout_s: 60.0,
             overhead_bytes: 60,
+            trace_routes: false,
         }
     }
 }

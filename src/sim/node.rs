@@ -92,6 +92,8 @@ pub trait SimNode: Sized {
     fn is_active(&self) -> bool;
     /// The peers in this node's leaf set (for repair and consistency checks).
     fn leaf_peers(&self) -> Vec<PeerInfo>;
+    /// The peers in this node's routing table (for diagnostics).
+    fn table_peers(&self) -> Vec<PeerInfo>;
 }
 
 impl SimNode for Pastry {
@@ -175,5 +177,9 @@ impl SimNode for Pastry {
 
     fn leaf_peers(&self) -> Vec<PeerInfo> {
         self.leaf_set().peers()
+    }
+
+    fn table_peers(&self) -> Vec<PeerInfo> {
+        self.routing_table().iter().map(|slot| slot.peer).collect()
     }
 }

@@ -64,6 +64,13 @@ pub struct Report {
     pub leaf_sets_wrong: u64,
     /// Leaf-set entries at live nodes that point at dead nodes at the end of the run.
     pub dead_leaf_entries: u64,
+    /// Sum of route latencies over sum of direct latencies (lookups with >= 1 hop): the stretch
+    /// of the average route, which tiny direct distances cannot dominate.
+    pub stretch_of_means: f64,
+    /// With `trace_routes`: up to 10 of the routes longer than `ceil(log16 N)` hops.
+    pub long_routes: Vec<RouteTrace>,
+    /// With `trace_routes`: routing-table diagnostics at the end of the run.
+    pub tables: Option<TableReport>,
     /// Messages and bytes sent, by message kind, over the whole run.
     pub msgs_by_kind: BTreeMap<String, KindCount>,
     /// Virtual time simulated, in seconds.
@@ -83,6 +90,31 @@ pub struct KindCount {
     pub msgs: u64,
     /// Bytes sent (encoded size plus transport overhead).
     pub bytes: u64,
+}
+
+/// The path of one lookup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RouteTrace {
+    /// The key (32 hex digits).
+    pub key: String,
+    /// The oracle's root when the lookup was issued.
+    pub root: String,
+    /// Each node the message visited, origin first: `id/shared-prefix-with-key/ms-from-prev`.
+    pub path: Vec<String>,
+}
+
+/// Routing-table quality at the end of a run (diagnostics).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TableReport {
+    /// Filled slots, over all live active nodes.
+    pub filled: u64,
+    /// Empty slots for which some live active node would qualify, by row.
+    pub holes_by_row: Vec<u64>,
+    /// Slots pointing at dead nodes.
+    pub dead_entries: u64,
+    /// For a sample of nodes: mean of (entry's delay / delay of the nearest node that qualifies
+    /// for the slot), by row. 1.0 = perfect proximity neighbour selection.
+    pub proximity_ratio_by_row: Vec<f64>,
 }
 
 /// What happened around the silent failure.
@@ -166,8 +198,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "stretch: mean {:.3}, median {:.3}",
-            self.stretch_mean, self.stretch_median
+            "stretch: mean {:.3}, median {:.3}, of means {:.3}",
+            self.stretch_mean, self.stretch_median, self.stretch_of_means
         )?;
         writeln!(
             f,
@@ -212,6 +244,25 @@ impl fmt::Display for Report {
             "state at end: {} wrong leaf sets, {} dead leaf entries",
             self.leaf_sets_wrong, self.dead_leaf_entries
         )?;
+        if let Some(tables) = &self.tables {
+            writeln!(
+                f,
+                "tables: {} filled, holes by row {:?}, {} dead entries, proximity ratio by row {:.2?}",
+                tables.filled,
+                tables.holes_by_row,
+                tables.dead_entries,
+                tables.proximity_ratio_by_row
+            )?;
+        }
+        for trace in &self.long_routes {
+            writeln!(
+                f,
+                "long route to {} (root {}): {}",
+                trace.key,
+                trace.root,
+                trace.path.join(" -> ")
+            )?;
+        }
         write!(
             f,
             "{:.1} s virtual, {} events, {:.1} s wall, peak RSS {:.0} MiB",

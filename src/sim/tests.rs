@@ -197,6 +197,10 @@ impl SimNode for StandIn {
         self.active
     }
 
+    fn table_peers(&self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+
     fn leaf_peers(&self) -> Vec<PeerInfo> {
         // Its successor only: in a failure run, some of these point at dead nodes.
         self.successor().into_iter().collect()

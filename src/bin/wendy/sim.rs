@@ -74,6 +74,9 @@ pub(crate) struct SimArgs {
     /// Failure scenario: virtual seconds between the failure and the "after" lookups.
     #[arg(long, default_value_t = SimConfig::default().repair_window_s)]
     repair_window_s: f64,
+    /// Record lookup paths and show up to 10 routes longer than ceil(log16 N) hops.
+    #[arg(long)]
+    trace_routes: bool,
     /// Do not print progress on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -125,6 +128,7 @@ impl SimArgs {
             warmup_s: self.warmup_s,
             lookup_window_s: self.lookup_window_s,
             repair_window_s: self.repair_window_s,
+            trace_routes: self.trace_routes,
             ..SimConfig::default()
         };
         config.protocol.proximity = !self.no_proximity;
