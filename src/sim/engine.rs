@@ -133,6 +133,8 @@ struct Mark {
     traffic: Traffic,
     /// Integral of live nodes over time, in node-microseconds.
     node_us: f64,
+    /// Per-kind counters (`kind as usize`, then measurements).
+    kinds: [KindCount; MessageKind::COUNT + 1],
 }
 
 struct Segment {
@@ -190,6 +192,9 @@ pub struct Simulation<P: SimNode = Pastry> {
     /// With `trace_routes`: every lookup hop `(lookup, from, to)`.
     paths: Vec<(u32, u32, u32)>,
     marks: [Option<Mark>; 3],
+    /// Failure scenario: control messages per live node-µs in the repair window of the same
+    /// run without the failure.
+    twin_rate: Option<f64>,
     duplicates: u64,
     failed_nodes: usize,
     dead_leaf_after_repair: u64,
@@ -254,6 +259,7 @@ impl<P: SimNode> Simulation<P> {
             direct_us: 0,
             paths: Vec::new(),
             marks: [None; 3],
+            twin_rate: None,
             duplicates: 0,
             failed_nodes: 0,
             dead_leaf_after_repair: 0,
@@ -268,8 +274,38 @@ impl<P: SimNode> Simulation<P> {
 
     /// Runs the whole scenario and returns its report. `progress` is called every few hundred
     /// thousand events (the CLI prints it on stderr).
+    ///
+    /// A failure scenario first runs its twin without the failure (same seed, so the same
+    /// overlay and traffic up to the failure) to measure the control traffic the repair window
+    /// would have seen anyway; repair messages are the difference.
     pub fn run(mut self, progress: &mut dyn FnMut(&Progress)) -> Report {
         let started = Instant::now();
+        if let Scenario::Failure { fraction } = self.config.scenario {
+            if fraction > 0.0 {
+                let config = SimConfig {
+                    scenario: Scenario::Failure { fraction: 0.0 },
+                    trace_routes: false,
+                    ..self.config.clone()
+                };
+                let protocol = P::protocol_config(&config.protocol);
+                let mut twin = Self::with_protocol(config, protocol);
+                twin.simulate(progress);
+                if let (Some(m1), Some(m2)) = (twin.marks[1], twin.marks[2]) {
+                    self.twin_rate = Some(
+                        (m2.traffic.control_msgs - m1.traffic.control_msgs) as f64
+                            / (m2.node_us - m1.node_us).max(1.0),
+                    );
+                }
+            }
+        }
+        self.simulate(progress);
+        let mut report = self.report();
+        report.wall_seconds = started.elapsed().as_secs_f64();
+        report.peak_rss_mib = peak_rss_mib();
+        report
+    }
+
+    fn simulate(&mut self, progress: &mut dyn FnMut(&Progress)) {
         if self.config.nodes > 0 {
             let first = self.create_node();
             self.call(first, false, |p, now| p.bootstrap_alone(now));
@@ -288,10 +324,6 @@ impl<P: SimNode> Simulation<P> {
             }
         }
         progress(&self.progress());
-        let mut report = self.report();
-        report.wall_seconds = started.elapsed().as_secs_f64();
-        report.peak_rss_mib = peak_rss_mib();
-        report
     }
 
     fn progress(&self) -> Progress {
@@ -344,6 +376,7 @@ impl<P: SimNode> Simulation<P> {
                     time: self.now,
                     traffic: self.traffic,
                     node_us: self.node_us,
+                    kinds: self.kind_counts,
                 });
                 if i == 2 {
                     self.dead_leaf_after_repair = self.dead_leaf_entries();
@@ -1140,6 +1173,19 @@ impl<P: SimNode> Simulation<P> {
             }
         };
         let (control_msgs, control_bytes, acks) = rate(self.marks[0], self.marks[1]);
+        let control_by_kind = match (self.marks[0], self.marks[1]) {
+            (Some(a), Some(b)) if b.node_us > a.node_us => kind_names()
+                .zip(a.kinds.iter().zip(b.kinds))
+                .filter(|(_, (x, y))| y.msgs > x.msgs)
+                .map(|(name, (x, y))| {
+                    (
+                        name.to_string(),
+                        (y.msgs - x.msgs) as f64 / ((b.node_us - a.node_us) / SECOND),
+                    )
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
 
         let mut failure = None;
         let mut repair_per_node = None;
@@ -1149,10 +1195,13 @@ impl<P: SimNode> Simulation<P> {
             self.marks[1],
             self.marks[2],
         ) {
-            // Baseline: the steady per-node rate before the failure, times the live
-            // node-time of the repair window (fewer nodes send fewer heartbeats).
-            let baseline_per_node_us = (m1.traffic.control_msgs - m0.traffic.control_msgs) as f64
-                / (m1.node_us - m0.node_us).max(1.0);
+            // Baseline: the per-node rate of the twin run without failure in the same window
+            // (else the rate before the failure), times this window's live node-time (fewer
+            // nodes send fewer heartbeats).
+            let baseline_per_node_us = self.twin_rate.unwrap_or(
+                (m1.traffic.control_msgs - m0.traffic.control_msgs) as f64
+                    / (m1.node_us - m0.node_us).max(1.0),
+            );
             let window_msgs = m2.traffic.control_msgs - m1.traffic.control_msgs;
             let baseline = baseline_per_node_us * (m2.node_us - m1.node_us);
             let per_node = (window_msgs as f64 - baseline) / self.failed_nodes.max(1) as f64;
@@ -1175,6 +1224,11 @@ impl<P: SimNode> Simulation<P> {
                 baseline_control_msgs: baseline,
                 repair_window_s: (m2.time - m1.time) as f64 / SECOND,
                 dead_leaf_entries_after_repair: self.dead_leaf_after_repair,
+                repair_window_msgs_by_kind: kind_names()
+                    .zip(m1.kinds.iter().zip(m2.kinds))
+                    .filter(|(_, (a, b))| b.msgs > a.msgs)
+                    .map(|(name, (a, b))| (name.to_string(), b.msgs - a.msgs))
+                    .collect(),
             });
         }
 
@@ -1229,14 +1283,12 @@ impl<P: SimNode> Simulation<P> {
             control_msgs_per_node_per_s: control_msgs,
             control_bytes_per_node_per_s: control_bytes,
             ack_msgs_per_node_per_s: acks,
+            control_by_kind_per_node_per_s: control_by_kind,
             failure,
             churn,
             leaf_sets_wrong: self.wrong_leaf_sets(),
             dead_leaf_entries: self.dead_leaf_entries(),
-            msgs_by_kind: MessageKind::ALL
-                .iter()
-                .map(|kind| kind.name())
-                .chain(["measure"])
+            msgs_by_kind: kind_names()
                 .zip(self.kind_counts)
                 .filter(|(_, count)| count.msgs > 0)
                 .map(|(name, count)| (name.to_string(), count))
@@ -1270,6 +1322,14 @@ pub(crate) fn index_of(addr: SocketAddr) -> Option<u32> {
         return None;
     }
     Some(u32::from_be_bytes([hi as u8, a, b, c]))
+}
+
+/// Names of the per-kind counters, in counter order.
+fn kind_names() -> impl Iterator<Item = &'static str> {
+    MessageKind::ALL
+        .iter()
+        .map(|kind| kind.name())
+        .chain(["measure"])
 }
 
 fn splitmix(mut x: u64) -> u64 {

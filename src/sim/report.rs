@@ -46,8 +46,9 @@ pub struct Report {
     pub join_msgs_per_node: f64,
     /// Joins that did not complete within the join timeout.
     pub join_failures: u64,
-    /// Failure scenario: control messages caused by the failure (repair window minus the
-    /// steady baseline) per failed node.
+    /// Failure scenario: control messages caused by the failure, per failed node: the repair
+    /// window's control messages minus those of the same window in a twin run without the
+    /// failure (scaled to this run's live node-seconds).
     pub repair_msgs_per_failed_node: Option<f64>,
     /// Control messages (everything but lookups and their per-hop acks) per live node per
     /// second of virtual time, over the measurement window.
@@ -56,6 +57,9 @@ pub struct Report {
     pub control_bytes_per_node_per_s: f64,
     /// Per-hop route acknowledgements per live node per second over the same window.
     pub ack_msgs_per_node_per_s: f64,
+    /// Messages per live node per second over the measurement window, by kind (RouteAck and
+    /// Route included, for comparison).
+    pub control_by_kind_per_node_per_s: BTreeMap<String, f64>,
     /// Failure scenario details.
     pub failure: Option<FailureReport>,
     /// Churn scenario details.
@@ -143,6 +147,8 @@ pub struct FailureReport {
     pub repair_window_s: f64,
     /// Leaf-set entries pointing at dead nodes at the end of the repair window.
     pub dead_leaf_entries_after_repair: u64,
+    /// Messages sent in the repair window, by kind.
+    pub repair_window_msgs_by_kind: BTreeMap<String, u64>,
 }
 
 /// What happened under churn.
