@@ -24,6 +24,9 @@ const NOBODY: u32 = u32::MAX;
 const BUILD_HOP_US: u64 = 1;
 /// First port of the fake node addresses.
 const BASE_PORT: u16 = 7000;
+/// A lost lookup whose origin failed within this long of issuing it is counted in
+/// `lost_origin_died`.
+const ORIGIN_DEATH_WINDOW_US: u64 = 10_000_000;
 /// Progress is reported every this many events.
 const PROGRESS_EVERY: u64 = 1 << 18;
 
@@ -95,6 +98,8 @@ struct Slot<P> {
     proto: Option<P>,
     id: NodeId,
     timer_at: u64,
+    /// When the node failed (`NO_TIMER` while alive).
+    died_at: u64,
     alive: bool,
     active: bool,
     /// Position in `live_active` (valid while active and alive).
@@ -414,6 +419,7 @@ impl<P: SimNode> Simulation<P> {
             proto: Some(proto),
             id,
             timer_at: NO_TIMER,
+            died_at: NO_TIMER,
             alive: true,
             active: false,
             live_pos: NOBODY,
@@ -601,6 +607,7 @@ impl<P: SimNode> Simulation<P> {
             return;
         }
         slot.alive = false;
+        slot.died_at = self.now;
         slot.proto = None;
         slot.timer_at = NO_TIMER;
         self.alive -= 1;
@@ -1114,6 +1121,7 @@ impl<P: SimNode> Simulation<P> {
     fn report(&self) -> Report {
         let mut histogram: Vec<u64> = Vec::new();
         let (mut correct, mut lost, mut misdelivered, mut route_failed) = (0, 0, 0, 0);
+        let mut lost_origin_died = 0;
         let mut hops_by_phase = [(0u64, 0u64); 3];
         let mut lost_by_phase = [0u64; 3];
         let mut mis_by_phase = [0u64; 3];
@@ -1124,6 +1132,13 @@ impl<P: SimNode> Simulation<P> {
             }
             if rec.delivered_by == NOBODY {
                 lost += 1;
+                let origin_died = self
+                    .nodes
+                    .get(rec.origin as usize)
+                    .map_or(NO_TIMER, |n| n.died_at);
+                if origin_died.saturating_sub(rec.issued) <= ORIGIN_DEATH_WINDOW_US {
+                    lost_origin_died += 1;
+                }
                 lost_by_phase[phase] += 1;
                 continue;
             }
@@ -1265,6 +1280,7 @@ impl<P: SimNode> Simulation<P> {
             misdelivered,
             duplicates: self.duplicates,
             route_failed,
+            lost_origin_died,
             mean_hops: mean((total_hops, delivered)),
             max_hops: histogram.len().saturating_sub(1) as u32,
             hops_histogram: histogram,

@@ -31,6 +31,8 @@ pub struct Report {
     pub duplicates: u64,
     /// Lookups the origin reported as failed (`RouteFailed`); counted in `lost` unless delivered.
     pub route_failed: u64,
+    /// Lost lookups whose origin failed within 10 s of issuing them (also in `lost`).
+    pub lost_origin_died: u64,
     /// Mean hops of delivered lookups.
     pub mean_hops: f64,
     /// Largest hop count of a delivered lookup.
@@ -194,8 +196,15 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "lookups {}: correct {}, lost {}, misdelivered {}, duplicates {}",
-            self.lookups, self.delivered_correct, self.lost, self.misdelivered, self.duplicates
+            "lookups {}: correct {}, lost {} ({} of them with a failed origin, {} given up), \
+             misdelivered {}, duplicates {}",
+            self.lookups,
+            self.delivered_correct,
+            self.lost,
+            self.lost_origin_died,
+            self.route_failed,
+            self.misdelivered,
+            self.duplicates
         )?;
         writeln!(
             f,
