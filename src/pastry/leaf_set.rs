@@ -40,7 +40,8 @@ pub struct LeafSet {
     half: usize,
     left: Vec<Slot>,
     right: Vec<Slot>,
-    /// Set once both sides were full without meeting: the overlay is larger than the leaf set.
+    /// Set once both sides were full, apart, and each within its half of the ring: the overlay
+    /// is clearly larger than the leaf set.
     /// From then on a side admits only ids on its own half of the ring, so that a hole left by
     /// a failure is never "filled" with a node from the far side (which would make the sides
     /// meet and the node believe it covers the whole ring).
@@ -119,10 +120,17 @@ impl LeafSet {
 
     /// Marks the overlay as larger than the leaf set once both sides are full and apart.
     fn update_big(&mut self) {
+        let within_half = |side: Side| {
+            self.side(side)
+                .last()
+                .is_some_and(|far| self.in_half(side, far.peer.id))
+        };
         if !self.big
             && self.left.len() == self.half
             && self.right.len() == self.half
             && !self.sides_meet()
+            && within_half(Side::Left)
+            && within_half(Side::Right)
         {
             self.big = true;
             let me = self.me;
@@ -193,6 +201,18 @@ impl LeafSet {
             .iter()
             .chain(self.right.iter())
             .any(|s| s.peer.id == id)
+    }
+
+    /// Where `id` sits: its side and its rank on that side (0 = immediate neighbour). A member
+    /// on both sides (small overlays) reports its nearer side.
+    pub fn position(&self, id: NodeId) -> Option<(Side, usize)> {
+        let rank = |side: Side| self.side(side).iter().position(|s| s.peer.id == id);
+        match (rank(Side::Left), rank(Side::Right)) {
+            (Some(l), Some(r)) if r < l => Some((Side::Right, r)),
+            (Some(l), _) => Some((Side::Left, l)),
+            (None, Some(r)) => Some((Side::Right, r)),
+            (None, None) => None,
+        }
     }
 
     /// The member `id`, if present.

@@ -36,6 +36,8 @@ mod time;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod protocol_tests;
 
 pub use leaf_set::{LeafSet, Side};
 pub use message::{Message, MessageKind, PeerInfo};

@@ -604,8 +604,7 @@ impl Pastry {
                         self.start_probe(now, from, ProbeKind::Member);
                     }
                 } else if self.knows(node) {
-                    self.remove_everywhere(now, node);
-                    self.note_dead(now, node);
+                    self.forget_dead(now, node, false);
                 }
                 self.merge_candidates(now, &leaf_set);
             }
@@ -1312,19 +1311,42 @@ impl Pastry {
     fn declare_dead(&mut self, now: Time, peer: PeerInfo) {
         self.stats.declared_dead += 1;
         tracing::debug!(me = ?self.me.id, dead = ?peer.id, "declaring node dead");
-        let was_leaf = self.remove_everywhere(now, peer.id);
-        self.note_dead(now, peer.id);
-        if was_leaf && self.is_active() {
-            let leaf_set = self.leaf_set.peers();
-            for member in &leaf_set {
-                self.send(
-                    *member,
-                    Message::NodeFailed {
-                        node: peer.id,
-                        leaf_set: leaf_set.clone(),
-                    },
-                );
-            }
+        self.forget_dead(now, peer.id, true);
+    }
+
+    /// Drops a dead node and spreads the news so that every leaf set holding it learns: the
+    /// dead node's immediate neighbours tell their whole leaf sets (together they span every
+    /// node that can hold it); a detector that is not a neighbour tells those neighbours.
+    fn forget_dead(&mut self, now: Time, id: NodeId, detected_here: bool) {
+        let position = self.leaf_set.position(id);
+        let inner = position.and_then(|(side, rank)| {
+            rank.checked_sub(1)
+                .and_then(|r| self.leaf_set.side_slots(side).get(r))
+                .map(|s| s.peer)
+        });
+        let outer = position
+            .and_then(|(side, rank)| self.leaf_set.side_slots(side).get(rank + 1).map(|s| s.peer));
+        let was_leaf = self.remove_everywhere(now, id);
+        self.note_dead(now, id);
+        if !was_leaf || !self.is_active() {
+            return;
+        }
+        let leaf_set = self.leaf_set.peers();
+        let targets: Vec<PeerInfo> = if position.is_some_and(|(_, rank)| rank == 0) {
+            leaf_set.clone()
+        } else if detected_here {
+            inner.into_iter().chain(outer).collect()
+        } else {
+            Vec::new()
+        };
+        for member in targets {
+            self.send(
+                member,
+                Message::NodeFailed {
+                    node: id,
+                    leaf_set: leaf_set.clone(),
+                },
+            );
         }
     }
 

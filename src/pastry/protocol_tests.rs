@@ -1,0 +1,655 @@
+//! Protocol tests: whole overlays in the in-memory harness, and route decisions on built state.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use crate::id::{Key, NodeId};
+
+use super::harness::{hop_bound, Net};
+use super::{Config, Event, ForwardVerdict, Message, MessageKind, Output, Pastry, PeerInfo, Time};
+
+fn peer(n: u128) -> PeerInfo {
+    PeerInfo {
+        id: NodeId::from_u128(n),
+        addr: "10.0.0.1:4000".parse().unwrap(),
+    }
+}
+
+fn drain(node: &mut Pastry) -> Vec<Output> {
+    std::iter::from_fn(|| node.poll_output()).collect()
+}
+
+/// Routes `count` random lookups from random nodes; asserts each is delivered exactly once, at
+/// the oracle's root, within the hop bound. Returns the hop counts.
+fn check_lookups(net: &mut Net, count: usize) -> Vec<u8> {
+    let bound = hop_bound(net.live_ids().len());
+    let start = net.delivered.len();
+    let mut sent = Vec::new();
+    for _ in 0..count {
+        let from = net.random_live();
+        let key = net.random_key();
+        let id = net.route(from, key, b"lookup".to_vec());
+        sent.push((net.nodes[from].id(), id, key));
+    }
+    net.run_for(Duration::from_secs(30));
+    let delivered = &net.delivered[start..];
+    let mut hops = Vec::new();
+    for (origin, id, key) in sent {
+        let got: Vec<_> = delivered
+            .iter()
+            .filter(|d| d.origin == origin && d.id == id)
+            .collect();
+        assert_eq!(
+            got.len(),
+            1,
+            "lookup for {key} delivered {} times",
+            got.len()
+        );
+        let root = net.oracle_root(key);
+        assert_eq!(
+            net.nodes[got[0].at].id(),
+            root,
+            "lookup for {key} misdelivered"
+        );
+        assert!(
+            got[0].hops <= bound,
+            "lookup for {key} took {} hops (bound {bound})",
+            got[0].hops
+        );
+        hops.push(got[0].hops);
+    }
+    hops
+}
+
+fn mean(hops: &[u8]) -> f64 {
+    hops.iter().map(|&h| f64::from(h)).sum::<f64>() / hops.len() as f64
+}
+
+#[test]
+fn joins_build_leaf_sets_equal_to_the_oracle_and_lookups_reach_the_root() {
+    let mut net = Net::build(Config::default(), 150, 1);
+    // Every joiner reported Joined exactly once.
+    let joined: Vec<usize> = net
+        .events
+        .iter()
+        .filter(|(_, e, _)| *e == Event::Joined)
+        .map(|(i, _, _)| *i)
+        .collect();
+    assert_eq!(joined.len(), 150);
+    assert_eq!(
+        net.wrong_leaf_sets(),
+        Vec::<usize>::new(),
+        "right after joins"
+    );
+    let hops = check_lookups(&mut net, 400);
+    eprintln!(
+        "150 nodes: mean hops {:.2}, max {}",
+        mean(&hops),
+        hops.iter().max().unwrap()
+    );
+    // Proximity: the routing tables hold measured peers.
+    let measured = net.nodes[5]
+        .routing_table()
+        .iter()
+        .filter(|s| s.rtt().is_some())
+        .count();
+    assert!(measured > 0);
+}
+
+#[test]
+fn join_completes_in_a_few_round_trips_without_sleeps() {
+    let mut net = Net::build(Config::default(), 40, 2);
+    let i = net.add(None);
+    let start = net.now;
+    net.join(i);
+    let took = net.now - start;
+    // Latencies here are at most ~72 ms one way; a join is a route plus a probe round.
+    assert!(took < Duration::from_secs(2), "join took {took:?}");
+    assert_eq!(net.wrong_leaf_sets(), Vec::<usize>::new());
+}
+
+#[test]
+fn concurrent_joins_converge_to_the_oracle() {
+    let mut net = Net::build(Config::default(), 30, 3);
+    // Ten nodes join at once through random members.
+    let new: Vec<usize> = (0..10).map(|_| net.add(None)).collect();
+    for &i in &new {
+        let via = net.random_live();
+        net.start_join(i, via);
+    }
+    net.run_for(Duration::from_secs(60));
+    for &i in &new {
+        assert!(net.nodes[i].is_active(), "node {i} did not join");
+    }
+    assert_eq!(net.wrong_leaf_sets(), Vec::<usize>::new());
+    check_lookups(&mut net, 200);
+}
+
+#[test]
+fn silent_failures_are_detected_repaired_and_reported() {
+    let mut net = Net::build(Config::default(), 100, 4);
+    net.run_for(Duration::from_secs(30));
+    let victims: Vec<usize> = (0..10).map(|k| 5 + k * 9).collect();
+    // Who had each victim in its leaf set when it died.
+    let mut watchers = Vec::new();
+    for &v in &victims {
+        let id = net.nodes[v].id();
+        for i in 0..net.nodes.len() {
+            if !victims.contains(&i) && net.nodes[i].leaf_set().contains(id) {
+                watchers.push((i, id));
+            }
+        }
+        net.kill(v);
+    }
+    let killed_at = net.now;
+    // Lookups during the repair are re-routed, not lost.
+    check_lookups(&mut net, 100);
+    net.run_for(Duration::from_secs(120));
+    let wrong: Vec<String> = net
+        .wrong_leaf_sets()
+        .into_iter()
+        .map(|i| net.leaf_diff(i))
+        .collect();
+    assert_eq!(wrong, Vec::<String>::new(), "after repair");
+    for (i, id) in watchers {
+        assert!(
+            net.events
+                .iter()
+                .any(|(at, e, t)| *at == i && *e == Event::NodeLeft(id) && *t >= killed_at),
+            "node {i} never reported NodeLeft for {id}"
+        );
+        assert!(!net.nodes[i].knows(id), "node {i} still holds dead {id}");
+    }
+    let hops = check_lookups(&mut net, 300);
+    eprintln!("after 10% failures: mean hops {:.2}", mean(&hops));
+}
+
+#[test]
+fn graceful_leave_notifies_the_leaf_set_at_once() {
+    let mut net = Net::build(Config::default(), 60, 5);
+    let leaver = 17;
+    let id = net.nodes[leaver].id();
+    let members: Vec<usize> = (0..net.nodes.len())
+        .filter(|&i| i != leaver && net.nodes[i].leaf_set().contains(id))
+        .collect();
+    assert!(!members.is_empty());
+    let left_at = net.now;
+    net.leave(leaver);
+    // One message latency (at most ~72 ms here), no probing needed.
+    net.run_for(Duration::from_millis(200));
+    for &i in &members {
+        assert!(
+            net.events
+                .iter()
+                .any(|(at, e, t)| *at == i && *e == Event::NodeLeft(id) && *t >= left_at),
+            "member {i} did not report NodeLeft at once"
+        );
+    }
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.wrong_leaf_sets(), Vec::<usize>::new());
+    check_lookups(&mut net, 100);
+}
+
+#[test]
+fn ack_timeout_reroutes_around_a_dead_hop() {
+    let mut net = Net::build(Config::default(), 80, 6);
+    // Pick a lookup whose first hop is not the root, then kill that hop.
+    let (from, key, hop) = loop {
+        let from = net.random_live();
+        let key = net.random_key();
+        let root = net.oracle_root(key);
+        if let Some(next) = net.nodes[from].next_hop(key) {
+            if next.id != root {
+                break (from, key, net.index_of(next.id));
+            }
+        }
+    };
+    net.kill(hop);
+    let reroutes_before = net.nodes[from].stats().reroutes;
+    let id = net.route(from, key, vec![1, 2, 3]);
+    net.run_for(Duration::from_secs(10));
+    let origin = net.nodes[from].id();
+    let got: Vec<_> = net
+        .delivered
+        .iter()
+        .filter(|d| d.origin == origin && d.id == id)
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(net.nodes[got[0].at].id(), net.oracle_root(key));
+    assert_eq!(got[0].payload, vec![1, 2, 3]);
+    assert!(net.nodes[from].stats().reroutes > reroutes_before);
+}
+
+#[test]
+fn a_lost_ack_causes_a_duplicate_that_the_root_suppresses() {
+    let mut net = Net::build(Config::default(), 60, 7);
+    // A lookup whose first hop is not the root.
+    let (from, key) = loop {
+        let from = net.random_live();
+        let key = net.random_key();
+        if net.nodes[from]
+            .next_hop(key)
+            .is_some_and(|p| p.id != net.oracle_root(key))
+        {
+            break (from, key);
+        }
+    };
+    // Lose the first hop's ack: the origin re-routes around it and the root gets two copies.
+    let dropped = std::rc::Rc::new(std::cell::Cell::new(false));
+    let flag = dropped.clone();
+    net.drop_if = Some(Box::new(move |to, m| {
+        let drop = to == from && matches!(m, Message::RouteAck { .. }) && !flag.get();
+        if drop {
+            flag.set(true);
+        }
+        drop
+    }));
+    let id = net.route(from, key, vec![]);
+    net.run_for(Duration::from_secs(20));
+    assert!(dropped.get());
+    let origin = net.nodes[from].id();
+    let deliveries: Vec<_> = net
+        .delivered
+        .iter()
+        .filter(|d| d.origin == origin && d.id == id)
+        .collect();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(net.nodes[deliveries[0].at].id(), net.oracle_root(key));
+    assert_eq!(net.nodes[from].stats().reroutes, 1);
+    let root = deliveries[0].at;
+    assert_eq!(net.nodes[root].stats().duplicates_suppressed, 1);
+}
+
+#[test]
+fn a_node_suppresses_a_message_it_already_delivered() {
+    let mut node = Pastry::new(peer(100), Config::default(), 1);
+    node.bootstrap_alone(Time::ZERO);
+    drain(&mut node);
+    let msg = Message::Route {
+        id: 9,
+        key: Key::from_u128(5),
+        origin: peer(7),
+        hops: 2,
+        payload: vec![],
+    };
+    node.handle_message(Time::ZERO, peer(7), msg.clone());
+    node.handle_message(Time::ZERO, peer(8), msg);
+    let outputs = drain(&mut node);
+    let delivers = outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Deliver { id: 9, .. }))
+        .count();
+    let acks = outputs
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    msg: Message::RouteAck { id: 9, .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(delivers, 1);
+    assert_eq!(acks, 2, "both copies are acknowledged");
+    assert_eq!(node.stats().duplicates_suppressed, 1);
+}
+
+#[test]
+fn forward_interception_can_modify_or_veto() {
+    let config = Config {
+        intercept_forwards: true,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 30, 8);
+    let (from, key) = loop {
+        let from = net.random_live();
+        let key = net.random_key();
+        if net.nodes[from].next_hop(key).is_some() {
+            break (from, key);
+        }
+    };
+    let id = net.route(from, key, b"a".to_vec());
+    // Every forwarding node appends a byte.
+    for _ in 0..20 {
+        net.run_for(Duration::from_millis(500));
+        let held = std::mem::take(&mut net.held);
+        for h in held {
+            let mut payload = h.payload.clone();
+            payload.push(b'+');
+            net.resume(&h, ForwardVerdict::Continue(payload));
+        }
+    }
+    let origin = net.nodes[from].id();
+    let got = net
+        .delivered
+        .iter()
+        .find(|d| d.origin == origin && d.id == id)
+        .expect("delivered");
+    assert!(got.payload.len() >= 2 && got.payload.starts_with(b"a+"));
+    assert_eq!(got.payload.len() - 1, usize::from(got.hops));
+    // Veto at the first hop: nothing arrives.
+    let id = net.route(from, key, b"b".to_vec());
+    net.run_for(Duration::from_millis(10));
+    let held = std::mem::take(&mut net.held);
+    assert_eq!(held.len(), 1);
+    net.resume(&held[0], ForwardVerdict::Drop);
+    net.run_for(Duration::from_secs(5));
+    assert!(!net
+        .delivered
+        .iter()
+        .any(|d| d.origin == origin && d.id == id));
+}
+
+#[test]
+fn an_inactive_joiner_never_delivers_as_root() {
+    let mut net = Net::build(Config::default(), 20, 9);
+    let i = net.add(None);
+    let joiner_id = net.nodes[i].id();
+    // Hold back the joiner's probes so it stays inactive.
+    net.drop_if = Some(Box::new(move |_, m| {
+        matches!(m, Message::Probe { active: false, .. })
+    }));
+    net.start_join(i, 0);
+    net.run_for(Duration::from_secs(2));
+    assert!(!net.nodes[i].is_active());
+    // A message addressed exactly to the joiner's id, handed to it directly.
+    let msg = Message::Route {
+        id: 1,
+        key: joiner_id.to_key(),
+        origin: net.peer(0),
+        hops: 1,
+        payload: vec![],
+    };
+    let from = net.peer(0);
+    let now = net.now;
+    net.nodes[i].handle_message(now, from, msg);
+    net.flush(i);
+    net.run_for(Duration::from_secs(5));
+    assert!(net.delivered.iter().all(|d| d.at != i));
+    assert_eq!(
+        net.delivered.len(),
+        1,
+        "delivered by an active node instead"
+    );
+    assert_eq!(
+        net.delivered[0].at,
+        net.index_of(net.oracle_root(joiner_id.to_key()))
+    );
+    // Let the probes through: the join completes.
+    net.drop_if = None;
+    net.run_for(Duration::from_secs(40));
+    assert!(net.nodes[i].is_active());
+}
+
+#[test]
+fn steady_state_control_traffic_is_low() {
+    let mut net = Net::build(Config::default(), 100, 10);
+    net.run_for(Duration::from_secs(120));
+    let before: Vec<_> = net.nodes.iter().map(|n| n.stats().control()).collect();
+    let window = Duration::from_secs(600);
+    net.run_for(window);
+    let mut msgs = 0;
+    let mut bytes = 0;
+    for (n, b) in net.nodes.iter().zip(before) {
+        msgs += n.stats().control().msgs - b.msgs;
+        bytes += n.stats().control().bytes - b.bytes;
+    }
+    let per_node = |x: u64| x as f64 / net.nodes.len() as f64 / window.as_secs_f64();
+    eprintln!(
+        "steady state: {:.3} msgs/s/node, {:.1} B/s/node",
+        per_node(msgs),
+        per_node(bytes)
+    );
+    assert!(per_node(msgs) < 0.5);
+    assert!(per_node(bytes) < 900.0);
+    assert_eq!(net.wrong_leaf_sets(), Vec::<usize>::new());
+}
+
+// ------------------------------------------------------------------ route decision units
+
+/// A node with proximity off whose state we fill by hand.
+fn lone(id: u128) -> Pastry {
+    let config = Config {
+        proximity: false,
+        ..Config::default()
+    };
+    let mut node = Pastry::new(peer(id), config, 1);
+    node.bootstrap_alone(Time::ZERO);
+    drain(&mut node);
+    node
+}
+
+/// Teaches `node` about `p` as a live active peer (a probe from it).
+fn meet(node: &mut Pastry, p: PeerInfo) {
+    node.handle_message(
+        Time::ZERO,
+        p,
+        Message::Probe {
+            nonce: 1,
+            active: true,
+            leaf_set: vec![],
+        },
+    );
+    drain(node);
+}
+
+fn hex(s: &str) -> u128 {
+    s.parse::<NodeId>().unwrap().as_u128()
+}
+
+#[test]
+fn leaf_set_hits_are_used() {
+    // Go Wendy regression: a key inside the leaf-set range went to the routing table instead.
+    let me = hex("50000000000000000000000000000000");
+    let mut node = lone(me);
+    for n in 1..=8u128 {
+        meet(&mut node, peer(me + n * 1000));
+        meet(&mut node, peer(me - n * 1000));
+    }
+    // Far nodes fill the routing table (including the slot the key's first digit selects).
+    meet(&mut node, peer(hex("a0000000000000000000000000000000")));
+    let key = Key::from_u128(me + 2900);
+    assert!(node.leaf_set().covers(key));
+    assert_eq!(node.next_hop(key).map(|p| p.id.as_u128()), Some(me + 3000));
+    // The root itself delivers.
+    assert_eq!(node.next_hop(Key::from_u128(me + 400)), None);
+}
+
+#[test]
+fn the_rare_case_takes_the_closest_candidate_not_the_first() {
+    let me = hex("30000000000000000000000000000000");
+    let mut node = lone(me);
+    // Leaf set: eight nodes each side, close by, so the key below is out of range.
+    for n in 1..=8u128 {
+        meet(&mut node, peer(me + n));
+        meet(&mut node, peer(me - n));
+    }
+    // The key's slot (row 0, digit 7) stays empty; row 0 holds digit 6 and digit 8 nodes.
+    let a = hex("60000000000000000000000000000000");
+    let b = hex("8f000000000000000000000000000000");
+    let c = hex("80000000000000000000000000000001");
+    for n in [a, b, c] {
+        meet(&mut node, peer(n));
+    }
+    // Only one row-0 slot per digit: c displaced nothing (b holds digit 8 first).
+    let key = Key::from_u128(hex("7fffffffffffffffffffffffffffffff"));
+    assert!(!node.leaf_set().covers(key));
+    // Of the known peers closer to the key than us, c is the closest: c is in the table only
+    // if b is not; either way the choice must be the closest known one.
+    let known: Vec<NodeId> = node
+        .leaf_set()
+        .iter()
+        .chain(node.routing_table().iter())
+        .map(|s| s.peer.id)
+        .collect();
+    let expected = key.closest(known).unwrap();
+    assert_eq!(node.next_hop(key).map(|p| p.id), Some(expected));
+    assert_ne!(expected.as_u128(), a);
+}
+
+#[test]
+fn removal_clears_every_structure() {
+    // Go Wendy regression: removing a peer stopped at the first structure holding it.
+    let mut node = Pastry::new(peer(1 << 100), Config::default(), 1);
+    node.bootstrap_alone(Time::ZERO);
+    let p = peer((1 << 100) + 5);
+    meet(&mut node, p);
+    node.handle_proximity(Time::ZERO, p, Duration::from_millis(3));
+    drain(&mut node);
+    assert!(node.leaf_set().contains(p.id));
+    assert!(node.routing_table().contains(p.id));
+    assert!(node.neighbourhood().contains(p.id));
+    node.handle_message(Time::ZERO, p, Message::Leave { leaf_set: vec![] });
+    let outputs = drain(&mut node);
+    assert!(!node.knows(p.id));
+    assert!(!node.leaf_set().contains(p.id));
+    assert!(!node.routing_table().contains(p.id));
+    assert!(!node.neighbourhood().contains(p.id));
+    assert!(outputs.contains(&Output::Event(Event::NodeLeft(p.id))));
+}
+
+#[test]
+fn measured_candidates_enter_the_table_only_after_measurement() {
+    let mut node = Pastry::new(peer(1 << 120), Config::default(), 1);
+    node.bootstrap_alone(Time::ZERO);
+    drain(&mut node);
+    let far = peer(0xf << 124);
+    node.handle_message(
+        Time::ZERO,
+        far,
+        Message::RowReply {
+            row: 0,
+            entries: vec![],
+        },
+    );
+    let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::Measure { peer: far }));
+    assert!(!node.routing_table().contains(far.id));
+    node.handle_proximity(Time::ZERO, far, Duration::from_millis(40));
+    assert!(node.routing_table().contains(far.id));
+    // A nearer peer for the same slot (beyond hysteresis) replaces it; a farther one does not.
+    let nearer = peer((0xf << 124) + 1);
+    let farther = peer((0xf << 124) + 2);
+    for p in [nearer, farther] {
+        node.handle_message(
+            Time::ZERO,
+            p,
+            Message::RowReply {
+                row: 0,
+                entries: vec![],
+            },
+        );
+    }
+    node.handle_proximity(Time::ZERO, nearer, Duration::from_millis(10));
+    node.handle_proximity(Time::ZERO, farther, Duration::from_millis(50));
+    assert_eq!(node.routing_table().get(0, 0xf).unwrap().peer, nearer);
+    // Unsolicited measurements of strangers are ignored.
+    let stranger = peer(0xe << 124);
+    node.handle_proximity(Time::ZERO, stranger, Duration::from_millis(1));
+    assert!(!node.knows(stranger.id));
+}
+
+#[test]
+fn stats_count_messages_by_kind_with_exact_sizes() {
+    let mut node = lone(1 << 100);
+    let p = peer((1 << 100) + 5);
+    node.handle_message(
+        Time::ZERO,
+        p,
+        Message::Probe {
+            nonce: 3,
+            active: true,
+            leaf_set: vec![],
+        },
+    );
+    let outputs = drain(&mut node);
+    let sent: Vec<&Message> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { msg, .. } => Some(msg),
+            _ => None,
+        })
+        .collect();
+    let replies: Vec<_> = sent
+        .iter()
+        .filter(|m| m.kind() == MessageKind::ProbeReply)
+        .collect();
+    assert_eq!(replies.len(), 1);
+    let counter = node.stats().sent_of(MessageKind::ProbeReply);
+    assert_eq!(counter.msgs, 1);
+    assert_eq!(
+        counter.bytes as usize,
+        postcard::to_allocvec(replies[0]).unwrap().len()
+    );
+    assert_eq!(node.stats().total().msgs, sent.len() as u64);
+}
+
+// ------------------------------------------------------------------ properties
+
+/// Builds every node's state from the oracle (leaf sets exact, routing tables filled from the
+/// population), with proximity off.
+fn oracle_state(ids: &[u128]) -> Vec<Pastry> {
+    let mut nodes: Vec<Pastry> = ids.iter().map(|&id| lone(id)).collect();
+    for i in 0..nodes.len() {
+        for &other in ids {
+            if other != ids[i] {
+                let p = peer(other);
+                let node = &mut nodes[i];
+                // Leaf set through the protocol path; the table through a row reply.
+                meet(node, p);
+            }
+        }
+    }
+    nodes
+}
+
+/// Follows next hops from `start` until a node claims the key; returns (root, hops).
+fn walk(nodes: &[Pastry], start: usize, key: Key) -> (NodeId, u8) {
+    let mut at = start;
+    let mut hops = 0u8;
+    while let Some(next) = nodes[at].next_hop(key) {
+        at = nodes.iter().position(|n| n.id() == next.id).unwrap();
+        hops += 1;
+        assert!(hops < 64, "routing loop");
+    }
+    (nodes[at].id(), hops)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn route_decisions_reach_the_oracle_root(
+        ids in proptest::collection::hash_set(any::<u128>(), 1..160),
+        keys in proptest::collection::vec(any::<u128>(), 20),
+    ) {
+        let ids: Vec<u128> = ids.into_iter().collect();
+        let nodes = oracle_state(&ids);
+        let bound = hop_bound(ids.len());
+        let all: Vec<NodeId> = ids.iter().map(|&i| NodeId::from_u128(i)).collect();
+        for (k, key) in keys.into_iter().enumerate() {
+            let key = Key::from_u128(key);
+            let (root, hops) = walk(&nodes, k % nodes.len(), key);
+            prop_assert_eq!(Some(root), key.closest(all.iter().copied()));
+            prop_assert!(hops <= bound, "{} hops > {}", hops, bound);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn joined_overlays_route_to_the_oracle_root(n in 2usize..60, seed in any::<u64>()) {
+        let mut net = Net::build(Config::default(), n, seed);
+        let wrong: Vec<String> = net.wrong_leaf_sets().into_iter().map(|i| net.leaf_diff(i)).collect();
+        prop_assert_eq!(wrong, Vec::<String>::new());
+        let ids: HashSet<NodeId> = net.live_ids().into_iter().collect();
+        prop_assert_eq!(ids.len(), n);
+        check_lookups(&mut net, 50);
+    }
+}
