@@ -7,13 +7,13 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::latency::LatencyModel;
+use super::latency::{Grid, LatencyModel};
 use super::node::{Effect, SimNode};
 use super::queue::EventQueue;
 use super::report::{
     peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, TableReport,
 };
-use super::{Scenario, SimConfig};
+use super::{ModelSpec, Scenario, SimConfig};
 use crate::id::{Key, NodeId};
 use crate::pastry::{Message, MessageKind, Pastry, PeerInfo};
 
@@ -22,6 +22,8 @@ const NO_TIMER: u64 = u64::MAX;
 const NOBODY: u32 = u32::MAX;
 /// Per-hop delay while the overlay is built in compressed time.
 const BUILD_HOP_US: u64 = 1;
+/// Sample size for the bootstrap choice of the matrix model (no spatial index there).
+const MATRIX_BOOTSTRAP_SAMPLE: usize = 256;
 /// First port of the fake node addresses.
 const BASE_PORT: u16 = 7000;
 /// A lost lookup whose origin failed within this long of issuing it is counted in
@@ -177,6 +179,8 @@ pub struct Simulation<P: SimNode = Pastry> {
     rng_boot: ChaCha8Rng,
     oracle: BTreeSet<u128>,
     live_active: Vec<u32>,
+    /// Live active nodes by position, for exact nearest-bootstrap queries (point models).
+    grid: Option<Grid>,
     alive: usize,
     node_us: f64,
     node_us_at: u64,
@@ -228,7 +232,10 @@ impl<P: SimNode> Simulation<P> {
         };
         let mut rng_place = stream(1);
         let model = LatencyModel::new(&config.model, &mut rng_place);
+        let grid = (config.bootstrap_sample == 0 && !matches!(config.model, ModelSpec::Matrix(_)))
+            .then(|| Grid::new(config.nodes));
         Self {
+            grid,
             protocol,
             nodes: Vec::with_capacity(config.nodes),
             model,
@@ -593,6 +600,9 @@ impl<P: SimNode> Simulation<P> {
         slot.live_pos = self.live_active.len() as u32;
         self.live_active.push(index);
         self.oracle.insert(slot.id.as_u128());
+        if let (Some(grid), Some(point)) = (self.grid.as_mut(), self.model.point(index as usize)) {
+            grid.insert(index, point);
+        }
         if self.current_joiner == Some(index) {
             self.current_joiner = None;
             self.queue.push(self.now, Ev::JoinNext);
@@ -618,6 +628,11 @@ impl<P: SimNode> Simulation<P> {
             if let Some(&moved) = self.live_active.get(pos) {
                 self.nodes[moved as usize].live_pos = pos as u32;
             }
+            if let (Some(grid), Some(point)) =
+                (self.grid.as_mut(), self.model.point(index as usize))
+            {
+                grid.remove(index, point);
+            }
         }
     }
 
@@ -626,13 +641,24 @@ impl<P: SimNode> Simulation<P> {
         self.node_us_at = self.now;
     }
 
-    /// The nearest (by the model) of a random sample of active nodes.
+    /// The nearest active node (by the model), or the nearest of a random sample of them.
     fn pick_bootstrap(&mut self, joiner: u32) -> Option<u32> {
         let candidates = self.live_active.len();
         if candidates == 0 {
             return None;
         }
-        let sample = self.config.bootstrap_sample.max(1);
+        if let (Some(grid), Some(point)) = (self.grid.as_ref(), self.model.point(joiner as usize)) {
+            let model = &self.model;
+            return grid.nearest(
+                point,
+                |c| model.one_way_us(joiner as usize, c as usize),
+                grid.cell_us(),
+            );
+        }
+        let sample = match self.config.bootstrap_sample {
+            0 => MATRIX_BOOTSTRAP_SAMPLE,
+            n => n,
+        };
         let mut best: Option<(u64, u32)> = None;
         let mut consider = |model: &LatencyModel, c: u32| {
             let d = model.one_way_us(joiner as usize, c as usize);

@@ -178,9 +178,100 @@ impl LatencyModel {
         delay.max(MIN_ONE_WAY_US)
     }
 
+    /// The node's point on the unit square (plane and regions models).
+    pub(crate) fn point(&self, index: usize) -> Option<(f32, f32)> {
+        match &self.kind {
+            Kind::Points { points, .. } => points.get(index).copied(),
+            Kind::Sites { .. } => None,
+        }
+    }
+
     /// Round-trip time between two nodes in microseconds.
     pub fn rtt_us(&self, a: usize, b: usize) -> u64 {
         2 * self.one_way_us(a, b)
+    }
+}
+
+/// A uniform grid over the unit square for nearest-node queries (points outside are clamped).
+#[derive(Debug)]
+pub(crate) struct Grid {
+    side: usize,
+    cells: Vec<Vec<u32>>,
+}
+
+impl Grid {
+    /// A grid sized for about `expected` points (two per cell).
+    pub(crate) fn new(expected: usize) -> Self {
+        let side = ((expected as f64 / 2.0).sqrt().ceil() as usize).clamp(1, 1024);
+        Self {
+            side,
+            cells: vec![Vec::new(); side * side],
+        }
+    }
+
+    fn cell_of(&self, (x, y): (f32, f32)) -> (usize, usize) {
+        let clamp = |v: f32| ((v.max(0.0) * self.side as f32) as usize).min(self.side - 1);
+        (clamp(x), clamp(y))
+    }
+
+    /// Adds node `index` at `point`.
+    pub(crate) fn insert(&mut self, index: u32, point: (f32, f32)) {
+        let (cx, cy) = self.cell_of(point);
+        self.cells[cy * self.side + cx].push(index);
+    }
+
+    /// Removes node `index` (at `point`).
+    pub(crate) fn remove(&mut self, index: u32, point: (f32, f32)) {
+        let (cx, cy) = self.cell_of(point);
+        let cell = &mut self.cells[cy * self.side + cx];
+        if let Some(pos) = cell.iter().position(|&i| i == index) {
+            cell.swap_remove(pos);
+        }
+    }
+
+    /// The node nearest to `point` by `distance` (ties: lower index), searching rings of cells
+    /// outwards until no unsearched cell can hold a nearer node.
+    pub(crate) fn nearest(
+        &self,
+        point: (f32, f32),
+        distance: impl Fn(u32) -> u64,
+        cell_us: f64,
+    ) -> Option<u32> {
+        let (cx, cy) = self.cell_of(point);
+        let (cx, cy) = (cx as isize, cy as isize);
+        let side = self.side as isize;
+        let mut best: Option<(u64, u32)> = None;
+        for r in 0..side {
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    if dx.abs() != r && dy.abs() != r {
+                        continue;
+                    }
+                    let (x, y) = (cx + dx, cy + dy);
+                    if x < 0 || y < 0 || x >= side || y >= side {
+                        continue;
+                    }
+                    for &i in &self.cells[(y * side + x) as usize] {
+                        let d = distance(i);
+                        if best.map_or(true, |b| (d, i) < b) {
+                            best = Some((d, i));
+                        }
+                    }
+                }
+            }
+            // Any node in ring r + 1 or beyond is at least r cells away.
+            if let Some((d, _)) = best {
+                if d as f64 <= r as f64 * cell_us {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// The one-way delay across one cell, in microseconds.
+    pub(crate) fn cell_us(&self) -> f64 {
+        PLANE_SIDE_US / self.side as f64
     }
 }
 
@@ -375,6 +466,38 @@ mod tests {
         }
         let mean_ms = sum as f64 / (200.0 * 199.0) / 1000.0;
         assert!((40.0..65.0).contains(&mean_ms), "mean one-way {mean_ms} ms");
+    }
+
+    #[test]
+    fn grid_finds_the_exact_nearest_node() {
+        let mut rng = rng();
+        for spec in [ModelSpec::Plane, ModelSpec::Regions] {
+            let mut model = LatencyModel::new(&spec, &mut rng);
+            let mut grid = Grid::new(500);
+            for i in 0..500 {
+                model.place(&mut rng);
+                if i % 5 != 0 {
+                    grid.insert(i as u32, model.point(i).unwrap());
+                }
+            }
+            // Remove a few, then ask for the nearest of every node among the rest.
+            for i in (1..500).step_by(7) {
+                grid.remove(i as u32, model.point(i).unwrap());
+            }
+            let member = |i: usize| i % 5 != 0 && (i < 1 || (i - 1) % 7 != 0);
+            for q in (0..500).step_by(5) {
+                let expected = (0..500)
+                    .filter(|&i| member(i))
+                    .min_by_key(|&i| (model.one_way_us(q, i), i))
+                    .map(|i| i as u32);
+                let found = grid.nearest(
+                    model.point(q).unwrap(),
+                    |i| model.one_way_us(q, i as usize),
+                    grid.cell_us(),
+                );
+                assert_eq!(found, expected, "{spec:?} query {q}");
+            }
+        }
     }
 
     #[test]

@@ -81,7 +81,9 @@ pub struct SimConfig {
     pub jitter: f64,
     /// Probability that a message is lost (after the build).
     pub loss: f64,
-    /// A joining node bootstraps through the nearest of this many random active nodes.
+    /// A joining node bootstraps through the nearest active node (0, the default: exact on
+    /// the plane and regions models, the nearest of 256 random ones on a matrix) or through the
+    /// nearest of this many random active nodes.
     pub bootstrap_sample: usize,
     /// Build the overlay in real model delays instead of compressed time (see
     /// [`Simulation`]); slower, since maintenance runs while nodes join.
@@ -114,7 +116,7 @@ impl Default for SimConfig {
             protocol: ProtocolOptions::default(),
             jitter: 0.0,
             loss: 0.0,
-            bootstrap_sample: 64,
+            bootstrap_sample: 0,
             realtime_build: false,
             warmup_s: 60.0,
             lookup_window_s: 60.0,

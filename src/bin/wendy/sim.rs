@@ -59,7 +59,8 @@ pub(crate) struct SimArgs {
     /// Probability that a message is lost (after the build).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
-    /// A joining node bootstraps through the nearest of this many random active nodes.
+    /// A joining node bootstraps through the nearest active node (0) or the nearest of this
+    /// many random active nodes.
     #[arg(long, default_value_t = SimConfig::default().bootstrap_sample)]
     bootstrap_sample: usize,
     /// Build the overlay with real model delays (maintenance runs during the build; slower).
