@@ -102,6 +102,8 @@ struct Slot<P> {
     timer_at: u64,
     /// When the node failed (`NO_TIMER` while alive).
     died_at: u64,
+    /// When the node was created.
+    created_at: u64,
     alive: bool,
     active: bool,
     /// Position in `live_active` (valid while active and alive).
@@ -208,6 +210,8 @@ pub struct Simulation<P: SimNode = Pastry> {
     failed_nodes: usize,
     dead_leaf_after_repair: u64,
     churn_on: bool,
+    churn_joins: u64,
+    churn_join_us: u64,
     arrivals: u64,
     departures: u64,
     events: u64,
@@ -276,6 +280,8 @@ impl<P: SimNode> Simulation<P> {
             failed_nodes: 0,
             dead_leaf_after_repair: 0,
             churn_on: false,
+            churn_joins: 0,
+            churn_join_us: 0,
             arrivals: 0,
             departures: 0,
             events: 0,
@@ -427,6 +433,7 @@ impl<P: SimNode> Simulation<P> {
             id,
             timer_at: NO_TIMER,
             died_at: NO_TIMER,
+            created_at: self.now,
             alive: true,
             active: false,
             live_pos: NOBODY,
@@ -597,6 +604,10 @@ impl<P: SimNode> Simulation<P> {
             return;
         }
         slot.active = true;
+        if self.churn_on {
+            self.churn_joins += 1;
+            self.churn_join_us += self.now - slot.created_at;
+        }
         slot.live_pos = self.live_active.len() as u32;
         self.live_active.push(index);
         self.oracle.insert(slot.id.as_u128());
@@ -1286,6 +1297,8 @@ impl<P: SimNode> Simulation<P> {
                 duration_s,
                 arrivals: self.arrivals,
                 departures: self.departures,
+                joins_completed: self.churn_joins,
+                mean_join_s: self.churn_join_us as f64 / SECOND / self.churn_joins.max(1) as f64,
                 mean_live_nodes: (m1.node_us - m0.node_us) / (m1.time - m0.time).max(1) as f64,
                 correct_fraction: correct as f64 / self.lookups.len().max(1) as f64,
                 misdelivered_fraction: misdelivered as f64 / self.lookups.len().max(1) as f64,

@@ -8,6 +8,31 @@
 //! (build by joins, lookups, silent failures, churn) and the oracle that checks each delivery;
 //! it must not reach into the Pastry state beyond the public API.
 //!
+//! # Scenarios and measurements
+//!
+//! The overlay is built by joins one at a time, each through the nearest active node (as in
+//! the Pastry paper), the next join starting when the previous joiner is active. Then, after a
+//! warm-up: **steady** routes the lookups over a window; **failure** routes a third of them
+//! before a fraction of the nodes fails silently, a third during the repair window and a third
+//! after it; **churn** has Poisson arrivals and exponential sessions, lookups throughout. Each
+//! delivery is checked against the oracle (the live active node closest to the key, with the
+//! id module's tie rule) and its route latency compared with the direct one-way delay (stretch).
+//! Control traffic is every message but `Route`/`RouteAck`, RTT measurements counting as a
+//! request and a reply; bytes are the encoded length plus [`SimConfig::overhead_bytes`].
+//!
+//! # The large runs (release build; numbers in the issue's closing note)
+//!
+//! ```text
+//! cargo build --release
+//! target/release/wendy sim --nodes 100000 --lookups 100000 --seed 1 --json
+//! target/release/wendy sim --nodes 100000 --lookups 100000 --seed 1 --json --no-proximity
+//! target/release/wendy sim --nodes 5000 --lookups 15000 --seed 1 --fail-fraction 0.1 --json
+//! target/release/wendy sim --nodes 1000 --lookups 20000 --seed 1 --churn-median-s 84 --duration-s 3600 --json
+//! ```
+//!
+//! `--trace-routes` adds the longest routes and routing-table diagnostics (holes, dead entries,
+//! proximity quality by row) to the report.
+//!
 //! ```
 //! use wendy::sim::{Scenario, SimConfig, Simulation};
 //! let config = SimConfig { nodes: 50, lookups: 100, ..SimConfig::default() };

@@ -164,6 +164,10 @@ pub struct ChurnReport {
     pub arrivals: u64,
     /// Nodes that failed during churn.
     pub departures: u64,
+    /// Joins completed during churn (a node that fails before its join completes never does).
+    pub joins_completed: u64,
+    /// Mean time from a node's arrival to its join completing, seconds.
+    pub mean_join_s: f64,
     /// Mean number of live nodes during churn.
     pub mean_live_nodes: f64,
     /// `delivered_correct / lookups`.
@@ -245,9 +249,11 @@ impl fmt::Display for Report {
         if let Some(churn) = &self.churn {
             writeln!(
                 f,
-                "churn: {} arrivals, {} departures, {:.0} live on average; correct {:.5}, \
-                 misdelivered {:.2e}",
+                "churn: {} arrivals ({} joins completed, {:.2} s on average), {} departures, \
+                 {:.0} live on average; correct {:.5}, misdelivered {:.2e}",
                 churn.arrivals,
+                churn.joins_completed,
+                churn.mean_join_s,
                 churn.departures,
                 churn.mean_live_nodes,
                 churn.correct_fraction,
