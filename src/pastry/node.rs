@@ -48,6 +48,9 @@ pub struct Config {
     pub intercept_forwards: bool,
     /// A join not complete after this long is restarted. Default 20 s.
     pub join_timeout: Duration,
+    /// After joining, ask this many random entries of each routing-table row for their row
+    /// and measure the candidates (only with proximity). Default 1.
+    pub join_row_refresh: usize,
     /// How many recently delivered `(origin, id)` pairs are remembered to drop duplicates.
     /// Default 128.
     pub dedup_capacity: usize,
@@ -69,6 +72,7 @@ impl Default for Config {
             maintenance_period: Duration::from_secs(60),
             intercept_forwards: false,
             join_timeout: Duration::from_secs(20),
+            join_row_refresh: 1,
             dedup_capacity: 128,
         }
     }
@@ -759,7 +763,12 @@ impl Pastry {
 
     /// The next effect to carry out, if any. Drain after every call.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        if out.is_none() && self.outputs.capacity() > 32 {
+            // A join's burst of announcements must not pin memory in 100,000 idle nodes.
+            self.outputs = VecDeque::new();
+        }
+        out
     }
 
     // ---------------------------------------------------------------- routing
@@ -1152,6 +1161,19 @@ impl Pastry {
         for peer in others {
             self.send(peer, Message::Announce { leaf_set: vec![] });
         }
+        // Improve locality at once (the paper's second join phase, one peer per row): the
+        // rows we were given came from nodes near the join route, not near us.
+        if self.config.proximity {
+            for _ in 0..self.config.join_row_refresh {
+                for row in 0..self.table.row_count() {
+                    let entries = self.table.row(row);
+                    if !entries.is_empty() {
+                        let peer = entries[self.rng.gen_range(0..entries.len())].peer;
+                        self.send(peer, Message::RowRequest { row: row as u8 });
+                    }
+                }
+            }
+        }
     }
 
     fn on_announce(&mut self, now: Time, from: PeerInfo, theirs: &[PeerInfo]) {
@@ -1478,6 +1500,11 @@ impl Pastry {
         let horizon = self.config.probe_period * 4;
         self.dead.retain(|(_, when)| now < *when + horizon);
         self.measuring.retain(|_, asked| now < *asked + horizon);
+        if self.measuring.is_empty() {
+            self.measuring = HashMap::new();
+        }
+        self.in_flight.shrink_to(8);
+        self.probes.shrink_to(8);
     }
 
     fn maintain_table(&mut self, _now: Time) {

@@ -653,3 +653,97 @@ proptest! {
         check_lookups(&mut net, 50);
     }
 }
+
+/// A larger run for manual checks: `cargo test --release --lib scale_probe -- --ignored --nocapture`.
+#[test]
+#[ignore = "manual scale check"]
+fn scale_probe() {
+    let n: usize = std::env::var("PASTRY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let started = std::time::Instant::now();
+    let env = |name: &str, default: usize| -> usize {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    let config = Config {
+        join_row_refresh: env("PASTRY_REFRESH", 1),
+        proximity: env("PASTRY_PROXIMITY", 1) == 1,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, n, 11);
+    net.run_for(Duration::from_secs(env("PASTRY_SETTLE_S", 0) as u64));
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_owned));
+    eprintln!(
+        "built {n} nodes in {:?}; {rss:?}; size_of Pastry {}",
+        started.elapsed(),
+        std::mem::size_of::<Pastry>()
+    );
+    let wrong = net.wrong_leaf_sets().len();
+    let hops = check_lookups(&mut net, 2000);
+    let mut histogram = [0usize; 8];
+    for &h in &hops {
+        histogram[usize::from(h).min(7)] += 1;
+    }
+    let msgs: u64 = net.nodes.iter().map(|n| n.stats().total().msgs).sum();
+    let measures: u64 = net.nodes.iter().map(|n| n.stats().measures).sum();
+    eprintln!(
+        "wrong leaf sets {wrong}, mean hops {:.3}, histogram {histogram:?}, msgs/node {:.1}, measures/node {:.1}, total {:?}",
+        mean(&hops),
+        msgs as f64 / n as f64,
+        measures as f64 / n as f64,
+        started.elapsed()
+    );
+    // Stretch: overlay delivery delay over the direct one-way latency, one lookup at a time.
+    let mut stretches = Vec::new();
+    for _ in 0..300 {
+        let from = net.random_live();
+        let key = net.random_key();
+        let root = net.index_of(net.oracle_root(key));
+        if root == from {
+            continue;
+        }
+        let sent_at = net.now;
+        net.route(from, key, vec![]);
+        net.run_for(Duration::from_millis(900));
+        let got = net.delivered.last().unwrap();
+        assert_eq!(got.at, root);
+        stretches.push((got.time - sent_at).as_secs_f64() / net.latency(from, root).as_secs_f64());
+    }
+    eprintln!(
+        "stretch mean {:.3}",
+        stretches.iter().sum::<f64>() / stretches.len() as f64
+    );
+    let table: usize = net.nodes.iter().map(|n| n.routing_table().len()).sum();
+    // Completeness: slots for which a live node exists but the slot is empty.
+    let mut ids: Vec<u128> = net.live_ids().into_iter().map(NodeId::as_u128).collect();
+    ids.sort_unstable();
+    let (mut holes, mut fillable) = (0usize, 0usize);
+    for node in &net.nodes {
+        let me = node.id();
+        for row in 0..6usize {
+            for col in 0..16u8 {
+                if col == me.digit(row) {
+                    continue;
+                }
+                let target = me.with_digit(row, col).as_u128();
+                let shift = 128 - 4 * (row as u32 + 1);
+                let lo = (target >> shift) << shift;
+                let hi = lo | ((1u128 << shift) - 1);
+                let exists = ids.partition_point(|&x| x < lo) < ids.partition_point(|&x| x <= hi);
+                if exists {
+                    fillable += 1;
+                    if node.routing_table().get(row, usize::from(col)).is_none() {
+                        holes += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "mean table entries {:.1}, holes {holes} of {fillable} fillable slots",
+        table as f64 / n as f64
+    );
+}
