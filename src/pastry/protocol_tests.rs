@@ -664,7 +664,10 @@ fn scale_probe() {
         .unwrap_or(3000);
     let started = std::time::Instant::now();
     let env = |name: &str, default: usize| -> usize {
-        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let config = Config {
         join_row_refresh: env("PASTRY_REFRESH", 1),
@@ -675,7 +678,11 @@ fn scale_probe() {
     net.run_for(Duration::from_secs(env("PASTRY_SETTLE_S", 0) as u64));
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_owned));
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .map(str::to_owned)
+        });
     eprintln!(
         "built {n} nodes in {:?}; {rss:?}; size_of Pastry {}",
         started.elapsed(),

@@ -64,7 +64,7 @@ pub struct Progress {
 enum Ev {
     /// A message in `inflight[slot]` arrives.
     Deliver(u32),
-    /// A node's timer (valid only if it still equals the node's `timer_at`).
+    /// A node's timer (stale unless it equals the node's `timer_at`).
     Timer(u32),
     /// An RTT measurement result for `node`.
     Proximity {
@@ -367,10 +367,25 @@ impl<P: SimNode> Simulation<P> {
                 self.call(to, false, |p, now| p.handle_message(now, from, msg));
             }
             Ev::Timer(node) => {
+                let now = self.now;
                 let slot = &mut self.nodes[node as usize];
-                if slot.alive && slot.timer_at == self.now {
-                    slot.timer_at = NO_TIMER;
-                    self.call(node, true, |p, now| p.handle_timeout(now));
+                if slot.timer_at != now {
+                    return; // stale: an earlier event replaced it
+                }
+                slot.timer_at = NO_TIMER;
+                let Some(proto) = slot.proto.as_ref() else {
+                    return;
+                };
+                match proto.poll_timeout() {
+                    Some(at) if at <= now => {
+                        self.call(node, true, |p, now| p.handle_timeout(now));
+                    }
+                    // The node's timer moved later since this event was queued: re-arm.
+                    Some(at) => {
+                        slot.timer_at = at;
+                        self.queue.push(at, Ev::Timer(node));
+                    }
+                    None => {}
                 }
             }
             Ev::Proximity { node, peer, rtt_us } => {
@@ -476,18 +491,18 @@ impl<P: SimNode> Simulation<P> {
             return;
         };
         let became_active = !slot.active && proto.is_active();
-        match proto.poll_timeout() {
-            Some(at) => {
-                // A timer due now right after firing is re-armed 1 µs later, so a protocol
-                // that keeps asking for "now" cannot stall virtual time.
-                let earliest = if timer_fired { now + 1 } else { now };
-                let at = at.max(earliest);
-                if at != slot.timer_at {
-                    slot.timer_at = at;
-                    self.queue.push(at, Ev::Timer(index));
-                }
+        // One queued timer event per node at most, at its earliest known deadline: a later
+        // deadline needs no event now (the queued one re-arms when it finds nothing due), an
+        // earlier one replaces it (the old one becomes stale).
+        if let Some(at) = proto.poll_timeout() {
+            // A timer due now right after firing is re-armed 1 µs later, so a protocol that
+            // keeps asking for "now" cannot stall virtual time.
+            let earliest = if timer_fired { now + 1 } else { now };
+            let at = at.max(earliest);
+            if at < slot.timer_at {
+                slot.timer_at = at;
+                self.queue.push(at, Ev::Timer(index));
             }
-            None => slot.timer_at = NO_TIMER,
         }
         if became_active {
             self.activate(index);
