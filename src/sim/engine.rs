@@ -201,7 +201,7 @@ pub struct Simulation<P: SimNode = Pastry> {
     route_us: u64,
     direct_us: u64,
     /// With `trace_routes`: every lookup hop `(lookup, from, to)`.
-    paths: Vec<(u32, u32, u32)>,
+    paths: Vec<(u32, u32, u32, u64)>,
     marks: [Option<Mark>; 3],
     /// Failure scenario: control messages per live node-µs in the repair window of the same
     /// run without the failure.
@@ -520,8 +520,8 @@ impl<P: SimNode> Simulation<P> {
                 if self.config.trace_routes {
                     if let Message::Route { payload, .. } = &msg {
                         if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_slice()) {
-                            self.paths
-                                .push((u64::from_le_bytes(bytes) as u32, from, to));
+                            let lookup = u64::from_le_bytes(bytes) as u32;
+                            self.paths.push((lookup, from, to, self.now));
                         }
                     }
                 }
@@ -1040,30 +1040,43 @@ impl<P: SimNode> Simulation<P> {
             reach = reach.saturating_mul(16);
             bound += 1;
         }
-        let long: Vec<u32> = (0..self.lookups.len() as u32)
-            .filter(|&l| {
-                let rec = &self.lookups[l as usize];
-                rec.delivered_by != NOBODY && rec.hops > bound
-            })
-            .take(10)
-            .collect();
-        long.iter()
+        let long = (0..self.lookups.len() as u32).filter(|&l| {
+            let rec = &self.lookups[l as usize];
+            rec.delivered_by != NOBODY && rec.hops > bound
+        });
+        let lost = (0..self.lookups.len() as u32)
+            .filter(|&l| self.lookups[l as usize].delivered_by == NOBODY);
+        let chosen: Vec<u32> = long.take(10).chain(lost.take(10)).collect();
+        chosen
+            .iter()
             .map(|&l| {
                 let rec = &self.lookups[l as usize];
-                let hop = |node: u32, prev: Option<u32>| {
-                    let id = self.nodes[node as usize].id;
-                    let ms = prev.map_or(0.0, |p| {
-                        self.model.one_way_us(p as usize, node as usize) as f64 / 1000.0
-                    });
-                    format!("{id}/{}/{ms:.0}", rec.key.shared_prefix_len(id))
+                let hop = |node: u32, sent: u64, prev: Option<u32>| {
+                    let slot = &self.nodes[node as usize];
+                    let delay =
+                        prev.map_or(0, |p| self.model.one_way_us(p as usize, node as usize));
+                    let arrival = sent + delay;
+                    let dead = if slot.died_at <= arrival { " DEAD" } else { "" };
+                    format!(
+                        "{}/{}/+{:.0}ms{dead}",
+                        slot.id,
+                        rec.key.shared_prefix_len(slot.id),
+                        (arrival - rec.issued) as f64 / 1000.0
+                    )
                 };
-                let mut path = vec![hop(rec.origin, None)];
-                for &(_, from, to) in self.paths.iter().filter(|(x, _, _)| *x == l) {
-                    path.push(hop(to, Some(from)));
+                let mut path = vec![hop(rec.origin, rec.issued, None)];
+                for &(_, from, to, sent) in self.paths.iter().filter(|p| p.0 == l) {
+                    path.push(hop(to, sent, Some(from)));
                 }
+                let outcome = match (rec.delivered_by, rec.failed) {
+                    (NOBODY, true) => "lost (the origin reported RouteFailed)".to_string(),
+                    (NOBODY, false) => "lost".to_string(),
+                    _ => format!("delivered in {} hops", rec.hops),
+                };
                 RouteTrace {
                     key: rec.key.to_string(),
                     root: rec.root_at_issue.to_string(),
+                    outcome,
                     path,
                 }
             })

@@ -73,7 +73,8 @@ pub struct Report {
     /// Sum of route latencies over sum of direct latencies (lookups with >= 1 hop): the stretch
     /// of the average route, which tiny direct distances cannot dominate.
     pub stretch_of_means: f64,
-    /// With `trace_routes`: up to 10 of the routes longer than `ceil(log16 N)` hops.
+    /// With `trace_routes`: up to 10 routes longer than `ceil(log16 N)` hops and up to 10 lost
+    /// lookups.
     pub long_routes: Vec<RouteTrace>,
     /// With `trace_routes`: routing-table diagnostics at the end of the run.
     pub tables: Option<TableReport>,
@@ -105,7 +106,10 @@ pub struct RouteTrace {
     pub key: String,
     /// The oracle's root when the lookup was issued.
     pub root: String,
-    /// Each node the message visited, origin first: `id/shared-prefix-with-key/ms-from-prev`.
+    /// `delivered in N hops`, `lost` or `lost (the origin reported RouteFailed)`.
+    pub outcome: String,
+    /// Each send of the message, origin first: `id/shared-prefix-with-key/+ms-since-issue`,
+    /// with ` DEAD` when the node had failed before the message arrived.
     pub path: Vec<String>,
 }
 
@@ -278,9 +282,10 @@ impl fmt::Display for Report {
         for trace in &self.long_routes {
             writeln!(
                 f,
-                "long route to {} (root {}): {}",
+                "route to {} (root {}), {}: {}",
                 trace.key,
                 trace.root,
+                trace.outcome,
                 trace.path.join(" -> ")
             )?;
         }
