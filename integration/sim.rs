@@ -76,6 +76,26 @@ fn same_seed_gives_the_same_json() {
 }
 
 #[test]
+fn same_seed_gives_the_same_json_under_churn_loss_and_jitter() {
+    let config = SimConfig {
+        jitter: 0.2,
+        loss: 0.01,
+        scenario: Scenario::Churn {
+            median_session_s: 60.0,
+            duration_s: 300.0,
+        },
+        ..steady(200, 1_000, 9)
+    };
+    let a = run(config.clone()).deterministic_part();
+    let b = run(config).deterministic_part();
+    assert!(a.churn.as_ref().is_some_and(|c| c.arrivals > 100));
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+}
+
+#[test]
 fn no_lookup_is_lost_when_a_tenth_fails_silently() {
     let config = SimConfig {
         scenario: Scenario::Failure { fraction: 0.1 },
