@@ -75,7 +75,8 @@ pub(crate) struct SimArgs {
     /// Failure scenario: virtual seconds between the failure and the "after" lookups.
     #[arg(long, default_value_t = SimConfig::default().repair_window_s)]
     repair_window_s: f64,
-    /// Record lookup paths and show up to 10 routes longer than ceil(log16 N) hops.
+    /// Record lookup paths: show up to 10 routes longer than ceil(log16 N) hops, up to 10 lost
+    /// lookups, and routing-table diagnostics.
     #[arg(long)]
     trace_routes: bool,
     /// Do not print progress on stderr.
