@@ -133,6 +133,11 @@ impl SimNode for StandIn {
                 hops,
                 payload,
             } => {
+                // Moves this node's deadline later, so the driver's queued timer event goes
+                // stale and must be re-armed rather than fired early.
+                if let Some(at) = self.next_probe.as_mut() {
+                    *at += 1_000;
+                }
                 self.out.push(Effect::Send {
                     to: from,
                     msg: Message::RouteAck {
@@ -164,6 +169,12 @@ impl SimNode for StandIn {
     fn handle_link_down(&mut self, _: u64, _: NodeId) {}
 
     fn handle_timeout(&mut self, now: u64) {
+        // The driver must never call this before the deadline it was given.
+        assert!(
+            self.next_probe.is_some_and(|at| now >= at),
+            "handle_timeout at {now} before the deadline {:?}",
+            self.next_probe
+        );
         if let Some(at) = self.next_probe {
             if now >= at {
                 self.next_probe = Some(at + PROBE_PERIOD_US);
@@ -257,9 +268,10 @@ fn steady_run_checks_every_delivery_against_the_oracle() {
     );
     // Each join is one Join and one JoinState.
     assert!((report.join_msgs_per_node - 2.0).abs() < 1e-9);
-    // Every node probes once per 10 s and gets a reply: 0.2 msgs/s.
+    // Every node probes once per 10 s and gets a reply: 0.2 msgs/s (the nodes' probes are
+    // nearly synchronous, so a round at the window's edge may fall either side).
     let rate = report.control_msgs_per_node_per_s;
-    assert!((rate - 0.2).abs() < 0.01, "{rate}");
+    assert!((rate - 0.2).abs() < 0.04, "{rate}");
     assert!(report.control_bytes_per_node_per_s > rate * 60.0);
     assert!(report.ack_msgs_per_node_per_s > 0.0);
     assert_eq!(report.msgs_by_kind["join"].msgs, 199);
