@@ -70,7 +70,7 @@ enum Ev {
     Proximity {
         node: u32,
         peer: u32,
-        rtt_us: u64,
+        rtt_us: u32,
     },
     /// Build: create and join the next node.
     JoinNext,
@@ -390,7 +390,9 @@ impl<P: SimNode> Simulation<P> {
             }
             Ev::Proximity { node, peer, rtt_us } => {
                 let peer = self.peer_info(peer);
-                self.call(node, false, |p, now| p.handle_proximity(now, peer, rtt_us));
+                self.call(node, false, |p, now| {
+                    p.handle_proximity(now, peer, u64::from(rtt_us));
+                });
             }
             Ev::JoinNext => self.join_next(),
             Ev::JoinTimeout(node) => {
@@ -567,7 +569,8 @@ impl<P: SimNode> Simulation<P> {
                         Ev::Proximity {
                             node: from,
                             peer,
-                            rtt_us,
+                            // RTTs are far below 2^32 µs (71 minutes).
+                            rtt_us: rtt_us.min(u64::from(u32::MAX)) as u32,
                         },
                     );
                 }
