@@ -48,8 +48,8 @@ pub struct Config {
     pub intercept_forwards: bool,
     /// A join not complete after this long is restarted. Default 20 s.
     pub join_timeout: Duration,
-    /// After joining, ask this many random entries of each routing-table row for their row
-    /// and measure the candidates (only with proximity). Default 1.
+    /// After joining, ask this many of the nearest entries of each routing-table row for their
+    /// row and measure the candidates (only with proximity). Default 1.
     pub join_row_refresh: usize,
     /// How many recently delivered `(origin, id)` pairs are remembered to drop duplicates.
     /// Default 128.
@@ -360,9 +360,17 @@ pub struct Pastry {
     maintenance_row: usize,
     /// Until then, peers newly entering the routing table are told we joined.
     announce_until: Time,
+    /// Recently measured RTTs (microseconds), so a peer is not measured twice in a row.
+    rtt_cache: VecDeque<(NodeId, u32)>,
+    /// Outstanding row requests: (peer, row, whether to measure candidates for occupied slots).
+    row_requests: Vec<(NodeId, u8, bool)>,
+    /// Rows whose empty slot was met while routing and already asked about this period.
+    holes_asked: u32,
 }
 
 const DEAD_MEMORY: usize = 32;
+const RTT_CACHE: usize = 16;
+const MAX_ROW_REQUESTS: usize = 16;
 
 impl Pastry {
     /// A node with identity `me`, not yet part of an overlay. `seed` seeds its private RNG
@@ -392,6 +400,9 @@ impl Pastry {
             next_maintenance: Time::MAX,
             maintenance_row: 0,
             announce_until: Time::ZERO,
+            rtt_cache: VecDeque::new(),
+            row_requests: Vec::new(),
+            holes_asked: 0,
         }
     }
 
@@ -588,7 +599,7 @@ impl Pastry {
                 };
                 self.send(from, reply);
                 if active && self.is_active() {
-                    self.add_live(now, from);
+                    self.add_live(now, from, false);
                 }
                 self.merge_candidates(now, &leaf_set);
             }
@@ -597,7 +608,7 @@ impl Pastry {
             } => self.on_probe_reply(now, from, active, &leaf_set),
             Message::Heartbeat { leaf_set } => {
                 if self.is_active() {
-                    self.add_live(now, from);
+                    self.add_live(now, from, false);
                     self.merge_candidates(now, &leaf_set);
                 }
             }
@@ -622,10 +633,18 @@ impl Pastry {
                     .collect();
                 self.send(from, Message::RowReply { row, entries });
             }
-            Message::RowReply { entries, .. } => {
-                self.consider(now, from);
+            Message::RowReply { row, entries } => {
+                let improve = match self
+                    .row_requests
+                    .iter()
+                    .position(|(id, r, _)| *id == from.id && *r == row)
+                {
+                    Some(index) => self.row_requests.swap_remove(index).2,
+                    None => false,
+                };
+                self.consider(now, from, improve);
                 for peer in entries {
-                    self.consider(now, peer);
+                    self.consider(now, peer, improve);
                 }
             }
             Message::Route {
@@ -679,6 +698,11 @@ impl Pastry {
         if !requested && !self.knows(peer.id) {
             return;
         }
+        if self.rtt_cache.len() >= RTT_CACHE {
+            self.rtt_cache.pop_front();
+        }
+        self.rtt_cache
+            .push_back((peer.id, super::routing_table::rtt_micros(rtt)));
         let rtt = self.config.proximity.then_some(rtt);
         self.offer(now, peer, rtt);
     }
@@ -835,6 +859,7 @@ impl Pastry {
         match self.choose(msg.key, &excluded, self.is_active()) {
             Choice::Local => self.deliver(msg),
             Choice::Peer(next) => {
+                self.note_hole(msg.key, next);
                 if self.config.intercept_forwards && attempts == 0 {
                     let token = self.fresh_id();
                     let mut held = msg;
@@ -858,6 +883,25 @@ impl Pastry {
                 }
             }
             Choice::Nowhere => self.fail_route(msg.id, msg.key),
+        }
+    }
+
+    /// Fills a routing-table hole as soon as routing meets it: when the slot for `key` is empty
+    /// (and the key is outside the leaf set), the chosen next hop shares our prefix up to that
+    /// row, so its row holds candidates. At most once per row per maintenance period.
+    fn note_hole(&mut self, key: Key, next: PeerInfo) {
+        if !self.is_active() || self.leaf_set.covers(key) {
+            return;
+        }
+        let row = self.me.id.shared_prefix_len(key);
+        if row >= DIGITS || self.holes_asked & (1 << row) != 0 {
+            return;
+        }
+        if self.table.get(row, usize::from(key.digit(row))).is_none()
+            && self.me.id.shared_prefix_len(next.id) >= row
+        {
+            self.holes_asked |= 1 << row;
+            self.request_row(next, row, false);
         }
     }
 
@@ -1091,13 +1135,13 @@ impl Pastry {
         if !self.is_joining() {
             return;
         }
-        self.consider(now, from);
+        self.consider(now, from, true);
         for peer in rows
             .into_iter()
             .flat_map(|(_, peers)| peers)
             .chain(neighbourhood)
         {
-            self.consider(now, peer);
+            self.consider(now, peer, true);
         }
         let Some(leaf_set) = leaf_set else {
             return;
@@ -1164,13 +1208,11 @@ impl Pastry {
         // Improve locality at once (the paper's second join phase, one peer per row): the
         // rows we were given came from nodes near the join route, not near us.
         if self.config.proximity {
-            for _ in 0..self.config.join_row_refresh {
-                for row in 0..self.table.row_count() {
-                    let entries = self.table.row(row);
-                    if !entries.is_empty() {
-                        let peer = entries[self.rng.gen_range(0..entries.len())].peer;
-                        self.send(peer, Message::RowRequest { row: row as u8 });
-                    }
+            for row in 0..self.table.row_count() {
+                let mut entries: Vec<Slot> = self.table.row(row).to_vec();
+                entries.sort_by_key(|s| s.rtt().unwrap_or(Duration::MAX));
+                for slot in entries.into_iter().take(self.config.join_row_refresh) {
+                    self.request_row(slot.peer, row, true);
                 }
             }
         }
@@ -1180,7 +1222,7 @@ impl Pastry {
         if !self.is_active() {
             return;
         }
-        self.add_live(now, from);
+        self.add_live(now, from, true);
         if theirs.is_empty() {
             return;
         }
@@ -1204,7 +1246,9 @@ impl Pastry {
     // ---------------------------------------------------------------- membership
 
     /// `peer` is alive and active (we heard from it directly).
-    fn add_live(&mut self, now: Time, peer: PeerInfo) {
+    /// `improve`: measure it even if its routing-table slot is taken (a newly announced node
+    /// may be nearer than the holder: this keeps existing tables proximity-aware as nodes join).
+    fn add_live(&mut self, now: Time, peer: PeerInfo, improve: bool) {
         let was_known = self.knows(peer.id);
         if self.leaf_set.insert(peer, None) && self.is_active() {
             if !was_known {
@@ -1213,12 +1257,13 @@ impl Pastry {
             self.emit(Event::LeafSetChanged);
             self.refresh_watches(now);
         }
-        self.consider(now, peer);
+        self.consider(now, peer, improve);
     }
 
     /// Offers `peer` to the routing table and neighbourhood set: directly if its proximity is
-    /// known or proximity is off, otherwise after a measurement.
-    fn consider(&mut self, now: Time, peer: PeerInfo) {
+    /// known or proximity is off, otherwise after a measurement. A measurement is requested
+    /// only if the peer's slot is empty, or if `improve` (it may be nearer than the holder).
+    fn consider(&mut self, now: Time, peer: PeerInfo, improve: bool) {
         if peer.id == self.me.id || self.table.contains(peer.id) {
             return;
         }
@@ -1226,21 +1271,43 @@ impl Pastry {
             self.offer(now, peer, None);
             return;
         }
-        let known = self.leaf_set.get(peer.id).and_then(Slot::rtt).or_else(|| {
-            self.neighbourhood
-                .iter()
-                .find(|s| s.peer.id == peer.id)
-                .and_then(Slot::rtt)
-        });
+        let known = self
+            .rtt_cache
+            .iter()
+            .find(|(id, _)| *id == peer.id)
+            .map(|(_, us)| Duration::from_micros(u64::from(*us)))
+            .or_else(|| self.leaf_set.get(peer.id).and_then(Slot::rtt))
+            .or_else(|| {
+                self.neighbourhood
+                    .iter()
+                    .find(|s| s.peer.id == peer.id)
+                    .and_then(Slot::rtt)
+            });
         if let Some(rtt) = known {
             self.offer(now, peer, Some(rtt));
-        } else if let std::collections::hash_map::Entry::Vacant(entry) =
-            self.measuring.entry(peer.id)
-        {
+            return;
+        }
+        let slot_empty = self
+            .table
+            .position(peer.id)
+            .is_some_and(|(row, column)| self.table.get(row, column).is_none());
+        if !slot_empty && !improve {
+            return;
+        }
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.measuring.entry(peer.id) {
             entry.insert(now);
             self.stats.measures += 1;
             self.outputs.push_back(Output::Measure { peer });
         }
+    }
+
+    /// Asks `peer` for its routing-table row `row`.
+    fn request_row(&mut self, peer: PeerInfo, row: usize, improve: bool) {
+        if self.row_requests.len() >= MAX_ROW_REQUESTS {
+            self.row_requests.remove(0);
+        }
+        self.row_requests.push((peer.id, row as u8, improve));
+        self.send(peer, Message::RowRequest { row: row as u8 });
     }
 
     fn offer(&mut self, now: Time, peer: PeerInfo, rtt: Option<Duration>) {
@@ -1286,7 +1353,7 @@ impl Pastry {
             self.probes.swap_remove(index);
         }
         if active {
-            self.add_live(now, from);
+            self.add_live(now, from, false);
         }
         self.merge_candidates(now, leaf_set);
     }
@@ -1324,7 +1391,7 @@ impl Pastry {
             if !entries.is_empty() {
                 let peer = entries[self.rng.gen_range(0..entries.len())].peer;
                 self.stats.table_repairs += 1;
-                self.send(peer, Message::RowRequest { row: row as u8 });
+                self.request_row(peer, row, false);
                 return;
             }
         }
@@ -1507,15 +1574,35 @@ impl Pastry {
         self.probes.shrink_to(8);
     }
 
+    /// Periodic routing-table maintenance. Rounds alternate between improving proximity (rows
+    /// in turn: ask a random entry of row r for its row r and measure the candidates) and
+    /// filling holes (the shallowest row with an empty slot: only empty slots are measured).
     fn maintain_table(&mut self, _now: Time) {
+        self.holes_asked = 0;
         let rows = self.table.row_count();
-        for _ in 0..rows {
-            let row = self.maintenance_row % rows;
-            self.maintenance_row = self.maintenance_row.wrapping_add(1);
+        if rows == 0 {
+            return;
+        }
+        self.maintenance_row = self.maintenance_row.wrapping_add(1);
+        if self.maintenance_row % 2 == 0 {
+            let shallowest = (0..rows).find(|&r| {
+                let entries = self.table.row(r);
+                !entries.is_empty() && entries.len() < crate::id::DIGIT_VALUES - 1
+            });
+            if let Some(row) = shallowest {
+                let entries = self.table.row(row);
+                let peer = entries[self.rng.gen_range(0..entries.len())].peer;
+                self.request_row(peer, row, false);
+                return;
+            }
+        }
+        let start = self.maintenance_row / 2;
+        for offset in 0..rows {
+            let row = (start + offset) % rows;
             let entries = self.table.row(row);
             if !entries.is_empty() {
                 let peer = entries[self.rng.gen_range(0..entries.len())].peer;
-                self.send(peer, Message::RowRequest { row: row as u8 });
+                self.request_row(peer, row, true);
                 return;
             }
         }

@@ -534,16 +534,23 @@ fn measured_candidates_enter_the_table_only_after_measurement() {
     // A nearer peer for the same slot (beyond hysteresis) replaces it; a farther one does not.
     let nearer = peer((0xf << 124) + 1);
     let farther = peer((0xf << 124) + 2);
+    // An unsolicited candidate for a taken slot is not worth a measurement...
+    let other = peer((0xf << 124) + 3);
+    node.handle_message(
+        Time::ZERO,
+        far,
+        Message::RowReply {
+            row: 0,
+            entries: vec![other],
+        },
+    );
+    assert!(!drain(&mut node).contains(&Output::Measure { peer: other }));
+    // ...but a newly announced node is (it may be nearer than the holder).
     for p in [nearer, farther] {
-        node.handle_message(
-            Time::ZERO,
-            p,
-            Message::RowReply {
-                row: 0,
-                entries: vec![],
-            },
-        );
+        node.handle_message(Time::ZERO, p, Message::Announce { leaf_set: vec![] });
     }
+    let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::Measure { peer: nearer }));
     node.handle_proximity(Time::ZERO, nearer, Duration::from_millis(10));
     node.handle_proximity(Time::ZERO, farther, Duration::from_millis(50));
     assert_eq!(node.routing_table().get(0, 0xf).unwrap().peer, nearer);
