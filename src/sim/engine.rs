@@ -1179,6 +1179,45 @@ impl<P: SimNode> Simulation<P> {
                 }
             }
         }
+        for &i in &self.live_active {
+            if report.dead_leaf_examples.len() >= 10 {
+                break;
+            }
+            let Some(proto) = self.nodes[i as usize].proto.as_ref() else {
+                continue;
+            };
+            let me = self.nodes[i as usize].id;
+            let leaves = proto.leaf_peers();
+            for peer in &leaves {
+                let dead = index_of(peer.addr)
+                    .and_then(|j| self.nodes.get(j as usize))
+                    .is_some_and(|slot| !slot.alive);
+                if !dead {
+                    continue;
+                }
+                let clockwise = me.precedes(peer.id);
+                let rank = leaves
+                    .iter()
+                    .filter(|p| me.precedes(p.id) == clockwise)
+                    .filter(|p| me.ring_distance(p.id) <= me.ring_distance(peer.id))
+                    .count();
+                let died = index_of(peer.addr)
+                    .and_then(|j| self.nodes.get(j as usize))
+                    .map_or(0.0, |slot| {
+                        (self.now.saturating_sub(slot.died_at)) as f64 / SECOND
+                    });
+                report.dead_leaf_examples.push(format!(
+                    "{me}: {} ({} side, rank {rank}, dead for {died:.0} s), leaf set of {}",
+                    peer.id,
+                    if clockwise {
+                        "clockwise"
+                    } else {
+                        "counter-clockwise"
+                    },
+                    leaves.len()
+                ));
+            }
+        }
         report.proximity_ratio_by_row = ratio_sums
             .iter()
             .map(|&(sum, n)| if n == 0 { 0.0 } else { sum / n as f64 })

@@ -122,6 +122,9 @@ pub struct TableReport {
     pub holes_by_row: Vec<u64>,
     /// Slots pointing at dead nodes.
     pub dead_entries: u64,
+    /// Up to 10 live nodes with a dead leaf-set entry: `node: dead entry (rank on its side,
+    /// 1 = immediate neighbour), leaf-set size`.
+    pub dead_leaf_examples: Vec<String>,
     /// For a sample of nodes: mean of (entry's delay / delay of the nearest node that qualifies
     /// for the slot), by row. 1.0 = perfect proximity neighbour selection.
     pub proximity_ratio_by_row: Vec<f64>,
@@ -278,6 +281,11 @@ impl fmt::Display for Report {
                 tables.dead_entries,
                 tables.proximity_ratio_by_row
             )?;
+        }
+        if let Some(tables) = &self.tables {
+            for example in &tables.dead_leaf_examples {
+                writeln!(f, "dead leaf entry: {example}")?;
+            }
         }
         for trace in &self.long_routes {
             writeln!(
