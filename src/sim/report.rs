@@ -122,6 +122,11 @@ pub struct TableReport {
     pub holes_by_row: Vec<u64>,
     /// Slots pointing at dead nodes.
     pub dead_entries: u64,
+    /// For lookups delivered without re-routing: mean one-way delay of the k-th hop, in ms
+    /// (where stretch comes from).
+    pub hop_ms_by_index: Vec<f64>,
+    /// Mean direct one-way delay origin to root of the same lookups, in ms.
+    pub direct_ms_mean: f64,
     /// Up to 10 live nodes with a dead leaf-set entry: `node: dead entry (rank on its side,
     /// 1 = immediate neighbour), leaf-set size`.
     pub dead_leaf_examples: Vec<String>,
@@ -283,6 +288,11 @@ impl fmt::Display for Report {
             )?;
         }
         if let Some(tables) = &self.tables {
+            writeln!(
+                f,
+                "hop delays (ms) by hop index {:.1?}, direct {:.1} ms",
+                tables.hop_ms_by_index, tables.direct_ms_mean
+            )?;
             for example in &tables.dead_leaf_examples {
                 writeln!(f, "dead leaf entry: {example}")?;
             }
