@@ -31,6 +31,8 @@ pub(crate) struct Delivered {
     pub(crate) hops: u8,
     pub(crate) payload: Vec<u8>,
     pub(crate) time: Time,
+    /// Whether `at` was the oracle's root when the message arrived.
+    pub(crate) correct: bool,
 }
 
 /// An [`Output::Forward`] the application was asked about.
@@ -61,6 +63,8 @@ pub(crate) struct Net {
     pub(crate) held: Vec<Held>,
     /// Messages lost on purpose.
     pub(crate) drop_if: Option<DropRule>,
+    /// Route messages that arrived at a dead node.
+    pub(crate) routes_to_dead: u64,
 }
 
 impl Net {
@@ -81,6 +85,7 @@ impl Net {
             events: Vec::new(),
             held: Vec::new(),
             drop_if: None,
+            routes_to_dead: 0,
         }
     }
 
@@ -154,15 +159,19 @@ impl Net {
                     id,
                     hops,
                     payload,
-                } => self.delivered.push(Delivered {
-                    at: i,
-                    key,
-                    origin,
-                    id,
-                    hops,
-                    payload,
-                    time: self.now,
-                }),
+                } => {
+                    let correct = self.oracle_root(key) == self.nodes[i].id();
+                    self.delivered.push(Delivered {
+                        at: i,
+                        key,
+                        origin,
+                        id,
+                        hops,
+                        payload,
+                        time: self.now,
+                        correct,
+                    });
+                }
                 Output::Forward { token, payload, .. } => self.held.push(Held {
                     at: i,
                     token,
@@ -204,6 +213,13 @@ impl Net {
             self.now = self.now.max(t);
             let what = self.pending.remove(&seq).expect("scheduled delivery");
             if !self.alive[to] {
+                if let Delivery::Msg {
+                    msg: Message::Route { .. } | Message::Join { .. },
+                    ..
+                } = what
+                {
+                    self.routes_to_dead += 1;
+                }
                 return true;
             }
             match what {
@@ -358,6 +374,19 @@ impl Net {
                 return i;
             }
         }
+    }
+
+    pub(crate) fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    /// Joins node `i` through the active node nearest to it without waiting.
+    pub(crate) fn start_join_near(&mut self, i: usize) {
+        let via = (0..self.nodes.len())
+            .filter(|&j| j != i && self.alive[j] && self.nodes[j].is_active())
+            .min_by_key(|&j| self.latency(i, j))
+            .expect("an active node to join through");
+        self.start_join(i, via);
     }
 
     pub(crate) fn random_key(&mut self) -> Key {

@@ -102,6 +102,9 @@ pub enum Message {
         origin: PeerInfo,
         /// Hops taken so far.
         hops: u8,
+        /// Nodes the sender found unresponsive while routing this message (at most
+        /// [`MAX_AVOID`]): the receiver does not route it to them either.
+        avoid: Vec<NodeId>,
         /// The application payload.
         payload: Vec<u8>,
     },
@@ -118,6 +121,9 @@ pub enum Message {
         leaf_set: Vec<PeerInfo>,
     },
 }
+
+/// Most node ids a [`Message::Route`] carries in `avoid`.
+pub const MAX_AVOID: usize = 8;
 
 /// The kind of a [`Message`], for counting traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -254,12 +260,15 @@ impl Message {
                 key,
                 origin,
                 hops: _,
+                avoid,
                 payload,
             } => {
                 varint_len(u128::from(*id))
                     + varint_len(key.as_u128())
                     + peer_len(origin)
                     + 1
+                    + varint_len(avoid.len() as u128)
+                    + avoid.iter().map(|id| id_len(*id)).sum::<usize>()
                     + varint_len(payload.len() as u128)
                     + payload.len()
             }
@@ -362,13 +371,15 @@ pub(crate) mod strategy {
                 any::<u128>(),
                 peer_info(),
                 any::<u8>(),
+                vec(node_id(), 0..=MAX_AVOID),
                 vec(any::<u8>(), 0..300)
             )
-                .prop_map(|(id, key, origin, hops, payload)| Message::Route {
+                .prop_map(|(id, key, origin, hops, avoid, payload)| Message::Route {
                     id,
                     key: Key::from_u128(key),
                     origin,
                     hops,
+                    avoid,
                     payload
                 }),
             (node_id(), any::<u64>()).prop_map(|(origin, id)| Message::RouteAck { origin, id }),

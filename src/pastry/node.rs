@@ -34,9 +34,14 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Probe retransmissions before a silent node is declared dead. Default 1.
     pub probe_retries: u8,
-    /// Per-hop acknowledgement timeout for routed messages and joins. Default 1 s.
+    /// Per-hop acknowledgement timeout for routed messages and joins when the next hop's RTT
+    /// is unknown, and the cap otherwise (see [`Config::timeout_slack`]). Default 1 s.
     pub ack_timeout: Duration,
-    /// Attempts (first try plus re-routes) per hop before a message is given up. Default 5.
+    /// Acks and probes to a peer with a measured RTT time out after `3 * rtt + slack` (capped
+    /// by [`Config::ack_timeout`] / [`Config::probe_timeout`]). Default 50 ms.
+    pub timeout_slack: Duration,
+    /// Attempts (first try plus re-routes) per hop before a message is given up. Default 16
+    /// (with RTT-based ack timeouts a dead hop costs about three RTTs).
     pub max_route_attempts: u8,
     /// Messages that have taken more hops than this are dropped (loop guard). Default 40.
     pub max_hops: u8,
@@ -67,7 +72,8 @@ impl Default for Config {
             probe_timeout: Duration::from_secs(3),
             probe_retries: 1,
             ack_timeout: Duration::from_secs(1),
-            max_route_attempts: 5,
+            timeout_slack: Duration::from_millis(50),
+            max_route_attempts: 16,
             max_hops: 40,
             maintenance_period: Duration::from_secs(60),
             intercept_forwards: false,
@@ -265,6 +271,8 @@ struct RouteMsg {
     origin: PeerInfo,
     /// Hops taken when it reached this node.
     hops: u8,
+    /// Unresponsive nodes reported by earlier hops.
+    avoid: Vec<NodeId>,
     payload: Vec<u8>,
 }
 
@@ -517,6 +525,7 @@ impl Pastry {
             key,
             origin: self.me,
             hops: 0,
+            avoid: Vec::new(),
             payload,
         };
         self.route_step(now, msg, Vec::new(), 0);
@@ -610,6 +619,7 @@ impl Pastry {
                 if self.is_active() {
                     self.add_live(now, from, false);
                     self.merge_candidates(now, &leaf_set);
+                    self.check_against(now, from, &leaf_set);
                 }
             }
             Message::NodeFailed { node, leaf_set } => {
@@ -652,6 +662,7 @@ impl Pastry {
                 key,
                 origin,
                 hops,
+                mut avoid,
                 payload,
             } => {
                 self.send(
@@ -661,11 +672,17 @@ impl Pastry {
                         id,
                     },
                 );
+                avoid.truncate(super::message::MAX_AVOID);
+                avoid.retain(|a| *a != self.me.id);
+                for dead in &avoid {
+                    self.distrust(now, *dead);
+                }
                 let msg = RouteMsg {
                     id,
                     key,
                     origin,
                     hops,
+                    avoid,
                     payload,
                 };
                 if hops > self.config.max_hops {
@@ -856,7 +873,13 @@ impl Pastry {
 
     fn route_step(&mut self, now: Time, msg: RouteMsg, excluded: Vec<NodeId>, attempts: u8) {
         // Only an active node may be a root (MSPastry's consistent join).
-        match self.choose(msg.key, &excluded, self.is_active()) {
+        let skip: Vec<NodeId> = if msg.avoid.is_empty() {
+            Vec::new()
+        } else {
+            msg.avoid.iter().chain(&excluded).copied().collect()
+        };
+        let skip = if skip.is_empty() { &excluded } else { &skip };
+        match self.choose(msg.key, skip, self.is_active()) {
             Choice::Local => self.deliver(msg),
             Choice::Peer(next) => {
                 self.note_hole(msg.key, next);
@@ -914,6 +937,15 @@ impl Pastry {
         attempts: u8,
     ) {
         self.stats.forwarded += 1;
+        let mut avoid = msg.avoid.clone();
+        for id in &excluded {
+            if !avoid.contains(id) {
+                avoid.push(*id);
+            }
+        }
+        if avoid.len() > super::message::MAX_AVOID {
+            avoid.drain(..avoid.len() - super::message::MAX_AVOID);
+        }
         self.send(
             next,
             Message::Route {
@@ -921,13 +953,15 @@ impl Pastry {
                 key: msg.key,
                 origin: msg.origin,
                 hops: msg.hops.saturating_add(1),
+                avoid,
                 payload: msg.payload.clone(),
             },
         );
+        let deadline = now + self.hop_timeout(next.id, self.config.ack_timeout);
         self.in_flight.push(InFlight {
             carried: Carried::Route(msg),
             next,
-            deadline: now + self.config.ack_timeout,
+            deadline,
             attempts,
             excluded,
         });
@@ -970,7 +1004,7 @@ impl Pastry {
         }
         for mut f in due {
             self.stats.reroutes += 1;
-            self.start_probe_if_known(now, f.next);
+            self.distrust(now, f.next.id);
             f.excluded.push(f.next.id);
             let attempts = f.attempts.saturating_add(1);
             if attempts >= self.config.max_route_attempts {
@@ -1113,10 +1147,11 @@ impl Pastry {
                         hops: join.hops.saturating_add(1),
                     },
                 );
+                let deadline = now + self.hop_timeout(next.id, self.config.ack_timeout);
                 self.in_flight.push(InFlight {
                     carried: Carried::Join(join),
                     next,
-                    deadline: now + self.config.ack_timeout,
+                    deadline,
                     attempts,
                     excluded,
                 });
@@ -1264,26 +1299,14 @@ impl Pastry {
     /// known or proximity is off, otherwise after a measurement. A measurement is requested
     /// only if the peer's slot is empty, or if `improve` (it may be nearer than the holder).
     fn consider(&mut self, now: Time, peer: PeerInfo, improve: bool) {
-        if peer.id == self.me.id || self.table.contains(peer.id) {
+        if peer.id == self.me.id || self.table.contains(peer.id) || self.is_dead(peer.id) {
             return;
         }
         if !self.config.proximity {
             self.offer(now, peer, None);
             return;
         }
-        let known = self
-            .rtt_cache
-            .iter()
-            .find(|(id, _)| *id == peer.id)
-            .map(|(_, us)| Duration::from_micros(u64::from(*us)))
-            .or_else(|| self.leaf_set.get(peer.id).and_then(Slot::rtt))
-            .or_else(|| {
-                self.neighbourhood
-                    .iter()
-                    .find(|s| s.peer.id == peer.id)
-                    .and_then(Slot::rtt)
-            });
-        if let Some(rtt) = known {
+        if let Some(rtt) = self.rtt_of(peer.id) {
             self.offer(now, peer, Some(rtt));
             return;
         }
@@ -1337,10 +1360,14 @@ impl Pastry {
             return;
         }
         for peer in peers {
+            // Leaf sets of nearby nodes also fill empty routing-table slots of the deepest rows.
+            if self.is_active() {
+                self.consider(now, *peer, false);
+            }
             if peer.id != self.me.id
                 && !self.leaf_set.contains(peer.id)
                 && self.leaf_set.would_accept(peer.id)
-                && !self.dead.iter().any(|(id, _)| *id == peer.id)
+                && !self.is_dead(peer.id)
                 && !self.probes.iter().any(|p| p.peer.id == peer.id)
             {
                 self.start_probe(now, *peer, ProbeKind::Candidate);
@@ -1356,6 +1383,36 @@ impl Pastry {
             self.add_live(now, from, false);
         }
         self.merge_candidates(now, leaf_set);
+        if active && self.is_active() {
+            self.check_against(now, from, leaf_set);
+        }
+    }
+
+    /// Compares our leaf set with a live neighbour's: a member of ours that lies within the
+    /// neighbour's range but is missing from its leaf set is probably dead (its failure notice
+    /// did not reach us, e.g. when it sat at the far end of our leaf set). Probe it.
+    fn check_against(&mut self, now: Time, from: PeerInfo, theirs: &[PeerInfo]) {
+        if theirs.is_empty() {
+            return;
+        }
+        let mut their_set = LeafSet::new(from.id, self.leaf_set.half());
+        for peer in theirs {
+            their_set.insert(*peer, None);
+        }
+        let doubtful: Vec<PeerInfo> = self
+            .leaf_set
+            .iter()
+            .map(|s| s.peer)
+            .filter(|p| {
+                p.id != from.id
+                    && !their_set.contains(p.id)
+                    && their_set.covers(p.id.to_key())
+                    && !self.probes.iter().any(|probe| probe.peer.id == p.id)
+            })
+            .collect();
+        for peer in doubtful {
+            self.start_probe(now, peer, ProbeKind::Member);
+        }
     }
 
     /// Removes `id` from every structure. Returns whether it was in the leaf set.
@@ -1439,7 +1496,12 @@ impl Pastry {
         }
     }
 
+    fn is_dead(&self, id: NodeId) -> bool {
+        self.dead.iter().any(|(dead, _)| *dead == id)
+    }
+
     fn note_dead(&mut self, now: Time, id: NodeId) {
+        self.rtt_cache.retain(|(cached, _)| *cached != id);
         if self.dead.len() >= DEAD_MEMORY {
             self.dead.pop_front();
         }
@@ -1476,18 +1538,57 @@ impl Pastry {
             }
             return;
         }
+        let retries_left = match kind {
+            ProbeKind::Member => self.config.probe_retries,
+            // A candidate that does not answer is simply not admitted.
+            ProbeKind::Candidate => 0,
+        };
         self.probes.push(PendingProbe {
             peer,
-            deadline: now + self.config.probe_timeout,
-            retries_left: self.config.probe_retries,
+            deadline: now + self.hop_timeout(peer.id, self.config.probe_timeout),
+            retries_left,
             kind,
         });
         self.send_probe(peer);
     }
 
-    fn start_probe_if_known(&mut self, now: Time, peer: PeerInfo) {
-        if self.knows(peer.id) {
+    /// `id` did not acknowledge a message (here or at an earlier hop): drop it from the
+    /// routing table and neighbourhood set at once (cheap to relearn) and, if it is a leaf,
+    /// probe it: it is skipped while suspected and declared dead if it stays silent.
+    fn distrust(&mut self, now: Time, id: NodeId) {
+        if let Some(slot) = self.leaf_set.get(id) {
+            let peer = slot.peer;
             self.start_probe(now, peer, ProbeKind::Member);
+        }
+        self.neighbourhood.remove(id);
+        self.rtt_cache.retain(|(cached, _)| *cached != id);
+        if let Some((row, _)) = self.table.remove(id) {
+            self.repair_table_row(row);
+        }
+    }
+
+    /// The RTT we know for `id`, if any.
+    fn rtt_of(&self, id: NodeId) -> Option<Duration> {
+        self.rtt_cache
+            .iter()
+            .find(|(cached, _)| *cached == id)
+            .map(|(_, us)| Duration::from_micros(u64::from(*us)))
+            .or_else(|| self.leaf_set.get(id).and_then(Slot::rtt))
+            .or_else(|| self.table.find(id).and_then(Slot::rtt))
+            .or_else(|| {
+                self.neighbourhood
+                    .iter()
+                    .find(|s| s.peer.id == id)
+                    .and_then(Slot::rtt)
+            })
+    }
+
+    /// How long to wait for `id` to answer: three RTTs plus [`Config::timeout_slack`] when
+    /// its RTT is known, never more than `cap`.
+    fn hop_timeout(&self, id: NodeId, cap: Duration) -> Duration {
+        match self.rtt_of(id) {
+            Some(rtt) => cap.min(rtt * 3 + self.config.timeout_slack),
+            None => cap,
         }
     }
 

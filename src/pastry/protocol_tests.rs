@@ -131,7 +131,14 @@ fn concurrent_joins_converge_to_the_oracle() {
 fn silent_failures_are_detected_repaired_and_reported() {
     let mut net = Net::build(Config::default(), 100, 4);
     net.run_for(Duration::from_secs(30));
-    let victims: Vec<usize> = (0..10).map(|k| 5 + k * 9).collect();
+    // Ten nodes, including runs of ring neighbours (so that some notices have no live sender
+    // next to the dead node and far leaf-set members must find out by themselves).
+    let mut by_id: Vec<usize> = (0..net.nodes.len()).collect();
+    by_id.sort_by_key(|&i| net.nodes[i].id());
+    let victims: Vec<usize> = [5, 6, 30, 31, 32, 60, 61, 75, 88, 95]
+        .iter()
+        .map(|&r| by_id[r])
+        .collect();
     // Who had each victim in its leaf set when it died.
     let mut watchers = Vec::new();
     for &v in &victims {
@@ -272,6 +279,7 @@ fn a_node_suppresses_a_message_it_already_delivered() {
         key: Key::from_u128(5),
         origin: peer(7),
         hops: 2,
+        avoid: vec![],
         payload: vec![],
     };
     node.handle_message(Time::ZERO, peer(7), msg.clone());
@@ -362,6 +370,7 @@ fn an_inactive_joiner_never_delivers_as_root() {
         key: joiner_id.to_key(),
         origin: net.peer(0),
         hops: 1,
+        avoid: vec![],
         payload: vec![],
     };
     let from = net.peer(0);
@@ -760,4 +769,140 @@ fn scale_probe() {
         "mean table entries {:.1}, holes {holes} of {fillable} fillable slots",
         table as f64 / n as f64
     );
+}
+
+/// Churn: Poisson arrivals, exponential sessions; lookups keep flowing. Returns
+/// (lookups, correct, misdelivered, lost).
+fn churn(
+    n: usize,
+    median_s: f64,
+    duration_s: u64,
+    lookups_per_s: u64,
+    seed: u64,
+) -> (usize, usize, usize, usize) {
+    use rand::Rng;
+    let mut net = Net::build(Config::default(), n, seed);
+    net.run_for(Duration::from_secs(30));
+    let mean_s = median_s / std::f64::consts::LN_2;
+    let exp = |rng: &mut rand_chacha::ChaCha8Rng, mean: f64| -> f64 {
+        -mean * (1.0 - rng.gen::<f64>()).ln()
+    };
+    // Session ends for the initial population.
+    let mut deaths: Vec<(Time, usize)> = (0..n)
+        .map(|i| (net.now + Duration::from_secs_f64(exp(net.rng(), mean_s)), i))
+        .collect();
+    let start = net.now;
+    let end = start + Duration::from_secs(duration_s);
+    let mut next_arrival = start + Duration::from_secs_f64(exp(net.rng(), mean_s / n as f64));
+    let mut sent = Vec::new();
+    let tick = Duration::from_millis(1000 / lookups_per_s.max(1));
+    while net.now < end {
+        net.run_for(tick);
+        let now = net.now;
+        deaths.retain(|&(t, i)| {
+            if t <= now {
+                net.kill(i);
+                false
+            } else {
+                true
+            }
+        });
+        while next_arrival <= now {
+            let i = net.add(None);
+            net.start_join_near(i);
+            let life = exp(net.rng(), mean_s);
+            deaths.push((now + Duration::from_secs_f64(life), i));
+            next_arrival += Duration::from_secs_f64(exp(net.rng(), mean_s / n as f64));
+        }
+        let from = net.random_live();
+        let key = net.random_key();
+        let id = net.route(from, key, vec![]);
+        sent.push((net.nodes[from].id(), id));
+    }
+    if std::env::var("PASTRY_DEBUG").is_ok() {
+        let live: HashSet<NodeId> = net.live_ids().into_iter().collect();
+        let (mut leaf_dead, mut leaf_all, mut table_dead, mut table_all) = (0, 0, 0, 0);
+        for i in 0..net.nodes.len() {
+            if !net.alive[i] || !net.nodes[i].is_active() {
+                continue;
+            }
+            for s in net.nodes[i].leaf_set().iter() {
+                leaf_all += 1;
+                leaf_dead += usize::from(!live.contains(&s.peer.id));
+            }
+            for s in net.nodes[i].routing_table().iter() {
+                table_all += 1;
+                table_dead += usize::from(!live.contains(&s.peer.id));
+            }
+        }
+        let reroutes: u64 = net.nodes.iter().map(|n| n.stats().reroutes).sum();
+        eprintln!(
+            "routes to dead nodes {}, reroutes {reroutes}",
+            net.routes_to_dead
+        );
+        eprintln!(
+            "at end: dead leaf entries {leaf_dead}/{leaf_all}, dead table entries {table_dead}/{table_all}, wrong leaf sets {}",
+            net.wrong_leaf_sets().len()
+        );
+    }
+    net.run_for(Duration::from_secs(30));
+    let (mut correct, mut wrong, mut lost) = (0, 0, 0);
+    for (origin, id) in &sent {
+        match net
+            .delivered
+            .iter()
+            .find(|d| d.origin == *origin && d.id == *id)
+        {
+            Some(d) if d.correct => correct += 1,
+            Some(_) => wrong += 1,
+            None => {
+                lost += 1;
+                let failed_at: Vec<usize> = net
+                    .events
+                    .iter()
+                    .filter(|(_, e, _)| matches!(e, Event::RouteFailed { id: f, .. } if f == id))
+                    .map(|(at, _, _)| *at)
+                    .collect();
+                let o = net.index_of(*origin);
+                if std::env::var("PASTRY_DEBUG").is_ok() {
+                    eprintln!(
+                        "lost {id}: origin alive {} failed at {failed_at:?}",
+                        net.alive[o]
+                    );
+                }
+            }
+        }
+    }
+    (sent.len(), correct, wrong, lost)
+}
+
+#[test]
+#[ignore = "manual churn check"]
+fn churn_probe() {
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (sent, correct, wrong, lost) = churn(
+        env("PASTRY_N", 300) as usize,
+        84.0,
+        env("PASTRY_DURATION_S", 600),
+        5,
+        env("PASTRY_SEED", 1),
+    );
+    eprintln!("churn: {sent} lookups, {correct} correct, {wrong} misdelivered, {lost} lost");
+}
+
+#[test]
+fn lookups_survive_heavy_churn() {
+    // Median session 84 s (Bamboo's hardest), 150 nodes, 4 minutes, 2 lookups per second.
+    let (sent, correct, wrong, lost) = churn(150, 84.0, 240, 2, 12);
+    eprintln!("churn: {sent} lookups, {correct} correct, {wrong} misdelivered, {lost} lost");
+    assert!(
+        correct as f64 >= 0.99 * sent as f64,
+        "{correct} of {sent} correct"
+    );
+    assert!(wrong <= 1, "{wrong} misdelivered");
 }
