@@ -104,6 +104,8 @@ struct Slot<P> {
     died_at: u64,
     /// When the node was created.
     created_at: u64,
+    /// When the node became active (`NO_TIMER` before).
+    active_at: u64,
     alive: bool,
     active: bool,
     /// Position in `live_active` (valid while active and alive).
@@ -121,6 +123,8 @@ struct LookupRec {
     origin: u32,
     issued: u64,
     root_at_issue: NodeId,
+    root_at_delivery: NodeId,
+    delivered_at: u64,
     phase: u8,
     delivered_by: u32,
     hops: u8,
@@ -457,6 +461,7 @@ impl<P: SimNode> Simulation<P> {
             timer_at: NO_TIMER,
             died_at: NO_TIMER,
             created_at: self.now,
+            active_at: NO_TIMER,
             alive: true,
             active: false,
             live_pos: NOBODY,
@@ -628,6 +633,7 @@ impl<P: SimNode> Simulation<P> {
             return;
         }
         slot.active = true;
+        slot.active_at = self.now;
         if self.churn_on {
             self.churn_joins += 1;
             self.churn_join_us += self.now - slot.created_at;
@@ -844,6 +850,8 @@ impl<P: SimNode> Simulation<P> {
             origin,
             issued: self.now,
             root_at_issue: self.root(key).unwrap_or(NodeId::from_u128(0)),
+            root_at_delivery: NodeId::from_u128(0),
+            delivered_at: 0,
             phase,
             delivered_by: NOBODY,
             hops: 0,
@@ -880,6 +888,8 @@ impl<P: SimNode> Simulation<P> {
             return;
         }
         rec.delivered_by = at;
+        rec.delivered_at = self.now;
+        rec.root_at_delivery = now_root.unwrap_or(NodeId::from_u128(0));
         rec.hops = hops;
         rec.correct = now_root == Some(at_id) || rec.root_at_issue == at_id;
         if at != rec.origin {
@@ -1055,7 +1065,34 @@ impl<P: SimNode> Simulation<P> {
         });
         let lost = (0..self.lookups.len() as u32)
             .filter(|&l| self.lookups[l as usize].delivered_by == NOBODY);
-        let chosen: Vec<u32> = long.take(10).chain(lost.take(10)).collect();
+        let wrong = (0..self.lookups.len() as u32).filter(|&l| {
+            let rec = &self.lookups[l as usize];
+            rec.delivered_by != NOBODY && !rec.correct
+        });
+        let chosen: Vec<u32> = long
+            .take(10)
+            .chain(lost.take(10))
+            .chain(wrong.take(10))
+            .collect();
+        let by_id: HashMap<NodeId, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| (slot.id, i))
+            .collect();
+        let state = |id: NodeId, at: u64| -> String {
+            let Some(slot) = by_id.get(&id).map(|&i| &self.nodes[i]) else {
+                return "unknown".to_string();
+            };
+            let ms = |t: u64| (at as f64 - t as f64) / 1000.0;
+            if slot.died_at <= at {
+                format!("dead for {:.0} ms", ms(slot.died_at))
+            } else if slot.active_at <= at {
+                format!("active for {:.0} ms", ms(slot.active_at))
+            } else {
+                format!("joining for {:.0} ms", ms(slot.created_at))
+            }
+        };
         chosen
             .iter()
             .map(|&l| {
@@ -1080,6 +1117,15 @@ impl<P: SimNode> Simulation<P> {
                 let outcome = match (rec.delivered_by, rec.failed) {
                     (NOBODY, true) => "lost (the origin reported RouteFailed)".to_string(),
                     (NOBODY, false) => "lost".to_string(),
+                    _ if !rec.correct => format!(
+                        "MISDELIVERED in {} hops at {} ({}) +{:.0}ms; root then {} ({})",
+                        rec.hops,
+                        self.nodes[rec.delivered_by as usize].id,
+                        state(self.nodes[rec.delivered_by as usize].id, rec.delivered_at),
+                        (rec.delivered_at - rec.issued) as f64 / 1000.0,
+                        rec.root_at_delivery,
+                        state(rec.root_at_delivery, rec.delivered_at),
+                    ),
                     _ => format!("delivered in {} hops", rec.hops),
                 };
                 RouteTrace {

@@ -73,8 +73,8 @@ pub struct Report {
     /// Sum of route latencies over sum of direct latencies (lookups with >= 1 hop): the stretch
     /// of the average route, which tiny direct distances cannot dominate.
     pub stretch_of_means: f64,
-    /// With `trace_routes`: up to 10 routes longer than `ceil(log16 N)` hops and up to 10 lost
-    /// lookups.
+    /// With `trace_routes`: up to 10 each of the routes longer than `ceil(log16 N)` hops, the
+    /// lost lookups and the misdelivered ones.
     pub long_routes: Vec<RouteTrace>,
     /// With `trace_routes`: routing-table diagnostics at the end of the run.
     pub tables: Option<TableReport>,
