@@ -105,6 +105,7 @@ impl SimNode for StandIn {
                     key,
                     origin: self.me,
                     hops: 1,
+                    avoid: Vec::new(),
                     payload,
                 },
             });
@@ -132,6 +133,7 @@ impl SimNode for StandIn {
                 origin,
                 hops,
                 payload,
+                ..
             } => {
                 // Moves this node's deadline later, so the driver's queued timer event goes
                 // stale and must be re-armed rather than fired early.
