@@ -60,6 +60,16 @@ impl LeafSet {
         }
     }
 
+    /// An empty leaf set for another node `id` of the same overlay: same size, and if this one
+    /// knows the overlay is larger than a leaf set, so does the new one (so a neighbour's leaf
+    /// set with a hole is not read as spanning the ring).
+    pub(crate) fn empty_for(&self, id: NodeId) -> Self {
+        Self {
+            big: self.big,
+            ..Self::new(id, self.half)
+        }
+    }
+
     /// This node's id.
     pub fn me(&self) -> NodeId {
         self.me

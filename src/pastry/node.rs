@@ -204,6 +204,11 @@ pub struct Stats {
     pub table_repairs: u64,
     /// Joins restarted after [`Config::join_timeout`].
     pub join_restarts: u64,
+    /// Probes started to check a node in our state (missed heartbeat, ack timeout, leaf-set
+    /// repair, a neighbour's leaf set lacking it).
+    pub suspect_probes: u64,
+    /// Probes started to verify a leaf-set candidate learned second hand (or while joining).
+    pub candidate_probes: u64,
 }
 
 impl Stats {
@@ -254,6 +259,9 @@ enum ProbeKind {
     Member,
     /// A node learned second hand (or a joiner's leaf-set candidate): a reply admits it.
     Candidate,
+    /// A member whose liveness is merely in doubt (a neighbour's leaf set lacks it): silence
+    /// declares it dead, but it stays usable for routing meanwhile (it may be the root).
+    Verify,
 }
 
 #[derive(Debug, Clone)]
@@ -374,11 +382,14 @@ pub struct Pastry {
     row_requests: Vec<(NodeId, u8, bool)>,
     /// Rows whose empty slot was met while routing and already asked about this period.
     holes_asked: u32,
+    /// Messages for our keys that arrived while we were joining, routed again once active.
+    waiting: Vec<RouteMsg>,
 }
 
 const DEAD_MEMORY: usize = 32;
 const RTT_CACHE: usize = 16;
 const MAX_ROW_REQUESTS: usize = 16;
+const MAX_WAITING: usize = 64;
 
 impl Pastry {
     /// A node with identity `me`, not yet part of an overlay. `seed` seeds its private RNG
@@ -411,6 +422,7 @@ impl Pastry {
             rtt_cache: VecDeque::new(),
             row_requests: Vec::new(),
             holes_asked: 0,
+            waiting: Vec::new(),
         }
     }
 
@@ -629,7 +641,13 @@ impl Pastry {
                         self.start_probe(now, from, ProbeKind::Member);
                     }
                 } else if self.knows(node) {
-                    self.forget_dead(now, node, false);
+                    // The sender told its own leaf set: we only tell the members it lacks.
+                    let told: Vec<NodeId> = leaf_set
+                        .iter()
+                        .map(|p| p.id)
+                        .chain(std::iter::once(from.id))
+                        .collect();
+                    self.forget_dead(now, node, false, &told);
                 }
                 self.merge_candidates(now, &leaf_set);
             }
@@ -879,6 +897,15 @@ impl Pastry {
             msg.avoid.iter().chain(&excluded).copied().collect()
         };
         let skip = if skip.is_empty() { &excluded } else { &skip };
+        if self.is_joining() && matches!(self.choose(msg.key, skip, true), Choice::Local) {
+            // Our leaf set already routes this key to us: hold it until we are active.
+            if self.waiting.len() >= MAX_WAITING {
+                let oldest = self.waiting.remove(0);
+                self.fail_route(oldest.id, oldest.key);
+            }
+            self.waiting.push(msg);
+            return;
+        }
         match self.choose(msg.key, skip, self.is_active()) {
             Choice::Local => self.deliver(msg),
             Choice::Peer(next) => {
@@ -1240,6 +1267,9 @@ impl Pastry {
         for peer in others {
             self.send(peer, Message::Announce { leaf_set: vec![] });
         }
+        for msg in std::mem::take(&mut self.waiting) {
+            self.route_step(now, msg, Vec::new(), 0);
+        }
         // Improve locality at once (the paper's second join phase, one peer per row): the
         // rows we were given came from nodes near the join route, not near us.
         if self.config.proximity {
@@ -1262,7 +1292,7 @@ impl Pastry {
             return;
         }
         // Tell the newcomer about leaf-set members it is missing (concurrent joins).
-        let mut their_set = LeafSet::new(from.id, self.leaf_set.half());
+        let mut their_set = self.leaf_set.empty_for(from.id);
         for peer in theirs {
             their_set.insert(*peer, None);
         }
@@ -1359,15 +1389,35 @@ impl Pastry {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
-        for peer in peers {
+        if self.is_active() {
             // Leaf sets of nearby nodes also fill empty routing-table slots of the deepest rows.
-            if self.is_active() {
+            for peer in peers {
                 self.consider(now, *peer, false);
             }
-            if peer.id != self.me.id
-                && !self.leaf_set.contains(peer.id)
-                && self.leaf_set.would_accept(peer.id)
-                && !self.is_dead(peer.id)
+        }
+        let fits = |this: &Self, peer: &PeerInfo| {
+            peer.id != this.me.id
+                && !this.leaf_set.contains(peer.id)
+                && this.leaf_set.would_accept(peer.id)
+                && !this.is_dead(peer.id)
+        };
+        if !peers.iter().any(|p| fits(self, p)) {
+            return;
+        }
+        // Probe only the candidates that would still be members if every candidate (and every
+        // one already being probed) answered: a hole of one needs one probe, not eight.
+        let mut hypothetical = self.leaf_set.clone();
+        for probe in &self.probes {
+            if probe.kind == ProbeKind::Candidate {
+                hypothetical.insert(probe.peer, None);
+            }
+        }
+        for peer in peers.iter().filter(|p| fits(self, p)) {
+            hypothetical.insert(*peer, None);
+        }
+        for peer in peers {
+            if fits(self, peer)
+                && hypothetical.contains(peer.id)
                 && !self.probes.iter().any(|p| p.peer.id == peer.id)
             {
                 self.start_probe(now, *peer, ProbeKind::Candidate);
@@ -1395,7 +1445,7 @@ impl Pastry {
         if theirs.is_empty() {
             return;
         }
-        let mut their_set = LeafSet::new(from.id, self.leaf_set.half());
+        let mut their_set = self.leaf_set.empty_for(from.id);
         for peer in theirs {
             their_set.insert(*peer, None);
         }
@@ -1411,7 +1461,7 @@ impl Pastry {
             })
             .collect();
         for peer in doubtful {
-            self.start_probe(now, peer, ProbeKind::Member);
+            self.start_probe(now, peer, ProbeKind::Verify);
         }
     }
 
@@ -1457,13 +1507,13 @@ impl Pastry {
     fn declare_dead(&mut self, now: Time, peer: PeerInfo) {
         self.stats.declared_dead += 1;
         tracing::debug!(me = ?self.me.id, dead = ?peer.id, "declaring node dead");
-        self.forget_dead(now, peer.id, true);
+        self.forget_dead(now, peer.id, true, &[]);
     }
 
     /// Drops a dead node and spreads the news so that every leaf set holding it learns: the
     /// dead node's immediate neighbours tell their whole leaf sets (together they span every
     /// node that can hold it); a detector that is not a neighbour tells those neighbours.
-    fn forget_dead(&mut self, now: Time, id: NodeId, detected_here: bool) {
+    fn forget_dead(&mut self, now: Time, id: NodeId, detected_here: bool, told: &[NodeId]) {
         let position = self.leaf_set.position(id);
         let inner = position.and_then(|(side, rank)| {
             rank.checked_sub(1)
@@ -1479,7 +1529,11 @@ impl Pastry {
         }
         let leaf_set = self.leaf_set.peers();
         let targets: Vec<PeerInfo> = if position.is_some_and(|(_, rank)| rank == 0) {
-            leaf_set.clone()
+            leaf_set
+                .iter()
+                .filter(|p| !told.contains(&p.id))
+                .copied()
+                .collect()
         } else if detected_here {
             inner.into_iter().chain(outer).collect()
         } else {
@@ -1538,8 +1592,12 @@ impl Pastry {
             }
             return;
         }
+        match kind {
+            ProbeKind::Member | ProbeKind::Verify => self.stats.suspect_probes += 1,
+            ProbeKind::Candidate => self.stats.candidate_probes += 1,
+        }
         let retries_left = match kind {
-            ProbeKind::Member => self.config.probe_retries,
+            ProbeKind::Member | ProbeKind::Verify => self.config.probe_retries,
             // A candidate that does not answer is simply not admitted.
             ProbeKind::Candidate => 0,
         };
@@ -1625,7 +1683,7 @@ impl Pastry {
         }
         for (peer, kind) in failed {
             match kind {
-                ProbeKind::Member => self.declare_dead(now, peer),
+                ProbeKind::Member | ProbeKind::Verify => self.declare_dead(now, peer),
                 ProbeKind::Candidate => self.note_dead(now, peer.id),
             }
         }
