@@ -60,6 +60,20 @@ fn lookups_reach_the_root_within_the_hop_bound_2000_with_proximity() {
 }
 
 #[test]
+fn proximity_shortens_routes() {
+    let with = run(steady(1_500, 2_000, 6));
+    let mut config = steady(1_500, 2_000, 6);
+    config.protocol.proximity = false;
+    let without = run(config);
+    assert_all_correct(&with);
+    assert_all_correct(&without);
+    assert!(
+        with.stretch_of_means < 0.7 * without.stretch_of_means,
+        "with proximity:\n{with}\nwithout:\n{without}"
+    );
+}
+
+#[test]
 fn same_seed_gives_the_same_json() {
     let config = SimConfig {
         jitter: 0.1,
