@@ -77,7 +77,8 @@ pub enum Message {
     NodeFailed {
         /// The failed node.
         node: NodeId,
-        /// The sender's leaf set after removing `node`, to fill the hole.
+        /// The sender's leaf set after removing `node` (to fill the hole), all of whom the
+        /// sender also told; empty when the sender told only the failed node's neighbours.
         leaf_set: Vec<PeerInfo>,
     },
     /// Asks for one routing-table row (lazy repair and periodic proximity maintenance).

@@ -21,6 +21,39 @@
 //! It must not touch sockets, clocks or certificates: peers are identified by the
 //! authenticated [`NodeId`](crate::id::NodeId) the driver hands in.
 //!
+//! # The protocol in brief
+//!
+//! * **Join.** The joiner sends [`Message::Join`] to its bootstrap; it is routed (acknowledged
+//!   hop by hop) to the joiner's id. Hop `i` answers with [`Message::JoinState`] holding only
+//!   the rows the joiner still lacks (`next_row..=shared prefix`), the first hop adds its
+//!   neighbourhood set, the root adds its leaf set. The joiner measures the candidates
+//!   ([`Output::Measure`]) and probes the nodes that belong in its leaf set; it becomes active
+//!   ([`Event::Joined`]) once every probe was answered (new candidates learned from the replies
+//!   are probed too), then announces itself to the rest of its state and asks the nearest
+//!   entry of each row for its row. Until then it never delivers as root: messages for its keys
+//!   are held and routed once it is active.
+//! * **Leaf-set maintenance.** Every `probe_period` a node sends a [`Message::Heartbeat`]
+//!   carrying its leaf set to its two immediate neighbours (about 0.13 msgs/s at the default
+//!   15 s). A neighbour silent for `probe_period + probe_timeout` is probed; no answer (after
+//!   `probe_retries`) declares it dead. The dead node's neighbours tell their leaf sets
+//!   ([`Message::NodeFailed`]); a member that a live neighbour's leaf set should contain but
+//!   lacks is probed too, so far members learn of failures. Second-hand candidates are
+//!   probed before admission, and only as many as the holes need. A short side asks its
+//!   farthest member (a probe: the reply carries its leaf set).
+//! * **Routing-table maintenance.** An entry found unresponsive is dropped at once and its
+//!   row asked of another entry of the row (lazy repair). Every `maintenance_period` a node
+//!   asks a random entry of a row for its row, alternating between improving proximity
+//!   (candidates measured) and filling holes (only empty slots measured). An empty slot met
+//!   while routing is asked of the next hop at once.
+//! * **Reliable routing (MSPastry).** Every [`Message::Route`] hop is acknowledged
+//!   ([`Message::RouteAck`]); the timeout is `3 * rtt + timeout_slack` when the next hop's RTT
+//!   is known. On timeout the hop is dropped from the table (probed if a leaf) and the message
+//!   re-routed to the next best candidate, up to `max_route_attempts`; unresponsive hops travel
+//!   with the message (`avoid`) so later hops skip them. The root drops duplicates (a ring of
+//!   recent `(origin, id)`).
+//! * **Leave.** [`Pastry::leave`] sends [`Message::Leave`] to the leaf set; receivers drop the
+//!   node at once and report [`Event::NodeLeft`].
+//!
 //! # The tie rule
 //!
 //! Whenever two ids are equally distant from a key, the one met first walking clockwise from

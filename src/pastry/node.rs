@@ -54,7 +54,7 @@ pub struct Config {
     /// A join not complete after this long is restarted. Default 20 s.
     pub join_timeout: Duration,
     /// After joining, ask this many of the nearest entries of each routing-table row for their
-    /// row and measure the candidates (only with proximity). Default 1.
+    /// row and measure the candidates (only with proximity). Default 3.
     pub join_row_refresh: usize,
     /// How many recently delivered `(origin, id)` pairs are remembered to drop duplicates.
     /// Default 128.
@@ -78,7 +78,7 @@ impl Default for Config {
             maintenance_period: Duration::from_secs(60),
             intercept_forwards: false,
             join_timeout: Duration::from_secs(20),
-            join_row_refresh: 1,
+            join_row_refresh: 3,
             dedup_capacity: 128,
         }
     }
@@ -281,6 +281,8 @@ struct RouteMsg {
     hops: u8,
     /// Unresponsive nodes reported by earlier hops.
     avoid: Vec<NodeId>,
+    /// The node we received it from (none at the origin).
+    prev: Option<NodeId>,
     payload: Vec<u8>,
 }
 
@@ -538,6 +540,7 @@ impl Pastry {
             origin: self.me,
             hops: 0,
             avoid: Vec::new(),
+            prev: None,
             payload,
         };
         self.route_step(now, msg, Vec::new(), 0);
@@ -652,6 +655,10 @@ impl Pastry {
                 self.merge_candidates(now, &leaf_set);
             }
             Message::RowRequest { row } => {
+                // The asker is live: it may fill an empty slot of ours.
+                if self.is_active() {
+                    self.consider(now, from, false);
+                }
                 let entries = self
                     .table
                     .row(usize::from(row))
@@ -701,6 +708,7 @@ impl Pastry {
                     origin,
                     hops,
                     avoid,
+                    prev: Some(from.id),
                     payload,
                 };
                 if hops > self.config.max_hops {
@@ -865,6 +873,10 @@ impl Pastry {
         }
         // The rare case: the best of every known peer that is at least as good as us.
         let mut best: Option<PeerInfo> = None;
+        // Any known node closer than us, whatever its prefix: used only when nothing better
+        // exists, so that a node with a hole in its leaf set (the key lies outside its range)
+        // does not wrongly deliver as root.
+        let mut closer: Option<PeerInfo> = None;
         let known = self
             .leaf_set
             .iter()
@@ -875,6 +887,12 @@ impl Pastry {
             if !usable(id) {
                 continue;
             }
+            if allow_self
+                && key.is_closer(id, me)
+                && closer.map_or(true, |c| key.is_closer(id, c.id))
+            {
+                closer = Some(slot.peer);
+            }
             if allow_self && (key.shared_prefix_len(id) < row || !key.is_closer(id, me)) {
                 continue;
             }
@@ -882,14 +900,26 @@ impl Pastry {
                 best = Some(slot.peer);
             }
         }
-        match best {
+        match best.or(closer) {
             Some(p) => Choice::Peer(p),
             None if allow_self => Choice::Local,
             None => Choice::Nowhere,
         }
     }
 
-    fn route_step(&mut self, now: Time, msg: RouteMsg, excluded: Vec<NodeId>, attempts: u8) {
+    fn route_step(&mut self, now: Time, msg: RouteMsg, mut excluded: Vec<NodeId>, attempts: u8) {
+        // Sending a message straight back where it came from means our two states disagree
+        // (each thinks the other is closer): a loop. Tell the sender what we know (it probes
+        // the nodes it is missing) and route around it.
+        if let Some(prev) = msg.prev.filter(|_| attempts == 0) {
+            if let Choice::Peer(next) = self.choose(msg.key, &msg.avoid, self.is_active()) {
+                if next.id == prev {
+                    let leaf_set = self.leaf_set.peers();
+                    self.send(next, Message::Heartbeat { leaf_set });
+                    excluded.push(prev);
+                }
+            }
+        }
         // Only an active node may be a root (MSPastry's consistent join).
         let skip: Vec<NodeId> = if msg.avoid.is_empty() {
             Vec::new()
@@ -1528,25 +1558,30 @@ impl Pastry {
             return;
         }
         let leaf_set = self.leaf_set.peers();
-        let targets: Vec<PeerInfo> = if position.is_some_and(|(_, rank)| rank == 0) {
-            leaf_set
-                .iter()
-                .filter(|p| !told.contains(&p.id))
-                .copied()
-                .collect()
+        if position.is_some_and(|(_, rank)| rank == 0) {
+            // We were its neighbour: tell our leaf set (but not who the sender already told).
+            // The notice carries our leaf set, meaning "everyone here has been told".
+            for member in leaf_set.iter().filter(|p| !told.contains(&p.id)) {
+                self.send(
+                    *member,
+                    Message::NodeFailed {
+                        node: id,
+                        leaf_set: leaf_set.clone(),
+                    },
+                );
+            }
         } else if detected_here {
-            inner.into_iter().chain(outer).collect()
-        } else {
-            Vec::new()
-        };
-        for member in targets {
-            self.send(
-                member,
-                Message::NodeFailed {
-                    node: id,
-                    leaf_set: leaf_set.clone(),
-                },
-            );
+            // Not its neighbour: tell its neighbours, who tell their leaf sets. An empty leaf
+            // set says we told nobody else.
+            for member in inner.into_iter().chain(outer) {
+                self.send(
+                    member,
+                    Message::NodeFailed {
+                        node: id,
+                        leaf_set: Vec::new(),
+                    },
+                );
+            }
         }
     }
 

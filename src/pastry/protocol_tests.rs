@@ -963,3 +963,36 @@ fn failure_probe() {
         net.wrong_leaf_sets().len()
     );
 }
+
+#[test]
+fn link_down_suspects_the_peer_and_reroutes_at_once() {
+    let mut net = Net::build(Config::default(), 40, 13);
+    let (from, key, hop) = loop {
+        let from = net.random_live();
+        let key = net.random_key();
+        if let Some(next) = net.nodes[from].next_hop(key) {
+            if next.id != net.oracle_root(key) {
+                break (from, key, net.index_of(next.id));
+            }
+        }
+    };
+    net.kill(hop);
+    let id = net.route(from, key, vec![]);
+    // The transport notices at once: the message is re-routed without waiting for the ack.
+    let dead = net.nodes[hop].id();
+    let now = net.now;
+    net.nodes[from].handle_link_down(now, dead);
+    net.flush(from);
+    net.run_for(Duration::from_millis(1));
+    assert_eq!(net.nodes[from].stats().reroutes, 1);
+    assert!(net.nodes[from].next_hop(key).map_or(true, |p| p.id != dead));
+    net.run_for(Duration::from_secs(2));
+    let origin = net.nodes[from].id();
+    let got: Vec<_> = net
+        .delivered
+        .iter()
+        .filter(|d| d.origin == origin && d.id == id)
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].correct);
+}
