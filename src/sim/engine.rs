@@ -1102,7 +1102,16 @@ impl<P: SimNode> Simulation<P> {
                     let delay =
                         prev.map_or(0, |p| self.model.one_way_us(p as usize, node as usize));
                     let arrival = sent + delay;
-                    let dead = if slot.died_at <= arrival { " DEAD" } else { "" };
+                    let dead = if slot.died_at <= arrival {
+                        " DEAD".to_string()
+                    } else if slot.died_at - arrival <= ORIGIN_DEATH_WINDOW_US {
+                        format!(
+                            " (dies {:.0} ms later)",
+                            (slot.died_at - arrival) as f64 / 1000.0
+                        )
+                    } else {
+                        String::new()
+                    };
                     format!(
                         "{}/{}/+{:.0}ms{dead}",
                         slot.id,

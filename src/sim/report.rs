@@ -109,7 +109,8 @@ pub struct RouteTrace {
     /// `delivered in N hops`, `lost` or `lost (the origin reported RouteFailed)`.
     pub outcome: String,
     /// Each send of the message, origin first: `id/shared-prefix-with-key/+ms-since-issue`,
-    /// with ` DEAD` when the node had failed before the message arrived.
+    /// with ` DEAD` when the node had failed before the message arrived and `(dies N ms later)`
+    /// when it failed within 10 s after.
     pub path: Vec<String>,
 }
 
