@@ -4,5 +4,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod id;
+pub mod identity;
 pub mod pastry;
 pub mod sim;

@@ -1,12 +1,17 @@
 //! The `wendy` command-line tool.
+//!
+//! `main.rs` holds only the command enum and the dispatch; each command lives in its own file.
+//! Every failure prints one line `error: ...` on stderr and exits non-zero.
+
+mod ca;
+mod keys;
+mod sim;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod sim;
-
-/// Wendy: a Pastry overlay network over mutually authenticated QUIC.
+/// Wendy: a Pastry overlay where every link is a mutually authenticated QUIC connection.
 #[derive(Debug, Parser)]
 #[command(name = "wendy", version, about)]
 struct Cli {
@@ -16,12 +21,74 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate a node key (PKCS#8 PEM, mode 0600) and print its NodeId.
+    Keygen(keys::KeygenArgs),
+    /// Print the NodeId of a key file.
+    Id(keys::IdArgs),
+    /// Manage a mesh certificate authority (closed meshes).
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Simulate a Pastry overlay deterministically (no sockets): hops, stretch, failures, churn.
     Sim(sim::SimArgs),
 }
 
+/// The error every command returns; printed as one line.
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    init_logging();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result: CmdResult = match cli.command {
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Id(args) => keys::id(args),
+        Command::Ca(cmd) => ca::run(cmd),
         Command::Sim(args) => sim::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints help/version as clap does, and a usage error as a single line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = e.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .collect();
+    eprintln!("{} (see --help)", message.join(" "));
+    ExitCode::from(2)
 }

@@ -1,7 +1,6 @@
 //! `wendy sim`: run the deterministic simulator and print its report.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
@@ -85,9 +84,9 @@ pub(crate) struct SimArgs {
 }
 
 impl SimArgs {
-    fn config(&self) -> Result<SimConfig, String> {
+    fn config(&self) -> Result<SimConfig, Box<dyn std::error::Error>> {
         let model = match &self.latency_matrix {
-            Some(path) => ModelSpec::Matrix(RttMatrix::from_file(path).map_err(|e| e.to_string())?),
+            Some(path) => ModelSpec::Matrix(RttMatrix::from_file(path)?),
             None => match self.model {
                 Model::Plane => ModelSpec::Plane,
                 Model::Regions => ModelSpec::Regions,
@@ -96,7 +95,7 @@ impl SimArgs {
         let scenario = match (self.fail_fraction, self.churn_median_s, self.duration_s) {
             (Some(fraction), _, _) => {
                 if !(fraction > 0.0 && fraction < 1.0) {
-                    return Err(format!("--fail-fraction must be in (0, 1), got {fraction}"));
+                    return Err(format!("--fail-fraction must be in (0, 1), got {fraction}").into());
                 }
                 Scenario::Failure { fraction }
             }
@@ -140,21 +139,8 @@ impl SimArgs {
 }
 
 /// Runs `wendy sim`.
-pub(crate) fn run(args: SimArgs) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
-    let config = match args.config() {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
+pub(crate) fn run(args: SimArgs) -> crate::CmdResult {
+    let config = args.config()?;
     let started = Instant::now();
     let mut last = started;
     let quiet = args.quiet;
@@ -180,15 +166,9 @@ pub(crate) fn run(args: SimArgs) -> ExitCode {
     };
     let report = Simulation::new(config).run(&mut progress);
     if args.json {
-        match serde_json::to_string(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                eprintln!("error: cannot encode the report: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{report}");
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
