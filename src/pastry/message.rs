@@ -115,6 +115,10 @@ pub enum Message {
         origin: NodeId,
         /// The acknowledged message id.
         id: u64,
+        /// `false`: received (the sender keeps its copy until `true` or a custody timeout);
+        /// `true`: passed on (delivered, or forwarded and received by the next hop), so the
+        /// sender may forget it. Joins are acknowledged with `true` at once.
+        done: bool,
     },
     /// A graceful departure, sent to the leaf set.
     Leave {
@@ -273,7 +277,7 @@ impl Message {
                     + varint_len(payload.len() as u128)
                     + payload.len()
             }
-            Self::RouteAck { origin, id } => id_len(*origin) + varint_len(u128::from(*id)),
+            Self::RouteAck { origin, id, .. } => id_len(*origin) + varint_len(u128::from(*id)) + 1,
         }
     }
 }
@@ -383,7 +387,8 @@ pub(crate) mod strategy {
                     avoid,
                     payload
                 }),
-            (node_id(), any::<u64>()).prop_map(|(origin, id)| Message::RouteAck { origin, id }),
+            (node_id(), any::<u64>(), any::<bool>())
+                .prop_map(|(origin, id, done)| Message::RouteAck { origin, id, done }),
             peers().prop_map(|leaf_set| Message::Leave { leaf_set }),
         ]
     }

@@ -49,8 +49,11 @@
 //!   ([`Message::RouteAck`]); the timeout is `3 * rtt + timeout_slack` when the next hop's RTT
 //!   is known. On timeout the hop is dropped from the table (probed if a leaf) and the message
 //!   re-routed to the next best candidate, up to `max_route_attempts`; unresponsive hops travel
-//!   with the message (`avoid`) so later hops skip them. The root drops duplicates (a ring of
-//!   recent `(origin, id)`).
+//!   with the message (`avoid`) so later hops skip them. A hop keeps its copy until the next
+//!   hop reports it passed the message on (`RouteAck { done: true }`), and re-routes after
+//!   `custody_timeout` otherwise, so a hop dying with a message does not lose it. A message
+//!   about to go straight back to its sender is routed around it (the two leaf sets disagree;
+//!   the sender gets ours). The root drops duplicates (a ring of recent `(origin, id)`).
 //! * **Leave.** [`Pastry::leave`] sends [`Message::Leave`] to the leaf set; receivers drop the
 //!   node at once and report [`Event::NodeLeft`].
 //!

@@ -40,6 +40,10 @@ pub struct Config {
     /// Acks and probes to a peer with a measured RTT time out after `3 * rtt + slack` (capped
     /// by [`Config::ack_timeout`] / [`Config::probe_timeout`]). Default 50 ms.
     pub timeout_slack: Duration,
+    /// How long a hop keeps a copy of a message its next hop acknowledged, waiting for that
+    /// hop to pass it on ([`Message::RouteAck`] `done`), before routing it again another way
+    /// (the next hop may have died holding it). Default 5 s.
+    pub custody_timeout: Duration,
     /// Attempts (first try plus re-routes) per hop before a message is given up. Default 16
     /// (with RTT-based ack timeouts a dead hop costs about three RTTs).
     pub max_route_attempts: u8,
@@ -73,6 +77,7 @@ impl Default for Config {
             probe_retries: 1,
             ack_timeout: Duration::from_secs(1),
             timeout_slack: Duration::from_millis(50),
+            custody_timeout: Duration::from_secs(5),
             max_route_attempts: 16,
             max_hops: 40,
             maintenance_period: Duration::from_secs(60),
@@ -282,7 +287,7 @@ struct RouteMsg {
     /// Unresponsive nodes reported by earlier hops.
     avoid: Vec<NodeId>,
     /// The node we received it from (none at the origin).
-    prev: Option<NodeId>,
+    prev: Option<PeerInfo>,
     payload: Vec<u8>,
 }
 
@@ -317,6 +322,8 @@ struct InFlight {
     deadline: Time,
     attempts: u8,
     excluded: Vec<NodeId>,
+    /// The next hop acknowledged receipt; we wait for it to pass the message on.
+    received: bool,
 }
 
 /// A message held for the application's [`ForwardVerdict`].
@@ -564,6 +571,7 @@ impl Pastry {
         self.phase = Phase::Left;
         self.in_flight.clear();
         self.held.clear();
+        self.waiting.clear();
         self.probes.clear();
         self.measuring.clear();
     }
@@ -574,10 +582,17 @@ impl Pastry {
             return;
         };
         let held = self.held.swap_remove(index);
-        if let ForwardVerdict::Continue(payload) = verdict {
-            let mut msg = held.msg;
-            msg.payload = payload;
-            self.send_route(now, held.next, msg, held.excluded, 0);
+        match verdict {
+            ForwardVerdict::Continue(payload) => {
+                let mut msg = held.msg;
+                msg.payload = payload;
+                self.send_route(now, held.next, msg, held.excluded, 0);
+            }
+            ForwardVerdict::Drop => {
+                if let Some(prev) = held.msg.prev {
+                    self.release(prev, held.msg.origin.id, held.msg.id);
+                }
+            }
         }
     }
 
@@ -695,6 +710,7 @@ impl Pastry {
                     Message::RouteAck {
                         origin: origin.id,
                         id,
+                        done: false,
                     },
                 );
                 avoid.truncate(super::message::MAX_AVOID);
@@ -708,7 +724,7 @@ impl Pastry {
                     origin,
                     hops,
                     avoid,
-                    prev: Some(from.id),
+                    prev: Some(from),
                     payload,
                 };
                 if hops > self.config.max_hops {
@@ -718,9 +734,30 @@ impl Pastry {
                     self.route_step(now, msg, Vec::new(), 0);
                 }
             }
-            Message::RouteAck { origin, id } => {
-                self.in_flight
-                    .retain(|f| !(f.next.id == from.id && f.carried.ident() == (origin, id)));
+            Message::RouteAck { origin, id, done } => {
+                let Some(index) = self
+                    .in_flight
+                    .iter()
+                    .position(|f| f.next.id == from.id && f.carried.ident() == (origin, id))
+                else {
+                    return;
+                };
+                if done {
+                    self.in_flight.swap_remove(index);
+                } else if !self.in_flight[index].received {
+                    // The next hop has it: keep a copy in case it dies before passing it on,
+                    // and release our predecessor.
+                    let f = &mut self.in_flight[index];
+                    f.received = true;
+                    f.deadline = now + self.config.custody_timeout;
+                    let prev = match &f.carried {
+                        Carried::Route(m) => m.prev.map(|p| (p, m.origin.id, m.id)),
+                        Carried::Join(_) => None,
+                    };
+                    if let Some((prev, origin, id)) = prev {
+                        self.release(prev, origin, id);
+                    }
+                }
             }
             Message::Leave { leaf_set } => {
                 self.remove_everywhere(now, from.id);
@@ -913,10 +950,10 @@ impl Pastry {
         // the nodes it is missing) and route around it.
         if let Some(prev) = msg.prev.filter(|_| attempts == 0) {
             if let Choice::Peer(next) = self.choose(msg.key, &msg.avoid, self.is_active()) {
-                if next.id == prev {
+                if next.id == prev.id {
                     let leaf_set = self.leaf_set.peers();
                     self.send(next, Message::Heartbeat { leaf_set });
-                    excluded.push(prev);
+                    excluded.push(prev.id);
                 }
             }
         }
@@ -1021,10 +1058,26 @@ impl Pastry {
             deadline,
             attempts,
             excluded,
+            received: false,
         });
     }
 
+    /// Tells `prev` that we passed on (or delivered) message `(origin, id)`.
+    fn release(&mut self, prev: PeerInfo, origin: NodeId, id: u64) {
+        self.send(
+            prev,
+            Message::RouteAck {
+                origin,
+                id,
+                done: true,
+            },
+        );
+    }
+
     fn deliver(&mut self, msg: RouteMsg) {
+        if let Some(prev) = msg.prev {
+            self.release(prev, msg.origin.id, msg.id);
+        }
         let ident = (msg.origin.id, msg.id);
         if self.delivered.contains(&ident) {
             self.stats.duplicates_suppressed += 1;
@@ -1061,7 +1114,15 @@ impl Pastry {
         }
         for mut f in due {
             self.stats.reroutes += 1;
-            self.distrust(now, f.next.id);
+            if f.received {
+                // It took the message but never passed it on: it may have died holding it, or
+                // be slow. Check it without dropping it, and try another way.
+                if self.knows(f.next.id) {
+                    self.start_probe(now, f.next, ProbeKind::Verify);
+                }
+            } else {
+                self.distrust(now, f.next.id);
+            }
             f.excluded.push(f.next.id);
             let attempts = f.attempts.saturating_add(1);
             if attempts >= self.config.max_route_attempts {
@@ -1134,6 +1195,7 @@ impl Pastry {
                 Message::RouteAck {
                     origin: join.joiner.id,
                     id: join.id,
+                    done: true,
                 },
             );
         }
@@ -1211,6 +1273,7 @@ impl Pastry {
                     deadline,
                     attempts,
                     excluded,
+                    received: false,
                 });
             }
         }
