@@ -145,6 +145,7 @@ impl SimNode for StandIn {
                     msg: Message::RouteAck {
                         origin: origin.id,
                         id,
+                        done: true,
                     },
                 });
                 self.out.push(Effect::Deliver {
