@@ -1464,6 +1464,8 @@ impl<P: SimNode> Simulation<P> {
                 mean_live_nodes: (m1.node_us - m0.node_us) / (m1.time - m0.time).max(1) as f64,
                 correct_fraction: correct as f64 / self.lookups.len().max(1) as f64,
                 misdelivered_fraction: misdelivered as f64 / self.lookups.len().max(1) as f64,
+                correct_fraction_live_origins: correct as f64
+                    / (self.lookups.len() as u64 - lost_origin_died).max(1) as f64,
             }),
             _ => None,
         };

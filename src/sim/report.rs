@@ -187,6 +187,10 @@ pub struct ChurnReport {
     pub correct_fraction: f64,
     /// `misdelivered / lookups`.
     pub misdelivered_fraction: f64,
+    /// `delivered_correct / (lookups - lost_origin_died)`: lookups whose origin itself failed
+    /// within 10 s of issuing them (and that were lost) left out, since no protocol can save
+    /// a message whose only holder fails.
+    pub correct_fraction_live_origins: f64,
 }
 
 impl Report {
@@ -263,13 +267,15 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "churn: {} arrivals ({} joins completed, {:.2} s on average), {} departures, \
-                 {:.0} live on average; correct {:.5}, misdelivered {:.2e}",
+                 {:.0} live on average; correct {:.5} ({:.5} of lookups whose origin lived), \
+                 misdelivered {:.2e}",
                 churn.arrivals,
                 churn.joins_completed,
                 churn.mean_join_s,
                 churn.departures,
                 churn.mean_live_nodes,
                 churn.correct_fraction,
+                churn.correct_fraction_live_origins,
                 churn.misdelivered_fraction
             )?;
         }
