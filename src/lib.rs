@@ -7,5 +7,7 @@ pub mod bench;
 pub mod id;
 pub mod identity;
 pub mod pastry;
+pub mod sim;
 pub mod transport;
 pub mod wire;
+

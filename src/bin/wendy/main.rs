@@ -6,6 +6,7 @@
 mod bench;
 mod ca;
 mod keys;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ enum Command {
     /// Benchmarks (Wendy vs a baseline, in one run).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulate a Pastry overlay deterministically (no sockets): hops, stretch, failures, churn.
+    Sim(sim::SimArgs),
 }
 
 /// The error every command returns; printed as one line.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Id(args) => keys::id(args),
         Command::Ca(cmd) => ca::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

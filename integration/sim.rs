@@ -1,0 +1,251 @@
+//! Simulator tests on real Pastry nodes (N <= 2,000, fast in release) and the `wendy sim` CLI.
+
+use std::io::Write;
+use std::process::Command;
+
+use wendy::sim::{Report, Scenario, SimConfig, Simulation};
+
+fn run(config: SimConfig) -> Report {
+    Simulation::new(config).run(&mut |_| {})
+}
+
+fn steady(nodes: usize, lookups: usize, seed: u64) -> SimConfig {
+    SimConfig {
+        nodes,
+        lookups,
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+/// ceil(log16 n) + 1.
+fn hop_bound(n: usize) -> u32 {
+    let mut digits = 0;
+    let mut reach = 1usize;
+    while reach < n {
+        reach *= 16;
+        digits += 1;
+    }
+    digits + 1
+}
+
+fn assert_all_correct(report: &Report) {
+    assert_eq!(
+        (report.delivered_correct, report.lost, report.misdelivered),
+        (report.lookups as u64, 0, 0),
+        "{report}"
+    );
+    assert_eq!(report.join_failures, 0, "{report}");
+}
+
+#[test]
+fn lookups_reach_the_root_within_the_hop_bound_500() {
+    let report = run(steady(500, 2_000, 1));
+    assert_all_correct(&report);
+    assert!(report.max_hops <= hop_bound(500), "{report}");
+    assert!(report.mean_hops < 3.0, "{report}");
+    assert_eq!(report.leaf_sets_wrong, 0, "{report}");
+}
+
+#[test]
+fn lookups_reach_the_root_within_the_hop_bound_2000_with_proximity() {
+    let report = run(steady(2_000, 4_000, 2));
+    assert_all_correct(&report);
+    assert!(report.max_hops <= hop_bound(2_000), "{report}");
+    assert_eq!(report.leaf_sets_wrong, 0, "{report}");
+    // Proximity routing keeps routes close to the direct path.
+    assert!(report.stretch_mean < 2.0, "{report}");
+    assert!(report.join_msgs_per_node > 0.0);
+    assert!(report.control_msgs_per_node_per_s > 0.0);
+}
+
+#[test]
+fn proximity_shortens_routes() {
+    let with = run(steady(1_500, 2_000, 6));
+    let mut config = steady(1_500, 2_000, 6);
+    config.protocol.proximity = false;
+    let without = run(config);
+    assert_all_correct(&with);
+    assert_all_correct(&without);
+    assert!(
+        with.stretch_of_means < 0.7 * without.stretch_of_means,
+        "with proximity:\n{with}\nwithout:\n{without}"
+    );
+}
+
+#[test]
+fn same_seed_gives_the_same_json() {
+    let config = SimConfig {
+        jitter: 0.1,
+        ..steady(300, 500, 7)
+    };
+    let a = run(config.clone()).deterministic_part();
+    let b = run(config).deterministic_part();
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    let c = run(steady(300, 500, 8)).deterministic_part();
+    assert_ne!(a, c);
+}
+
+#[test]
+fn same_seed_gives_the_same_json_under_churn_loss_and_jitter() {
+    let config = SimConfig {
+        jitter: 0.2,
+        loss: 0.01,
+        scenario: Scenario::Churn {
+            median_session_s: 60.0,
+            duration_s: 300.0,
+        },
+        ..steady(200, 1_000, 9)
+    };
+    let a = run(config.clone()).deterministic_part();
+    let b = run(config).deterministic_part();
+    assert!(a.churn.as_ref().is_some_and(|c| c.arrivals > 100));
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+}
+
+#[test]
+fn no_lookup_is_lost_when_a_tenth_fails_silently() {
+    let config = SimConfig {
+        scenario: Scenario::Failure { fraction: 0.1 },
+        ..steady(1_000, 3_000, 3)
+    };
+    let report = run(config);
+    let failure = report.failure.clone().expect("failure section");
+    assert_eq!(failure.failed, 100);
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.misdelivered, 0, "{report}");
+    assert_eq!(failure.dead_leaf_entries_after_repair, 0, "{report}");
+    assert_eq!(report.leaf_sets_wrong, 0, "{report}");
+    assert!(
+        failure.mean_hops_after <= failure.mean_hops_before * 1.05,
+        "{report}"
+    );
+}
+
+#[test]
+fn churn_smoke() {
+    let config = SimConfig {
+        scenario: Scenario::Churn {
+            median_session_s: 84.0,
+            duration_s: 600.0,
+        },
+        ..steady(300, 2_000, 4)
+    };
+    let report = run(config);
+    let churn = report.churn.clone().expect("churn section");
+    assert!(churn.arrivals > 500 && churn.departures > 500, "{report}");
+    assert!(churn.correct_fraction >= 0.99, "{report}");
+}
+
+fn wendy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wendy"))
+}
+
+#[test]
+fn cli_prints_one_json_object() {
+    let out = wendy()
+        .args([
+            "sim",
+            "--nodes",
+            "100",
+            "--lookups",
+            "200",
+            "--seed",
+            "5",
+            "--json",
+        ])
+        .args(["--model", "regions", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "nodes",
+        "lookups",
+        "delivered_correct",
+        "lost",
+        "misdelivered",
+        "mean_hops",
+        "max_hops",
+        "hops_histogram",
+        "stretch_mean",
+        "join_msgs_per_node",
+        "repair_msgs_per_failed_node",
+        "control_msgs_per_node_per_s",
+        "control_bytes_per_node_per_s",
+        "wall_seconds",
+        "peak_rss_mib",
+    ] {
+        assert!(json.get(field).is_some(), "missing {field}: {json}");
+    }
+    assert_eq!(json["nodes"], 100);
+    assert_eq!(json["lookups"], 200);
+    assert_eq!(json["delivered_correct"], 200);
+    assert_eq!(json["model"], "regions");
+}
+
+#[test]
+fn cli_reads_a_latency_matrix_and_reports_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.txt");
+    let mut f = std::fs::File::create(&good).unwrap();
+    writeln!(f, "0 20 150\n20 0 140\n150 140 0").unwrap();
+    let out = wendy()
+        .args(["sim", "--nodes", "60", "--lookups", "100", "--quiet"])
+        .arg("--latency-matrix")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("model matrix"), "{text}");
+    assert!(text.contains("correct 100"), "{text}");
+
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "0 20\n20 x\n").unwrap();
+    let out = wendy()
+        .args(["sim", "--nodes", "10", "--lookups", "1", "--latency-matrix"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(
+        err.contains("line 2, column 4") && err.contains("not a number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_rejects_conflicting_scenarios() {
+    let out = wendy()
+        .args([
+            "sim",
+            "--nodes",
+            "10",
+            "--lookups",
+            "1",
+            "--fail-fraction",
+            "0.1",
+        ])
+        .args(["--churn-median-s", "60", "--duration-s", "100"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
