@@ -1,4 +1,7 @@
-//! The messages Pastry nodes exchange. Encoded on the wire by [`crate::wire`].
+//! The messages Pastry nodes exchange. Encoded on the wire by `crate::wire`.
+//!
+//! The sender of every message is the authenticated peer the transport hands to
+//! [`Pastry::handle_message`](super::Pastry::handle_message); messages never name their sender.
 
 use std::net::SocketAddr;
 
@@ -15,27 +18,44 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
-/// One Pastry protocol message. (Draft; the Pastry core owns and extends this.)
+/// One Pastry protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// A join request, routed towards the joiner's own id.
+    /// A join request, routed towards the joiner's own id. Each hop acknowledges it with
+    /// [`Message::RouteAck`] (`origin` = the joiner, `id` = this `id`) and answers the joiner
+    /// with [`Message::JoinState`].
     Join {
+        /// The joiner's attempt number, for per-hop acks.
+        id: u64,
         /// The joining node.
         joiner: PeerInfo,
+        /// The first routing-table row the joiner still needs (earlier hops sent the others).
+        next_row: u8,
         /// Hops taken so far.
         hops: u8,
     },
     /// Routing state sent to a joining node by a hop on its join route.
     JoinState {
-        /// Routing table rows `(row index, entries)`.
+        /// Routing table rows `(row index, entries)` the joiner needs from this hop.
         rows: Vec<(u8, Vec<PeerInfo>)>,
+        /// The first hop's neighbourhood set (it is near the joiner); empty from later hops.
+        neighbourhood: Vec<PeerInfo>,
         /// The root's leaf set (present only from the root).
         leaf_set: Option<Vec<PeerInfo>>,
     },
-    /// A leaf-set probe (heartbeat) carrying the sender's leaf set.
+    /// A newly active node announces itself to the nodes in its state.
+    Announce {
+        /// The announcer's leaf set (sent to leaf-set members only; empty otherwise), so that
+        /// receivers can tell it about nodes it is missing.
+        leaf_set: Vec<PeerInfo>,
+    },
+    /// A liveness probe: answered by [`Message::ProbeReply`]. Confirms a joiner's leaf set,
+    /// checks a suspected node and verifies a leaf-set candidate learned second hand.
     Probe {
         /// Matches the reply to the probe.
         nonce: u64,
+        /// Whether the sender is active (an inactive joiner must not be added to leaf sets).
+        active: bool,
         /// The sender's leaf set.
         leaf_set: Vec<PeerInfo>,
     },
@@ -43,8 +63,34 @@ pub enum Message {
     ProbeReply {
         /// The probe's nonce.
         nonce: u64,
+        /// Whether the sender is active.
+        active: bool,
         /// The sender's leaf set.
         leaf_set: Vec<PeerInfo>,
+    },
+    /// A one-way leaf-set heartbeat to an immediate neighbour, carrying the sender's leaf set.
+    Heartbeat {
+        /// The sender's leaf set.
+        leaf_set: Vec<PeerInfo>,
+    },
+    /// The sender found `node` dead (it stopped answering probes); sent to the leaf set.
+    NodeFailed {
+        /// The failed node.
+        node: NodeId,
+        /// The sender's leaf set after removing `node`, to fill the hole.
+        leaf_set: Vec<PeerInfo>,
+    },
+    /// Asks for one routing-table row (lazy repair and periodic proximity maintenance).
+    RowRequest {
+        /// The row wanted.
+        row: u8,
+    },
+    /// The answer to [`Message::RowRequest`].
+    RowReply {
+        /// The row index.
+        row: u8,
+        /// The row's entries.
+        entries: Vec<PeerInfo>,
     },
     /// An application message routed towards `key`.
     Route {
@@ -59,16 +105,299 @@ pub enum Message {
         /// The application payload.
         payload: Vec<u8>,
     },
-    /// Per-hop acknowledgement of a [`Message::Route`].
+    /// Per-hop acknowledgement of a [`Message::Route`] or a [`Message::Join`].
     RouteAck {
-        /// The acknowledged message's origin.
+        /// The acknowledged message's origin (the joiner for a join).
         origin: NodeId,
         /// The acknowledged message id.
         id: u64,
     },
-    /// A graceful departure.
+    /// A graceful departure, sent to the leaf set.
     Leave {
         /// The leaving node's leaf set, to help receivers repair.
         leaf_set: Vec<PeerInfo>,
     },
+}
+
+/// The kind of a [`Message`], for counting traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MessageKind {
+    /// [`Message::Join`]
+    Join,
+    /// [`Message::JoinState`]
+    JoinState,
+    /// [`Message::Announce`]
+    Announce,
+    /// [`Message::Probe`]
+    Probe,
+    /// [`Message::ProbeReply`]
+    ProbeReply,
+    /// [`Message::Heartbeat`]
+    Heartbeat,
+    /// [`Message::NodeFailed`]
+    NodeFailed,
+    /// [`Message::RowRequest`]
+    RowRequest,
+    /// [`Message::RowReply`]
+    RowReply,
+    /// [`Message::Route`]
+    Route,
+    /// [`Message::RouteAck`]
+    RouteAck,
+    /// [`Message::Leave`]
+    Leave,
+}
+
+impl MessageKind {
+    /// Number of kinds.
+    pub const COUNT: usize = 12;
+
+    /// Every kind, in declaration order (`kind as usize` indexes this array).
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Join,
+        Self::JoinState,
+        Self::Announce,
+        Self::Probe,
+        Self::ProbeReply,
+        Self::Heartbeat,
+        Self::NodeFailed,
+        Self::RowRequest,
+        Self::RowReply,
+        Self::Route,
+        Self::RouteAck,
+        Self::Leave,
+    ];
+
+    /// A short lower-case name, for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::JoinState => "join_state",
+            Self::Announce => "announce",
+            Self::Probe => "probe",
+            Self::ProbeReply => "probe_reply",
+            Self::Heartbeat => "heartbeat",
+            Self::NodeFailed => "node_failed",
+            Self::RowRequest => "row_request",
+            Self::RowReply => "row_reply",
+            Self::Route => "route",
+            Self::RouteAck => "route_ack",
+            Self::Leave => "leave",
+        }
+    }
+
+    /// Whether this is overlay maintenance traffic, as opposed to carrying application
+    /// messages (`Route` and its per-hop `RouteAck`).
+    pub const fn is_control(self) -> bool {
+        !matches!(self, Self::Route | Self::RouteAck)
+    }
+}
+
+impl Message {
+    /// This message's kind.
+    pub const fn kind(&self) -> MessageKind {
+        match self {
+            Self::Join { .. } => MessageKind::Join,
+            Self::JoinState { .. } => MessageKind::JoinState,
+            Self::Announce { .. } => MessageKind::Announce,
+            Self::Probe { .. } => MessageKind::Probe,
+            Self::ProbeReply { .. } => MessageKind::ProbeReply,
+            Self::Heartbeat { .. } => MessageKind::Heartbeat,
+            Self::NodeFailed { .. } => MessageKind::NodeFailed,
+            Self::RowRequest { .. } => MessageKind::RowRequest,
+            Self::RowReply { .. } => MessageKind::RowReply,
+            Self::Route { .. } => MessageKind::Route,
+            Self::RouteAck { .. } => MessageKind::RouteAck,
+            Self::Leave { .. } => MessageKind::Leave,
+        }
+    }
+
+    /// The exact length of this message's postcard encoding, computed without encoding it
+    /// (counted for every message sent, so it must be cheap).
+    pub fn encoded_len(&self) -> usize {
+        let tag = varint_len(self.kind() as u128);
+        tag + match self {
+            Self::Join {
+                id,
+                joiner,
+                next_row: _,
+                hops: _,
+            } => varint_len(u128::from(*id)) + peer_len(joiner) + 2,
+            Self::JoinState {
+                rows,
+                neighbourhood,
+                leaf_set,
+            } => {
+                varint_len(rows.len() as u128)
+                    + rows
+                        .iter()
+                        .map(|(_, peers)| 1 + peers_len(peers))
+                        .sum::<usize>()
+                    + peers_len(neighbourhood)
+                    + 1
+                    + leaf_set.as_deref().map_or(0, peers_len)
+            }
+            Self::Announce { leaf_set }
+            | Self::Heartbeat { leaf_set }
+            | Self::Leave { leaf_set } => peers_len(leaf_set),
+            Self::Probe {
+                nonce, leaf_set, ..
+            }
+            | Self::ProbeReply {
+                nonce, leaf_set, ..
+            } => varint_len(u128::from(*nonce)) + 1 + peers_len(leaf_set),
+            Self::NodeFailed { node, leaf_set } => id_len(*node) + peers_len(leaf_set),
+            Self::RowRequest { .. } => 1,
+            Self::RowReply { entries, .. } => 1 + peers_len(entries),
+            Self::Route {
+                id,
+                key,
+                origin,
+                hops: _,
+                payload,
+            } => {
+                varint_len(u128::from(*id))
+                    + varint_len(key.as_u128())
+                    + peer_len(origin)
+                    + 1
+                    + varint_len(payload.len() as u128)
+                    + payload.len()
+            }
+            Self::RouteAck { origin, id } => id_len(*origin) + varint_len(u128::from(*id)),
+        }
+    }
+}
+
+fn varint_len(value: u128) -> usize {
+    let bits = 128 - value.leading_zeros() as usize;
+    bits.div_ceil(7).max(1)
+}
+
+fn id_len(id: NodeId) -> usize {
+    varint_len(id.as_u128())
+}
+
+fn peer_len(peer: &PeerInfo) -> usize {
+    id_len(peer.id)
+        + 1
+        + match peer.addr {
+            SocketAddr::V4(_) => 4,
+            SocketAddr::V6(_) => 16,
+        }
+        + varint_len(u128::from(peer.addr.port()))
+}
+
+fn peers_len(peers: &[PeerInfo]) -> usize {
+    varint_len(peers.len() as u128) + peers.iter().map(peer_len).sum::<usize>()
+}
+
+/// Proptest strategies covering every [`Message`] variant (for codec tests).
+#[cfg(test)]
+pub(crate) mod strategy {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Any node id.
+    pub(crate) fn node_id() -> impl Strategy<Value = NodeId> {
+        any::<u128>().prop_map(NodeId::from_u128)
+    }
+
+    /// Any peer, IPv4 or IPv6.
+    pub(crate) fn peer_info() -> impl Strategy<Value = PeerInfo> {
+        // Built from (ip, port): serde does not encode IPv6 flow info or scope id.
+        (node_id(), any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(id, ip, port)| PeerInfo {
+            id,
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+
+    fn peers() -> impl Strategy<Value = Vec<PeerInfo>> {
+        vec(peer_info(), 0..20)
+    }
+
+    /// Any message, every variant.
+    pub(crate) fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u64>(), peer_info(), any::<u8>(), any::<u8>()).prop_map(
+                |(id, joiner, next_row, hops)| Message::Join {
+                    id,
+                    joiner,
+                    next_row,
+                    hops
+                }
+            ),
+            (
+                vec((any::<u8>(), peers()), 0..5),
+                peers(),
+                proptest::option::of(peers())
+            )
+                .prop_map(|(rows, neighbourhood, leaf_set)| Message::JoinState {
+                    rows,
+                    neighbourhood,
+                    leaf_set
+                }),
+            peers().prop_map(|leaf_set| Message::Announce { leaf_set }),
+            (any::<u64>(), any::<bool>(), peers()).prop_map(|(nonce, active, leaf_set)| {
+                Message::Probe {
+                    nonce,
+                    active,
+                    leaf_set,
+                }
+            }),
+            (any::<u64>(), any::<bool>(), peers()).prop_map(|(nonce, active, leaf_set)| {
+                Message::ProbeReply {
+                    nonce,
+                    active,
+                    leaf_set,
+                }
+            }),
+            peers().prop_map(|leaf_set| Message::Heartbeat { leaf_set }),
+            (node_id(), peers())
+                .prop_map(|(node, leaf_set)| Message::NodeFailed { node, leaf_set }),
+            any::<u8>().prop_map(|row| Message::RowRequest { row }),
+            (any::<u8>(), peers()).prop_map(|(row, entries)| Message::RowReply { row, entries }),
+            (
+                any::<u64>(),
+                any::<u128>(),
+                peer_info(),
+                any::<u8>(),
+                vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(id, key, origin, hops, payload)| Message::Route {
+                    id,
+                    key: Key::from_u128(key),
+                    origin,
+                    hops,
+                    payload
+                }),
+            (node_id(), any::<u64>()).prop_map(|(origin, id)| Message::RouteAck { origin, id }),
+            peers().prop_map(|leaf_set| Message::Leave { leaf_set }),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn kinds_index_their_table() {
+        for (index, kind) in MessageKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, index);
+        }
+        assert!(!MessageKind::Route.is_control());
+        assert!(MessageKind::Heartbeat.is_control());
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_len_is_exact(msg in strategy::message()) {
+            let bytes = postcard::to_allocvec(&msg).unwrap();
+            prop_assert_eq!(msg.encoded_len(), bytes.len());
+            let back: Message = postcard::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(back, msg);
+        }
+    }
 }
