@@ -6,3 +6,5 @@
 pub mod id;
 pub mod identity;
 pub mod pastry;
+pub mod transport;
+pub mod wire;

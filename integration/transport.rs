@@ -1,0 +1,631 @@
+//! Transport integration tests: real nodes, real QUIC over real UDP on loopback.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{eventually, open_config, Node, HANG_GUARD};
+use wendy::id::NodeId;
+use wendy::transport::{
+    tls, CloseCode, Limits, LinkLostReason, StreamErrorCode, Transport, TransportError,
+    TransportEvent,
+};
+use wendy::wire::{Body, WireError, VERSION};
+
+fn direct(payload: &[u8]) -> Body {
+    Body::Direct {
+        payload: payload.to_vec(),
+    }
+}
+
+async fn next_message(node: &mut Node) -> (NodeId, Body) {
+    node.next_matching(|event| match event {
+        TransportEvent::Message { from, body, .. } => Some((from, body)),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_nodes_exchange_messages_both_ways() {
+    let mut a = Node::open().await;
+    let mut b = Node::open().await;
+    a.transport
+        .send(b.id(), b.addr(), &direct(b"a to b"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut b).await, (a.id(), direct(b"a to b")));
+    // B answers over the link A opened (no second dial: still one link each side).
+    b.transport
+        .send(a.id(), a.addr(), &direct(b"b to a"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut a).await, (b.id(), direct(b"b to a")));
+    assert_eq!(a.transport.links().len(), 1);
+    assert_eq!(b.transport.links().len(), 1);
+}
+
+#[tokio::test]
+async fn link_up_is_announced_before_messages_with_rtt() {
+    let a = Node::open().await;
+    let mut b = Node::open().await;
+    a.transport
+        .send(b.id(), b.addr(), &direct(b"hi"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(HANG_GUARD, b.events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match first {
+        TransportEvent::LinkUp {
+            peer,
+            addr,
+            rtt,
+            inbound,
+        } => {
+            assert_eq!(peer, a.id());
+            assert_eq!(addr, a.addr());
+            assert!(inbound);
+            assert!(rtt > Duration::ZERO);
+        }
+        other => panic!("expected LinkUp first, got {other:?}"),
+    }
+    assert_eq!(next_message(&mut b).await, (a.id(), direct(b"hi")));
+    let rtt = a.transport.rtt(b.id()).expect("link has an rtt");
+    assert!(rtt > Duration::ZERO);
+    let links = a.transport.links();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0].peer, b.id());
+    assert!(!links[0].inbound);
+    assert!(links[0].bytes_sent > 0 && links[0].packets_received > 0);
+}
+
+#[tokio::test]
+async fn ten_thousand_concurrent_messages_are_each_delivered_exactly_once() {
+    const COUNT: u32 = 10_000;
+    let a = Node::open().await;
+    let mut b = Node::open().await;
+    let (peer, addr) = (b.id(), b.addr());
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..COUNT {
+        let transport = a.transport.clone();
+        senders.spawn(async move { transport.send(peer, addr, &direct(&i.to_be_bytes())).await });
+    }
+    let mut seen = HashSet::new();
+    let mut received = 0;
+    while received < COUNT {
+        let (from, body) = next_message(&mut b).await;
+        assert_eq!(from, a.id());
+        let Body::Direct { payload } = body else {
+            panic!("unexpected body {body:?}")
+        };
+        let index = u32::from_be_bytes(payload.try_into().unwrap());
+        assert!(index < COUNT);
+        assert!(seen.insert(index), "message {index} delivered twice");
+        received += 1;
+    }
+    while let Some(result) = senders.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(seen.len(), COUNT as usize);
+    // Concurrent senders shared one dial: one link.
+    assert_eq!(a.transport.links().len(), 1);
+}
+
+#[tokio::test]
+async fn request_gets_its_answer_and_an_unanswered_request_fails_fast() {
+    let a = Node::open().await;
+    let b = Node::open().await;
+    let (b_transport, _events) = b.serve();
+    let answer = a
+        .transport
+        .request(
+            b_transport.local_id(),
+            b_transport.local_addr(),
+            &Body::Ping { nonce: 77 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, Body::Pong { nonce: 77 });
+
+    // A node that drops the responder: the requester gets NoReply, not a timeout.
+    let mut c = Node::open().await;
+    let c_id = c.id();
+    let c_addr = c.addr();
+    let requester = a.transport.clone();
+    let request = tokio::spawn(async move {
+        requester
+            .request(c_id, c_addr, &Body::Ping { nonce: 1 })
+            .await
+    });
+    let reply = c
+        .next_matching(|event| match event {
+            TransportEvent::Request { reply, .. } => Some(reply),
+            _ => None,
+        })
+        .await;
+    drop(reply);
+    let error = request.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            error,
+            TransportError::StreamRefused {
+                known: Some(StreamErrorCode::NoReply),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_by_address_learns_the_node_id() {
+    let a = Node::open().await;
+    let b = Node::open().await;
+    let learned = a.transport.connect(b.addr(), None).await.unwrap();
+    assert_eq!(learned, b.id());
+    // Connecting again by address reuses the link.
+    assert_eq!(a.transport.connect(b.addr(), None).await.unwrap(), b.id());
+    assert_eq!(a.transport.links().len(), 1);
+}
+
+#[tokio::test]
+async fn dialling_yourself_is_refused() {
+    let a = Node::open().await;
+    let error = a.transport.connect(a.addr(), None).await.unwrap_err();
+    assert!(
+        matches!(error, TransportError::SelfConnection(_)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_loopback_links_work() {
+    let mut config_a = open_config();
+    config_a.listen = "[::1]:0".parse().unwrap();
+    let mut config_b = open_config();
+    config_b.listen = "[::1]:0".parse().unwrap();
+    let a = Node::bind(config_a).await;
+    let mut b = Node::bind(config_b).await;
+    assert!(a.addr().is_ipv6());
+    a.transport
+        .send(b.id(), b.addr(), &direct(b"v6"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut b).await, (a.id(), direct(b"v6")));
+}
+
+#[tokio::test]
+async fn raw_streams_carry_bytes_after_a_tunnel_header() {
+    let a = Node::open().await;
+    let mut b = Node::open().await;
+    let header = Body::Tunnel {
+        service: "echo".into(),
+    };
+    let mut stream = a
+        .transport
+        .open_stream(b.id(), b.addr(), &header)
+        .await
+        .unwrap();
+    stream.send.write_all(b"raw bytes").await.unwrap();
+    stream.send.finish().unwrap();
+    let (from, got_header, mut incoming) = b
+        .next_matching(|event| match event {
+            TransportEvent::Stream {
+                from,
+                header,
+                stream,
+                ..
+            } => Some((from, header, stream)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, a.id());
+    assert_eq!(got_header, header);
+    let bytes = incoming.recv.read_to_end(1024).await.unwrap();
+    assert_eq!(bytes, b"raw bytes");
+    incoming.send.write_all(b"back").await.unwrap();
+    incoming.send.finish().unwrap();
+    let back = stream.recv.read_to_end(1024).await.unwrap();
+    assert_eq!(back, b"back");
+}
+
+#[tokio::test]
+async fn opening_a_stream_without_credit_times_out() {
+    let limits = Limits {
+        max_concurrent_bi_streams: 1,
+        open_stream_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let a = Node::with_limits(limits.clone()).await;
+    let mut b = Node::with_limits(limits).await;
+    let header = Body::Tunnel {
+        service: "hold".into(),
+    };
+    let _held = a
+        .transport
+        .open_stream(b.id(), b.addr(), &header)
+        .await
+        .unwrap();
+    let _incoming = b
+        .next_matching(|event| match event {
+            TransportEvent::Stream { stream, .. } => Some(stream),
+            _ => None,
+        })
+        .await;
+    let error = a
+        .transport
+        .open_stream(b.id(), b.addr(), &header)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, TransportError::OpenStreamTimeout),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused_before_sending() {
+    let a = Node::open().await;
+    let b = Node::open().await;
+    let max = a.transport.limits().max_message_size;
+    let error = a
+        .transport
+        .send(b.id(), b.addr(), &direct(&vec![0; max]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, TransportError::Wire(WireError::Oversized { .. })),
+        "{error:?}"
+    );
+}
+
+/// A raw quinn client with Wendy's own TLS setup, for writing hand-made frames.
+async fn raw_client(server: &Node) -> (quinn::Endpoint, quinn::Connection, NodeId) {
+    let config = open_config();
+    let id = config.identity.node_id();
+    let client_config = tls::quinn_client_config(&config, Some(server.id())).unwrap();
+    let endpoint = quinn::Endpoint::client(common::loopback()).unwrap();
+    let conn = endpoint
+        .connect_with(client_config, server.addr(), "wendy")
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn, id)
+}
+
+async fn send_raw_uni(conn: &quinn::Connection, bytes: &[u8]) -> quinn::SendStream {
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream.finish().unwrap();
+    stream
+}
+
+async fn expect_rejected(server: &mut Node, from: NodeId) -> WireError {
+    server
+        .next_matching(|event| match event {
+            TransportEvent::StreamRejected { from: f, error } if f == from => Some(error),
+            TransportEvent::Message { body, .. } => panic!("bad frame delivered as {body:?}"),
+            _ => None,
+        })
+        .await
+}
+
+async fn expect_good_after(server: &mut Node, conn: &quinn::Connection, from: NodeId) {
+    let good = wendy::wire::encode(&direct(b"good")).unwrap();
+    send_raw_uni(conn, &good).await;
+    assert_eq!(next_message(server).await, (from, direct(b"good")));
+}
+
+#[tokio::test]
+async fn malformed_frame_drops_only_its_stream() {
+    let mut server = Node::open().await;
+    let (_endpoint, conn, id) = raw_client(&server).await;
+    // Direct frame whose payload length claims more bytes than follow... then garbage after.
+    send_raw_uni(&conn, &[VERSION, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await;
+    assert!(matches!(
+        expect_rejected(&mut server, id).await,
+        WireError::Malformed(_)
+    ));
+    expect_good_after(&mut server, &conn, id).await;
+}
+
+#[tokio::test]
+async fn truncated_frame_drops_only_its_stream() {
+    let mut server = Node::open().await;
+    let (_endpoint, conn, id) = raw_client(&server).await;
+    let frame = wendy::wire::encode(&direct(b"cut short")).unwrap();
+    send_raw_uni(&conn, &frame[..frame.len() - 3]).await;
+    assert_eq!(expect_rejected(&mut server, id).await, WireError::Truncated);
+    expect_good_after(&mut server, &conn, id).await;
+}
+
+#[tokio::test]
+async fn unknown_version_frame_drops_only_its_stream() {
+    let mut server = Node::open().await;
+    let (_endpoint, conn, id) = raw_client(&server).await;
+    let mut frame = wendy::wire::encode(&direct(b"from the future"))
+        .unwrap()
+        .to_vec();
+    frame[0] = VERSION + 1;
+    send_raw_uni(&conn, &frame).await;
+    assert_eq!(
+        expect_rejected(&mut server, id).await,
+        WireError::UnknownVersion(VERSION + 1)
+    );
+    expect_good_after(&mut server, &conn, id).await;
+}
+
+#[tokio::test]
+async fn unknown_kind_frame_drops_only_its_stream() {
+    let mut server = Node::open().await;
+    let (_endpoint, conn, id) = raw_client(&server).await;
+    send_raw_uni(&conn, &[VERSION, 42, 1, 2, 3]).await;
+    assert_eq!(
+        expect_rejected(&mut server, id).await,
+        WireError::UnknownKind(42)
+    );
+    expect_good_after(&mut server, &conn, id).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_stopped_with_its_code() {
+    let limits = Limits {
+        max_message_size: 1024,
+        ..Limits::default()
+    };
+    let mut server = Node::with_limits(limits).await;
+    let (_endpoint, conn, id) = raw_client(&server).await;
+    // Larger than the stream receive window, so the server stops the stream before it has
+    // received it all (a frame that fits the window may arrive whole before the check).
+    let frame = wendy::wire::encode(&direct(&vec![7; 3 << 20])).unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    // The write is cut short by the stop (or not, if it was all buffered).
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.finish();
+    assert!(matches!(
+        expect_rejected(&mut server, id).await,
+        WireError::Oversized { max: 1024, .. }
+    ));
+    let code = tokio::time::timeout(HANG_GUARD, stream.stopped())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, Some(StreamErrorCode::Oversized.to_varint()));
+    expect_good_after(&mut server, &conn, id).await;
+}
+
+#[tokio::test]
+async fn bad_request_frame_resets_the_stream_with_its_code() {
+    let mut server = Node::open().await;
+    let (_endpoint, conn, id) = raw_client(&server).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let bad = [VERSION, 42];
+    send.write_all(&(bad.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    send.write_all(&bad).await.unwrap();
+    send.finish().unwrap();
+    let error = recv.read_to_end(1024).await.unwrap_err();
+    assert_eq!(
+        error,
+        quinn::ReadToEndError::Read(quinn::ReadError::Reset(
+            StreamErrorCode::UnknownKind.to_varint()
+        ))
+    );
+    assert_eq!(
+        expect_rejected(&mut server, id).await,
+        WireError::UnknownKind(42)
+    );
+    expect_good_after(&mut server, &conn, id).await;
+}
+
+// ---- pool ----
+
+#[tokio::test]
+async fn simultaneous_dials_leave_exactly_one_link_on_both_sides() {
+    for _ in 0..5 {
+        let a = Node::open().await;
+        let b = Node::open().await;
+        let (ra, rb) = tokio::join!(
+            a.transport.connect(b.addr(), Some(b.id())),
+            b.transport.connect(a.addr(), Some(a.id()))
+        );
+        assert_eq!(ra.unwrap(), b.id());
+        assert_eq!(rb.unwrap(), a.id());
+        let lower = a.id().min(b.id());
+        // The survivor is the link dialled by the lower id: outbound there, inbound at the other.
+        let settled = |node: &Node| {
+            let links = node.transport.links();
+            links.len() == 1 && links[0].inbound == (node.id() != lower)
+        };
+        eventually(|| settled(&a) && settled(&b)).await;
+        // Both ends use the same connection: what one sent the other received.
+        let (la, lb) = (a.transport.links(), b.transport.links());
+        assert_eq!(la[0].peer, b.id());
+        assert_eq!(lb[0].peer, a.id());
+        // And it carries traffic both ways.
+        let (a_t, mut a_rx) = a.serve();
+        let (b_t, _b_rx) = b.serve();
+        a_t.send(b_t.local_id(), b_t.local_addr(), &direct(b"x"))
+            .await
+            .unwrap();
+        let answer = b_t
+            .request(a_t.local_id(), a_t.local_addr(), &Body::Ping { nonce: 5 })
+            .await
+            .unwrap();
+        assert_eq!(answer, Body::Pong { nonce: 5 });
+        // No link was reported lost on A's side through the race.
+        while let Ok(event) = a_rx.try_recv() {
+            assert!(
+                !matches!(event, TransportEvent::LinkLost { .. }),
+                "{event:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_links_are_closed() {
+    let limits = Limits {
+        idle_link_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let mut a = Node::with_limits(limits.clone()).await;
+    let b = Node::with_limits(limits).await;
+    a.transport.connect(b.addr(), Some(b.id())).await.unwrap();
+    let (peer, reason) = a
+        .next_matching(|event| match event {
+            TransportEvent::LinkLost { peer, reason } => Some((peer, reason)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(peer, b.id());
+    assert!(
+        matches!(
+            reason,
+            LinkLostReason::ClosedLocally(CloseCode::Idle)
+                | LinkLostReason::ClosedByPeer {
+                    code: Some(CloseCode::Idle),
+                    ..
+                }
+        ),
+        "{reason:?}"
+    );
+    assert!(!reason.is_failure());
+    eventually(|| a.transport.links().is_empty() && b.transport.links().is_empty()).await;
+}
+
+#[tokio::test]
+async fn full_pool_of_busy_links_gives_too_many_connections_and_evicts_idle_ones() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let mut a = Node::with_limits(limits).await;
+    let mut b = Node::open().await;
+    let c = Node::open().await;
+    let busy = a
+        .transport
+        .open_stream(
+            b.id(),
+            b.addr(),
+            &Body::Tunnel {
+                service: "hold".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let _incoming = b
+        .next_matching(|event| match event {
+            TransportEvent::Stream { stream, .. } => Some(stream),
+            _ => None,
+        })
+        .await;
+    let error = a
+        .transport
+        .connect(c.addr(), Some(c.id()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, TransportError::TooManyConnections { max: 1 }),
+        "{error:?}"
+    );
+    // Once the link to B is idle, it is evicted to make room for C.
+    drop(busy);
+    assert_eq!(
+        a.transport.connect(c.addr(), Some(c.id())).await.unwrap(),
+        c.id()
+    );
+    let (peer, reason) = a
+        .next_matching(|event| match event {
+            TransportEvent::LinkLost { peer, reason } => Some((peer, reason)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(peer, b.id());
+    assert_eq!(reason, LinkLostReason::ClosedLocally(CloseCode::Evicted));
+    let links = a.transport.links();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0].peer, c.id());
+}
+
+#[tokio::test]
+async fn a_killed_peer_produces_link_lost() {
+    let limits = Limits {
+        keep_alive: Duration::from_millis(100),
+        max_idle_timeout: Duration::from_millis(800),
+        ..Limits::default()
+    };
+    let mut a = Node::with_limits(limits.clone()).await;
+    // B lives on its own runtime in its own thread; shutting that runtime down kills B without
+    // any orderly close, like a killed process (its socket closes, nothing more is sent).
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = runtime.block_on(async {
+            let mut config = open_config();
+            config.limits = limits;
+            Transport::bind(config).await.unwrap()
+        });
+        ready_tx
+            .send((node.0.local_id(), node.0.local_addr()))
+            .unwrap();
+        kill_rx.recv().unwrap();
+        runtime.shutdown_background();
+        std::mem::forget(node);
+    });
+    let (b_id, b_addr) = ready_rx.recv().unwrap();
+    a.transport.connect(b_addr, Some(b_id)).await.unwrap();
+    kill_tx.send(()).unwrap();
+    thread.join().unwrap();
+    let (peer, reason) = a
+        .next_matching(|event| match event {
+            TransportEvent::LinkLost { peer, reason } => Some((peer, reason)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(peer, b_id);
+    assert_eq!(reason, LinkLostReason::TimedOut);
+    assert!(reason.is_failure());
+    assert!(a.transport.links().is_empty());
+}
+
+#[tokio::test]
+async fn closing_a_link_reports_it_on_both_sides() {
+    let mut a = Node::open().await;
+    let mut b = Node::open().await;
+    a.transport.connect(b.addr(), Some(b.id())).await.unwrap();
+    a.transport.close(b.id()).await;
+    let reason = a
+        .next_matching(|event| match event {
+            TransportEvent::LinkLost { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, LinkLostReason::ClosedLocally(CloseCode::Closed));
+    let reason = b
+        .next_matching(|event| match event {
+            TransportEvent::LinkLost { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert!(
+        matches!(
+            reason,
+            LinkLostReason::ClosedByPeer {
+                code: Some(CloseCode::Closed),
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+    assert!(a.transport.links().is_empty());
+}

@@ -1,0 +1,489 @@
+//! Authenticated QUIC links between Wendy nodes.
+//!
+//! This module owns all of quinn and rustls: one quinn endpoint per node (one UDP socket, both
+//! client and server), the rustls configuration ([`tls`]), the certificate verifiers that bind a
+//! peer's certificate key to its [`NodeId`] ([`verifier`]), the admission policy
+//! ([`Admission`]), the connection pool ([`pool`]) and the one-frame-per-stream protocol
+//! ([`stream`]). It knows nothing of Pastry routing: it moves [`Body`] frames between verified
+//! peers and reports what happens as [`TransportEvent`]s.
+//!
+//! # Streams
+//! - One-way message ([`Transport::send`]): a fresh uni stream carrying one frame, to its end.
+//! - Request ([`Transport::request`]): a bi stream; the request frame is length-prefixed
+//!   (4 bytes, big-endian) and the stream's send side is then finished; the answer is one frame,
+//!   to the end of the other direction.
+//! - Raw stream ([`Transport::open_stream`]): a bi stream whose length-prefixed header frame is
+//!   a [`Body::Tunnel`]; after it, both directions carry the application's bytes.
+//!
+//! Every read is bounded by [`Limits::max_message_size`]. A bad frame (malformed, truncated,
+//! oversized, unknown version or kind) stops or resets only that stream with a
+//! [`StreamErrorCode`], is logged once and reported as [`TransportEvent::StreamRejected`]; the
+//! connection and its other streams continue.
+//!
+//! # Events and backpressure
+//! Events go out on a bounded channel of [`Limits::event_capacity`]. A stream reader first
+//! reserves a slot in that channel and only then reads its stream, so when the consumer falls
+//! behind, unread data stays in QUIC's flow-control windows and the sending peers slow down:
+//! memory stays bounded (by the receive windows and the channel), never grows with the backlog.
+//!
+//! ```no_run
+//! use wendy::identity::{Identity, Validity};
+//! use wendy::transport::{Admission, Transport, TransportConfig, TransportEvent};
+//! use wendy::wire::Body;
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = Identity::generate();
+//! let certificate = identity.self_signed_certificate(Validity::days_from_now(365))?;
+//! let config = TransportConfig::new("127.0.0.1:0".parse()?, identity, certificate, Admission::Open);
+//! let (transport, mut events) = Transport::bind(config).await?;
+//! let peer_addr = "127.0.0.1:4000".parse()?;
+//! let peer = transport.connect(peer_addr, None).await?;
+//! transport.send(peer, peer_addr, &Body::Direct { payload: b"hello".to_vec() }).await?;
+//! while let Some(event) = events.recv().await {
+//!     if let TransportEvent::Message { from, body, .. } = event {
+//!         println!("{from}: {body:?}");
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod admission;
+mod endpoint;
+mod pool;
+mod stream;
+pub mod tls;
+mod verifier;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use admission::{Admission, AuthError};
+pub use endpoint::Transport;
+pub use stream::{RawStream, Responder};
+pub use tls::{TlsError, ALPN};
+
+use crate::id::NodeId;
+use crate::identity::{Certificate, Identity};
+use crate::wire::{self, Body, WireError};
+
+/// Everything [`Transport::bind`] needs.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// The UDP address to bind (IPv4 or IPv6; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// This node's key; its [`NodeId`] is derived from it.
+    pub identity: Identity,
+    /// This node's certificate chain, end-entity first (its key must be `identity`'s), followed by
+    /// any intermediates. The mesh CA itself need not be included.
+    pub certificate_chain: Vec<Certificate>,
+    /// Which peers may connect and be connected to.
+    pub admission: Admission,
+    /// Transport limits and timeouts.
+    pub limits: Limits,
+}
+
+impl TransportConfig {
+    /// A config with one certificate and the default [`Limits`].
+    pub fn new(
+        listen: SocketAddr,
+        identity: Identity,
+        certificate: Certificate,
+        admission: Admission,
+    ) -> Self {
+        Self {
+            listen,
+            identity,
+            certificate_chain: vec![certificate],
+            admission,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TransportConfig")
+            .field("listen", &self.listen)
+            .field("node_id", &self.identity.node_id())
+            .field("admission", &self.admission)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every limit and timeout of the transport, set explicitly (quinn's defaults are never relied
+/// on by accident). The defaults suit a Pastry node with a few hundred links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest frame accepted or sent (version byte included). Bounds the memory one stream
+    /// can make us hold. Default 1 MiB ([`wire::DEFAULT_MAX_FRAME_SIZE`]).
+    pub max_message_size: usize,
+    /// The most links in the pool. A full pool evicts its least recently used idle link; when
+    /// every link is busy, new links fail with [`TransportError::TooManyConnections`]. Default
+    /// 1024: a Pastry node's state (32 x 15 routing entries, leaf set, neighbourhood) is at most
+    /// ~530 peers, so this leaves room for clients.
+    pub max_connections: usize,
+    /// The most incoming handshakes quinn holds before refusing new ones (quinn `max_incoming`):
+    /// bounds the memory a connection flood can take. Default 256.
+    pub max_incoming: usize,
+    /// How many uni streams (one-way messages) a peer may have open at once on one link (quinn
+    /// `max_concurrent_uni_streams`). High enough for one RTT of small messages at full speed;
+    /// the peer waits for credit beyond it. Default 1024.
+    pub max_concurrent_uni_streams: u32,
+    /// How many bi streams (requests, tunnels) a peer may have open at once on one link (quinn
+    /// `max_concurrent_bidi_streams`). Default 256.
+    pub max_concurrent_bi_streams: u32,
+    /// Unread bytes a peer may send on one stream (quinn `stream_receive_window`). Default 1 MiB,
+    /// so a maximum-size message never waits for a window update.
+    pub stream_receive_window: u32,
+    /// Unread bytes a peer may send on one link, all streams together (quinn `receive_window`).
+    /// Bounds the memory one link takes while the consumer is behind. Default 8 MiB.
+    pub connection_receive_window: u32,
+    /// Unacknowledged bytes we buffer for one link (quinn `send_window`). Default 8 MiB.
+    pub send_window: u64,
+    /// How often an otherwise quiet link sends a keep-alive (quinn `keep_alive_interval`), so a
+    /// live peer never hits [`Self::max_idle_timeout`] and NAT bindings stay open. Default 5 s.
+    pub keep_alive: Duration,
+    /// How long a link may receive nothing at all before it is declared dead (quinn
+    /// `max_idle_timeout`): with keep-alives on, this is the failure detection time of a silent
+    /// peer ([`LinkLostReason::TimedOut`]). Default 15 s (three missed keep-alives).
+    pub max_idle_timeout: Duration,
+    /// How long a link may go unused (no streams either way) before the pool closes it. Default
+    /// 120 s.
+    pub idle_link_timeout: Duration,
+    /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long opening a stream may wait for stream credit from the peer. Default 5 s.
+    pub open_stream_timeout: Duration,
+    /// How long a request may wait for its answer. Default 10 s.
+    pub request_timeout: Duration,
+    /// How long an incoming stream may take to deliver its frame once we start reading it.
+    /// Default 10 s.
+    pub stream_read_timeout: Duration,
+    /// Capacity of the event channel. Default 1024.
+    pub event_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: wire::DEFAULT_MAX_FRAME_SIZE,
+            max_connections: 1024,
+            max_incoming: 256,
+            max_concurrent_uni_streams: 1024,
+            max_concurrent_bi_streams: 256,
+            stream_receive_window: 1 << 20,
+            connection_receive_window: 8 << 20,
+            send_window: 8 << 20,
+            keep_alive: Duration::from_secs(5),
+            max_idle_timeout: Duration::from_secs(15),
+            idle_link_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(5),
+            open_stream_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            stream_read_timeout: Duration::from_secs(10),
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// What the transport reports to its owner.
+#[derive(Debug)]
+pub enum TransportEvent {
+    /// A link to a peer is up (emitted once per peer until [`TransportEvent::LinkLost`]).
+    LinkUp {
+        /// The verified peer.
+        peer: NodeId,
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The smoothed RTT after the handshake.
+        rtt: Duration,
+        /// Whether the peer dialled us.
+        inbound: bool,
+    },
+    /// The link to a peer is gone.
+    LinkLost {
+        /// The peer.
+        peer: NodeId,
+        /// Why (see [`LinkLostReason::is_failure`]).
+        reason: LinkLostReason,
+    },
+    /// A one-way message from a verified peer.
+    Message {
+        /// The peer (derived from its certificate, never from the message).
+        from: NodeId,
+        /// The peer's address.
+        from_addr: SocketAddr,
+        /// The frame.
+        body: Body,
+    },
+    /// A request from a verified peer; answer it with [`Responder::reply`].
+    Request {
+        /// The peer.
+        from: NodeId,
+        /// The peer's address.
+        from_addr: SocketAddr,
+        /// The request frame.
+        body: Body,
+        /// Where the answer goes. Dropping it resets the stream with
+        /// [`StreamErrorCode::NoReply`].
+        reply: Responder,
+    },
+    /// A raw stream opened by a peer with [`Transport::open_stream`].
+    Stream {
+        /// The peer.
+        from: NodeId,
+        /// The peer's address.
+        from_addr: SocketAddr,
+        /// The header frame (a [`Body::Tunnel`]).
+        header: Body,
+        /// The stream, positioned after the header.
+        stream: RawStream,
+    },
+    /// A peer sent a bad frame; only that stream was dropped.
+    StreamRejected {
+        /// The peer.
+        from: NodeId,
+        /// What was wrong.
+        error: WireError,
+    },
+    /// An incoming handshake failed (the peer was refused or the handshake broke).
+    HandshakeFailed {
+        /// The address the attempt came from.
+        addr: SocketAddr,
+        /// Why.
+        error: TransportError,
+    },
+}
+
+/// Why a link went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkLostReason {
+    /// This node closed the link ([`Transport::close`], eviction, idle, shutdown).
+    ClosedLocally(CloseCode),
+    /// The peer closed the link with an application close code (see [`CloseCode`]).
+    ClosedByPeer {
+        /// The peer's close code, if Wendy knows it.
+        code: Option<CloseCode>,
+        /// The raw code.
+        raw_code: u64,
+    },
+    /// The peer stopped answering: nothing received for [`Limits::max_idle_timeout`] despite
+    /// keep-alives. The peer is probably dead.
+    TimedOut,
+    /// The peer's endpoint no longer knows the link (it restarted): a stateless reset.
+    Reset,
+    /// A QUIC or TLS protocol error.
+    Error(String),
+}
+
+impl LinkLostReason {
+    /// Whether the loss signals a failed peer (rather than an orderly close).
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Self::ClosedLocally(_) => false,
+            Self::ClosedByPeer { code, .. } => !matches!(
+                code,
+                Some(CloseCode::Idle | CloseCode::Closed | CloseCode::Evicted)
+            ),
+            Self::TimedOut | Self::Reset | Self::Error(_) => true,
+        }
+    }
+}
+
+/// Application close codes on Wendy links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// An orderly close ([`Transport::close`]).
+    Closed = 0,
+    /// The link lost a simultaneous-dial race (the one initiated by the lower node id survives).
+    Duplicate = 1,
+    /// The pool was full and this link was the least recently used idle one.
+    Evicted = 2,
+    /// The link was unused for [`Limits::idle_link_timeout`].
+    Idle = 3,
+    /// The node is shutting down.
+    Shutdown = 4,
+    /// The peer did not negotiate ALPN `wendy/1`.
+    WrongAlpn = 5,
+    /// The pool was full of busy links.
+    TooManyConnections = 6,
+    /// The peer is this node itself.
+    SelfConnection = 7,
+}
+
+impl CloseCode {
+    /// The code as a QUIC varint.
+    pub fn to_varint(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(self as u32)
+    }
+
+    /// The close code with this value, if Wendy defines it.
+    pub fn from_u64(value: u64) -> Option<Self> {
+        Some(match value {
+            0 => Self::Closed,
+            1 => Self::Duplicate,
+            2 => Self::Evicted,
+            3 => Self::Idle,
+            4 => Self::Shutdown,
+            5 => Self::WrongAlpn,
+            6 => Self::TooManyConnections,
+            7 => Self::SelfConnection,
+            _ => return None,
+        })
+    }
+}
+
+/// Application error codes with which a single stream is stopped or reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum StreamErrorCode {
+    /// The frame was not a valid encoding.
+    Malformed = 1,
+    /// The stream ended before the frame was complete.
+    Truncated = 2,
+    /// The frame was larger than the maximum message size.
+    Oversized = 3,
+    /// The frame had an unknown version byte.
+    UnknownVersion = 4,
+    /// The frame was of an unknown kind (probably from a newer peer).
+    UnknownKind = 5,
+    /// The request was dropped without an answer.
+    NoReply = 6,
+    /// The frame took too long to arrive.
+    Timeout = 7,
+    /// The node is shutting down.
+    Shutdown = 8,
+}
+
+impl StreamErrorCode {
+    /// The code as a QUIC varint.
+    pub fn to_varint(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(self as u32)
+    }
+
+    /// The stream error code for a frame that failed to decode.
+    pub fn for_wire_error(error: &WireError) -> Self {
+        match error {
+            WireError::Truncated => Self::Truncated,
+            WireError::Oversized { .. } => Self::Oversized,
+            WireError::UnknownVersion(_) => Self::UnknownVersion,
+            WireError::UnknownKind(_) | WireError::UnknownVariant(_) => Self::UnknownKind,
+            WireError::Malformed(_) | WireError::TrailingBytes(_) | WireError::Encode(_) => {
+                Self::Malformed
+            }
+        }
+    }
+
+    /// The stream error code with this value, if Wendy defines it.
+    pub fn from_u64(value: u64) -> Option<Self> {
+        Some(match value {
+            1 => Self::Malformed,
+            2 => Self::Truncated,
+            3 => Self::Oversized,
+            4 => Self::UnknownVersion,
+            5 => Self::UnknownKind,
+            6 => Self::NoReply,
+            7 => Self::Timeout,
+            8 => Self::Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// A snapshot of one link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The peer.
+    pub peer: NodeId,
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// Whether the peer dialled us.
+    pub inbound: bool,
+    /// QUIC's smoothed RTT.
+    pub rtt: Duration,
+    /// Time since the link was last used.
+    pub idle: Duration,
+    /// Streams in progress on the link.
+    pub in_flight: usize,
+    /// UDP bytes sent on the link.
+    pub bytes_sent: u64,
+    /// UDP bytes received on the link.
+    pub bytes_received: u64,
+    /// UDP datagrams sent on the link.
+    pub packets_sent: u64,
+    /// UDP datagrams received on the link.
+    pub packets_received: u64,
+    /// Packets QUIC declared lost.
+    pub packets_lost: u64,
+}
+
+/// Why a transport operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind {addr}: {message}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        message: String,
+    },
+    /// The node's key or certificate is unusable.
+    #[error("tls setup: {0}")]
+    Tls(String),
+    /// The peer failed this node's checks in the handshake.
+    #[error("peer refused: {0}")]
+    Auth(#[from] AuthError),
+    /// The peer refused this node in the handshake (its TLS alert or close reason).
+    #[error("refused by peer: {0}")]
+    RefusedByPeer(String),
+    /// The handshake did not finish within [`Limits::connect_timeout`].
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    /// The dial could not start (bad address, endpoint closing).
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        message: String,
+    },
+    /// The link failed.
+    #[error("link failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The pool is full and every link in it is busy.
+    #[error("too many connections: all {max} links are busy")]
+    TooManyConnections {
+        /// The pool's cap.
+        max: usize,
+    },
+    /// The peer gave no stream credit within [`Limits::open_stream_timeout`].
+    #[error("opening a stream timed out")]
+    OpenStreamTimeout,
+    /// The answer did not arrive within [`Limits::request_timeout`].
+    #[error("request timed out")]
+    RequestTimeout,
+    /// The peer stopped or reset the stream with this code.
+    #[error("stream refused by peer with code {code} ({known:?})")]
+    StreamRefused {
+        /// The raw code.
+        code: u64,
+        /// The code, if Wendy defines it.
+        known: Option<StreamErrorCode>,
+    },
+    /// The stream broke.
+    #[error("stream failed: {0}")]
+    Stream(String),
+    /// A frame could not be encoded or the answer could not be decoded.
+    #[error("bad frame: {0}")]
+    Wire(#[from] WireError),
+    /// The address is this node's own.
+    #[error("{0} is this node itself")]
+    SelfConnection(SocketAddr),
+    /// The transport was shut down.
+    #[error("transport is shut down")]
+    Shutdown,
+}

@@ -1,0 +1,248 @@
+//! The connection pool: one link per peer, the simultaneous-dial rule, the cap with LRU
+//! eviction of idle links, and which peers have been announced with `LinkUp`.
+//!
+//! Plain data behind the transport's mutex: no IO, no awaits. The transport carries out the
+//! closes and events the pool's answers call for.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::id::NodeId;
+
+/// One established, verified link.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) peer: NodeId,
+    pub(crate) inbound: bool,
+    /// Streams in progress (ours and the peer's); the link is idle at zero.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Milliseconds since the pool's epoch at the last use.
+    last_used: AtomicU64,
+    epoch: Instant,
+}
+
+impl Link {
+    pub(crate) fn new(
+        conn: quinn::Connection,
+        peer: NodeId,
+        inbound: bool,
+        epoch: Instant,
+    ) -> Self {
+        let link = Self {
+            conn,
+            peer,
+            inbound,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            last_used: AtomicU64::new(0),
+            epoch,
+        };
+        link.touch();
+        link
+    }
+
+    /// Records a use now.
+    pub(crate) fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last use.
+    pub(crate) fn idle_for(&self) -> Duration {
+        let now = self.epoch.elapsed();
+        now.saturating_sub(Duration::from_millis(
+            self.last_used.load(Ordering::Relaxed),
+        ))
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        self.conn.stable_id()
+    }
+
+    /// The node that dialled this link.
+    fn initiator(&self, local: NodeId) -> NodeId {
+        if self.inbound {
+            self.peer
+        } else {
+            local
+        }
+    }
+}
+
+/// What happened when a new link was offered to the pool.
+#[derive(Debug)]
+pub(crate) enum Insert {
+    /// The link is in the pool.
+    Added {
+        /// A link to the same peer that lost the simultaneous-dial rule (close it, no event).
+        replaced: Option<Arc<Link>>,
+        /// An idle link evicted to make room (close it, emit `LinkLost`).
+        evicted: Option<Arc<Link>>,
+        /// Whether to emit `LinkUp` (the peer was not announced yet).
+        announce: bool,
+    },
+    /// The existing link to the peer wins; the new one must be closed. Holds the survivor.
+    Duplicate(Arc<Link>),
+    /// The pool is full of busy links.
+    Full,
+}
+
+/// What happened when a link was found closed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Removed {
+    /// It was the pool's link to the peer: emit `LinkLost`.
+    Lost,
+    /// It was the pool's link but closed as a duplicate by the peer: a replacement should
+    /// arrive; emit `LinkLost` only if none has after a grace period.
+    AwaitReplacement,
+    /// It was not in the pool (replaced, evicted or closed locally): nothing to report.
+    NotPooled,
+}
+
+/// The links of one node.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    local: NodeId,
+    max: usize,
+    epoch: Instant,
+    links: HashMap<NodeId, Arc<Link>>,
+    announced: HashSet<NodeId>,
+}
+
+impl Pool {
+    pub(crate) fn new(local: NodeId, max: usize) -> Self {
+        Self {
+            local,
+            max,
+            epoch: Instant::now(),
+            links: HashMap::new(),
+            announced: HashSet::new(),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    pub(crate) fn get(&self, peer: NodeId) -> Option<Arc<Link>> {
+        self.links.get(&peer).cloned()
+    }
+
+    pub(crate) fn by_addr(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.links
+            .values()
+            .find(|link| link.addr() == addr)
+            .map(|link| link.peer)
+    }
+
+    pub(crate) fn links(&self) -> impl Iterator<Item = &Arc<Link>> {
+        self.links.values()
+    }
+
+    /// Whether a new link could be added now (room, or an idle link to evict).
+    pub(crate) fn has_room(&self) -> bool {
+        self.links.len() < self.max || self.links.values().any(|link| !link.is_busy())
+    }
+
+    /// Offers a freshly verified link.
+    ///
+    /// Simultaneous dials: of two links to the same peer, the one dialled by the lower node id
+    /// survives, so both ends keep the same one. Two links dialled by the same node: the newer
+    /// survives (the dialler had no link left, e.g. it restarted).
+    pub(crate) fn insert(&mut self, link: Arc<Link>) -> Insert {
+        let peer = link.peer;
+        if let Some(existing) = self.links.get(&peer) {
+            let preferred = self.local.min(peer);
+            let existing_ok = existing.initiator(self.local) == preferred;
+            let new_ok = link.initiator(self.local) == preferred;
+            if existing_ok && !new_ok {
+                return Insert::Duplicate(existing.clone());
+            }
+            let replaced = self.links.insert(peer, link);
+            return Insert::Added {
+                replaced,
+                evicted: None,
+                announce: self.announced.insert(peer),
+            };
+        }
+        let mut evicted = None;
+        if self.links.len() >= self.max {
+            let lru = self
+                .links
+                .values()
+                .filter(|candidate| !candidate.is_busy())
+                .max_by_key(|candidate| candidate.idle_for())
+                .map(|candidate| candidate.peer);
+            let Some(lru) = lru else {
+                return Insert::Full;
+            };
+            evicted = self.links.remove(&lru);
+            self.announced.remove(&lru);
+        }
+        self.links.insert(peer, link);
+        Insert::Added {
+            replaced: None,
+            evicted,
+            announce: self.announced.insert(peer),
+        }
+    }
+
+    /// Removes the peer's link and forgets its announcement (a local close); returns the link.
+    pub(crate) fn remove(&mut self, peer: NodeId) -> Option<Arc<Link>> {
+        self.announced.remove(&peer);
+        self.links.remove(&peer)
+    }
+
+    /// Records that link `id` to `peer` closed; `duplicate` if the peer closed it as the loser
+    /// of a simultaneous dial.
+    pub(crate) fn closed(&mut self, peer: NodeId, id: usize, duplicate: bool) -> Removed {
+        match self.links.get(&peer) {
+            Some(link) if link.id() == id => {
+                self.links.remove(&peer);
+                if duplicate {
+                    Removed::AwaitReplacement
+                } else {
+                    self.announced.remove(&peer);
+                    Removed::Lost
+                }
+            }
+            _ => Removed::NotPooled,
+        }
+    }
+
+    /// After a duplicate close's grace period: whether the peer is still announced with no link
+    /// (then it is forgotten and `LinkLost` is due).
+    pub(crate) fn replacement_missing(&mut self, peer: NodeId) -> bool {
+        !self.links.contains_key(&peer) && self.announced.remove(&peer)
+    }
+
+    /// Removes and returns links unused for longer than `timeout`.
+    pub(crate) fn take_idle(&mut self, timeout: Duration) -> Vec<Arc<Link>> {
+        let idle: Vec<NodeId> = self
+            .links
+            .values()
+            .filter(|link| !link.is_busy() && link.idle_for() > timeout)
+            .map(|link| link.peer)
+            .collect();
+        idle.into_iter()
+            .filter_map(|peer| self.remove(peer))
+            .collect()
+    }
+
+    /// Removes every link (shutdown).
+    pub(crate) fn drain(&mut self) -> Vec<Arc<Link>> {
+        self.announced.clear();
+        self.links.drain().map(|(_, link)| link).collect()
+    }
+}

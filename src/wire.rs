@@ -1,0 +1,437 @@
+//! Wendy's wire format: the frames carried on QUIC streams and their versioned encoding.
+//!
+//! A frame is one version byte ([`VERSION`]) followed by a [postcard] encoding of a [`Body`].
+//! Each QUIC stream carries exactly one frame, so the frame ends where the stream ends and there
+//! is no length prefix; readers bound the stream by the configured maximum frame size.
+//!
+//! Extensibility: new kinds of frame are added as new [`Body`] variants *at the end* of the enum
+//! (postcard encodes the variant index). An older peer that receives a kind it does not know
+//! gets [`WireError::UnknownKind`] and drops only that stream; the connection stays up. A change
+//! that old peers cannot read at all bumps [`VERSION`], which they reject with
+//! [`WireError::UnknownVersion`].
+//!
+//! This module owns the encoding only; it knows nothing of QUIC (see [`crate::transport`]).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::pastry;
+
+/// The frame format version this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// The default bound on an encoded frame (version byte included): 1 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
+
+/// Everything one node can say to another on one stream.
+///
+/// Append new variants at the end only: the variant index is part of the encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// A Pastry protocol message (join, state rows, leaf set, probes, routed messages, acks,
+    /// leave).
+    Pastry(pastry::Message),
+    /// An application payload sent directly to this peer (not routed).
+    Direct {
+        /// The application's bytes.
+        payload: Vec<u8>,
+    },
+    /// An error answer to a request, or a notice that something the peer sent was refused.
+    Error {
+        /// A machine-readable code (see [`ErrorCode`] for the codes Wendy itself uses).
+        code: u16,
+        /// A human-readable explanation.
+        message: String,
+    },
+    /// A liveness / round-trip request; the answer is [`Body::Pong`] with the same nonce.
+    Ping {
+        /// Echoed in the answer.
+        nonce: u64,
+    },
+    /// The answer to [`Body::Ping`].
+    Pong {
+        /// The nonce of the ping being answered.
+        nonce: u64,
+    },
+    /// The header of a raw bi-directional stream: after this frame, the stream carries the
+    /// named service's bytes (the service mesh's TCP tunnels).
+    Tunnel {
+        /// The name of the service the opener wants to reach.
+        service: String,
+    },
+}
+
+impl Body {
+    /// The number of [`Body`] variants this build knows; indexes at or above it are
+    /// [`WireError::UnknownKind`].
+    pub const KINDS: u32 = 6;
+
+    /// A short name of the frame's kind, for logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Pastry(_) => "pastry",
+            Self::Direct { .. } => "direct",
+            Self::Error { .. } => "error",
+            Self::Ping { .. } => "ping",
+            Self::Pong { .. } => "pong",
+            Self::Tunnel { .. } => "tunnel",
+        }
+    }
+}
+
+/// The codes Wendy itself puts in [`Body::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The request could not be decoded.
+    BadRequest = 1,
+    /// Nobody on the receiving node handles this kind of request.
+    Unsupported = 2,
+    /// The receiving node is shutting down or overloaded.
+    Unavailable = 3,
+    /// The named service does not exist (tunnels).
+    NoSuchService = 4,
+    /// The application refused the request.
+    Refused = 5,
+}
+
+impl From<ErrorCode> for u16 {
+    fn from(code: ErrorCode) -> Self {
+        code as Self
+    }
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The frame ended before it was complete (this includes an empty frame).
+    #[error("truncated frame")]
+    Truncated,
+    /// The frame's bytes are not a valid encoding of any frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The frame is larger than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    Oversized {
+        /// The frame's length (or at least this many bytes, when reading stopped early).
+        len: usize,
+        /// The maximum frame size in force.
+        max: usize,
+    },
+    /// The frame was written with a format version this build does not read.
+    #[error("unknown frame version {0} (this build reads version {VERSION})")]
+    UnknownVersion(u8),
+    /// The frame is of a kind this build does not know (probably from a newer peer).
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u32),
+    /// A value inside the frame uses a variant this build does not know (for example a Pastry
+    /// message kind from a newer peer).
+    #[error("unknown variant inside a {0} frame")]
+    UnknownVariant(&'static str),
+    /// The frame has bytes left over after a complete body.
+    #[error("{0} trailing bytes after the frame body")]
+    TrailingBytes(usize),
+    /// The body could not be serialised (never expected for Wendy's own types).
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+}
+
+/// Encodes `body` as a frame: the version byte followed by the postcard body.
+///
+/// ```
+/// use wendy::wire::{decode, encode, Body, DEFAULT_MAX_FRAME_SIZE};
+/// let body = Body::Direct { payload: b"hello".to_vec() };
+/// let frame = encode(&body)?;
+/// assert_eq!(decode(&frame, DEFAULT_MAX_FRAME_SIZE)?, body);
+/// # Ok::<(), wendy::wire::WireError>(())
+/// ```
+pub fn encode(body: &Body) -> Result<Bytes, WireError> {
+    let mut frame = Vec::with_capacity(encoded_size_hint(body));
+    frame.push(VERSION);
+    let frame =
+        postcard::to_extend(body, frame).map_err(|error| WireError::Encode(error.to_string()))?;
+    Ok(Bytes::from(frame))
+}
+
+/// Encodes `body` and checks the frame against `max_size` (what the receiver will accept).
+pub fn encode_bounded(body: &Body, max_size: usize) -> Result<Bytes, WireError> {
+    let frame = encode(body)?;
+    if frame.len() > max_size {
+        return Err(WireError::Oversized {
+            len: frame.len(),
+            max: max_size,
+        });
+    }
+    Ok(frame)
+}
+
+/// Decodes one complete frame of at most `max_size` bytes.
+///
+/// Never panics, whatever the input.
+pub fn decode(frame: &[u8], max_size: usize) -> Result<Body, WireError> {
+    if frame.len() > max_size {
+        return Err(WireError::Oversized {
+            len: frame.len(),
+            max: max_size,
+        });
+    }
+    let (&version, rest) = frame.split_first().ok_or(WireError::Truncated)?;
+    if version != VERSION {
+        return Err(WireError::UnknownVersion(version));
+    }
+    let kind = peek_varint_u32(rest)?;
+    if kind >= Body::KINDS {
+        return Err(WireError::UnknownKind(kind));
+    }
+    match postcard::take_from_bytes::<Body>(rest) {
+        Ok((body, [])) => Ok(body),
+        Ok((_, trailing)) => Err(WireError::TrailingBytes(trailing.len())),
+        Err(error) => Err(classify(error, kind)),
+    }
+}
+
+/// Reads the postcard varint (LEB128) at the start of `bytes`: the body's variant index.
+fn peek_varint_u32(bytes: &[u8]) -> Result<u32, WireError> {
+    let mut value: u32 = 0;
+    for (index, &byte) in bytes.iter().enumerate().take(5) {
+        let bits = u32::from(byte & 0x7f);
+        // The fifth byte holds the top 4 bits of a u32; anything more does not fit.
+        if index == 4 && bits > 0x0f {
+            return Err(WireError::Malformed("variant index overflows u32".into()));
+        }
+        value |= bits << (7 * index);
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    if bytes.len() < 5 {
+        Err(WireError::Truncated)
+    } else {
+        Err(WireError::Malformed("variant index overflows u32".into()))
+    }
+}
+
+fn classify(error: postcard::Error, kind: u32) -> WireError {
+    match error {
+        postcard::Error::DeserializeUnexpectedEnd => WireError::Truncated,
+        // Serde reports an unknown variant index through a custom error, which postcard keeps
+        // as `SerdeDeCustom`; nothing else in Wendy's types produces a custom error.
+        postcard::Error::SerdeDeCustom => WireError::UnknownVariant(kind_name_of(kind)),
+        other => WireError::Malformed(other.to_string()),
+    }
+}
+
+fn kind_name_of(kind: u32) -> &'static str {
+    match kind {
+        0 => "pastry",
+        1 => "direct",
+        2 => "error",
+        3 => "ping",
+        4 => "pong",
+        5 => "tunnel",
+        _ => "unknown",
+    }
+}
+
+fn encoded_size_hint(body: &Body) -> usize {
+    const OVERHEAD: usize = 16;
+    OVERHEAD
+        + match body {
+            Body::Direct { payload } => payload.len(),
+            Body::Pastry(pastry::Message::Route { payload, .. }) => payload.len() + 64,
+            Body::Error { message, .. } => message.len(),
+            Body::Tunnel { service } => service.len(),
+            _ => 256,
+        }
+}
+
+#[cfg(test)]
+pub(crate) mod strategy {
+    //! Proptest strategies for frames, shared by the property tests.
+    use proptest::prelude::*;
+
+    use super::Body;
+
+    /// Any [`Body`], with nested Pastry messages from
+    /// [`crate::pastry::message::strategy::any_message`].
+    pub(crate) fn any_body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            crate::pastry::message::strategy::any_message().prop_map(Body::Pastry),
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|payload| Body::Direct { payload }),
+            (any::<u16>(), ".{0,64}").prop_map(|(code, message)| Body::Error { code, message }),
+            any::<u64>().prop_map(|nonce| Body::Ping { nonce }),
+            any::<u64>().prop_map(|nonce| Body::Pong { nonce }),
+            "[a-z0-9:_-]{0,32}".prop_map(|service| Body::Tunnel { service }),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::strategy::any_body;
+    use super::*;
+    use crate::id::{Key, NodeId};
+    use crate::pastry::{Message, PeerInfo};
+
+    const MAX: usize = DEFAULT_MAX_FRAME_SIZE;
+
+    fn peer(n: u128) -> PeerInfo {
+        PeerInfo {
+            id: NodeId::from_u128(n),
+            addr: "127.0.0.1:4000".parse().unwrap_or_else(|_| unreachable!()),
+        }
+    }
+
+    #[test]
+    fn frame_starts_with_the_version_byte() {
+        let frame = encode(&Body::Ping { nonce: 7 }).unwrap();
+        assert_eq!(frame[0], VERSION);
+        assert_eq!(decode(&frame, MAX).unwrap(), Body::Ping { nonce: 7 });
+    }
+
+    #[test]
+    fn kinds_constant_matches_the_enum() {
+        // The last variant's index must be KINDS - 1: encoding it yields that index.
+        let frame = encode(&Body::Tunnel {
+            service: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
+        assert_eq!(kind_name_of(Body::KINDS - 1), "tunnel");
+        assert_eq!(kind_name_of(Body::KINDS), "unknown");
+    }
+
+    #[test]
+    fn empty_frame_is_truncated() {
+        assert_eq!(decode(&[], MAX), Err(WireError::Truncated));
+        assert_eq!(decode(&[VERSION], MAX), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn unknown_version_is_its_own_error() {
+        let mut frame = encode(&Body::Ping { nonce: 1 }).unwrap().to_vec();
+        frame[0] = 2;
+        assert_eq!(decode(&frame, MAX), Err(WireError::UnknownVersion(2)));
+        frame[0] = 0;
+        assert_eq!(decode(&frame, MAX), Err(WireError::UnknownVersion(0)));
+    }
+
+    #[test]
+    fn unknown_kind_from_a_newer_peer_is_its_own_error() {
+        assert_eq!(
+            decode(&[VERSION, 6, 1, 2, 3], MAX),
+            Err(WireError::UnknownKind(6))
+        );
+        // A multi-byte varint index (300 = 0xac 0x02).
+        assert_eq!(
+            decode(&[VERSION, 0xac, 0x02], MAX),
+            Err(WireError::UnknownKind(300))
+        );
+    }
+
+    #[test]
+    fn unknown_pastry_variant_is_reported_as_unknown_variant() {
+        // Body::Pastry (0) wrapping a message index far beyond the current set.
+        assert_eq!(
+            decode(&[VERSION, 0, 0x7f, 0, 0], MAX),
+            Err(WireError::UnknownVariant("pastry"))
+        );
+    }
+
+    #[test]
+    fn oversized_frames_are_rejected_both_ways() {
+        let body = Body::Direct {
+            payload: vec![0; 100],
+        };
+        let frame = encode(&body).unwrap();
+        assert_eq!(
+            decode(&frame, 50),
+            Err(WireError::Oversized {
+                len: frame.len(),
+                max: 50
+            })
+        );
+        assert!(matches!(
+            encode_bounded(&body, 50),
+            Err(WireError::Oversized { max: 50, .. })
+        ));
+        assert_eq!(encode_bounded(&body, frame.len()).unwrap(), frame);
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut frame = encode(&Body::Pong { nonce: 3 }).unwrap().to_vec();
+        frame.push(0);
+        assert_eq!(decode(&frame, MAX), Err(WireError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn varint_index_overflow_is_malformed() {
+        assert!(matches!(
+            decode(&[VERSION, 0xff, 0xff, 0xff, 0xff, 0x7f], MAX),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(
+            decode(&[VERSION, 0xff, 0xff], MAX),
+            Err(WireError::Truncated)
+        );
+    }
+
+    #[test]
+    fn routed_message_keeps_key_origin_and_hops() {
+        let body = Body::Pastry(Message::Route {
+            id: 42,
+            key: Key::from_name("room:lobby"),
+            origin: peer(9),
+            hops: 3,
+            payload: b"hi".to_vec(),
+        });
+        let frame = encode(&body).unwrap();
+        assert_eq!(decode(&frame, MAX).unwrap(), body);
+    }
+
+    proptest! {
+        #[test]
+        fn every_body_round_trips(body in any_body()) {
+            let frame = encode(&body).unwrap();
+            prop_assert_eq!(decode(&frame, MAX).unwrap(), body);
+        }
+
+        #[test]
+        fn every_truncation_is_an_error_not_a_panic(body in any_body(), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&body).unwrap();
+            let cut = cut.index(frame.len());
+            // Every strict prefix fails to decode (postcard needs the whole body).
+            prop_assert!(decode(&frame[..cut], MAX).is_err());
+        }
+    }
+
+    proptest! {
+        // The decoder's fuzz target: many random inputs, some framed like real frames.
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn fuzz_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes, MAX);
+            let mut framed = vec![VERSION];
+            framed.extend_from_slice(&bytes);
+            if let Ok(body) = decode(&framed, MAX) {
+                // Whatever decodes survives a re-encode unchanged.
+                let again = encode(&body).unwrap();
+                prop_assert_eq!(decode(&again, MAX).unwrap(), body);
+            }
+        }
+
+        #[test]
+        fn fuzz_mutated_frames_never_panic(body in any_body(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)) {
+            let mut frame = encode(&body).unwrap().to_vec();
+            for (at, value) in flips {
+                let at = at.index(frame.len());
+                frame[at] = value;
+            }
+            let _ = decode(&frame, MAX);
+        }
+    }
+}
