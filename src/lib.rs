@@ -5,6 +5,7 @@
 
 pub mod id;
 pub mod identity;
+pub mod node;
 pub mod pastry;
 pub mod transport;
 pub mod wire;

@@ -138,7 +138,9 @@ impl Driver {
             .is_some_and(|j| j.deadline <= Instant::now())
         {
             if let Some(join) = self.join.take() {
-                let _ = join.reply.send(Err(NodeError::JoinTimeout(self.join_timeout)));
+                let _ = join
+                    .reply
+                    .send(Err(NodeError::JoinTimeout(self.join_timeout)));
             }
         }
     }
@@ -146,7 +148,9 @@ impl Driver {
     fn on_transport(&mut self, event: TransportEvent) {
         let now = self.now();
         match event {
-            TransportEvent::LinkUp { peer, addr, rtt, .. } => {
+            TransportEvent::LinkUp {
+                peer, addr, rtt, ..
+            } => {
                 // A fresh handshake is a free proximity sample.
                 self.pastry
                     .handle_proximity(now, PeerInfo { id: peer, addr }, rtt);
@@ -438,7 +442,11 @@ impl Driver {
     }
 
     fn leaf_ids(&self) -> Vec<NodeId> {
-        self.pastry.leaf_set().iter().map(|slot| slot.id()).collect()
+        self.pastry
+            .leaf_set()
+            .iter()
+            .map(|slot| slot.id())
+            .collect()
     }
 
     fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
@@ -472,8 +480,18 @@ impl Driver {
             addr: self.pastry.me().addr,
             active: self.pastry.is_active(),
             leaf_set: self.leaf_ids(),
-            routing_table: self.pastry.routing_table().iter().map(peer_status).collect(),
-            neighbourhood: self.pastry.neighbourhood().iter().map(peer_status).collect(),
+            routing_table: self
+                .pastry
+                .routing_table()
+                .iter()
+                .map(peer_status)
+                .collect(),
+            neighbourhood: self
+                .pastry
+                .neighbourhood()
+                .iter()
+                .map(peer_status)
+                .collect(),
             connections: self
                 .transport
                 .links()
@@ -500,7 +518,7 @@ impl Driver {
 fn is_peer_failure(error: &TransportError) -> bool {
     !matches!(
         error,
-        TransportError::TooManyConnections | TransportError::Wire(_)
+        TransportError::TooManyConnections { .. } | TransportError::Wire(_)
     )
 }
 

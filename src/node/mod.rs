@@ -561,9 +561,7 @@ impl Node {
 
     /// Sends `payload` directly (one QUIC stream, no routing) to a node this node knows.
     pub async fn send(&self, to: NodeId, payload: Vec<u8>) -> Result<(), NodeError> {
-        let addr = self
-            .ask(|reply| Command::Address { to, reply })
-            .await??;
+        let addr = self.ask(|reply| Command::Address { to, reply }).await??;
         self.shared
             .transport
             .send(to, addr, &Body::Direct { payload })
@@ -573,9 +571,7 @@ impl Node {
 
     /// Opens a raw stream to a node this node knows, asking for `service` (service mesh).
     pub async fn open_stream(&self, to: NodeId, service: &str) -> Result<RawStream, NodeError> {
-        let addr = self
-            .ask(|reply| Command::Address { to, reply })
-            .await??;
+        let addr = self.ask(|reply| Command::Address { to, reply }).await??;
         let header = Body::Tunnel {
             service: service.to_owned(),
         };
