@@ -6,8 +6,8 @@
 pub mod bench;
 pub mod id;
 pub mod identity;
+pub mod node;
 pub mod pastry;
 pub mod sim;
 pub mod transport;
 pub mod wire;
-

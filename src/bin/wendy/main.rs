@@ -5,6 +5,7 @@
 
 mod bench;
 mod ca;
+mod demo;
 mod keys;
 mod sim;
 
@@ -26,6 +27,8 @@ enum Command {
     Keygen(keys::KeygenArgs),
     /// Print the NodeId of a key file.
     Id(keys::IdArgs),
+    /// Run a local cluster over QUIC on loopback, route messages and check every delivery.
+    Demo(demo::DemoArgs),
     /// Manage a mesh certificate authority (closed meshes).
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keys::keygen(args),
         Command::Id(args) => keys::id(args),
         Command::Ca(cmd) => ca::run(cmd),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Sim(args) => sim::run(args),
     };

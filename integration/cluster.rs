@@ -1,0 +1,82 @@
+//! Real nodes over real QUIC on loopback: joins, routing, failures, leave.
+
+use std::time::Duration;
+
+use wendy::id::{Key, NodeId};
+use wendy::identity::Identity;
+use wendy::node::{Events, Node, NodeEvent};
+
+async fn spawn(seed: u8) -> (Node, Events) {
+    Node::builder(Identity::from_seed([seed; 32]))
+        .seed(u64::from(seed))
+        .spawn()
+        .await
+        .expect("spawn node")
+}
+
+async fn wait_for<T>(events: &mut Events, mut pick: impl FnMut(&NodeEvent) -> Option<T>) -> T {
+    let wait = async {
+        loop {
+            let event = events.recv().await.expect("node stopped");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("event did not arrive (hang guard)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_know_each_other() {
+    let (a, _ea) = spawn(1).await;
+    let (b, _eb) = spawn(2).await;
+    a.join(&[]).await.unwrap();
+    b.join(&[a.addr()]).await.unwrap();
+    // Allow the announce to land at a.
+    for _ in 0..100 {
+        let sa = a.status().await.unwrap();
+        if sa.leaf_set.contains(&b.id()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sa = a.status().await.unwrap();
+    let sb = b.status().await.unwrap();
+    assert!(sa.leaf_set.contains(&b.id()), "a's leaf set lacks b");
+    assert!(sb.leaf_set.contains(&a.id()), "b's leaf set lacks a");
+    assert!(
+        sa.routing_table.iter().any(|p| p.id == b.id()),
+        "a's table lacks b"
+    );
+    assert!(
+        sb.routing_table.iter().any(|p| p.id == a.id()),
+        "b's table lacks a"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_message_reaches_closest() {
+    let mut nodes = Vec::new();
+    for seed in 1..=5u8 {
+        nodes.push(spawn(seed).await);
+    }
+    nodes[0].0.join(&[]).await.unwrap();
+    let first = nodes[0].0.addr();
+    for (node, _) in &nodes[1..] {
+        node.join(&[first]).await.unwrap();
+    }
+    let ids: Vec<NodeId> = nodes.iter().map(|(n, _)| n.id()).collect();
+    let key = Key::from_name("hello");
+    let root = key.closest(ids.iter().copied()).unwrap();
+    nodes[1].0.route(key, b"hi".to_vec()).await.unwrap();
+    let (_, events) = nodes.iter_mut().find(|(n, _)| n.id() == root).unwrap();
+    let d = wait_for(events, |e| match e {
+        NodeEvent::Deliver(d) => Some(d.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(d.payload, b"hi");
+    assert_eq!(d.key, key);
+}

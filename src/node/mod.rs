@@ -1,0 +1,614 @@
+//! The async runtime and public API: a [`Node`] drives the sans-IO [`Pastry`](crate::pastry::Pastry)
+//! state machine with [`Transport`](crate::transport::Transport) events and timers.
+//!
+//! This is the only module (with `transport/`) that uses tokio and reads the clock. It owns the
+//! mapping between the two worlds: transport events and application commands go in as
+//! `handle_*` calls with the current time, and the core's outputs become QUIC sends, RTT
+//! measurements and [`NodeEvent`]s for the application.
+//!
+//! # Application hooks
+//!
+//! Hooks are an **event stream** ([`Events`]) plus one synchronous **forward interceptor**
+//! ([`NodeBuilder::on_forward`]). Events (deliver, direct message, leaf set changed, node
+//! joined, node left, heartbeat, error) are plain values an application can `select!` on from
+//! any task, without the overlay calling into user code; the forward decision is the one hook
+//! that must answer before the node can continue, so it is a callback. The event channel is
+//! bounded ([`NodeConfig::event_capacity`]): a slow application never makes memory grow;
+//! when the channel is full the newest event is dropped and counted in
+//! [`NodeStats::events_dropped`], so the protocol (probes, acks) keeps running on time.
+//!
+//! ```no_run
+//! use wendy::id::Key;
+//! use wendy::identity::Identity;
+//! use wendy::node::{Node, NodeEvent};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let (node, mut events) = Node::builder(Identity::generate())
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .spawn()
+//!     .await?;
+//! node.join(&["127.0.0.1:4000".parse()?]).await?;
+//! node.route(Key::from_name("room:lobby"), b"hello".to_vec()).await?;
+//! while let Some(event) = events.recv().await {
+//!     if let NodeEvent::Deliver(delivery) = event {
+//!         println!("{} hops: {:?}", delivery.hops, delivery.payload);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod driver;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::id::{Key, NodeId};
+use crate::identity::{Certificate, Identity, Validity};
+use crate::pastry::{self, PeerInfo};
+use crate::transport::{Admission, Limits, RawStream, Transport, TransportConfig, TransportError};
+use crate::wire::Body;
+
+/// Runtime settings of a node. `Default` suits a LAN or loopback cluster.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Pastry core's settings (structure sizes, probe and ack timers).
+    pub pastry: pastry::Config,
+    /// The transport's limits and timeouts.
+    pub limits: Limits,
+    /// How long [`Node::join`] waits for the overlay to accept the node. Default 10 s.
+    pub join_timeout: Duration,
+    /// Capacity of the [`Events`] channel; see the module docs for the drop policy. Default 4096.
+    pub event_capacity: usize,
+    /// Validity of the self-signed certificate made when none is given. Default 365 days.
+    pub self_signed_days: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            pastry: pastry::Config {
+                // Applications see forwards through `on_forward`; the runtime answers at once
+                // when no interceptor is installed.
+                intercept_forwards: true,
+                ..pastry::Config::default()
+            },
+            limits: Limits::default(),
+            join_timeout: Duration::from_secs(10),
+            event_capacity: 4096,
+            self_signed_days: 365,
+        }
+    }
+}
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The transport could not start (port in use, bad certificate, ...).
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// The node's certificate could not be made.
+    #[error("certificate: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    /// No bootstrap address answered.
+    #[error("no bootstrap node reachable (tried {tried}): {last_error}")]
+    NoBootstrapReachable {
+        /// The addresses tried, comma-separated.
+        tried: String,
+        /// The error of the last attempt.
+        last_error: String,
+    },
+    /// A bootstrap answered but the join did not complete in time.
+    #[error("join did not complete within {0:?}")]
+    JoinTimeout(Duration),
+    /// The node is not part of an overlay yet (call [`Node::join`] first).
+    #[error("the node has not joined an overlay")]
+    NotJoined,
+    /// `send` to a node this node does not know (not in any of its tables or links).
+    #[error("unknown node {0}: not in this node's leaf set, routing table or links")]
+    UnknownPeer(NodeId),
+    /// The node has been shut down.
+    #[error("the node is shut down")]
+    Closed,
+}
+
+/// A routed message delivered at this node, the root of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The key the message was routed to.
+    pub key: Key,
+    /// The node that routed it.
+    pub origin: NodeId,
+    /// The origin's message id (unique per origin).
+    pub id: u64,
+    /// Overlay hops taken (0 if the origin is the root).
+    pub hops: u8,
+    /// The application payload.
+    pub payload: Vec<u8>,
+}
+
+/// What the overlay tells the application.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// This node is part of the overlay; its leaf set at that moment.
+    Joined {
+        /// The leaf set's ids, counter-clockwise side first.
+        leaf_set: Vec<NodeId>,
+    },
+    /// A routed message arrived at its root (this node).
+    Deliver(Delivery),
+    /// A message sent directly to this node with [`Node::send`].
+    Direct {
+        /// The sender (authenticated by its certificate).
+        from: NodeId,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// The leaf set's membership changed.
+    LeafSetChanged {
+        /// The new leaf set's ids.
+        leaf_set: Vec<NodeId>,
+    },
+    /// A node entered this node's routing state.
+    NodeJoined(NodeId),
+    /// A node left this node's leaf set (failed, or left gracefully).
+    NodeLeft(NodeId),
+    /// A leaf-set neighbour's heartbeat arrived.
+    Heartbeat {
+        /// The neighbour.
+        from: NodeId,
+    },
+    /// A routed message was given up (every next hop failed).
+    RouteFailed {
+        /// The message id.
+        id: u64,
+        /// Its key.
+        key: Key,
+    },
+    /// A raw stream opened by a peer (service-mesh tunnels).
+    Stream {
+        /// The peer.
+        from: NodeId,
+        /// The service the peer asked for.
+        service: String,
+        /// The stream.
+        stream: RawStream,
+    },
+    /// Something went wrong that the application may want to show (a refused peer, a bad
+    /// frame); the node keeps running.
+    Error(String),
+}
+
+/// What a forward interceptor sees: a routed message about to leave this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The destination key.
+    pub key: Key,
+    /// The node that routed it.
+    pub origin: NodeId,
+    /// The next hop chosen by Pastry.
+    pub next_hop: NodeId,
+    /// Hops so far.
+    pub hops: u8,
+}
+
+/// The forward interceptor's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardAction {
+    /// Forward the (possibly modified) payload.
+    Continue,
+    /// Drop the message here.
+    Veto,
+}
+
+/// The forward interceptor: may modify `payload` in place, and returns whether to continue.
+pub type ForwardHook = dyn Fn(&Forwarded, &mut Vec<u8>) -> ForwardAction + Send + Sync;
+
+/// Counters of a running node (see also [`Status::pastry`] for the core's message counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStats {
+    /// Routed messages delivered here.
+    pub delivered: u64,
+    /// Routed messages originated here.
+    pub routed: u64,
+    /// Routed messages forwarded through here.
+    pub forwarded: u64,
+    /// Forwards vetoed by the interceptor.
+    pub vetoed: u64,
+    /// Direct messages received.
+    pub direct_received: u64,
+    /// Events dropped because the application did not keep up.
+    pub events_dropped: u64,
+    /// Sends that failed (the peer is then treated as failed).
+    pub send_failures: u64,
+    /// Frames from peers rejected (malformed, oversized, unknown version).
+    pub frames_rejected: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    delivered: AtomicU64,
+    routed: AtomicU64,
+    forwarded: AtomicU64,
+    vetoed: AtomicU64,
+    direct_received: AtomicU64,
+    events_dropped: AtomicU64,
+    send_failures: AtomicU64,
+    frames_rejected: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> NodeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeStats {
+            delivered: get(&self.delivered),
+            routed: get(&self.routed),
+            forwarded: get(&self.forwarded),
+            vetoed: get(&self.vetoed),
+            direct_received: get(&self.direct_received),
+            events_dropped: get(&self.events_dropped),
+            send_failures: get(&self.send_failures),
+            frames_rejected: get(&self.frames_rejected),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A peer in a [`Status`] snapshot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PeerStatus {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The proximity (RTT) the routing state holds for it, in milliseconds, if measured.
+    pub rtt_ms: Option<f64>,
+}
+
+/// A link in a [`Status`] snapshot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConnectionStatus {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// QUIC smoothed RTT in milliseconds.
+    pub rtt_ms: f64,
+    /// Whether the peer dialled us.
+    pub inbound: bool,
+    /// UDP bytes sent on the link.
+    pub bytes_sent: u64,
+    /// UDP bytes received on the link.
+    pub bytes_received: u64,
+    /// UDP datagrams sent.
+    pub packets_sent: u64,
+    /// UDP datagrams received.
+    pub packets_received: u64,
+}
+
+/// A snapshot of a node's routing state and links.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Whether it is part of an overlay.
+    pub active: bool,
+    /// The leaf set, counter-clockwise side first.
+    pub leaf_set: Vec<NodeId>,
+    /// Routing-table entries.
+    pub routing_table: Vec<PeerStatus>,
+    /// Neighbourhood set (nearest by RTT).
+    pub neighbourhood: Vec<PeerStatus>,
+    /// Open QUIC links.
+    pub connections: Vec<ConnectionStatus>,
+    /// Runtime counters.
+    pub stats: NodeStats,
+    /// Control messages sent by the Pastry core (all kinds but routed payloads).
+    pub control_msgs_sent: u64,
+    /// Estimated bytes of those control messages.
+    pub control_bytes_sent: u64,
+}
+
+/// Builds and starts a [`Node`].
+pub struct NodeBuilder {
+    identity: Identity,
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    certificate_chain: Option<Vec<Certificate>>,
+    admission: Admission,
+    config: NodeConfig,
+    forward: Option<Arc<ForwardHook>>,
+    seed: Option<u64>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("id", &self.identity.node_id())
+            .field("listen", &self.listen)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// Sets the UDP address to listen on (default `127.0.0.1:0`, a free loopback port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Sets the address other nodes are told to dial (default: the bound address). Needed
+    /// when listening on an unspecified address such as `0.0.0.0`.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertise = Some(addr);
+        self
+    }
+
+    /// Uses this certificate (e.g. signed by the mesh CA) instead of a self-signed one.
+    pub fn certificate(mut self, certificate: Certificate) -> Self {
+        self.certificate_chain = Some(vec![certificate]);
+        self
+    }
+
+    /// Uses this certificate chain, end-entity first.
+    pub fn certificate_chain(mut self, chain: Vec<Certificate>) -> Self {
+        self.certificate_chain = Some(chain);
+        self
+    }
+
+    /// Sets who may connect and be connected to (default [`Admission::Open`]).
+    pub fn admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Seeds the core's RNG (probe nonces, maintenance choices); default: random.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Installs the forward interceptor: called for every routed message before it leaves this
+    /// node for its next hop; it may modify the payload or veto the message.
+    pub fn on_forward<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Forwarded, &mut Vec<u8>) -> ForwardAction + Send + Sync + 'static,
+    {
+        self.forward = Some(Arc::new(hook));
+        self
+    }
+
+    /// Binds the socket and starts the node (not yet part of an overlay: call [`Node::join`]).
+    pub async fn spawn(self) -> Result<(Node, Events), NodeError> {
+        let certificate_chain = match self.certificate_chain {
+            Some(chain) => chain,
+            None => vec![self
+                .identity
+                .self_signed_certificate(Validity::days_from_now(self.config.self_signed_days))?],
+        };
+        let id = self.identity.node_id();
+        let transport_config = TransportConfig {
+            listen: self.listen,
+            identity: self.identity,
+            certificate_chain,
+            admission: self.admission,
+            limits: self.config.limits.clone(),
+        };
+        let (transport, transport_events) = Transport::bind(transport_config).await?;
+        let me = PeerInfo {
+            id,
+            addr: self.advertise.unwrap_or_else(|| transport.local_addr()),
+        };
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let (commands, command_rx) = mpsc::channel(1024);
+        let (events_tx, events_rx) = mpsc::channel(self.config.event_capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared {
+            me,
+            transport: transport.clone(),
+            counters: counters.clone(),
+        });
+        driver::spawn(driver::Setup {
+            me,
+            config: self.config,
+            seed,
+            transport,
+            transport_events,
+            commands: command_rx,
+            events: events_tx,
+            counters,
+            forward: self.forward,
+        });
+        Ok((Node { commands, shared }, Events(events_rx)))
+    }
+}
+
+struct Shared {
+    me: PeerInfo,
+    transport: Transport,
+    counters: Arc<Counters>,
+}
+
+/// The receiving end of a node's [`NodeEvent`]s.
+#[derive(Debug)]
+pub struct Events(mpsc::Receiver<NodeEvent>);
+
+impl Events {
+    /// The next event; `None` once the node has shut down.
+    pub async fn recv(&mut self) -> Option<NodeEvent> {
+        self.0.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<NodeEvent> {
+        self.0.try_recv().ok()
+    }
+}
+
+pub(crate) enum Command {
+    Join {
+        bootstrap: Vec<SocketAddr>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Route {
+        key: Key,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
+    Address {
+        to: NodeId,
+        reply: oneshot::Sender<Result<SocketAddr, NodeError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Leave {
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown,
+}
+
+/// A running Wendy node. Cheap to clone; every clone drives the same node.
+#[derive(Clone)]
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.shared.me.id)
+            .field("addr", &self.shared.me.addr)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts building a node with this identity.
+    pub fn builder(identity: Identity) -> NodeBuilder {
+        NodeBuilder {
+            identity,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            certificate_chain: None,
+            admission: Admission::Open,
+            config: NodeConfig::default(),
+            forward: None,
+            seed: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.me.id
+    }
+
+    /// The address other nodes dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.me.addr
+    }
+
+    /// The node's id and address.
+    pub fn peer_info(&self) -> PeerInfo {
+        self.shared.me
+    }
+
+    /// Joins the overlay through the first reachable of `bootstrap`, and resolves once this
+    /// node is active (its leaf set confirmed). With no address, starts a new overlay alone.
+    ///
+    /// Fails with [`NodeError::NoBootstrapReachable`] if no address answers, and with
+    /// [`NodeError::JoinTimeout`] if the join does not complete within
+    /// [`NodeConfig::join_timeout`].
+    pub async fn join(&self, bootstrap: &[SocketAddr]) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Join {
+            bootstrap: bootstrap.to_vec(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Routes `payload` to the live node whose id is closest to `key`; returns the message id.
+    ///
+    /// Delivery is acknowledged hop by hop and re-routed around failed hops; the root gets a
+    /// [`NodeEvent::Deliver`], and this node a [`NodeEvent::RouteFailed`] if it is given up.
+    pub async fn route(&self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
+        self.ask(|reply| Command::Route {
+            key,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends `payload` directly (one QUIC stream, no routing) to a node this node knows.
+    pub async fn send(&self, to: NodeId, payload: Vec<u8>) -> Result<(), NodeError> {
+        let addr = self.ask(|reply| Command::Address { to, reply }).await??;
+        self.shared
+            .transport
+            .send(to, addr, &Body::Direct { payload })
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a raw stream to a node this node knows, asking for `service` (service mesh).
+    pub async fn open_stream(&self, to: NodeId, service: &str) -> Result<RawStream, NodeError> {
+        let addr = self.ask(|reply| Command::Address { to, reply }).await??;
+        let header = Body::Tunnel {
+            service: service.to_owned(),
+        };
+        Ok(self.shared.transport.open_stream(to, addr, &header).await?)
+    }
+
+    /// A snapshot of the routing state, links and counters.
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// The runtime counters.
+    pub fn stats(&self) -> NodeStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Leaves gracefully: the leaf set is told at once, then the node shuts down.
+    pub async fn leave(&self) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Leave { reply }).await
+    }
+
+    /// Stops at once, without telling anyone (peers detect the failure).
+    pub async fn shutdown(&self) {
+        // A closed channel means the driver is already gone: nothing left to stop.
+        let _ = self.commands.send(Command::Shutdown).await;
+        self.shared.transport.shutdown().await;
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        answer.await.map_err(|_| NodeError::Closed)
+    }
+}
