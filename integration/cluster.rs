@@ -80,3 +80,23 @@ async fn routed_message_reaches_closest() {
     assert_eq!(d.payload, b"hi");
     assert_eq!(d.key, key);
 }
+
+#[test]
+fn demo_command_routes_every_message_to_the_oracle_root() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wendy"))
+        .args(["demo", "--nodes", "8", "--messages", "300", "--json"])
+        .output()
+        .expect("run wendy demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("demo --json prints one JSON object");
+    assert_eq!(report["nodes"], 8);
+    assert_eq!(report["messages"], 300);
+    assert_eq!(report["delivered_correct"], 300);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["misdelivered"], 0);
+    for field in ["mean_hops", "join_ms_p50", "route_ms_p50", "route_ms_p99"] {
+        assert!(report[field].is_number(), "missing {field}");
+    }
+}

@@ -451,6 +451,7 @@ mod tests {
             key: Key::from_name("room:lobby"),
             origin: peer(9),
             hops: 3,
+            avoid: vec![peer(4).id],
             payload: b"hi".to_vec(),
         });
         let frame = encode(&body).unwrap();
