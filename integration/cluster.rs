@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use wendy::id::{Key, NodeId};
 use wendy::identity::Identity;
-use wendy::node::{Events, Node, NodeEvent};
+use wendy::node::{Events, Node, NodeConfig, NodeEvent};
 
 async fn spawn(seed: u8) -> (Node, Events) {
     Node::builder(Identity::from_seed([seed; 32]))
@@ -99,4 +99,40 @@ fn demo_command_routes_every_message_to_the_oracle_root() {
     for field in ["mean_hops", "join_ms_p50", "route_ms_p50", "route_ms_p99"] {
         assert!(report[field].is_number(), "missing {field}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_is_seen_by_the_leaf_set() {
+    // Failure detection is pushed an hour away (probes and QUIC idle timeout), so only the leave
+    // notice itself can make `a` see `c` go within the test's hang guard.
+    async fn spawn_slow_detection(seed: u8) -> (Node, Events) {
+        let mut config = NodeConfig::default();
+        config.pastry.probe_period = Duration::from_secs(3600);
+        config.pastry.probe_timeout = Duration::from_secs(3600);
+        config.limits.max_idle_timeout = Duration::from_secs(3600);
+        Node::builder(Identity::from_seed([seed; 32]))
+            .config(config)
+            .spawn()
+            .await
+            .expect("spawn node")
+    }
+    let (a, mut ea) = spawn_slow_detection(11).await;
+    let (b, _eb) = spawn_slow_detection(12).await;
+    let (c, _ec) = spawn_slow_detection(13).await;
+    a.join(&[]).await.unwrap();
+    b.join(&[a.addr()]).await.unwrap();
+    c.join(&[b.addr()]).await.unwrap();
+    let leaver = c.id();
+    c.leave().await.unwrap();
+    let left = wait_for(&mut ea, |e| match e {
+        NodeEvent::NodeLeft(id) if *id == leaver => Some(*id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, leaver);
+    let status = a.status().await.unwrap();
+    assert!(
+        !status.leaf_set.contains(&leaver),
+        "a still holds the leaver"
+    );
 }
