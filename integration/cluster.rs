@@ -136,3 +136,89 @@ async fn graceful_leave_is_seen_by_the_leaf_set() {
         "a still holds the leaver"
     );
 }
+
+/// The leaf set the oracle expects for `me`: the `half` nearest ids on each side of the ring.
+fn oracle_leaf_set(me: NodeId, all: &[NodeId], half: usize) -> Vec<NodeId> {
+    let others: Vec<NodeId> = all.iter().copied().filter(|&id| id != me).collect();
+    let mut clockwise = others.clone();
+    clockwise.sort_by_key(|&id| me.clockwise_distance(id));
+    let mut counter = others;
+    counter.sort_by_key(|&id| id.clockwise_distance(me));
+    let mut set: Vec<NodeId> = clockwise.into_iter().take(half).collect();
+    set.extend(counter.into_iter().take(half));
+    set.sort();
+    set.dedup();
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_nodes_match_the_oracle() {
+    let mut nodes = Vec::new();
+    for seed in 100..132u8 {
+        nodes.push(spawn(seed).await);
+    }
+    nodes[0].0.join(&[]).await.unwrap();
+    let first = nodes[0].0.addr();
+    for (node, _) in &nodes[1..] {
+        node.join(&[first]).await.unwrap();
+    }
+    let ids: Vec<NodeId> = nodes.iter().map(|(n, _)| n.id()).collect();
+    // Leaf sets converge as announcements land; poll (hang-guarded), then compare exactly.
+    let mut mismatched = Vec::new();
+    for _ in 0..200 {
+        mismatched.clear();
+        for (node, _) in &nodes {
+            let mut leaf_set = node.status().await.unwrap().leaf_set;
+            leaf_set.sort();
+            if leaf_set != oracle_leaf_set(node.id(), &ids, 8) {
+                mismatched.push(node.id());
+            }
+        }
+        if mismatched.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        mismatched.is_empty(),
+        "leaf sets differ from the oracle at {mismatched:?}"
+    );
+
+    // 1,000 routed messages, each delivered once at the true closest node within the bound.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (nodes, all_events): (Vec<Node>, Vec<Events>) = nodes.into_iter().unzip();
+    for (node, mut events) in nodes.iter().zip(all_events) {
+        let at = node.id();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let NodeEvent::Deliver(d) = event {
+                    let _ = tx.send((at, d));
+                }
+            }
+        });
+    }
+    let bound = 3; // ceil(log16 32) + 1
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..1000u64 {
+        let key =
+            Key::from_u128(u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+        let from = &nodes[(i as usize * 7) % nodes.len()];
+        from.route(key, i.to_be_bytes().to_vec()).await.unwrap();
+        expected.insert(i, key.closest(ids.iter().copied()).unwrap());
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 1000 {
+        let (at, d) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("a routed message was lost (hang guard)")
+            .expect("channel open");
+        let seq = u64::from_be_bytes(d.payload[..8].try_into().unwrap());
+        assert!(seen.insert(seq), "message {seq} delivered twice");
+        assert_eq!(
+            at, expected[&seq],
+            "message {seq} delivered at the wrong node"
+        );
+        assert!(d.hops <= bound, "message {seq} took {} hops", d.hops);
+    }
+}
