@@ -123,6 +123,18 @@ async fn graceful_leave_is_seen_by_the_leaf_set() {
     b.join(&[a.addr()]).await.unwrap();
     c.join(&[b.addr()]).await.unwrap();
     let leaver = c.id();
+    // `c` is active once its own leaf set is confirmed; `a` learns of it when c's announcement
+    // lands. Leave only once `a` holds `c`, so the notice has someone to tell.
+    for _ in 0..200 {
+        if a.status().await.unwrap().leaf_set.contains(&leaver) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        a.status().await.unwrap().leaf_set.contains(&leaver),
+        "a never learned of c"
+    );
     c.leave().await.unwrap();
     let left = wait_for(&mut ea, |e| match e {
         NodeEvent::NodeLeft(id) if *id == leaver => Some(*id),

@@ -53,6 +53,7 @@ struct Report {
     hops_histogram: Vec<usize>,
     join_ms_p50: f64,
     join_ms_max: f64,
+    settle_ms: f64,
     route_ms_p50: f64,
     route_ms_p99: f64,
     msgs_per_s: f64,
@@ -134,9 +135,16 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
         progress(&format!("joined {}/{} nodes", i + 1, args.nodes));
     }
     drop(arrivals_tx);
-    eprintln!();
 
     let ids: Vec<NodeId> = nodes.iter().map(Node::id).collect();
+    // A joiner is active once its own leaf set is confirmed; the last announcements to the rest
+    // of the overlay may still be in flight. Let the leaf sets settle before measuring routing.
+    let settle_started = Instant::now();
+    let settled = settle(&nodes, &ids).await?;
+    let settle_ms = settle_started.elapsed().as_secs_f64() * 1e3;
+    if !settled {
+        progress("leaf sets did not all converge within 10 s; routing anyway");
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let plan: Vec<(usize, Key)> = (0..args.messages)
         .map(|_| (rng.gen_range(0..nodes.len()), Key::from_u128(rng.gen())))
@@ -237,10 +245,49 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
         hops_histogram,
         join_ms_p50: percentile(&mut join_ms, 0.5),
         join_ms_max: join_ms.iter().copied().fold(0.0, f64::max),
+        settle_ms,
         route_ms_p50: percentile(&mut latencies, 0.5),
         route_ms_p99: percentile(&mut latencies, 0.99),
         msgs_per_s: seen.len() as f64 / elapsed.as_secs_f64().max(1e-9),
     })
+}
+
+/// Waits (at most 10 s) until every node's leaf set is the oracle's: the `L/2` nearest ids on
+/// each side of the ring. Returns whether they converged.
+async fn settle(nodes: &[Node], ids: &[NodeId]) -> Result<bool, Box<dyn std::error::Error>> {
+    let half = wendy::pastry::Config::default().leaf_set_size / 2;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut converged = true;
+        for node in nodes {
+            let mut leaf_set = node.status().await?.leaf_set;
+            leaf_set.sort();
+            if leaf_set != oracle_leaf_set(node.id(), ids, half) {
+                converged = false;
+                break;
+            }
+        }
+        if converged {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The `half` nearest ids on each side of `me`, sorted.
+fn oracle_leaf_set(me: NodeId, all: &[NodeId], half: usize) -> Vec<NodeId> {
+    let mut clockwise: Vec<NodeId> = all.iter().copied().filter(|&id| id != me).collect();
+    let mut counter = clockwise.clone();
+    clockwise.sort_by_key(|&id| me.clockwise_distance(id));
+    counter.sort_by_key(|&id| id.clockwise_distance(me));
+    let mut set: Vec<NodeId> = clockwise.into_iter().take(half).collect();
+    set.extend(counter.into_iter().take(half));
+    set.sort();
+    set.dedup();
+    set
 }
 
 /// The `q` quantile (nearest rank) of `values`, 0 when empty.
@@ -259,8 +306,8 @@ fn print_report(r: &Report) {
         r.nodes, r.messages
     );
     println!(
-        "  join:     p50 {:.1} ms, max {:.1} ms (each through the first node)",
-        r.join_ms_p50, r.join_ms_max
+        "  join:     p50 {:.1} ms, max {:.1} ms (each through the first node); leaf sets settled {:.1} ms after the last join",
+        r.join_ms_p50, r.join_ms_max, r.settle_ms
     );
     println!(
         "  delivery: {} correct, {} lost, {} misdelivered, {} duplicates",
