@@ -5,6 +5,7 @@ use std::time::Duration;
 use wendy::id::{Key, NodeId};
 use wendy::identity::Identity;
 use wendy::node::{Events, Node, NodeConfig, NodeEvent};
+use wendy::pastry::ideal_leaf_set;
 
 async fn spawn(seed: u8) -> (Node, Events) {
     Node::builder(Identity::from_seed([seed; 32]))
@@ -149,20 +150,6 @@ async fn graceful_leave_is_seen_by_the_leaf_set() {
     );
 }
 
-/// The leaf set the oracle expects for `me`: the `half` nearest ids on each side of the ring.
-fn oracle_leaf_set(me: NodeId, all: &[NodeId], half: usize) -> Vec<NodeId> {
-    let others: Vec<NodeId> = all.iter().copied().filter(|&id| id != me).collect();
-    let mut clockwise = others.clone();
-    clockwise.sort_by_key(|&id| me.clockwise_distance(id));
-    let mut counter = others;
-    counter.sort_by_key(|&id| id.clockwise_distance(me));
-    let mut set: Vec<NodeId> = clockwise.into_iter().take(half).collect();
-    set.extend(counter.into_iter().take(half));
-    set.sort();
-    set.dedup();
-    set
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_nodes_match_the_oracle() {
     let mut nodes = Vec::new();
@@ -182,7 +169,7 @@ async fn thirty_two_nodes_match_the_oracle() {
         for (node, _) in &nodes {
             let mut leaf_set = node.status().await.unwrap().leaf_set;
             leaf_set.sort();
-            if leaf_set != oracle_leaf_set(node.id(), &ids, 8) {
+            if leaf_set != ideal_leaf_set(node.id(), ids.iter().copied(), 8) {
                 mismatched.push(node.id());
             }
         }

@@ -332,15 +332,10 @@ impl Net {
 
     /// The oracle's leaf set of node `i`: the L/2 nearest live ids each way round the ring.
     pub(crate) fn oracle_leaf_set(&self, i: usize) -> HashSet<NodeId> {
-        let me = self.nodes[i].id();
-        let mut others: Vec<NodeId> = self.live_ids().into_iter().filter(|&id| id != me).collect();
         let half = self.config.leaf_set_size / 2;
-        let mut set = HashSet::new();
-        others.sort_by_key(|&id| me.clockwise_distance(id));
-        set.extend(others.iter().take(half));
-        others.sort_by_key(|&id| id.clockwise_distance(me));
-        set.extend(others.iter().take(half));
-        set
+        super::ideal_leaf_set(self.nodes[i].id(), self.live_ids(), half)
+            .into_iter()
+            .collect()
     }
 
     pub(crate) fn leaf_ids(set: &LeafSet) -> HashSet<NodeId> {

@@ -6,6 +6,24 @@ use crate::id::{Key, NodeId};
 
 use super::{PeerInfo, Slot};
 
+/// The leaf set a node with id `me` should hold among `population` (which may include `me`):
+/// the `half` nearest ids walking clockwise and the `half` nearest walking counter-clockwise,
+/// sorted and without duplicates. The oracle tests and the demo compare real leaf sets with.
+pub fn ideal_leaf_set(
+    me: NodeId,
+    population: impl IntoIterator<Item = NodeId>,
+    half: usize,
+) -> Vec<NodeId> {
+    let mut others: Vec<NodeId> = population.into_iter().filter(|&id| id != me).collect();
+    others.sort_by_key(|&id| me.clockwise_distance(id));
+    let mut set: Vec<NodeId> = others.iter().take(half).copied().collect();
+    others.sort_by_key(|&id| id.clockwise_distance(me));
+    set.extend(others.iter().take(half));
+    set.sort();
+    set.dedup();
+    set
+}
+
 /// One side of the leaf set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {

@@ -75,7 +75,7 @@ mod harness;
 #[cfg(test)]
 mod protocol_tests;
 
-pub use leaf_set::{LeafSet, Side};
+pub use leaf_set::{ideal_leaf_set, LeafSet, Side};
 pub use message::{Message, MessageKind, PeerInfo};
 pub use neighbourhood::NeighbourhoodSet;
 pub use node::{Config, Counter, Event, ForwardVerdict, Output, Pastry, Stats};

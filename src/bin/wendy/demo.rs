@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use wendy::id::{Key, NodeId};
 use wendy::identity::Identity;
 use wendy::node::{Node, NodeEvent};
+use wendy::pastry::ideal_leaf_set;
 
 use crate::CmdResult;
 
@@ -262,7 +263,7 @@ async fn settle(nodes: &[Node], ids: &[NodeId]) -> Result<bool, Box<dyn std::err
         for node in nodes {
             let mut leaf_set = node.status().await?.leaf_set;
             leaf_set.sort();
-            if leaf_set != oracle_leaf_set(node.id(), ids, half) {
+            if leaf_set != ideal_leaf_set(node.id(), ids.iter().copied(), half) {
                 converged = false;
                 break;
             }
@@ -275,19 +276,6 @@ async fn settle(nodes: &[Node], ids: &[NodeId]) -> Result<bool, Box<dyn std::err
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The `half` nearest ids on each side of `me`, sorted.
-fn oracle_leaf_set(me: NodeId, all: &[NodeId], half: usize) -> Vec<NodeId> {
-    let mut clockwise: Vec<NodeId> = all.iter().copied().filter(|&id| id != me).collect();
-    let mut counter = clockwise.clone();
-    clockwise.sort_by_key(|&id| me.clockwise_distance(id));
-    counter.sort_by_key(|&id| id.clockwise_distance(me));
-    let mut set: Vec<NodeId> = clockwise.into_iter().take(half).collect();
-    set.extend(counter.into_iter().take(half));
-    set.sort();
-    set.dedup();
-    set
 }
 
 /// The `q` quantile (nearest rank) of `values`, 0 when empty.
