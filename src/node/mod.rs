@@ -330,6 +330,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     forward: Option<Arc<ForwardHook>>,
     seed: Option<u64>,
+    socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -346,6 +347,13 @@ impl NodeBuilder {
     /// Sets the UDP address to listen on (default `127.0.0.1:0`, a free loopback port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    /// Runs the node on this ready-made socket instead of binding [`Self::listen`]'s address,
+    /// e.g. a [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance.
+    pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
+        self.socket = Some(socket);
         self
     }
 
@@ -411,6 +419,7 @@ impl NodeBuilder {
             certificate_chain,
             admission: self.admission,
             limits: self.config.limits.clone(),
+            socket: self.socket,
         };
         let (transport, transport_events) = Transport::bind(transport_config).await?;
         let me = PeerInfo {
@@ -514,6 +523,7 @@ impl Node {
             config: NodeConfig::default(),
             forward: None,
             seed: None,
+            socket: None,
         }
     }
 
