@@ -81,22 +81,26 @@ pub fn observe(at: NodeId, mut events: Events, tx: mpsc::UnboundedSender<Observe
 /// Spawns every builder, starts an overlay at the first and joins the others one by one
 /// through it. Returns the nodes (in order) and their merged events.
 pub async fn start(builders: Vec<NodeBuilder>) -> (Vec<Node>, Observations) {
+    start_via(builders, |_| 0).await
+}
+
+/// Like [`start`], but node `i` joins through node `bootstrap(i)` (which must be `< i`).
+pub async fn start_via(
+    builders: Vec<NodeBuilder>,
+    bootstrap: impl Fn(usize) -> usize,
+) -> (Vec<Node>, Observations) {
     let observations = Observations::new();
-    let mut nodes = Vec::new();
-    for builder in builders {
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, builder) in builders.into_iter().enumerate() {
         let (node, events) = builder.spawn().await.expect("spawn node");
         observations.watch(&node, events);
+        if i == 0 {
+            node.join(&[]).await.expect("first node starts the overlay");
+        } else {
+            let via = nodes[bootstrap(i)].addr();
+            node.join(&[via]).await.expect("join through a member");
+        }
         nodes.push(node);
-    }
-    nodes[0]
-        .join(&[])
-        .await
-        .expect("first node starts the overlay");
-    let first = nodes[0].addr();
-    for node in &nodes[1..] {
-        node.join(&[first])
-            .await
-            .expect("join through the first node");
     }
     (nodes, observations)
 }
