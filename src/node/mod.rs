@@ -75,6 +75,10 @@ impl Default for NodeConfig {
                 // Applications see forwards through `on_forward`; the runtime answers at once
                 // when no interceptor is installed.
                 intercept_forwards: true,
+                // On a real host, acks and probe replies are late by the OS's scheduling jitter
+                // (tens of ms on a loaded machine), not only by the RTT: a tighter slack makes
+                // live peers look dead and re-routes messages that were on their way.
+                timeout_slack: Duration::from_millis(250),
                 ..pastry::Config::default()
             },
             limits: Limits::default(),
