@@ -110,7 +110,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         return Err(fatal(printer, options.events, message));
     }
     if options.events == EventFormat::Text {
-        eprintln!("commands on stdin: {}", commands::USAGE);
+        eprintln!("{}", commands::USAGE);
     }
 
     // Services (the service mesh's `expose` / `forward`) start here, once the node is joined.

@@ -147,7 +147,7 @@ impl StatusOut {
                 .map(|c| ConnectionOut {
                     id: hex(c.id),
                     addr: c.addr.to_string(),
-                    rtt_ms: c.rtt_ms,
+                    rtt_ms: (c.rtt_ms * 1e3).round() / 1e3,
                     inbound: c.inbound,
                     bytes_sent: c.bytes_sent,
                     bytes_received: c.bytes_received,
@@ -219,7 +219,10 @@ impl Out {
                 hops,
                 payload,
                 ..
-            } => format!("deliver key {key} from {from} after {hops} hops: {payload}"),
+            } => format!(
+                "deliver key {key} from {from} after {hops} hop{}: {payload}",
+                if *hops == 1 { "" } else { "s" }
+            ),
             Self::Direct { from, payload } => format!("direct from {from}: {payload}"),
             Self::NodeJoined { id } => format!("node joined: {id}"),
             Self::NodeLeft { id } => format!("node left: {id}"),
