@@ -775,3 +775,57 @@ fn a_config_file_runs_a_node_and_flags_override_it() {
     node.next_event("left");
     assert!(node.wait_exit().success(), "{}", node.context());
 }
+
+#[test]
+fn without_events_json_the_lines_are_for_humans() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, id) = keygen(dir.path(), "node");
+    let mut child = wendy()
+        .args(["node", "--listen", "127.0.0.1:0", "--key", s(&key)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn wendy node");
+    // Killed on drop if an assertion fails.
+    struct Guard(Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut guard = Guard(child);
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(HANG_GUARD).expect("a line (hang guard)");
+    let first = next();
+    assert!(
+        first.starts_with(&format!("listening as {id} on 127.0.0.1:")),
+        "{first}"
+    );
+    assert_eq!(
+        next(),
+        format!("joined the overlay as {id}; leaf set: (empty)")
+    );
+    writeln!(stdin, "status").unwrap();
+    // `status` is JSON in both formats.
+    let status: Value = loop {
+        let line = next();
+        if let Ok(value) = serde_json::from_str::<Value>(&line) {
+            break value;
+        }
+    };
+    assert_eq!(status["id"], id.to_string());
+    writeln!(stdin, "leave").unwrap();
+    assert_eq!(next(), format!("left the overlay ({id}); exiting"));
+    assert!(guard.0.wait().unwrap().success());
+}

@@ -85,6 +85,13 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         .await
         .map_err(|e| spawn_error(e, options.listen))?;
     let me = node.id();
+    if node.addr().ip().is_unspecified() {
+        tracing::warn!(
+            addr = %node.addr(),
+            "listening on an unspecified address: other hosts cannot dial it; pass --advertise \
+             with this host's reachable address"
+        );
+    }
     printer.print(&Out::Listening {
         id: me.to_string(),
         addr: node.addr().to_string(),
