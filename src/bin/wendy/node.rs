@@ -139,7 +139,8 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
             event = events.recv() => match event {
                 Some(event) => on_event(me, event, printer),
                 None => {
-                    return Err(fatal(printer, options.events, "the node stopped unexpectedly".to_owned()));
+                    let message = "the node stopped unexpectedly".to_owned();
+                    return Err(fatal(printer, options.events, message));
                 }
             },
             () = signals.recv() => break,
