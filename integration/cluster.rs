@@ -35,10 +35,11 @@ async fn two_nodes_know_each_other() {
     let (b, _eb) = spawn(2).await;
     a.join(&[]).await.unwrap();
     b.join(&[a.addr()]).await.unwrap();
-    // Allow the announce to land at a.
+    // Allow the announce to land at a (a admits b to its leaf set on b's join probe, to its
+    // routing table once b announces itself as active and a has measured it).
     for _ in 0..100 {
         let sa = a.status().await.unwrap();
-        if sa.leaf_set.contains(&b.id()) {
+        if sa.leaf_set.contains(&b.id()) && sa.routing_table.iter().any(|p| p.id == b.id()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
