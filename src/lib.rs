@@ -9,5 +9,6 @@ pub mod identity;
 pub mod node;
 pub mod pastry;
 pub mod sim;
+pub mod testing;
 pub mod transport;
 pub mod wire;
