@@ -889,9 +889,10 @@ impl Inner {
         for signed in &records {
             match signed.verify(now) {
                 Ok(record) if record.name == name => {
-                    let newer = best
-                        .get(&record.provider)
-                        .is_none_or(|held| held.sequence < record.sequence);
+                    let newer = !matches!(
+                        best.get(&record.provider),
+                        Some(held) if held.sequence >= record.sequence
+                    );
                     if newer {
                         best.insert(record.provider, record.clone());
                     }

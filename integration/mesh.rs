@@ -1,0 +1,510 @@
+//! The service mesh end to end: real nodes over QUIC on loopback, real TCP services and clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::{RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wendy::id::NodeId;
+use wendy::identity::{Certificate, Identity, MeshCa, Validity};
+use wendy::mesh::{service_key, Mesh, MeshConfig, MeshError, MAGIC};
+use wendy::node::{Events, Node, NodeEvent};
+use wendy::transport::Admission;
+
+/// Hang guard for anything that waits: generous, never a speed assertion.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+struct Peer {
+    node: Node,
+    mesh: Mesh,
+    events: Events,
+}
+
+impl Peer {
+    async fn start(identity: Identity, config: MeshConfig) -> Self {
+        Self::start_with(identity, None, Admission::Open, config).await
+    }
+
+    async fn start_with(
+        identity: Identity,
+        certificate: Option<Certificate>,
+        admission: Admission,
+        config: MeshConfig,
+    ) -> Self {
+        let mut builder = Node::builder(identity.clone()).admission(admission);
+        if let Some(certificate) = certificate {
+            builder = builder.certificate(certificate);
+        }
+        let (node, events) = builder.spawn().await.expect("spawn node");
+        let (mesh, events) = Mesh::new(node.clone(), identity, events, config).expect("mesh");
+        Self { node, mesh, events }
+    }
+
+    async fn stop(&self) {
+        self.mesh.shutdown().await;
+        self.node.shutdown().await;
+    }
+
+    /// Stops the node at once, without withdrawing anything (a crash, as peers see it).
+    async fn crash(&self) {
+        self.node.shutdown().await;
+    }
+}
+
+/// `count` nodes (seeds `first..`) joined into one overlay through the first.
+async fn cluster(first: u8, count: u8, config: &MeshConfig) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for seed in first..first + count {
+        let peer = Peer::start(Identity::from_seed([seed; 32]), config.clone()).await;
+        let bootstrap: Vec<SocketAddr> = peers
+            .first()
+            .map(|p: &Peer| p.node.addr())
+            .into_iter()
+            .collect();
+        peer.node.join(&bootstrap).await.expect("join");
+        peers.push(peer);
+    }
+    peers
+}
+
+/// A TCP echo server: echoes as it reads, then closes its side when the client closes its own.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut read, mut write) = tcp.split();
+                if tokio::io::copy(&mut read, &mut write).await.is_ok() {
+                    let _ = write.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A server that answers only after the client finished sending: it reads to the end, then
+/// writes the bytes back reversed and closes.
+async fn reply_after_eof_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                tcp.read_to_end(&mut data).await.unwrap();
+                data.reverse();
+                tcp.write_all(&data).await.unwrap();
+                tcp.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Sends `data` through `addr` while reading the echo, half-closes, and returns what came back.
+async fn echo_through(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut read, mut write) = tcp.into_split();
+    let data = data.to_vec();
+    let writer = tokio::spawn(async move {
+        write.write_all(&data).await?;
+        write.shutdown().await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut echoed = Vec::new();
+    read.read_to_end(&mut echoed).await?;
+    let _write = writer.await.unwrap()?;
+    Ok(echoed)
+}
+
+/// What a client of a forwarded port sees when no provider is reachable: the connection ends
+/// (reset or closed) without a single byte. Returns the bytes read (must be none).
+async fn expect_closed(addr: SocketAddr) -> usize {
+    let mut tcp = match TcpStream::connect(addr).await {
+        Ok(tcp) => tcp,
+        // The reset can come so fast that it is reported by the connect itself.
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return 0,
+        Err(error) => panic!("the forward listener does not accept: {error}"),
+    };
+    let _ = tcp.write_all(b"hello?").await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut buf))
+        .await
+        .expect("the connection was left hanging instead of being closed");
+    match read {
+        Ok(_) => buf.len(),
+        Err(error) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+            buf.len()
+        }
+    }
+}
+
+/// Polls `condition` until it holds (hang-guarded).
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, wait)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what} never happened"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_connections_carry_one_mib_each_intact() {
+    let peers = cluster(1, 3, &MeshConfig::default()).await;
+    let (provider, consumer) = (&peers[0], &peers[2]);
+    provider
+        .mesh
+        .expose("echo", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..50u64 {
+        clients.spawn(async move {
+            let data = random_bytes(i, 1 << 20);
+            let echoed = echo_through(local, &data).await.expect("tunnelled echo");
+            (i, echoed == data, echoed.len())
+        });
+    }
+    let mut intact = 0;
+    while let Some(result) = tokio::time::timeout(HANG_GUARD, clients.join_next())
+        .await
+        .expect("hang guard")
+    {
+        let (i, same, len) = result.unwrap();
+        assert!(
+            same,
+            "connection {i}: {len} bytes came back, not the 1 MiB sent"
+        );
+        intact += 1;
+    }
+    assert_eq!(intact, 50);
+    let status = consumer.mesh.status();
+    assert_eq!(status.forwarded.len(), 1);
+    assert_eq!(status.forwarded[0].connections, 50);
+    assert_eq!(status.forwarded[0].failures, 0);
+    let exposed = provider.mesh.status().exposed;
+    assert_eq!(exposed[0].name, "echo");
+    assert_eq!(exposed[0].tunnels, 50);
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_connection_still_receives_the_whole_answer() {
+    let peers = cluster(11, 3, &MeshConfig::default()).await;
+    let backend = reply_after_eof_server().await;
+    peers[0]
+        .mesh
+        .expose("reverse", &backend.to_string())
+        .await
+        .unwrap();
+    let local = peers[2]
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "reverse")
+        .await
+        .unwrap();
+    let data = random_bytes(7, 300_000);
+    let mut tcp = TcpStream::connect(local).await.unwrap();
+    tcp.write_all(&data).await.unwrap();
+    // Our FIN must reach the server (it answers only after end of input) while our read side
+    // stays open for the whole answer.
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut answer))
+        .await
+        .expect("hang guard: the answer never ended")
+        .unwrap();
+    let mut expected = data;
+    expected.reverse();
+    assert_eq!(answer.len(), expected.len());
+    assert!(answer == expected, "the answer was corrupted");
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_provider_is_found_and_a_vanished_one_gives_a_prompt_close() {
+    // Short records, so the crashed provider's record does not linger in the registry.
+    let config = MeshConfig::with_ttl(Duration::from_secs(6));
+    let peers = cluster(21, 3, &config).await;
+    let backend = echo_server().await.to_string();
+    let provider = &peers[0];
+    let consumer = &peers[2];
+    provider.mesh.expose("svc", &backend).await.unwrap();
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "svc")
+        .await
+        .unwrap();
+    assert_eq!(echo_through(local, b"before").await.unwrap(), b"before");
+
+    // The provider crashes; a new provider (new key, new port) exposes the same name.
+    provider.crash().await;
+    let restarted = Peer::start(Identity::from_seed([29; 32]), config.clone()).await;
+    restarted.node.join(&[peers[1].node.addr()]).await.unwrap();
+    restarted.mesh.expose("svc", &backend).await.unwrap();
+    let echoed = tokio::time::timeout(HANG_GUARD, echo_through(local, b"after restart"))
+        .await
+        .expect("hang guard")
+        .expect("new connections reach the restarted provider");
+    assert_eq!(echoed, b"after restart");
+    assert_eq!(restarted.mesh.status().exposed[0].tunnels, 1);
+
+    // The provider goes away for good: a new connection is closed without data.
+    restarted.stop().await;
+    let failures_before = consumer.mesh.status().forwarded[0].failures;
+    assert_eq!(expect_closed(local).await, 0);
+    let status = consumer.mesh.status();
+    assert_eq!(status.forwarded[0].failures, failures_before + 1);
+    let error = status.forwarded[0].last_error.clone().unwrap();
+    assert!(error.contains("svc"), "unclear error: {error}");
+    // A name nobody ever exposed: the same prompt close, with "no provider".
+    let nobody = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "nobody-home")
+        .await
+        .unwrap();
+    assert_eq!(expect_closed(nobody).await, 0);
+    assert!(matches!(
+        consumer.mesh.lookup("nobody-home").await,
+        Ok(records) if records.is_empty()
+    ));
+    let error = consumer.mesh.status().forwarded[1]
+        .last_error
+        .clone()
+        .unwrap();
+    assert!(error.contains("no provider"), "unclear error: {error}");
+    for peer in &peers[1..] {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_move_to_a_closer_node_and_lookups_survive_the_root_dying() {
+    // Republishing is pushed far away: only replication can move the records.
+    let config = MeshConfig::with_ttl(Duration::from_secs(3600));
+    let peers = cluster(31, 5, &config).await;
+    let (provider, consumer) = (&peers[0], &peers[1]);
+    let ids: Vec<NodeId> = peers.iter().map(|p| p.node.id()).collect();
+    // A name whose root is neither the provider nor the consumer.
+    let name = (0..)
+        .map(|i| format!("db-{i}"))
+        .find(|name| {
+            let root = service_key(name).closest(ids.iter().copied()).unwrap();
+            root != ids[0] && root != ids[1]
+        })
+        .unwrap();
+    let key = service_key(&name);
+    provider
+        .mesh
+        .expose(&name, &echo_server().await.to_string())
+        .await
+        .unwrap();
+    // Root and two replicas hold it.
+    until("three holders", || {
+        peers
+            .iter()
+            .filter(|p| p.mesh.status().records_held == 1)
+            .count()
+            == 3
+    })
+    .await;
+
+    // A new node closer to the key than everyone: it becomes root and is handed the record.
+    let newcomer_identity = (100u8..=255)
+        .map(|seed| Identity::from_seed([seed; 32]))
+        .find(|id| {
+            let root = key.closest(ids.iter().copied()).unwrap();
+            key.is_closer(id.node_id(), root)
+        })
+        .expect("some seed gives a closer id");
+    let newcomer = Peer::start(newcomer_identity, config.clone()).await;
+    newcomer.node.join(&[peers[2].node.addr()]).await.unwrap();
+    until("the new root holds the record", || {
+        newcomer.mesh.status().records_held == 1
+    })
+    .await;
+
+    // The root dies: the next closest node, a replica, answers.
+    newcomer.crash().await;
+    let found = tokio::time::timeout(HANG_GUARD, consumer.mesh.lookup(&name))
+        .await
+        .expect("hang guard")
+        .expect("lookup after the root died");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].provider, provider.node.id());
+    assert_eq!(found[0].addr, provider.node.addr());
+    // And a tunnel through the consumer works.
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), &name)
+        .await
+        .unwrap();
+    assert_eq!(
+        echo_through(local, b"still here").await.unwrap(),
+        b"still here"
+    );
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_ca_certificate_can_neither_expose_nor_reach() {
+    let ca = MeshCa::generate("test mesh", Validity::days_from_now(30)).unwrap();
+    let admission = Admission::Ca {
+        roots: vec![ca.certificate().der().clone()],
+    };
+    let mut members = Vec::new();
+    for seed in 41..44u8 {
+        let identity = Identity::from_seed([seed; 32]);
+        let certificate = ca
+            .issue(&identity.public_key(), Validity::days_from_now(30))
+            .unwrap();
+        let peer = Peer::start_with(
+            identity,
+            Some(certificate),
+            admission.clone(),
+            MeshConfig::default(),
+        )
+        .await;
+        let bootstrap: Vec<SocketAddr> = members
+            .first()
+            .map(|p: &Peer| p.node.addr())
+            .into_iter()
+            .collect();
+        peer.node.join(&bootstrap).await.unwrap();
+        members.push(peer);
+    }
+    members[0]
+        .mesh
+        .expose("echo", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    // An admitted node reaches the service.
+    let local = members[2]
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    assert_eq!(echo_through(local, b"member").await.unwrap(), b"member");
+
+    // The outsider has a valid but self-signed certificate.
+    let outsider = Peer::start_with(
+        Identity::from_seed([49; 32]),
+        None,
+        admission.clone(),
+        MeshConfig::default(),
+    )
+    .await;
+    assert!(outsider.node.join(&[members[0].node.addr()]).await.is_err());
+    // It cannot publish anything...
+    let exposed = outsider.mesh.expose("evil", "127.0.0.1:9").await;
+    assert!(matches!(exposed, Err(MeshError::Node(_))), "{exposed:?}");
+    // ...nor look anything up, nor reach a member's service even knowing its id and address.
+    assert!(outsider.mesh.lookup("echo").await.is_err());
+    let direct = outsider
+        .node
+        .open_stream_to(members[0].node.id(), members[0].node.addr(), "echo")
+        .await;
+    assert!(
+        direct.is_err(),
+        "a member accepted a stream from an outsider"
+    );
+    let outsider_local = outsider
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    assert_eq!(expect_closed(outsider_local).await, 0);
+    assert_eq!(outsider.mesh.status().forwarded[0].failures, 1);
+    // The members never stored a record from it nor opened a tunnel for it.
+    assert_eq!(members[0].mesh.status().exposed[0].tunnels, 1);
+    outsider.stop().await;
+    for peer in &members {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_still_sees_its_own_events() {
+    let mut peers = cluster(51, 3, &MeshConfig::default()).await;
+    // Mesh traffic: every node's registry sees publishes and lookups.
+    peers[0]
+        .mesh
+        .expose("web", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    assert_eq!(peers[1].mesh.lookup("web").await.unwrap().len(), 1);
+    // Application traffic: a routed message and a direct one.
+    let ids: Vec<NodeId> = peers.iter().map(|p| p.node.id()).collect();
+    let key = wendy::id::Key::from_name("room:lobby");
+    let root = key.closest(ids.iter().copied()).unwrap();
+    peers[1]
+        .node
+        .route(key, b"app routed".to_vec())
+        .await
+        .unwrap();
+    let target = ids[2];
+    peers[0]
+        .node
+        .send(target, b"app direct".to_vec())
+        .await
+        .unwrap();
+
+    let mut seen_routed = false;
+    let mut seen_direct = false;
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while !(seen_routed && seen_direct) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: app events missing"
+        );
+        for peer in &mut peers {
+            while let Some(event) = peer.events.try_recv() {
+                match event {
+                    NodeEvent::Deliver(d) => {
+                        assert!(!d.payload.starts_with(&MAGIC), "a mesh message leaked");
+                        assert_eq!(d.payload, b"app routed");
+                        assert_eq!(peer.node.id(), root);
+                        seen_routed = true;
+                    }
+                    NodeEvent::Direct { payload, .. } => {
+                        assert!(!payload.starts_with(&MAGIC), "a mesh message leaked");
+                        assert_eq!(payload, b"app direct");
+                        assert_eq!(peer.node.id(), target);
+                        seen_direct = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
