@@ -508,3 +508,250 @@ async fn the_application_still_sees_its_own_events() {
         peer.stop().await;
     }
 }
+
+/// `wendy node --events json` as a child process; killed when dropped.
+struct NodeProcess {
+    name: &'static str,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl NodeProcess {
+    fn start(name: &'static str, args: &[String]) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wendy"))
+            .arg("node")
+            .args(args)
+            .args(["--events", "json"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wendy node");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            name,
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next output line that is event `event` (hang-guarded); `None` if the output ends.
+    fn next_event(&mut self, event: &str) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "hang guard: {} never printed {event}; output:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            };
+            self.seen.push(line.clone());
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if value["event"] == event {
+                return Some(value);
+            }
+        }
+    }
+
+    fn expect_event(&mut self, event: &str) -> serde_json::Value {
+        self.next_event(event).unwrap_or_else(|| {
+            panic!(
+                "{} exited before printing {event}; output:\n{}",
+                self.name,
+                self.seen.join("\n")
+            )
+        })
+    }
+
+    fn command(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn status(&mut self) -> serde_json::Value {
+        self.command("status");
+        self.expect_event("status")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking TCP echo server on a thread (for the process test, which has no runtime).
+fn blocking_echo_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            std::thread::spawn(move || {
+                let mut read = tcp.try_clone().unwrap();
+                let mut write = tcp;
+                if std::io::copy(&mut read, &mut write).is_ok() {
+                    let _ = write.shutdown(std::net::Shutdown::Write);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Echoes `data` through `addr` with blocking sockets: writes on a thread, reads here.
+fn blocking_echo_through(addr: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(HANG_GUARD))?;
+    let mut write = tcp.try_clone()?;
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        write.write_all(&data)?;
+        write.shutdown(std::net::Shutdown::Write)
+    });
+    let mut read = tcp;
+    let mut echoed = Vec::new();
+    let result = read.read_to_end(&mut echoed);
+    let _ = writer.join();
+    result.map(|_| echoed)
+}
+
+#[test]
+fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let ca = MeshCa::generate("cli mesh", Validity::days_from_now(30)).unwrap();
+    ca.save(&dir.path().join("meshca"), false).unwrap();
+    let ca_cert = path("meshca/ca.crt");
+    for name in ["a", "b", "c", "x"] {
+        let identity = Identity::generate();
+        identity
+            .save(&dir.path().join(format!("{name}.key")), false)
+            .unwrap();
+        let certificate = if name == "x" {
+            // The outsider's certificate is self-signed, not from the mesh CA.
+            identity.self_signed_certificate(Validity::days_from_now(30))
+        } else {
+            ca.issue(&identity.public_key(), Validity::days_from_now(30))
+        };
+        certificate
+            .unwrap()
+            .save(&dir.path().join(format!("{name}.crt")), false)
+            .unwrap();
+    }
+    let member = |name: &str| {
+        vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--key".to_owned(),
+            path(&format!("{name}.key")),
+            "--cert".to_owned(),
+            path(&format!("{name}.crt")),
+            "--ca".to_owned(),
+            ca_cert.clone(),
+        ]
+    };
+    let echo = blocking_echo_server();
+    let mut a_args = member("a");
+    a_args.extend(["--expose".to_owned(), format!("echo={echo}")]);
+    let mut a = NodeProcess::start("a", &a_args);
+    let addr_a = a.expect_event("listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exposed = a.expect_event("exposed");
+    assert_eq!(exposed["name"], "echo");
+    assert_eq!(exposed["target"], echo.to_string());
+
+    let mut b_args = member("b");
+    b_args.extend(["--join".to_owned(), addr_a.clone()]);
+    let mut b = NodeProcess::start("b", &b_args);
+    b.expect_event("joined");
+
+    // c takes its services from the config file.
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!("join = [\"{addr_a}\"]\nforward = [\"127.0.0.1:0=echo\"]\n"),
+    )
+    .unwrap();
+    let mut c_args = member("c");
+    c_args.extend(["--config".to_owned(), path("c.toml")]);
+    let mut c = NodeProcess::start("c", &c_args);
+    let forwarding = c.expect_event("forwarding");
+    assert_eq!(forwarding["name"], "echo");
+    let local = forwarding["listen"].as_str().unwrap().to_owned();
+
+    let data = random_bytes(99, 200_000);
+    let echoed = blocking_echo_through(&local, &data).expect("echo through wendy node");
+    assert!(echoed == data, "{} bytes came back corrupted", echoed.len());
+
+    let status = c.status();
+    assert_eq!(status["forwarded"][0]["name"], "echo");
+    assert_eq!(status["forwarded"][0]["listen"], local.as_str());
+    assert_eq!(status["forwarded"][0]["connections"], 1);
+    let status = a.status();
+    assert_eq!(status["exposed"][0]["name"], "echo");
+    assert_eq!(status["exposed"][0]["tunnels"], 1);
+
+    // A node without a certificate from the mesh CA cannot join, so it cannot expose or reach.
+    let x_args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--key".to_owned(),
+        path("x.key"),
+        "--join".to_owned(),
+        addr_a.clone(),
+        "--expose".to_owned(),
+        format!("evil={echo}"),
+        "--forward".to_owned(),
+        "127.0.0.1:0=echo".to_owned(),
+    ];
+    let mut x = NodeProcess::start("x", &x_args);
+    let error = x.expect_event("error");
+    assert_eq!(error["fatal"], true, "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("cannot join"),
+        "{error}"
+    );
+    assert!(x.next_event("exposed").is_none() && x.next_event("forwarding").is_none());
+    assert!(!x.child.wait().unwrap().success());
+
+    // The provider leaves: a new connection through c is closed without data, promptly.
+    a.command("leave");
+    a.expect_event("left");
+    match blocking_echo_through(&local, b"anyone?") {
+        Ok(echoed) => assert!(echoed.is_empty(), "{echoed:?}"),
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+    }
+    let status = c.status();
+    assert_eq!(status["forwarded"][0]["failures"], 1);
+    assert!(status["forwarded"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("echo"));
+    drop(b);
+}

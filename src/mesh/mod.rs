@@ -470,8 +470,9 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Checks that `target` looks like `HOST:PORT` (it is resolved at each tunnel).
-fn validate_target(target: &str) -> Result<(), MeshError> {
+/// Checks that `target` looks like `HOST:PORT` with a non-zero port (the host is resolved at
+/// each tunnel, so a name like `localhost` is fine).
+pub fn validate_target(target: &str) -> Result<(), MeshError> {
     let ok = target
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
