@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod id;
 pub mod identity;
+pub mod mesh;
 pub mod node;
 pub mod pastry;
 pub mod sim;
