@@ -264,6 +264,7 @@ impl Client {
             }
             host
         });
+        host.routed_here(now);
         let sends = match msg {
             Wire::Subscribe { name, fresh, .. } => host.subscribe(now, origin, name, fresh),
             Wire::Unsubscribe { .. } => host.unsubscribe(origin),
@@ -411,7 +412,7 @@ impl Client {
 
         if self.next_copy.map_or(true, |t| t <= now) {
             self.next_copy = Some(now + REFRESH);
-            self.copy_rooms();
+            self.copy_rooms(now);
         }
         self.standby
             .retain(|_, copy| now.duration_since(copy.received) < MEMBER_TTL);
@@ -424,11 +425,14 @@ impl Client {
         self.next_copy = None;
     }
 
-    /// For each hosted room: if a node in our leaf set is now closer to the room's key (it
-    /// joined after us), hand the room over to it; otherwise copy the room's state to the node
-    /// that would be its root if we died. Both are the rule Pastry routes by: the closest live
-    /// node to a key is among the leaf set of any node near the key.
-    fn copy_rooms(&mut self) {
+    /// For each hosted room: if a node in our leaf set is closer to the room's key and the
+    /// room's messages stopped coming here (a closer node joined: the overlay routes to it
+    /// now), hand the room over to it; otherwise copy the room's state to the node that would
+    /// be its root if we died. Both follow the rule Pastry routes by: the live node closest to
+    /// a key is in the leaf set of any node near the key. (A closer node that still receives
+    /// nothing may be dead and not yet out of the leaf set: the overlay routes around it, to
+    /// us, so we keep the room.)
+    fn copy_rooms(&mut self, now: Instant) {
         let mut handed_over = Vec::new();
         let mut sends = Vec::new();
         for (room, host) in &self.hosted {
@@ -436,13 +440,17 @@ impl Client {
             let mut nodes: Vec<NodeId> = self.leaf_set.clone();
             nodes.push(self.me);
             nodes.sort_by(|a, b| key.cmp_closeness(*a, *b));
-            match nodes.as_slice() {
-                [root, ..] if *root != self.me => {
-                    sends.push((*root, host.state()));
-                    handed_over.push(room.clone());
-                }
-                [_, successor, ..] => sends.push((*successor, host.state())),
-                _ => {} // alone in the overlay: nobody to copy to
+            let closest = nodes[0]; // never empty: it holds this node
+            if closest != self.me && !host.is_routed_here(now) {
+                sends.push((closest, host.state()));
+                handed_over.push(room.clone());
+                continue;
+            }
+            // We act as the root: our successor is the next closest after us (nodes closer
+            // than us are dead ones the overlay routes around, see above).
+            let me = nodes.iter().position(|&id| id == self.me);
+            if let Some(&successor) = me.and_then(|i| nodes.get(i + 1)) {
+                sends.push((successor, host.state()));
             }
         }
         for room in handed_over {

@@ -106,8 +106,8 @@ pub struct RoomHost {
     fanouts: HashMap<MsgId, Fanout>,
     /// Posts fully delivered: a writer's late retry is acknowledged again, not fanned out.
     done: Recent<MsgId>,
-    /// When any member last subscribed (see [`RoomHost::tick`]).
-    last_subscribe: Option<Instant>,
+    /// When the overlay last routed a message for the room here (see [`RoomHost::is_routed_here`]).
+    last_routed: Option<Instant>,
 }
 
 impl RoomHost {
@@ -119,8 +119,21 @@ impl RoomHost {
             history: VecDeque::new(),
             fanouts: HashMap::new(),
             done: Recent::new(4096),
-            last_subscribe: None,
+            last_routed: None,
         }
+    }
+
+    /// Records that the overlay routed a message for this room to this node.
+    pub fn routed_here(&mut self, now: Instant) {
+        self.last_routed = Some(now);
+    }
+
+    /// Whether the overlay still routes the room's messages here: members refresh every
+    /// [`REFRESH`], so a root hears from them at least that often. When this turns false the
+    /// room has moved to another node (one closer to the key joined).
+    pub fn is_routed_here(&self, now: Instant) -> bool {
+        self.last_routed
+            .is_some_and(|t| now.duration_since(t) < REFRESH + REFRESH / 2)
     }
 
     /// The members' names, sorted.
@@ -178,7 +191,6 @@ impl RoomHost {
         fresh: bool,
     ) -> Vec<Send> {
         let mut out = Vec::new();
-        self.last_subscribe = Some(now);
         let expires = now + MEMBER_TTL;
         if let Some(member) = self.members.get_mut(&from) {
             member.expires = expires;
@@ -286,9 +298,7 @@ impl RoomHost {
         // If nobody has subscribed here for a while, the members are not gone: the room has
         // moved to a node closer to its key (a newcomer), and they subscribe there. Forget
         // them quietly instead of telling everyone that everyone left.
-        let still_root = self
-            .last_subscribe
-            .is_some_and(|t| now.duration_since(t) < REFRESH + REFRESH / 2);
+        let still_root = self.is_routed_here(now);
         for id in expired {
             if let Some(gone) = self.members.remove(&id) {
                 out.extend(self.forget_member(id));
