@@ -7,14 +7,16 @@
 //! root is killed with SIGKILL and messages written around that moment still reach every
 //! member exactly once, without anyone doing anything.
 //!
-//! The example binary is built by `cargo test`; when only this test is selected
+//! Also runs `examples/embed.rs` (the library tour) and checks what it reports.
+//!
+//! The example binaries are built by `cargo test`; when only this test is selected
 //! (`cargo test --release --test chat`) cargo does not build examples, so the test runs
-//! `cargo build --example chat` itself (a no-op when it is up to date).
+//! `cargo build --example chat --example embed` itself (a no-op when they are up to date).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wendy::id::Key;
@@ -23,8 +25,19 @@ use wendy::identity::Identity;
 /// Hang guard for every wait: generous, never a speed assertion.
 const HANG_GUARD: Duration = Duration::from_secs(90);
 
-/// The `chat` example next to this test binary (target/<profile>/examples/chat), built first.
-fn chat_binary() -> PathBuf {
+/// The example `name` next to this test binary (target/<profile>/examples/NAME), built first
+/// (once per test binary; both examples in one cargo run).
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_examples);
+    let binary = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "{} missing after build", binary.display());
+    binary
+}
+
+/// Runs `cargo build --example chat --example embed` for this test's profile; returns the
+/// examples directory.
+fn build_examples() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/chat-<hash> -> target/<profile>
     let profile_dir = exe
@@ -37,7 +50,15 @@ fn chat_binary() -> PathBuf {
         .expect("profile dir name");
     let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
     build
-        .args(["build", "--quiet", "--example", "chat", "--manifest-path"])
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "chat",
+            "--example",
+            "embed",
+        ])
+        .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
     // Cargo runs this test with variables describing *this* crate (CARGO_PKG_NAME,
     // CARGO_MANIFEST_DIR, ...). Build scripts such as ring's ask to be re-run when those
@@ -68,13 +89,12 @@ fn chat_binary() -> PathBuf {
             build.args(["--profile", other]);
         }
     }
-    let status = build.status().expect("run cargo build --example chat");
-    assert!(status.success(), "cargo build --example chat failed");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "{} missing after build", binary.display());
-    binary
+    let status = build.status().expect("run cargo build --example ...");
+    assert!(
+        status.success(),
+        "cargo build --example chat --example embed failed"
+    );
+    profile_dir.join("examples")
 }
 
 /// One running chat program: its stdin, and every line it has printed so far.
@@ -211,7 +231,7 @@ fn write_round(members: &mut [Chat], tag: &str, count: usize) -> Vec<String> {
 
 #[test]
 fn room_survives_its_root_and_delivers_each_message_once() {
-    let binary = chat_binary();
+    let binary = example("chat");
     let dir = tempfile::tempdir().unwrap();
 
     // Four keys; the one closest to the room's key goes to the node that is not in the room,
@@ -324,4 +344,49 @@ fn room_survives_its_root_and_delivers_each_message_once() {
         }
         assert!(member.output().iter().any(|l| l == "*** bye"));
     }
+}
+
+#[test]
+fn embed_example_runs_and_exits_by_itself() {
+    let mut child = Command::new(example("embed"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start embed");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("hang guard: embed did not exit by itself");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "embed failed: {stderr}\n{stdout}");
+    let has = |needle: &str| stdout.lines().any(|l| l.contains(needle));
+    // Each routed greeting arrived at the node whose id it was routed to, stamped by the
+    // forward hook of the node it left.
+    for i in 1..5 {
+        assert!(
+            has(&format!(
+                "node{i} delivered \"hello node{i} [forwarded by node0]\""
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(has("the closest node to it"), "{stdout}");
+    assert!(has("vetoed a message for"), "{stdout}");
+    assert!(has("node1 counts 1 vetoed message"), "{stdout}");
+    assert!(
+        !has("forbidden"),
+        "the vetoed message was delivered: {stdout}"
+    );
+    assert!(has("sees node4 leave"), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("done"), "{stdout}");
 }
