@@ -474,6 +474,12 @@ impl Events {
     pub fn try_recv(&mut self) -> Option<NodeEvent> {
         self.0.try_recv().ok()
     }
+
+    /// Wraps a receiver of node events: lets a layer that consumes a node's [`Events`] (such as
+    /// the service mesh) hand the events it does not handle on to the application.
+    pub fn from_receiver(receiver: mpsc::Receiver<NodeEvent>) -> Self {
+        Self(receiver)
+    }
 }
 
 pub(crate) enum Command {
@@ -590,6 +596,40 @@ impl Node {
             service: service.to_owned(),
         };
         Ok(self.shared.transport.open_stream(to, addr, &header).await?)
+    }
+
+    /// Sends `payload` directly to `to` at `addr`, a node this node need not know yet (the
+    /// handshake fails unless the key presented at `addr` hashes to `to`).
+    pub async fn send_to(
+        &self,
+        to: NodeId,
+        addr: SocketAddr,
+        payload: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        self.shared
+            .transport
+            .send(to, addr, &Body::Direct { payload })
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a raw stream to `to` at `addr`, a node this node need not know yet (the handshake
+    /// fails unless the key presented at `addr` hashes to `to`), asking for `service`.
+    pub async fn open_stream_to(
+        &self,
+        to: NodeId,
+        addr: SocketAddr,
+        service: &str,
+    ) -> Result<RawStream, NodeError> {
+        let header = Body::Tunnel {
+            service: service.to_owned(),
+        };
+        Ok(self.shared.transport.open_stream(to, addr, &header).await?)
+    }
+
+    /// The QUIC smoothed RTT of the link to `peer`, if there is one.
+    pub fn rtt(&self, peer: NodeId) -> Option<Duration> {
+        self.shared.transport.rtt(peer)
     }
 
     /// A snapshot of the routing state, links and counters.
