@@ -1767,6 +1767,10 @@ impl Pastry {
             }
         }
         self.dead.retain(|(dead, _)| *dead != id);
+        // Any message proves it alive: a suspicion (a late ack, a missed heartbeat) is over.
+        // A candidate's probe still waits for its reply (which says whether it is active).
+        self.probes
+            .retain(|p| p.peer.id != id || p.kind == ProbeKind::Candidate);
     }
 
     fn refresh_watches(&mut self, now: Time) {
@@ -1866,6 +1870,7 @@ impl Pastry {
             .iter()
             .map(|p| self.hop_timeout(p.peer.id, self.config.probe_timeout))
             .collect();
+        let probe_cap = self.config.probe_timeout;
         let mut index = 0;
         self.probes.retain_mut(|p| {
             let timeout = timeouts[index];
@@ -1875,7 +1880,8 @@ impl Pastry {
             }
             if p.retries_left > 0 {
                 p.retries_left -= 1;
-                p.deadline = now + timeout;
+                // Back off: a late answer (load, jitter) must not make a live node dead.
+                p.deadline = now + (timeout * 2).min(probe_cap);
                 resend.push(p.peer);
                 true
             } else {

@@ -191,6 +191,39 @@ fn silent_failures_are_detected_repaired_and_reported() {
     );
 }
 
+/// A small overlay (25 nodes, 5 fail: 20 survivors, barely more than L = 16): a side's L/2
+/// nearest may reach past half the ring, and repair must still converge to the oracle's leaf
+/// sets and go quiet (it used to probe the same far members forever).
+#[test]
+fn failures_in_a_small_overlay_converge_and_go_quiet() {
+    for seed in [1, 2, 3] {
+        let mut net = Net::build(Config::default(), 25, 30 + seed);
+        net.run_for(Duration::from_secs(30));
+        for _ in 0..5 {
+            let victim = net.random_live();
+            net.kill(victim);
+        }
+        net.run_for(Duration::from_secs(120));
+        let wrong: Vec<String> = net
+            .wrong_leaf_sets()
+            .into_iter()
+            .map(|i| net.leaf_diff(i))
+            .collect();
+        assert_eq!(wrong, Vec::<String>::new(), "seed {seed}: after repair");
+        let control =
+            |net: &Net| -> u64 { net.nodes.iter().map(|n| n.stats().control().msgs).sum() };
+        let before = control(&net);
+        let window = Duration::from_secs(300);
+        net.run_for(window);
+        let per_node_s = (control(&net) - before) as f64 / 20.0 / window.as_secs_f64();
+        assert!(
+            per_node_s < 0.5,
+            "seed {seed}: {per_node_s:.2} control msgs/s per node after repair"
+        );
+        check_lookups(&mut net, 100);
+    }
+}
+
 #[test]
 fn graceful_leave_notifies_the_leaf_set_at_once() {
     let mut net = Net::build(Config::default(), 60, 5);
