@@ -100,7 +100,8 @@ pub enum Output {
         msg: Message,
     },
     /// Measure the round-trip time to `peer`, then call [`Pastry::handle_proximity`]. If the
-    /// peer cannot be reached, do nothing.
+    /// peer cannot be reached (the dial fails), call [`Pastry::handle_link_down`]: a peer that
+    /// cannot be dialled is suspected like one whose link died.
     Measure {
         /// The peer to measure.
         peer: PeerInfo,
@@ -808,9 +809,17 @@ impl Pastry {
         self.offer(now, peer, rtt);
     }
 
-    /// The transport lost its link to `peer`: suspect it (probe it) and re-route messages
-    /// waiting for its acknowledgement.
+    /// The transport lost its link to `peer`, or could not dial it (also for an
+    /// [`Output::Measure`]): suspect it (probe it, so it is declared dead if it stays silent)
+    /// and re-route messages waiting for its acknowledgement. A peer we were only measuring
+    /// (a candidate, not in our state) is not measured or admitted again for a while.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
+        if matches!(self.phase, Phase::Idle | Phase::Left) {
+            return;
+        }
+        if self.measuring.remove(&peer).is_some() && !self.knows(peer) {
+            self.note_dead(now, peer);
+        }
         if !self.is_active() {
             return;
         }

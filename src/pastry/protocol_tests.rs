@@ -713,6 +713,37 @@ fn measured_candidates_enter_the_table_only_after_measurement() {
     assert!(!node.knows(stranger.id));
 }
 
+/// `Output::Measure` whose dial fails: the driver calls `handle_link_down`. A candidate we were
+/// only measuring is not admitted (a late sample is ignored) nor measured again for a while; a
+/// peer in our state is probed (suspected).
+#[test]
+fn a_measure_that_cannot_dial_suspects_the_peer() {
+    let mut node = Pastry::new(peer(1 << 120), Config::default(), 1);
+    node.bootstrap_alone(Time::ZERO);
+    drain(&mut node);
+    let holder = peer(0xf << 124);
+    node.handle_proximity(Time::ZERO, holder, Duration::from_millis(40));
+    let offer = |node: &mut Pastry, entries: Vec<PeerInfo>| {
+        node.handle_message(Time::ZERO, holder, Message::RowReply { row: 0, entries });
+        drain(node)
+    };
+    let candidate = peer(0xe << 124);
+    assert!(offer(&mut node, vec![candidate]).contains(&Output::Measure { peer: candidate }));
+    node.handle_link_down(Time::ZERO, candidate.id);
+    drain(&mut node);
+    // Late measurement: ignored; offered again: not measured again.
+    node.handle_proximity(Time::ZERO, candidate, Duration::from_millis(5));
+    assert!(!node.knows(candidate.id));
+    assert!(!offer(&mut node, vec![candidate]).contains(&Output::Measure { peer: candidate }));
+    // A peer already in our state is probed at once.
+    meet(&mut node, holder);
+    node.handle_link_down(Time::ZERO, holder.id);
+    let probed = drain(&mut node).into_iter().any(
+        |o| matches!(o, Output::Send { to, msg: Message::Probe { .. } } if to.id == holder.id),
+    );
+    assert!(probed, "the undialable member is probed");
+}
+
 #[test]
 fn stats_count_messages_by_kind_with_exact_sizes() {
     let mut node = lone(1 << 100);
