@@ -11,8 +11,10 @@
 pub mod bench;
 pub mod id;
 pub mod identity;
+pub mod mesh;
 pub mod node;
 pub mod pastry;
 pub mod sim;
+pub mod testing;
 pub mod transport;
 pub mod wire;

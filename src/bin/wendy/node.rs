@@ -5,9 +5,9 @@
 //! text); [`commands`] parses stdin. This file is the run loop: start, join, then serve stdin
 //! commands, node events and signals until `leave`, SIGINT or SIGTERM.
 //!
-//! Extension seam (service mesh): options go into `config` (flag, file key, `NodeOptions`
-//! field); services are started in [`serve`] once the node has joined, and incoming raw
-//! streams arrive in [`on_stream`].
+//! Service mesh: the node's events go through a [`Mesh`], which handles registry messages and
+//! tunnels (raw streams) and passes every other event on; `--expose` / `--forward` services
+//! start once the node has joined, and are withdrawn when it leaves.
 
 mod commands;
 mod config;
@@ -21,8 +21,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use wendy::id::NodeId;
+use wendy::mesh::Mesh;
 use wendy::node::{Node, NodeError, NodeEvent};
-use wendy::transport::{RawStream, TransportError};
+use wendy::transport::TransportError;
 
 use crate::CmdResult;
 use commands::StdinCommand;
@@ -70,6 +71,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     let printer = Printer::new(options.events);
     let mut signals = Signals::install()?;
     let bootstrap = resolve_join(&options.join).await?;
+    let identity = trust.identity.clone();
     let mut builder = Node::builder(trust.identity)
         .listen(options.listen)
         .admission(trust.admission)
@@ -80,11 +82,13 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     if let Some(certificate) = trust.certificate {
         builder = builder.certificate(certificate);
     }
-    let (node, mut events) = builder
+    let (node, events) = builder
         .spawn()
         .await
         .map_err(|e| spawn_error(e, options.listen))?;
     let me = node.id();
+    let (mesh, mut events) = Mesh::new(node.clone(), identity, events, options.mesh.clone())
+        .map_err(|e| format!("cannot start the service mesh: {e}"))?;
     if node.addr().ip().is_unspecified() {
         tracing::warn!(
             addr = %node.addr(),
@@ -120,7 +124,11 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         eprintln!("{}", commands::USAGE);
     }
 
-    // Services (the service mesh's `expose` / `forward`) start here, once the node is joined.
+    if let Err(message) = start_services(&mesh, &options, printer).await {
+        mesh.shutdown().await;
+        node.shutdown().await;
+        return Err(fatal(printer, options.events, message));
+    }
 
     let mut stdin = spawn_stdin_reader();
     let mut stdin_open = true;
@@ -129,7 +137,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
             line = stdin.recv(), if stdin_open => match line {
                 Some(line) => match commands::parse(&line) {
                     Ok(Some(StdinCommand::Leave)) => break,
-                    Ok(Some(command)) => on_command(&node, command, printer).await,
+                    Ok(Some(command)) => on_command(&mesh, command, printer).await,
                     Ok(None) => {}
                     Err(message) => printer.print(&Out::error(message)),
                 },
@@ -146,6 +154,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
             () = signals.recv() => break,
         }
     }
+    mesh.shutdown().await;
     node.leave()
         .await
         .map_err(|e| fatal(printer, options.events, format!("leaving failed: {e}")))?;
@@ -166,28 +175,41 @@ fn fatal(printer: Printer, format: EventFormat, message: String) -> Box<dyn std:
 }
 
 fn on_event(me: NodeId, event: NodeEvent, printer: Printer) {
-    if let NodeEvent::Stream {
-        from,
-        service,
-        stream,
-    } = event
-    {
-        on_stream(from, &service, stream);
-        return;
-    }
     if let Some(out) = Out::from_event(me, &event) {
         printer.print(&out);
     }
 }
 
-/// A peer opened a raw stream for `service`. No services are exposed yet, so it is refused
-/// (dropping it resets the stream); the service mesh hooks in here.
-fn on_stream(from: NodeId, service: &str, stream: RawStream) {
-    tracing::debug!(%from, service, "refused a stream: no services are exposed");
-    drop(stream);
+/// Exposes and forwards the services of `--expose` / `--forward`; the first failure is fatal
+/// (a node that silently lacks a service it was asked for is worse than one that exits).
+async fn start_services(
+    mesh: &Mesh,
+    options: &NodeOptions,
+    printer: Printer,
+) -> Result<(), String> {
+    for (name, target) in &options.expose {
+        mesh.expose(name, target)
+            .await
+            .map_err(|e| format!("cannot expose {name}={target}: {e}"))?;
+        printer.print(&Out::Exposed {
+            name: name.clone(),
+            target: target.clone(),
+        });
+    }
+    for (listen, name) in &options.forward {
+        let local = mesh.forward(*listen, name).await.map_err(|e| {
+            format!("cannot forward {listen}={name}: {e}; pick another local address")
+        })?;
+        printer.print(&Out::Forwarding {
+            listen: local.to_string(),
+            name: name.clone(),
+        });
+    }
+    Ok(())
 }
 
-async fn on_command(node: &Node, command: StdinCommand, printer: Printer) {
+async fn on_command(mesh: &Mesh, command: StdinCommand, printer: Printer) {
+    let node = mesh.node();
     match command {
         StdinCommand::Route { key, text } => match node.route(key, text.into_bytes()).await {
             Ok(msg_id) => printer.print(&Out::Routed {
@@ -207,7 +229,10 @@ async fn on_command(node: &Node, command: StdinCommand, printer: Printer) {
             });
         }
         StdinCommand::Status => match node.status().await {
-            Ok(status) => printer.print(&Out::Status(StatusOut::new(&status))),
+            Ok(status) => {
+                let status = StatusOut::new(&status).with_mesh(mesh.status());
+                printer.print(&Out::Status(Box::new(status)));
+            }
             Err(e) => printer.print(&Out::error(format!("status: {e}"))),
         },
         // Handled by the run loop (it ends the loop).

@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use wendy::id::NodeId;
+use wendy::mesh::{validate_name, validate_target, MeshConfig};
 use wendy::node::NodeConfig;
 
 /// Options of `wendy node`. Every flag can also be set in the `--config` file (same name);
@@ -48,6 +49,13 @@ pub(crate) struct NodeArgs {
     /// Output format on stdout: `json` (one object per line) or `text`.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub(crate) events: Option<EventFormat>,
+    /// Publish the TCP service at HOST:PORT to the mesh as NAME; repeat for each service.
+    #[arg(long = "expose", value_name = "NAME=HOST:PORT")]
+    pub(crate) expose: Vec<String>,
+    /// Listen on LOCAL_ADDR (TCP) and tunnel each connection to a node exposing NAME; repeat
+    /// for each service.
+    #[arg(long = "forward", value_name = "LOCAL_ADDR=NAME")]
+    pub(crate) forward: Vec<String>,
 }
 
 /// How events are printed on stdout.
@@ -73,12 +81,24 @@ pub(crate) struct FileConfig {
     allow: Option<Vec<String>>,
     join: Option<Vec<String>>,
     events: Option<EventFormat>,
+    expose: Option<Vec<String>>,
+    forward: Option<Vec<String>>,
+    #[serde(default)]
+    mesh: MeshTable,
     #[serde(default)]
     pastry: PastryTable,
     #[serde(default)]
     timeouts: TimeoutsTable,
     #[serde(default)]
     limits: LimitsTable,
+}
+
+/// `[mesh]`: the service registry's knobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshTable {
+    replicas: Option<usize>,
+    record_ttl_ms: Option<u64>,
 }
 
 /// `[pastry]`: the routing core's knobs.
@@ -128,6 +148,11 @@ pub(crate) struct NodeOptions {
     pub(crate) join: Vec<String>,
     pub(crate) events: EventFormat,
     pub(crate) config: NodeConfig,
+    /// Services to expose: (name, HOST:PORT).
+    pub(crate) expose: Vec<(String, String)>,
+    /// Services to forward: (local address, name).
+    pub(crate) forward: Vec<(SocketAddr, String)>,
+    pub(crate) mesh: MeshConfig,
 }
 
 impl NodeOptions {
@@ -172,6 +197,19 @@ impl NodeOptions {
         };
         let mut config = NodeConfig::default();
         apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits)?;
+        let expose = if args.expose.is_empty() {
+            file.expose.unwrap_or_default()
+        } else {
+            args.expose
+        };
+        let expose = parse_exposes(&expose)?;
+        let forward = if args.forward.is_empty() {
+            file.forward.unwrap_or_default()
+        } else {
+            args.forward
+        };
+        let forward = parse_forwards(&forward)?;
+        let mesh = mesh_config(&file.mesh)?;
         Ok(Self {
             listen,
             advertise: args.advertise.or(file.advertise),
@@ -182,8 +220,73 @@ impl NodeOptions {
             join,
             events: args.events.or(file.events).unwrap_or_default(),
             config,
+            expose,
+            forward,
+            mesh,
         })
     }
+}
+
+/// Parses `--expose NAME=HOST:PORT` values; a name may be exposed once.
+fn parse_exposes(values: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut exposes: Vec<(String, String)> = Vec::new();
+    for value in values {
+        let bad = |why: String| {
+            format!(
+                "invalid --expose {value:?}: {why}; expected NAME=HOST:PORT, e.g. \
+                 web=127.0.0.1:8080"
+            )
+        };
+        let (name, target) = value
+            .split_once('=')
+            .ok_or_else(|| bad("no '='".to_owned()))?;
+        validate_name(name).map_err(|e| bad(e.to_string()))?;
+        validate_target(target).map_err(|e| bad(e.to_string()))?;
+        if exposes.iter().any(|(n, _)| n == name) {
+            return Err(bad(format!("{name:?} is exposed twice")));
+        }
+        exposes.push((name.to_owned(), target.to_owned()));
+    }
+    Ok(exposes)
+}
+
+/// Parses `--forward LOCAL_ADDR=NAME` values; an address may be used once.
+fn parse_forwards(values: &[String]) -> Result<Vec<(SocketAddr, String)>, String> {
+    let mut forwards: Vec<(SocketAddr, String)> = Vec::new();
+    for value in values {
+        let bad = |why: String| {
+            format!(
+                "invalid --forward {value:?}: {why}; expected LOCAL_ADDR=NAME, e.g. \
+                 127.0.0.1:9000=web"
+            )
+        };
+        let (addr, name) = value
+            .split_once('=')
+            .ok_or_else(|| bad("no '='".to_owned()))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| bad(format!("{addr:?} is not an IP:PORT address")))?;
+        validate_name(name).map_err(|e| bad(e.to_string()))?;
+        if addr.port() != 0 && forwards.iter().any(|(a, _)| *a == addr) {
+            return Err(bad(format!("{addr} is used twice")));
+        }
+        forwards.push((addr, name.to_owned()));
+    }
+    Ok(forwards)
+}
+
+fn mesh_config(table: &MeshTable) -> Result<MeshConfig, String> {
+    let mut config = match positive_ms("[mesh] record_ttl_ms", table.record_ttl_ms)? {
+        Some(ttl) => MeshConfig::with_ttl(ttl),
+        None => MeshConfig::default(),
+    };
+    if let Some(replicas) = table.replicas {
+        if replicas == 0 {
+            return Err("[mesh] replicas must be at least 1".to_owned());
+        }
+        config.replicas = replicas;
+    }
+    Ok(config)
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, String> {
@@ -336,6 +439,36 @@ mod tests {
         assert_eq!(config.join_timeout, Duration::from_secs(2));
         assert_eq!(config.limits.connect_timeout, Duration::from_millis(700));
         assert_eq!(config.limits.max_connections, 10);
+    }
+
+    #[test]
+    fn services_parse_and_bad_ones_say_what_to_fix() {
+        let exposes =
+            parse_exposes(&["web=127.0.0.1:8080".into(), "db=localhost:5432".into()]).unwrap();
+        assert_eq!(exposes[1], ("db".to_owned(), "localhost:5432".to_owned()));
+        for (bad, says) in [
+            ("web", "no '='"),
+            ("web=127.0.0.1", "expected HOST:PORT"),
+            ("we b=127.0.0.1:1", "bad service name"),
+            ("=127.0.0.1:1", "bad service name"),
+        ] {
+            let err = parse_exposes(&[bad.into()]).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("NAME=HOST:PORT"),
+                "{err}"
+            );
+        }
+        let err = parse_exposes(&["a=h:1".into(), "a=h:2".into()]).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        let forwards = parse_forwards(&["127.0.0.1:9000=web".into()]).unwrap();
+        assert_eq!(forwards[0].0, "127.0.0.1:9000".parse().unwrap());
+        let err = parse_forwards(&["localhost:9000=web".into()]).unwrap_err();
+        assert!(err.contains("LOCAL_ADDR=NAME"), "{err}");
+        let file = parse_file("expose = [\"web=127.0.0.1:80\"]\nforward = [\"127.0.0.1:1=db\"]\n[mesh]\nreplicas = 5\nrecord_ttl_ms = 9000\n").unwrap();
+        assert_eq!(file.expose.unwrap().len(), 1);
+        let mesh = mesh_config(&file.mesh).unwrap();
+        assert_eq!(mesh.replicas, 5);
+        assert_eq!(mesh.republish_interval, Duration::from_secs(3));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use wendy::id::{Key, NodeId};
+use wendy::mesh::{ExposedStatus, ForwardStatus, MeshStatus};
 use wendy::node::{NodeEvent, PeerStatus, Status};
 
 use super::config::EventFormat;
@@ -46,6 +47,10 @@ pub(crate) enum Out {
     Routed { key: String, msg_id: u64 },
     /// A `send` command was carried out.
     Sent { to: String },
+    /// A service is published to the mesh as `name`, tunnelled to `target`.
+    Exposed { name: String, target: String },
+    /// Connections to `listen` are tunnelled to a provider of `name`.
+    Forwarding { listen: String, name: String },
     /// This node left the overlay and is exiting.
     Left { id: String },
     /// Something went wrong; unless `fatal`, the node keeps running.
@@ -55,7 +60,7 @@ pub(crate) enum Out {
         fatal: bool,
     },
     /// The answer to `status`.
-    Status(StatusOut),
+    Status(Box<StatusOut>),
 }
 
 /// The `status` object: `id`, `addr`, `leaf_set`, `routing_table`, `connections`, and more.
@@ -71,6 +76,12 @@ pub(crate) struct StatusOut {
     stats: wendy::node::NodeStats,
     control_msgs_sent: u64,
     control_bytes_sent: u64,
+    /// Services this node exposes (service mesh).
+    exposed: Vec<ExposedStatus>,
+    /// Services this node forwards (service mesh).
+    forwarded: Vec<ForwardStatus>,
+    /// Service records this node holds as a registry root or replica.
+    records_held: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,7 +167,18 @@ impl StatusOut {
             stats: status.stats,
             control_msgs_sent: status.control_msgs_sent,
             control_bytes_sent: status.control_bytes_sent,
+            exposed: Vec::new(),
+            forwarded: Vec::new(),
+            records_held: 0,
         }
+    }
+
+    /// Adds the service mesh's part.
+    pub(crate) fn with_mesh(mut self, mesh: MeshStatus) -> Self {
+        self.exposed = mesh.exposed;
+        self.forwarded = mesh.forwarded;
+        self.records_held = mesh.records_held;
+        self
     }
 }
 
@@ -235,6 +257,10 @@ impl Out {
             }
             Self::Routed { key, msg_id } => format!("routing message {msg_id} to key {key}"),
             Self::Sent { to } => format!("sent to {to}"),
+            Self::Exposed { name, target } => format!("exposing {target} as service {name:?}"),
+            Self::Forwarding { listen, name } => {
+                format!("forwarding {listen} to service {name:?}")
+            }
             Self::Left { id } => format!("left the overlay ({id}); exiting"),
             Self::Error { message, .. } => format!("error: {message}"),
             // `status` is JSON in both formats: it is meant for tools and `jq`.
