@@ -337,7 +337,10 @@ impl Client {
                         self.print(&format!("*** you are in {room} with {list}"));
                     }
                     Some(_) if !welcome => {
-                        self.print(&format!("*** in {room}: {}", names.join(", ")));
+                        // `from` is the room's root: worth showing, it is the node whose loss the
+                        // room survives (try it: kill that program).
+                        let names = names.join(", ");
+                        self.print(&format!("*** in {room}: {names} (root: node {from})"));
                     }
                     _ => {}
                 }
