@@ -75,6 +75,7 @@ async fn run() -> Result<(), Error> {
     // and a task that reads its events.
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let mut nodes: Vec<Node> = Vec::new();
+    let mut watchers = Vec::new();
     for identity in identities {
         let me = name(identity.node_id());
         let hook_name = me.clone();
@@ -98,7 +99,12 @@ async fn run() -> Result<(), Error> {
             .spawn()
             .await?;
         println!("{me} is {} on {}", node.id(), node.addr());
-        tokio::spawn(watch(node.id(), events, name.clone(), seen_tx.clone()));
+        watchers.push(tokio::spawn(watch(
+            node.id(),
+            events,
+            name.clone(),
+            seen_tx.clone(),
+        )));
         nodes.push(node);
     }
 
@@ -167,6 +173,10 @@ async fn run() -> Result<(), Error> {
         }
     }
 
+    // Stop listening first (the nodes would see each other go), then stop the nodes.
+    for watcher in watchers {
+        watcher.abort();
+    }
     for node in &nodes {
         node.shutdown().await;
     }
