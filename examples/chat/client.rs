@@ -14,6 +14,11 @@ use wendy::id::{Key, NodeId};
 use crate::protocol::{room_key, Change, MsgId, Post, Wire};
 use crate::room::{Recent, RoomHost, MEMBER_TTL, REFRESH};
 
+/// The longest line a user may send, in bytes. Keeps a room's copy (up to
+/// [`crate::room::HISTORY_MAX`] messages) well inside one overlay message (1 MiB).
+pub const MAX_LINE: usize = 2_000;
+/// The longest room or user name, in bytes.
+pub const MAX_NAME: usize = 64;
 /// A writer sends a post again if no root acknowledged it within this time.
 const POST_RETRY: Duration = Duration::from_secs(1);
 /// ... and gives up (telling the user) after this long.
@@ -160,8 +165,10 @@ impl Client {
 
     /// Joins `room` (or makes it the current room if already in it).
     pub fn join(&mut self, now: Instant, room: &str) {
-        if room.is_empty() || room.contains(char::is_whitespace) {
-            self.print("*** usage: /join ROOM (one word)");
+        if room.is_empty() || room.contains(char::is_whitespace) || room.len() > MAX_NAME {
+            self.print(&format!(
+                "*** usage: /join ROOM (one word, at most {MAX_NAME} bytes)"
+            ));
             return;
         }
         self.current = Some(room.to_owned());
@@ -211,6 +218,12 @@ impl Client {
             self.print("*** you are not in a room: /join ROOM first");
             return;
         };
+        if text.len() > MAX_LINE {
+            self.print(&format!(
+                "*** line too long (at most {MAX_LINE} bytes): not sent"
+            ));
+            return;
+        }
         let id = MsgId {
             sender: self.me,
             incarnation: self.incarnation,
