@@ -268,7 +268,8 @@ fn room_survives_its_root_and_delivers_each_message_once() {
     }
     // Each welcome comes from the root after it added the member, and the root is the same
     // node throughout (the closest of all four is there from the start): the root knows all
-    // three now. `/who` shows it (asked until the answer lists everyone, as a user would).
+    // three now. `/who` shows it (asked until the answer lists everyone, as a user would),
+    // and names the root.
     let whos = |out: &[String]| {
         out.iter()
             .filter(|l| l.starts_with("*** in lobby: "))
@@ -284,7 +285,12 @@ fn room_survives_its_root_and_delivers_each_message_once() {
             .rev()
             .find(|l| l.starts_with("*** in lobby: "))
             .unwrap();
-        if answer == "*** in lobby: alice, bob, carol" {
+        if answer.starts_with("*** in lobby: alice, bob, carol ") {
+            let root_id = identities[0].node_id();
+            assert!(
+                answer.ends_with(&format!("(root: node {root_id})")),
+                "{answer}"
+            );
             break;
         }
     }

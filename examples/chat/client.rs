@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 
 use wendy::id::{Key, NodeId};
 
-use crate::protocol::{room_key, MsgId, Post, Wire};
+use crate::protocol::{room_key, Change, MsgId, Post, Wire};
 use crate::room::{Recent, RoomHost, MEMBER_TTL, REFRESH};
 
+/// The longest line a user may send, in bytes. Keeps a room's copy (up to
+/// [`crate::room::HISTORY_MAX`] messages) well inside one overlay message (1 MiB).
+pub const MAX_LINE: usize = 2_000;
+/// The longest room or user name, in bytes.
+pub const MAX_NAME: usize = 64;
 /// A writer sends a post again if no root acknowledged it within this time.
 const POST_RETRY: Duration = Duration::from_secs(1);
 /// ... and gives up (telling the user) after this long.
@@ -160,8 +165,10 @@ impl Client {
 
     /// Joins `room` (or makes it the current room if already in it).
     pub fn join(&mut self, now: Instant, room: &str) {
-        if room.is_empty() || room.contains(char::is_whitespace) {
-            self.print("*** usage: /join ROOM (one word)");
+        if room.is_empty() || room.contains(char::is_whitespace) || room.len() > MAX_NAME {
+            self.print(&format!(
+                "*** usage: /join ROOM (one word, at most {MAX_NAME} bytes)"
+            ));
             return;
         }
         self.current = Some(room.to_owned());
@@ -211,6 +218,12 @@ impl Client {
             self.print("*** you are not in a room: /join ROOM first");
             return;
         };
+        if text.len() > MAX_LINE {
+            self.print(&format!(
+                "*** line too long (at most {MAX_LINE} bytes): not sent"
+            ));
+            return;
+        }
         let id = MsgId {
             sender: self.me,
             incarnation: self.incarnation,
@@ -258,7 +271,7 @@ impl Client {
         let host = self.hosted.entry(room.clone()).or_insert_with(|| {
             // We are the room's root now. If the previous root copied its state here, carry
             // on with its members at once.
-            let mut host = RoomHost::new(&room);
+            let mut host = RoomHost::new(&room, now);
             if let Some(copy) = standby.remove(&room) {
                 host.merge(now, copy.members, copy.history);
             }
@@ -307,19 +320,14 @@ impl Client {
                     }
                 }
             }
-            Wire::Presence {
-                room,
-                name,
-                joined,
-                timed_out,
-            } => {
+            Wire::Presence { room, name, change } => {
                 if self.joined.contains_key(&room) {
-                    let what = match (joined, timed_out) {
-                        (true, _) => "joined",
-                        (false, false) => "left",
-                        (false, true) => "left (timed out)",
+                    let line = match change {
+                        Change::Joined => format!("*** {name} joined {room}"),
+                        Change::Left => format!("*** {name} left {room}"),
+                        Change::TimedOut => format!("*** {name} left {room} (timed out)"),
                     };
-                    self.print(&format!("*** {name} {what} {room}"));
+                    self.print(&line);
                 }
             }
             Wire::Members {
@@ -342,7 +350,10 @@ impl Client {
                         self.print(&format!("*** you are in {room} with {list}"));
                     }
                     Some(_) if !welcome => {
-                        self.print(&format!("*** in {room}: {}", names.join(", ")));
+                        // `from` is the room's root: worth showing, it is the node whose loss the
+                        // room survives (try it: kill that program).
+                        let names = names.join(", ");
+                        self.print(&format!("*** in {room}: {names} (root: node {from})"));
                     }
                     _ => {}
                 }
@@ -483,5 +494,88 @@ impl Client {
 
     fn print(&mut self, line: &str) {
         self.actions.push(Action::Print(line.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prints(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Print(line) => Some(line.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_arriving_twice_shows_once_and_is_acknowledged_twice() {
+        let t0 = Instant::now();
+        let (me, root, writer) = (
+            NodeId::from_u128(1),
+            NodeId::from_u128(2),
+            NodeId::from_u128(3),
+        );
+        let mut client = Client::new(me, "me".into(), 7);
+        client.join(t0, "lobby");
+        client.take_actions(t0);
+        let post = Post {
+            room: "lobby".into(),
+            id: MsgId {
+                sender: writer,
+                incarnation: 1,
+                seq: 0,
+            },
+            name: "w".into(),
+            text: "hi".into(),
+        };
+        client.direct(t0, root, Wire::Message(post.clone()));
+        client.direct(t0, root, Wire::Message(post.clone()));
+        let actions = client.take_actions(t0);
+        assert_eq!(prints(&actions), vec!["[lobby] w: hi"]);
+        let ack = Action::Send {
+            to: root,
+            msg: Wire::MessageAck {
+                room: "lobby".into(),
+                id: post.id,
+            },
+        };
+        assert_eq!(actions.iter().filter(|a| **a == ack).count(), 2);
+    }
+
+    #[test]
+    fn posts_go_one_at_a_time_and_are_repeated_until_acknowledged() {
+        let t0 = Instant::now();
+        let me = NodeId::from_u128(1);
+        let mut client = Client::new(me, "me".into(), 7);
+        client.join(t0, "lobby");
+        client.typed(t0, "one");
+        client.typed(t0, "two");
+        let posts = |actions: &[Action]| -> Vec<String> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Route {
+                        msg: Wire::Post(p), ..
+                    } => Some(p.text.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = client.take_actions(t0);
+        assert_eq!(posts(&first), vec!["one"]);
+        client.tick(t0 + POST_RETRY);
+        assert_eq!(posts(&client.take_actions(t0 + POST_RETRY)), vec!["one"]);
+        let id = MsgId {
+            sender: me,
+            incarnation: 7,
+            seq: 0,
+        };
+        client.direct(t0 + POST_RETRY, NodeId::from_u128(2), Wire::PostAck { id });
+        assert_eq!(posts(&client.take_actions(t0 + POST_RETRY)), vec!["two"]);
+        assert!(client.has_unsent_posts());
     }
 }

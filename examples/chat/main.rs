@@ -93,6 +93,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if args.name.trim().is_empty() || args.name.len() > client::MAX_NAME {
+        return Err(format!(
+            "--name must be 1 to {} bytes, not blank",
+            client::MAX_NAME
+        ));
+    }
     let identity = match &args.key {
         Some(path) => Identity::load(path)
             .map_err(|e| format!("cannot use key file {}: {e}", path.display()))?,

@@ -43,6 +43,17 @@ pub struct Post {
     pub text: String,
 }
 
+/// What a [`Wire::Presence`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The member joined the room.
+    Joined,
+    /// The member left the room.
+    Left,
+    /// The member stopped refreshing its subscription (its program or node died).
+    TimedOut,
+}
+
 /// Everything chat programs say to each other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Wire {
@@ -87,10 +98,8 @@ pub enum Wire {
         room: String,
         /// The member's display name.
         name: String,
-        /// Whether they came (true) or went (false).
-        joined: bool,
-        /// Why they went, if they did not say goodbye.
-        timed_out: bool,
+        /// What happened.
+        change: Change,
     },
     /// Root -> another node, direct: the room's state. Sent every [`crate::room::REFRESH`] to
     /// the node that would be the root if this one died (so it can carry on at once), and to
