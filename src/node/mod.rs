@@ -75,6 +75,10 @@ impl Default for NodeConfig {
                 // Applications see forwards through `on_forward`; the runtime answers at once
                 // when no interceptor is installed.
                 intercept_forwards: true,
+                // On a real host, acks and probe replies are late by the OS's scheduling jitter
+                // (tens of ms on a loaded machine), not only by the RTT: a tighter slack makes
+                // live peers look dead and re-routes messages that were on their way.
+                timeout_slack: Duration::from_millis(250),
                 ..pastry::Config::default()
             },
             limits: Limits::default(),
@@ -330,6 +334,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     forward: Option<Arc<ForwardHook>>,
     seed: Option<u64>,
+    socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -346,6 +351,13 @@ impl NodeBuilder {
     /// Sets the UDP address to listen on (default `127.0.0.1:0`, a free loopback port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    /// Runs the node on this ready-made socket instead of binding [`Self::listen`]'s address,
+    /// e.g. a [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance.
+    pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
+        self.socket = Some(socket);
         self
     }
 
@@ -411,6 +423,7 @@ impl NodeBuilder {
             certificate_chain,
             admission: self.admission,
             limits: self.config.limits.clone(),
+            socket: self.socket,
         };
         let (transport, transport_events) = Transport::bind(transport_config).await?;
         let me = PeerInfo {
@@ -520,6 +533,7 @@ impl Node {
             config: NodeConfig::default(),
             forward: None,
             seed: None,
+            socket: None,
         }
     }
 
