@@ -30,7 +30,7 @@ impl Default for MemoryBenchConfig {
     fn default() -> Self {
         Self {
             nodes: 100,
-            idle: Duration::from_secs(20),
+            idle: Duration::from_secs(30),
             seed: 1,
         }
     }

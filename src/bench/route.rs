@@ -54,8 +54,8 @@ impl Default for RouteBenchConfig {
         Self {
             nodes: 100,
             samples: 2000,
-            throughput_messages: 20_000,
-            window: 128,
+            throughput_messages: 10_000,
+            window: 32,
             size: 200,
             seed: 1,
         }
