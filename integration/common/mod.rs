@@ -1,6 +1,8 @@
 //! Shared helpers for the transport and auth integration tests (real QUIC on loopback).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -102,11 +102,37 @@ impl Driver {
                     None => break,
                 },
                 Some(result) = internal.recv() => self.on_internal(result),
-                () = tokio::time::sleep_until(timer) => self.on_timer(),
+                () = tokio::time::sleep_until(timer) => {
+                    // A loaded machine wakes this task late: by then the ack or probe reply a
+                    // timer waits for may already be queued. Take what has arrived first, so a
+                    // late wake-up is not mistaken for a silent peer.
+                    self.take_arrived(&mut transport_events, &mut internal);
+                    self.on_timer();
+                }
             }
             self.drain_outputs();
         }
         debug!("node driver stopped");
+    }
+
+    /// Handles the inputs already queued (at most a bounded batch, so timers still run under a
+    /// flood), draining the core's outputs after each.
+    fn take_arrived(
+        &mut self,
+        transport_events: &mut mpsc::Receiver<TransportEvent>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) {
+        const MAX_BATCH: usize = 1024;
+        for _ in 0..MAX_BATCH {
+            if let Ok(event) = transport_events.try_recv() {
+                self.on_transport(event);
+            } else if let Ok(result) = internal.try_recv() {
+                self.on_internal(result);
+            } else {
+                break;
+            }
+            self.drain_outputs();
+        }
     }
 
     fn now(&self) -> Time {

@@ -75,6 +75,10 @@ impl Default for NodeConfig {
                 // Applications see forwards through `on_forward`; the runtime answers at once
                 // when no interceptor is installed.
                 intercept_forwards: true,
+                // On a real host, acks and probe replies are late by the OS's scheduling jitter
+                // (tens of ms on a loaded machine), not only by the RTT: a tighter slack makes
+                // live peers look dead and re-routes messages that were on their way.
+                timeout_slack: Duration::from_millis(250),
                 ..pastry::Config::default()
             },
             limits: Limits::default(),
@@ -330,6 +334,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     forward: Option<Arc<ForwardHook>>,
     seed: Option<u64>,
+    socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -346,6 +351,13 @@ impl NodeBuilder {
     /// Sets the UDP address to listen on (default `127.0.0.1:0`, a free loopback port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    /// Runs the node on this ready-made socket instead of binding [`Self::listen`]'s address,
+    /// e.g. a [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance.
+    pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
+        self.socket = Some(socket);
         self
     }
 
@@ -411,6 +423,7 @@ impl NodeBuilder {
             certificate_chain,
             admission: self.admission,
             limits: self.config.limits.clone(),
+            socket: self.socket,
         };
         let (transport, transport_events) = Transport::bind(transport_config).await?;
         let me = PeerInfo {
@@ -460,6 +473,12 @@ impl Events {
     /// The next event if one is ready.
     pub fn try_recv(&mut self) -> Option<NodeEvent> {
         self.0.try_recv().ok()
+    }
+
+    /// Wraps a receiver of node events: lets a layer that consumes a node's [`Events`] (such as
+    /// the service mesh) hand the events it does not handle on to the application.
+    pub fn from_receiver(receiver: mpsc::Receiver<NodeEvent>) -> Self {
+        Self(receiver)
     }
 }
 
@@ -514,6 +533,7 @@ impl Node {
             config: NodeConfig::default(),
             forward: None,
             seed: None,
+            socket: None,
         }
     }
 
@@ -576,6 +596,40 @@ impl Node {
             service: service.to_owned(),
         };
         Ok(self.shared.transport.open_stream(to, addr, &header).await?)
+    }
+
+    /// Sends `payload` directly to `to` at `addr`, a node this node need not know yet (the
+    /// handshake fails unless the key presented at `addr` hashes to `to`).
+    pub async fn send_to(
+        &self,
+        to: NodeId,
+        addr: SocketAddr,
+        payload: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        self.shared
+            .transport
+            .send(to, addr, &Body::Direct { payload })
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a raw stream to `to` at `addr`, a node this node need not know yet (the handshake
+    /// fails unless the key presented at `addr` hashes to `to`), asking for `service`.
+    pub async fn open_stream_to(
+        &self,
+        to: NodeId,
+        addr: SocketAddr,
+        service: &str,
+    ) -> Result<RawStream, NodeError> {
+        let header = Body::Tunnel {
+            service: service.to_owned(),
+        };
+        Ok(self.shared.transport.open_stream(to, addr, &header).await?)
+    }
+
+    /// The QUIC smoothed RTT of the link to `peer`, if there is one.
+    pub fn rtt(&self, peer: NodeId) -> Option<Duration> {
+        self.shared.transport.rtt(peer)
     }
 
     /// A snapshot of the routing state, links and counters.

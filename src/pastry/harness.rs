@@ -263,6 +263,19 @@ impl Net {
         self.flush(i);
     }
 
+    /// Starts node `i`'s join through the active node nearest to it and processes events only
+    /// until it reports [`Event::Joined`] (nothing after: its own last outputs are in flight).
+    pub(crate) fn join_until_active(&mut self, i: usize) {
+        self.start_join_near(i);
+        let deadline = self.now + Duration::from_secs(120);
+        while !self.nodes[i].is_active() && self.now < deadline {
+            if !self.step(deadline) {
+                break;
+            }
+        }
+        assert!(self.nodes[i].is_active(), "node {i} did not join");
+    }
+
     /// Joins node `i` through the active node nearest to it and runs until it is active.
     pub(crate) fn join(&mut self, i: usize) {
         let via = (0..self.nodes.len())

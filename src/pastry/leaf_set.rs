@@ -280,6 +280,17 @@ impl LeafSet {
         self.side(side).first()
     }
 
+    /// Whether `id` would become an immediate neighbour (the nearest member on a side, or the
+    /// first member of an empty side).
+    pub fn would_be_neighbour(&self, id: NodeId) -> bool {
+        id != self.me
+            && [Side::Left, Side::Right].into_iter().any(|side| {
+                self.neighbour(side).map_or(true, |n| {
+                    self.distance(side, id) < self.distance(side, n.peer.id)
+                })
+            })
+    }
+
     /// The farthest member on `side`: the node asked for its leaf set when this side needs
     /// repair (its leaf set reaches further out than ours).
     pub fn furthest(&self, side: Side) -> Option<&Slot> {

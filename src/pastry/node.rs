@@ -393,6 +393,18 @@ pub struct Pastry {
     holes_asked: u32,
     /// Messages for our keys that arrived while we were joining, routed again once active.
     waiting: Vec<RouteMsg>,
+    /// Messages we would deliver as root only because a closer leaf-set member is under
+    /// suspicion: held until its probe settles (alive: sent to it; dead: delivered here).
+    parked: Vec<Parked>,
+}
+
+/// A message held until the probe of leaf-set member `on` settles.
+#[derive(Debug, Clone)]
+struct Parked {
+    on: NodeId,
+    msg: RouteMsg,
+    excluded: Vec<NodeId>,
+    attempts: u8,
 }
 
 const DEAD_MEMORY: usize = 32;
@@ -432,6 +444,7 @@ impl Pastry {
             row_requests: Vec::new(),
             holes_asked: 0,
             waiting: Vec::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -572,6 +585,7 @@ impl Pastry {
         self.in_flight.clear();
         self.held.clear();
         self.waiting.clear();
+        self.parked.clear();
         self.probes.clear();
         self.measuring.clear();
     }
@@ -631,15 +645,21 @@ impl Pastry {
                 active,
                 leaf_set,
             } => {
+                if active && self.is_active() {
+                    self.add_live(now, from, false);
+                } else if !active && self.is_active() {
+                    // A joiner's probe (MSPastry's consistent join): admit it to the leaf set
+                    // before replying. It becomes active only once every member of its leaf set
+                    // has replied, so by then all of them route its keys to it (it holds what
+                    // arrives before it is active). The routing table waits for its announce.
+                    self.admit_leaf(now, from);
+                }
                 let reply = Message::ProbeReply {
                     nonce,
                     active: self.is_active(),
                     leaf_set: self.leaf_set.peers(),
                 };
                 self.send(from, reply);
-                if active && self.is_active() {
-                    self.add_live(now, from, false);
-                }
                 self.merge_candidates(now, &leaf_set);
             }
             Message::ProbeReply {
@@ -766,6 +786,7 @@ impl Pastry {
             }
         }
         self.check_join_complete(now);
+        self.retry_parked(now);
     }
 
     /// A round-trip-time measurement of `peer` (the answer to [`Output::Measure`], or a fresh
@@ -841,6 +862,7 @@ impl Pastry {
             }
         }
         self.check_join_complete(now);
+        self.retry_parked(now);
     }
 
     /// The earliest time [`handle_timeout`](Self::handle_timeout) has work to do.
@@ -974,7 +996,20 @@ impl Pastry {
             return;
         }
         match self.choose(msg.key, skip, self.is_active()) {
-            Choice::Local => self.deliver(msg),
+            Choice::Local => {
+                // Deliver as root only if no closer leaf-set member is merely suspected: an
+                // ack that timed out under load or a missed heartbeat does not make it dead,
+                // and delivering here as well as there would be a misdelivery and a duplicate.
+                match self.suspected_closer(msg.key) {
+                    Some(on) if self.parked.len() < MAX_WAITING => self.parked.push(Parked {
+                        on,
+                        msg,
+                        excluded,
+                        attempts,
+                    }),
+                    _ => self.deliver(msg),
+                }
+            }
             Choice::Peer(next) => {
                 self.note_hole(msg.key, next);
                 if self.config.intercept_forwards && attempts == 0 {
@@ -1000,6 +1035,48 @@ impl Pastry {
                 }
             }
             Choice::Nowhere => self.fail_route(msg.id, msg.key),
+        }
+    }
+
+    /// The leaf-set member closest to `key`, if it is closer than us and being probed.
+    fn suspected_closer(&self, key: Key) -> Option<NodeId> {
+        let mut best: Option<NodeId> = None;
+        for slot in self.leaf_set.iter() {
+            let id = slot.peer.id;
+            if key.is_closer(id, self.me.id)
+                && best.map_or(true, |b| key.is_closer(id, b))
+                && self
+                    .probes
+                    .iter()
+                    .any(|p| p.peer.id == id && p.kind != ProbeKind::Candidate)
+            {
+                best = Some(id);
+            }
+        }
+        best
+    }
+
+    /// Routes again the parked messages whose suspect's probe has settled.
+    fn retry_parked(&mut self, now: Time) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let (ready, still): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| !self.probes.iter().any(|probe| probe.peer.id == p.on));
+        self.parked = still;
+        for mut p in ready {
+            // Alive (it answered): it is a candidate again; dead: it is gone from our state.
+            // The same holds for every other leaf-set member excluded earlier (they were
+            // probed when excluded): one still in the leaf set and not under probe answered.
+            let settled = |this: &Self, id: NodeId| {
+                id == p.on
+                    || (this.leaf_set.contains(id)
+                        && !this.probes.iter().any(|probe| probe.peer.id == id))
+            };
+            p.excluded.retain(|id| !settled(self, *id));
+            p.msg.avoid.retain(|id| !settled(self, *id));
+            self.route_step(now, p.msg, p.excluded, p.attempts);
         }
     }
 
@@ -1321,7 +1398,18 @@ impl Pastry {
         let Phase::Joining(j) = &self.phase else {
             return;
         };
-        if !j.got_leaf_set || self.probes.iter().any(|p| p.kind == ProbeKind::Candidate) {
+        // MSPastry's consistent join: every member of our leaf set has answered our probe, so
+        // each has admitted us (see the Probe handler). We also wait for every candidate that
+        // would be an immediate neighbour: until it answers or is found dead, we cannot know
+        // who shares our key range. A farther candidate still being probed (typically a dead
+        // node in a leaf set we were given) does not hold us back: it is not a member yet, and
+        // it admits us when it gets the probe. Only an immediate neighbour that does not
+        // know us could deliver our keys.
+        if !j.got_leaf_set
+            || self.probes.iter().any(|p| {
+                p.kind == ProbeKind::Candidate && self.leaf_set.would_be_neighbour(p.peer.id)
+            })
+        {
             return;
         }
         if self.leaf_set.is_empty() {
@@ -1402,6 +1490,18 @@ impl Pastry {
     }
 
     // ---------------------------------------------------------------- membership
+
+    /// Puts `peer` (heard from directly) into the leaf set only, with the usual events.
+    fn admit_leaf(&mut self, now: Time, peer: PeerInfo) {
+        let was_known = self.knows(peer.id);
+        if self.leaf_set.insert(peer, None) {
+            if !was_known {
+                self.emit(Event::NodeJoined(peer.id));
+            }
+            self.emit(Event::LeafSetChanged);
+            self.refresh_watches(now);
+        }
+    }
 
     /// `peer` is alive and active (we heard from it directly).
     /// `improve`: measure it even if its routing-table slot is taken (a newly announced node
@@ -1761,8 +1861,15 @@ impl Pastry {
     fn expire_probes(&mut self, now: Time) {
         let mut failed = Vec::new();
         let mut resend = Vec::new();
-        let timeout = self.config.probe_timeout;
+        let timeouts: Vec<Duration> = self
+            .probes
+            .iter()
+            .map(|p| self.hop_timeout(p.peer.id, self.config.probe_timeout))
+            .collect();
+        let mut index = 0;
         self.probes.retain_mut(|p| {
+            let timeout = timeouts[index];
+            index += 1;
             if p.deadline > now {
                 return true;
             }

@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use crate::id::{Key, NodeId};
 
 use super::harness::{hop_bound, Net};
-use super::{Config, Event, ForwardVerdict, Message, MessageKind, Output, Pastry, PeerInfo, Time};
+use super::{
+    Config, Event, ForwardVerdict, Message, MessageKind, Output, Pastry, PeerInfo, Side, Time,
+};
 
 fn peer(n: u128) -> PeerInfo {
     PeerInfo {
@@ -427,6 +429,80 @@ fn an_inactive_joiner_never_delivers_as_root() {
     assert_eq!(net.delivered.len(), 1);
     assert!(net.delivered[0].correct);
     assert_eq!(net.delivered[0].payload, b"early".to_vec());
+}
+
+/// MSPastry's consistent join: the moment a joiner reports `Joined`, every member of its leaf
+/// set already routes its keys to it, so a lookup for a key the joiner now owns, issued from any
+/// node at that instant (its leaf-set members included), is delivered at the joiner.
+#[test]
+fn right_after_joined_the_joiners_keys_are_delivered_at_the_joiner() {
+    let mut net = Net::build(Config::default(), 60, 21);
+    for round in 0..5 {
+        let i = net.add(None);
+        net.join_until_active(i);
+        let joiner = net.nodes[i].id();
+        assert!(
+            net.events.last().is_some_and(|(at, _, _)| *at == i),
+            "the joiner's Joined event is the last thing that happened"
+        );
+        // Keys the joiner owns: its id and points part-way to its ring neighbours.
+        let mut keys = vec![joiner.to_key()];
+        let me = joiner.as_u128();
+        for side in [Side::Left, Side::Right] {
+            if let Some(n) = net.nodes[i].leaf_set().neighbour(side) {
+                let gap = match side {
+                    Side::Left => me.wrapping_sub(n.peer.id.as_u128()),
+                    Side::Right => n.peer.id.as_u128().wrapping_sub(me),
+                };
+                for fraction in [3u128, 5, 9] {
+                    let key = match side {
+                        Side::Left => me.wrapping_sub(gap / fraction),
+                        Side::Right => me.wrapping_add(gap / fraction),
+                    };
+                    keys.push(Key::from_u128(key));
+                }
+            }
+        }
+        for &key in &keys {
+            assert_eq!(net.oracle_root(key), joiner);
+        }
+        // From every member of the joiner's leaf set and a few other nodes, at once.
+        let mut origins: Vec<usize> = net.nodes[i]
+            .leaf_set()
+            .iter()
+            .map(|s| net.index_of(s.peer.id))
+            .collect();
+        for _ in 0..5 {
+            let other = net.random_live();
+            if other != i {
+                origins.push(other);
+            }
+        }
+        let start = net.delivered.len();
+        let mut sent = 0;
+        for &from in &origins {
+            for &key in &keys {
+                net.route(from, key, b"new root".to_vec());
+                sent += 1;
+            }
+        }
+        net.run_for(Duration::from_secs(5));
+        let got = &net.delivered[start..];
+        assert_eq!(
+            got.len(),
+            sent,
+            "round {round}: every lookup delivered once"
+        );
+        for d in got {
+            assert_eq!(
+                net.nodes[d.at].id(),
+                joiner,
+                "round {round}: key {} delivered at {} instead of the new root {joiner}",
+                d.key,
+                net.nodes[d.at].id()
+            );
+        }
+    }
 }
 
 #[test]

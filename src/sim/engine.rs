@@ -490,6 +490,16 @@ impl<P: SimNode> Simulation<P> {
             return;
         };
         f(proto, now);
+        // A node that became active during this call did so before the outputs it produced
+        // (e.g. delivering the messages it held while joining): the oracle must count it.
+        if !self.nodes[index as usize].active
+            && self.nodes[index as usize]
+                .proto
+                .as_ref()
+                .is_some_and(|p| p.is_active())
+        {
+            self.activate(index);
+        }
         loop {
             let Some(proto) = self.nodes[index as usize].proto.as_mut() else {
                 return;
@@ -503,7 +513,6 @@ impl<P: SimNode> Simulation<P> {
         let Some(proto) = slot.proto.as_ref() else {
             return;
         };
-        let became_active = !slot.active && proto.is_active();
         // One queued timer event per node at most, at its earliest known deadline: a later
         // deadline needs no event now (the queued one re-arms when it finds nothing due), an
         // earlier one replaces it (the old one becomes stale).
@@ -516,9 +525,6 @@ impl<P: SimNode> Simulation<P> {
                 slot.timer_at = at;
                 self.queue.push(at, Ev::Timer(index));
             }
-        }
-        if became_active {
-            self.activate(index);
         }
     }
 

@@ -113,6 +113,7 @@ impl Transport {
             certificate_chain,
             admission,
             limits,
+            socket,
         } = config;
         let local_id = identity.node_id();
         let chain = certificate_chain
@@ -133,11 +134,18 @@ impl Transport {
             // client's first flight (0-RTT is refused anyway).
             .incoming_buffer_size(64 << 10)
             .incoming_buffer_size_total(16 << 20);
-        let endpoint = quinn::Endpoint::server(server_config, listen).map_err(|error| {
-            TransportError::Bind {
-                addr: listen,
-                message: error.to_string(),
-            }
+        let endpoint = match socket {
+            None => quinn::Endpoint::server(server_config, listen),
+            Some(socket) => quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                Some(server_config),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            ),
+        }
+        .map_err(|error| TransportError::Bind {
+            addr: listen,
+            message: error.to_string(),
         })?;
         let local_addr = endpoint
             .local_addr()

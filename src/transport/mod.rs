@@ -55,6 +55,7 @@ pub mod tls;
 mod verifier;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use admission::{Admission, AuthError};
@@ -80,6 +81,10 @@ pub struct TransportConfig {
     pub admission: Admission,
     /// Transport limits and timeouts.
     pub limits: Limits,
+    /// A ready-made socket to run on instead of binding `listen` (then ignored), e.g. a
+    /// [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance. Default
+    /// `None`: bind a plain UDP socket at `listen`.
+    pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl TransportConfig {
@@ -96,6 +101,7 @@ impl TransportConfig {
             certificate_chain: vec![certificate],
             admission,
             limits: Limits::default(),
+            socket: None,
         }
     }
 }
@@ -108,6 +114,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("node_id", &self.identity.node_id())
             .field("admission", &self.admission)
             .field("limits", &self.limits)
+            .field("socket", &self.socket)
             .finish_non_exhaustive()
     }
 }

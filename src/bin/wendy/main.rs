@@ -7,6 +7,7 @@ mod bench;
 mod ca;
 mod demo;
 mod keys;
+mod node;
 mod sim;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Simulate a Pastry overlay deterministically (no sockets): hops, stretch, failures, churn.
     Sim(sim::SimArgs),
+    /// Run one node: join an overlay, take commands on stdin, print events on stdout.
+    Node(node::NodeArgs),
 }
 
 /// The error every command returns; printed as one line.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Sim(args) => sim::run(args),
+        Command::Node(args) => node::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +76,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -1,0 +1,757 @@
+//! The service mesh end to end: real nodes over QUIC on loopback, real TCP services and clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::{RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wendy::id::NodeId;
+use wendy::identity::{Certificate, Identity, MeshCa, Validity};
+use wendy::mesh::{service_key, Mesh, MeshConfig, MeshError, MAGIC};
+use wendy::node::{Events, Node, NodeEvent};
+use wendy::transport::Admission;
+
+/// Hang guard for anything that waits: generous, never a speed assertion.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+struct Peer {
+    node: Node,
+    mesh: Mesh,
+    events: Events,
+}
+
+impl Peer {
+    async fn start(identity: Identity, config: MeshConfig) -> Self {
+        Self::start_with(identity, None, Admission::Open, config).await
+    }
+
+    async fn start_with(
+        identity: Identity,
+        certificate: Option<Certificate>,
+        admission: Admission,
+        config: MeshConfig,
+    ) -> Self {
+        let mut builder = Node::builder(identity.clone()).admission(admission);
+        if let Some(certificate) = certificate {
+            builder = builder.certificate(certificate);
+        }
+        let (node, events) = builder.spawn().await.expect("spawn node");
+        let (mesh, events) = Mesh::new(node.clone(), identity, events, config).expect("mesh");
+        Self { node, mesh, events }
+    }
+
+    async fn stop(&self) {
+        self.mesh.shutdown().await;
+        self.node.shutdown().await;
+    }
+
+    /// Stops the node at once, without withdrawing anything (a crash, as peers see it).
+    async fn crash(&self) {
+        self.node.shutdown().await;
+    }
+}
+
+/// `count` nodes (seeds `first..`) joined into one overlay through the first.
+async fn cluster(first: u8, count: u8, config: &MeshConfig) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for seed in first..first + count {
+        let peer = Peer::start(Identity::from_seed([seed; 32]), config.clone()).await;
+        let bootstrap: Vec<SocketAddr> = peers
+            .first()
+            .map(|p: &Peer| p.node.addr())
+            .into_iter()
+            .collect();
+        peer.node.join(&bootstrap).await.expect("join");
+        peers.push(peer);
+    }
+    peers
+}
+
+/// A TCP echo server: echoes as it reads, then closes its side when the client closes its own.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut read, mut write) = tcp.split();
+                if tokio::io::copy(&mut read, &mut write).await.is_ok() {
+                    let _ = write.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A server that answers only after the client finished sending: it reads to the end, then
+/// writes the bytes back reversed and closes.
+async fn reply_after_eof_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                tcp.read_to_end(&mut data).await.unwrap();
+                data.reverse();
+                tcp.write_all(&data).await.unwrap();
+                tcp.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Sends `data` through `addr` while reading the echo, half-closes, and returns what came back.
+async fn echo_through(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut read, mut write) = tcp.into_split();
+    let data = data.to_vec();
+    let writer = tokio::spawn(async move {
+        write.write_all(&data).await?;
+        write.shutdown().await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut echoed = Vec::new();
+    read.read_to_end(&mut echoed).await?;
+    let _write = writer.await.unwrap()?;
+    Ok(echoed)
+}
+
+/// What a client of a forwarded port sees when no provider is reachable: the connection ends
+/// (reset or closed) without a single byte. Returns the bytes read (must be none).
+async fn expect_closed(addr: SocketAddr) -> usize {
+    let mut tcp = match TcpStream::connect(addr).await {
+        Ok(tcp) => tcp,
+        // The reset can come so fast that it is reported by the connect itself.
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return 0,
+        Err(error) => panic!("the forward listener does not accept: {error}"),
+    };
+    let _ = tcp.write_all(b"hello?").await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut buf))
+        .await
+        .expect("the connection was left hanging instead of being closed");
+    match read {
+        Ok(_) => buf.len(),
+        Err(error) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+            buf.len()
+        }
+    }
+}
+
+/// Polls `condition` until it holds (hang-guarded).
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, wait)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what} never happened"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_connections_carry_one_mib_each_intact() {
+    let peers = cluster(1, 3, &MeshConfig::default()).await;
+    let (provider, consumer) = (&peers[0], &peers[2]);
+    provider
+        .mesh
+        .expose("echo", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..50u64 {
+        clients.spawn(async move {
+            let data = random_bytes(i, 1 << 20);
+            let echoed = echo_through(local, &data).await.expect("tunnelled echo");
+            (i, echoed == data, echoed.len())
+        });
+    }
+    let mut intact = 0;
+    while let Some(result) = tokio::time::timeout(HANG_GUARD, clients.join_next())
+        .await
+        .expect("hang guard")
+    {
+        let (i, same, len) = result.unwrap();
+        assert!(
+            same,
+            "connection {i}: {len} bytes came back, not the 1 MiB sent"
+        );
+        intact += 1;
+    }
+    assert_eq!(intact, 50);
+    let status = consumer.mesh.status();
+    assert_eq!(status.forwarded.len(), 1);
+    assert_eq!(status.forwarded[0].connections, 50);
+    assert_eq!(status.forwarded[0].failures, 0);
+    let exposed = provider.mesh.status().exposed;
+    assert_eq!(exposed[0].name, "echo");
+    assert_eq!(exposed[0].tunnels, 50);
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_connection_still_receives_the_whole_answer() {
+    let peers = cluster(11, 3, &MeshConfig::default()).await;
+    let backend = reply_after_eof_server().await;
+    peers[0]
+        .mesh
+        .expose("reverse", &backend.to_string())
+        .await
+        .unwrap();
+    let local = peers[2]
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "reverse")
+        .await
+        .unwrap();
+    let data = random_bytes(7, 300_000);
+    let mut tcp = TcpStream::connect(local).await.unwrap();
+    tcp.write_all(&data).await.unwrap();
+    // Our FIN must reach the server (it answers only after end of input) while our read side
+    // stays open for the whole answer.
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut answer))
+        .await
+        .expect("hang guard: the answer never ended")
+        .unwrap();
+    let mut expected = data;
+    expected.reverse();
+    assert_eq!(answer.len(), expected.len());
+    assert!(answer == expected, "the answer was corrupted");
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_provider_is_found_and_a_vanished_one_gives_a_prompt_close() {
+    // Short records, so the crashed provider's record does not linger in the registry.
+    let config = MeshConfig::with_ttl(Duration::from_secs(6));
+    let peers = cluster(21, 3, &config).await;
+    let backend = echo_server().await.to_string();
+    let provider = &peers[0];
+    let consumer = &peers[2];
+    provider.mesh.expose("svc", &backend).await.unwrap();
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "svc")
+        .await
+        .unwrap();
+    assert_eq!(echo_through(local, b"before").await.unwrap(), b"before");
+
+    // The provider crashes; a new provider (new key, new port) exposes the same name.
+    provider.crash().await;
+    let restarted = Peer::start(Identity::from_seed([29; 32]), config.clone()).await;
+    restarted.node.join(&[peers[1].node.addr()]).await.unwrap();
+    restarted.mesh.expose("svc", &backend).await.unwrap();
+    let echoed = tokio::time::timeout(HANG_GUARD, echo_through(local, b"after restart"))
+        .await
+        .expect("hang guard")
+        .expect("new connections reach the restarted provider");
+    assert_eq!(echoed, b"after restart");
+    assert_eq!(restarted.mesh.status().exposed[0].tunnels, 1);
+
+    // The provider goes away for good: a new connection is closed without data.
+    restarted.stop().await;
+    let failures_before = consumer.mesh.status().forwarded[0].failures;
+    assert_eq!(expect_closed(local).await, 0);
+    let status = consumer.mesh.status();
+    assert_eq!(status.forwarded[0].failures, failures_before + 1);
+    let error = status.forwarded[0].last_error.clone().unwrap();
+    assert!(error.contains("svc"), "unclear error: {error}");
+    // A name nobody ever exposed: the same prompt close, with "no provider".
+    let nobody = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "nobody-home")
+        .await
+        .unwrap();
+    assert_eq!(expect_closed(nobody).await, 0);
+    assert!(matches!(
+        consumer.mesh.lookup("nobody-home").await,
+        Ok(records) if records.is_empty()
+    ));
+    let error = consumer.mesh.status().forwarded[1]
+        .last_error
+        .clone()
+        .unwrap();
+    assert!(error.contains("no provider"), "unclear error: {error}");
+    for peer in &peers[1..] {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_move_to_a_closer_node_and_lookups_survive_the_root_dying() {
+    // Republishing is pushed far away: only replication can move the records.
+    let config = MeshConfig::with_ttl(Duration::from_secs(3600));
+    let peers = cluster(31, 5, &config).await;
+    let (provider, consumer) = (&peers[0], &peers[1]);
+    let ids: Vec<NodeId> = peers.iter().map(|p| p.node.id()).collect();
+    // A name whose root is neither the provider nor the consumer.
+    let name = (0..)
+        .map(|i| format!("db-{i}"))
+        .find(|name| {
+            let root = service_key(name).closest(ids.iter().copied()).unwrap();
+            root != ids[0] && root != ids[1]
+        })
+        .unwrap();
+    let key = service_key(&name);
+    provider
+        .mesh
+        .expose(&name, &echo_server().await.to_string())
+        .await
+        .unwrap();
+    // The root and the next two closest nodes (the oracle's choice) hold it.
+    let mut by_closeness: Vec<usize> = (0..peers.len()).collect();
+    by_closeness.sort_by(|&a, &b| key.cmp_closeness(ids[a], ids[b]));
+    until("the three closest nodes hold the record", || {
+        by_closeness[..3]
+            .iter()
+            .all(|&i| peers[i].mesh.status().records_held == 1)
+    })
+    .await;
+
+    // A new node closer to the key than everyone: it becomes root and is handed the record.
+    let newcomer_identity = (100u8..=255)
+        .map(|seed| Identity::from_seed([seed; 32]))
+        .find(|id| {
+            let root = key.closest(ids.iter().copied()).unwrap();
+            key.is_closer(id.node_id(), root)
+        })
+        .expect("some seed gives a closer id");
+    let newcomer = Peer::start(newcomer_identity, config.clone()).await;
+    newcomer.node.join(&[peers[2].node.addr()]).await.unwrap();
+    until("the new root holds the record", || {
+        newcomer.mesh.status().records_held == 1
+    })
+    .await;
+
+    // The root dies: the next closest node, a replica, answers.
+    newcomer.crash().await;
+    let found = tokio::time::timeout(HANG_GUARD, consumer.mesh.lookup(&name))
+        .await
+        .expect("hang guard")
+        .expect("lookup after the root died");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].provider, provider.node.id());
+    assert_eq!(found[0].addr, provider.node.addr());
+    // And a tunnel through the consumer works.
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), &name)
+        .await
+        .unwrap();
+    assert_eq!(
+        echo_through(local, b"still here").await.unwrap(),
+        b"still here"
+    );
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_ca_certificate_can_neither_expose_nor_reach() {
+    let ca = MeshCa::generate("test mesh", Validity::days_from_now(30)).unwrap();
+    let admission = Admission::Ca {
+        roots: vec![ca.certificate().der().clone()],
+    };
+    let mut members = Vec::new();
+    for seed in 41..44u8 {
+        let identity = Identity::from_seed([seed; 32]);
+        let certificate = ca
+            .issue(&identity.public_key(), Validity::days_from_now(30))
+            .unwrap();
+        let peer = Peer::start_with(
+            identity,
+            Some(certificate),
+            admission.clone(),
+            MeshConfig::default(),
+        )
+        .await;
+        let bootstrap: Vec<SocketAddr> = members
+            .first()
+            .map(|p: &Peer| p.node.addr())
+            .into_iter()
+            .collect();
+        peer.node.join(&bootstrap).await.unwrap();
+        members.push(peer);
+    }
+    members[0]
+        .mesh
+        .expose("echo", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    // An admitted node reaches the service.
+    let local = members[2]
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    assert_eq!(echo_through(local, b"member").await.unwrap(), b"member");
+
+    // The outsider has a valid but self-signed certificate.
+    let outsider = Peer::start_with(
+        Identity::from_seed([49; 32]),
+        None,
+        admission.clone(),
+        MeshConfig::default(),
+    )
+    .await;
+    assert!(outsider.node.join(&[members[0].node.addr()]).await.is_err());
+    // It cannot publish anything...
+    let exposed = outsider.mesh.expose("evil", "127.0.0.1:9").await;
+    assert!(matches!(exposed, Err(MeshError::Node(_))), "{exposed:?}");
+    // ...nor look anything up, nor reach a member's service even knowing its id and address.
+    assert!(outsider.mesh.lookup("echo").await.is_err());
+    let direct = outsider
+        .node
+        .open_stream_to(members[0].node.id(), members[0].node.addr(), "echo")
+        .await;
+    assert!(
+        direct.is_err(),
+        "a member accepted a stream from an outsider"
+    );
+    let outsider_local = outsider
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    assert_eq!(expect_closed(outsider_local).await, 0);
+    assert_eq!(outsider.mesh.status().forwarded[0].failures, 1);
+    // The members never stored a record from it nor opened a tunnel for it.
+    assert_eq!(members[0].mesh.status().exposed[0].tunnels, 1);
+    outsider.stop().await;
+    for peer in &members {
+        peer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_still_sees_its_own_events() {
+    let mut peers = cluster(51, 3, &MeshConfig::default()).await;
+    // Mesh traffic: every node's registry sees publishes and lookups.
+    peers[0]
+        .mesh
+        .expose("web", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    assert_eq!(peers[1].mesh.lookup("web").await.unwrap().len(), 1);
+    // Application traffic: a routed message and a direct one.
+    let ids: Vec<NodeId> = peers.iter().map(|p| p.node.id()).collect();
+    let key = wendy::id::Key::from_name("room:lobby");
+    let root = key.closest(ids.iter().copied()).unwrap();
+    peers[1]
+        .node
+        .route(key, b"app routed".to_vec())
+        .await
+        .unwrap();
+    let target = ids[2];
+    peers[0]
+        .node
+        .send(target, b"app direct".to_vec())
+        .await
+        .unwrap();
+
+    let mut seen_routed = false;
+    let mut seen_direct = false;
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while !(seen_routed && seen_direct) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: app events missing"
+        );
+        for peer in &mut peers {
+            while let Some(event) = peer.events.try_recv() {
+                match event {
+                    NodeEvent::Deliver(d) => {
+                        assert!(!d.payload.starts_with(&MAGIC), "a mesh message leaked");
+                        assert_eq!(d.payload, b"app routed");
+                        assert_eq!(peer.node.id(), root);
+                        seen_routed = true;
+                    }
+                    NodeEvent::Direct { payload, .. } => {
+                        assert!(!payload.starts_with(&MAGIC), "a mesh message leaked");
+                        assert_eq!(payload, b"app direct");
+                        assert_eq!(peer.node.id(), target);
+                        seen_direct = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
+/// `wendy node --events json` as a child process; killed when dropped.
+struct NodeProcess {
+    name: &'static str,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl NodeProcess {
+    fn start(name: &'static str, args: &[String]) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wendy"))
+            .arg("node")
+            .args(args)
+            .args(["--events", "json"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wendy node");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            name,
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next output line that is event `event` (hang-guarded); `None` if the output ends.
+    fn next_event(&mut self, event: &str) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "hang guard: {} never printed {event}; output:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            };
+            self.seen.push(line.clone());
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if value["event"] == event {
+                return Some(value);
+            }
+        }
+    }
+
+    fn expect_event(&mut self, event: &str) -> serde_json::Value {
+        self.next_event(event).unwrap_or_else(|| {
+            panic!(
+                "{} exited before printing {event}; output:\n{}",
+                self.name,
+                self.seen.join("\n")
+            )
+        })
+    }
+
+    fn command(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn status(&mut self) -> serde_json::Value {
+        self.command("status");
+        self.expect_event("status")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking TCP echo server on a thread (for the process test, which has no runtime).
+fn blocking_echo_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            std::thread::spawn(move || {
+                let mut read = tcp.try_clone().unwrap();
+                let mut write = tcp;
+                if std::io::copy(&mut read, &mut write).is_ok() {
+                    let _ = write.shutdown(std::net::Shutdown::Write);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Echoes `data` through `addr` with blocking sockets: writes on a thread, reads here.
+fn blocking_echo_through(addr: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(HANG_GUARD))?;
+    let mut write = tcp.try_clone()?;
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        write.write_all(&data)?;
+        write.shutdown(std::net::Shutdown::Write)
+    });
+    let mut read = tcp;
+    let mut echoed = Vec::new();
+    let result = read.read_to_end(&mut echoed);
+    let _ = writer.join();
+    result.map(|_| echoed)
+}
+
+#[test]
+fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let ca = MeshCa::generate("cli mesh", Validity::days_from_now(30)).unwrap();
+    ca.save(&dir.path().join("meshca"), false).unwrap();
+    let ca_cert = path("meshca/ca.crt");
+    for name in ["a", "b", "c", "x"] {
+        let identity = Identity::generate();
+        identity
+            .save(&dir.path().join(format!("{name}.key")), false)
+            .unwrap();
+        let certificate = if name == "x" {
+            // The outsider's certificate is self-signed, not from the mesh CA.
+            identity.self_signed_certificate(Validity::days_from_now(30))
+        } else {
+            ca.issue(&identity.public_key(), Validity::days_from_now(30))
+        };
+        certificate
+            .unwrap()
+            .save(&dir.path().join(format!("{name}.crt")), false)
+            .unwrap();
+    }
+    let member = |name: &str| {
+        vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--key".to_owned(),
+            path(&format!("{name}.key")),
+            "--cert".to_owned(),
+            path(&format!("{name}.crt")),
+            "--ca".to_owned(),
+            ca_cert.clone(),
+        ]
+    };
+    let echo = blocking_echo_server();
+    let mut a_args = member("a");
+    a_args.extend(["--expose".to_owned(), format!("echo={echo}")]);
+    let mut a = NodeProcess::start("a", &a_args);
+    let addr_a = a.expect_event("listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exposed = a.expect_event("exposed");
+    assert_eq!(exposed["name"], "echo");
+    assert_eq!(exposed["target"], echo.to_string());
+
+    let mut b_args = member("b");
+    b_args.extend(["--join".to_owned(), addr_a.clone()]);
+    let mut b = NodeProcess::start("b", &b_args);
+    b.expect_event("joined");
+
+    // c takes its services from the config file.
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!("join = [\"{addr_a}\"]\nforward = [\"127.0.0.1:0=echo\"]\n"),
+    )
+    .unwrap();
+    let mut c_args = member("c");
+    c_args.extend(["--config".to_owned(), path("c.toml")]);
+    let mut c = NodeProcess::start("c", &c_args);
+    let forwarding = c.expect_event("forwarding");
+    assert_eq!(forwarding["name"], "echo");
+    let local = forwarding["listen"].as_str().unwrap().to_owned();
+
+    let data = random_bytes(99, 200_000);
+    let echoed = blocking_echo_through(&local, &data).expect("echo through wendy node");
+    assert!(echoed == data, "{} bytes came back corrupted", echoed.len());
+
+    let status = c.status();
+    assert_eq!(status["forwarded"][0]["name"], "echo");
+    assert_eq!(status["forwarded"][0]["listen"], local.as_str());
+    assert_eq!(status["forwarded"][0]["connections"], 1);
+    let status = a.status();
+    assert_eq!(status["exposed"][0]["name"], "echo");
+    assert_eq!(status["exposed"][0]["tunnels"], 1);
+
+    // A node without a certificate from the mesh CA cannot join, so it cannot expose or reach.
+    let x_args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--key".to_owned(),
+        path("x.key"),
+        "--join".to_owned(),
+        addr_a.clone(),
+        "--expose".to_owned(),
+        format!("evil={echo}"),
+        "--forward".to_owned(),
+        "127.0.0.1:0=echo".to_owned(),
+    ];
+    let mut x = NodeProcess::start("x", &x_args);
+    let error = x.expect_event("error");
+    assert_eq!(error["fatal"], true, "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("cannot join"),
+        "{error}"
+    );
+    assert!(x.next_event("exposed").is_none() && x.next_event("forwarding").is_none());
+    assert!(!x.child.wait().unwrap().success());
+
+    // The provider leaves: a new connection through c is closed without data, promptly.
+    a.command("leave");
+    a.expect_event("left");
+    match blocking_echo_through(&local, b"anyone?") {
+        Ok(echoed) => assert!(echoed.is_empty(), "{echoed:?}"),
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+    }
+    let status = c.status();
+    assert_eq!(status["forwarded"][0]["failures"], 1);
+    assert!(status["forwarded"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("echo"));
+    drop(b);
+}

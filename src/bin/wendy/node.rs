@@ -1,0 +1,308 @@
+//! `wendy node`: run one Wendy node, driven by commands on stdin, reporting events on stdout.
+//!
+//! Layout: [`config`] merges flags and the TOML file into one `NodeOptions`; [`trust`] loads
+//! and checks the key, certificate and CA; [`output`] owns the stdout contract (JSON lines or
+//! text); [`commands`] parses stdin. This file is the run loop: start, join, then serve stdin
+//! commands, node events and signals until `leave`, SIGINT or SIGTERM.
+//!
+//! Service mesh: the node's events go through a [`Mesh`], which handles registry messages and
+//! tunnels (raw streams) and passes every other event on; `--expose` / `--forward` services
+//! start once the node has joined, and are withdrawn when it leaves.
+
+mod commands;
+mod config;
+mod output;
+mod trust;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use wendy::id::NodeId;
+use wendy::mesh::Mesh;
+use wendy::node::{Node, NodeError, NodeEvent};
+use wendy::transport::TransportError;
+
+use crate::CmdResult;
+use commands::StdinCommand;
+pub(crate) use config::NodeArgs;
+use config::{EventFormat, NodeOptions};
+use output::{Out, Printer, StatusOut};
+
+/// Runs `wendy node` until it leaves; errors are one line for `main` to print.
+pub(crate) fn run(args: NodeArgs) -> CmdResult {
+    let options = NodeOptions::resolve(args)?;
+    let trust = trust::load(&options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(options, trust));
+    // The stdin reader thread may be blocked in a read: do not wait for it.
+    runtime.shutdown_background();
+    result
+}
+
+/// Signals that end the node gracefully.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        let install = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+        Ok(Self {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
+    let printer = Printer::new(options.events);
+    let mut signals = Signals::install()?;
+    let bootstrap = resolve_join(&options.join).await?;
+    let identity = trust.identity.clone();
+    let mut builder = Node::builder(trust.identity)
+        .listen(options.listen)
+        .admission(trust.admission)
+        .config(options.config.clone());
+    if let Some(addr) = options.advertise {
+        builder = builder.advertise(addr);
+    }
+    if let Some(certificate) = trust.certificate {
+        builder = builder.certificate(certificate);
+    }
+    let (node, events) = builder
+        .spawn()
+        .await
+        .map_err(|e| spawn_error(e, options.listen))?;
+    let me = node.id();
+    let (mesh, mut events) = Mesh::new(node.clone(), identity, events, options.mesh.clone())
+        .map_err(|e| format!("cannot start the service mesh: {e}"))?;
+    if node.addr().ip().is_unspecified() {
+        tracing::warn!(
+            addr = %node.addr(),
+            "listening on an unspecified address: other hosts cannot dial it; pass --advertise \
+             with this host's reachable address"
+        );
+    }
+    printer.print(&Out::Listening {
+        id: me.to_string(),
+        addr: node.addr().to_string(),
+    });
+
+    // Join, printing the events that arrive meanwhile (the `joined` event among them).
+    let joined = {
+        let join = node.join(&bootstrap);
+        tokio::pin!(join);
+        loop {
+            tokio::select! {
+                result = &mut join => break result.map_err(|e| join_error(e, &options)),
+                event = events.recv() => match event {
+                    Some(event) => on_event(me, event, printer),
+                    None => break Err("the node stopped while joining".to_owned()),
+                },
+                () = signals.recv() => break Err("interrupted before the node joined".to_owned()),
+            }
+        }
+    };
+    if let Err(message) = joined {
+        node.shutdown().await;
+        return Err(fatal(printer, options.events, message));
+    }
+    if options.events == EventFormat::Text {
+        eprintln!("{}", commands::USAGE);
+    }
+
+    if let Err(message) = start_services(&mesh, &options, printer).await {
+        mesh.shutdown().await;
+        node.shutdown().await;
+        return Err(fatal(printer, options.events, message));
+    }
+
+    let mut stdin = spawn_stdin_reader();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = stdin.recv(), if stdin_open => match line {
+                Some(line) => match commands::parse(&line) {
+                    Ok(Some(StdinCommand::Leave)) => break,
+                    Ok(Some(command)) => on_command(&mesh, command, printer).await,
+                    Ok(None) => {}
+                    Err(message) => printer.print(&Out::error(message)),
+                },
+                // End of stdin does not stop the node: it runs until `leave` or a signal.
+                None => stdin_open = false,
+            },
+            event = events.recv() => match event {
+                Some(event) => on_event(me, event, printer),
+                None => {
+                    let message = "the node stopped unexpectedly".to_owned();
+                    return Err(fatal(printer, options.events, message));
+                }
+            },
+            () = signals.recv() => break,
+        }
+    }
+    mesh.shutdown().await;
+    node.leave()
+        .await
+        .map_err(|e| fatal(printer, options.events, format!("leaving failed: {e}")))?;
+    printer.print(&Out::Left { id: me.to_string() });
+    Ok(())
+}
+
+/// Prints a fatal error as a JSON event too (tools reading stdout see why the node exits), and
+/// returns it for the one-line message on stderr.
+fn fatal(printer: Printer, format: EventFormat, message: String) -> Box<dyn std::error::Error> {
+    if format == EventFormat::Json {
+        printer.print(&Out::Error {
+            message: message.clone(),
+            fatal: true,
+        });
+    }
+    message.into()
+}
+
+fn on_event(me: NodeId, event: NodeEvent, printer: Printer) {
+    if let Some(out) = Out::from_event(me, &event) {
+        printer.print(&out);
+    }
+}
+
+/// Exposes and forwards the services of `--expose` / `--forward`; the first failure is fatal
+/// (a node that silently lacks a service it was asked for is worse than one that exits).
+async fn start_services(
+    mesh: &Mesh,
+    options: &NodeOptions,
+    printer: Printer,
+) -> Result<(), String> {
+    for (name, target) in &options.expose {
+        mesh.expose(name, target)
+            .await
+            .map_err(|e| format!("cannot expose {name}={target}: {e}"))?;
+        printer.print(&Out::Exposed {
+            name: name.clone(),
+            target: target.clone(),
+        });
+    }
+    for (listen, name) in &options.forward {
+        let local = mesh.forward(*listen, name).await.map_err(|e| {
+            format!("cannot forward {listen}={name}: {e}; pick another local address")
+        })?;
+        printer.print(&Out::Forwarding {
+            listen: local.to_string(),
+            name: name.clone(),
+        });
+    }
+    Ok(())
+}
+
+async fn on_command(mesh: &Mesh, command: StdinCommand, printer: Printer) {
+    let node = mesh.node();
+    match command {
+        StdinCommand::Route { key, text } => match node.route(key, text.into_bytes()).await {
+            Ok(msg_id) => printer.print(&Out::Routed {
+                key: key.to_string(),
+                msg_id,
+            }),
+            Err(e) => printer.print(&Out::error(format!("route: {e}"))),
+        },
+        StdinCommand::Send { to, text } => {
+            // A send may wait for a connection: do it aside so events keep flowing.
+            let node = node.clone();
+            tokio::spawn(async move {
+                match node.send(to, text.into_bytes()).await {
+                    Ok(()) => printer.print(&Out::Sent { to: to.to_string() }),
+                    Err(e) => printer.print(&Out::error(format!("send: {e}"))),
+                }
+            });
+        }
+        StdinCommand::Status => match node.status().await {
+            Ok(status) => {
+                let status = StatusOut::new(&status).with_mesh(mesh.status());
+                printer.print(&Out::Status(Box::new(status)));
+            }
+            Err(e) => printer.print(&Out::error(format!("status: {e}"))),
+        },
+        // Handled by the run loop (it ends the loop).
+        StdinCommand::Leave => {}
+    }
+}
+
+/// Reads stdin lines on a plain thread (a blocking read cannot be cancelled; this thread
+/// simply ends with the process). The channel closes at end of input.
+fn spawn_stdin_reader() -> mpsc::Receiver<String> {
+    let (lines, receiver) = mpsc::channel(64);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stdin = std::io::stdin().lock();
+        let mut buffer = Vec::new();
+        loop {
+            buffer.clear();
+            match stdin.read_until(b'\n', &mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buffer).into_owned();
+                    if lines.blocking_send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    receiver
+}
+
+/// Resolves `--join HOST:PORT` values to socket addresses.
+async fn resolve_join(join: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs = Vec::new();
+    for text in join {
+        let found = tokio::net::lookup_host(text.as_str())
+            .await
+            .map_err(|e| format!("cannot resolve --join {text:?}: {e} (expected HOST:PORT)"))?;
+        addrs.extend(found);
+    }
+    Ok(addrs)
+}
+
+fn spawn_error(e: NodeError, listen: SocketAddr) -> String {
+    match e {
+        NodeError::Transport(TransportError::Bind { message, .. }) => format!(
+            "cannot listen on {listen}: {message}; another process (maybe another wendy node) \
+             may be using it: pick another --listen address"
+        ),
+        other => format!("cannot start the node: {other}"),
+    }
+}
+
+fn join_error(e: NodeError, options: &NodeOptions) -> String {
+    match e {
+        NodeError::NoBootstrapReachable { tried, last_error } => format!(
+            "cannot join: no bootstrap node reachable at {tried} (connect timeout {}): \
+             {last_error}; check the --join addresses, that a node runs there, and that it \
+             admits this node",
+            seconds(options.config.limits.connect_timeout)
+        ),
+        NodeError::JoinTimeout(limit) => format!(
+            "cannot join: the overlay did not accept this node within {}; check the bootstrap \
+             nodes or raise [timeouts] join_ms in the config file",
+            seconds(limit)
+        ),
+        other => format!("cannot join: {other}"),
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}

@@ -1,0 +1,482 @@
+//! The options of `wendy node`: command-line flags, the TOML config file, and their merge.
+//!
+//! Everything the node needs to start is resolved here into one [`NodeOptions`], so the run
+//! loop never looks at flags or files. New options (the service mesh's `expose` / `forward`)
+//! go into [`NodeArgs`], [`FileConfig`] and [`NodeOptions`], merged in [`NodeOptions::resolve`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use wendy::id::NodeId;
+use wendy::mesh::{validate_name, validate_target, MeshConfig};
+use wendy::node::NodeConfig;
+
+/// Options of `wendy node`. Every flag can also be set in the `--config` file (same name);
+/// a flag overrides the file.
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// UDP address to listen on, e.g. 127.0.0.1:4000 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Address other nodes are told to dial (default: the bound address); needed when
+    /// listening on 0.0.0.0.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) advertise: Option<SocketAddr>,
+    /// This node's private key (from `wendy keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// This node's certificate issued by the mesh CA (`wendy ca issue`); needs --ca.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The mesh CA certificate: only nodes with a certificate from this CA are admitted.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
+    /// Admit only this node id (32 hex digits); repeat for each node. Without --ca and
+    /// --allow, any node may connect (open mesh).
+    #[arg(long = "allow", value_name = "ID")]
+    pub(crate) allow: Vec<String>,
+    /// Join the overlay through this node (HOST:PORT); repeat to give fallbacks. Without
+    /// --join the node starts a new overlay.
+    #[arg(long = "join", value_name = "ADDR")]
+    pub(crate) join: Vec<String>,
+    /// A TOML file with the same settings (flags override it); see the README.
+    #[arg(long, value_name = "FILE.toml")]
+    pub(crate) config: Option<PathBuf>,
+    /// Output format on stdout: `json` (one object per line) or `text`.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub(crate) events: Option<EventFormat>,
+    /// Publish the TCP service at HOST:PORT to the mesh as NAME; repeat for each service.
+    #[arg(long = "expose", value_name = "NAME=HOST:PORT")]
+    pub(crate) expose: Vec<String>,
+    /// Listen on LOCAL_ADDR (TCP) and tunnel each connection to a node exposing NAME; repeat
+    /// for each service.
+    #[arg(long = "forward", value_name = "LOCAL_ADDR=NAME")]
+    pub(crate) forward: Vec<String>,
+}
+
+/// How events are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum EventFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The config file. Unknown keys are an error naming the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    listen: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
+    key: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    allow: Option<Vec<String>>,
+    join: Option<Vec<String>>,
+    events: Option<EventFormat>,
+    expose: Option<Vec<String>>,
+    forward: Option<Vec<String>>,
+    #[serde(default)]
+    mesh: MeshTable,
+    #[serde(default)]
+    pastry: PastryTable,
+    #[serde(default)]
+    timeouts: TimeoutsTable,
+    #[serde(default)]
+    limits: LimitsTable,
+}
+
+/// `[mesh]`: the service registry's knobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshTable {
+    replicas: Option<usize>,
+    record_ttl_ms: Option<u64>,
+}
+
+/// `[pastry]`: the routing core's knobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PastryTable {
+    leaf_set_size: Option<usize>,
+    neighbourhood_size: Option<usize>,
+    proximity: Option<bool>,
+    probe_period_ms: Option<u64>,
+    probe_timeout_ms: Option<u64>,
+    probe_retries: Option<u8>,
+    ack_timeout_ms: Option<u64>,
+    maintenance_period_ms: Option<u64>,
+    max_hops: Option<u8>,
+}
+
+/// `[timeouts]`: how long the node waits for things.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsTable {
+    join_ms: Option<u64>,
+    connect_ms: Option<u64>,
+    idle_ms: Option<u64>,
+    keep_alive_ms: Option<u64>,
+    request_ms: Option<u64>,
+}
+
+/// `[limits]`: resource caps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsTable {
+    max_connections: Option<usize>,
+    max_message_size: Option<usize>,
+    event_capacity: Option<usize>,
+}
+
+/// Everything `wendy node` runs with, flags and file merged and checked.
+#[derive(Debug)]
+pub(crate) struct NodeOptions {
+    pub(crate) listen: SocketAddr,
+    pub(crate) advertise: Option<SocketAddr>,
+    pub(crate) key: PathBuf,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) allow: Vec<NodeId>,
+    pub(crate) join: Vec<String>,
+    pub(crate) events: EventFormat,
+    pub(crate) config: NodeConfig,
+    /// Services to expose: (name, HOST:PORT).
+    pub(crate) expose: Vec<(String, String)>,
+    /// Services to forward: (local address, name).
+    pub(crate) forward: Vec<(SocketAddr, String)>,
+    pub(crate) mesh: MeshConfig,
+}
+
+impl NodeOptions {
+    /// Reads the config file (if any) and lays the flags over it.
+    pub(crate) fn resolve(args: NodeArgs) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        // Relative paths in the file are relative to the file's directory.
+        let base = args
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let in_file = |path: Option<PathBuf>| path.map(|p| base.join(p));
+        let listen = args.listen.or(file.listen).ok_or(
+            "no listen address: pass --listen ADDR (e.g. 127.0.0.1:4000) or set `listen` in the \
+             config file",
+        )?;
+        let key = args.key.or_else(|| in_file(file.key)).ok_or(
+            "no key file: pass --key FILE (create one with `wendy keygen --out FILE`) or set `key` \
+             in the config file",
+        )?;
+        let allow_text = if args.allow.is_empty() {
+            file.allow.unwrap_or_default()
+        } else {
+            args.allow
+        };
+        let allow = allow_text
+            .iter()
+            .map(|text| {
+                text.parse::<NodeId>()
+                    .map_err(|e| format!("invalid --allow id {text:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let join = if args.join.is_empty() {
+            file.join.unwrap_or_default()
+        } else {
+            args.join
+        };
+        let mut config = NodeConfig::default();
+        apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits)?;
+        let expose = if args.expose.is_empty() {
+            file.expose.unwrap_or_default()
+        } else {
+            args.expose
+        };
+        let expose = parse_exposes(&expose)?;
+        let forward = if args.forward.is_empty() {
+            file.forward.unwrap_or_default()
+        } else {
+            args.forward
+        };
+        let forward = parse_forwards(&forward)?;
+        let mesh = mesh_config(&file.mesh)?;
+        Ok(Self {
+            listen,
+            advertise: args.advertise.or(file.advertise),
+            key,
+            cert: args.cert.or_else(|| in_file(file.cert)),
+            ca: args.ca.or_else(|| in_file(file.ca)),
+            allow,
+            join,
+            events: args.events.or(file.events).unwrap_or_default(),
+            config,
+            expose,
+            forward,
+            mesh,
+        })
+    }
+}
+
+/// Parses `--expose NAME=HOST:PORT` values; a name may be exposed once.
+fn parse_exposes(values: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut exposes: Vec<(String, String)> = Vec::new();
+    for value in values {
+        let bad = |why: String| {
+            format!(
+                "invalid --expose {value:?}: {why}; expected NAME=HOST:PORT, e.g. \
+                 web=127.0.0.1:8080"
+            )
+        };
+        let (name, target) = value
+            .split_once('=')
+            .ok_or_else(|| bad("no '='".to_owned()))?;
+        validate_name(name).map_err(|e| bad(e.to_string()))?;
+        validate_target(target).map_err(|e| bad(e.to_string()))?;
+        if exposes.iter().any(|(n, _)| n == name) {
+            return Err(bad(format!("{name:?} is exposed twice")));
+        }
+        exposes.push((name.to_owned(), target.to_owned()));
+    }
+    Ok(exposes)
+}
+
+/// Parses `--forward LOCAL_ADDR=NAME` values; an address may be used once.
+fn parse_forwards(values: &[String]) -> Result<Vec<(SocketAddr, String)>, String> {
+    let mut forwards: Vec<(SocketAddr, String)> = Vec::new();
+    for value in values {
+        let bad = |why: String| {
+            format!(
+                "invalid --forward {value:?}: {why}; expected LOCAL_ADDR=NAME, e.g. \
+                 127.0.0.1:9000=web"
+            )
+        };
+        let (addr, name) = value
+            .split_once('=')
+            .ok_or_else(|| bad("no '='".to_owned()))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| bad(format!("{addr:?} is not an IP:PORT address")))?;
+        validate_name(name).map_err(|e| bad(e.to_string()))?;
+        if addr.port() != 0 && forwards.iter().any(|(a, _)| *a == addr) {
+            return Err(bad(format!("{addr} is used twice")));
+        }
+        forwards.push((addr, name.to_owned()));
+    }
+    Ok(forwards)
+}
+
+fn mesh_config(table: &MeshTable) -> Result<MeshConfig, String> {
+    let mut config = match positive_ms("[mesh] record_ttl_ms", table.record_ttl_ms)? {
+        Some(ttl) => MeshConfig::with_ttl(ttl),
+        None => MeshConfig::default(),
+    };
+    if let Some(replicas) = table.replicas {
+        if replicas == 0 {
+            return Err("[mesh] replicas must be at least 1".to_owned());
+        }
+        config.replicas = replicas;
+    }
+    Ok(config)
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    parse_file(&text).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+/// Parses config text; the error starts with `LINE:COLUMN: ` when the position is known.
+pub(crate) fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let (line, column) = line_and_column(text, span.start);
+                format!("{line}:{column}: {message}")
+            }
+            None => format!(" {message}"),
+        }
+    })
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn apply_tables(
+    config: &mut NodeConfig,
+    pastry: &PastryTable,
+    timeouts: &TimeoutsTable,
+    limits: &LimitsTable,
+) -> Result<(), String> {
+    let p = &mut config.pastry;
+    if let Some(size) = pastry.leaf_set_size {
+        if size < 2 || size % 2 != 0 {
+            return Err(format!(
+                "[pastry] leaf_set_size must be an even number >= 2, got {size}"
+            ));
+        }
+        p.leaf_set_size = size;
+    }
+    set(&mut p.neighbourhood_size, pastry.neighbourhood_size);
+    set(&mut p.proximity, pastry.proximity);
+    set(
+        &mut p.probe_period,
+        positive_ms("[pastry] probe_period_ms", pastry.probe_period_ms)?,
+    );
+    set(
+        &mut p.probe_timeout,
+        positive_ms("[pastry] probe_timeout_ms", pastry.probe_timeout_ms)?,
+    );
+    set(&mut p.probe_retries, pastry.probe_retries);
+    set(
+        &mut p.ack_timeout,
+        positive_ms("[pastry] ack_timeout_ms", pastry.ack_timeout_ms)?,
+    );
+    set(
+        &mut p.maintenance_period,
+        positive_ms(
+            "[pastry] maintenance_period_ms",
+            pastry.maintenance_period_ms,
+        )?,
+    );
+    set(&mut p.max_hops, pastry.max_hops);
+    set(
+        &mut config.join_timeout,
+        positive_ms("[timeouts] join_ms", timeouts.join_ms)?,
+    );
+    let l = &mut config.limits;
+    set(
+        &mut l.connect_timeout,
+        positive_ms("[timeouts] connect_ms", timeouts.connect_ms)?,
+    );
+    set(
+        &mut l.max_idle_timeout,
+        positive_ms("[timeouts] idle_ms", timeouts.idle_ms)?,
+    );
+    set(
+        &mut l.keep_alive,
+        positive_ms("[timeouts] keep_alive_ms", timeouts.keep_alive_ms)?,
+    );
+    set(
+        &mut l.request_timeout,
+        positive_ms("[timeouts] request_ms", timeouts.request_ms)?,
+    );
+    set(&mut l.max_connections, limits.max_connections);
+    set(&mut l.max_message_size, limits.max_message_size);
+    set(&mut config.event_capacity, limits.event_capacity);
+    if l.keep_alive >= l.max_idle_timeout {
+        return Err(format!(
+            "[timeouts] keep_alive_ms ({} ms) must be below idle_ms ({} ms)",
+            l.keep_alive.as_millis(),
+            l.max_idle_timeout.as_millis()
+        ));
+    }
+    Ok(())
+}
+
+fn set<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
+    }
+}
+
+fn positive_ms(name: &str, value: Option<u64>) -> Result<Option<Duration>, String> {
+    match value {
+        Some(0) => Err(format!("{name} must be above 0")),
+        other => Ok(other.map(Duration::from_millis)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let err = parse_file("listen = \"127.0.0.1:1\"\nlisten_addr = 3\n").unwrap_err();
+        assert!(err.starts_with("2:1: "), "{err}");
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = parse_file("[pastry]\nleaf_size = 8\n").unwrap_err();
+        assert!(
+            err.starts_with("2:1: ") && err.contains("leaf_size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_reported_on_one_line_with_its_position() {
+        let err = parse_file("key = \"a\"\n\nthis is not toml\n").unwrap_err();
+        assert!(err.starts_with("3:"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn tables_set_the_node_config() {
+        let file = parse_file(
+            "[pastry]\nleaf_set_size = 8\nprobe_period_ms = 500\n[timeouts]\njoin_ms = 2000\n\
+             connect_ms = 700\n[limits]\nmax_connections = 10\n",
+        )
+        .unwrap();
+        let mut config = NodeConfig::default();
+        apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits).unwrap();
+        assert_eq!(config.pastry.leaf_set_size, 8);
+        assert_eq!(config.pastry.probe_period, Duration::from_millis(500));
+        assert_eq!(config.join_timeout, Duration::from_secs(2));
+        assert_eq!(config.limits.connect_timeout, Duration::from_millis(700));
+        assert_eq!(config.limits.max_connections, 10);
+    }
+
+    #[test]
+    fn services_parse_and_bad_ones_say_what_to_fix() {
+        let exposes =
+            parse_exposes(&["web=127.0.0.1:8080".into(), "db=localhost:5432".into()]).unwrap();
+        assert_eq!(exposes[1], ("db".to_owned(), "localhost:5432".to_owned()));
+        for (bad, says) in [
+            ("web", "no '='"),
+            ("web=127.0.0.1", "expected HOST:PORT"),
+            ("we b=127.0.0.1:1", "bad service name"),
+            ("=127.0.0.1:1", "bad service name"),
+        ] {
+            let err = parse_exposes(&[bad.into()]).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("NAME=HOST:PORT"),
+                "{err}"
+            );
+        }
+        let err = parse_exposes(&["a=h:1".into(), "a=h:2".into()]).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        let forwards = parse_forwards(&["127.0.0.1:9000=web".into()]).unwrap();
+        assert_eq!(forwards[0].0, "127.0.0.1:9000".parse().unwrap());
+        let err = parse_forwards(&["localhost:9000=web".into()]).unwrap_err();
+        assert!(err.contains("LOCAL_ADDR=NAME"), "{err}");
+        let file = parse_file("expose = [\"web=127.0.0.1:80\"]\nforward = [\"127.0.0.1:1=db\"]\n[mesh]\nreplicas = 5\nrecord_ttl_ms = 9000\n").unwrap();
+        assert_eq!(file.expose.unwrap().len(), 1);
+        let mesh = mesh_config(&file.mesh).unwrap();
+        assert_eq!(mesh.replicas, 5);
+        assert_eq!(mesh.republish_interval, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn odd_leaf_set_sizes_are_refused() {
+        let file = parse_file("[pastry]\nleaf_set_size = 7\n").unwrap();
+        let mut config = NodeConfig::default();
+        let err =
+            apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits).unwrap_err();
+        assert!(err.contains("leaf_set_size"), "{err}");
+    }
+}

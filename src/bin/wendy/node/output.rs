@@ -1,0 +1,345 @@
+//! What `wendy node` prints on stdout: events as JSON lines (a contract other tools parse) or
+//! as human-readable lines.
+//!
+//! The JSON names and fields are fixed: new events and fields may be added, existing ones are
+//! never renamed or removed. Every line is flushed at once, so a tool reading a pipe sees each
+//! event as it happens. Logs never go to stdout.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use wendy::id::{Key, NodeId};
+use wendy::mesh::{ExposedStatus, ForwardStatus, MeshStatus};
+use wendy::node::{NodeEvent, PeerStatus, Status};
+
+use super::config::EventFormat;
+
+/// One line of output. `event` is the JSON tag; the field names are the contract.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub(crate) enum Out {
+    /// The node is bound and reachable at `addr`.
+    Listening { id: String, addr: String },
+    /// The node is part of an overlay.
+    Joined { id: String, leaf_set: Vec<String> },
+    /// A routed message arrived here, at the root of its key.
+    Deliver {
+        key: String,
+        from: String,
+        hops: u8,
+        payload: String,
+        msg_id: u64,
+    },
+    /// A message sent to this node with `send`.
+    Direct { from: String, payload: String },
+    /// A node entered this node's routing state.
+    NodeJoined { id: String },
+    /// A node left this node's leaf set (failed or left gracefully).
+    NodeLeft { id: String },
+    /// The leaf set changed.
+    LeafSetChanged { leaf_set: Vec<String> },
+    /// A leaf-set neighbour's heartbeat.
+    Heartbeat { from: String },
+    /// A message routed from here was given up.
+    RouteFailed { key: String, msg_id: u64 },
+    /// A `route` command was accepted.
+    Routed { key: String, msg_id: u64 },
+    /// A `send` command was carried out.
+    Sent { to: String },
+    /// A service is published to the mesh as `name`, tunnelled to `target`.
+    Exposed { name: String, target: String },
+    /// Connections to `listen` are tunnelled to a provider of `name`.
+    Forwarding { listen: String, name: String },
+    /// This node left the overlay and is exiting.
+    Left { id: String },
+    /// Something went wrong; unless `fatal`, the node keeps running.
+    Error {
+        message: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        fatal: bool,
+    },
+    /// The answer to `status`.
+    Status(Box<StatusOut>),
+}
+
+/// The `status` object: `id`, `addr`, `leaf_set`, `routing_table`, `connections`, and more.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusOut {
+    id: String,
+    addr: String,
+    active: bool,
+    leaf_set: Vec<String>,
+    routing_table: Vec<RouteEntryOut>,
+    neighbourhood: Vec<PeerOut>,
+    connections: Vec<ConnectionOut>,
+    stats: wendy::node::NodeStats,
+    control_msgs_sent: u64,
+    control_bytes_sent: u64,
+    /// Services this node exposes (service mesh).
+    exposed: Vec<ExposedStatus>,
+    /// Services this node forwards (service mesh).
+    forwarded: Vec<ForwardStatus>,
+    /// Service records this node holds as a registry root or replica.
+    records_held: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteEntryOut {
+    id: String,
+    addr: String,
+    rtt_ms: Option<f64>,
+    row: usize,
+    col: u8,
+}
+
+#[derive(Debug, Serialize)]
+struct PeerOut {
+    id: String,
+    addr: String,
+    rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConnectionOut {
+    id: String,
+    addr: String,
+    rtt_ms: f64,
+    inbound: bool,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+fn hex(id: NodeId) -> String {
+    id.to_string()
+}
+
+fn hexes(ids: &[NodeId]) -> Vec<String> {
+    ids.iter().copied().map(hex).collect()
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+impl StatusOut {
+    pub(crate) fn new(status: &Status) -> Self {
+        let me = status.id;
+        let peer = |p: &PeerStatus| PeerOut {
+            id: hex(p.id),
+            addr: p.addr.to_string(),
+            rtt_ms: p.rtt_ms,
+        };
+        Self {
+            id: hex(me),
+            addr: status.addr.to_string(),
+            active: status.active,
+            leaf_set: hexes(&status.leaf_set),
+            routing_table: status
+                .routing_table
+                .iter()
+                .map(|p| {
+                    // The slot of an entry: row = digits shared with this node's id, column =
+                    // the entry's next digit.
+                    let row = me.shared_prefix_len(p.id);
+                    RouteEntryOut {
+                        id: hex(p.id),
+                        addr: p.addr.to_string(),
+                        rtt_ms: p.rtt_ms,
+                        row,
+                        col: p.id.digit(row),
+                    }
+                })
+                .collect(),
+            neighbourhood: status.neighbourhood.iter().map(peer).collect(),
+            connections: status
+                .connections
+                .iter()
+                .map(|c| ConnectionOut {
+                    id: hex(c.id),
+                    addr: c.addr.to_string(),
+                    rtt_ms: (c.rtt_ms * 1e3).round() / 1e3,
+                    inbound: c.inbound,
+                    bytes_sent: c.bytes_sent,
+                    bytes_received: c.bytes_received,
+                })
+                .collect(),
+            stats: status.stats,
+            control_msgs_sent: status.control_msgs_sent,
+            control_bytes_sent: status.control_bytes_sent,
+            exposed: Vec::new(),
+            forwarded: Vec::new(),
+            records_held: 0,
+        }
+    }
+
+    /// Adds the service mesh's part.
+    pub(crate) fn with_mesh(mut self, mesh: MeshStatus) -> Self {
+        self.exposed = mesh.exposed;
+        self.forwarded = mesh.forwarded;
+        self.records_held = mesh.records_held;
+        self
+    }
+}
+
+impl Out {
+    /// The line for a node event, or `None` for events `wendy node` does not print (raw streams,
+    /// which the run loop handles).
+    pub(crate) fn from_event(me: NodeId, event: &NodeEvent) -> Option<Self> {
+        Some(match event {
+            NodeEvent::Joined { leaf_set } => Self::Joined {
+                id: hex(me),
+                leaf_set: hexes(leaf_set),
+            },
+            NodeEvent::Deliver(d) => Self::Deliver {
+                key: key_hex(d.key),
+                from: hex(d.origin),
+                hops: d.hops,
+                payload: text(&d.payload),
+                msg_id: d.id,
+            },
+            NodeEvent::Direct { from, payload } => Self::Direct {
+                from: hex(*from),
+                payload: text(payload),
+            },
+            NodeEvent::LeafSetChanged { leaf_set } => Self::LeafSetChanged {
+                leaf_set: hexes(leaf_set),
+            },
+            NodeEvent::NodeJoined(id) => Self::NodeJoined { id: hex(*id) },
+            NodeEvent::NodeLeft(id) => Self::NodeLeft { id: hex(*id) },
+            NodeEvent::Heartbeat { from } => Self::Heartbeat { from: hex(*from) },
+            NodeEvent::RouteFailed { id, key } => Self::RouteFailed {
+                key: key_hex(*key),
+                msg_id: *id,
+            },
+            NodeEvent::Error(message) => Self::error(message.clone()),
+            // Raw streams are handed to the service layer by the run loop; `NodeEvent` is
+            // non-exhaustive, so future events are skipped until they get a line here.
+            _ => return None,
+        })
+    }
+
+    /// A non-fatal error event.
+    pub(crate) fn error(message: String) -> Self {
+        Self::Error {
+            message,
+            fatal: false,
+        }
+    }
+
+    /// The human-readable line; `None` for events too noisy for a terminal.
+    fn human(&self) -> Option<String> {
+        Some(match self {
+            Self::Listening { id, addr } => format!("listening as {id} on {addr}"),
+            Self::Joined { id, leaf_set } => format!(
+                "joined the overlay as {id}; leaf set: {}",
+                list_or_none(leaf_set)
+            ),
+            Self::Deliver {
+                key,
+                from,
+                hops,
+                payload,
+                ..
+            } => format!(
+                "deliver key {key} from {from} after {hops} hop{}: {payload}",
+                if *hops == 1 { "" } else { "s" }
+            ),
+            Self::Direct { from, payload } => format!("direct from {from}: {payload}"),
+            Self::NodeJoined { id } => format!("node joined: {id}"),
+            Self::NodeLeft { id } => format!("node left: {id}"),
+            Self::LeafSetChanged { leaf_set } => {
+                format!("leaf set changed: {}", list_or_none(leaf_set))
+            }
+            Self::Heartbeat { .. } => return None,
+            Self::RouteFailed { key, msg_id } => {
+                format!("route failed: message {msg_id} to key {key} was given up")
+            }
+            Self::Routed { key, msg_id } => format!("routing message {msg_id} to key {key}"),
+            Self::Sent { to } => format!("sent to {to}"),
+            Self::Exposed { name, target } => format!("exposing {target} as service {name:?}"),
+            Self::Forwarding { listen, name } => {
+                format!("forwarding {listen} to service {name:?}")
+            }
+            Self::Left { id } => format!("left the overlay ({id}); exiting"),
+            Self::Error { message, .. } => format!("error: {message}"),
+            // `status` is JSON in both formats: it is meant for tools and `jq`.
+            Self::Status(_) => return serde_json::to_string(self).ok(),
+        })
+    }
+}
+
+fn key_hex(key: Key) -> String {
+    key.to_string()
+}
+
+fn list_or_none(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        ids.join(" ")
+    }
+}
+
+/// Writes output lines in the chosen format, one flushed line each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Printer {
+    format: EventFormat,
+}
+
+impl Printer {
+    pub(crate) fn new(format: EventFormat) -> Self {
+        Self { format }
+    }
+
+    pub(crate) fn print(&self, out: &Out) {
+        let line = match self.format {
+            EventFormat::Json => match serde_json::to_string(out) {
+                Ok(line) => line,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode an event");
+                    return;
+                }
+            },
+            EventFormat::Text => match out.human() {
+                Some(line) => line,
+                None => return,
+            },
+        };
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (the reader went away) must not stop the node: the overlay keeps
+        // working and stdin commands still act.
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            tracing::debug!("stdout is closed; output dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_keep_the_contract_names() {
+        let id: NodeId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        let line = serde_json::to_string(&Out::Listening {
+            id: hex(id),
+            addr: "127.0.0.1:4000".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"listening","id":"0123456789abcdef0123456789abcdef","addr":"127.0.0.1:4000"}"#
+        );
+        let line = serde_json::to_string(&Out::error("bad".into())).unwrap();
+        assert_eq!(line, r#"{"event":"error","message":"bad"}"#);
+        let line = serde_json::to_string(&Out::NodeLeft { id: hex(id) }).unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"node_left","id":"0123456789abcdef0123456789abcdef"}"#
+        );
+    }
+}

@@ -1,0 +1,1117 @@
+//! The secure service mesh: nodes expose named TCP services and reach each other's services
+//! through QUIC tunnels, with a registry that lives on the overlay itself.
+//!
+//! This module owns the service registry, the tunnels and their TCP sockets. It uses the public
+//! [`Node`] API only (routed and direct payloads, raw streams, events) and must not reach into
+//! `pastry/` or `transport/`.
+//!
+//! # Registry
+//! A provider publishes a [`SignedRecord`] (service name, provider id and key, overlay address,
+//! expiry, sequence) signed with its node key. The record is routed to the root of
+//! [`service_key`]`(name)` = `Key::from_name("svc:" + name)`, which stores it and copies it to
+//! the next closest nodes of its leaf set ([`MeshConfig::replicas`] holders in all, root
+//! included), and answers the provider directly. Providers republish every
+//! [`MeshConfig::republish_interval`], well before the record's [`MeshConfig::record_ttl`];
+//! when a node's leaf set changes, it hands the records it holds to the nodes newly among the
+//! closest to their key, so a node that becomes root already has them. A lookup is routed to
+//! the same key and answered by whoever is root at the time: if the root dies, the next closest
+//! node, a replica, becomes root and answers. Every holder checks a record before storing it and
+//! every reader checks it again ([`SignedRecord::verify`]); a bad one is refused with a
+//! [`RecordError`]. Expiry times are wall-clock (Unix) times, so the nodes' clocks must agree
+//! to well within the TTL.
+//!
+//! # Tunnels
+//! [`Mesh::forward`] listens on a local TCP address. For each accepted connection the mesh
+//! looks the service up (results are cached for [`MeshConfig::lookup_cache`]), ranks the
+//! providers (recently failed ones last, then lowest QUIC RTT, then the newest record) and opens
+//! a QUIC bi stream directly to the first ([`Node::open_stream_to`]). The provider checks that
+//! it exposes the name, connects to its `HOST:PORT` and answers one byte; then bytes flow both
+//! ways, and a FIN in one direction is passed on without closing the other. A provider that
+//! cannot be reached or refuses is skipped for the next one; when none is left, the local
+//! connection is reset at once and the error logged and counted in [`Mesh::status`].
+//!
+//! # Events and message tags
+//! [`Mesh::new`] takes the node's [`Events`] and returns a new [`Events`] that carries every
+//! event the mesh does not consume, so the application still sees deliveries, direct messages,
+//! leaf-set changes and the rest. The mesh consumes raw streams ([`NodeEvent::Stream`]: with a
+//! mesh installed, the stream namespace is the service names) and the routed and direct
+//! payloads tagged as mesh messages: such a payload starts with the 8 bytes [`MAGIC`]
+//! (`0xFF` then `wmesh/1`; `0xFF` never occurs in UTF-8, so text payloads cannot collide) and
+//! the rest must decode as a mesh message, otherwise it is passed to the application.
+//!
+//! ```no_run
+//! use wendy::identity::Identity;
+//! use wendy::mesh::{Mesh, MeshConfig};
+//! use wendy::node::Node;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = Identity::generate();
+//! let (node, events) = Node::builder(identity.clone()).spawn().await?;
+//! node.join(&["127.0.0.1:4000".parse()?]).await?;
+//! let (mesh, _app_events) = Mesh::new(node, identity, events, MeshConfig::default())?;
+//! mesh.expose("web", "127.0.0.1:8080").await?; // publish a local service
+//! let local = mesh.forward("127.0.0.1:9000".parse()?, "db").await?; // reach a remote one
+//! println!("db is reachable at {local}");
+//! # Ok(())
+//! # }
+//! ```
+
+mod message;
+mod record;
+mod registry;
+mod tunnel;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
+
+pub use message::MAGIC;
+pub use record::{
+    unix_ms_now, validate_name, RecordError, ServiceRecord, SignedRecord, MAX_NAME_LEN,
+};
+pub use registry::service_key;
+
+use crate::id::NodeId;
+use crate::identity::Identity;
+use crate::node::{Events, Node, NodeError, NodeEvent};
+use crate::transport::RawStream;
+use crate::wire::ErrorCode;
+use message::{MeshMessage, TUNNEL_ACCEPTED};
+use registry::{rank_providers, replica_set, Registry};
+
+/// Settings of a [`Mesh`]. `Default` suits a LAN or the internet.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// How many nodes hold each name's records: the root and the next closest. Default 3.
+    pub replicas: usize,
+    /// How long a published record is valid. Default 60 s.
+    pub record_ttl: Duration,
+    /// How often providers republish (and holders drop expired records). Default 20 s
+    /// (a third of the TTL, so two republications may be lost before a record expires).
+    pub republish_interval: Duration,
+    /// How long a registry request (publish or lookup) waits for the answer. Default 3 s.
+    pub request_timeout: Duration,
+    /// How many times a registry request is sent before giving up. Default 3.
+    pub request_attempts: u32,
+    /// How long opening a tunnel to one provider may take (QUIC dial, stream, the provider's
+    /// connection to its service). Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long a lookup's result is reused for new connections. Default 10 s.
+    pub lookup_cache: Duration,
+    /// How long a provider that failed is tried after the others. Default 30 s.
+    pub failure_memory: Duration,
+    /// Capacity of the [`Events`] channel handed back to the application; when it is full the
+    /// newest event is dropped and counted in [`MeshStatus::events_dropped`]. Default 4096.
+    pub event_capacity: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self::with_ttl(Duration::from_secs(60))
+    }
+}
+
+impl MeshConfig {
+    /// The default settings with this record TTL, republished every third of it.
+    pub fn with_ttl(record_ttl: Duration) -> Self {
+        Self {
+            replicas: 3,
+            record_ttl,
+            republish_interval: record_ttl / 3,
+            request_timeout: Duration::from_secs(3),
+            request_attempts: 3,
+            connect_timeout: Duration::from_secs(5),
+            lookup_cache: Duration::from_secs(10),
+            failure_memory: Duration::from_secs(30),
+            event_capacity: 4096,
+        }
+    }
+}
+
+/// Why a mesh operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The node refused the operation (not joined, shut down, ...).
+    #[error("node: {0}")]
+    Node(#[from] NodeError),
+    /// A record could not be made, or the name is invalid.
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    /// The identity given to [`Mesh::new`] is not the node's.
+    #[error("the identity {identity} is not the node's ({node}): give the mesh the node's key")]
+    IdentityMismatch {
+        /// The identity's node id.
+        identity: NodeId,
+        /// The node's id.
+        node: NodeId,
+    },
+    /// The target of [`Mesh::expose`] is not `HOST:PORT`.
+    #[error("bad service address {0:?}: expected HOST:PORT")]
+    BadTarget(String),
+    /// The local address of [`Mesh::forward`] cannot be listened on.
+    #[error("cannot listen on {addr}: {message}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        message: String,
+    },
+    /// The registry did not answer.
+    #[error("no answer from the registry for {name:?} after {attempts} attempts")]
+    RegistryTimeout {
+        /// The service name.
+        name: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The registry refused a published record.
+    #[error("the registry refused the record for {name:?}: {reason}")]
+    Refused {
+        /// The service name.
+        name: String,
+        /// The holder's reason.
+        reason: String,
+    },
+    /// Nobody provides the service.
+    #[error("no provider of {0:?} is registered")]
+    NoProvider(String),
+    /// Providers are registered but none could be reached.
+    #[error("no provider of {name:?} could be reached ({tried} tried): {last_error}")]
+    Unreachable {
+        /// The service name.
+        name: String,
+        /// How many providers were tried.
+        tried: usize,
+        /// Why the last one failed.
+        last_error: String,
+    },
+    /// The mesh has been shut down.
+    #[error("the mesh is shut down")]
+    Closed,
+}
+
+/// A service this node exposes, in [`MeshStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExposedStatus {
+    /// The service name.
+    pub name: String,
+    /// The `HOST:PORT` tunnels are connected to.
+    pub target: String,
+    /// Tunnels accepted.
+    pub tunnels: u64,
+    /// Tunnels refused because the target could not be reached.
+    pub target_failures: u64,
+}
+
+/// A local listener of [`Mesh::forward`], in [`MeshStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ForwardStatus {
+    /// The service name.
+    pub name: String,
+    /// The local TCP address listened on.
+    pub listen: SocketAddr,
+    /// Connections tunnelled to a provider.
+    pub connections: u64,
+    /// Connections closed because no provider could be reached.
+    pub failures: u64,
+    /// The last such failure.
+    pub last_error: Option<String>,
+}
+
+/// A snapshot of a mesh's services and registry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MeshStatus {
+    /// Services this node exposes.
+    pub exposed: Vec<ExposedStatus>,
+    /// Services this node forwards.
+    pub forwarded: Vec<ForwardStatus>,
+    /// Unexpired records this node holds as a registry root or replica.
+    pub records_held: usize,
+    /// Events dropped because the application did not keep up.
+    pub events_dropped: u64,
+}
+
+/// The service mesh on top of a [`Node`]. Cheap to clone; every clone drives the same mesh.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    node: Node,
+    identity: Identity,
+    config: MeshConfig,
+    state: Mutex<State>,
+    next_request: AtomicU64,
+    events_dropped: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct State {
+    registry: Registry,
+    leaf_set: Vec<NodeId>,
+    pending: HashMap<u64, oneshot::Sender<MeshMessage>>,
+    exposed: BTreeMap<String, ExposedStatus>,
+    forwarded: Vec<ForwardStatus>,
+    cache: HashMap<String, (Instant, Vec<ServiceRecord>)>,
+    failed: HashMap<NodeId, Instant>,
+    probed: HashMap<NodeId, Instant>,
+    last_sequence: u64,
+    closed: bool,
+}
+
+/// How often the mesh's tunnel stream is refused, as QUIC stream reset codes (the values of
+/// [`ErrorCode`]): the name is not exposed by that node, or its target did not answer.
+fn reset_code(code: ErrorCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(u32::from(u16::from(code)))
+}
+
+impl Mesh {
+    /// Installs the mesh on `node`, whose key `identity` is (records are signed with it), and
+    /// takes over its `events`: the returned [`Events`] carries every event the mesh does not
+    /// consume (see the module docs).
+    pub fn new(
+        node: Node,
+        identity: Identity,
+        events: Events,
+        config: MeshConfig,
+    ) -> Result<(Self, Events), MeshError> {
+        if identity.node_id() != node.id() {
+            return Err(MeshError::IdentityMismatch {
+                identity: identity.node_id(),
+                node: node.id(),
+            });
+        }
+        let (app, app_events) = mpsc::channel(config.event_capacity.max(1));
+        let inner = Arc::new(Inner {
+            node,
+            identity,
+            config,
+            state: Mutex::new(State::default()),
+            next_request: AtomicU64::new(1),
+            events_dropped: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let span = tracing::info_span!("mesh", id = %inner.node.id());
+        let task = tokio::spawn(inner.clone().run(events, app).instrument(span));
+        lock(&inner.tasks).push(task);
+        Ok((Self { inner }, Events::from_receiver(app_events)))
+    }
+
+    /// The node the mesh runs on.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// Publishes `name` as provided by this node, tunnelled to `target` (`HOST:PORT`, connected
+    /// anew for every tunnel), and keeps republishing it. Resolves once the registry root has
+    /// stored the record. Exposing a name again replaces its target.
+    pub async fn expose(&self, name: &str, target: &str) -> Result<(), MeshError> {
+        validate_name(name)?;
+        validate_target(target)?;
+        self.inner.lock().exposed.insert(
+            name.to_owned(),
+            ExposedStatus {
+                name: name.to_owned(),
+                target: target.to_owned(),
+                tunnels: 0,
+                target_failures: 0,
+            },
+        );
+        let expires = unix_ms_now().saturating_add(millis(self.inner.config.record_ttl));
+        if let Err(error) = self.inner.publish(name, expires).await {
+            self.inner.lock().exposed.remove(name);
+            return Err(error);
+        }
+        info!(name, target, "service exposed");
+        Ok(())
+    }
+
+    /// Stops exposing `name` and withdraws its record from the registry.
+    pub async fn unexpose(&self, name: &str) -> Result<(), MeshError> {
+        validate_name(name)?;
+        if self.inner.lock().exposed.remove(name).is_some() {
+            self.inner.publish(name, unix_ms_now()).await?;
+        }
+        Ok(())
+    }
+
+    /// Listens on `listen` (TCP) and tunnels every accepted connection to a provider of `name`.
+    /// Returns the address actually listened on (useful with port 0).
+    pub async fn forward(&self, listen: SocketAddr, name: &str) -> Result<SocketAddr, MeshError> {
+        validate_name(name)?;
+        let bind_error = |e: std::io::Error| MeshError::Bind {
+            addr: listen,
+            message: e.to_string(),
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        let index = {
+            let mut state = self.inner.lock();
+            if state.closed {
+                return Err(MeshError::Closed);
+            }
+            state.forwarded.push(ForwardStatus {
+                name: name.to_owned(),
+                listen: local,
+                connections: 0,
+                failures: 0,
+                last_error: None,
+            });
+            state.forwarded.len() - 1
+        };
+        let inner = self.inner.clone();
+        let name = name.to_owned();
+        let span = tracing::info_span!("forward", %local, name = %name);
+        let task = tokio::spawn(
+            async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((tcp, client)) => {
+                            let inner = inner.clone();
+                            let name = name.clone();
+                            tokio::spawn(
+                                async move { inner.serve_local(tcp, client, &name, index).await }
+                                    .in_current_span(),
+                            );
+                        }
+                        Err(error) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        lock(&self.inner.tasks).push(task);
+        info!(%local, name = %self.inner.lock().forwarded[index].name, "forwarding");
+        Ok(local)
+    }
+
+    /// The verified, unexpired providers of `name` the registry knows (empty if none).
+    pub async fn lookup(&self, name: &str) -> Result<Vec<ServiceRecord>, MeshError> {
+        validate_name(name)?;
+        self.inner.lookup(name).await
+    }
+
+    /// Opens a tunnel to a provider of `name` (the best reachable one, see the module docs):
+    /// a stream that carries the service's bytes. [`Mesh::forward`] does this per connection.
+    pub async fn connect(&self, name: &str) -> Result<RawStream, MeshError> {
+        validate_name(name)?;
+        self.inner.connect(name).await
+    }
+
+    /// The exposed and forwarded services and the registry's size.
+    pub fn status(&self) -> MeshStatus {
+        let state = self.inner.lock();
+        MeshStatus {
+            exposed: state.exposed.values().cloned().collect(),
+            forwarded: state.forwarded.clone(),
+            records_held: state.registry.live_count(unix_ms_now()),
+            events_dropped: self.inner.events_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Withdraws every exposed service from the registry (best effort, one request timeout at
+    /// most), closes the forward listeners and stops the mesh's event handling. The node keeps
+    /// running: shut it down afterwards.
+    pub async fn shutdown(&self) {
+        let names: Vec<String> = {
+            let mut state = self.inner.lock();
+            state.closed = true;
+            std::mem::take(&mut state.exposed).into_keys().collect()
+        };
+        let mut withdrawals = tokio::task::JoinSet::new();
+        for name in names {
+            let inner = self.inner.clone();
+            withdrawals.spawn(async move {
+                let withdraw = inner.publish_once(&name, unix_ms_now());
+                if tokio::time::timeout(inner.config.request_timeout, withdraw)
+                    .await
+                    .is_err()
+                {
+                    debug!(name, "withdrawal not acknowledged");
+                }
+            });
+        }
+        while withdrawals.join_next().await.is_some() {}
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a holder panicked (the state stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Checks that `target` looks like `HOST:PORT` with a non-zero port (the host is resolved at
+/// each tunnel, so a name like `localhost` is fine).
+pub fn validate_target(target: &str) -> Result<(), MeshError> {
+    let ok = target
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(MeshError::BadTarget(target.to_owned()))
+    }
+}
+
+/// What went wrong opening a tunnel to one provider, for logs and errors.
+fn describe_refusal(error: quinn::ReadExactError) -> String {
+    match error {
+        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)) => {
+            match u16::try_from(code.into_inner()) {
+                Ok(c) if c == u16::from(ErrorCode::NoSuchService) => {
+                    "the provider does not expose this service".to_owned()
+                }
+                Ok(c) if c == u16::from(ErrorCode::Unavailable) => {
+                    "the provider cannot reach its service".to_owned()
+                }
+                _ => format!("the provider refused the tunnel (code {code})"),
+            }
+        }
+        quinn::ReadExactError::FinishedEarly(_) => "the provider closed the tunnel".to_owned(),
+        quinn::ReadExactError::ReadError(other) => other.to_string(),
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    async fn run(self: Arc<Self>, mut events: Events, app: mpsc::Sender<NodeEvent>) {
+        let mut tick = tokio::time::interval(
+            self.config
+                .republish_interval
+                .max(Duration::from_millis(10)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; records were just published.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event, &app),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        debug!("mesh stopped: the node's events ended");
+    }
+
+    fn pass_on(&self, event: NodeEvent, app: &mpsc::Sender<NodeEvent>) {
+        if app.try_send(event).is_err() {
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_event(self: &Arc<Self>, event: NodeEvent, app: &mpsc::Sender<NodeEvent>) {
+        match event {
+            NodeEvent::Deliver(delivery) => match MeshMessage::decode(&delivery.payload) {
+                Some(message) => self.on_routed(delivery.origin, message),
+                None => self.pass_on(NodeEvent::Deliver(delivery), app),
+            },
+            NodeEvent::Direct { from, payload } => match MeshMessage::decode(&payload) {
+                Some(message) => self.on_direct(from, message),
+                None => self.pass_on(NodeEvent::Direct { from, payload }, app),
+            },
+            NodeEvent::Stream {
+                from,
+                service,
+                stream,
+            } => self.on_stream(from, service, stream),
+            NodeEvent::Joined { leaf_set } => {
+                self.on_leaf_set(leaf_set.clone());
+                self.pass_on(NodeEvent::Joined { leaf_set }, app);
+            }
+            NodeEvent::LeafSetChanged { leaf_set } => {
+                self.on_leaf_set(leaf_set.clone());
+                self.pass_on(NodeEvent::LeafSetChanged { leaf_set }, app);
+            }
+            NodeEvent::NodeLeft(id) => {
+                self.forget_cached_provider(id);
+                self.pass_on(NodeEvent::NodeLeft(id), app);
+            }
+            other => self.pass_on(other, app),
+        }
+    }
+
+    /// A mesh message routed to a key this node is root of.
+    fn on_routed(self: &Arc<Self>, origin: NodeId, message: MeshMessage) {
+        match message {
+            MeshMessage::Publish {
+                request,
+                reply_addr,
+                record,
+            } => {
+                let name = record.record.name.clone();
+                let offered = self.lock().registry.offer(record);
+                let answer = match offered {
+                    Ok(_) => {
+                        debug!(name, %origin, "stored a service record as root");
+                        self.replicate_as_root(&name);
+                        MeshMessage::Stored { request }
+                    }
+                    Err(error) => {
+                        warn!(name, %origin, %error, "refused a published service record");
+                        MeshMessage::Refused {
+                            request,
+                            reason: error.to_string(),
+                        }
+                    }
+                };
+                self.answer(origin, reply_addr, request, answer);
+            }
+            MeshMessage::Lookup {
+                request,
+                reply_addr,
+                name,
+            } => {
+                let records = self.lock().registry.live(&name, unix_ms_now());
+                debug!(name, %origin, found = records.len(), "answering a lookup");
+                self.answer(
+                    origin,
+                    reply_addr,
+                    request,
+                    MeshMessage::Found { request, records },
+                );
+            }
+            other => debug!(%origin, ?other, "ignored a routed mesh message of a direct kind"),
+        }
+    }
+
+    /// A mesh message sent directly to this node.
+    fn on_direct(&self, from: NodeId, message: MeshMessage) {
+        match message {
+            MeshMessage::Replicate { records } => {
+                let mut state = self.lock();
+                for record in records {
+                    if let Err(error) = state.registry.offer(record) {
+                        warn!(%from, %error, "refused a replicated service record");
+                    }
+                }
+            }
+            MeshMessage::Stored { request }
+            | MeshMessage::Refused { request, .. }
+            | MeshMessage::Found { request, .. } => self.complete(request, message),
+            MeshMessage::Probe => {}
+            other => debug!(%from, ?other, "ignored a direct mesh message of a routed kind"),
+        }
+    }
+
+    fn complete(&self, request: u64, answer: MeshMessage) {
+        if let Some(waiter) = self.lock().pending.remove(&request) {
+            let _ = waiter.send(answer);
+        }
+    }
+
+    /// Sends `answer` to the node that asked (locally if this node asked itself).
+    fn answer(&self, origin: NodeId, reply_addr: SocketAddr, request: u64, answer: MeshMessage) {
+        if origin == self.node.id() {
+            self.complete(request, answer);
+            return;
+        }
+        let node = self.node.clone();
+        tokio::spawn(
+            async move {
+                if let Err(error) = node.send_to(origin, reply_addr, answer.encode()).await {
+                    debug!(%origin, %error, "could not answer a registry request");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn send_direct(&self, to: NodeId, message: &MeshMessage) {
+        let node = self.node.clone();
+        let payload = message.encode();
+        tokio::spawn(
+            async move {
+                if let Err(error) = node.send(to, payload).await {
+                    debug!(%to, %error, "could not replicate service records");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// As root of `name`: copies its records to the other replica holders.
+    fn replicate_as_root(&self, name: &str) {
+        let me = self.node.id();
+        let (targets, records) = {
+            let mut state = self.lock();
+            let set = replica_set(service_key(name), me, &state.leaf_set, self.config.replicas);
+            state.registry.newly_pushed(name, &set);
+            (set, state.registry.all(name))
+        };
+        let message = MeshMessage::Replicate { records };
+        for to in targets.into_iter().filter(|&id| id != me) {
+            self.send_direct(to, &message);
+        }
+    }
+
+    /// The leaf set changed: nodes newly among the closest to a key this node holds records
+    /// for get them (so a node that becomes root, or a replica, has them at once).
+    fn on_leaf_set(&self, leaf_set: Vec<NodeId>) {
+        let me = self.node.id();
+        let mut pushes = Vec::new();
+        {
+            let mut state = self.lock();
+            state.leaf_set = leaf_set;
+            for name in state.registry.names() {
+                let set = replica_set(
+                    service_key(&name),
+                    me,
+                    &state.leaf_set,
+                    self.config.replicas,
+                );
+                if !set.contains(&me) {
+                    continue;
+                }
+                let new: Vec<NodeId> = state
+                    .registry
+                    .newly_pushed(&name, &set)
+                    .into_iter()
+                    .filter(|&id| id != me)
+                    .collect();
+                if !new.is_empty() {
+                    pushes.push((new, state.registry.all(&name)));
+                }
+            }
+        }
+        for (targets, records) in pushes {
+            let message = MeshMessage::Replicate { records };
+            for to in targets {
+                debug!(%to, "handing service records to a node newly among the closest");
+                self.send_direct(to, &message);
+            }
+        }
+    }
+
+    fn forget_cached_provider(&self, id: NodeId) {
+        let mut state = self.lock();
+        for (_, records) in state.cache.values_mut() {
+            records.retain(|r| r.provider != id);
+        }
+    }
+
+    /// Republishes the exposed services; drops expired records and stale bookkeeping.
+    fn on_tick(self: &Arc<Self>) {
+        let names: Vec<String> = self.lock().exposed.keys().cloned().collect();
+        for name in names {
+            let inner = self.clone();
+            tokio::spawn(
+                async move {
+                    let expires = unix_ms_now().saturating_add(millis(inner.config.record_ttl));
+                    if let Err(error) = inner.publish(&name, expires).await {
+                        warn!(name, %error, "republishing failed; will retry");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        let now = Instant::now();
+        let mut state = self.lock();
+        state
+            .registry
+            .sweep(unix_ms_now(), millis(self.config.record_ttl));
+        let memory = self.config.failure_memory;
+        state
+            .failed
+            .retain(|_, at| now.duration_since(*at) < memory);
+        state
+            .probed
+            .retain(|_, at| now.duration_since(*at) < memory);
+        let cache = self.config.lookup_cache;
+        state
+            .cache
+            .retain(|_, (at, _)| now.duration_since(*at) < cache);
+    }
+
+    /// Routes a registry request for `name` and waits for its answer, retrying on timeouts.
+    async fn request(
+        &self,
+        name: &str,
+        build: impl Fn(u64, SocketAddr) -> MeshMessage,
+    ) -> Result<MeshMessage, MeshError> {
+        let attempts = self.config.request_attempts.max(1);
+        for attempt in 1..=attempts {
+            let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+            let (waiter, answer) = oneshot::channel();
+            self.lock().pending.insert(request, waiter);
+            let payload = build(request, self.node.addr()).encode();
+            if let Err(error) = self.node.route(service_key(name), payload).await {
+                self.lock().pending.remove(&request);
+                return Err(error.into());
+            }
+            match tokio::time::timeout(self.config.request_timeout, answer).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                _ => {
+                    self.lock().pending.remove(&request);
+                    debug!(name, attempt, "registry request unanswered");
+                }
+            }
+        }
+        Err(MeshError::RegistryTimeout {
+            name: name.to_owned(),
+            attempts,
+        })
+    }
+
+    /// Signs and publishes a record for `name` expiring at `expires_unix_ms` (a withdrawal if
+    /// that is now), retrying unanswered attempts.
+    async fn publish(&self, name: &str, expires_unix_ms: u64) -> Result<(), MeshError> {
+        let record = self.sign(name, expires_unix_ms)?;
+        let answer = self
+            .request(name, |request, reply_addr| MeshMessage::Publish {
+                request,
+                reply_addr,
+                record: record.clone(),
+            })
+            .await?;
+        match answer {
+            MeshMessage::Stored { .. } => Ok(()),
+            MeshMessage::Refused { reason, .. } => Err(MeshError::Refused {
+                name: name.to_owned(),
+                reason,
+            }),
+            other => Err(MeshError::Refused {
+                name: name.to_owned(),
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// One publication attempt, without waiting for an answer beyond the caller's patience.
+    async fn publish_once(&self, name: &str, expires_unix_ms: u64) {
+        match self.sign(name, expires_unix_ms) {
+            Ok(record) => {
+                let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+                let (waiter, answer) = oneshot::channel();
+                self.lock().pending.insert(request, waiter);
+                let message = MeshMessage::Publish {
+                    request,
+                    reply_addr: self.node.addr(),
+                    record,
+                };
+                if self
+                    .node
+                    .route(service_key(name), message.encode())
+                    .await
+                    .is_ok()
+                {
+                    let _ = answer.await;
+                }
+                self.lock().pending.remove(&request);
+            }
+            Err(error) => warn!(name, %error, "cannot sign a withdrawal"),
+        }
+    }
+
+    fn sign(&self, name: &str, expires_unix_ms: u64) -> Result<SignedRecord, MeshError> {
+        let sequence = {
+            let mut state = self.lock();
+            // Unix milliseconds, so a restarted provider's records supersede its old ones.
+            state.last_sequence = (state.last_sequence + 1).max(unix_ms_now());
+            state.last_sequence
+        };
+        let record = ServiceRecord::new(
+            &self.identity,
+            name,
+            self.node.addr(),
+            expires_unix_ms,
+            sequence,
+        )?;
+        Ok(record.sign(&self.identity)?)
+    }
+
+    /// Asks the registry for `name`'s providers; keeps the verified, unexpired ones. An empty
+    /// answer is asked again twice (a node that just became root may be receiving the records).
+    async fn lookup(&self, name: &str) -> Result<Vec<ServiceRecord>, MeshError> {
+        const EMPTY_RETRIES: u32 = 2;
+        let mut round = 0;
+        let records = loop {
+            let records = self.lookup_once(name).await?;
+            if !records.is_empty() || round == EMPTY_RETRIES {
+                break records;
+            }
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(250) * round).await;
+        };
+        self.lock()
+            .cache
+            .insert(name.to_owned(), (Instant::now(), records.clone()));
+        self.probe(&records);
+        Ok(records)
+    }
+
+    async fn lookup_once(&self, name: &str) -> Result<Vec<ServiceRecord>, MeshError> {
+        let answer = self
+            .request(name, |request, reply_addr| MeshMessage::Lookup {
+                request,
+                reply_addr,
+                name: name.to_owned(),
+            })
+            .await?;
+        let MeshMessage::Found { records, .. } = answer else {
+            return Ok(Vec::new());
+        };
+        let now = unix_ms_now();
+        let mut best: HashMap<NodeId, ServiceRecord> = HashMap::new();
+        for signed in &records {
+            match signed.verify(now) {
+                Ok(record) if record.name == name => {
+                    let newer = !matches!(
+                        best.get(&record.provider),
+                        Some(held) if held.sequence >= record.sequence
+                    );
+                    if newer {
+                        best.insert(record.provider, record.clone());
+                    }
+                }
+                Ok(record) => warn!(name, other = record.name, "lookup answered another name"),
+                Err(error) => warn!(name, %error, "refused a service record"),
+            }
+        }
+        Ok(best.into_values().collect())
+    }
+
+    /// Opens links to providers whose RTT is unknown, so the next ranking can use it.
+    fn probe(&self, records: &[ServiceRecord]) {
+        let me = self.node.id();
+        let now = Instant::now();
+        for record in records {
+            if record.provider == me || self.node.rtt(record.provider).is_some() {
+                continue;
+            }
+            let fresh = self.lock().probed.insert(record.provider, now).is_none();
+            if !fresh {
+                continue;
+            }
+            let node = self.node.clone();
+            let (to, addr) = (record.provider, record.addr);
+            tokio::spawn(
+                async move {
+                    if let Err(error) = node.send_to(to, addr, MeshMessage::Probe.encode()).await {
+                        debug!(%to, %error, "provider probe failed");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    fn cached(&self, name: &str) -> Option<Vec<ServiceRecord>> {
+        let state = self.lock();
+        let (at, records) = state.cache.get(name)?;
+        (at.elapsed() < self.config.lookup_cache && !records.is_empty()).then(|| records.clone())
+    }
+
+    fn failed_recently(&self, id: NodeId) -> bool {
+        self.lock()
+            .failed
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < self.config.failure_memory)
+    }
+
+    /// A tunnel to the best reachable provider of `name`, failing over down the ranking; a
+    /// cached provider list that is all unreachable is looked up afresh once.
+    async fn connect(&self, name: &str) -> Result<RawStream, MeshError> {
+        let me = self.node.id();
+        let (mut records, mut from_cache) = match self.cached(name) {
+            Some(records) => (records, true),
+            None => (self.lookup(name).await?, false),
+        };
+        let mut tried: HashSet<(NodeId, SocketAddr)> = HashSet::new();
+        let mut last_error = String::new();
+        loop {
+            let untried = records
+                .into_iter()
+                .filter(|r| !tried.contains(&(r.provider, r.addr)))
+                .collect();
+            let ranked = rank_providers(untried, |p| self.node.rtt(p), |p| self.failed_recently(p));
+            for record in ranked {
+                tried.insert((record.provider, record.addr));
+                if record.provider == me {
+                    last_error = "the only provider left is this node itself".to_owned();
+                    continue;
+                }
+                match self.open_tunnel(&record).await {
+                    Ok(stream) => {
+                        self.lock().failed.remove(&record.provider);
+                        return Ok(stream);
+                    }
+                    Err(error) => {
+                        warn!(name, provider = %record.provider, addr = %record.addr, error,
+                            "provider unreachable; trying the next");
+                        let mut state = self.lock();
+                        state.failed.insert(record.provider, Instant::now());
+                        state.cache.remove(name);
+                        last_error = error;
+                    }
+                }
+            }
+            if !from_cache {
+                break;
+            }
+            from_cache = false;
+            records = self.lookup(name).await?;
+        }
+        if tried.is_empty() {
+            Err(MeshError::NoProvider(name.to_owned()))
+        } else {
+            Err(MeshError::Unreachable {
+                name: name.to_owned(),
+                tried: tried.len(),
+                last_error,
+            })
+        }
+    }
+
+    /// Opens a tunnel to one provider and waits for its acceptance byte.
+    async fn open_tunnel(&self, record: &ServiceRecord) -> Result<RawStream, String> {
+        let open = async {
+            let mut stream = self
+                .node
+                .open_stream_to(record.provider, record.addr, &record.name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            stream
+                .recv
+                .read_exact(&mut byte)
+                .await
+                .map_err(describe_refusal)?;
+            if byte[0] == TUNNEL_ACCEPTED {
+                Ok(stream)
+            } else {
+                Err(format!("unexpected tunnel answer {}", byte[0]))
+            }
+        };
+        tokio::time::timeout(self.config.connect_timeout, open)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no tunnel within {:?}",
+                    self.config.connect_timeout
+                ))
+            })
+    }
+
+    /// One accepted local connection of a forward listener.
+    async fn serve_local(&self, tcp: TcpStream, client: SocketAddr, name: &str, index: usize) {
+        let _ = tcp.set_nodelay(true);
+        match self.connect(name).await {
+            Ok(stream) => {
+                if let Some(forward) = self.lock().forwarded.get_mut(index) {
+                    forward.connections += 1;
+                }
+                match tunnel::splice(tcp, stream).await {
+                    Ok(carried) => debug!(%client, up = carried.to_stream, down = carried.to_tcp,
+                        "tunnel closed"),
+                    Err(error) => debug!(%client, %error, "tunnel broken"),
+                }
+            }
+            Err(error) => {
+                warn!(%client, %error, "closing the forwarded connection");
+                if let Some(forward) = self.lock().forwarded.get_mut(index) {
+                    forward.failures += 1;
+                    forward.last_error = Some(error.to_string());
+                }
+                tunnel::reset_tcp(tcp);
+            }
+        }
+    }
+
+    fn count_tunnel(&self, service: &str, opened: bool) {
+        if let Some(exposed) = self.lock().exposed.get_mut(service) {
+            if opened {
+                exposed.tunnels += 1;
+            } else {
+                exposed.target_failures += 1;
+            }
+        }
+    }
+
+    /// A peer opened a tunnel to `service` on this node.
+    fn on_stream(self: &Arc<Self>, from: NodeId, service: String, mut stream: RawStream) {
+        let target = self.lock().exposed.get(&service).map(|e| e.target.clone());
+        let Some(target) = target else {
+            warn!(%from, service, "tunnel refused: this node does not expose that service");
+            let code = reset_code(ErrorCode::NoSuchService);
+            let _ = stream.send.reset(code);
+            let _ = stream.recv.stop(code);
+            return;
+        };
+        let inner = self.clone();
+        tokio::spawn(
+            async move {
+                let connected = tokio::time::timeout(
+                    inner.config.connect_timeout,
+                    TcpStream::connect(target.as_str()),
+                )
+                .await;
+                let tcp = match connected {
+                    Ok(Ok(tcp)) => tcp,
+                    Ok(Err(error)) => {
+                        warn!(%from, service, target, %error, "cannot reach the exposed service");
+                        inner.count_tunnel(&service, false);
+                        let code = reset_code(ErrorCode::Unavailable);
+                        let _ = stream.send.reset(code);
+                        let _ = stream.recv.stop(code);
+                        return;
+                    }
+                    Err(_) => {
+                        warn!(%from, service, target, "the exposed service did not answer in time");
+                        inner.count_tunnel(&service, false);
+                        let code = reset_code(ErrorCode::Unavailable);
+                        let _ = stream.send.reset(code);
+                        let _ = stream.recv.stop(code);
+                        return;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                if let Err(error) = stream.send.write_all(&[TUNNEL_ACCEPTED]).await {
+                    debug!(%from, %error, "tunnel closed before it was accepted");
+                    return;
+                }
+                inner.count_tunnel(&service, true);
+                match tunnel::splice(tcp, stream).await {
+                    Ok(carried) => debug!(%from, service, up = carried.to_stream,
+                        down = carried.to_tcp, "tunnel closed"),
+                    Err(error) => debug!(%from, service, %error, "tunnel broken"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! Test support: a UDP socket that emulates a wide-area network on loopback.
+//!
+//! This machine has no `tc netem`, so the integration tests, the benchmarks and the simulator
+//! comparison give each node a [`DelaySocket`] instead of a plain UDP socket
+//! ([`NodeBuilder::socket`](crate::node::NodeBuilder::socket),
+//! [`TransportConfig::socket`](crate::transport::TransportConfig::socket)). It implements quinn's
+//! [`AsyncUdpSocket`]: every outgoing datagram is held for the one-way delay between the sender's
+//! region and the destination's region (half the configured round-trip time), so QUIC's own RTT
+//! estimate sees the emulated distances. A socket can also be [silenced](DelaySocket::silence):
+//! from then on it drops every datagram in both directions, which is what its peers see when a
+//! host dies or its network goes away (no QUIC close, only silence).
+//!
+//! Nothing here is used by a production node; it lives in the library (not behind a feature) so
+//! that integration tests and benchmarks use the one implementation.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wendy::identity::Identity;
+//! use wendy::node::Node;
+//! use wendy::testing::{DelaySocket, RegionMap};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let map = RegionMap::three_regions();
+//! let socket = DelaySocket::bind("127.0.0.1:0".parse()?, &map, 2)?;
+//! let (node, _events) = Node::builder(Identity::generate())
+//!     .socket(socket.clone())
+//!     .spawn()
+//!     .await?;
+//! // ... later: the node's host "dies" without a word.
+//! socket.silence();
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::io::ReadBuf;
+
+/// Which region each address is in, and the round-trip time between every pair of regions.
+///
+/// Shared by all the [`DelaySocket`]s of one emulated network (cheap to clone: clones share
+/// the table). A destination that is not in the table gets no delay.
+#[derive(Clone)]
+pub struct RegionMap {
+    inner: Arc<MapInner>,
+}
+
+struct MapInner {
+    /// `rtt[a][b]`: the round-trip time between regions `a` and `b`.
+    rtt: Vec<Vec<Duration>>,
+    regions: RwLock<HashMap<SocketAddr, usize>>,
+}
+
+impl fmt::Debug for RegionMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionMap")
+            .field("rtt", &self.inner.rtt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegionMap {
+    /// A map with `rtt[a][b]` the round-trip time between regions `a` and `b` (made symmetric:
+    /// the larger of `rtt[a][b]` and `rtt[b][a]` counts). Regions are numbered from 0.
+    ///
+    /// # Panics
+    /// If `rtt` is not square (a test-setup error).
+    pub fn new(rtt: Vec<Vec<Duration>>) -> Self {
+        let n = rtt.len();
+        assert!(
+            rtt.iter().all(|row| row.len() == n),
+            "the RTT matrix must be square"
+        );
+        let symmetric = (0..n)
+            .map(|a| (0..n).map(|b| rtt[a][b].max(rtt[b][a])).collect())
+            .collect();
+        Self {
+            inner: Arc::new(MapInner {
+                rtt: symmetric,
+                regions: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Three regions: 1 ms round trip inside a region, 25 ms between regions 0 and 1, 80 ms
+    /// between region 2 and the others.
+    pub fn three_regions() -> Self {
+        let ms = Duration::from_millis;
+        Self::new(vec![
+            vec![ms(1), ms(25), ms(80)],
+            vec![ms(25), ms(1), ms(80)],
+            vec![ms(80), ms(80), ms(1)],
+        ])
+    }
+
+    /// How many regions the map has.
+    pub fn region_count(&self) -> usize {
+        self.inner.rtt.len()
+    }
+
+    /// Puts `addr` in `region` (the sockets of this map do it for their own address).
+    pub fn assign(&self, addr: SocketAddr, region: usize) {
+        self.inner
+            .regions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(addr, region);
+    }
+
+    /// The region of `addr`, if it is in the map.
+    pub fn region_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.inner
+            .regions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .copied()
+    }
+
+    /// The emulated round-trip time between two regions (zero for a region out of range).
+    pub fn rtt(&self, a: usize, b: usize) -> Duration {
+        self.inner
+            .rtt
+            .get(a)
+            .and_then(|row| row.get(b))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The emulated round-trip time between two addresses (zero if either is not in the map).
+    pub fn rtt_between(&self, a: SocketAddr, b: SocketAddr) -> Duration {
+        match (self.region_of(a), self.region_of(b)) {
+            (Some(a), Some(b)) => self.rtt(a, b),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// A loopback UDP socket for quinn that delays each outgoing datagram by the one-way delay
+/// (half the RTT) between its region and the destination's, and can be silenced to emulate a
+/// dead host. See the [module docs](self).
+///
+/// Datagrams are sent one at a time (no GSO) and without ECN marks.
+pub struct DelaySocket {
+    io: Arc<tokio::net::UdpSocket>,
+    local_addr: SocketAddr,
+    region: usize,
+    map: RegionMap,
+    silenced: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for DelaySocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DelaySocket")
+            .field("local_addr", &self.local_addr)
+            .field("region", &self.region)
+            .field("silenced", &self.is_silenced())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DelaySocket {
+    /// Binds a UDP socket at `addr` (port 0 picks a free one), puts its address in `region` of
+    /// `map`, and returns it ready for [`NodeBuilder::socket`](crate::node::NodeBuilder::socket).
+    /// Call it inside a tokio runtime.
+    pub fn bind(addr: SocketAddr, map: &RegionMap, region: usize) -> io::Result<Arc<Self>> {
+        let std_socket = std::net::UdpSocket::bind(addr)?;
+        std_socket.set_nonblocking(true)?;
+        let io = tokio::net::UdpSocket::from_std(std_socket)?;
+        let local_addr = io.local_addr()?;
+        map.assign(local_addr, region);
+        Ok(Arc::new(Self {
+            io: Arc::new(io),
+            local_addr,
+            region,
+            map: map.clone(),
+            silenced: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        }))
+    }
+
+    /// The region this socket is in.
+    pub fn region(&self) -> usize {
+        self.region
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// From now on, drops every datagram in both directions (also those still being delayed):
+    /// the peers see a host that died, not a closed connection.
+    pub fn silence(&self) {
+        self.silenced.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Self::silence`] was called.
+    pub fn is_silenced(&self) -> bool {
+        self.silenced.load(Ordering::SeqCst)
+    }
+
+    /// Datagrams dropped because the socket is silenced (either direction).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn one_way_delay(&self, destination: SocketAddr) -> Duration {
+        self.map
+            .region_of(destination)
+            .map_or(Duration::ZERO, |region| {
+                self.map.rtt(self.region, region) / 2
+            })
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncUdpSocket for DelaySocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(WritablePoller { socket: self })
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        if self.is_silenced() {
+            // A dead host's packets go nowhere; to quinn the send succeeded.
+            self.drop_one();
+            return Ok(());
+        }
+        let destination = transmit.destination;
+        let delay = self.one_way_delay(destination);
+        if delay.is_zero() {
+            return self
+                .io
+                .try_send_to(transmit.contents, destination)
+                .map(drop);
+        }
+        let contents = transmit.contents.to_vec();
+        let io = self.io.clone();
+        let silenced = self.silenced.clone();
+        let dropped = self.dropped.clone();
+        let due = tokio::time::Instant::now() + delay;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            if silenced.load(Ordering::SeqCst) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            // Like a real network, a datagram that cannot be sent is simply lost.
+            let _ = io.send_to(&contents, destination).await;
+        });
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Poll::Ready(Ok(0));
+        };
+        loop {
+            let mut read = ReadBuf::new(&mut buf[..]);
+            let from = match self.io.poll_recv_from(cx, &mut read) {
+                Poll::Ready(Ok(from)) => from,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if self.is_silenced() {
+                self.drop_one();
+                continue;
+            }
+            let len = read.filled().len();
+            *meta = RecvMeta::default();
+            meta.addr = from;
+            meta.len = len;
+            meta.stride = len;
+            return Poll::Ready(Ok(1));
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local_addr)
+    }
+}
+
+/// Wakes quinn when the socket can take another datagram.
+#[derive(Debug)]
+struct WritablePoller {
+    socket: Arc<DelaySocket>,
+}
+
+impl UdpPoller for WritablePoller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket.io.poll_send_ready(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_symmetric_and_unknown_addresses_are_not_delayed() {
+        let ms = Duration::from_millis;
+        let map = RegionMap::new(vec![vec![ms(1), ms(10)], vec![ms(30), ms(2)]]);
+        assert_eq!(map.rtt(0, 1), ms(30));
+        assert_eq!(map.rtt(1, 0), ms(30));
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        map.assign(a, 0);
+        map.assign(b, 1);
+        assert_eq!(map.rtt_between(a, b), ms(30));
+        assert_eq!(map.rtt_between(a, c), Duration::ZERO);
+    }
+}
