@@ -11,14 +11,9 @@ use std::time::{Duration, Instant};
 
 use wendy::id::{Key, NodeId};
 
-use crate::protocol::{room_key, Change, MsgId, Post, Wire};
+use crate::protocol::{room_key, Change, MsgId, Post, Wire, MAX_LINE, MAX_NAME, MAX_ROOMS};
 use crate::room::{Recent, RoomHost, MEMBER_TTL, REFRESH};
 
-/// The longest line a user may send, in bytes. Keeps a room's copy (up to
-/// [`crate::room::HISTORY_MAX`] messages) well inside one overlay message (1 MiB).
-pub const MAX_LINE: usize = 2_000;
-/// The longest room or user name, in bytes.
-pub const MAX_NAME: usize = 64;
 /// A writer sends a post again if no root acknowledged it within this time.
 const POST_RETRY: Duration = Duration::from_secs(1);
 /// ... and gives up (telling the user) after this long.
@@ -256,6 +251,9 @@ impl Client {
 
     /// A routed message arrived here, at the root of `key`.
     pub fn routed(&mut self, now: Instant, key: Key, origin: NodeId, msg: Wire) {
+        if !msg.is_within_limits() {
+            return;
+        }
         let Some(room) = msg.room_bound().map(str::to_owned) else {
             // A message for this node that was routed to its id because the sender did not
             // know our address (see main.rs): treat it as direct.
@@ -266,6 +264,9 @@ impl Client {
         };
         if key != room_key(&room) {
             return; // routed to some other key: not a message for the room's root
+        }
+        if !self.hosted.contains_key(&room) && self.hosted.len() >= MAX_ROOMS {
+            return; // a peer inventing rooms: host no more
         }
         let standby = &mut self.standby;
         let host = self.hosted.entry(room.clone()).or_insert_with(|| {
@@ -282,7 +283,9 @@ impl Client {
             Wire::Subscribe { name, fresh, .. } => host.subscribe(now, origin, name, fresh),
             Wire::Unsubscribe { .. } => host.unsubscribe(origin),
             Wire::Who { .. } => host.who(origin),
-            // Only the writer itself may post under its id.
+            // A post must come from the node its id names. `origin` is what the overlay
+            // says (only the last hop is authenticated), so this keeps honest mistakes out,
+            // not a malicious node: display names are not authenticated (see main.rs).
             Wire::Post(post) if post.id.sender == origin => host.post(now, origin, post),
             _ => Vec::new(),
         };
@@ -293,6 +296,9 @@ impl Client {
 
     /// A message sent directly to this node by `from` (authenticated by its certificate).
     pub fn direct(&mut self, now: Instant, from: NodeId, msg: Wire) {
+        if !msg.is_within_limits() {
+            return;
+        }
         match msg {
             Wire::PostAck { id } => {
                 if self.in_flight.as_ref().is_some_and(|f| f.post.id == id) {
@@ -362,17 +368,25 @@ impl Client {
                 room,
                 members,
                 history,
-            } => match self.hosted.get_mut(&room) {
-                Some(host) => host.merge(now, members, history),
-                None => {
-                    let copy = Standby {
-                        received: now,
-                        members,
-                        history,
-                    };
-                    self.standby.insert(room, copy);
+            } => {
+                // Only a leaf-set neighbour has a reason to send this (a room's successor and
+                // a hand-over target are neighbours of the root): anyone else is ignored.
+                if from != self.me && !self.leaf_set.contains(&from) {
+                    return;
                 }
-            },
+                match self.hosted.get_mut(&room) {
+                    Some(host) => host.merge(now, members, history),
+                    None if self.standby.contains_key(&room) || self.standby.len() < MAX_ROOMS => {
+                        let copy = Standby {
+                            received: now,
+                            members,
+                            history,
+                        };
+                        self.standby.insert(room, copy);
+                    }
+                    None => {}
+                }
+            }
             // Room-bound messages are routed, never sent directly.
             Wire::Subscribe { .. }
             | Wire::Unsubscribe { .. }
@@ -492,8 +506,14 @@ impl Client {
         }
     }
 
+    /// Shows a line. Names and texts come from peers: control characters (terminal escape
+    /// sequences) are replaced so that a peer cannot drive the user's terminal.
     fn print(&mut self, line: &str) {
-        self.actions.push(Action::Print(line.to_owned()));
+        let safe = line
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
+        self.actions.push(Action::Print(safe));
     }
 }
 
@@ -577,5 +597,63 @@ mod tests {
         client.direct(t0 + POST_RETRY, NodeId::from_u128(2), Wire::PostAck { id });
         assert_eq!(posts(&client.take_actions(t0 + POST_RETRY)), vec!["two"]);
         assert!(client.has_unsent_posts());
+    }
+}
+
+#[cfg(test)]
+mod peer_input_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_peers_do_not_reach_the_terminal() {
+        let t0 = Instant::now();
+        let me = NodeId::from_u128(1);
+        let mut client = Client::new(me, "me".into(), 7);
+        client.join(t0, "lobby");
+        client.take_actions(t0);
+        let post = Post {
+            room: "lobby".into(),
+            id: MsgId {
+                sender: NodeId::from_u128(3),
+                incarnation: 1,
+                seq: 0,
+            },
+            name: "\u{1b}[2Jevil".into(),
+            text: "hi\u{7}".into(),
+        };
+        client.direct(t0, NodeId::from_u128(2), Wire::Message(post));
+        let shown: Vec<Action> = client
+            .take_actions(t0)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Print(_)))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![Action::Print("[lobby] \u{fffd}[2Jevil: hi\u{fffd}".into())]
+        );
+    }
+
+    #[test]
+    fn room_state_is_taken_only_from_leaf_set_neighbours() {
+        let t0 = Instant::now();
+        let (me, neighbour, stranger) = (
+            NodeId::from_u128(1),
+            NodeId::from_u128(2),
+            NodeId::from_u128(3),
+        );
+        let mut client = Client::new(me, "me".into(), 7);
+        client.leaf_set_changed(vec![neighbour]);
+        let state = |room: &str| Wire::RoomState {
+            room: room.into(),
+            members: vec![(stranger, "x".into())],
+            history: Vec::new(),
+        };
+        client.direct(t0, stranger, state("a"));
+        client.direct(t0, neighbour, state("b"));
+        assert!(!client.standby.contains_key("a"));
+        assert!(client.standby.contains_key("b"));
+        // Oversized fields are dropped whole.
+        client.direct(t0, neighbour, state(&"r".repeat(MAX_NAME + 1)));
+        assert_eq!(client.standby.len(), 1);
     }
 }

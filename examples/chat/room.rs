@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use wendy::id::NodeId;
 
-use crate::protocol::{Change, MsgId, Post, Wire};
+use crate::protocol::{Change, MsgId, Post, Wire, MAX_MEMBERS};
 
 /// How often members re-subscribe to their rooms.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -182,6 +182,9 @@ impl RoomHost {
         // With the previous root's members known there is nothing to wait for.
         self.settling_until = now;
         for (id, name) in members {
+            if self.members.len() >= MAX_MEMBERS {
+                break;
+            }
             self.members.entry(id).or_insert(Member {
                 name,
                 expires: now + MEMBER_TTL,
@@ -215,6 +218,9 @@ impl RoomHost {
                 out.push((from, self.members_msg(true)));
             }
             return out;
+        }
+        if self.members.len() >= MAX_MEMBERS {
+            return out; // full: the newcomer gets no welcome and keeps asking
         }
         self.members.insert(from, Member { name, expires });
         if fresh {
@@ -520,6 +526,24 @@ mod tests {
         // The old root may have died before reaching everyone: a retry is delivered again
         // (receivers drop copies).
         assert_eq!(messages_to(&host.post(t0, a, old)), vec![a, b, c]);
+    }
+
+    #[test]
+    fn merging_copies_keeps_each_message_once() {
+        let t0 = Instant::now();
+        let a = id(1);
+        let mut host = RoomHost::new("lobby", t0);
+        let (p0, p1) = (post(a, 0), post(a, 1));
+        host.merge(t0, vec![(a, "a".into())], vec![p0.clone()]);
+        host.merge(t0, vec![(a, "a".into())], vec![p0.clone(), p1.clone()]);
+        let Wire::RoomState {
+            members, history, ..
+        } = host.state()
+        else {
+            panic!("state is a RoomState");
+        };
+        assert_eq!(members.len(), 1);
+        assert_eq!(history, vec![p0, p1]);
     }
 
     #[test]

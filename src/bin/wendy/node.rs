@@ -177,6 +177,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         .await
         .map_err(|e| fatal(printer, options.events, format!("leaving failed: {e}")))?;
     printer.print(&Out::Left { id: me.to_string() });
+    printer.flush();
     Ok(())
 }
 
@@ -189,6 +190,7 @@ fn fatal(printer: Printer, format: EventFormat, message: String) -> Box<dyn std:
             fatal: true,
         });
     }
+    printer.flush();
     message.into()
 }
 
@@ -215,6 +217,13 @@ async fn start_services(
         });
     }
     for (listen, name) in &options.forward {
+        if listen.ip().is_unspecified() {
+            tracing::warn!(
+                %listen,
+                "forwarding on an unspecified address: anyone who can reach this host can use \
+                 service {name:?} without mesh admission; prefer 127.0.0.1"
+            );
+        }
         let local = mesh.forward(*listen, name).await.map_err(|e| {
             format!("cannot forward {listen}={name}: {e}; pick another local address")
         })?;
