@@ -783,3 +783,50 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
         .contains("echo"));
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_serves_no_more_tunnels_than_allowed() {
+    let config = MeshConfig {
+        max_provider_tunnels: 1,
+        ..MeshConfig::default()
+    };
+    let peers = cluster(61, 2, &config).await;
+    let (provider, consumer) = (&peers[0], &peers[1]);
+    provider
+        .mesh
+        .expose("echo", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    // One tunnel held open (a round trip proves it is established)...
+    let mut held = TcpStream::connect(local).await.unwrap();
+    held.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    held.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"ping");
+    // ...so the next one is refused and closed, not queued.
+    assert_eq!(expect_closed(local).await, 0);
+    assert_eq!(provider.mesh.status().exposed[0].target_failures, 1);
+    // Once the first is closed, tunnels are served again.
+    drop(held);
+    let wait = async {
+        loop {
+            if let Ok(echoed) = echo_through(local, b"again").await {
+                if echoed == b"again" {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, wait)
+        .await
+        .expect("hang guard: tunnels never served again");
+    for peer in &peers {
+        peer.stop().await;
+    }
+}

@@ -126,6 +126,9 @@ pub struct MeshConfig {
     /// The most registry answers and replications in flight at once; beyond it they are
     /// dropped (and counted in [`MeshStatus::sends_dropped`]). Default 64.
     pub max_pending_sends: usize,
+    /// The most tunnels this node serves at once as a provider (each holds a TCP connection to
+    /// its target); beyond it new tunnels are refused as unavailable. Default 1024.
+    pub max_provider_tunnels: usize,
 }
 
 impl Default for MeshConfig {
@@ -152,6 +155,7 @@ impl MeshConfig {
             max_names_held: 10_000,
             max_tunnel_attempts: 4,
             max_pending_sends: 64,
+            max_provider_tunnels: 1024,
         }
     }
 }
@@ -228,7 +232,8 @@ pub struct ExposedStatus {
     pub target: String,
     /// Tunnels accepted.
     pub tunnels: u64,
-    /// Tunnels refused because the target could not be reached.
+    /// Tunnels refused because the target could not be reached (or too many tunnels were
+    /// open, see [`MeshConfig::max_provider_tunnels`]).
     pub target_failures: u64,
 }
 
@@ -289,6 +294,8 @@ struct Inner {
     records_refused: AtomicU64,
     /// Bounds the answers and replications in flight.
     sends: Arc<Semaphore>,
+    /// Bounds the tunnels served as a provider.
+    tunnels: Arc<Semaphore>,
     /// Set when the mesh shuts down: live tunnels end.
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -335,6 +342,7 @@ impl Mesh {
         }
         let (app, app_events) = mpsc::channel(config.event_capacity.max(1));
         let max_pending_sends = config.max_pending_sends.max(1);
+        let max_provider_tunnels = config.max_provider_tunnels.max(1);
         let inner = Arc::new(Inner {
             node,
             identity,
@@ -344,6 +352,7 @@ impl Mesh {
             sends_dropped: AtomicU64::new(0),
             records_refused: AtomicU64::new(0),
             sends: Arc::new(Semaphore::new(max_pending_sends)),
+            tunnels: Arc::new(Semaphore::new(max_provider_tunnels)),
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         });
@@ -1256,9 +1265,16 @@ impl Inner {
             refuse(stream, ErrorCode::NoSuchService);
             return;
         };
+        let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
+            warn!(%from, service, "tunnel refused: serving as many tunnels as allowed");
+            self.count_tunnel(&service, false);
+            refuse(stream, ErrorCode::Unavailable);
+            return;
+        };
         let inner = self.clone();
         tokio::spawn(
             async move {
+                let _permit = permit;
                 let connected = tokio::time::timeout(
                     inner.config.connect_timeout,
                     TcpStream::connect(target.as_str()),
