@@ -683,6 +683,7 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
         .as_str()
         .unwrap()
         .to_owned();
+    a.expect_event("joined");
     let exposed = a.expect_event("exposed");
     assert_eq!(exposed["name"], "echo");
     assert_eq!(exposed["target"], echo.to_string());

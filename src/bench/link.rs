@@ -45,6 +45,17 @@ impl Default for LinkBenchConfig {
     }
 }
 
+impl LinkBenchConfig {
+    /// Small sizes for a smoke run (`--quick`).
+    pub fn quick() -> Self {
+        Self {
+            messages: 5_000,
+            size: 200,
+            rounds: 1,
+        }
+    }
+}
+
 /// The result of a link benchmark.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinkBenchReport {

@@ -378,6 +378,7 @@ impl Mesh {
             });
             state.forwarded.len() - 1
         };
+        info!(%local, name, "forwarding");
         let inner = self.inner.clone();
         let name = name.to_owned();
         let span = tracing::info_span!("forward", %local, name = %name);
@@ -404,7 +405,6 @@ impl Mesh {
             .instrument(span),
         );
         lock(&self.inner.tasks).push(task);
-        info!(%local, name = %self.inner.lock().forwarded[index].name, "forwarding");
         Ok(local)
     }
 

@@ -150,14 +150,23 @@ pub struct Limits {
     /// Unacknowledged bytes we buffer for one link (quinn `send_window`). Default 8 MiB.
     pub send_window: u64,
     /// How often an otherwise quiet link sends a keep-alive (quinn `keep_alive_interval`), so a
-    /// live peer never hits [`Self::max_idle_timeout`] and NAT bindings stay open. Default 5 s.
+    /// live peer never hits [`Self::max_idle_timeout`] and NAT bindings stay open. Default 25 s:
+    /// longer than the Pastry heartbeat period (15 s), so links that carry heartbeats never
+    /// need one, and longer than [`Self::idle_link_timeout`], so an unused link is closed before
+    /// it sends any; within the 30 s UDP timeout of common NATs. (Every keep-alive is a
+    /// datagram and its acknowledgement: at 5 s on every link they were most of an idle
+    /// node's traffic; see BENCHMARKS.md, suite `idle`.)
     pub keep_alive: Duration,
     /// How long a link may receive nothing at all before it is declared dead (quinn
     /// `max_idle_timeout`): with keep-alives on, this is the failure detection time of a silent
-    /// peer ([`LinkLostReason::TimedOut`]). Default 15 s (three missed keep-alives).
+    /// peer ([`LinkLostReason::TimedOut`]). Default 60 s (more than two missed keep-alives;
+    /// Pastry's own probes detect a silent leaf-set neighbour sooner).
     pub max_idle_timeout: Duration,
-    /// How long a link may go unused (no streams either way) before the pool closes it. Default
-    /// 120 s.
+    /// How long a link may go unused (no streams either way) before the pool closes it.
+    /// Default 20 s: longer than the Pastry heartbeat period (15 s), so the links to leaf-set
+    /// neighbours stay up, and shorter than [`Self::keep_alive`]. A link opened to measure a
+    /// peer's RTT or to answer one request does not linger: each idle link costs memory
+    /// (about 90 KiB of QUIC and TLS state) and keep-alive traffic.
     pub idle_link_timeout: Duration,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
@@ -183,9 +192,9 @@ impl Default for Limits {
             stream_receive_window: 1 << 20,
             connection_receive_window: 8 << 20,
             send_window: 8 << 20,
-            keep_alive: Duration::from_secs(5),
-            max_idle_timeout: Duration::from_secs(15),
-            idle_link_timeout: Duration::from_secs(120),
+            keep_alive: Duration::from_secs(25),
+            max_idle_timeout: Duration::from_secs(60),
+            idle_link_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
