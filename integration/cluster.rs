@@ -5,7 +5,6 @@ use std::time::Duration;
 use wendy::id::{Key, NodeId};
 use wendy::identity::Identity;
 use wendy::node::{Events, Node, NodeConfig, NodeEvent};
-use wendy::pastry::ideal_leaf_set;
 
 mod common;
 use common::cluster;
@@ -40,13 +39,14 @@ async fn two_nodes_know_each_other() {
     b.join(&[a.addr()]).await.unwrap();
     // Allow the announce to land at a (a admits b to its leaf set on b's join probe, to its
     // routing table once b announces itself as active and a has measured it).
-    for _ in 0..100 {
-        let sa = a.status().await.unwrap();
-        if sa.leaf_set.contains(&b.id()) && sa.routing_table.iter().any(|p| p.id == b.id()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster::poll_until(
+        "a never held b in both leaf set and routing table",
+        || async {
+            let sa = a.status().await.unwrap();
+            sa.leaf_set.contains(&b.id()) && sa.routing_table.iter().any(|p| p.id == b.id())
+        },
+    )
+    .await;
     let sa = a.status().await.unwrap();
     let sb = b.status().await.unwrap();
     assert!(sa.leaf_set.contains(&b.id()), "a's leaf set lacks b");
@@ -130,16 +130,10 @@ async fn graceful_leave_is_seen_by_the_leaf_set() {
     let leaver = c.id();
     // `c` is active once its own leaf set is confirmed; `a` learns of it when c's announcement
     // lands. Leave only once `a` holds `c`, so the notice has someone to tell.
-    for _ in 0..200 {
-        if a.status().await.unwrap().leaf_set.contains(&leaver) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        a.status().await.unwrap().leaf_set.contains(&leaver),
-        "a never learned of c"
-    );
+    cluster::poll_until("a never learned of c", || async {
+        a.status().await.unwrap().leaf_set.contains(&leaver)
+    })
+    .await;
     c.leave().await.unwrap();
     let left = wait_for(&mut ea, |e| match e {
         NodeEvent::NodeLeft(id) if *id == leaver => Some(*id),
@@ -166,26 +160,10 @@ async fn thirty_two_nodes_match_the_oracle() {
         node.join(&[first]).await.unwrap();
     }
     let ids: Vec<NodeId> = nodes.iter().map(|(n, _)| n.id()).collect();
-    // Leaf sets converge as announcements land; poll (hang-guarded), then compare exactly.
-    let mut mismatched = Vec::new();
-    for _ in 0..200 {
-        mismatched.clear();
-        for (node, _) in &nodes {
-            let mut leaf_set = node.status().await.unwrap().leaf_set;
-            leaf_set.sort();
-            if leaf_set != ideal_leaf_set(node.id(), ids.iter().copied(), 8) {
-                mismatched.push(node.id());
-            }
-        }
-        if mismatched.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        mismatched.is_empty(),
-        "leaf sets differ from the oracle at {mismatched:?}"
-    );
+    // Leaf sets converge as announcements land; poll (hang-guarded) until they equal the
+    // oracle's exactly.
+    let just_nodes: Vec<Node> = nodes.iter().map(|(n, _)| n.clone()).collect();
+    cluster::converge(&just_nodes, &ids).await;
 
     // 1,000 routed messages, each delivered once at the true closest node within the bound.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
