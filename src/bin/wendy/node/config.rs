@@ -491,6 +491,23 @@ mod tests {
         assert_eq!(mesh.republish_interval, Duration::from_secs(3));
     }
 
+    /// The README's config example documents the defaults: applying it must change nothing.
+    #[test]
+    fn the_readme_config_example_shows_the_defaults() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("**Config file.**").unwrap();
+        let block = &readme[start..];
+        let block = &block[block.find("```toml\n").unwrap() + 8..];
+        let block = &block[..block.find("```").unwrap()];
+        let file = parse_file(block).unwrap();
+        let mut config = NodeConfig::default();
+        apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits).unwrap();
+        assert_eq!(
+            format!("{config:?}"),
+            format!("{:?}", NodeConfig::default())
+        );
+    }
+
     #[test]
     fn useless_limits_are_refused_naming_the_key() {
         for (table, key) in [
