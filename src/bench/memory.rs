@@ -1,11 +1,13 @@
 //! The memory benchmark: resident memory per idle node, with many nodes in one process.
 //!
-//! `VmRSS` of this process is read before any node exists, after `nodes` nodes are started
-//! (bound, not joined), and after they have all joined one overlay, settled and idled for a
-//! while. Per node = the whole increase divided by the node count; per connection = the
-//! increase from joining divided by the QUIC links open at the end (each endpoint of a link
-//! counted once, as each holds its own connection state). Run it in a fresh process (as
-//! `wendy bench` does) so memory freed by earlier work does not hide new allocations.
+//! First, per connection: `links_endpoints` bare transports are bound and every pair of them
+//! linked; the increase of `VmRSS` divided by the connection states (two per link) is the cost
+//! of one connection. They stay open (idle) to the end, so the memory they hold is not reused
+//! by what follows. Then, per node: `VmRSS` is read before any node exists, after `nodes` nodes
+//! are started (bound, not joined), and after they have all joined one overlay, settled and
+//! idled for a while; per node = the whole increase divided by the node count. Run it in a
+//! fresh process (as `wendy bench` does) so memory freed by earlier work does not hide new
+//! allocations.
 
 use std::time::Duration;
 
@@ -13,7 +15,20 @@ use serde::Serialize;
 
 use super::cluster::Cluster;
 use super::{rss_kib, BenchError, Progress};
+use crate::identity::{Identity, Validity};
 use crate::node::NodeConfig;
+use crate::transport::{Admission, Transport, TransportConfig};
+
+fn bare_transport_config() -> Result<TransportConfig, BenchError> {
+    let identity = Identity::generate();
+    let certificate = identity.self_signed_certificate(Validity::days_from_now(1))?;
+    Ok(TransportConfig::new(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        identity,
+        certificate,
+        Admission::Open,
+    ))
+}
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +39,8 @@ pub struct MemoryBenchConfig {
     pub idle: Duration,
     /// Seed of the bootstrap choices.
     pub seed: u64,
+    /// Bare transports linked pairwise to measure the cost of one connection.
+    pub links_endpoints: usize,
 }
 
 impl Default for MemoryBenchConfig {
@@ -32,6 +49,7 @@ impl Default for MemoryBenchConfig {
             nodes: 100,
             idle: Duration::from_secs(30),
             seed: 1,
+            links_endpoints: 20,
         }
     }
 }
@@ -43,6 +61,7 @@ impl MemoryBenchConfig {
             nodes: 16,
             idle: Duration::from_secs(1),
             seed: 1,
+            links_endpoints: 6,
         }
     }
 }
@@ -62,8 +81,11 @@ pub struct MemoryBenchReport {
     pub rss_mib_per_node_unjoined: f64,
     /// QUIC links open at the end, per node.
     pub connections_per_node: f64,
-    /// Memory added by joining, per open link, KiB.
+    /// Memory of one connection state (one end of a link: QUIC, TLS, the link's tasks), KiB,
+    /// measured with bare transports linked pairwise.
     pub rss_kib_per_connection: f64,
+    /// Connection states measured for `rss_kib_per_connection`.
+    pub connections_measured: usize,
     /// The goal, MiB per node.
     pub goal_mib_per_node: f64,
 }
@@ -79,6 +101,27 @@ pub async fn run(
     let read = || {
         rss_kib().ok_or_else(|| BenchError::Invalid("VmRSS is not available (Linux only)".into()))
     };
+    progress(&format!(
+        "memory: linking {} bare transports pairwise",
+        config.links_endpoints
+    ));
+    let mut transports = Vec::with_capacity(config.links_endpoints);
+    for _ in 0..config.links_endpoints {
+        transports.push(Transport::bind(bare_transport_config()?).await?);
+    }
+    let before_links = read()?;
+    for (i, (a, _)) in transports.iter().enumerate() {
+        for (b, _) in &transports[i + 1..] {
+            a.connect(b.local_addr(), Some(b.local_id())).await?;
+        }
+    }
+    // Let the handshakes' last packets (HANDSHAKE_DONE, tickets) settle on both ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connection_states = transports
+        .iter()
+        .map(|(transport, _)| transport.links().len())
+        .sum::<usize>();
+    let after_links = read()?;
     let before = read()?;
     let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
     progress(&format!("memory: starting {} nodes", config.nodes));
@@ -103,6 +146,9 @@ pub async fn run(
         connections += node.status().await?.connections.len();
     }
     cluster.shutdown().await;
+    for (transport, _) in transports {
+        transport.shutdown().await;
+    }
     let mib = |kib: u64| kib as f64 / 1024.0;
     let nodes = config.nodes as f64;
     Ok(MemoryBenchReport {
@@ -112,7 +158,9 @@ pub async fn run(
         rss_mib_per_node: mib(after.saturating_sub(before)) / nodes,
         rss_mib_per_node_unjoined: mib(unjoined.saturating_sub(before)) / nodes,
         connections_per_node: connections as f64 / nodes,
-        rss_kib_per_connection: after.saturating_sub(unjoined) as f64 / connections.max(1) as f64,
+        rss_kib_per_connection: after_links.saturating_sub(before_links) as f64
+            / connection_states.max(1) as f64,
+        connections_measured: connection_states,
         goal_mib_per_node: 2.0,
     })
 }

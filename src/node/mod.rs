@@ -79,6 +79,12 @@ impl Default for NodeConfig {
                 // (tens of ms on a loaded machine), not only by the RTT: a tighter slack makes
                 // live peers look dead and re-routes messages that were on their way.
                 timeout_slack: Duration::from_millis(250),
+                // Each maintenance round measures candidates, and over QUIC a measurement of a
+                // peer without a link is a handshake (~5 KB, ~12 datagrams both ways): at 60 s
+                // these were most of an idle node's traffic (BENCHMARKS.md, suite `idle`). The
+                // join already fills the table with near entries; Pastry's papers refresh every
+                // few minutes to tens of minutes.
+                maintenance_period: Duration::from_secs(600),
                 ..pastry::Config::default()
             },
             limits: Limits::default(),

@@ -1670,7 +1670,7 @@ impl Pastry {
     /// Removes `id` from every structure. Returns whether it was in the leaf set.
     fn remove_everywhere(&mut self, now: Time, id: NodeId) -> bool {
         let was_leaf = self.leaf_set.remove(id);
-        let position = self.table.remove(id);
+        self.table.remove(id);
         self.neighbourhood.remove(id);
         self.measuring.remove(&id);
         self.probes.retain(|p| p.peer.id != id);
@@ -1684,9 +1684,8 @@ impl Pastry {
             self.emit(Event::LeafSetChanged);
             self.refresh_watches(now);
         }
-        if let Some((row, _)) = position {
-            self.repair_table_row(row);
-        }
+        // The table slot is refilled lazily: when routing meets the hole (`note_hole`) or by
+        // periodic maintenance; a failure notice does not cost a row request per table holder.
         was_leaf
     }
 

@@ -136,10 +136,13 @@ pub struct Limits {
     pub max_incoming: usize,
     /// How many uni streams (one-way messages) a peer may have open at once on one link (quinn
     /// `max_concurrent_uni_streams`). High enough for one RTT of small messages at full speed;
-    /// the peer waits for credit beyond it. Default 1024.
+    /// the peer waits for credit beyond it. Default 256: quinn keeps a slot for every stream a
+    /// peer may open, on every link, so this is paid per connection (1024 uni + 256 bi cost
+    /// an idle 100-node process 6.9 MiB per node, 256 + 64 cost 3.5; BENCHMARKS.md, `memory`),
+    /// and on loopback 256 already gives raw quinn's one-way rate (`wendy bench link`).
     pub max_concurrent_uni_streams: u32,
     /// How many bi streams (requests, tunnels) a peer may have open at once on one link (quinn
-    /// `max_concurrent_bidi_streams`). Default 256.
+    /// `max_concurrent_bidi_streams`). Default 64 (see [`Self::max_concurrent_uni_streams`]).
     pub max_concurrent_bi_streams: u32,
     /// Unread bytes a peer may send on one stream (quinn `stream_receive_window`). Default 1 MiB,
     /// so a maximum-size message never waits for a window update.
@@ -187,8 +190,8 @@ impl Default for Limits {
             max_message_size: wire::DEFAULT_MAX_FRAME_SIZE,
             max_connections: 1024,
             max_incoming: 256,
-            max_concurrent_uni_streams: 1024,
-            max_concurrent_bi_streams: 256,
+            max_concurrent_uni_streams: 256,
+            max_concurrent_bi_streams: 64,
             stream_receive_window: 1 << 20,
             connection_receive_window: 8 << 20,
             send_window: 8 << 20,

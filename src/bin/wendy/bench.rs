@@ -28,8 +28,9 @@ pub(crate) enum BenchCommand {
     Join(SuiteArgs),
     /// Resident memory per idle node, 100 nodes in one process, and per connection.
     Memory(SuiteArgs),
-    /// UDP datagrams and bytes per node per second in an idle 100-node cluster.
-    Idle(SuiteArgs),
+    /// UDP datagrams and bytes per node per second in an idle 100-node cluster (as root, in a
+    /// private network namespace so the kernel's counters see only these nodes).
+    Idle(IdleArgs),
     /// The simulator at 100,000 nodes: hops, stretch, wall time vs Pastry 2001.
     Sim(SuiteArgs),
 }
@@ -43,6 +44,20 @@ pub(crate) struct SuiteArgs {
     /// Small sizes (seconds, for CI): checks the benchmark runs, figures not comparable to goals.
     #[arg(long)]
     quick: bool,
+}
+
+/// Arguments of `wendy bench idle`.
+#[derive(Debug, Args)]
+pub(crate) struct IdleArgs {
+    /// Count with QUIC's per-link statistics only (do not move into a private network
+    /// namespace to read the kernel's counters).
+    #[arg(long)]
+    no_netns: bool,
+    /// Set when `wendy bench idle` re-runs itself under `unshare --net`.
+    #[arg(long, hide = true)]
+    in_private_netns: bool,
+    #[command(flatten)]
+    common: SuiteArgs,
 }
 
 /// Arguments of `wendy bench link`.
@@ -68,7 +83,14 @@ pub(crate) fn run(command: BenchCommand) -> crate::CmdResult {
         BenchCommand::Route(args) => ("route", args),
         BenchCommand::Join(args) => ("join", args),
         BenchCommand::Memory(args) => ("memory", args),
-        BenchCommand::Idle(args) => ("idle", args),
+        BenchCommand::Idle(args) => {
+            if !args.in_private_netns && !args.no_netns {
+                if let Some(result) = idle_in_private_netns(&args.common) {
+                    return result;
+                }
+            }
+            ("idle", &args.common)
+        }
         BenchCommand::Sim(args) => ("sim", args),
     };
     let report = run_suite(&command, common.quick)?;
@@ -134,12 +156,25 @@ fn run_suite(command: &BenchCommand, quick: bool) -> Result<Value, Box<dyn std::
             };
             serde_json::to_value(runtime.block_on(memory::run(config, progress))?)?
         }
-        BenchCommand::Idle(_) => {
-            let config = if quick {
+        BenchCommand::Idle(args) => {
+            let mut config = if quick {
                 idle::IdleBenchConfig::quick()
             } else {
                 idle::IdleBenchConfig::default()
             };
+            if args.in_private_netns {
+                // A new network namespace has only `lo`, and it is down.
+                let up = Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .map_err(|e| format!("cannot run `ip link set lo up`: {e}"))?;
+                if !up.success() {
+                    return Err(
+                        "`ip link set lo up` failed in the private network namespace".into(),
+                    );
+                }
+                config.private_netns = true;
+            }
             serde_json::to_value(runtime.block_on(idle::run(config, progress))?)?
         }
         BenchCommand::Sim(_) => {
@@ -152,6 +187,47 @@ fn run_suite(command: &BenchCommand, quick: bool) -> Result<Value, Box<dyn std::
         }
         BenchCommand::All(_) => return Err("`all` is not a single suite".into()),
     })
+}
+
+/// Re-runs `wendy bench idle` under `unshare --net` (a private network namespace, so the
+/// kernel's UDP counters count these nodes only). `None` when that is not possible here (not
+/// root, no `unshare`): the caller then counts with QUIC statistics in this process.
+fn idle_in_private_netns(args: &SuiteArgs) -> Option<crate::CmdResult> {
+    let possible = Command::new("unshare")
+        .args(["--net", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !possible {
+        progress("idle: no private network namespace here (needs root and unshare): counting with QUIC statistics");
+        return None;
+    }
+    let run = || -> crate::CmdResult {
+        let exe = std::env::current_exe()?;
+        let mut command = Command::new("unshare");
+        command
+            .arg("--net")
+            .arg("--")
+            .arg(exe)
+            .args(["bench", "idle", "--in-private-netns"]);
+        if args.json {
+            command.arg("--json");
+        }
+        if args.quick {
+            command.arg("--quick");
+        }
+        let status = command.status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(
+                format!("the idle suite in a private network namespace exited with {status}")
+                    .into(),
+            )
+        }
+    };
+    Some(run())
 }
 
 /// Runs every suite as a child process of this executable and gathers their JSON.
@@ -337,9 +413,10 @@ fn print_suite(suite: &str, r: &Value) {
                 num(r, &["rss_mib_per_node_unjoined"])
             );
             println!(
-                "  {:.1} links per node, {:.1} KiB per link",
+                "  {:.1} links per node at the end; one connection: {:.1} KiB (measured over {} connection states)",
                 num(r, &["connections_per_node"]),
-                num(r, &["rss_kib_per_connection"])
+                num(r, &["rss_kib_per_connection"]),
+                r["connections_measured"]
             );
         }
         "idle" => {
@@ -357,6 +434,12 @@ fn print_suite(suite: &str, r: &Value) {
                 "  bytes on the wire:  {:.1} (Bamboo: {})",
                 num(r, &["control_bytes_per_node_per_s"]),
                 r["bamboo_bytes_per_node_per_s"]
+            );
+            println!(
+                "  counted by: {} (QUIC statistics of pooled links: {:.3} datagrams, {:.1} bytes)",
+                r["counted_by"].as_str().unwrap_or("?"),
+                num(r, &["quic_datagrams_per_node_per_s"]),
+                num(r, &["quic_bytes_per_node_per_s"])
             );
             println!(
                 "  overlay control messages: {:.3}; {:.1} links per node, {:.2} opened per node",
