@@ -71,18 +71,13 @@ impl fmt::Debug for RegionMap {
 
 impl RegionMap {
     /// A map with `rtt[a][b]` the round-trip time between regions `a` and `b` (made symmetric:
-    /// the larger of `rtt[a][b]` and `rtt[b][a]` counts). Regions are numbered from 0.
-    ///
-    /// # Panics
-    /// If `rtt` is not square (a test-setup error).
+    /// the larger of `rtt[a][b]` and `rtt[b][a]` counts; a missing entry counts as zero).
+    /// Regions are numbered from 0; there are as many as `rtt` has rows.
     pub fn new(rtt: Vec<Vec<Duration>>) -> Self {
         let n = rtt.len();
-        assert!(
-            rtt.iter().all(|row| row.len() == n),
-            "the RTT matrix must be square"
-        );
+        let entry = |a: usize, b: usize| rtt[a].get(b).copied().unwrap_or_default();
         let symmetric = (0..n)
-            .map(|a| (0..n).map(|b| rtt[a][b].max(rtt[b][a])).collect())
+            .map(|a| (0..n).map(|b| entry(a, b).max(entry(b, a))).collect())
             .collect();
         Self {
             inner: Arc::new(MapInner {
@@ -321,6 +316,9 @@ mod tests {
         let map = RegionMap::new(vec![vec![ms(1), ms(10)], vec![ms(30), ms(2)]]);
         assert_eq!(map.rtt(0, 1), ms(30));
         assert_eq!(map.rtt(1, 0), ms(30));
+        let ragged = RegionMap::new(vec![vec![ms(1)], vec![ms(4), ms(2)]]);
+        assert_eq!(ragged.rtt(0, 1), ms(4));
+        assert_eq!(ragged.rtt(0, 2), Duration::ZERO);
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
         let c: SocketAddr = "127.0.0.1:1002".parse().unwrap();

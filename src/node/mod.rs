@@ -132,7 +132,9 @@ pub enum NodeError {
 pub struct Delivery {
     /// The key the message was routed to.
     pub key: Key,
-    /// The node that routed it.
+    /// The node that says it routed it. This is the sender's claim carried in the message: only
+    /// the last hop is authenticated (by its certificate), so sign application payloads if the
+    /// author matters.
     pub origin: NodeId,
     /// The origin's message id (unique per origin).
     pub id: u64,
@@ -200,7 +202,7 @@ pub enum NodeEvent {
 pub struct Forwarded {
     /// The destination key.
     pub key: Key,
-    /// The node that routed it.
+    /// The node that says it routed it (claimed, like [`Delivery::origin`]).
     pub origin: NodeId,
     /// The next hop chosen by Pastry.
     pub next_hop: NodeId,

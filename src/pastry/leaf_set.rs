@@ -129,13 +129,43 @@ impl LeafSet {
     /// Whether `id` would enter `side` if inserted now.
     fn fits(&self, side: Side, id: NodeId) -> bool {
         let slots = self.side(side);
-        if slots.iter().any(|s| s.peer.id == id) || (self.big && !self.in_half(side, id)) {
+        if slots.iter().any(|s| s.peer.id == id)
+            || (self.big && !self.in_half(side, id) && !self.plausible_past_half(side, id))
+        {
             return false;
         }
         slots.len() < self.half
             || slots
                 .last()
                 .is_some_and(|far| self.distance(side, id) < self.distance(side, far.peer.id))
+    }
+
+    /// In a small overlay (a few more nodes than L) a side's `L/2` nearest nodes may reach past
+    /// half the ring. Such an id is admitted only if it lies outside the other side's range and
+    /// within twice the distance the side's current members predict for `L/2` nodes (their
+    /// mean gap times `L/2`), so a side short after failures is not filled with a node from
+    /// the far side of a large ring (which would make it claim almost the whole ring).
+    fn plausible_past_half(&self, side: Side, id: NodeId) -> bool {
+        let slots = self.side(side);
+        let Some(far) = slots.last() else {
+            return false;
+        };
+        if slots.len() * 2 < self.half {
+            return false;
+        }
+        let other = match side {
+            Side::Left => Side::Right,
+            Side::Right => Side::Left,
+        };
+        let distance = self.distance(side, id);
+        if let Some(other_far) = self.side(other).last() {
+            if distance >= self.distance(side, other_far.peer.id) {
+                return false;
+            }
+        }
+        let predicted = (self.distance(side, far.peer.id) / slots.len() as u128)
+            .saturating_mul(self.half as u128);
+        distance / 2 <= predicted
     }
 
     /// Whether `id` lies on `side`'s half of the ring.

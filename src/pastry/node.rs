@@ -100,7 +100,8 @@ pub enum Output {
         msg: Message,
     },
     /// Measure the round-trip time to `peer`, then call [`Pastry::handle_proximity`]. If the
-    /// peer cannot be reached, do nothing.
+    /// peer cannot be reached (the dial fails), call [`Pastry::handle_link_down`]: a peer that
+    /// cannot be dialled is suspected like one whose link died.
     Measure {
         /// The peer to measure.
         peer: PeerInfo,
@@ -808,9 +809,17 @@ impl Pastry {
         self.offer(now, peer, rtt);
     }
 
-    /// The transport lost its link to `peer`: suspect it (probe it) and re-route messages
-    /// waiting for its acknowledgement.
+    /// The transport lost its link to `peer`, or could not dial it (also for an
+    /// [`Output::Measure`]): suspect it (probe it, so it is declared dead if it stays silent)
+    /// and re-route messages waiting for its acknowledgement. A peer we were only measuring
+    /// (a candidate, not in our state) is not measured or admitted again for a while.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
+        if matches!(self.phase, Phase::Idle | Phase::Left) {
+            return;
+        }
+        if self.measuring.remove(&peer).is_some() && !self.knows(peer) {
+            self.note_dead(now, peer);
+        }
         if !self.is_active() {
             return;
         }
@@ -1661,7 +1670,7 @@ impl Pastry {
     /// Removes `id` from every structure. Returns whether it was in the leaf set.
     fn remove_everywhere(&mut self, now: Time, id: NodeId) -> bool {
         let was_leaf = self.leaf_set.remove(id);
-        let position = self.table.remove(id);
+        self.table.remove(id);
         self.neighbourhood.remove(id);
         self.measuring.remove(&id);
         self.probes.retain(|p| p.peer.id != id);
@@ -1675,9 +1684,8 @@ impl Pastry {
             self.emit(Event::LeafSetChanged);
             self.refresh_watches(now);
         }
-        if let Some((row, _)) = position {
-            self.repair_table_row(row);
-        }
+        // The table slot is refilled lazily: when routing meets the hole (`note_hole`) or by
+        // periodic maintenance; a failure notice does not cost a row request per table holder.
         was_leaf
     }
 
@@ -1767,6 +1775,10 @@ impl Pastry {
             }
         }
         self.dead.retain(|(dead, _)| *dead != id);
+        // Any message proves it alive: a suspicion (a late ack, a missed heartbeat) is over.
+        // A candidate's probe still waits for its reply (which says whether it is active).
+        self.probes
+            .retain(|p| p.peer.id != id || p.kind == ProbeKind::Candidate);
     }
 
     fn refresh_watches(&mut self, now: Time) {
@@ -1866,6 +1878,7 @@ impl Pastry {
             .iter()
             .map(|p| self.hop_timeout(p.peer.id, self.config.probe_timeout))
             .collect();
+        let probe_cap = self.config.probe_timeout;
         let mut index = 0;
         self.probes.retain_mut(|p| {
             let timeout = timeouts[index];
@@ -1875,7 +1888,8 @@ impl Pastry {
             }
             if p.retries_left > 0 {
                 p.retries_left -= 1;
-                p.deadline = now + timeout;
+                // Back off: a late answer (load, jitter) must not make a live node dead.
+                p.deadline = now + (timeout * 2).min(probe_cap);
                 resend.push(p.peer);
                 true
             } else {

@@ -191,6 +191,39 @@ fn silent_failures_are_detected_repaired_and_reported() {
     );
 }
 
+/// A small overlay (25 nodes, 5 fail: 20 survivors, barely more than L = 16): a side's L/2
+/// nearest may reach past half the ring, and repair must still converge to the oracle's leaf
+/// sets and go quiet (it used to probe the same far members forever).
+#[test]
+fn failures_in_a_small_overlay_converge_and_go_quiet() {
+    for seed in [1, 2, 3] {
+        let mut net = Net::build(Config::default(), 25, 30 + seed);
+        net.run_for(Duration::from_secs(30));
+        for _ in 0..5 {
+            let victim = net.random_live();
+            net.kill(victim);
+        }
+        net.run_for(Duration::from_secs(120));
+        let wrong: Vec<String> = net
+            .wrong_leaf_sets()
+            .into_iter()
+            .map(|i| net.leaf_diff(i))
+            .collect();
+        assert_eq!(wrong, Vec::<String>::new(), "seed {seed}: after repair");
+        let control =
+            |net: &Net| -> u64 { net.nodes.iter().map(|n| n.stats().control().msgs).sum() };
+        let before = control(&net);
+        let window = Duration::from_secs(300);
+        net.run_for(window);
+        let per_node_s = (control(&net) - before) as f64 / 20.0 / window.as_secs_f64();
+        assert!(
+            per_node_s < 0.5,
+            "seed {seed}: {per_node_s:.2} control msgs/s per node after repair"
+        );
+        check_lookups(&mut net, 100);
+    }
+}
+
 #[test]
 fn graceful_leave_notifies_the_leaf_set_at_once() {
     let mut net = Net::build(Config::default(), 60, 5);
@@ -678,6 +711,37 @@ fn measured_candidates_enter_the_table_only_after_measurement() {
     let stranger = peer(0xe << 124);
     node.handle_proximity(Time::ZERO, stranger, Duration::from_millis(1));
     assert!(!node.knows(stranger.id));
+}
+
+/// `Output::Measure` whose dial fails: the driver calls `handle_link_down`. A candidate we were
+/// only measuring is not admitted (a late sample is ignored) nor measured again for a while; a
+/// peer in our state is probed (suspected).
+#[test]
+fn a_measure_that_cannot_dial_suspects_the_peer() {
+    let mut node = Pastry::new(peer(1 << 120), Config::default(), 1);
+    node.bootstrap_alone(Time::ZERO);
+    drain(&mut node);
+    let holder = peer(0xf << 124);
+    node.handle_proximity(Time::ZERO, holder, Duration::from_millis(40));
+    let offer = |node: &mut Pastry, entries: Vec<PeerInfo>| {
+        node.handle_message(Time::ZERO, holder, Message::RowReply { row: 0, entries });
+        drain(node)
+    };
+    let candidate = peer(0xe << 124);
+    assert!(offer(&mut node, vec![candidate]).contains(&Output::Measure { peer: candidate }));
+    node.handle_link_down(Time::ZERO, candidate.id);
+    drain(&mut node);
+    // Late measurement: ignored; offered again: not measured again.
+    node.handle_proximity(Time::ZERO, candidate, Duration::from_millis(5));
+    assert!(!node.knows(candidate.id));
+    assert!(!offer(&mut node, vec![candidate]).contains(&Output::Measure { peer: candidate }));
+    // A peer already in our state is probed at once.
+    meet(&mut node, holder);
+    node.handle_link_down(Time::ZERO, holder.id);
+    let probed = drain(&mut node).into_iter().any(
+        |o| matches!(o, Output::Send { to, msg: Message::Probe { .. } } if to.id == holder.id),
+    );
+    assert!(probed, "the undialable member is probed");
 }
 
 #[test]
