@@ -77,6 +77,10 @@ pub struct MemoryBenchReport {
     pub rss_mib_after: f64,
     /// `(after - before) / nodes`, MiB: what one idle overlay node costs.
     pub rss_mib_per_node: f64,
+    /// `rss_mib_per_node` after the allocator returned its free memory to the OS (glibc
+    /// `malloc_trim`; `None` elsewhere): what the idle nodes really hold. The difference is
+    /// memory freed after the join's peak that glibc keeps.
+    pub rss_mib_per_node_after_trim: Option<f64>,
     /// The same for started but not yet joined nodes (socket, endpoint, tasks), MiB.
     pub rss_mib_per_node_unjoined: f64,
     /// QUIC links open at the end, per node.
@@ -141,6 +145,11 @@ pub async fn run(
     progress(&format!("memory: idling {:?}", config.idle));
     tokio::time::sleep(config.idle).await;
     let after = read()?;
+    let after_trim = if super::release_free_memory() {
+        Some(read()?)
+    } else {
+        None
+    };
     let mut connections = 0usize;
     for node in &cluster.nodes {
         connections += node.status().await?.connections.len();
@@ -156,6 +165,8 @@ pub async fn run(
         rss_mib_before: mib(before),
         rss_mib_after: mib(after),
         rss_mib_per_node: mib(after.saturating_sub(before)) / nodes,
+        rss_mib_per_node_after_trim: after_trim
+            .map(|trimmed| mib(trimmed.saturating_sub(before)) / nodes),
         rss_mib_per_node_unjoined: mib(unjoined.saturating_sub(before)) / nodes,
         connections_per_node: connections as f64 / nodes,
         rss_kib_per_connection: after_links.saturating_sub(before_links) as f64

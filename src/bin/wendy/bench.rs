@@ -412,6 +412,11 @@ fn print_suite(suite: &str, r: &Value) {
                 num(r, &["rss_mib_per_node"]),
                 num(r, &["rss_mib_per_node_unjoined"])
             );
+            if let Some(trimmed) = r["rss_mib_per_node_after_trim"].as_f64() {
+                println!(
+                    "  after glibc malloc_trim: {trimmed:.3} MiB per node (the rest is memory freed after the join that glibc keeps)"
+                );
+            }
             println!(
                 "  {:.1} links per node at the end; one connection: {:.1} KiB (measured over {} connection states)",
                 num(r, &["connections_per_node"]),
