@@ -105,6 +105,10 @@ pub struct RouteBenchReport {
     pub routed_msgs_per_s_per_node: f64,
     /// Routed messages delivered per second, whole cluster.
     pub routed_msgs_per_s: f64,
+    /// Process CPU time (user + system, all nodes) per routed message in the throughput
+    /// measurement, ms (Linux; `None` elsewhere). Times the delivered rate, it shows whether the
+    /// rate was bounded by the CPU this process got.
+    pub cpu_ms_per_routed_msg: Option<f64>,
 }
 
 /// How long any single message may take before the run is declared broken (a hang guard).
@@ -186,7 +190,13 @@ pub async fn run(
     }
 
     progress("route: throughput");
+    let cpu_before = super::link::process_cpu_ticks();
     let throughput = throughput(&mut cluster, &config, &mut rng, &mut seq).await?;
+    let cpu_ms_per_routed_msg = cpu_before
+        .zip(super::link::process_cpu_ticks())
+        .filter(|_| config.throughput_messages > 0)
+        // Linux clock ticks are 10 ms.
+        .map(|(before, after)| (after - before) as f64 * 10.0 / config.throughput_messages as f64);
     let nodes = cluster.nodes.len();
     cluster.shutdown().await;
 
@@ -214,6 +224,7 @@ pub async fn run(
         one_hop_request_response_p50_ratio: ratio(one_hop_rr.p50_ms, raw_rr.p50_ms),
         routed_msgs_per_s_per_node: throughput / nodes as f64,
         routed_msgs_per_s: throughput,
+        cpu_ms_per_routed_msg,
     })
 }
 

@@ -379,6 +379,9 @@ fn print_suite(suite: &str, r: &Value) {
                 num(r, &["routed_msgs_per_s_per_node"]),
                 num(r, &["routed_msgs_per_s"])
             );
+            if let Some(cpu) = r["cpu_ms_per_routed_msg"].as_f64() {
+                println!("  process CPU per routed message: {cpu:.3} ms");
+            }
         }
         "join" => {
             println!(
