@@ -13,7 +13,7 @@
 //! (`cargo test --release --test chat`) cargo does not build examples, so the test runs
 //! `cargo build --example chat --example embed` itself (a no-op when they are up to date).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -268,7 +268,8 @@ fn room_survives_its_root_and_delivers_each_message_once() {
     }
     // Each welcome comes from the root after it added the member, and the root is the same
     // node throughout (the closest of all four is there from the start): the root knows all
-    // three now. `/who` shows it (asked until the answer lists everyone, as a user would).
+    // three now. `/who` shows it (asked until the answer lists everyone, as a user would),
+    // and names the root.
     let whos = |out: &[String]| {
         out.iter()
             .filter(|l| l.starts_with("*** in lobby: "))
@@ -284,7 +285,12 @@ fn room_survives_its_root_and_delivers_each_message_once() {
             .rev()
             .find(|l| l.starts_with("*** in lobby: "))
             .unwrap();
-        if answer == "*** in lobby: alice, bob, carol" {
+        if answer.starts_with("*** in lobby: alice, bob, carol ") {
+            let root_id = identities[0].node_id();
+            assert!(
+                answer.ends_with(&format!("(root: node {root_id})")),
+                "{answer}"
+            );
             break;
         }
     }
@@ -354,6 +360,16 @@ fn embed_example_runs_and_exits_by_itself() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start embed");
+    // Drain both pipes while it runs (a full pipe would stall it).
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -365,9 +381,8 @@ fn embed_example_runs_and_exits_by_itself() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
     assert!(status.success(), "embed failed: {stderr}\n{stdout}");
     let has = |needle: &str| stdout.lines().any(|l| l.contains(needle));
     // Each routed greeting arrived at the node whose id it was routed to, stamped by the

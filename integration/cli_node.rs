@@ -829,3 +829,52 @@ fn without_events_json_the_lines_are_for_humans() {
     assert_eq!(next(), format!("left the overlay ({id}); exiting"));
     assert!(guard.0.wait().unwrap().success());
 }
+
+/// A tool that stops reading stdout (a full pipe) must not freeze the node: output lines are
+/// dropped and counted instead, and `leave` on stdin still ends it gracefully.
+#[test]
+fn an_undrained_stdout_does_not_stop_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = keygen(dir.path(), "a");
+    let mut child = wendy()
+        .args(["node", "--listen", "127.0.0.1:0", "--key", s(&key)])
+        .args(["--events", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    // Never read: far more output than a pipe holds (64 KiB on Linux).
+    let _stdout = child.stdout.take().unwrap();
+    let mut child = Kill(child);
+    // From a thread: a frozen node stops reading stdin too, and the hang guard below must
+    // still fire.
+    std::thread::spawn(move || {
+        let text = "x".repeat(1000);
+        for i in 0..4000u32 {
+            writeln!(stdin, "route {:032x} {text}", u128::from(i) << 96)?;
+        }
+        writeln!(stdin, "leave")?;
+        stdin.flush()
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "the node did not leave while its stdout was not read"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use wendy::id::NodeId;
 use wendy::identity::{Certificate, Identity, MeshCa, Validity};
 use wendy::mesh::{service_key, Mesh, MeshConfig, MeshError, MAGIC};
-use wendy::node::{Events, Node, NodeEvent};
+use wendy::node::{Events, Node, NodeError, NodeEvent};
 use wendy::transport::Admission;
 
 /// Hang guard for anything that waits: generous, never a speed assertion.
@@ -333,6 +333,22 @@ async fn records_move_to_a_closer_node_and_lookups_survive_the_root_dying() {
     })
     .await;
 
+    // The root that took the publication dies: the next closest node, which has the record only
+    // because the root replicated it, answers; and the node that is now among the three closest
+    // is handed the record.
+    let root = by_closeness[0];
+    peers[root].crash().await;
+    let found = tokio::time::timeout(HANG_GUARD, consumer.mesh.lookup(&name))
+        .await
+        .expect("hang guard")
+        .expect("lookup after the root died");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].provider, provider.node.id());
+    until("the new third closest node holds the record", || {
+        peers[by_closeness[3]].mesh.status().records_held == 1
+    })
+    .await;
+
     // A new node closer to the key than everyone: it becomes root and is handed the record.
     let newcomer_identity = (100u8..=255)
         .map(|seed| Identity::from_seed([seed; 32]))
@@ -342,13 +358,13 @@ async fn records_move_to_a_closer_node_and_lookups_survive_the_root_dying() {
         })
         .expect("some seed gives a closer id");
     let newcomer = Peer::start(newcomer_identity, config.clone()).await;
-    newcomer.node.join(&[peers[2].node.addr()]).await.unwrap();
+    newcomer.node.join(&[consumer.node.addr()]).await.unwrap();
     until("the new root holds the record", || {
         newcomer.mesh.status().records_held == 1
     })
     .await;
 
-    // The root dies: the next closest node, a replica, answers.
+    // This root dies too: a replica answers again.
     newcomer.crash().await;
     let found = tokio::time::timeout(HANG_GUARD, consumer.mesh.lookup(&name))
         .await
@@ -367,8 +383,10 @@ async fn records_move_to_a_closer_node_and_lookups_survive_the_root_dying() {
         echo_through(local, b"still here").await.unwrap(),
         b"still here"
     );
-    for peer in &peers {
-        peer.stop().await;
+    for (i, peer) in peers.iter().enumerate() {
+        if i != root {
+            peer.stop().await;
+        }
     }
 }
 
@@ -421,11 +439,19 @@ async fn a_node_without_a_ca_certificate_can_neither_expose_nor_reach() {
     )
     .await;
     assert!(outsider.node.join(&[members[0].node.addr()]).await.is_err());
-    // It cannot publish anything...
+    // Refused in the handshake, it never joined, so it has no overlay to publish to or look
+    // anything up in (the admission check itself is the failed join above)...
     let exposed = outsider.mesh.expose("evil", "127.0.0.1:9").await;
-    assert!(matches!(exposed, Err(MeshError::Node(_))), "{exposed:?}");
-    // ...nor look anything up, nor reach a member's service even knowing its id and address.
-    assert!(outsider.mesh.lookup("echo").await.is_err());
+    assert!(
+        matches!(exposed, Err(MeshError::Node(NodeError::NotJoined))),
+        "{exposed:?}"
+    );
+    let looked_up = outsider.mesh.lookup("echo").await;
+    assert!(
+        matches!(looked_up, Err(MeshError::Node(NodeError::NotJoined))),
+        "{looked_up:?}"
+    );
+    // ...and a member refuses it even when it knows the member's id and address.
     let direct = outsider
         .node
         .open_stream_to(members[0].node.id(), members[0].node.addr(), "echo")
@@ -441,7 +467,8 @@ async fn a_node_without_a_ca_certificate_can_neither_expose_nor_reach() {
         .unwrap();
     assert_eq!(expect_closed(outsider_local).await, 0);
     assert_eq!(outsider.mesh.status().forwarded[0].failures, 1);
-    // The members never stored a record from it nor opened a tunnel for it.
+    // The members hold no record from it and opened no tunnel for it.
+    assert!(members[1].mesh.lookup("evil").await.unwrap().is_empty());
     assert_eq!(members[0].mesh.status().exposed[0].tunnels, 1);
     outsider.stop().await;
     for peer in &members {
@@ -683,6 +710,7 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
         .as_str()
         .unwrap()
         .to_owned();
+    a.expect_event("joined");
     let exposed = a.expect_event("exposed");
     assert_eq!(exposed["name"], "echo");
     assert_eq!(exposed["target"], echo.to_string());
@@ -754,4 +782,51 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
         .unwrap()
         .contains("echo"));
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_serves_no_more_tunnels_than_allowed() {
+    let config = MeshConfig {
+        max_provider_tunnels: 1,
+        ..MeshConfig::default()
+    };
+    let peers = cluster(61, 2, &config).await;
+    let (provider, consumer) = (&peers[0], &peers[1]);
+    provider
+        .mesh
+        .expose("echo", &echo_server().await.to_string())
+        .await
+        .unwrap();
+    let local = consumer
+        .mesh
+        .forward("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    // One tunnel held open (a round trip proves it is established)...
+    let mut held = TcpStream::connect(local).await.unwrap();
+    held.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    held.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"ping");
+    // ...so the next one is refused and closed, not queued.
+    assert_eq!(expect_closed(local).await, 0);
+    assert_eq!(provider.mesh.status().exposed[0].target_failures, 1);
+    // Once the first is closed, tunnels are served again.
+    drop(held);
+    let wait = async {
+        loop {
+            if let Ok(echoed) = echo_through(local, b"again").await {
+                if echoed == b"again" {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, wait)
+        .await
+        .expect("hang guard: tunnels never served again");
+    for peer in &peers {
+        peer.stop().await;
+    }
 }

@@ -45,6 +45,7 @@ use std::time::Duration;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::ReadBuf;
+use tokio::sync::mpsc;
 
 /// Which region each address is in, and the round-trip time between every pair of regions.
 ///
@@ -71,18 +72,13 @@ impl fmt::Debug for RegionMap {
 
 impl RegionMap {
     /// A map with `rtt[a][b]` the round-trip time between regions `a` and `b` (made symmetric:
-    /// the larger of `rtt[a][b]` and `rtt[b][a]` counts). Regions are numbered from 0.
-    ///
-    /// # Panics
-    /// If `rtt` is not square (a test-setup error).
+    /// the larger of `rtt[a][b]` and `rtt[b][a]` counts; a missing entry counts as zero).
+    /// Regions are numbered from 0; there are as many as `rtt` has rows.
     pub fn new(rtt: Vec<Vec<Duration>>) -> Self {
         let n = rtt.len();
-        assert!(
-            rtt.iter().all(|row| row.len() == n),
-            "the RTT matrix must be square"
-        );
+        let entry = |a: usize, b: usize| rtt[a].get(b).copied().unwrap_or_default();
         let symmetric = (0..n)
-            .map(|a| (0..n).map(|b| rtt[a][b].max(rtt[b][a])).collect())
+            .map(|a| (0..n).map(|b| entry(a, b).max(entry(b, a))).collect())
             .collect();
         Self {
             inner: Arc::new(MapInner {
@@ -158,6 +154,16 @@ pub struct DelaySocket {
     map: RegionMap,
     silenced: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
+    /// One delay line per destination region: the delay to a region is constant, so each line
+    /// is FIFO (datagrams keep their order, like on a real path) and one task serves it.
+    lines: Vec<mpsc::UnboundedSender<Delayed>>,
+}
+
+/// A datagram waiting in a delay line.
+struct Delayed {
+    due: tokio::time::Instant,
+    destination: SocketAddr,
+    contents: Vec<u8>,
 }
 
 impl fmt::Debug for DelaySocket {
@@ -180,14 +186,48 @@ impl DelaySocket {
         let io = tokio::net::UdpSocket::from_std(std_socket)?;
         let local_addr = io.local_addr()?;
         map.assign(local_addr, region);
+        let io = Arc::new(io);
+        let silenced = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lines = (0..map.region_count())
+            .map(|_| {
+                let (line, queue) = mpsc::unbounded_channel();
+                tokio::spawn(Self::serve_line(
+                    queue,
+                    io.clone(),
+                    silenced.clone(),
+                    dropped.clone(),
+                ));
+                line
+            })
+            .collect();
         Ok(Arc::new(Self {
-            io: Arc::new(io),
+            io,
             local_addr,
             region,
             map: map.clone(),
-            silenced: Arc::new(AtomicBool::new(false)),
-            dropped: Arc::new(AtomicU64::new(0)),
+            silenced,
+            dropped,
+            lines,
         }))
+    }
+
+    /// Sends each datagram of one delay line when it is due; ends with the socket.
+    async fn serve_line(
+        mut queue: mpsc::UnboundedReceiver<Delayed>,
+        io: Arc<tokio::net::UdpSocket>,
+        silenced: Arc<AtomicBool>,
+        dropped: Arc<AtomicU64>,
+    ) {
+        while let Some(datagram) = queue.recv().await {
+            tokio::time::sleep_until(datagram.due).await;
+            if silenced.load(Ordering::SeqCst) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Like a real network, a datagram that cannot be sent is simply lost.
+            let _ = io.send_to(&datagram.contents, datagram.destination).await;
+        }
     }
 
     /// The region this socket is in.
@@ -248,20 +288,19 @@ impl AsyncUdpSocket for DelaySocket {
                 .try_send_to(transmit.contents, destination)
                 .map(drop);
         }
-        let contents = transmit.contents.to_vec();
-        let io = self.io.clone();
-        let silenced = self.silenced.clone();
-        let dropped = self.dropped.clone();
-        let due = tokio::time::Instant::now() + delay;
-        tokio::spawn(async move {
-            tokio::time::sleep_until(due).await;
-            if silenced.load(Ordering::SeqCst) {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            // Like a real network, a datagram that cannot be sent is simply lost.
-            let _ = io.send_to(&contents, destination).await;
-        });
+        let line = self
+            .map
+            .region_of(destination)
+            .and_then(|region| self.lines.get(region));
+        let datagram = Delayed {
+            due: tokio::time::Instant::now() + delay,
+            destination,
+            contents: transmit.contents.to_vec(),
+        };
+        // A delay is only non-zero for a destination in the map, so its line exists.
+        if !line.is_some_and(|line| line.send(datagram).is_ok()) {
+            self.drop_one();
+        }
         Ok(())
     }
 
@@ -321,6 +360,9 @@ mod tests {
         let map = RegionMap::new(vec![vec![ms(1), ms(10)], vec![ms(30), ms(2)]]);
         assert_eq!(map.rtt(0, 1), ms(30));
         assert_eq!(map.rtt(1, 0), ms(30));
+        let ragged = RegionMap::new(vec![vec![ms(1)], vec![ms(4), ms(2)]]);
+        assert_eq!(ragged.rtt(0, 1), ms(4));
+        assert_eq!(ragged.rtt(0, 2), Duration::ZERO);
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
         let c: SocketAddr = "127.0.0.1:1002".parse().unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use wendy::id::{Key, NodeId};
 
-use crate::protocol::{room_key, MsgId, Post, Wire};
+use crate::protocol::{room_key, Change, MsgId, Post, Wire, MAX_LINE, MAX_NAME, MAX_ROOMS};
 use crate::room::{Recent, RoomHost, MEMBER_TTL, REFRESH};
 
 /// A writer sends a post again if no root acknowledged it within this time.
@@ -160,8 +160,10 @@ impl Client {
 
     /// Joins `room` (or makes it the current room if already in it).
     pub fn join(&mut self, now: Instant, room: &str) {
-        if room.is_empty() || room.contains(char::is_whitespace) {
-            self.print("*** usage: /join ROOM (one word)");
+        if room.is_empty() || room.contains(char::is_whitespace) || room.len() > MAX_NAME {
+            self.print(&format!(
+                "*** usage: /join ROOM (one word, at most {MAX_NAME} bytes)"
+            ));
             return;
         }
         self.current = Some(room.to_owned());
@@ -211,6 +213,12 @@ impl Client {
             self.print("*** you are not in a room: /join ROOM first");
             return;
         };
+        if text.len() > MAX_LINE {
+            self.print(&format!(
+                "*** line too long (at most {MAX_LINE} bytes): not sent"
+            ));
+            return;
+        }
         let id = MsgId {
             sender: self.me,
             incarnation: self.incarnation,
@@ -243,6 +251,9 @@ impl Client {
 
     /// A routed message arrived here, at the root of `key`.
     pub fn routed(&mut self, now: Instant, key: Key, origin: NodeId, msg: Wire) {
+        if !msg.is_within_limits() {
+            return;
+        }
         let Some(room) = msg.room_bound().map(str::to_owned) else {
             // A message for this node that was routed to its id because the sender did not
             // know our address (see main.rs): treat it as direct.
@@ -254,11 +265,14 @@ impl Client {
         if key != room_key(&room) {
             return; // routed to some other key: not a message for the room's root
         }
+        if !self.hosted.contains_key(&room) && self.hosted.len() >= MAX_ROOMS {
+            return; // a peer inventing rooms: host no more
+        }
         let standby = &mut self.standby;
         let host = self.hosted.entry(room.clone()).or_insert_with(|| {
             // We are the room's root now. If the previous root copied its state here, carry
             // on with its members at once.
-            let mut host = RoomHost::new(&room);
+            let mut host = RoomHost::new(&room, now);
             if let Some(copy) = standby.remove(&room) {
                 host.merge(now, copy.members, copy.history);
             }
@@ -269,7 +283,9 @@ impl Client {
             Wire::Subscribe { name, fresh, .. } => host.subscribe(now, origin, name, fresh),
             Wire::Unsubscribe { .. } => host.unsubscribe(origin),
             Wire::Who { .. } => host.who(origin),
-            // Only the writer itself may post under its id.
+            // A post must come from the node its id names. `origin` is what the overlay
+            // says (only the last hop is authenticated), so this keeps honest mistakes out,
+            // not a malicious node: display names are not authenticated (see main.rs).
             Wire::Post(post) if post.id.sender == origin => host.post(now, origin, post),
             _ => Vec::new(),
         };
@@ -280,6 +296,9 @@ impl Client {
 
     /// A message sent directly to this node by `from` (authenticated by its certificate).
     pub fn direct(&mut self, now: Instant, from: NodeId, msg: Wire) {
+        if !msg.is_within_limits() {
+            return;
+        }
         match msg {
             Wire::PostAck { id } => {
                 if self.in_flight.as_ref().is_some_and(|f| f.post.id == id) {
@@ -307,19 +326,14 @@ impl Client {
                     }
                 }
             }
-            Wire::Presence {
-                room,
-                name,
-                joined,
-                timed_out,
-            } => {
+            Wire::Presence { room, name, change } => {
                 if self.joined.contains_key(&room) {
-                    let what = match (joined, timed_out) {
-                        (true, _) => "joined",
-                        (false, false) => "left",
-                        (false, true) => "left (timed out)",
+                    let line = match change {
+                        Change::Joined => format!("*** {name} joined {room}"),
+                        Change::Left => format!("*** {name} left {room}"),
+                        Change::TimedOut => format!("*** {name} left {room} (timed out)"),
                     };
-                    self.print(&format!("*** {name} {what} {room}"));
+                    self.print(&line);
                 }
             }
             Wire::Members {
@@ -342,7 +356,10 @@ impl Client {
                         self.print(&format!("*** you are in {room} with {list}"));
                     }
                     Some(_) if !welcome => {
-                        self.print(&format!("*** in {room}: {}", names.join(", ")));
+                        // `from` is the room's root: worth showing, it is the node whose loss the
+                        // room survives (try it: kill that program).
+                        let names = names.join(", ");
+                        self.print(&format!("*** in {room}: {names} (root: node {from})"));
                     }
                     _ => {}
                 }
@@ -351,17 +368,25 @@ impl Client {
                 room,
                 members,
                 history,
-            } => match self.hosted.get_mut(&room) {
-                Some(host) => host.merge(now, members, history),
-                None => {
-                    let copy = Standby {
-                        received: now,
-                        members,
-                        history,
-                    };
-                    self.standby.insert(room, copy);
+            } => {
+                // Only a leaf-set neighbour has a reason to send this (a room's successor and
+                // a hand-over target are neighbours of the root): anyone else is ignored.
+                if from != self.me && !self.leaf_set.contains(&from) {
+                    return;
                 }
-            },
+                match self.hosted.get_mut(&room) {
+                    Some(host) => host.merge(now, members, history),
+                    None if self.standby.contains_key(&room) || self.standby.len() < MAX_ROOMS => {
+                        let copy = Standby {
+                            received: now,
+                            members,
+                            history,
+                        };
+                        self.standby.insert(room, copy);
+                    }
+                    None => {}
+                }
+            }
             // Room-bound messages are routed, never sent directly.
             Wire::Subscribe { .. }
             | Wire::Unsubscribe { .. }
@@ -481,7 +506,154 @@ impl Client {
         }
     }
 
+    /// Shows a line. Names and texts come from peers: control characters (terminal escape
+    /// sequences) are replaced so that a peer cannot drive the user's terminal.
     fn print(&mut self, line: &str) {
-        self.actions.push(Action::Print(line.to_owned()));
+        let safe = line
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
+        self.actions.push(Action::Print(safe));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prints(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Print(line) => Some(line.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_arriving_twice_shows_once_and_is_acknowledged_twice() {
+        let t0 = Instant::now();
+        let (me, root, writer) = (
+            NodeId::from_u128(1),
+            NodeId::from_u128(2),
+            NodeId::from_u128(3),
+        );
+        let mut client = Client::new(me, "me".into(), 7);
+        client.join(t0, "lobby");
+        client.take_actions(t0);
+        let post = Post {
+            room: "lobby".into(),
+            id: MsgId {
+                sender: writer,
+                incarnation: 1,
+                seq: 0,
+            },
+            name: "w".into(),
+            text: "hi".into(),
+        };
+        client.direct(t0, root, Wire::Message(post.clone()));
+        client.direct(t0, root, Wire::Message(post.clone()));
+        let actions = client.take_actions(t0);
+        assert_eq!(prints(&actions), vec!["[lobby] w: hi"]);
+        let ack = Action::Send {
+            to: root,
+            msg: Wire::MessageAck {
+                room: "lobby".into(),
+                id: post.id,
+            },
+        };
+        assert_eq!(actions.iter().filter(|a| **a == ack).count(), 2);
+    }
+
+    #[test]
+    fn posts_go_one_at_a_time_and_are_repeated_until_acknowledged() {
+        let t0 = Instant::now();
+        let me = NodeId::from_u128(1);
+        let mut client = Client::new(me, "me".into(), 7);
+        client.join(t0, "lobby");
+        client.typed(t0, "one");
+        client.typed(t0, "two");
+        let posts = |actions: &[Action]| -> Vec<String> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Route {
+                        msg: Wire::Post(p), ..
+                    } => Some(p.text.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = client.take_actions(t0);
+        assert_eq!(posts(&first), vec!["one"]);
+        client.tick(t0 + POST_RETRY);
+        assert_eq!(posts(&client.take_actions(t0 + POST_RETRY)), vec!["one"]);
+        let id = MsgId {
+            sender: me,
+            incarnation: 7,
+            seq: 0,
+        };
+        client.direct(t0 + POST_RETRY, NodeId::from_u128(2), Wire::PostAck { id });
+        assert_eq!(posts(&client.take_actions(t0 + POST_RETRY)), vec!["two"]);
+        assert!(client.has_unsent_posts());
+    }
+}
+
+#[cfg(test)]
+mod peer_input_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_peers_do_not_reach_the_terminal() {
+        let t0 = Instant::now();
+        let me = NodeId::from_u128(1);
+        let mut client = Client::new(me, "me".into(), 7);
+        client.join(t0, "lobby");
+        client.take_actions(t0);
+        let post = Post {
+            room: "lobby".into(),
+            id: MsgId {
+                sender: NodeId::from_u128(3),
+                incarnation: 1,
+                seq: 0,
+            },
+            name: "\u{1b}[2Jevil".into(),
+            text: "hi\u{7}".into(),
+        };
+        client.direct(t0, NodeId::from_u128(2), Wire::Message(post));
+        let shown: Vec<Action> = client
+            .take_actions(t0)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Print(_)))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![Action::Print("[lobby] \u{fffd}[2Jevil: hi\u{fffd}".into())]
+        );
+    }
+
+    #[test]
+    fn room_state_is_taken_only_from_leaf_set_neighbours() {
+        let t0 = Instant::now();
+        let (me, neighbour, stranger) = (
+            NodeId::from_u128(1),
+            NodeId::from_u128(2),
+            NodeId::from_u128(3),
+        );
+        let mut client = Client::new(me, "me".into(), 7);
+        client.leaf_set_changed(vec![neighbour]);
+        let state = |room: &str| Wire::RoomState {
+            room: room.into(),
+            members: vec![(stranger, "x".into())],
+            history: Vec::new(),
+        };
+        client.direct(t0, stranger, state("a"));
+        client.direct(t0, neighbour, state("b"));
+        assert!(!client.standby.contains_key("a"));
+        assert!(client.standby.contains_key("b"));
+        // Oversized fields are dropped whole.
+        client.direct(t0, neighbour, state(&"r".repeat(MAX_NAME + 1)));
+        assert_eq!(client.standby.len(), 1);
     }
 }

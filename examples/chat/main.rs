@@ -23,6 +23,9 @@
 //!   dies, the overlay routes to that node, which carries on as the root at once; members'
 //!   re-subscriptions reach it within a refresh anyway, and nobody has to do anything.
 //!
+//! Display names are not authenticated: the overlay authenticates nodes, and any node can
+//! claim any name, so this is a demo of the overlay, not a secure messenger.
+//!
 //! Files: `protocol.rs` (the messages), `room.rs` (a room as its root keeps it), `client.rs`
 //! (one user's program as a state machine) and this file (the command line and the IO loop).
 
@@ -60,10 +63,10 @@ struct Args {
     /// UDP address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Address of any node already in the overlay (repeat for fallbacks). Without it, this
-    /// node starts a new overlay.
+    /// Address (HOST:PORT) of any node already in the overlay (repeat for fallbacks). Without
+    /// it, this node starts a new overlay.
     #[arg(long, value_name = "ADDR")]
-    join: Vec<SocketAddr>,
+    join: Vec<String>,
     /// The room to start in.
     #[arg(long, default_value = "lobby")]
     room: String,
@@ -93,6 +96,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if args.name.trim().is_empty() || args.name.len() > protocol::MAX_NAME {
+        return Err(format!(
+            "--name must be 1 to {} bytes, not blank",
+            protocol::MAX_NAME
+        ));
+    }
     let identity = match &args.key {
         Some(path) => Identity::load(path)
             .map_err(|e| format!("cannot use key file {}: {e}", path.display()))?,
@@ -109,7 +118,14 @@ async fn run(args: Args) -> Result<(), String> {
         node.id(),
         node.addr()
     ));
-    node.join(&args.join)
+    let mut bootstrap = Vec::new();
+    for addr in &args.join {
+        let found = tokio::net::lookup_host(addr.as_str())
+            .await
+            .map_err(|e| format!("--join {addr}: {e} (expected HOST:PORT)"))?;
+        bootstrap.extend(found);
+    }
+    node.join(&bootstrap)
         .await
         .map_err(|e| format!("cannot join the overlay: {e}"))?;
     match args.join.is_empty() {

@@ -18,6 +18,17 @@ pub fn room_key(room: &str) -> Key {
     Key::from_name(&format!("room:{room}"))
 }
 
+/// The longest line a user may send, in bytes. Keeps a room's copy (up to
+/// [`crate::room::HISTORY_MAX`] messages) well inside one overlay message (1 MiB).
+pub const MAX_LINE: usize = 2_000;
+/// The longest room or user name, in bytes.
+pub const MAX_NAME: usize = 64;
+/// The most members a root keeps per room, and the most rooms a node hosts or keeps copies
+/// of: a peer inventing room names or members cannot make our memory grow without bound.
+pub const MAX_MEMBERS: usize = 1_024;
+/// See [`MAX_MEMBERS`].
+pub const MAX_ROOMS: usize = 1_024;
+
 /// Identifies one chat message, the same across retries, so every receiver can drop copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MsgId {
@@ -41,6 +52,17 @@ pub struct Post {
     pub name: String,
     /// The text.
     pub text: String,
+}
+
+/// What a [`Wire::Presence`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The member joined the room.
+    Joined,
+    /// The member left the room.
+    Left,
+    /// The member stopped refreshing its subscription (its program or node died).
+    TimedOut,
 }
 
 /// Everything chat programs say to each other.
@@ -87,10 +109,8 @@ pub enum Wire {
         room: String,
         /// The member's display name.
         name: String,
-        /// Whether they came (true) or went (false).
-        joined: bool,
-        /// Why they went, if they did not say goodbye.
-        timed_out: bool,
+        /// What happened.
+        change: Change,
     },
     /// Root -> another node, direct: the room's state. Sent every [`crate::room::REFRESH`] to
     /// the node that would be the root if this one died (so it can carry on at once), and to
@@ -131,6 +151,35 @@ impl Wire {
     /// Decodes a payload; `None` if it is not a chat message (another application's, or junk).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         postcard::from_bytes(bytes).ok()
+    }
+
+    /// Whether every field is within the limits above. Messages from peers that are not are
+    /// dropped whole (our own program never sends them).
+    pub fn is_within_limits(&self) -> bool {
+        let name_ok = |n: &str| n.len() <= MAX_NAME;
+        let post_ok = |p: &Post| name_ok(&p.room) && name_ok(&p.name) && p.text.len() <= MAX_LINE;
+        match self {
+            Self::Subscribe { room, name, .. } => name_ok(room) && name_ok(name),
+            Self::Unsubscribe { room } | Self::Who { room } => name_ok(room),
+            Self::Post(post) | Self::Message(post) => post_ok(post),
+            Self::PostAck { .. } => true,
+            Self::MessageAck { room, .. } => name_ok(room),
+            Self::Presence { room, name, .. } => name_ok(room) && name_ok(name),
+            Self::RoomState {
+                room,
+                members,
+                history,
+            } => {
+                name_ok(room)
+                    && members.len() <= MAX_MEMBERS
+                    && members.iter().all(|(_, n)| name_ok(n))
+                    && history.len() <= crate::room::HISTORY_MAX
+                    && history.iter().all(post_ok)
+            }
+            Self::Members { room, names, .. } => {
+                name_ok(room) && names.len() <= MAX_MEMBERS && names.iter().all(|n| name_ok(n))
+            }
+        }
     }
 
     /// Whether this message is addressed to a room (routed to the room's key) rather than to a

@@ -19,7 +19,9 @@
 //! - the new root keeps what it was posted for [`HISTORY_TTL`] and sends it to every
 //!   subscriber it did not know that is not a newcomer: members that re-subscribe after the
 //!   change get what was said while the root did not know them yet;
-//! - every receiver drops copies by [`MsgId`], so retries and replays never show twice.
+//! - every receiver drops copies by [`MsgId`], so retries and replays never show twice;
+//! - a root that starts from nothing waits [`SETTLE`] before welcoming newcomers, so that the
+//!   welcome names everyone already there.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use wendy::id::NodeId;
 
-use crate::protocol::{MsgId, Post, Wire};
+use crate::protocol::{Change, MsgId, Post, Wire, MAX_MEMBERS};
 
 /// How often members re-subscribe to their rooms.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -39,6 +41,10 @@ pub const ACK_WAIT: Duration = Duration::from_millis(500);
 pub const MAX_SENDS: u32 = 3;
 /// How long the root keeps messages for members it did not know yet.
 pub const HISTORY_TTL: Duration = Duration::from_secs(10);
+/// How long a root that starts hosting a room from nothing (no copy from a previous root)
+/// waits before welcoming newcomers: one refresh and some slack, so that it has heard from
+/// the members already there and the welcome and the announcements name everyone.
+pub const SETTLE: Duration = Duration::from_millis(2_500);
 /// At most this many messages of history per room.
 pub const HISTORY_MAX: usize = 256;
 
@@ -106,13 +112,18 @@ pub struct RoomHost {
     fanouts: HashMap<MsgId, Fanout>,
     /// Posts fully delivered: a writer's late retry is acknowledged again, not fanned out.
     done: Recent<MsgId>,
+    /// Until when newcomers wait for their welcome (see [`SETTLE`]).
+    settling_until: Instant,
+    /// Newcomers that subscribed while settling, in order.
+    waiting_welcome: Vec<NodeId>,
     /// When the overlay last routed a message for the room here (see [`RoomHost::is_routed_here`]).
     last_routed: Option<Instant>,
 }
 
 impl RoomHost {
-    /// A room with no members yet.
-    pub fn new(room: &str) -> Self {
+    /// A room with no members yet, hosted from `now` on. Call [`RoomHost::merge`] at once if
+    /// a previous root's copy is at hand (then nobody waits, see [`SETTLE`]).
+    pub fn new(room: &str, now: Instant) -> Self {
         Self {
             room: room.to_owned(),
             members: HashMap::new(),
@@ -120,6 +131,8 @@ impl RoomHost {
             fanouts: HashMap::new(),
             done: Recent::new(4096),
             last_routed: None,
+            settling_until: now + SETTLE,
+            waiting_welcome: Vec::new(),
         }
     }
 
@@ -166,7 +179,12 @@ impl RoomHost {
     /// marked delivered: a writer's retry is fanned out again, in case the previous root died
     /// before reaching everyone.
     pub fn merge(&mut self, now: Instant, members: Vec<(NodeId, String)>, history: Vec<Post>) {
+        // With the previous root's members known there is nothing to wait for.
+        self.settling_until = now;
         for (id, name) in members {
+            if self.members.len() >= MAX_MEMBERS {
+                break;
+            }
             self.members.entry(id).or_insert(Member {
                 name,
                 expires: now + MEMBER_TTL,
@@ -195,15 +213,20 @@ impl RoomHost {
         if let Some(member) = self.members.get_mut(&from) {
             member.expires = expires;
             member.name = name;
-            if fresh {
+            if fresh && !self.waiting_welcome.contains(&from) {
                 // Still fresh: our welcome was lost, say it again.
                 out.push((from, self.members_msg(true)));
             }
             return out;
         }
+        if self.members.len() >= MAX_MEMBERS {
+            return out; // full: the newcomer gets no welcome and keeps asking
+        }
+        self.members.insert(from, Member { name, expires });
         if fresh {
-            for &member in self.members.keys() {
-                out.push((member, self.presence(&name, true, false)));
+            self.waiting_welcome.push(from);
+            if now >= self.settling_until {
+                out.extend(self.welcome_newcomers());
             }
         } else {
             // A member we did not know but who is not new: the room has moved to us, or we
@@ -211,9 +234,27 @@ impl RoomHost {
             for (_, post) in &self.history {
                 out.push((from, Wire::Message(post.clone())));
             }
+            out.push((from, self.members_msg(true)));
         }
-        self.members.insert(from, Member { name, expires });
-        out.push((from, self.members_msg(true)));
+        out
+    }
+
+    /// Welcomes the newcomers waiting for it, and announces each to the members that were
+    /// there before (newcomers welcomed together see each other in their welcome).
+    fn welcome_newcomers(&mut self) -> Vec<Send> {
+        let mut out = Vec::new();
+        let newcomers = std::mem::take(&mut self.waiting_welcome);
+        for newcomer in &newcomers {
+            let Some(name) = self.members.get(newcomer).map(|m| m.name.clone()) else {
+                continue; // left again meanwhile
+            };
+            out.push((*newcomer, self.members_msg(true)));
+            for &member in self.members.keys() {
+                if !newcomers.contains(&member) {
+                    out.push((member, self.presence(&name, Change::Joined)));
+                }
+            }
+        }
         out
     }
 
@@ -227,7 +268,7 @@ impl RoomHost {
             .chain(
                 self.members
                     .keys()
-                    .map(|&m| (m, self.presence(&gone.name, false, false))),
+                    .map(|&m| (m, self.presence(&gone.name, Change::Left))),
             )
             .collect()
     }
@@ -289,6 +330,9 @@ impl RoomHost {
     /// history.
     pub fn tick(&mut self, now: Instant) -> Vec<Send> {
         let mut out = Vec::new();
+        if now >= self.settling_until && !self.waiting_welcome.is_empty() {
+            out.extend(self.welcome_newcomers());
+        }
         let expired: Vec<NodeId> = self
             .members
             .iter()
@@ -304,7 +348,7 @@ impl RoomHost {
                 out.extend(self.forget_member(id));
                 if still_root {
                     for &member in self.members.keys() {
-                        out.push((member, self.presence(&gone.name, false, true)));
+                        out.push((member, self.presence(&gone.name, Change::TimedOut)));
                     }
                 }
             }
@@ -377,12 +421,182 @@ impl RoomHost {
         }
     }
 
-    fn presence(&self, name: &str, joined: bool, timed_out: bool) -> Wire {
+    fn presence(&self, name: &str, change: Change) -> Wire {
         Wire::Presence {
             room: self.room.clone(),
             name: name.to_owned(),
-            joined,
-            timed_out,
+            change,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> NodeId {
+        NodeId::from_u128(n)
+    }
+
+    fn post(writer: NodeId, seq: u64) -> Post {
+        Post {
+            room: "lobby".into(),
+            id: MsgId {
+                sender: writer,
+                incarnation: 1,
+                seq,
+            },
+            name: "w".into(),
+            text: format!("line {seq}"),
+        }
+    }
+
+    /// A host that knows `members` already (as after a hand-over: nobody waits to settle).
+    fn host_with(now: Instant, members: &[NodeId]) -> RoomHost {
+        let mut host = RoomHost::new("lobby", now);
+        let members = members.iter().map(|&m| (m, format!("m{m}"))).collect();
+        host.merge(now, members, Vec::new());
+        host
+    }
+
+    fn acks_to(out: &[Send], writer: NodeId) -> usize {
+        out.iter()
+            .filter(|(to, msg)| *to == writer && matches!(msg, Wire::PostAck { .. }))
+            .count()
+    }
+
+    fn messages_to(out: &[Send]) -> Vec<NodeId> {
+        let mut to: Vec<NodeId> = out
+            .iter()
+            .filter(|(_, msg)| matches!(msg, Wire::Message(_)))
+            .map(|(to, _)| *to)
+            .collect();
+        to.sort();
+        to
+    }
+
+    #[test]
+    fn writer_is_acknowledged_once_every_member_has_the_message() {
+        let t0 = Instant::now();
+        let (a, b) = (id(1), id(2));
+        let mut host = host_with(t0, &[a, b]);
+        let p = post(a, 0);
+        let out = host.post(t0, a, p.clone());
+        assert_eq!(messages_to(&out), vec![a, b]);
+        assert_eq!(acks_to(&out, a), 0);
+        assert_eq!(acks_to(&host.message_ack(a, p.id), a), 0);
+        assert_eq!(acks_to(&host.message_ack(b, p.id), a), 1);
+        // A late retry of the writer is acknowledged again, not delivered again.
+        let out = host.post(t0, a, p);
+        assert_eq!(acks_to(&out, a), 1);
+        assert!(messages_to(&out).is_empty());
+    }
+
+    #[test]
+    fn a_silent_member_does_not_hold_the_writer_up() {
+        let t0 = Instant::now();
+        let (a, b) = (id(1), id(2));
+        let mut host = host_with(t0, &[a, b]);
+        let p = post(a, 0);
+        host.post(t0, a, p.clone());
+        host.message_ack(a, p.id);
+        // b missed its first chance: it gets the message again and the writer its answer.
+        let out = host.tick(t0 + ACK_WAIT);
+        assert_eq!(messages_to(&out), vec![b]);
+        assert_eq!(acks_to(&out, a), 1);
+        // After MAX_SENDS the root stops trying.
+        let mut sends = 2;
+        let mut t = t0 + ACK_WAIT;
+        for _ in 0..5 {
+            t += ACK_WAIT;
+            sends += messages_to(&host.tick(t)).len();
+        }
+        assert_eq!(sends, MAX_SENDS as usize);
+    }
+
+    #[test]
+    fn a_new_root_with_a_copy_fans_out_at_once_and_redelivers_retries() {
+        let t0 = Instant::now();
+        let (a, b, c) = (id(1), id(2), id(3));
+        let old = post(a, 0);
+        let mut host = RoomHost::new("lobby", t0);
+        let members = vec![(a, "a".into()), (b, "b".into()), (c, "c".into())];
+        host.merge(t0, members, vec![old.clone()]);
+        assert_eq!(messages_to(&host.post(t0, b, post(b, 0))), vec![a, b, c]);
+        // The old root may have died before reaching everyone: a retry is delivered again
+        // (receivers drop copies).
+        assert_eq!(messages_to(&host.post(t0, a, old)), vec![a, b, c]);
+    }
+
+    #[test]
+    fn merging_copies_keeps_each_message_once() {
+        let t0 = Instant::now();
+        let a = id(1);
+        let mut host = RoomHost::new("lobby", t0);
+        let (p0, p1) = (post(a, 0), post(a, 1));
+        host.merge(t0, vec![(a, "a".into())], vec![p0.clone()]);
+        host.merge(t0, vec![(a, "a".into())], vec![p0.clone(), p1.clone()]);
+        let Wire::RoomState {
+            members, history, ..
+        } = host.state()
+        else {
+            panic!("state is a RoomState");
+        };
+        assert_eq!(members.len(), 1);
+        assert_eq!(history, vec![p0, p1]);
+    }
+
+    #[test]
+    fn a_root_from_nothing_welcomes_newcomers_once_it_knows_the_room() {
+        let t0 = Instant::now();
+        let (newcomer, old_member) = (id(1), id(2));
+        let mut host = RoomHost::new("lobby", t0);
+        let p = post(old_member, 0);
+        host.post(t0, old_member, p.clone());
+        assert!(host.subscribe(t0, newcomer, "new".into(), true).is_empty());
+        // A member that was there before re-subscribes: welcomed (silently, it is not new)
+        // and given the recent messages it may have missed.
+        let out = host.subscribe(t0 + REFRESH, old_member, "old".into(), false);
+        assert!(out.contains(&(old_member, Wire::Message(p))));
+        // Settled: the newcomer's welcome names the old member, who is told of the newcomer.
+        let out = host.tick(t0 + SETTLE);
+        let welcome = Wire::Members {
+            room: "lobby".into(),
+            names: vec!["new".into(), "old".into()],
+            welcome: true,
+        };
+        assert!(out.contains(&(newcomer, welcome)), "{out:?}");
+        let joined = Wire::Presence {
+            room: "lobby".into(),
+            name: "new".into(),
+            change: Change::Joined,
+        };
+        assert!(out.contains(&(old_member, joined)), "{out:?}");
+    }
+
+    #[test]
+    fn members_time_out_but_a_room_that_moved_away_is_dropped_quietly() {
+        let t0 = Instant::now();
+        let (a, b) = (id(1), id(2));
+        let mut host = host_with(t0, &[a, b]);
+        host.routed_here(t0);
+        // b keeps refreshing, a goes silent: a times out and b is told.
+        let mut t = t0;
+        while t < t0 + MEMBER_TTL {
+            t += REFRESH;
+            host.routed_here(t);
+            host.subscribe(t, b, "b".into(), false);
+        }
+        let out = host.tick(t);
+        let timed_out = Wire::Presence {
+            room: "lobby".into(),
+            name: format!("m{a}"),
+            change: Change::TimedOut,
+        };
+        assert_eq!(out, vec![(b, timed_out)]);
+        // Nothing is routed here any more (the room moved): b expires without a word.
+        let out = host.tick(t + MEMBER_TTL + REFRESH);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(host.names(), Vec::<String>::new());
     }
 }

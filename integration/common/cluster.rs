@@ -122,6 +122,20 @@ pub async fn leaf_mismatches(
     mismatched
 }
 
+/// Polls `check` every 20 ms until it holds; the only limit is the hang guard (a slow machine
+/// just takes longer).
+pub async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + HANG_GUARD;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} (hang guard)");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls (hang-guarded) until every leaf set equals the oracle's over `population`.
 pub async fn converge(nodes: &[Node], population: &[NodeId]) {
     let deadline = Instant::now() + HANG_GUARD;

@@ -45,6 +45,17 @@ impl Default for LinkBenchConfig {
     }
 }
 
+impl LinkBenchConfig {
+    /// Small sizes for a smoke run (`--quick`).
+    pub fn quick() -> Self {
+        Self {
+            messages: 5_000,
+            size: 200,
+            rounds: 1,
+        }
+    }
+}
+
 /// The result of a link benchmark.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinkBenchReport {
@@ -183,7 +194,7 @@ fn ticks_between(before: Option<u64>, after: Option<u64>) -> Option<u64> {
 }
 
 /// User + system CPU time of this process, in clock ticks, from `/proc/self/stat` (Linux).
-fn process_cpu_ticks() -> Option<u64> {
+pub(crate) fn process_cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which is in parentheses and may contain spaces): state is
     // field 3, utime field 14, stime field 15.

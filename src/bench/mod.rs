@@ -1,5 +1,147 @@
 //! Benchmarks that compare Wendy against baselines in one run (ratios, never timed unit tests).
 //!
-//! The CLI (`wendy bench ...`) prints these; the logic lives here so other tools can reuse it.
+//! One module per suite; each has a `Config` (with a `quick()` variant small enough for CI), a
+//! serialisable report whose field names are a contract for tools, and an async `run`.
+//!
+//! | suite | measures | baseline in the same run |
+//! |---|---|---|
+//! | [`link`] | one-way 200-byte messages/s over one link | raw quinn, one uni stream per message |
+//! | [`route`] | 1-hop and multi-hop routed latency, routed msgs/s per node | raw quinn request/response on a bi stream |
+//! | [`join`] | time for a node to join settled clusters of 32 and 100 nodes | — |
+//! | [`memory`] | RSS per idle node (100 nodes in one process) and per connection | — |
+//! | [`idle`] | UDP datagrams and bytes per node per second in an idle cluster | MSPastry 0.5 msg/s, Bamboo 900 B/s |
+//! | [`sim`] | the simulator at 100,000 nodes: hops, stretch, wall time | Pastry 2001: 3.98 / 5 / 1.3 |
+//!
+//! The suites report progress through a callback (the CLI prints it on stderr); the library
+//! itself never prints. Run them with `wendy bench all` (release build).
 
+pub mod cluster;
+pub mod idle;
+pub mod join;
 pub mod link;
+pub mod memory;
+pub mod route;
+pub mod sim;
+
+/// Where a suite reports its progress (one short line at a time).
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// Why a benchmark suite could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A node failed to start, join or answer.
+    #[error("node: {0}")]
+    Node(#[from] crate::node::NodeError),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    /// A certificate could not be made.
+    #[error("certificate: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The raw quinn baseline failed.
+    #[error("raw quinn: {0}")]
+    Quinn(String),
+    /// A measurement did not complete (lost messages, a cluster that did not settle, ...).
+    #[error("{0}")]
+    Incomplete(String),
+    /// The configuration makes no sense.
+    #[error("invalid benchmark: {0}")]
+    Invalid(String),
+}
+
+/// Latency percentiles of a set of samples, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Latency {
+    /// Samples taken.
+    pub samples: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Mean, ms.
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    /// Percentiles (nearest rank) of `samples_ms`; all zero when there are none.
+    pub fn of(samples_ms: &mut [f64]) -> Self {
+        if samples_ms.is_empty() {
+            return Self::default();
+        }
+        samples_ms.sort_by(f64::total_cmp);
+        Self {
+            samples: samples_ms.len(),
+            p50_ms: percentile_sorted(samples_ms, 0.5),
+            p99_ms: percentile_sorted(samples_ms, 0.99),
+            mean_ms: samples_ms.iter().sum::<f64>() / samples_ms.len() as f64,
+        }
+    }
+}
+
+/// The `q` quantile (nearest rank) of sorted, non-empty `values`.
+fn percentile_sorted(values: &[f64], q: f64) -> f64 {
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// The median of `values` (nearest rank), 0 when empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    percentile_sorted(values, 0.5)
+}
+
+/// The resident set size of this process (`VmRSS` in `/proc/self/status`), in KiB (Linux).
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// Asks the C allocator to give the memory it holds free back to the operating system
+/// (glibc `malloc_trim(0)`); returns whether it could (glibc on Linux only).
+///
+/// glibc keeps freed memory inside its arenas: after a burst (a join opens and closes dozens of
+/// links), `VmRSS` stays at the burst's peak although the program no longer uses it. Reading
+/// `VmRSS` after a trim shows what the program really holds.
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes a plain integer, touches only the allocator's own free
+        // lists, and is thread-safe (it locks each arena).
+        unsafe { libc::malloc_trim(0) };
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_use_nearest_rank() {
+        let mut samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let latency = Latency::of(&mut samples);
+        assert_eq!(latency.samples, 100);
+        assert_eq!(latency.p50_ms, 50.0);
+        assert_eq!(latency.p99_ms, 99.0);
+        assert_eq!(latency.mean_ms, 50.5);
+        assert_eq!(Latency::of(&mut []), Latency::default());
+    }
+
+    #[test]
+    fn rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(rss_kib().is_some_and(|kib| kib > 0));
+        }
+    }
+}

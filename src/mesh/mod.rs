@@ -61,6 +61,9 @@ mod record;
 mod registry;
 mod tunnel;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +71,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -79,13 +82,13 @@ pub use record::{
 };
 pub use registry::service_key;
 
-use crate::id::NodeId;
+use crate::id::{Key, NodeId};
 use crate::identity::Identity;
 use crate::node::{Events, Node, NodeError, NodeEvent};
 use crate::transport::RawStream;
 use crate::wire::ErrorCode;
 use message::{MeshMessage, TUNNEL_ACCEPTED};
-use registry::{rank_providers, replica_set, Registry};
+use registry::{rank_providers, replica_set, Offer, Registry, StoreLimits};
 
 /// Settings of a [`Mesh`]. `Default` suits a LAN or the internet.
 #[derive(Debug, Clone)]
@@ -111,6 +114,21 @@ pub struct MeshConfig {
     /// Capacity of the [`Events`] channel handed back to the application; when it is full the
     /// newest event is dropped and counted in [`MeshStatus::events_dropped`]. Default 4096.
     pub event_capacity: usize,
+    /// The longest record lifetime this node stores or believes (records expiring later are
+    /// refused with [`RecordError::TooFarInFuture`]). Default twice the TTL, at least 1 h.
+    pub max_record_ttl: Duration,
+    /// The most providers this node stores per name for others. Default 64.
+    pub max_providers_per_name: usize,
+    /// The most names this node stores records for. Default 10,000.
+    pub max_names_held: usize,
+    /// The most providers one connection tries before it is closed. Default 4.
+    pub max_tunnel_attempts: usize,
+    /// The most registry answers and replications in flight at once; beyond it they are
+    /// dropped (and counted in [`MeshStatus::sends_dropped`]). Default 64.
+    pub max_pending_sends: usize,
+    /// The most tunnels this node serves at once as a provider (each holds a TCP connection to
+    /// its target); beyond it new tunnels are refused as unavailable. Default 1024.
+    pub max_provider_tunnels: usize,
 }
 
 impl Default for MeshConfig {
@@ -132,6 +150,12 @@ impl MeshConfig {
             lookup_cache: Duration::from_secs(10),
             failure_memory: Duration::from_secs(30),
             event_capacity: 4096,
+            max_record_ttl: record_ttl.saturating_mul(2).max(Duration::from_secs(3600)),
+            max_providers_per_name: 64,
+            max_names_held: 10_000,
+            max_tunnel_attempts: 4,
+            max_pending_sends: 64,
+            max_provider_tunnels: 1024,
         }
     }
 }
@@ -208,7 +232,8 @@ pub struct ExposedStatus {
     pub target: String,
     /// Tunnels accepted.
     pub tunnels: u64,
-    /// Tunnels refused because the target could not be reached.
+    /// Tunnels refused because the target could not be reached (or too many tunnels were
+    /// open, see [`MeshConfig::max_provider_tunnels`]).
     pub target_failures: u64,
 }
 
@@ -238,6 +263,11 @@ pub struct MeshStatus {
     pub records_held: usize,
     /// Events dropped because the application did not keep up.
     pub events_dropped: u64,
+    /// Registry answers and replications dropped because too many were in flight.
+    pub sends_dropped: u64,
+    /// Records refused (bad signature, wrong key, too long a lifetime, wrong place, store
+    /// full) from publications and replications.
+    pub records_refused: u64,
 }
 
 /// The service mesh on top of a [`Node`]. Cheap to clone; every clone drives the same mesh.
@@ -259,8 +289,15 @@ struct Inner {
     identity: Identity,
     config: MeshConfig,
     state: Mutex<State>,
-    next_request: AtomicU64,
     events_dropped: AtomicU64,
+    sends_dropped: AtomicU64,
+    records_refused: AtomicU64,
+    /// Bounds the answers and replications in flight.
+    sends: Arc<Semaphore>,
+    /// Bounds the tunnels served as a provider.
+    tunnels: Arc<Semaphore>,
+    /// Set when the mesh shuts down: live tunnels end.
+    stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -278,10 +315,13 @@ struct State {
     closed: bool,
 }
 
-/// How often the mesh's tunnel stream is refused, as QUIC stream reset codes (the values of
-/// [`ErrorCode`]): the name is not exposed by that node, or its target did not answer.
-fn reset_code(code: ErrorCode) -> quinn::VarInt {
-    quinn::VarInt::from_u32(u32::from(u16::from(code)))
+/// Refuses a tunnel: resets both directions with `code` as the QUIC stream error code (the
+/// values of [`ErrorCode`]: `NoSuchService` when the node does not expose the name,
+/// `Unavailable` when its target did not answer).
+fn refuse(mut stream: RawStream, code: ErrorCode) {
+    let code = quinn::VarInt::from_u32(u32::from(u16::from(code)));
+    let _ = stream.send.reset(code);
+    let _ = stream.recv.stop(code);
 }
 
 impl Mesh {
@@ -301,13 +341,19 @@ impl Mesh {
             });
         }
         let (app, app_events) = mpsc::channel(config.event_capacity.max(1));
+        let max_pending_sends = config.max_pending_sends.max(1);
+        let max_provider_tunnels = config.max_provider_tunnels.max(1);
         let inner = Arc::new(Inner {
             node,
             identity,
             config,
             state: Mutex::new(State::default()),
-            next_request: AtomicU64::new(1),
             events_dropped: AtomicU64::new(0),
+            sends_dropped: AtomicU64::new(0),
+            records_refused: AtomicU64::new(0),
+            sends: Arc::new(Semaphore::new(max_pending_sends)),
+            tunnels: Arc::new(Semaphore::new(max_provider_tunnels)),
+            stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         });
         let span = tracing::info_span!("mesh", id = %inner.node.id());
@@ -337,7 +383,8 @@ impl Mesh {
             },
         );
         let expires = unix_ms_now().saturating_add(millis(self.inner.config.record_ttl));
-        if let Err(error) = self.inner.publish(name, expires).await {
+        let attempts = self.inner.config.request_attempts;
+        if let Err(error) = self.inner.publish(name, expires, attempts).await {
             self.inner.lock().exposed.remove(name);
             return Err(error);
         }
@@ -349,7 +396,8 @@ impl Mesh {
     pub async fn unexpose(&self, name: &str) -> Result<(), MeshError> {
         validate_name(name)?;
         if self.inner.lock().exposed.remove(name).is_some() {
-            self.inner.publish(name, unix_ms_now()).await?;
+            let attempts = self.inner.config.request_attempts;
+            self.inner.publish(name, unix_ms_now(), attempts).await?;
         }
         Ok(())
     }
@@ -378,6 +426,7 @@ impl Mesh {
             });
             state.forwarded.len() - 1
         };
+        info!(%local, name, "forwarding");
         let inner = self.inner.clone();
         let name = name.to_owned();
         let span = tracing::info_span!("forward", %local, name = %name);
@@ -404,7 +453,6 @@ impl Mesh {
             .instrument(span),
         );
         lock(&self.inner.tasks).push(task);
-        info!(%local, name = %self.inner.lock().forwarded[index].name, "forwarding");
         Ok(local)
     }
 
@@ -429,6 +477,8 @@ impl Mesh {
             forwarded: state.forwarded.clone(),
             records_held: state.registry.live_count(unix_ms_now()),
             events_dropped: self.inner.events_dropped.load(Ordering::Relaxed),
+            sends_dropped: self.inner.sends_dropped.load(Ordering::Relaxed),
+            records_refused: self.inner.records_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -445,16 +495,13 @@ impl Mesh {
         for name in names {
             let inner = self.inner.clone();
             withdrawals.spawn(async move {
-                let withdraw = inner.publish_once(&name, unix_ms_now());
-                if tokio::time::timeout(inner.config.request_timeout, withdraw)
-                    .await
-                    .is_err()
-                {
-                    debug!(name, "withdrawal not acknowledged");
+                if let Err(error) = inner.publish(&name, unix_ms_now(), 1).await {
+                    debug!(name, %error, "withdrawal not acknowledged");
                 }
             });
         }
         while withdrawals.join_next().await.is_some() {}
+        self.inner.stop.send_replace(true);
         for task in lock(&self.inner.tasks).drain(..) {
             task.abort();
         }
@@ -537,7 +584,7 @@ impl Inner {
     fn on_event(self: &Arc<Self>, event: NodeEvent, app: &mpsc::Sender<NodeEvent>) {
         match event {
             NodeEvent::Deliver(delivery) => match MeshMessage::decode(&delivery.payload) {
-                Some(message) => self.on_routed(delivery.origin, message),
+                Some(message) => self.on_routed(delivery.origin, delivery.key, message),
                 None => self.pass_on(NodeEvent::Deliver(delivery), app),
             },
             NodeEvent::Direct { from, payload } => match MeshMessage::decode(&payload) {
@@ -565,37 +612,92 @@ impl Inner {
         }
     }
 
-    /// A mesh message routed to a key this node is root of.
-    fn on_routed(self: &Arc<Self>, origin: NodeId, message: MeshMessage) {
+    fn limits(&self) -> StoreLimits {
+        StoreLimits {
+            max_ttl_ms: millis(self.config.max_record_ttl),
+            max_providers_per_name: self.config.max_providers_per_name,
+            max_names: self.config.max_names_held,
+        }
+    }
+
+    fn refused(&self) {
+        self.records_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A mesh message routed to `key`, of which this node is root.
+    fn on_routed(self: &Arc<Self>, origin: NodeId, key: Key, message: MeshMessage) {
         match message {
             MeshMessage::Publish {
                 request,
                 reply_addr,
                 record,
             } => {
-                let name = record.record.name.clone();
-                let offered = self.lock().registry.offer(record);
-                let answer = match offered {
-                    Ok(_) => {
-                        debug!(name, %origin, "stored a service record as root");
-                        self.replicate_as_root(&name);
-                        MeshMessage::Stored { request }
-                    }
-                    Err(error) => {
-                        warn!(name, %origin, %error, "refused a published service record");
-                        MeshMessage::Refused {
-                            request,
-                            reason: error.to_string(),
-                        }
-                    }
+                if key != service_key(&record.record.name) {
+                    warn!(%origin, name = record.record.name, %key, "refused a record routed to the wrong key");
+                    self.refused();
+                    return;
+                }
+                // A live record is stored only once its provider answered at its address: the
+                // handshake proves an admitted node with that key is there (so records signed
+                // by throw-away keys cannot fill the registry). Withdrawals need no proof.
+                let withdrawal = record.record.is_expired(unix_ms_now());
+                let provider = record.record.provider;
+                if withdrawal || provider == self.node.id() {
+                    let answer = self.store_as_root(origin, request, record);
+                    self.answer(origin, reply_addr, request, answer);
+                    return;
+                }
+                let Some(permit) = self.send_permit() else {
+                    return;
                 };
-                self.answer(origin, reply_addr, request, answer);
+                let inner = self.clone();
+                tokio::spawn(
+                    async move {
+                        let probe = inner.node.send_to(
+                            provider,
+                            record.record.addr,
+                            MeshMessage::Probe.encode(),
+                        );
+                        let reached =
+                            tokio::time::timeout(inner.config.connect_timeout, probe).await;
+                        drop(permit);
+                        let answer = match reached {
+                            Ok(Ok(())) => inner.store_as_root(origin, request, record),
+                            Ok(Err(error)) => {
+                                inner.refused();
+                                MeshMessage::Refused {
+                                    request,
+                                    reason: format!(
+                                        "the provider is not reachable at {}: {error}",
+                                        record.record.addr
+                                    ),
+                                }
+                            }
+                            Err(_) => {
+                                inner.refused();
+                                MeshMessage::Refused {
+                                    request,
+                                    reason: format!(
+                                        "the provider did not answer at {}",
+                                        record.record.addr
+                                    ),
+                                }
+                            }
+                        };
+                        inner.answer(origin, reply_addr, request, answer);
+                    }
+                    .in_current_span(),
+                );
             }
             MeshMessage::Lookup {
                 request,
                 reply_addr,
                 name,
             } => {
+                if key != service_key(&name) {
+                    warn!(%origin, name, %key, "ignored a lookup routed to the wrong key");
+                    return;
+                }
                 let records = self.lock().registry.live(&name, unix_ms_now());
                 debug!(name, %origin, found = records.len(), "answering a lookup");
                 self.answer(
@@ -609,23 +711,102 @@ impl Inner {
         }
     }
 
+    /// Stores a published record as the root of its name, hands it to the replicas, and says
+    /// what to answer.
+    fn store_as_root(&self, origin: NodeId, request: u64, record: SignedRecord) -> MeshMessage {
+        let name = record.record.name.clone();
+        let offered = self
+            .lock()
+            .registry
+            .offer(record, unix_ms_now(), &self.limits());
+        match offered {
+            Ok(Offer::Stored | Offer::Stale) => {
+                debug!(name, %origin, "stored a service record as root");
+                self.replicate_as_root(&name);
+                MeshMessage::Stored { request }
+            }
+            Ok(Offer::Full) => {
+                warn!(name, %origin, "registry full: refused a service record");
+                self.refused();
+                MeshMessage::Refused {
+                    request,
+                    reason: "the registry holds as many providers or names as it may".to_owned(),
+                }
+            }
+            Err(error) => {
+                warn!(name, %origin, %error, "refused a published service record");
+                self.refused();
+                MeshMessage::Refused {
+                    request,
+                    reason: error.to_string(),
+                }
+            }
+        }
+    }
+
     /// A mesh message sent directly to this node.
     fn on_direct(&self, from: NodeId, message: MeshMessage) {
         match message {
-            MeshMessage::Replicate { records } => {
-                let mut state = self.lock();
-                for record in records {
-                    if let Err(error) = state.registry.offer(record) {
-                        warn!(%from, %error, "refused a replicated service record");
-                    }
-                }
-            }
+            MeshMessage::Replicate { records } => self.on_replicate(from, records),
             MeshMessage::Stored { request }
             | MeshMessage::Refused { request, .. }
             | MeshMessage::Found { request, .. } => self.complete(request, message),
             MeshMessage::Probe => {}
             other => debug!(%from, ?other, "ignored a direct mesh message of a routed kind"),
         }
+    }
+
+    /// Records handed over by a holder: kept only if they are for one name, no more than a
+    /// holder may keep, and this node is among the closest to that name's key (so a peer cannot
+    /// fill any node's store with names it is not responsible for).
+    fn on_replicate(&self, from: NodeId, records: Vec<SignedRecord>) {
+        let Some(name) = records.first().map(|r| r.record.name.clone()) else {
+            return;
+        };
+        let one_name = records.iter().all(|r| r.record.name == name);
+        if !one_name || records.len() > self.config.max_providers_per_name {
+            warn!(%from, count = records.len(), "refused a malformed replication");
+            self.records_refused
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        let me = self.node.id();
+        let limits = self.limits();
+        let now = unix_ms_now();
+        let mut state = self.lock();
+        let set = replica_set(
+            service_key(&name),
+            me,
+            &state.leaf_set,
+            self.config.replicas,
+        );
+        if !set.contains(&me) {
+            debug!(%from, name, "refused records for a name this node does not hold");
+            drop(state);
+            self.records_refused
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        for record in records {
+            match state.registry.offer(record, now, &limits) {
+                Ok(Offer::Stored | Offer::Stale) => {}
+                Ok(Offer::Full) => self.refused(),
+                Err(error) => {
+                    warn!(%from, %error, "refused a replicated service record");
+                    self.refused();
+                }
+            }
+        }
+    }
+
+    /// A slot for one more answer or replication in flight, if any is free.
+    fn send_permit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.sends.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.sends_dropped.fetch_add(1, Ordering::Relaxed);
+            debug!("too many registry sends in flight; dropped one");
+        }
+        permit
     }
 
     fn complete(&self, request: u64, answer: MeshMessage) {
@@ -640,18 +821,34 @@ impl Inner {
             self.complete(request, answer);
             return;
         }
+        let Some(permit) = self.send_permit() else {
+            return;
+        };
         let node = self.node.clone();
         tokio::spawn(
             async move {
-                if let Err(error) = node.send_to(origin, reply_addr, answer.encode()).await {
+                let payload = answer.encode();
+                // A node in this one's tables is reached on its known link; the requester's
+                // own address is used only otherwise.
+                let sent = match node.send(origin, payload.clone()).await {
+                    Err(NodeError::UnknownPeer(_)) => {
+                        node.send_to(origin, reply_addr, payload).await
+                    }
+                    other => other,
+                };
+                if let Err(error) = sent {
                     debug!(%origin, %error, "could not answer a registry request");
                 }
+                drop(permit);
             }
             .in_current_span(),
         );
     }
 
     fn send_direct(&self, to: NodeId, message: &MeshMessage) {
+        let Some(permit) = self.send_permit() else {
+            return;
+        };
         let node = self.node.clone();
         let payload = message.encode();
         tokio::spawn(
@@ -659,6 +856,7 @@ impl Inner {
                 if let Err(error) = node.send(to, payload).await {
                     debug!(%to, %error, "could not replicate service records");
                 }
+                drop(permit);
             }
             .in_current_span(),
         );
@@ -732,7 +930,8 @@ impl Inner {
             tokio::spawn(
                 async move {
                     let expires = unix_ms_now().saturating_add(millis(inner.config.record_ttl));
-                    if let Err(error) = inner.publish(&name, expires).await {
+                    let attempts = inner.config.request_attempts;
+                    if let Err(error) = inner.publish(&name, expires, attempts).await {
                         warn!(name, %error, "republishing failed; will retry");
                     }
                 }
@@ -761,11 +960,13 @@ impl Inner {
     async fn request(
         &self,
         name: &str,
+        attempts: u32,
         build: impl Fn(u64, SocketAddr) -> MeshMessage,
     ) -> Result<MeshMessage, MeshError> {
-        let attempts = self.config.request_attempts.max(1);
+        let attempts = attempts.max(1);
         for attempt in 1..=attempts {
-            let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+            // Random ids, so no other node can guess one and answer in the registry's place.
+            let request: u64 = rand::random();
             let (waiter, answer) = oneshot::channel();
             self.lock().pending.insert(request, waiter);
             let payload = build(request, self.node.addr()).encode();
@@ -788,11 +989,16 @@ impl Inner {
     }
 
     /// Signs and publishes a record for `name` expiring at `expires_unix_ms` (a withdrawal if
-    /// that is now), retrying unanswered attempts.
-    async fn publish(&self, name: &str, expires_unix_ms: u64) -> Result<(), MeshError> {
+    /// that is now), sending it up to `attempts` times while unanswered.
+    async fn publish(
+        &self,
+        name: &str,
+        expires_unix_ms: u64,
+        attempts: u32,
+    ) -> Result<(), MeshError> {
         let record = self.sign(name, expires_unix_ms)?;
         let answer = self
-            .request(name, |request, reply_addr| MeshMessage::Publish {
+            .request(name, attempts, |request, reply_addr| MeshMessage::Publish {
                 request,
                 reply_addr,
                 record: record.clone(),
@@ -811,37 +1017,11 @@ impl Inner {
         }
     }
 
-    /// One publication attempt, without waiting for an answer beyond the caller's patience.
-    async fn publish_once(&self, name: &str, expires_unix_ms: u64) {
-        match self.sign(name, expires_unix_ms) {
-            Ok(record) => {
-                let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-                let (waiter, answer) = oneshot::channel();
-                self.lock().pending.insert(request, waiter);
-                let message = MeshMessage::Publish {
-                    request,
-                    reply_addr: self.node.addr(),
-                    record,
-                };
-                if self
-                    .node
-                    .route(service_key(name), message.encode())
-                    .await
-                    .is_ok()
-                {
-                    let _ = answer.await;
-                }
-                self.lock().pending.remove(&request);
-            }
-            Err(error) => warn!(name, %error, "cannot sign a withdrawal"),
-        }
-    }
-
     fn sign(&self, name: &str, expires_unix_ms: u64) -> Result<SignedRecord, MeshError> {
         let sequence = {
             let mut state = self.lock();
             // Unix milliseconds, so a restarted provider's records supersede its old ones.
-            state.last_sequence = (state.last_sequence + 1).max(unix_ms_now());
+            state.last_sequence = state.last_sequence.saturating_add(1).max(unix_ms_now());
             state.last_sequence
         };
         let record = ServiceRecord::new(
@@ -876,10 +1056,12 @@ impl Inner {
 
     async fn lookup_once(&self, name: &str) -> Result<Vec<ServiceRecord>, MeshError> {
         let answer = self
-            .request(name, |request, reply_addr| MeshMessage::Lookup {
-                request,
-                reply_addr,
-                name: name.to_owned(),
+            .request(name, self.config.request_attempts, |request, reply_addr| {
+                MeshMessage::Lookup {
+                    request,
+                    reply_addr,
+                    name: name.to_owned(),
+                }
             })
             .await?;
         let MeshMessage::Found { records, .. } = answer else {
@@ -887,8 +1069,12 @@ impl Inner {
         };
         let now = unix_ms_now();
         let mut best: HashMap<NodeId, ServiceRecord> = HashMap::new();
+        let max_ttl = millis(self.config.max_record_ttl);
         for signed in &records {
-            match signed.verify(now) {
+            let checked = signed
+                .verify(now)
+                .and_then(|record| signed.check_lifetime(now, max_ttl).map(|()| record));
+            match checked {
                 Ok(record) if record.name == name => {
                     let newer = !matches!(
                         best.get(&record.provider),
@@ -960,6 +1146,9 @@ impl Inner {
                 .collect();
             let ranked = rank_providers(untried, |p| self.node.rtt(p), |p| self.failed_recently(p));
             for record in ranked {
+                if tried.len() >= self.config.max_tunnel_attempts.max(1) {
+                    break;
+                }
                 tried.insert((record.provider, record.addr));
                 if record.provider == me {
                     last_error = "the only provider left is this node itself".to_owned();
@@ -980,7 +1169,7 @@ impl Inner {
                     }
                 }
             }
-            if !from_cache {
+            if !from_cache || tried.len() >= self.config.max_tunnel_attempts.max(1) {
                 break;
             }
             from_cache = false;
@@ -1035,10 +1224,16 @@ impl Inner {
                 if let Some(forward) = self.lock().forwarded.get_mut(index) {
                     forward.connections += 1;
                 }
-                match tunnel::splice(tcp, stream).await {
-                    Ok(carried) => debug!(%client, up = carried.to_stream, down = carried.to_tcp,
-                        "tunnel closed"),
-                    Err(error) => debug!(%client, %error, "tunnel broken"),
+                let mut stop = self.stop.subscribe();
+                tokio::select! {
+                    result = tunnel::splice(tcp, stream) => match result {
+                        Ok(carried) => debug!(%client, up = carried.to_stream,
+                            down = carried.to_tcp, "tunnel closed"),
+                        Err(error) => debug!(%client, %error, "tunnel broken"),
+                    },
+                    _ = stop.wait_for(|stopped| *stopped) => {
+                        debug!(%client, "tunnel closed: the mesh is shutting down");
+                    }
                 }
             }
             Err(error) => {
@@ -1067,14 +1262,19 @@ impl Inner {
         let target = self.lock().exposed.get(&service).map(|e| e.target.clone());
         let Some(target) = target else {
             warn!(%from, service, "tunnel refused: this node does not expose that service");
-            let code = reset_code(ErrorCode::NoSuchService);
-            let _ = stream.send.reset(code);
-            let _ = stream.recv.stop(code);
+            refuse(stream, ErrorCode::NoSuchService);
+            return;
+        };
+        let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
+            warn!(%from, service, "tunnel refused: serving as many tunnels as allowed");
+            self.count_tunnel(&service, false);
+            refuse(stream, ErrorCode::Unavailable);
             return;
         };
         let inner = self.clone();
         tokio::spawn(
             async move {
+                let _permit = permit;
                 let connected = tokio::time::timeout(
                     inner.config.connect_timeout,
                     TcpStream::connect(target.as_str()),
@@ -1085,17 +1285,13 @@ impl Inner {
                     Ok(Err(error)) => {
                         warn!(%from, service, target, %error, "cannot reach the exposed service");
                         inner.count_tunnel(&service, false);
-                        let code = reset_code(ErrorCode::Unavailable);
-                        let _ = stream.send.reset(code);
-                        let _ = stream.recv.stop(code);
+                        refuse(stream, ErrorCode::Unavailable);
                         return;
                     }
                     Err(_) => {
                         warn!(%from, service, target, "the exposed service did not answer in time");
                         inner.count_tunnel(&service, false);
-                        let code = reset_code(ErrorCode::Unavailable);
-                        let _ = stream.send.reset(code);
-                        let _ = stream.recv.stop(code);
+                        refuse(stream, ErrorCode::Unavailable);
                         return;
                     }
                 };
@@ -1105,10 +1301,16 @@ impl Inner {
                     return;
                 }
                 inner.count_tunnel(&service, true);
-                match tunnel::splice(tcp, stream).await {
-                    Ok(carried) => debug!(%from, service, up = carried.to_stream,
-                        down = carried.to_tcp, "tunnel closed"),
-                    Err(error) => debug!(%from, service, %error, "tunnel broken"),
+                let mut stop = inner.stop.subscribe();
+                tokio::select! {
+                    result = tunnel::splice(tcp, stream) => match result {
+                        Ok(carried) => debug!(%from, service, up = carried.to_stream,
+                            down = carried.to_tcp, "tunnel closed"),
+                        Err(error) => debug!(%from, service, %error, "tunnel broken"),
+                    },
+                    _ = stop.wait_for(|stopped| *stopped) => {
+                        debug!(%from, service, "tunnel closed: the mesh is shutting down");
+                    }
                 }
             }
             .in_current_span(),

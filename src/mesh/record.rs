@@ -86,6 +86,17 @@ pub enum RecordError {
         /// How long ago it expired.
         ago_ms: u64,
     },
+    /// The record's expiry is further in the future than any provider may ask for (a record
+    /// that would never expire).
+    #[error("record for {name:?} from {provider} expires more than {max_ttl_ms} ms from now")]
+    TooFarInFuture {
+        /// The service name.
+        name: String,
+        /// The provider.
+        provider: NodeId,
+        /// The longest lifetime accepted.
+        max_ttl_ms: u64,
+    },
     /// The service name is empty, too long or has characters outside the allowed set.
     #[error("bad service name {0:?}: use 1-200 characters among a-z A-Z 0-9 . _ - : /")]
     BadName(String),
@@ -190,6 +201,19 @@ impl SignedRecord {
         key.verify_strict(&record.signing_bytes()?, &Signature::from_bytes(&signature))
             .map_err(|_| bad_signature())?;
         Ok(record)
+    }
+
+    /// Refuses a record whose expiry is more than `max_ttl_ms` after `now_unix_ms`.
+    pub fn check_lifetime(&self, now_unix_ms: u64, max_ttl_ms: u64) -> Result<(), RecordError> {
+        let record = &self.record;
+        if record.expires_unix_ms > now_unix_ms.saturating_add(max_ttl_ms) {
+            return Err(RecordError::TooFarInFuture {
+                name: record.name.clone(),
+                provider: record.provider,
+                max_ttl_ms,
+            });
+        }
+        Ok(())
     }
 
     /// Everything a reader checks: [`Self::verify_signature`], then that the record has not
@@ -302,6 +326,25 @@ mod tests {
             })
         );
         assert!(record.verify_signature().is_ok());
+    }
+
+    #[test]
+    fn a_record_that_would_never_expire_is_refused() {
+        let alice = Identity::from_seed([1; 32]);
+        let record = ServiceRecord::new(&alice, "web", addr(), u64::MAX, 1)
+            .unwrap()
+            .sign(&alice)
+            .unwrap();
+        assert!(record.verify(NOW).is_ok(), "well signed");
+        assert_eq!(
+            record.check_lifetime(NOW, 3_600_000),
+            Err(RecordError::TooFarInFuture {
+                name: "web".into(),
+                provider: alice.node_id(),
+                max_ttl_ms: 3_600_000,
+            })
+        );
+        assert!(signed(&alice).check_lifetime(NOW, 60_000).is_ok());
     }
 
     #[test]

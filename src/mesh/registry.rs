@@ -22,6 +22,20 @@ pub(crate) enum Offer {
     Stored,
     /// The store already holds this or a newer sequence from that provider.
     Stale,
+    /// Not stored: the store holds as many providers for the name, or as many names, as its
+    /// [`StoreLimits`] allow.
+    Full,
+}
+
+/// Bounds on what one node stores for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoreLimits {
+    /// The longest record lifetime accepted (ms from now).
+    pub(crate) max_ttl_ms: u64,
+    /// The most providers held per name.
+    pub(crate) max_providers_per_name: usize,
+    /// The most names held.
+    pub(crate) max_names: usize,
 }
 
 /// The records held by one node, per name and provider.
@@ -33,15 +47,31 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Stores `record` if its signature checks and it is newer than the held one from the same
-    /// provider. Expired records (withdrawals) are stored too, so they replace what they
-    /// withdraw; [`Self::live`] never returns them.
-    pub(crate) fn offer(&mut self, record: SignedRecord) -> Result<Offer, RecordError> {
+    /// Stores `record` if its signature checks, its lifetime is within `limits`, and it is newer
+    /// than the held one from the same provider. Expired records (withdrawals) are stored too,
+    /// so they replace what they withdraw; [`Self::live`] never returns them. A new provider or
+    /// name beyond `limits` is not stored ([`Offer::Full`]).
+    pub(crate) fn offer(
+        &mut self,
+        record: SignedRecord,
+        now_unix_ms: u64,
+        limits: &StoreLimits,
+    ) -> Result<Offer, RecordError> {
         record.verify_signature()?;
-        let by_provider = self.records.entry(record.record.name.clone()).or_default();
+        record.check_lifetime(now_unix_ms, limits.max_ttl_ms)?;
+        let name = &record.record.name;
+        if !self.records.contains_key(name) && self.records.len() >= limits.max_names {
+            return Ok(Offer::Full);
+        }
+        let by_provider = self.records.entry(name.clone()).or_default();
         match by_provider.get(&record.record.provider) {
             Some(held) if held.record.sequence >= record.record.sequence => Ok(Offer::Stale),
-            _ => {
+            Some(_) => {
+                by_provider.insert(record.record.provider, record);
+                Ok(Offer::Stored)
+            }
+            None if by_provider.len() >= limits.max_providers_per_name => Ok(Offer::Full),
+            None => {
                 by_provider.insert(record.record.provider, record);
                 Ok(Offer::Stored)
             }
@@ -147,6 +177,12 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
 
+    const LIMITS: StoreLimits = StoreLimits {
+        max_ttl_ms: 10_000,
+        max_providers_per_name: 3,
+        max_names: 2,
+    };
+
     fn record(seed: u8, name: &str, expires: u64, sequence: u64) -> SignedRecord {
         let id = Identity::from_seed([seed; 32]);
         ServiceRecord::new(&id, name, "127.0.0.1:1".parse().unwrap(), expires, sequence)
@@ -158,12 +194,27 @@ mod tests {
     #[test]
     fn the_newest_record_per_provider_wins() {
         let mut registry = Registry::default();
-        assert_eq!(registry.offer(record(1, "web", 100, 2)), Ok(Offer::Stored));
-        assert_eq!(registry.offer(record(1, "web", 200, 1)), Ok(Offer::Stale));
-        assert_eq!(registry.offer(record(1, "web", 200, 2)), Ok(Offer::Stale));
-        assert_eq!(registry.offer(record(2, "web", 100, 1)), Ok(Offer::Stored));
+        assert_eq!(
+            registry.offer(record(1, "web", 100, 2), 0, &LIMITS),
+            Ok(Offer::Stored)
+        );
+        assert_eq!(
+            registry.offer(record(1, "web", 200, 1), 0, &LIMITS),
+            Ok(Offer::Stale)
+        );
+        assert_eq!(
+            registry.offer(record(1, "web", 200, 2), 0, &LIMITS),
+            Ok(Offer::Stale)
+        );
+        assert_eq!(
+            registry.offer(record(2, "web", 100, 1), 0, &LIMITS),
+            Ok(Offer::Stored)
+        );
         assert_eq!(registry.live("web", 50).len(), 2);
-        assert_eq!(registry.offer(record(1, "web", 300, 3)), Ok(Offer::Stored));
+        assert_eq!(
+            registry.offer(record(1, "web", 300, 3), 0, &LIMITS),
+            Ok(Offer::Stored)
+        );
         let live = registry.live("web", 150);
         assert_eq!(live.len(), 1, "provider 2's record expired at 100");
         assert_eq!(live[0].record.sequence, 3);
@@ -173,12 +224,17 @@ mod tests {
     #[test]
     fn a_withdrawal_hides_the_record_and_is_swept_later() {
         let mut registry = Registry::default();
-        registry.offer(record(1, "web", 1_000, 1)).unwrap();
+        registry
+            .offer(record(1, "web", 1_000, 1), 0, &LIMITS)
+            .unwrap();
         // Withdrawn at t=10: expiry 10, newer sequence.
-        registry.offer(record(1, "web", 10, 2)).unwrap();
+        registry.offer(record(1, "web", 10, 2), 0, &LIMITS).unwrap();
         assert!(registry.live("web", 20).is_empty());
         // A late copy of the withdrawn record does not come back.
-        assert_eq!(registry.offer(record(1, "web", 1_000, 1)), Ok(Offer::Stale));
+        assert_eq!(
+            registry.offer(record(1, "web", 1_000, 1), 0, &LIMITS),
+            Ok(Offer::Stale)
+        );
         registry.sweep(20, 100);
         assert_eq!(registry.all("web").len(), 1, "kept within the grace period");
         registry.sweep(200, 100);
@@ -191,8 +247,49 @@ mod tests {
         let mut registry = Registry::default();
         let mut forged = record(1, "web", 1_000, 1);
         forged.record.addr = "10.0.0.1:22".parse().unwrap();
-        assert!(registry.offer(forged).is_err());
+        assert!(registry.offer(forged, 0, &LIMITS).is_err());
         assert!(registry.all("web").is_empty());
+    }
+
+    #[test]
+    fn the_store_is_bounded() {
+        let mut registry = Registry::default();
+        for seed in 1..=3 {
+            assert_eq!(
+                registry.offer(record(seed, "web", 1_000, 1), 0, &LIMITS),
+                Ok(Offer::Stored)
+            );
+        }
+        // A fourth provider of the name is not stored; a known one still refreshes.
+        assert_eq!(
+            registry.offer(record(4, "web", 1_000, 1), 0, &LIMITS),
+            Ok(Offer::Full)
+        );
+        assert_eq!(
+            registry.offer(record(1, "web", 2_000, 2), 0, &LIMITS),
+            Ok(Offer::Stored)
+        );
+        assert_eq!(registry.live("web", 0).len(), 3);
+        // A third name is not stored.
+        assert_eq!(
+            registry.offer(record(1, "db", 1_000, 1), 0, &LIMITS),
+            Ok(Offer::Stored)
+        );
+        assert_eq!(
+            registry.offer(record(1, "mq", 1_000, 1), 0, &LIMITS),
+            Ok(Offer::Full)
+        );
+        assert!(registry.all("mq").is_empty());
+        assert_eq!(registry.names().len(), 2);
+        // A record that outlives the longest lifetime is refused.
+        assert!(matches!(
+            registry.offer(record(1, "db", 10_001, 2), 0, &LIMITS),
+            Err(RecordError::TooFarInFuture { .. })
+        ));
+        assert!(matches!(
+            registry.offer(record(2, "db", u64::MAX, 1), 0, &LIMITS),
+            Err(RecordError::TooFarInFuture { .. })
+        ));
     }
 
     #[test]

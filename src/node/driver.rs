@@ -449,6 +449,9 @@ impl Driver {
                         }
                     }
                     Err(error) => {
+                        // Contract (src/pastry/API-CONTRACT.md, 02:30 change): a Measure whose
+                        // dial fails is a failure signal; the core suspects a member (probes
+                        // it) and forgets a mere candidate. A local limit is not the peer's fault.
                         debug!(peer = %peer.id, %error, "measurement failed");
                         if is_peer_failure(&error) {
                             let _ = internal.send(Internal::Unreachable(peer.id));

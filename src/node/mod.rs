@@ -79,6 +79,12 @@ impl Default for NodeConfig {
                 // (tens of ms on a loaded machine), not only by the RTT: a tighter slack makes
                 // live peers look dead and re-routes messages that were on their way.
                 timeout_slack: Duration::from_millis(250),
+                // Each maintenance round measures candidates, and over QUIC a measurement of a
+                // peer without a link is a handshake (~5 KB, ~12 datagrams both ways): at 60 s
+                // these were most of an idle node's traffic (BENCHMARKS.md, suite `idle`). The
+                // join already fills the table with near entries; Pastry's papers refresh every
+                // few minutes to tens of minutes.
+                maintenance_period: Duration::from_secs(600),
                 ..pastry::Config::default()
             },
             limits: Limits::default(),
@@ -126,7 +132,9 @@ pub enum NodeError {
 pub struct Delivery {
     /// The key the message was routed to.
     pub key: Key,
-    /// The node that routed it.
+    /// The node that says it routed it. This is the sender's claim carried in the message: only
+    /// the last hop is authenticated (by its certificate), so sign application payloads if the
+    /// author matters.
     pub origin: NodeId,
     /// The origin's message id (unique per origin).
     pub id: u64,
@@ -194,7 +202,7 @@ pub enum NodeEvent {
 pub struct Forwarded {
     /// The destination key.
     pub key: Key,
-    /// The node that routed it.
+    /// The node that says it routed it (claimed, like [`Delivery::origin`]).
     pub origin: NodeId,
     /// The next hop chosen by Pastry.
     pub next_hop: NodeId,

@@ -134,6 +134,11 @@ impl Transport {
             // client's first flight (0-RTT is refused anyway).
             .incoming_buffer_size(64 << 10)
             .incoming_buffer_size_total(16 << 20);
+        // With a ready-made socket `listen` is ignored: errors name the socket's own address.
+        let bound = match &socket {
+            None => listen,
+            Some(socket) => socket.local_addr().unwrap_or(listen),
+        };
         let endpoint = match socket {
             None => quinn::Endpoint::server(server_config, listen),
             Some(socket) => quinn::Endpoint::new_with_abstract_socket(
@@ -144,13 +149,13 @@ impl Transport {
             ),
         }
         .map_err(|error| TransportError::Bind {
-            addr: listen,
+            addr: bound,
             message: error.to_string(),
         })?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|error| TransportError::Bind {
-                addr: listen,
+                addr: bound,
                 message: error.to_string(),
             })?;
         let (events, receiver) = mpsc::channel(limits.event_capacity.max(1));

@@ -136,10 +136,13 @@ pub struct Limits {
     pub max_incoming: usize,
     /// How many uni streams (one-way messages) a peer may have open at once on one link (quinn
     /// `max_concurrent_uni_streams`). High enough for one RTT of small messages at full speed;
-    /// the peer waits for credit beyond it. Default 1024.
+    /// the peer waits for credit beyond it. Default 256: quinn keeps a slot for every stream a
+    /// peer may open, on every link, so this is paid per connection (1024 uni + 256 bi cost
+    /// an idle 100-node process 6.9 MiB per node, 256 + 64 cost 3.5; BENCHMARKS.md, `memory`),
+    /// and on loopback 256 already gives raw quinn's one-way rate (`wendy bench link`).
     pub max_concurrent_uni_streams: u32,
     /// How many bi streams (requests, tunnels) a peer may have open at once on one link (quinn
-    /// `max_concurrent_bidi_streams`). Default 256.
+    /// `max_concurrent_bidi_streams`). Default 64 (see [`Self::max_concurrent_uni_streams`]).
     pub max_concurrent_bi_streams: u32,
     /// Unread bytes a peer may send on one stream (quinn `stream_receive_window`). Default 1 MiB,
     /// so a maximum-size message never waits for a window update.
@@ -150,14 +153,23 @@ pub struct Limits {
     /// Unacknowledged bytes we buffer for one link (quinn `send_window`). Default 8 MiB.
     pub send_window: u64,
     /// How often an otherwise quiet link sends a keep-alive (quinn `keep_alive_interval`), so a
-    /// live peer never hits [`Self::max_idle_timeout`] and NAT bindings stay open. Default 5 s.
+    /// live peer never hits [`Self::max_idle_timeout`] and NAT bindings stay open. Default 25 s:
+    /// longer than the Pastry heartbeat period (15 s), so links that carry heartbeats never
+    /// need one, and longer than [`Self::idle_link_timeout`], so an unused link is closed before
+    /// it sends any; within the 30 s UDP timeout of common NATs. (Every keep-alive is a
+    /// datagram and its acknowledgement: at 5 s on every link they were most of an idle
+    /// node's traffic; see BENCHMARKS.md, suite `idle`.)
     pub keep_alive: Duration,
     /// How long a link may receive nothing at all before it is declared dead (quinn
     /// `max_idle_timeout`): with keep-alives on, this is the failure detection time of a silent
-    /// peer ([`LinkLostReason::TimedOut`]). Default 15 s (three missed keep-alives).
+    /// peer ([`LinkLostReason::TimedOut`]). Default 60 s (more than two missed keep-alives;
+    /// Pastry's own probes detect a silent leaf-set neighbour sooner).
     pub max_idle_timeout: Duration,
-    /// How long a link may go unused (no streams either way) before the pool closes it. Default
-    /// 120 s.
+    /// How long a link may go unused (no streams either way) before the pool closes it.
+    /// Default 20 s: longer than the Pastry heartbeat period (15 s), so the links to leaf-set
+    /// neighbours stay up, and shorter than [`Self::keep_alive`]. A link opened to measure a
+    /// peer's RTT or to answer one request does not linger: each idle link costs memory
+    /// (about 90 KiB of QUIC and TLS state) and keep-alive traffic.
     pub idle_link_timeout: Duration,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
@@ -178,14 +190,14 @@ impl Default for Limits {
             max_message_size: wire::DEFAULT_MAX_FRAME_SIZE,
             max_connections: 1024,
             max_incoming: 256,
-            max_concurrent_uni_streams: 1024,
-            max_concurrent_bi_streams: 256,
+            max_concurrent_uni_streams: 256,
+            max_concurrent_bi_streams: 64,
             stream_receive_window: 1 << 20,
             connection_receive_window: 8 << 20,
             send_window: 8 << 20,
-            keep_alive: Duration::from_secs(5),
-            max_idle_timeout: Duration::from_secs(15),
-            idle_link_timeout: Duration::from_secs(120),
+            keep_alive: Duration::from_secs(25),
+            max_idle_timeout: Duration::from_secs(60),
+            idle_link_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),

@@ -3,6 +3,8 @@
 //! `main.rs` holds only the command enum and the dispatch; each command lives in its own file.
 //! Every failure prints one line `error: ...` on stderr and exits non-zero.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod bench;
 mod ca;
 mod demo;

@@ -102,6 +102,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     });
 
     // Join, printing the events that arrive meanwhile (the `joined` event among them).
+    let mut saw_joined = false;
     let joined = {
         let join = node.join(&bootstrap);
         tokio::pin!(join);
@@ -109,7 +110,10 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
             tokio::select! {
                 result = &mut join => break result.map_err(|e| join_error(e, &options)),
                 event = events.recv() => match event {
-                    Some(event) => on_event(me, event, printer),
+                    Some(event) => {
+                        saw_joined |= matches!(event, NodeEvent::Joined { .. });
+                        on_event(me, event, printer);
+                    }
                     None => break Err("the node stopped while joining".to_owned()),
                 },
                 () = signals.recv() => break Err("interrupted before the node joined".to_owned()),
@@ -124,6 +128,20 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         eprintln!("{}", commands::USAGE);
     }
 
+    // The `joined` line comes before the services' own lines (it may still be on its way
+    // through the mesh's event hand-over; it is not waited for long).
+    if !saw_joined {
+        let wait = async {
+            while let Some(event) = events.recv().await {
+                let joined = matches!(event, NodeEvent::Joined { .. });
+                on_event(me, event, printer);
+                if joined {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+    }
     if let Err(message) = start_services(&mesh, &options, printer).await {
         mesh.shutdown().await;
         node.shutdown().await;
@@ -159,6 +177,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         .await
         .map_err(|e| fatal(printer, options.events, format!("leaving failed: {e}")))?;
     printer.print(&Out::Left { id: me.to_string() });
+    printer.flush();
     Ok(())
 }
 
@@ -171,6 +190,7 @@ fn fatal(printer: Printer, format: EventFormat, message: String) -> Box<dyn std:
             fatal: true,
         });
     }
+    printer.flush();
     message.into()
 }
 
@@ -197,6 +217,13 @@ async fn start_services(
         });
     }
     for (listen, name) in &options.forward {
+        if listen.ip().is_unspecified() {
+            tracing::warn!(
+                %listen,
+                "forwarding on an unspecified address: anyone who can reach this host can use \
+                 service {name:?} without mesh admission; prefer 127.0.0.1"
+            );
+        }
         let local = mesh.forward(*listen, name).await.map_err(|e| {
             format!("cannot forward {listen}={name}: {e}; pick another local address")
         })?;

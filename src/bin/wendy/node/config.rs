@@ -376,9 +376,18 @@ fn apply_tables(
         &mut l.request_timeout,
         positive_ms("[timeouts] request_ms", timeouts.request_ms)?,
     );
-    set(&mut l.max_connections, limits.max_connections);
-    set(&mut l.max_message_size, limits.max_message_size);
-    set(&mut config.event_capacity, limits.event_capacity);
+    set(
+        &mut l.max_connections,
+        at_least("[limits] max_connections", limits.max_connections, 1)?,
+    );
+    set(
+        &mut l.max_message_size,
+        at_least("[limits] max_message_size", limits.max_message_size, 1024)?,
+    );
+    set(
+        &mut config.event_capacity,
+        at_least("[limits] event_capacity", limits.event_capacity, 1)?,
+    );
     if l.keep_alive >= l.max_idle_timeout {
         return Err(format!(
             "[timeouts] keep_alive_ms ({} ms) must be below idle_ms ({} ms)",
@@ -387,6 +396,17 @@ fn apply_tables(
         ));
     }
     Ok(())
+}
+
+/// A count from the config file that must be at least `min` (0 would make the node useless).
+fn at_least<T>(key: &str, value: Option<T>, min: T) -> Result<Option<T>, String>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    match value {
+        Some(v) if v < min => Err(format!("{key} must be at least {min} (got {v})")),
+        other => Ok(other),
+    }
 }
 
 fn set<T>(target: &mut T, value: Option<T>) {
@@ -469,6 +489,38 @@ mod tests {
         let mesh = mesh_config(&file.mesh).unwrap();
         assert_eq!(mesh.replicas, 5);
         assert_eq!(mesh.republish_interval, Duration::from_secs(3));
+    }
+
+    /// The README's config example documents the defaults: applying it must change nothing.
+    #[test]
+    fn the_readme_config_example_shows_the_defaults() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("**Config file.**").unwrap();
+        let block = &readme[start..];
+        let block = &block[block.find("```toml\n").unwrap() + 8..];
+        let block = &block[..block.find("```").unwrap()];
+        let file = parse_file(block).unwrap();
+        let mut config = NodeConfig::default();
+        apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits).unwrap();
+        assert_eq!(
+            format!("{config:?}"),
+            format!("{:?}", NodeConfig::default())
+        );
+    }
+
+    #[test]
+    fn useless_limits_are_refused_naming_the_key() {
+        for (table, key) in [
+            ("[limits]\nmax_connections = 0\n", "max_connections"),
+            ("[limits]\nmax_message_size = 10\n", "max_message_size"),
+            ("[limits]\nevent_capacity = 0\n", "event_capacity"),
+        ] {
+            let file = parse_file(table).unwrap();
+            let mut config = NodeConfig::default();
+            let err =
+                apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits).unwrap_err();
+            assert!(err.contains(key) && err.contains("at least"), "{err}");
+        }
     }
 
     #[test]

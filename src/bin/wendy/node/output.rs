@@ -6,6 +6,10 @@
 //! event as it happens. Logs never go to stdout.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -138,6 +142,9 @@ impl StatusOut {
             routing_table: status
                 .routing_table
                 .iter()
+                // The core never lists this node itself; skip it anyway rather than index
+                // digit 32 below.
+                .filter(|p| p.id != me)
                 .map(|p| {
                     // The slot of an entry: row = digits shared with this node's id, column =
                     // the entry's next digit.
@@ -184,7 +191,7 @@ impl StatusOut {
 
 impl Out {
     /// The line for a node event, or `None` for events `wendy node` does not print (raw streams,
-    /// which the run loop handles).
+    /// which the service mesh consumes).
     pub(crate) fn from_event(me: NodeId, event: &NodeEvent) -> Option<Self> {
         Some(match event {
             NodeEvent::Joined { leaf_set } => Self::Joined {
@@ -213,7 +220,7 @@ impl Out {
                 msg_id: *id,
             },
             NodeEvent::Error(message) => Self::error(message.clone()),
-            // Raw streams are handed to the service layer by the run loop; `NodeEvent` is
+            // Raw streams are consumed by the service mesh; `NodeEvent` is
             // non-exhaustive, so future events are skipped until they get a line here.
             _ => return None,
         })
@@ -281,7 +288,27 @@ fn list_or_none(ids: &[String]) -> String {
     }
 }
 
+/// Lines waiting for the writer thread; past this, new lines are dropped and counted.
+const QUEUE_LINES: usize = 4096;
+
+/// How long [`Printer::flush`] waits for the queued lines to reach stdout before exiting anyway.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+enum Line {
+    Text(String),
+    Flush(SyncSender<()>),
+}
+
+/// The writer thread's queue, made by the first [`Printer::new`].
+static WRITER: OnceLock<SyncSender<Line>> = OnceLock::new();
+/// Lines dropped because stdout was not drained fast enough.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// Writes output lines in the chosen format, one flushed line each.
+///
+/// The writing happens on a thread of its own behind a bounded queue: a reader that stops
+/// draining stdout (a full pipe) never blocks the node's loop, so `leave`, SIGTERM and the
+/// protocol keep working. When the queue is full, lines are dropped and counted.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Printer {
     format: EventFormat,
@@ -289,6 +316,28 @@ pub(crate) struct Printer {
 
 impl Printer {
     pub(crate) fn new(format: EventFormat) -> Self {
+        WRITER.get_or_init(|| {
+            let (sender, receiver) = sync_channel::<Line>(QUEUE_LINES);
+            std::thread::spawn(move || {
+                let stdout = std::io::stdout();
+                for line in receiver {
+                    match line {
+                        Line::Text(text) => {
+                            let mut out = stdout.lock();
+                            // A closed stdout (the reader went away) must not stop the node:
+                            // the overlay keeps working and stdin commands still act.
+                            if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+                                tracing::debug!("stdout is closed; output dropped");
+                            }
+                        }
+                        Line::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+            sender
+        });
         Self { format }
     }
 
@@ -302,20 +351,45 @@ impl Printer {
                 }
             },
             EventFormat::Text => match out.human() {
-                Some(line) => line,
+                // Payloads come from peers: never let them drive the operator's terminal.
+                Some(line) => without_control_chars(&line),
                 None => return,
             },
         };
-        let mut stdout = std::io::stdout().lock();
-        // A closed stdout (the reader went away) must not stop the node: the overlay keeps
-        // working and stdin commands still act.
-        if writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            tracing::debug!("stdout is closed; output dropped");
+        let Some(writer) = WRITER.get() else {
+            return;
+        };
+        if let Err(TrySendError::Full(_)) = writer.try_send(Line::Text(line)) {
+            if DROPPED.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!("stdout is not being read: output lines are dropped from now on");
+            }
         }
     }
+
+    /// Waits (at most [`FLUSH_WAIT`]) until every queued line is on stdout; call before exit.
+    pub(crate) fn flush(&self) {
+        let Some(writer) = WRITER.get() else {
+            return;
+        };
+        let (done, wait) = sync_channel(1);
+        if writer.try_send(Line::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(FLUSH_WAIT);
+        }
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "output lines were dropped because stdout was not read"
+            );
+        }
+    }
+}
+
+/// Replaces control characters (escape sequences, carriage returns, ...) with U+FFFD.
+fn without_control_chars(line: &str) -> String {
+    line.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -341,5 +415,12 @@ mod tests {
             line,
             r#"{"event":"node_left","id":"0123456789abcdef0123456789abcdef"}"#
         );
+    }
+
+    #[test]
+    fn text_lines_cannot_carry_terminal_escapes() {
+        let line = without_control_chars("hi \u{1b}]0;owned\u{7}\r\x1b[2J there");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("hi ") && line.ends_with(" there"));
     }
 }
