@@ -397,6 +397,8 @@ pub struct Pastry {
     /// Messages we would deliver as root only because a closer leaf-set member is under
     /// suspicion: held until its probe settles (alive: sent to it; dead: delivered here).
     parked: Vec<Parked>,
+    /// Nodes that announced themselves to us lately (newcomers whose news we may pass on).
+    announced: VecDeque<(NodeId, Time)>,
 }
 
 /// A message held until the probe of leaf-set member `on` settles.
@@ -410,8 +412,9 @@ struct Parked {
 
 const DEAD_MEMORY: usize = 32;
 const RTT_CACHE: usize = 16;
-const MAX_ROW_REQUESTS: usize = 16;
+const MAX_ROW_REQUESTS: usize = 48;
 const MAX_WAITING: usize = 64;
+const ANNOUNCED_MEMORY: usize = 8;
 
 impl Pastry {
     /// A node with identity `me`, not yet part of an overlay. `seed` seeds its private RNG
@@ -446,6 +449,7 @@ impl Pastry {
             holes_asked: 0,
             waiting: Vec::new(),
             parked: Vec::new(),
+            announced: VecDeque::new(),
         }
     }
 
@@ -1477,6 +1481,10 @@ impl Pastry {
         if !self.is_active() {
             return;
         }
+        if self.announced.len() >= ANNOUNCED_MEMORY {
+            self.announced.pop_front();
+        }
+        self.announced.push_back((from.id, now));
         self.add_live(now, from, true);
         if theirs.is_empty() {
             return;
@@ -1567,11 +1575,53 @@ impl Pastry {
 
     fn offer(&mut self, now: Time, peer: PeerInfo, rtt: Option<Duration>) {
         let was_known = self.knows(peer.id);
+        let insertion = self
+            .table
+            .insert(peer, rtt, self.config.proximity_hysteresis);
         let entered = matches!(
-            self.table
-                .insert(peer, rtt, self.config.proximity_hysteresis),
+            insertion,
             super::Insertion::Added | super::Insertion::Replaced(_)
         );
+        if insertion == super::Insertion::Added
+            && self.is_active()
+            && self
+                .announced
+                .iter()
+                .any(|(id, at)| *id == peer.id && now < *at + self.config.probe_timeout)
+        {
+            // A newcomer filled an empty slot of ours: it may be the first node with that
+            // prefix, so the other nodes sharing the row's prefix with us likely lack it too
+            // (it announced itself only to the nodes it knows). Pass it on, once.
+            self.announced.retain(|(id, _)| *id != peer.id);
+            // Only the sparse deep rows: a shallow row's slots have many candidates, so a hole
+            // there is ours alone (a failure) and lazy repair or maintenance fills it.
+            // And only where slots are expected to hold a candidate (about N / 16^(row+1) each):
+            // beyond that, an empty slot usually means nobody has the prefix.
+            let size = self.estimated_size();
+            let dense_enough = |row: usize| size >= 16f64.powi(row as i32 + 1);
+            if let Some((row, _)) = self
+                .table
+                .position(peer.id)
+                .filter(|&(row, _)| row >= 2 && dense_enough(row))
+            {
+                let others: Vec<PeerInfo> = self
+                    .table
+                    .row(row)
+                    .iter()
+                    .map(|s| s.peer)
+                    .filter(|p| p.id != peer.id)
+                    .collect();
+                for other in others {
+                    self.send(
+                        other,
+                        Message::RowReply {
+                            row: row as u8,
+                            entries: vec![peer],
+                        },
+                    );
+                }
+            }
+        }
         if let Some(rtt) = rtt {
             self.neighbourhood.insert(peer, rtt);
             if self.leaf_set.contains(peer.id) {
@@ -1584,6 +1634,22 @@ impl Pastry {
         if entered && self.is_active() && now < self.announce_until {
             self.send(peer, Message::Announce { leaf_set: vec![] });
         }
+    }
+
+    /// The overlay's size estimated from the leaf set's span (exact count if it is not full).
+    fn estimated_size(&self) -> f64 {
+        let half = self.leaf_set.half();
+        let (Some(left), Some(right)) = (
+            self.leaf_set.side_slots(Side::Left).get(half - 1),
+            self.leaf_set.side_slots(Side::Right).get(half - 1),
+        ) else {
+            return (self.leaf_set.len() + 1) as f64;
+        };
+        let span = left.peer.id.clockwise_distance(right.peer.id) as f64;
+        if span <= 0.0 {
+            return (self.leaf_set.len() + 1) as f64;
+        }
+        (2.0 * half as f64) * 2f64.powi(128) / span
     }
 
     /// Probes second-hand leaf-set candidates that would enter our leaf set.

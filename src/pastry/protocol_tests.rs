@@ -744,6 +744,48 @@ fn a_measure_that_cannot_dial_suspects_the_peer() {
     assert!(probed, "the undialable member is probed");
 }
 
+/// A newcomer that announces itself and fills an empty slot of a deep row (which the overlay's
+/// size says should be populated) is passed on to that row's other entries: they share the
+/// prefix and probably lack it too. A slot that was taken is not news.
+#[test]
+fn a_newcomer_filling_a_deep_hole_is_passed_on_to_the_row() {
+    let me = 0xab58_u128 << 112;
+    let mut node = lone(me);
+    // A dense leaf set: the estimated overlay is far larger than 16^3.
+    for i in 1..=8u128 {
+        meet(&mut node, peer(me + i));
+        meet(&mut node, peer(me - i));
+    }
+    let row_mates = [peer(0xab10_u128 << 112), peer(0xab20_u128 << 112)];
+    for p in row_mates {
+        meet(&mut node, p);
+    }
+    assert_eq!(node.routing_table().row(2).len(), 2);
+    let newcomer = peer(0xab90_u128 << 112);
+    node.handle_message(Time::ZERO, newcomer, Message::Announce { leaf_set: vec![] });
+    let passed_on: Vec<NodeId> = drain(&mut node)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                msg: Message::RowReply { row: 2, entries },
+            } if entries == vec![newcomer] => Some(to.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(passed_on, row_mates.map(|p| p.id).to_vec());
+    // Another announcer for a taken slot of that row is not passed on.
+    let second = peer((0xab90_u128 << 112) + (1 << 100));
+    node.handle_message(Time::ZERO, second, Message::Announce { leaf_set: vec![] });
+    assert!(!drain(&mut node).iter().any(|o| matches!(
+        o,
+        Output::Send {
+            msg: Message::RowReply { .. },
+            ..
+        }
+    )));
+}
+
 #[test]
 fn stats_count_messages_by_kind_with_exact_sizes() {
     let mut node = lone(1 << 100);
