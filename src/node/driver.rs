@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -59,6 +60,8 @@ struct Driver {
     join: Option<PendingJoin>,
     join_timeout: Duration,
     stopping: bool,
+    /// Polls a send inline once (see [`run_inline_or_spawn`]).
+    noop_waker: Waker,
 }
 
 pub(super) fn spawn(setup: Setup) {
@@ -75,6 +78,7 @@ pub(super) fn spawn(setup: Setup) {
         join: None,
         join_timeout: setup.config.join_timeout,
         stopping: false,
+        noop_waker: Waker::from(Arc::new(NoopWake)),
     };
     tokio::spawn(
         driver
@@ -337,10 +341,14 @@ impl Driver {
     }
 
     /// Carries out everything the core asked for since the last call.
+    ///
+    /// Sends go out last, in the core's order: a delivery reaches the application before the
+    /// per-hop acks of its message are put on the wire (the acks are not on its latency path).
     fn drain_outputs(&mut self) {
+        let mut sends = Vec::new();
         while let Some(output) = self.pastry.poll_output() {
             match output {
-                Output::Send { to, msg } => self.send(to, msg),
+                Output::Send { to, msg } => sends.push((to, msg)),
                 Output::Measure { peer } => self.measure(peer),
                 Output::Deliver {
                     key,
@@ -394,6 +402,9 @@ impl Driver {
                 Output::Event(event) => self.on_core_event(event),
             }
         }
+        for (to, msg) in sends {
+            self.send(to, msg);
+        }
     }
 
     fn on_core_event(&mut self, event: Event) {
@@ -423,7 +434,8 @@ impl Driver {
         let transport = self.transport.clone();
         let internal = self.internal.clone();
         let counters = self.counters.clone();
-        tokio::spawn(
+        run_inline_or_spawn(
+            &self.noop_waker,
             async move {
                 if let Err(error) = transport.send(to.id, to.addr, &Body::Pastry(msg)).await {
                     bump(&counters.send_failures);
@@ -541,6 +553,31 @@ impl Driver {
             control_bytes_sent: control.bytes,
         }
     }
+}
+
+/// Polls `work` once right here and spawns it only if it cannot finish at once.
+///
+/// A send on a pooled link with stream credit and window completes in its first poll (open a
+/// uni stream, queue the frame, finish), so the hot path costs no task hand-off; a send that
+/// must dial, or wait for credit, continues in its own task and the loop never waits on a peer.
+/// The first poll uses a no-op waker: a future that returns `Pending` is polled again by the
+/// spawned task, which registers the real waker before anything can be missed.
+fn run_inline_or_spawn<F>(noop_waker: &Waker, work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut work = Box::pin(work);
+    let mut cx = Context::from_waker(noop_waker);
+    if work.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(work);
+    }
+}
+
+/// A waker that does nothing (`std::task::Waker::noop` needs Rust 1.85, above the MSRV).
+struct NoopWake;
+
+impl Wake for NoopWake {
+    fn wake(self: Arc<Self>) {}
 }
 
 /// Whether a transport error means the peer is unreachable (as opposed to a local limit).
