@@ -311,10 +311,42 @@ impl LinkLostReason {
     }
 }
 
-/// Application close codes on Wendy links.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum CloseCode {
+/// Declares a `u32` code enum for the QUIC wire together with its two conversions, so that
+/// the list of values is written once: `to_varint`, and `from_u64` that knows every variant.
+macro_rules! quic_codes {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$variant_meta:meta])* $variant:ident = $value:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum $name {
+            $( $(#[$variant_meta])* $variant = $value, )+
+        }
+
+        impl $name {
+            /// The code as a QUIC varint.
+            pub fn to_varint(self) -> quinn::VarInt {
+                quinn::VarInt::from_u32(self as u32)
+            }
+
+            /// The code with this value, if Wendy defines it.
+            pub fn from_u64(value: u64) -> Option<Self> {
+                match value {
+                    $( $value => Some(Self::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+quic_codes! {
+    /// Application close codes on Wendy links.
+    pub enum CloseCode {
     /// An orderly close ([`Transport::close`]).
     Closed = 0,
     /// The link lost a simultaneous-dial race (the one initiated by the lower node id survives).
@@ -331,34 +363,12 @@ pub enum CloseCode {
     TooManyConnections = 6,
     /// The peer is this node itself.
     SelfConnection = 7,
-}
-
-impl CloseCode {
-    /// The code as a QUIC varint.
-    pub fn to_varint(self) -> quinn::VarInt {
-        quinn::VarInt::from_u32(self as u32)
-    }
-
-    /// The close code with this value, if Wendy defines it.
-    pub fn from_u64(value: u64) -> Option<Self> {
-        Some(match value {
-            0 => Self::Closed,
-            1 => Self::Duplicate,
-            2 => Self::Evicted,
-            3 => Self::Idle,
-            4 => Self::Shutdown,
-            5 => Self::WrongAlpn,
-            6 => Self::TooManyConnections,
-            7 => Self::SelfConnection,
-            _ => return None,
-        })
     }
 }
 
-/// Application error codes with which a single stream is stopped or reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum StreamErrorCode {
+quic_codes! {
+    /// Application error codes with which a single stream is stopped or reset.
+    pub enum StreamErrorCode {
     /// The frame was not a valid encoding.
     Malformed = 1,
     /// The stream ended before the frame was complete.
@@ -375,14 +385,10 @@ pub enum StreamErrorCode {
     Timeout = 7,
     /// The node is shutting down.
     Shutdown = 8,
+    }
 }
 
 impl StreamErrorCode {
-    /// The code as a QUIC varint.
-    pub fn to_varint(self) -> quinn::VarInt {
-        quinn::VarInt::from_u32(self as u32)
-    }
-
     /// The stream error code for a frame that failed to decode.
     pub fn for_wire_error(error: &WireError) -> Self {
         match error {
@@ -394,21 +400,6 @@ impl StreamErrorCode {
                 Self::Malformed
             }
         }
-    }
-
-    /// The stream error code with this value, if Wendy defines it.
-    pub fn from_u64(value: u64) -> Option<Self> {
-        Some(match value {
-            1 => Self::Malformed,
-            2 => Self::Truncated,
-            3 => Self::Oversized,
-            4 => Self::UnknownVersion,
-            5 => Self::UnknownKind,
-            6 => Self::NoReply,
-            7 => Self::Timeout,
-            8 => Self::Shutdown,
-            _ => return None,
-        })
     }
 }
 
@@ -506,4 +497,31 @@ pub enum TransportError {
     /// The transport was shut down.
     #[error("transport is shut down")]
     Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's code comes back as the variant that sent it; unknown values stay unknown.
+    #[test]
+    fn quic_codes_round_trip_and_unknown_values_are_none() {
+        let close: Vec<_> = (0..64).filter_map(CloseCode::from_u64).collect();
+        assert_eq!(close.len(), 8);
+        for code in close {
+            assert_eq!(
+                CloseCode::from_u64(code.to_varint().into_inner()),
+                Some(code)
+            );
+        }
+        let stream: Vec<_> = (0..64).filter_map(StreamErrorCode::from_u64).collect();
+        assert_eq!(stream.len(), 8);
+        assert_eq!(StreamErrorCode::from_u64(0), None);
+        for code in stream {
+            assert_eq!(
+                StreamErrorCode::from_u64(code.to_varint().into_inner()),
+                Some(code)
+            );
+        }
+    }
 }
