@@ -5,6 +5,9 @@
 //!   the client opens a bi stream, writes the 200-byte request and finishes; the server reads it
 //!   to the end and answers 200 bytes; the time runs until the client has read the answer.
 //!   One-way: a uni stream per message, timed until the server has read it (same process clock).
+//!   Its connection is made before the cluster is built, and its samples are taken one by one
+//!   interleaved with the Wendy 1-hop samples (alternating which goes first), so both sides see
+//!   the same machine load and the same process (100 idle nodes beside them).
 //! - **Wendy 1 hop**: in a settled cluster, a node routes a 200-byte message to the key equal to
 //!   its clockwise neighbour's id (a leaf, so one hop), timed from [`Node::route`] until the
 //!   neighbour's application reads the [`NodeEvent::Deliver`](crate::node::NodeEvent::Deliver).
@@ -124,9 +127,8 @@ pub async fn run(
             "need at least 2 nodes, 1 sample and 8 payload bytes".into(),
         ));
     }
-    progress("route: raw quinn baseline");
-    let (raw_rr, raw_one_way) = raw_quinn(config.samples, config.size).await?;
-
+    // The baseline's connection is up before the cluster, so both share the process from here.
+    let mut raw = RawQuinn::start(config.size).await?;
     let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
     progress(&format!("route: building {} nodes", config.nodes));
     cluster.grow(config.nodes, progress).await?;
@@ -134,8 +136,9 @@ pub async fn run(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let mut seq = 0u64;
 
-    progress("route: 1 hop");
+    progress("route: 1 hop, interleaved with raw quinn");
     let (mut one_hop, mut one_hop_rr) = (Vec::new(), Vec::new());
+    let (mut raw_rr, mut raw_one_way) = (Vec::new(), Vec::new());
     let index: HashMap<NodeId, usize> = cluster
         .ids()
         .into_iter()
@@ -147,6 +150,14 @@ pub async fn run(
     // Warm-up rounds are not recorded (first streams on each link, allocator, caches).
     let warmup = (config.samples / 10).max(5);
     for round in 0..(config.samples + warmup) {
+        // Sample by sample, alternating which goes first: the machine's load changes over a
+        // run, and both sides must see the same.
+        let baseline_first = round % 2 == 0;
+        let baseline = if baseline_first {
+            Some((raw.request_response().await?, raw.one_way().await?))
+        } else {
+            None
+        };
         let origin_id = sorted[round % sorted.len()];
         let target_id = sorted[(round + 1) % sorted.len()];
         let (origin, target) = (index[&origin_id], index[&target_id]);
@@ -167,11 +178,18 @@ pub async fn run(
             .send(origin_id, payload(seq, config.size))
             .await?;
         let answered = await_direct(&mut cluster, seq).await?;
+        let (rr, one_way) = match baseline {
+            Some(baseline) => baseline,
+            None => (raw.request_response().await?, raw.one_way().await?),
+        };
         if round >= warmup {
             one_hop.push(ms(delivered - started));
             one_hop_rr.push(ms(answered - started));
+            raw_rr.push(ms(rr));
+            raw_one_way.push(ms(one_way));
         }
     }
+    raw.close();
 
     progress("route: random keys");
     let mut by_hops: BTreeMap<u8, Vec<f64>> = BTreeMap::new();
@@ -206,6 +224,8 @@ pub async fn run(
         .collect();
     let one_hop = Latency::of(&mut one_hop);
     let one_hop_rr = Latency::of(&mut one_hop_rr);
+    let raw_rr = Latency::of(&mut raw_rr);
+    let raw_one_way = Latency::of(&mut raw_one_way);
     let ratio = |a: f64, b: f64| a / b.max(1e-9);
     Ok(RouteBenchReport {
         nodes,
@@ -338,105 +358,135 @@ fn transport_config() -> Result<TransportConfig, BenchError> {
     ))
 }
 
-/// Raw quinn request/response and one-way latencies, `samples` of each (after a warm-up).
-async fn raw_quinn(samples: usize, size: usize) -> Result<(Latency, Latency), BenchError> {
-    let quinn_error = |error: &dyn std::fmt::Display| BenchError::Quinn(error.to_string());
-    let server_config = transport_config()?;
-    let client_config = transport_config()?;
-    let max = server_config.limits.max_message_size;
-    let server = quinn::Endpoint::server(
-        tls::quinn_server_config(&server_config)?,
-        server_config.listen,
-    )
-    .map_err(|error| quinn_error(&error))?;
-    let server_addr = server.local_addr().map_err(|error| quinn_error(&error))?;
-    let client =
-        quinn::Endpoint::client(client_config.listen).map_err(|error| quinn_error(&error))?;
-    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<Instant>();
-    let accept = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            let Some(incoming) = server.accept().await else {
-                return;
-            };
-            let Ok(conn) = incoming.await else {
-                return;
-            };
-            let answer_bytes = bytes::Bytes::from(vec![0xa5; size]);
-            let bi = {
-                let conn = conn.clone();
-                let answer_bytes = answer_bytes.clone();
-                tokio::spawn(async move {
-                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                        let answer_bytes = answer_bytes.clone();
-                        tokio::spawn(async move {
-                            if recv.read_to_end(max).await.is_ok()
-                                && send.write_chunk(answer_bytes).await.is_ok()
-                            {
-                                let _ = send.finish();
-                            }
-                        });
-                    }
-                })
-            };
-            while let Ok(mut recv) = conn.accept_uni().await {
-                let arrived_tx = arrived_tx.clone();
-                tokio::spawn(async move {
-                    if recv.read_to_end(max).await.is_ok() {
-                        let _ = arrived_tx.send(Instant::now());
-                    }
-                });
-            }
-            bi.abort();
-        })
-    };
-    let conn = client
-        .connect_with(
-            tls::quinn_client_config(&client_config, Some(server_config.identity.node_id()))?,
-            server_addr,
-            "wendy",
+/// Two raw quinn endpoints with Wendy's TLS setup and limits, one connection between them:
+/// the baseline, measured sample by sample interleaved with Wendy's own samples.
+struct RawQuinn {
+    client: quinn::Endpoint,
+    server: quinn::Endpoint,
+    conn: quinn::Connection,
+    accept: tokio::task::JoinHandle<()>,
+    arrived: mpsc::UnboundedReceiver<Instant>,
+    request: bytes::Bytes,
+    max: usize,
+}
+
+fn quinn_error(error: &dyn std::fmt::Display) -> BenchError {
+    BenchError::Quinn(error.to_string())
+}
+
+impl RawQuinn {
+    /// Binds both endpoints, connects, and starts the server's answering tasks.
+    async fn start(size: usize) -> Result<Self, BenchError> {
+        let server_config = transport_config()?;
+        let client_config = transport_config()?;
+        let max = server_config.limits.max_message_size;
+        let server = quinn::Endpoint::server(
+            tls::quinn_server_config(&server_config)?,
+            server_config.listen,
         )
-        .map_err(|error| quinn_error(&error))?
-        .await
         .map_err(|error| quinn_error(&error))?;
-    let request = bytes::Bytes::from(vec![0x5a; size]);
-    let warmup = (samples / 10).max(5);
-    let (mut rr, mut one_way) = (Vec::new(), Vec::new());
-    for round in 0..(samples + warmup) {
+        let server_addr = server.local_addr().map_err(|error| quinn_error(&error))?;
+        let client =
+            quinn::Endpoint::client(client_config.listen).map_err(|error| quinn_error(&error))?;
+        let (arrived_tx, arrived) = mpsc::unbounded_channel::<Instant>();
+        let accept = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let Some(incoming) = server.accept().await else {
+                    return;
+                };
+                let Ok(conn) = incoming.await else {
+                    return;
+                };
+                let answer_bytes = bytes::Bytes::from(vec![0xa5; size]);
+                let bi = {
+                    let conn = conn.clone();
+                    let answer_bytes = answer_bytes.clone();
+                    tokio::spawn(async move {
+                        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                            let answer_bytes = answer_bytes.clone();
+                            tokio::spawn(async move {
+                                if recv.read_to_end(max).await.is_ok()
+                                    && send.write_chunk(answer_bytes).await.is_ok()
+                                {
+                                    let _ = send.finish();
+                                }
+                            });
+                        }
+                    })
+                };
+                while let Ok(mut recv) = conn.accept_uni().await {
+                    let arrived_tx = arrived_tx.clone();
+                    tokio::spawn(async move {
+                        if recv.read_to_end(max).await.is_ok() {
+                            let _ = arrived_tx.send(Instant::now());
+                        }
+                    });
+                }
+                bi.abort();
+            })
+        };
+        let conn = client
+            .connect_with(
+                tls::quinn_client_config(&client_config, Some(server_config.identity.node_id()))?,
+                server_addr,
+                "wendy",
+            )
+            .map_err(|error| quinn_error(&error))?
+            .await
+            .map_err(|error| quinn_error(&error))?;
+        Ok(Self {
+            client,
+            server,
+            conn,
+            accept,
+            arrived,
+            request: bytes::Bytes::from(vec![0x5a; size]),
+            max,
+        })
+    }
+
+    /// One request/response on a fresh bi stream: returns how long it took.
+    async fn request_response(&self) -> Result<Duration, BenchError> {
         let started = Instant::now();
         let exchange = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| quinn_error(&e))?;
-            send.write_chunk(request.clone())
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| quinn_error(&e))?;
+            send.write_chunk(self.request.clone())
                 .await
                 .map_err(|e| quinn_error(&e))?;
             send.finish().map_err(|e| quinn_error(&e))?;
-            recv.read_to_end(max).await.map_err(|e| quinn_error(&e))?;
+            recv.read_to_end(self.max)
+                .await
+                .map_err(|e| quinn_error(&e))?;
             Ok::<_, BenchError>(Instant::now())
         };
         let answered = tokio::time::timeout(MESSAGE_TIMEOUT, exchange)
             .await
             .map_err(|_| BenchError::Quinn("request timed out".into()))??;
+        Ok(answered - started)
+    }
 
+    /// One message on a fresh uni stream: returns how long until the server had read it.
+    async fn one_way(&mut self) -> Result<Duration, BenchError> {
         let sent = Instant::now();
-        let mut stream = conn.open_uni().await.map_err(|e| quinn_error(&e))?;
+        let mut stream = self.conn.open_uni().await.map_err(|e| quinn_error(&e))?;
         stream
-            .write_chunk(request.clone())
+            .write_chunk(self.request.clone())
             .await
             .map_err(|e| quinn_error(&e))?;
         stream.finish().map_err(|e| quinn_error(&e))?;
-        let arrival = tokio::time::timeout(MESSAGE_TIMEOUT, arrived.recv())
+        let arrival = tokio::time::timeout(MESSAGE_TIMEOUT, self.arrived.recv())
             .await
             .ok()
             .flatten()
             .ok_or_else(|| BenchError::Quinn("one-way message lost".into()))?;
-        if round >= warmup {
-            rr.push(ms(answered - started));
-            one_way.push(ms(arrival - sent));
-        }
+        Ok(arrival - sent)
     }
-    conn.close(0u32.into(), b"done");
-    client.close(0u32.into(), b"done");
-    server.close(0u32.into(), b"done");
-    accept.abort();
-    Ok((Latency::of(&mut rr), Latency::of(&mut one_way)))
+
+    fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        self.client.close(0u32.into(), b"done");
+        self.server.close(0u32.into(), b"done");
+        self.accept.abort();
+    }
 }
