@@ -60,6 +60,9 @@ struct Driver {
     join: Option<PendingJoin>,
     join_timeout: Duration,
     stopping: bool,
+    /// Sends held back until the application's task has had a chance to read a delivery (see
+    /// [`Driver::drain_outputs`]).
+    after_delivery: Vec<(PeerInfo, Message)>,
     /// Polls a send inline once (see [`run_inline_or_spawn`]).
     noop_waker: Waker,
 }
@@ -78,6 +81,7 @@ pub(super) fn spawn(setup: Setup) {
         join: None,
         join_timeout: setup.config.join_timeout,
         stopping: false,
+        after_delivery: Vec::new(),
         noop_waker: Waker::from(Arc::new(NoopWake)),
     };
     tokio::spawn(
@@ -115,6 +119,13 @@ impl Driver {
                 }
             }
             self.drain_outputs();
+            if !self.after_delivery.is_empty() {
+                // Step aside once: the application's task, woken by the delivery, runs before
+                // this task spends its time opening streams for the acks (tokio runs a yielded
+                // task again once its worker has no other task ready).
+                tokio::task::yield_now().await;
+                self.send_after_delivery();
+            }
         }
         debug!("node driver stopped");
     }
@@ -303,6 +314,7 @@ impl Driver {
             Command::Leave { reply } => {
                 self.pastry.leave(now);
                 self.drain_outputs();
+                self.send_after_delivery();
                 // The leave notices are in flight on their own streams; give them a moment to be
                 // handed to QUIC before the links close.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -342,10 +354,13 @@ impl Driver {
 
     /// Carries out everything the core asked for since the last call.
     ///
-    /// Sends go out last, in the core's order: a delivery reaches the application before the
-    /// per-hop acks of its message are put on the wire (the acks are not on its latency path).
+    /// Sends go out last, in the core's order. When the batch handed a delivery to the
+    /// application, its sends (the per-hop acks of the delivered message, which are not on its
+    /// latency path) are held in `after_delivery` for the run loop to send once the
+    /// application's task has had its turn.
     fn drain_outputs(&mut self) {
         let mut sends = Vec::new();
+        let mut delivered = false;
         while let Some(output) = self.pastry.poll_output() {
             match output {
                 Output::Send { to, msg } => sends.push((to, msg)),
@@ -358,6 +373,7 @@ impl Driver {
                     payload,
                 } => {
                     bump(&self.counters.delivered);
+                    delivered = true;
                     self.emit(NodeEvent::Deliver(Delivery {
                         key,
                         origin,
@@ -402,7 +418,19 @@ impl Driver {
                 Output::Event(event) => self.on_core_event(event),
             }
         }
+        if delivered || !self.after_delivery.is_empty() {
+            // Behind sends already held back, so the core's order is kept.
+            self.after_delivery.extend(sends);
+            return;
+        }
         for (to, msg) in sends {
+            self.send(to, msg);
+        }
+    }
+
+    /// Sends what [`Self::drain_outputs`] held back after a delivery.
+    fn send_after_delivery(&mut self) {
+        for (to, msg) in std::mem::take(&mut self.after_delivery) {
             self.send(to, msg);
         }
     }
