@@ -44,6 +44,23 @@ enum Internal {
     Unreachable(NodeId),
 }
 
+/// What the loop does after stepping aside (see [`Driver::finish_deferred`]).
+#[derive(Default)]
+struct Deferred {
+    /// Sends of a batch that handed a delivery to the application: the per-hop acks of the
+    /// delivered message.
+    sends: Vec<(PeerInfo, Message)>,
+    /// Answers to [`Node::route`](super::Node::route) calls whose message is already handed
+    /// to QUIC, with the message id.
+    route_replies: Vec<(oneshot::Sender<Result<u64, NodeError>>, u64)>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.sends.is_empty() && self.route_replies.is_empty()
+    }
+}
+
 struct PendingJoin {
     reply: oneshot::Sender<Result<(), NodeError>>,
     deadline: Instant,
@@ -60,9 +77,9 @@ struct Driver {
     join: Option<PendingJoin>,
     join_timeout: Duration,
     stopping: bool,
-    /// Sends held back until the application's task has had a chance to read a delivery (see
-    /// [`Driver::drain_outputs`]).
-    after_delivery: Vec<(PeerInfo, Message)>,
+    /// Work off a message's latency path, done once the tasks this loop woke have run (see
+    /// [`Driver::finish_deferred`]).
+    deferred: Deferred,
     /// Polls a send inline once (see [`run_inline_or_spawn`]).
     noop_waker: Waker,
 }
@@ -81,7 +98,7 @@ pub(super) fn spawn(setup: Setup) {
         join: None,
         join_timeout: setup.config.join_timeout,
         stopping: false,
-        after_delivery: Vec::new(),
+        deferred: Deferred::default(),
         noop_waker: Waker::from(Arc::new(NoopWake)),
     };
     tokio::spawn(
@@ -119,14 +136,15 @@ impl Driver {
                 }
             }
             self.drain_outputs();
-            if !self.after_delivery.is_empty() {
-                // Step aside once: the application's task, woken by the delivery, runs before
-                // this task spends its time opening streams for the acks (tokio runs a yielded
-                // task again once its worker has no other task ready).
+            if !self.deferred.is_empty() {
+                // Step aside once: tokio runs a yielded task again when its worker has no other
+                // task ready, so the tasks woken above (the application's, reading a delivery;
+                // QUIC's, putting a routed message on the wire) run first.
                 tokio::task::yield_now().await;
-                self.send_after_delivery();
+                self.finish_deferred();
             }
         }
+        self.finish_deferred();
         debug!("node driver stopped");
     }
 
@@ -303,7 +321,10 @@ impl Driver {
                 }
                 bump(&self.counters.routed);
                 let id = self.pastry.route(now, key, payload);
-                let _ = reply.send(Ok(id));
+                // Answered after the loop stepped aside: waking the caller can cost a system
+                // call (a thread parked in `block_on`), and the caller has nothing to do
+                // before its message is on the wire.
+                self.deferred.route_replies.push((reply, id));
             }
             Command::Address { to, reply } => {
                 let _ = reply.send(self.address_of(to).ok_or(NodeError::UnknownPeer(to)));
@@ -314,7 +335,7 @@ impl Driver {
             Command::Leave { reply } => {
                 self.pastry.leave(now);
                 self.drain_outputs();
-                self.send_after_delivery();
+                self.finish_deferred();
                 // The leave notices are in flight on their own streams; give them a moment to be
                 // handed to QUIC before the links close.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -356,8 +377,7 @@ impl Driver {
     ///
     /// Sends go out last, in the core's order. When the batch handed a delivery to the
     /// application, its sends (the per-hop acks of the delivered message, which are not on its
-    /// latency path) are held in `after_delivery` for the run loop to send once the
-    /// application's task has had its turn.
+    /// latency path) are deferred until the application's task has had its turn.
     fn drain_outputs(&mut self) {
         let mut sends = Vec::new();
         let mut delivered = false;
@@ -418,9 +438,9 @@ impl Driver {
                 Output::Event(event) => self.on_core_event(event),
             }
         }
-        if delivered || !self.after_delivery.is_empty() {
+        if delivered || !self.deferred.sends.is_empty() {
             // Behind sends already held back, so the core's order is kept.
-            self.after_delivery.extend(sends);
+            self.deferred.sends.extend(sends);
             return;
         }
         for (to, msg) in sends {
@@ -428,10 +448,15 @@ impl Driver {
         }
     }
 
-    /// Sends what [`Self::drain_outputs`] held back after a delivery.
-    fn send_after_delivery(&mut self) {
-        for (to, msg) in std::mem::take(&mut self.after_delivery) {
+    /// Sends what [`Self::drain_outputs`] held back after a delivery and answers the route
+    /// calls held back.
+    fn finish_deferred(&mut self) {
+        for (to, msg) in std::mem::take(&mut self.deferred.sends) {
             self.send(to, msg);
+        }
+        for (reply, id) in self.deferred.route_replies.drain(..) {
+            // A caller that stopped waiting no longer wants the id.
+            let _ = reply.send(Ok(id));
         }
     }
 
