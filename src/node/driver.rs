@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -137,10 +137,7 @@ impl Driver {
             }
             self.drain_outputs();
             if !self.deferred.is_empty() {
-                // Step aside once: tokio runs a yielded task again when its worker has no other
-                // task ready, so the tasks woken above (the application's, reading a delivery;
-                // QUIC's, putting a routed message on the wire) run first.
-                tokio::task::yield_now().await;
+                step_aside().await;
                 self.finish_deferred();
             }
         }
@@ -624,6 +621,26 @@ where
     if work.as_mut().poll(&mut cx).is_pending() {
         tokio::spawn(work);
     }
+}
+
+/// Lets the tasks this task just woke run first, then continues.
+///
+/// tokio runs the task woken last by a worker's task next (its LIFO slot), and puts a task that
+/// wakes itself at the back of the worker's queue (where an idle worker may also take it): so
+/// the driver continues right after the application's task read a delivery, or QUIC's task put
+/// a routed message on the wire. (`tokio::task::yield_now` instead waits until the worker has
+/// nothing else to run, which a busy worker may not reach for a while.)
+async fn step_aside() {
+    let mut stepped_aside = false;
+    std::future::poll_fn(|cx| {
+        if stepped_aside {
+            return Poll::Ready(());
+        }
+        stepped_aside = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
 }
 
 /// A waker that does nothing (`std::task::Waker::noop` needs Rust 1.85, above the MSRV).
