@@ -12,8 +12,9 @@ use wendy::mesh::{service_key, Mesh, MeshConfig, MeshError, MAGIC};
 use wendy::node::{Events, Node, NodeError, NodeEvent};
 use wendy::transport::Admission;
 
-/// Hang guard for anything that waits: generous, never a speed assertion.
-const HANG_GUARD: Duration = Duration::from_secs(60);
+mod common;
+use common::process::NodeProc;
+use common::HANG_GUARD;
 
 struct Peer {
     node: Node,
@@ -536,100 +537,6 @@ async fn the_application_still_sees_its_own_events() {
     }
 }
 
-/// `wendy node --events json` as a child process; killed when dropped.
-struct NodeProcess {
-    name: &'static str,
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl NodeProcess {
-    fn start(name: &'static str, args: &[String]) -> Self {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wendy"))
-            .arg("node")
-            .args(args)
-            .args(["--events", "json"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wendy node");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            name,
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next output line that is event `event` (hang-guarded); `None` if the output ends.
-    fn next_event(&mut self, event: &str) -> Option<serde_json::Value> {
-        let deadline = std::time::Instant::now() + HANG_GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "hang guard: {} never printed {event}; output:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                ),
-            };
-            self.seen.push(line.clone());
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if value["event"] == event {
-                return Some(value);
-            }
-        }
-    }
-
-    fn expect_event(&mut self, event: &str) -> serde_json::Value {
-        self.next_event(event).unwrap_or_else(|| {
-            panic!(
-                "{} exited before printing {event}; output:\n{}",
-                self.name,
-                self.seen.join("\n")
-            )
-        })
-    }
-
-    fn command(&mut self, line: &str) {
-        use std::io::Write;
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn status(&mut self) -> serde_json::Value {
-        self.command("status");
-        self.expect_event("status")
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A blocking TCP echo server on a thread (for the process test, which has no runtime).
 fn blocking_echo_server() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -705,20 +612,20 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
     let echo = blocking_echo_server();
     let mut a_args = member("a");
     a_args.extend(["--expose".to_owned(), format!("echo={echo}")]);
-    let mut a = NodeProcess::start("a", &a_args);
-    let addr_a = a.expect_event("listening")["addr"]
+    let mut a = NodeProc::start("a", &a_args);
+    let addr_a = a.next_event("listening")["addr"]
         .as_str()
         .unwrap()
         .to_owned();
-    a.expect_event("joined");
-    let exposed = a.expect_event("exposed");
+    a.next_event("joined");
+    let exposed = a.next_event("exposed");
     assert_eq!(exposed["name"], "echo");
     assert_eq!(exposed["target"], echo.to_string());
 
     let mut b_args = member("b");
     b_args.extend(["--join".to_owned(), addr_a.clone()]);
-    let mut b = NodeProcess::start("b", &b_args);
-    b.expect_event("joined");
+    let mut b = NodeProc::start("b", &b_args);
+    b.next_event("joined");
 
     // c takes its services from the config file.
     std::fs::write(
@@ -728,8 +635,8 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
     .unwrap();
     let mut c_args = member("c");
     c_args.extend(["--config".to_owned(), path("c.toml")]);
-    let mut c = NodeProcess::start("c", &c_args);
-    let forwarding = c.expect_event("forwarding");
+    let mut c = NodeProc::start("c", &c_args);
+    let forwarding = c.next_event("forwarding");
     assert_eq!(forwarding["name"], "echo");
     let local = forwarding["listen"].as_str().unwrap().to_owned();
 
@@ -758,19 +665,23 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
         "--forward".to_owned(),
         "127.0.0.1:0=echo".to_owned(),
     ];
-    let mut x = NodeProcess::start("x", &x_args);
-    let error = x.expect_event("error");
+    let mut x = NodeProc::start("x", &x_args);
+    let error = x.next_event("error");
     assert_eq!(error["fatal"], true, "{error}");
     assert!(
         error["message"].as_str().unwrap().contains("cannot join"),
         "{error}"
     );
-    assert!(x.next_event("exposed").is_none() && x.next_event("forwarding").is_none());
-    assert!(!x.child.wait().unwrap().success());
+    assert!(!x.wait_exit().success());
+    assert!(
+        !x.printed("exposed") && !x.printed("forwarding"),
+        "{}",
+        x.context()
+    );
 
     // The provider leaves: a new connection through c is closed without data, promptly.
     a.command("leave");
-    a.expect_event("left");
+    a.next_event("left");
     match blocking_echo_through(&local, b"anyone?") {
         Ok(echoed) => assert!(echoed.is_empty(), "{echoed:?}"),
         Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
