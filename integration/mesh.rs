@@ -1,6 +1,7 @@
 //! The service mesh end to end: real nodes over QUIC on loopback, real TCP services and clients.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
@@ -9,7 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use wendy::id::NodeId;
 use wendy::identity::{Certificate, Identity, MeshCa, Validity};
 use wendy::mesh::{service_key, Mesh, MeshConfig, MeshError, MAGIC};
-use wendy::node::{Events, Node, NodeError, NodeEvent};
+use wendy::node::{Events, Node, NodeBuilder, NodeError, NodeEvent};
+use wendy::testing::{DelaySocket, RegionMap};
 use wendy::transport::Admission;
 
 mod common;
@@ -33,7 +35,22 @@ impl Peer {
         admission: Admission,
         config: MeshConfig,
     ) -> Self {
-        let mut builder = Node::builder(identity.clone()).admission(admission);
+        let builder = Node::builder(identity.clone()).admission(admission);
+        Self::spawn(builder, identity, certificate, config).await
+    }
+
+    /// A node whose UDP socket delays datagrams as `socket`'s region map says.
+    async fn start_in(identity: Identity, socket: Arc<DelaySocket>, config: MeshConfig) -> Self {
+        let builder = Node::builder(identity.clone()).socket(socket);
+        Self::spawn(builder, identity, None, config).await
+    }
+
+    async fn spawn(
+        mut builder: NodeBuilder,
+        identity: Identity,
+        certificate: Option<Certificate>,
+        config: MeshConfig,
+    ) -> Self {
         if let Some(certificate) = certificate {
             builder = builder.certificate(certificate);
         }
@@ -739,5 +756,80 @@ async fn a_provider_serves_no_more_tunnels_than_allowed() {
         .expect("hang guard: tunnels never served again");
     for peer in &peers {
         peer.stop().await;
+    }
+}
+
+/// Providers are ranked by the link's RTT: with one provider 1 ms away and one 80 ms away
+/// (emulated by a delaying socket per node), every connection goes to the near one once both
+/// RTTs are known. When every provider falls silent, a connection gives up at its deadline
+/// instead of trying each provider for the whole connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_go_to_the_nearest_provider_and_give_up_at_the_deadline() {
+    let map = RegionMap::three_regions();
+    let config = MeshConfig {
+        // Shorter than one attempt's timeout: a silent provider spends the whole deadline.
+        connect_timeout: Duration::from_secs(5),
+        connect_deadline: Duration::from_millis(800),
+        // The providers' records stay cached: the last connection needs no registry answer.
+        lookup_cache: Duration::from_secs(3600),
+        ..MeshConfig::default()
+    };
+    let regions = [0, 0, 2, 1]; // consumer, near provider, far provider, a fourth member
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, region) in regions.into_iter().enumerate() {
+        let socket = DelaySocket::bind("127.0.0.1:0".parse().unwrap(), &map, region).unwrap();
+        sockets.push(socket.clone());
+        let identity = Identity::from_seed([41 + i as u8; 32]);
+        let peer = Peer::start_in(identity, socket, config.clone()).await;
+        let bootstrap: Vec<SocketAddr> = peers.first().map(|p| p.node.addr()).into_iter().collect();
+        peer.node.join(&bootstrap).await.expect("join");
+        peers.push(peer);
+    }
+    let (consumer, near, far) = (&peers[0], &peers[1], &peers[2]);
+    let backend = echo_server().await.to_string();
+    near.mesh.expose("svc", &backend).await.unwrap();
+    far.mesh.expose("svc", &backend).await.unwrap();
+    // A lookup opens links to providers whose RTT is unknown.
+    let records = consumer.mesh.lookup("svc").await.unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let (near_id, far_id) = (near.node.id(), far.node.id());
+    until("the consumer knows both providers' RTT", || {
+        consumer.node.rtt(near_id).is_some() && consumer.node.rtt(far_id).is_some()
+    })
+    .await;
+    let (near_rtt, far_rtt) = (consumer.node.rtt(near_id), consumer.node.rtt(far_id));
+    assert!(near_rtt < far_rtt, "near {near_rtt:?}, far {far_rtt:?}");
+
+    for round in 0..5 {
+        let mut stream = consumer.mesh.connect("svc").await.expect("a tunnel");
+        stream.send.write_all(b"ping").await.unwrap();
+        stream.send.finish().unwrap();
+        let echoed = stream.recv.read_to_end(64).await.unwrap();
+        assert_eq!(echoed, b"ping", "round {round}");
+    }
+    assert_eq!(near.mesh.status().exposed[0].tunnels, 5);
+    assert_eq!(far.mesh.status().exposed[0].tunnels, 0);
+
+    // Both providers fall silent: the first attempt spends the whole deadline, the second
+    // provider is not tried.
+    sockets[1].silence();
+    sockets[2].silence();
+    match consumer.mesh.connect("svc").await {
+        Err(MeshError::Unreachable {
+            tried, last_error, ..
+        }) => {
+            assert_eq!(tried, 1, "{last_error}");
+            assert!(last_error.contains("deadline"), "{last_error}");
+        }
+        Err(other) => panic!("expected Unreachable, got {other}"),
+        Ok(_) => panic!("a silent provider accepted a tunnel"),
+    }
+    for (i, peer) in peers.iter().enumerate() {
+        if i == 1 || i == 2 {
+            peer.crash().await;
+        } else {
+            peer.stop().await;
+        }
     }
 }
