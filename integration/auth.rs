@@ -277,52 +277,39 @@ async fn certificate_from_another_ca_is_refused() {
     assert_eq!(from, member.id());
 }
 
-#[tokio::test]
-async fn expired_certificate_is_refused() {
+/// A node presenting a certificate with `validity` is refused both ways: its dial fails and
+/// the server reports `expected`; a node dialling it fails with `expected` on its own side. The
+/// server keeps serving good peers.
+async fn refused_both_ways(validity: Validity, expected: fn(&AuthError) -> bool) {
     let mut server = Node::open().await;
     let identity = Identity::generate();
-    let expired = identity.self_signed_certificate(validity(10, -1)).unwrap();
-    let client = Node::bind(config_with(
-        identity.clone(),
-        expired.clone(),
-        Admission::Open,
-    ))
-    .await;
+    let certificate = identity.self_signed_certificate(validity).unwrap();
+    let client = Node::bind(config_with(identity, certificate, Admission::Open)).await;
     assert_refused_by_peer(&client, &server).await;
-    assert!(matches!(
-        auth_error(handshake_failure(&mut server).await),
-        AuthError::Expired { .. }
-    ));
-    // Dialling a server whose certificate expired fails on the client side.
+    let error = auth_error(handshake_failure(&mut server).await);
+    assert!(expected(&error), "server side: {error:?}");
     let error = Node::open()
         .await
         .transport
         .connect(client.addr(), Some(client.id()))
         .await
         .unwrap_err();
-    assert!(matches!(auth_error(error), AuthError::Expired { .. }));
+    let error = auth_error(error);
+    assert!(expected(&error), "client side: {error:?}");
     assert_good_peer_served(&mut server).await;
 }
 
 #[tokio::test]
+async fn expired_certificate_is_refused() {
+    refused_both_ways(validity(10, -1), |e| matches!(e, AuthError::Expired { .. })).await;
+}
+
+#[tokio::test]
 async fn not_yet_valid_certificate_is_refused() {
-    let mut server = Node::open().await;
-    let identity = Identity::generate();
-    let early = identity.self_signed_certificate(validity(-1, 10)).unwrap();
-    let client = Node::bind(config_with(identity, early, Admission::Open)).await;
-    assert_refused_by_peer(&client, &server).await;
-    assert!(matches!(
-        auth_error(handshake_failure(&mut server).await),
-        AuthError::NotYetValid { .. }
-    ));
-    let error = Node::open()
-        .await
-        .transport
-        .connect(client.addr(), Some(client.id()))
-        .await
-        .unwrap_err();
-    assert!(matches!(auth_error(error), AuthError::NotYetValid { .. }));
-    assert_good_peer_served(&mut server).await;
+    refused_both_ways(validity(-1, 10), |e| {
+        matches!(e, AuthError::NotYetValid { .. })
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -7,23 +7,17 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wendy::id::{Key, NodeId};
 use wendy::identity::test_fixtures;
 
-/// Hang guard for one awaited line or exit: generous on a shared, noisy machine.
-const HANG_GUARD: Duration = Duration::from_secs(60);
-
-fn wendy() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wendy"));
-    command.env_remove("RUST_LOG").env_remove("RUST_BACKTRACE");
-    command
-}
+mod common;
+use common::process::{wendy, NodeProc};
+use common::HANG_GUARD;
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
@@ -39,187 +33,6 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, NodeId) {
     assert!(out.status.success(), "keygen failed: {out:?}");
     let id = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     (path, id)
-}
-
-/// A running `wendy node --events json`; killed on drop.
-struct NodeProc {
-    name: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    /// Every stdout line received so far, parsed.
-    seen: Vec<Value>,
-    /// How many of `seen` `next_matching` has already passed over.
-    cursor: usize,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl NodeProc {
-    fn start(name: &'static str, args: &[&str]) -> Self {
-        let mut child = wendy()
-            .arg("node")
-            .args(args)
-            .args(["--events", "json"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wendy node");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut err_pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-        Self {
-            name,
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            seen: Vec::new(),
-            cursor: 0,
-            stderr,
-        }
-    }
-
-    fn context(&self) -> String {
-        let lines: Vec<String> = self.seen.iter().map(Value::to_string).collect();
-        format!(
-            "node {} stdout so far:\n{}\nstderr:\n{}",
-            self.name,
-            lines.join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    /// Receives one more line (hang-guarded); `None` at end of output.
-    fn receive(&mut self, deadline: Instant) -> Option<Value> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(left) {
-            Ok(line) => {
-                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                    panic!("{}: stdout line is not JSON ({e}): {line:?}", self.name)
-                });
-                assert!(
-                    value["event"].is_string(),
-                    "{}: line without an event name: {line}",
-                    self.name
-                );
-                self.seen.push(value.clone());
-                Some(value)
-            }
-            Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("hang guard: waited {HANG_GUARD:?}\n{}", self.context())
-            }
-        }
-    }
-
-    /// The next line after the cursor that satisfies `pred`; lines before it are passed over
-    /// (they stay in `seen`).
-    fn next_matching(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + HANG_GUARD;
-        loop {
-            while self.cursor < self.seen.len() {
-                self.cursor += 1;
-                if pred(&self.seen[self.cursor - 1]) {
-                    return self.seen[self.cursor - 1].clone();
-                }
-            }
-            if self.receive(deadline).is_none() {
-                panic!("output ended before {what}\n{}", self.context());
-            }
-        }
-    }
-
-    /// The next line that is event `name`.
-    fn next_event(&mut self, name: &str) -> Value {
-        self.next_matching(name, |v| v["event"] == name)
-    }
-
-    /// Waits for event `name` anywhere in the output, including lines already seen.
-    fn saw_event(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(found) = self.seen.iter().find(|v| v["event"] == name && pred(v)) {
-            return found.clone();
-        }
-        self.cursor = self.seen.len();
-        self.next_matching(name, |v| v["event"] == name && pred(v))
-    }
-
-    fn command(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{line}").expect("write to node stdin");
-        stdin.flush().unwrap();
-    }
-
-    fn status(&mut self) -> Value {
-        self.command("status");
-        self.next_event("status")
-    }
-
-    /// Polls `status` until `pred` holds (each poll waits for the answer; no sleeps).
-    fn status_until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + HANG_GUARD;
-        loop {
-            let status = self.status();
-            if pred(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hang guard: status never showed {what}; last: {status}\n{}",
-                self.context()
-            );
-        }
-    }
-
-    /// Reads the rest of the output and waits for the exit.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + HANG_GUARD;
-        while self.receive(deadline).is_some() {}
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hang guard: no exit\n{}",
-                self.context()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn listening(&mut self) -> (NodeId, String) {
-        let line = self.next_event("listening");
-        let id = line["id"].as_str().unwrap().parse().unwrap();
-        (id, line["addr"].as_str().unwrap().to_owned())
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn ids(value: &Value) -> HashSet<NodeId> {

@@ -1,6 +1,7 @@
 //! The service mesh end to end: real nodes over QUIC on loopback, real TCP services and clients.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
@@ -9,11 +10,13 @@ use tokio::net::{TcpListener, TcpStream};
 use wendy::id::NodeId;
 use wendy::identity::{Certificate, Identity, MeshCa, Validity};
 use wendy::mesh::{service_key, Mesh, MeshConfig, MeshError, MAGIC};
-use wendy::node::{Events, Node, NodeError, NodeEvent};
+use wendy::node::{Events, Node, NodeBuilder, NodeError, NodeEvent};
+use wendy::testing::{DelaySocket, RegionMap};
 use wendy::transport::Admission;
 
-/// Hang guard for anything that waits: generous, never a speed assertion.
-const HANG_GUARD: Duration = Duration::from_secs(60);
+mod common;
+use common::process::NodeProc;
+use common::HANG_GUARD;
 
 struct Peer {
     node: Node,
@@ -32,7 +35,22 @@ impl Peer {
         admission: Admission,
         config: MeshConfig,
     ) -> Self {
-        let mut builder = Node::builder(identity.clone()).admission(admission);
+        let builder = Node::builder(identity.clone()).admission(admission);
+        Self::spawn(builder, identity, certificate, config).await
+    }
+
+    /// A node whose UDP socket delays datagrams as `socket`'s region map says.
+    async fn start_in(identity: Identity, socket: Arc<DelaySocket>, config: MeshConfig) -> Self {
+        let builder = Node::builder(identity.clone()).socket(socket);
+        Self::spawn(builder, identity, None, config).await
+    }
+
+    async fn spawn(
+        mut builder: NodeBuilder,
+        identity: Identity,
+        certificate: Option<Certificate>,
+        config: MeshConfig,
+    ) -> Self {
         if let Some(certificate) = certificate {
             builder = builder.certificate(certificate);
         }
@@ -536,100 +554,6 @@ async fn the_application_still_sees_its_own_events() {
     }
 }
 
-/// `wendy node --events json` as a child process; killed when dropped.
-struct NodeProcess {
-    name: &'static str,
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl NodeProcess {
-    fn start(name: &'static str, args: &[String]) -> Self {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wendy"))
-            .arg("node")
-            .args(args)
-            .args(["--events", "json"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wendy node");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            name,
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next output line that is event `event` (hang-guarded); `None` if the output ends.
-    fn next_event(&mut self, event: &str) -> Option<serde_json::Value> {
-        let deadline = std::time::Instant::now() + HANG_GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "hang guard: {} never printed {event}; output:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                ),
-            };
-            self.seen.push(line.clone());
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if value["event"] == event {
-                return Some(value);
-            }
-        }
-    }
-
-    fn expect_event(&mut self, event: &str) -> serde_json::Value {
-        self.next_event(event).unwrap_or_else(|| {
-            panic!(
-                "{} exited before printing {event}; output:\n{}",
-                self.name,
-                self.seen.join("\n")
-            )
-        })
-    }
-
-    fn command(&mut self, line: &str) {
-        use std::io::Write;
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn status(&mut self) -> serde_json::Value {
-        self.command("status");
-        self.expect_event("status")
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A blocking TCP echo server on a thread (for the process test, which has no runtime).
 fn blocking_echo_server() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -705,20 +629,20 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
     let echo = blocking_echo_server();
     let mut a_args = member("a");
     a_args.extend(["--expose".to_owned(), format!("echo={echo}")]);
-    let mut a = NodeProcess::start("a", &a_args);
-    let addr_a = a.expect_event("listening")["addr"]
+    let mut a = NodeProc::start("a", &a_args);
+    let addr_a = a.next_event("listening")["addr"]
         .as_str()
         .unwrap()
         .to_owned();
-    a.expect_event("joined");
-    let exposed = a.expect_event("exposed");
+    a.next_event("joined");
+    let exposed = a.next_event("exposed");
     assert_eq!(exposed["name"], "echo");
     assert_eq!(exposed["target"], echo.to_string());
 
     let mut b_args = member("b");
     b_args.extend(["--join".to_owned(), addr_a.clone()]);
-    let mut b = NodeProcess::start("b", &b_args);
-    b.expect_event("joined");
+    let mut b = NodeProc::start("b", &b_args);
+    b.next_event("joined");
 
     // c takes its services from the config file.
     std::fs::write(
@@ -728,8 +652,8 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
     .unwrap();
     let mut c_args = member("c");
     c_args.extend(["--config".to_owned(), path("c.toml")]);
-    let mut c = NodeProcess::start("c", &c_args);
-    let forwarding = c.expect_event("forwarding");
+    let mut c = NodeProc::start("c", &c_args);
+    let forwarding = c.next_event("forwarding");
     assert_eq!(forwarding["name"], "echo");
     let local = forwarding["listen"].as_str().unwrap().to_owned();
 
@@ -758,19 +682,23 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
         "--forward".to_owned(),
         "127.0.0.1:0=echo".to_owned(),
     ];
-    let mut x = NodeProcess::start("x", &x_args);
-    let error = x.expect_event("error");
+    let mut x = NodeProc::start("x", &x_args);
+    let error = x.next_event("error");
     assert_eq!(error["fatal"], true, "{error}");
     assert!(
         error["message"].as_str().unwrap().contains("cannot join"),
         "{error}"
     );
-    assert!(x.next_event("exposed").is_none() && x.next_event("forwarding").is_none());
-    assert!(!x.child.wait().unwrap().success());
+    assert!(!x.wait_exit().success());
+    assert!(
+        !x.printed("exposed") && !x.printed("forwarding"),
+        "{}",
+        x.context()
+    );
 
     // The provider leaves: a new connection through c is closed without data, promptly.
     a.command("leave");
-    a.expect_event("left");
+    a.next_event("left");
     match blocking_echo_through(&local, b"anyone?") {
         Ok(echoed) => assert!(echoed.is_empty(), "{echoed:?}"),
         Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
@@ -828,5 +756,80 @@ async fn a_provider_serves_no_more_tunnels_than_allowed() {
         .expect("hang guard: tunnels never served again");
     for peer in &peers {
         peer.stop().await;
+    }
+}
+
+/// Providers are ranked by the link's RTT: with one provider 1 ms away and one 80 ms away
+/// (emulated by a delaying socket per node), every connection goes to the near one once both
+/// RTTs are known. When every provider falls silent, a connection gives up at its deadline
+/// instead of trying each provider for the whole connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_go_to_the_nearest_provider_and_give_up_at_the_deadline() {
+    let map = RegionMap::three_regions();
+    let config = MeshConfig {
+        // Shorter than one attempt's timeout: a silent provider spends the whole deadline.
+        connect_timeout: Duration::from_secs(5),
+        connect_deadline: Duration::from_millis(800),
+        // The providers' records stay cached: the last connection needs no registry answer.
+        lookup_cache: Duration::from_secs(3600),
+        ..MeshConfig::default()
+    };
+    let regions = [0, 0, 2, 1]; // consumer, near provider, far provider, a fourth member
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, region) in regions.into_iter().enumerate() {
+        let socket = DelaySocket::bind("127.0.0.1:0".parse().unwrap(), &map, region).unwrap();
+        sockets.push(socket.clone());
+        let identity = Identity::from_seed([41 + i as u8; 32]);
+        let peer = Peer::start_in(identity, socket, config.clone()).await;
+        let bootstrap: Vec<SocketAddr> = peers.first().map(|p| p.node.addr()).into_iter().collect();
+        peer.node.join(&bootstrap).await.expect("join");
+        peers.push(peer);
+    }
+    let (consumer, near, far) = (&peers[0], &peers[1], &peers[2]);
+    let backend = echo_server().await.to_string();
+    near.mesh.expose("svc", &backend).await.unwrap();
+    far.mesh.expose("svc", &backend).await.unwrap();
+    // A lookup opens links to providers whose RTT is unknown.
+    let records = consumer.mesh.lookup("svc").await.unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let (near_id, far_id) = (near.node.id(), far.node.id());
+    until("the consumer knows both providers' RTT", || {
+        consumer.node.rtt(near_id).is_some() && consumer.node.rtt(far_id).is_some()
+    })
+    .await;
+    let (near_rtt, far_rtt) = (consumer.node.rtt(near_id), consumer.node.rtt(far_id));
+    assert!(near_rtt < far_rtt, "near {near_rtt:?}, far {far_rtt:?}");
+
+    for round in 0..5 {
+        let mut stream = consumer.mesh.connect("svc").await.expect("a tunnel");
+        stream.send.write_all(b"ping").await.unwrap();
+        stream.send.finish().unwrap();
+        let echoed = stream.recv.read_to_end(64).await.unwrap();
+        assert_eq!(echoed, b"ping", "round {round}");
+    }
+    assert_eq!(near.mesh.status().exposed[0].tunnels, 5);
+    assert_eq!(far.mesh.status().exposed[0].tunnels, 0);
+
+    // Both providers fall silent: the first attempt spends the whole deadline, the second
+    // provider is not tried.
+    sockets[1].silence();
+    sockets[2].silence();
+    match consumer.mesh.connect("svc").await {
+        Err(MeshError::Unreachable {
+            tried, last_error, ..
+        }) => {
+            assert_eq!(tried, 1, "{last_error}");
+            assert!(last_error.contains("deadline"), "{last_error}");
+        }
+        Err(other) => panic!("expected Unreachable, got {other}"),
+        Ok(_) => panic!("a silent provider accepted a tunnel"),
+    }
+    for (i, peer) in peers.iter().enumerate() {
+        if i == 1 || i == 2 {
+            peer.crash().await;
+        } else {
+            peer.stop().await;
+        }
     }
 }

@@ -123,6 +123,10 @@ pub struct MeshConfig {
     pub max_names_held: usize,
     /// The most providers one connection tries before it is closed. Default 4.
     pub max_tunnel_attempts: usize,
+    /// The longest one connection spends trying providers, all attempts together (each one is
+    /// also bounded by [`MeshConfig::connect_timeout`]); when it is spent the connection fails
+    /// with [`MeshError::Unreachable`] even if untried providers remain. Default 8 s.
+    pub connect_deadline: Duration,
     /// The most registry answers and replications in flight at once; beyond it they are
     /// dropped (and counted in [`MeshStatus::sends_dropped`]). Default 64.
     pub max_pending_sends: usize,
@@ -154,6 +158,7 @@ impl MeshConfig {
             max_providers_per_name: 64,
             max_names_held: 10_000,
             max_tunnel_attempts: 4,
+            connect_deadline: Duration::from_secs(8),
             max_pending_sends: 64,
             max_provider_tunnels: 1024,
         }
@@ -1139,7 +1144,14 @@ impl Inner {
         };
         let mut tried: HashSet<(NodeId, SocketAddr)> = HashSet::new();
         let mut last_error = String::new();
-        loop {
+        let deadline = Instant::now() + self.config.connect_deadline;
+        let spent = || {
+            format!(
+                "gave up after {:?} (the connect deadline)",
+                self.config.connect_deadline
+            )
+        };
+        'rounds: loop {
             let untried = records
                 .into_iter()
                 .filter(|r| !tried.contains(&(r.provider, r.addr)))
@@ -1149,12 +1161,17 @@ impl Inner {
                 if tried.len() >= self.config.max_tunnel_attempts.max(1) {
                     break;
                 }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    last_error = spent();
+                    break 'rounds;
+                }
                 tried.insert((record.provider, record.addr));
                 if record.provider == me {
                     last_error = "the only provider left is this node itself".to_owned();
                     continue;
                 }
-                match self.open_tunnel(&record).await {
+                match self.open_tunnel(&record, left).await {
                     Ok(stream) => {
                         self.lock().failed.remove(&record.provider);
                         return Ok(stream);
@@ -1172,6 +1189,10 @@ impl Inner {
             if !from_cache || tried.len() >= self.config.max_tunnel_attempts.max(1) {
                 break;
             }
+            if Instant::now() >= deadline {
+                last_error = spent();
+                break;
+            }
             from_cache = false;
             records = self.lookup(name).await?;
         }
@@ -1186,8 +1207,13 @@ impl Inner {
         }
     }
 
-    /// Opens a tunnel to one provider and waits for its acceptance byte.
-    async fn open_tunnel(&self, record: &ServiceRecord) -> Result<RawStream, String> {
+    /// Opens a tunnel to one provider and waits for its acceptance byte, for at most
+    /// `connect_timeout` and never longer than `left`.
+    async fn open_tunnel(
+        &self,
+        record: &ServiceRecord,
+        left: Duration,
+    ) -> Result<RawStream, String> {
         let open = async {
             let mut stream = self
                 .node
@@ -1206,14 +1232,10 @@ impl Inner {
                 Err(format!("unexpected tunnel answer {}", byte[0]))
             }
         };
-        tokio::time::timeout(self.config.connect_timeout, open)
+        let limit = self.config.connect_timeout.min(left);
+        tokio::time::timeout(limit, open)
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "no tunnel within {:?}",
-                    self.config.connect_timeout
-                ))
-            })
+            .unwrap_or_else(|_| Err(format!("no tunnel within {limit:?}")))
     }
 
     /// One accepted local connection of a forward listener.

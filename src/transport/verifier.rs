@@ -43,7 +43,10 @@ impl Verdict {
     fn record(&self, result: &Result<NodeId, AuthError>) {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
-            Ok(id) => state.peer = Some(*id),
+            Ok(id) => {
+                state.peer = Some(*id);
+                state.error = None;
+            }
             Err(error) => state.error = Some(error.clone()),
         }
     }
@@ -87,27 +90,60 @@ fn to_rustls(error: &AuthError) -> rustls::Error {
     rustls::Error::InvalidCertificate(certificate_error)
 }
 
-fn verify_signature(
-    verdict: &Verdict,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    if dss.scheme != SignatureScheme::ED25519 {
-        verdict.record_error(AuthError::BadSignature);
-        return Err(to_rustls(&AuthError::BadSignature));
+/// What both verifiers do alike: apply the admission policy to the presented certificate,
+/// record the verdict, and accept only TLS 1.3 ed25519 handshake signatures.
+#[derive(Debug)]
+struct Checker {
+    admission: Arc<Admission>,
+    verdict: Verdict,
+}
+
+impl Checker {
+    fn certificate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: PeerRole,
+        expected: Option<NodeId>,
+    ) -> Result<(), rustls::Error> {
+        let result = self
+            .admission
+            .check(end_entity, intermediates, now, role, expected);
+        self.verdict.record(&result);
+        result.map(drop).map_err(|error| to_rustls(&error))
     }
-    rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY).inspect_err(|_| {
-        verdict.record_error(AuthError::BadSignature);
-    })
+
+    /// The configs enable TLS 1.3 only; a TLS 1.2 signature means something is very wrong.
+    fn tls12_signature(&self) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if dss.scheme != SignatureScheme::ED25519 {
+            self.verdict.record_error(AuthError::BadSignature);
+            return Err(to_rustls(&AuthError::BadSignature));
+        }
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY).inspect_err(
+            |_| {
+                self.verdict.record_error(AuthError::BadSignature);
+            },
+        )
+    }
 }
 
 /// Verifies the server's certificate when this node dials.
 #[derive(Debug)]
 pub(crate) struct ServerVerifier {
-    admission: Arc<Admission>,
+    checker: Checker,
     expected: Option<NodeId>,
-    verdict: Verdict,
 }
 
 impl ServerVerifier {
@@ -118,9 +154,8 @@ impl ServerVerifier {
         verdict: Verdict,
     ) -> Self {
         Self {
-            admission,
+            checker: Checker { admission, verdict },
             expected,
-            verdict,
         }
     }
 }
@@ -134,17 +169,15 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result = self.admission.check(
-            end_entity,
-            intermediates,
-            now,
-            PeerRole::Server,
-            self.expected,
-        );
-        self.verdict.record(&result);
-        result
-            .map(|_| ServerCertVerified::assertion())
-            .map_err(|error| to_rustls(&error))
+        self.checker
+            .certificate(
+                end_entity,
+                intermediates,
+                now,
+                PeerRole::Server,
+                self.expected,
+            )
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -153,10 +186,7 @@ impl ServerCertVerifier for ServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The configs enable TLS 1.3 only; a TLS 1.2 signature means something is very wrong.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        self.checker.tls12_signature()
     }
 
     fn verify_tls13_signature(
@@ -165,7 +195,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.verdict, message, cert, dss)
+        self.checker.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -176,8 +206,7 @@ impl ServerCertVerifier for ServerVerifier {
 /// Verifies a dialling client's certificate (client authentication is mandatory).
 #[derive(Debug)]
 pub(crate) struct ClientVerifier {
-    admission: Arc<Admission>,
-    verdict: Verdict,
+    checker: Checker,
 }
 
 impl ClientVerifier {
@@ -185,7 +214,9 @@ impl ClientVerifier {
     pub(crate) fn new(admission: Arc<Admission>, verdict: Verdict) -> Self {
         // An empty client certificate is refused by rustls itself (`client_auth_mandatory`)
         // before any method here runs; the accepting side recognises it by the TLS alert.
-        Self { admission, verdict }
+        Self {
+            checker: Checker { admission, verdict },
+        }
     }
 }
 
@@ -208,21 +239,9 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let result = self
-            .admission
-            .check(end_entity, intermediates, now, PeerRole::Client, None);
-        {
-            let mut state = self
-                .verdict
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            state.error = None;
-        }
-        self.verdict.record(&result);
-        result
-            .map(|_| ClientCertVerified::assertion())
-            .map_err(|error| to_rustls(&error))
+        self.checker
+            .certificate(end_entity, intermediates, now, PeerRole::Client, None)
+            .map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -231,9 +250,7 @@ impl ClientCertVerifier for ClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        self.checker.tls12_signature()
     }
 
     fn verify_tls13_signature(
@@ -242,7 +259,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.verdict, message, cert, dss)
+        self.checker.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
