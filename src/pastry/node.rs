@@ -751,14 +751,18 @@ impl Pastry {
                 mut avoid,
                 payload,
             } => {
-                self.send(
-                    from,
-                    Message::RouteAck {
-                        origin: origin.id,
-                        id,
-                        done: false,
-                    },
-                );
+                let receipt = |this: &mut Self| {
+                    this.send(
+                        from,
+                        Message::RouteAck {
+                            origin: origin.id,
+                            id,
+                            done: false,
+                        },
+                    );
+                };
+                let origin_id = origin.id;
+                let queued = self.outputs.len();
                 avoid.truncate(super::message::MAX_AVOID);
                 avoid.retain(|a| *a != self.me.id);
                 for dead in &avoid {
@@ -775,9 +779,21 @@ impl Pastry {
                 };
                 if hops > self.config.max_hops {
                     tracing::debug!(?key, hops, "dropping a message that exceeded max hops");
+                    receipt(self);
                     self.fail_route(id, key);
                 } else {
                     self.route_step(now, msg, Vec::new(), 0);
+                    // The receipt goes after the routing step, and not at all if that step
+                    // already released the sender (delivered here at once): one ack, not two.
+                    let released = self.outputs.iter().skip(queued).any(|o| {
+                        matches!(o, Output::Send {
+                            to,
+                            msg: Message::RouteAck { origin: o, id: i, done: true },
+                        } if to.id == from.id && *o == origin_id && *i == id)
+                    });
+                    if !released {
+                        receipt(self);
+                    }
                 }
             }
             Message::RouteAck { origin, id, done } => {
@@ -789,7 +805,14 @@ impl Pastry {
                     return;
                 };
                 if done {
-                    self.in_flight.swap_remove(index);
+                    // A next hop that delivered at once sends only this ack (no receipt
+                    // first): release our predecessor now if its receipt did not.
+                    let f = self.in_flight.swap_remove(index);
+                    if let (false, Carried::Route(m)) = (f.received, &f.carried) {
+                        if let Some(prev) = m.prev {
+                            self.release(prev, m.origin.id, m.id);
+                        }
+                    }
                 } else if !self.in_flight[index].received {
                     // The next hop has it: keep a copy in case it dies before passing it on,
                     // and release our predecessor.

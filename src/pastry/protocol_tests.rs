@@ -358,7 +358,8 @@ fn a_node_suppresses_a_message_it_already_delivered() {
         })
         .count();
     assert_eq!(delivers, 1);
-    assert_eq!(acks, 2, "both copies are acknowledged");
+    // Delivered (or suppressed) at once: each sender gets one ack, `done: true`, no receipt.
+    assert_eq!(acks, 0, "no separate receipt ack");
     let released = outputs
         .iter()
         .filter(|o| {
@@ -1382,4 +1383,72 @@ fn a_small_overlay_does_not_pass_for_a_large_one() {
     }
     assert_eq!(node.routing_table().row(0).len(), 12);
     assert_eq!(asked, vec![]);
+}
+
+/// The `RouteAck`s `outputs` sends: (to, done).
+fn route_acks(outputs: &[Output]) -> Vec<(NodeId, bool)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                msg: Message::RouteAck { done, .. },
+            } => Some((to.id, *done)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn route_msg(origin: PeerInfo, id: u64, key: Key) -> Message {
+    Message::Route {
+        id,
+        key,
+        origin,
+        hops: 1,
+        avoid: vec![],
+        payload: b"x".to_vec(),
+    }
+}
+
+#[test]
+fn a_root_acknowledges_a_message_it_delivers_at_once_with_one_ack() {
+    let me = hex("50000000000000000000000000000000");
+    let mut node = lone(me);
+    let prev = peer(hex("90000000000000000000000000000000"));
+    meet(&mut node, prev);
+    let key = NodeId::from_u128(me + 5).to_key();
+    node.handle_message(Time::ZERO, prev, route_msg(prev, 7, key));
+    let outputs = drain(&mut node);
+    assert!(outputs.iter().any(|o| matches!(o, Output::Deliver { .. })));
+    assert_eq!(route_acks(&outputs), vec![(prev.id, true)]);
+}
+
+#[test]
+fn a_hop_whose_next_hop_delivered_at_once_releases_its_predecessor() {
+    let me = hex("50000000000000000000000000000000");
+    let mut node = lone(me);
+    let prev = peer(hex("90000000000000000000000000000000"));
+    let root = peer(hex("20000000000000000000000000000000"));
+    meet(&mut node, prev);
+    meet(&mut node, root);
+    let key = NodeId::from_u128(root.id.as_u128() + 5).to_key();
+    node.handle_message(Time::ZERO, prev, route_msg(prev, 7, key));
+    let outputs = drain(&mut node);
+    let forwarded = outputs
+        .iter()
+        .any(|o| matches!(o, Output::Send { to, msg: Message::Route { .. } } if to.id == root.id));
+    assert!(forwarded);
+    // Not delivered here: the predecessor gets a receipt only.
+    assert_eq!(route_acks(&outputs), vec![(prev.id, false)]);
+    // The root delivered at once and acks only `done: true`: the predecessor is released.
+    node.handle_message(
+        Time::ZERO,
+        root,
+        Message::RouteAck {
+            origin: prev.id,
+            id: 7,
+            done: true,
+        },
+    );
+    assert_eq!(route_acks(&drain(&mut node)), vec![(prev.id, true)]);
 }
