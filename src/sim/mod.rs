@@ -30,8 +30,10 @@
 //! target/release/wendy sim --nodes 1000 --lookups 20000 --seed 1 --churn-median-s 84 --duration-s 3600 --json
 //! ```
 //!
-//! `--trace-routes` adds the longest routes and routing-table diagnostics (holes, dead entries,
-//! proximity quality by row) to the report.
+//! `--trace-routes` adds the longest routes and routing-table diagnostics (holes at the end and
+//! when the first lookup was issued, dead entries, proximity quality by row, hop delays, stretch by
+//! direct delay) to the report. `--oracle-tables` (diagnostics) gives every node perfect proximity
+//! neighbour selection below row 0 right after the build, to measure what better tables would buy.
 //!
 //! ```
 //! use wendy::sim::{Scenario, SimConfig, Simulation};
