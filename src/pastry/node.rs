@@ -399,6 +399,8 @@ pub struct Pastry {
     parked: Vec<Parked>,
     /// Nodes that announced themselves to us lately (newcomers whose news we may pass on).
     announced: VecDeque<(NodeId, Time)>,
+    /// Hole-filling passes done as the overlay grew, by row (see `Pastry::fill_as_grown`).
+    growth_passes: [u8; DIGITS],
 }
 
 /// A message held until the probe of leaf-set member `on` settles.
@@ -415,6 +417,11 @@ const RTT_CACHE: usize = 16;
 const MAX_ROW_REQUESTS: usize = 48;
 const MAX_WAITING: usize = 64;
 const ANNOUNCED_MEMORY: usize = 8;
+/// Overlay sizes, in multiples of `16^(row+1)`, at which a row with empty slots is asked for
+/// again (see `Pastry::fill_as_grown`).
+const GROWTH_PASSES: [f64; 12] = [
+    1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0,
+];
 
 impl Pastry {
     /// A node with identity `me`, not yet part of an overlay. `seed` seeds its private RNG
@@ -450,6 +457,20 @@ impl Pastry {
             waiting: Vec::new(),
             parked: Vec::new(),
             announced: VecDeque::new(),
+            growth_passes: [0; DIGITS],
+        }
+    }
+
+    /// Simulator diagnostics only: puts `peer` (with its true RTT) into its routing-table slot,
+    /// replacing whatever holds it (the "oracle table" experiment of `wendy sim`).
+    pub(crate) fn force_table_entry(&mut self, peer: PeerInfo, rtt: Duration) {
+        if let Some((row, column)) = self.table.position(peer.id) {
+            if let Some(old) = self.table.get(row, column).map(|s| s.peer.id) {
+                if old != peer.id {
+                    self.table.remove(old);
+                }
+            }
+            self.table.insert(peer, Some(rtt), 0.0);
         }
     }
 
@@ -730,14 +751,18 @@ impl Pastry {
                 mut avoid,
                 payload,
             } => {
-                self.send(
-                    from,
-                    Message::RouteAck {
-                        origin: origin.id,
-                        id,
-                        done: false,
-                    },
-                );
+                let receipt = |this: &mut Self| {
+                    this.send(
+                        from,
+                        Message::RouteAck {
+                            origin: origin.id,
+                            id,
+                            done: false,
+                        },
+                    );
+                };
+                let origin_id = origin.id;
+                let queued = self.outputs.len();
                 avoid.truncate(super::message::MAX_AVOID);
                 avoid.retain(|a| *a != self.me.id);
                 for dead in &avoid {
@@ -754,9 +779,21 @@ impl Pastry {
                 };
                 if hops > self.config.max_hops {
                     tracing::debug!(?key, hops, "dropping a message that exceeded max hops");
+                    receipt(self);
                     self.fail_route(id, key);
                 } else {
                     self.route_step(now, msg, Vec::new(), 0);
+                    // The receipt goes after the routing step, and not at all if that step
+                    // already released the sender (delivered here at once): one ack, not two.
+                    let released = self.outputs.iter().skip(queued).any(|o| {
+                        matches!(o, Output::Send {
+                            to,
+                            msg: Message::RouteAck { origin: o, id: i, done: true },
+                        } if to.id == from.id && *o == origin_id && *i == id)
+                    });
+                    if !released {
+                        receipt(self);
+                    }
                 }
             }
             Message::RouteAck { origin, id, done } => {
@@ -768,7 +805,14 @@ impl Pastry {
                     return;
                 };
                 if done {
-                    self.in_flight.swap_remove(index);
+                    // A next hop that delivered at once sends only this ack (no receipt
+                    // first): release our predecessor now if its receipt did not.
+                    let f = self.in_flight.swap_remove(index);
+                    if let (false, Carried::Route(m)) = (f.received, &f.carried) {
+                        if let Some(prev) = m.prev {
+                            self.release(prev, m.origin.id, m.id);
+                        }
+                    }
                 } else if !self.in_flight[index].received {
                     // The next hop has it: keep a copy in case it dies before passing it on,
                     // and release our predecessor.
@@ -1435,6 +1479,7 @@ impl Pastry {
 
     fn activate(&mut self, now: Time) {
         self.phase = Phase::Active;
+        self.skip_growth_passes();
         self.start_timers(now);
         self.announce_until = now + self.config.join_timeout;
         tracing::debug!(me = ?self.me.id, leaves = self.leaf_set.len(), "joined");
@@ -1517,6 +1562,7 @@ impl Pastry {
             }
             self.emit(Event::LeafSetChanged);
             self.refresh_watches(now);
+            self.fill_as_grown();
         }
     }
 
@@ -1531,8 +1577,53 @@ impl Pastry {
             }
             self.emit(Event::LeafSetChanged);
             self.refresh_watches(now);
+            self.fill_as_grown();
         }
         self.consider(now, peer, improve);
+    }
+
+    /// The routing-table rows of a node that joined a small overlay keep the holes of that time
+    /// (a branch that did not exist yet) when the overlay grows: newcomers announce themselves
+    /// only to the nodes in their own state. So each time the estimated size first passes one
+    /// of [`GROWTH_PASSES`] times the size at which every slot of row `r` is expected to hold a
+    /// candidate (`16^(r+1)`), a row with empty slots is asked for again (a random entry's row;
+    /// only the empty slots are measured). Passes already reached at activation are skipped:
+    /// the second join phase has just asked.
+    fn fill_as_grown(&mut self) {
+        if !self.is_active() {
+            return;
+        }
+        let size = self.estimated_size();
+        for row in 0..self.table.row_count().min(DIGITS) {
+            let expected = 16f64.powi(row as i32 + 1);
+            let done = usize::from(self.growth_passes[row]);
+            let reached = GROWTH_PASSES
+                .iter()
+                .take_while(|&&factor| size >= factor * expected)
+                .count();
+            if reached <= done {
+                continue;
+            }
+            self.growth_passes[row] = reached as u8;
+            let entries = self.table.row(row);
+            if entries.is_empty() || entries.len() >= crate::id::DIGIT_VALUES - 1 {
+                continue;
+            }
+            let peer = entries[self.rng.gen_range(0..entries.len())].peer;
+            self.request_row(peer, row, false);
+        }
+    }
+
+    /// Marks the growth passes the current size has reached as done (see [`Self::fill_as_grown`]).
+    fn skip_growth_passes(&mut self) {
+        let size = self.estimated_size();
+        for (row, done) in self.growth_passes.iter_mut().enumerate() {
+            let expected = 16f64.powi(row as i32 + 1);
+            *done = GROWTH_PASSES
+                .iter()
+                .take_while(|&&factor| size >= factor * expected)
+                .count() as u8;
+        }
     }
 
     /// Offers `peer` to the routing table and neighbourhood set: directly if its proximity is
@@ -1602,7 +1693,7 @@ impl Pastry {
             if let Some((row, _)) = self
                 .table
                 .position(peer.id)
-                .filter(|&(row, _)| row >= 2 && dense_enough(row))
+                .filter(|&(row, _)| row >= 1 && dense_enough(row))
             {
                 let others: Vec<PeerInfo> = self
                     .table
@@ -1639,6 +1730,10 @@ impl Pastry {
     /// The overlay's size estimated from the leaf set's span (exact count if it is not full).
     fn estimated_size(&self) -> f64 {
         let half = self.leaf_set.half();
+        // In an overlay of at most L nodes the two sides share members: count them.
+        if self.leaf_set.len() < 2 * half {
+            return (self.leaf_set.len() + 1) as f64;
+        }
         let (Some(left), Some(right)) = (
             self.leaf_set.side_slots(Side::Left).get(half - 1),
             self.leaf_set.side_slots(Side::Right).get(half - 1),

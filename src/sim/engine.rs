@@ -11,7 +11,8 @@ use super::latency::{Grid, LatencyModel};
 use super::node::{Effect, SimNode};
 use super::queue::EventQueue;
 use super::report::{
-    peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, TableReport,
+    peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, StretchBucket,
+    TableReport,
 };
 use super::{ModelSpec, Scenario, SimConfig};
 use crate::id::{Key, NodeId};
@@ -216,6 +217,10 @@ pub struct Simulation<P: SimNode = Pastry> {
     /// Failure scenario: control messages per live node-µs in the repair window of the same
     /// run without the failure.
     twin_rate: Option<f64>,
+    /// With `trace_routes`: routing-table holes by row when the first lookup was issued.
+    holes_at_start: Vec<u64>,
+    /// With `trace_routes`: (direct one-way delay in µs, stretch) of every delivered lookup.
+    stretch_by_direct: Vec<(u64, f64)>,
     duplicates: u64,
     failed_nodes: usize,
     dead_leaf_after_repair: u64,
@@ -286,6 +291,8 @@ impl<P: SimNode> Simulation<P> {
             paths: Vec::new(),
             marks: [None; 3],
             twin_rate: None,
+            holes_at_start: Vec::new(),
+            stretch_by_direct: Vec::new(),
             duplicates: 0,
             failed_nodes: 0,
             dead_leaf_after_repair: 0,
@@ -425,6 +432,11 @@ impl<P: SimNode> Simulation<P> {
                 });
                 if i == 2 {
                     self.dead_leaf_after_repair = self.dead_leaf_entries();
+                }
+                if i == 0 {
+                    if let Some(tables) = self.tables() {
+                        self.holes_at_start = tables.holes_by_row;
+                    }
                 }
             }
             Ev::Fail => self.fail_nodes(),
@@ -766,6 +778,9 @@ impl<P: SimNode> Simulation<P> {
         }
         self.phase = Phase::Scenario;
         self.realtime = true;
+        if self.config.oracle_tables {
+            self.force_oracle_tables();
+        }
         self.build_traffic = self.traffic;
         self.build_nodes = self.nodes.len();
         let secs = |s: f64| (s * SECOND) as u64;
@@ -836,6 +851,56 @@ impl<P: SimNode> Simulation<P> {
         self.queue.push(end, Ev::End);
     }
 
+    /// See [`SimConfig::oracle_tables`]: rows 1 and deeper (row 0 slots have N/16
+    /// candidates each, too many to scan at 100k nodes, and are near-ideal already).
+    fn force_oracle_tables(&mut self) {
+        let mut by_id: Vec<(u128, u32)> = self
+            .live_active
+            .iter()
+            .map(|&i| (self.nodes[i as usize].id.as_u128(), i))
+            .collect();
+        by_id.sort_unstable();
+        for &i in &self.live_active.clone() {
+            let Some(proto) = self.nodes[i as usize].proto.as_ref() else {
+                continue;
+            };
+            let me = self.nodes[i as usize].id;
+            let mut forced = Vec::new();
+            for peer in proto.table_peers() {
+                let row = me.shared_prefix_len(peer.id);
+                if row == 0 || row >= crate::id::DIGITS {
+                    continue;
+                }
+                let bits = 4 * (row as u32 + 1);
+                let prefix = peer.id.as_u128();
+                let lo = if bits >= 128 {
+                    prefix
+                } else {
+                    prefix >> (128 - bits) << (128 - bits)
+                };
+                let hi = if bits >= 128 {
+                    prefix
+                } else {
+                    lo | (u128::MAX >> bits)
+                };
+                let from = by_id.partition_point(|&(x, _)| x < lo);
+                let to = by_id.partition_point(|&(x, _)| x <= hi);
+                let best = by_id[from..to]
+                    .iter()
+                    .map(|&(_, j)| (self.model.one_way_us(i as usize, j as usize), j))
+                    .min();
+                if let Some((one_way, j)) = best {
+                    forced.push((self.peer_info(j), 2 * one_way));
+                }
+            }
+            if let Some(proto) = self.nodes[i as usize].proto.as_mut() {
+                for (peer, rtt) in forced {
+                    proto.force_table_entry(peer, rtt);
+                }
+            }
+        }
+    }
+
     fn issue_lookup(&mut self, segment: u8, k: u32) {
         let seg = &self.segments[segment as usize];
         let phase = seg.phase;
@@ -904,6 +969,10 @@ impl<P: SimNode> Simulation<P> {
             self.route_us += route;
             self.direct_us += direct;
             self.stretches.push((route as f64 / direct as f64) as f32);
+            if self.config.trace_routes {
+                self.stretch_by_direct
+                    .push((direct, route as f64 / direct as f64));
+            }
         }
     }
 
@@ -1316,6 +1385,23 @@ impl<P: SimNode> Simulation<P> {
             .map(|&(sum, n)| sum / n.max(1) as f64)
             .collect();
         report.direct_ms_mean = direct_sum / direct_n.max(1) as f64;
+        report.holes_at_start_by_row = self.holes_at_start.clone();
+        let total = self.stretch_by_direct.len().max(1) as f64;
+        let mut lower = 0;
+        for upper_ms in [5, 10, 20, 40, 80, u64::MAX / 1000] {
+            let upper = upper_ms * 1000;
+            let (n, sum) = self
+                .stretch_by_direct
+                .iter()
+                .filter(|&&(d, _)| d >= lower && d < upper)
+                .fold((0u64, 0.0), |(n, sum), &(_, r)| (n + 1, sum + r));
+            report.stretch_by_direct_ms.push(StretchBucket {
+                below_ms: upper_ms.min(1_000_000),
+                share: n as f64 / total,
+                mean: sum / n.max(1) as f64,
+            });
+            lower = upper;
+        }
         report.proximity_ratio_by_row = ratio_sums
             .iter()
             .map(|&(sum, n)| if n == 0 { 0.0 } else { sum / n as f64 })

@@ -30,8 +30,10 @@
 //! target/release/wendy sim --nodes 1000 --lookups 20000 --seed 1 --churn-median-s 84 --duration-s 3600 --json
 //! ```
 //!
-//! `--trace-routes` adds the longest routes and routing-table diagnostics (holes, dead entries,
-//! proximity quality by row) to the report.
+//! `--trace-routes` adds the longest routes and routing-table diagnostics (holes at the end and
+//! when the first lookup was issued, dead entries, proximity quality by row, hop delays, stretch by
+//! direct delay) to the report. `--oracle-tables` (diagnostics) gives every node perfect proximity
+//! neighbour selection below row 0 right after the build, to measure what better tables would buy.
 //!
 //! ```
 //! use wendy::sim::{Scenario, SimConfig, Simulation};
@@ -54,7 +56,8 @@ pub use latency::{
 };
 pub use node::{Effect, ProtocolOptions, SimNode};
 pub use report::{
-    peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, TableReport,
+    peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, StretchBucket,
+    TableReport,
 };
 
 /// What happens after the overlay is built.
@@ -128,6 +131,10 @@ pub struct SimConfig {
     pub trace_routes: bool,
     /// Transport overhead added to every message's encoded size (IP + UDP + QUIC), in bytes.
     pub overhead_bytes: u64,
+    /// Diagnostics: right after the build, put into every occupied routing-table slot of rows
+    /// `1..` the nearest live active node that qualifies for it (perfect proximity neighbour
+    /// selection below row 0), to measure what better tables would buy. Off by default.
+    pub oracle_tables: bool,
 }
 
 impl Default for SimConfig {
@@ -150,6 +157,7 @@ impl Default for SimConfig {
             join_timeout_s: 60.0,
             overhead_bytes: 60,
             trace_routes: false,
+            oracle_tables: false,
         }
     }
 }

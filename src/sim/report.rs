@@ -121,6 +121,9 @@ pub struct TableReport {
     pub filled: u64,
     /// Empty slots for which some live active node would qualify, by row.
     pub holes_by_row: Vec<u64>,
+    /// The same when the first lookup was issued (after the warm-up; later lookups fill holes
+    /// as they meet them).
+    pub holes_at_start_by_row: Vec<u64>,
     /// Slots pointing at dead nodes.
     pub dead_entries: u64,
     /// For lookups delivered without re-routing: mean one-way delay of the k-th hop, in ms
@@ -134,6 +137,20 @@ pub struct TableReport {
     /// For a sample of nodes: mean of (entry's delay / delay of the nearest node that qualifies
     /// for the slot), by row. 1.0 = perfect proximity neighbour selection.
     pub proximity_ratio_by_row: Vec<f64>,
+    /// Stretch by direct one-way delay (origin to root): where the mean of ratios comes from.
+    pub stretch_by_direct_ms: Vec<StretchBucket>,
+}
+
+/// The lookups whose direct one-way delay falls below `below_ms` (and above the previous
+/// bucket's bound).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StretchBucket {
+    /// Upper bound of the bucket's direct one-way delay, in ms.
+    pub below_ms: u64,
+    /// Share of the delivered lookups in the bucket.
+    pub share: f64,
+    /// Mean stretch of those lookups.
+    pub mean: f64,
 }
 
 /// What happened around the silent failure.
@@ -287,9 +304,10 @@ impl fmt::Display for Report {
         if let Some(tables) = &self.tables {
             writeln!(
                 f,
-                "tables: {} filled, holes by row {:?}, {} dead entries, proximity ratio by row {:.2?}",
+                "tables: {} filled, holes by row {:?} (at the first lookup {:?}), {} dead entries, proximity ratio by row {:.2?}",
                 tables.filled,
                 tables.holes_by_row,
+                tables.holes_at_start_by_row,
                 tables.dead_entries,
                 tables.proximity_ratio_by_row
             )?;
@@ -300,6 +318,12 @@ impl fmt::Display for Report {
                 "hop delays (ms) by hop index {:.1?}, direct {:.1} ms",
                 tables.hop_ms_by_index, tables.direct_ms_mean
             )?;
+            let buckets: Vec<String> = tables
+                .stretch_by_direct_ms
+                .iter()
+                .map(|b| format!("<{} ms: {:.1}% x{:.2}", b.below_ms, 100.0 * b.share, b.mean))
+                .collect();
+            writeln!(f, "stretch by direct delay: {}", buckets.join(", "))?;
             for example in &tables.dead_leaf_examples {
                 writeln!(f, "dead leaf entry: {example}")?;
             }

@@ -78,6 +78,10 @@ pub(crate) struct SimArgs {
     /// lookups, and routing-table diagnostics.
     #[arg(long)]
     trace_routes: bool,
+    /// Diagnostics: after the build, replace every routing-table entry of rows 1 and deeper by
+    /// the nearest node that qualifies (perfect proximity), to see what better tables buy.
+    #[arg(long)]
+    oracle_tables: bool,
     /// Do not print progress on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -130,6 +134,7 @@ impl SimArgs {
             lookup_window_s: self.lookup_window_s,
             repair_window_s: self.repair_window_s,
             trace_routes: self.trace_routes,
+            oracle_tables: self.oracle_tables,
             ..SimConfig::default()
         };
         config.protocol.proximity = !self.no_proximity;
