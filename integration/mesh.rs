@@ -766,22 +766,26 @@ async fn a_provider_serves_no_more_tunnels_than_allowed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_go_to_the_nearest_provider_and_give_up_at_the_deadline() {
     let map = RegionMap::three_regions();
+    // Records stay cached: the last connection needs no registry answer.
     let config = MeshConfig {
-        // Shorter than one attempt's timeout: a silent provider spends the whole deadline.
-        connect_timeout: Duration::from_secs(5),
-        connect_deadline: Duration::from_millis(800),
-        // The providers' records stay cached: the last connection needs no registry answer.
         lookup_cache: Duration::from_secs(3600),
         ..MeshConfig::default()
     };
-    let regions = [0, 0, 2, 1]; // consumer, near provider, far provider, a fourth member
+    // The fourth member gives up early: its deadline is shorter than one attempt's timeout.
+    let impatient = MeshConfig {
+        connect_timeout: Duration::from_secs(5),
+        connect_deadline: Duration::from_millis(800),
+        ..config.clone()
+    };
+    let regions = [0, 0, 2, 1]; // consumer, near provider, far provider, impatient consumer
     let mut peers: Vec<Peer> = Vec::new();
     let mut sockets = Vec::new();
     for (i, region) in regions.into_iter().enumerate() {
         let socket = DelaySocket::bind("127.0.0.1:0".parse().unwrap(), &map, region).unwrap();
         sockets.push(socket.clone());
         let identity = Identity::from_seed([41 + i as u8; 32]);
-        let peer = Peer::start_in(identity, socket, config.clone()).await;
+        let peer_config = if i == 3 { &impatient } else { &config };
+        let peer = Peer::start_in(identity, socket, peer_config.clone()).await;
         let bootstrap: Vec<SocketAddr> = peers.first().map(|p| p.node.addr()).into_iter().collect();
         peer.node.join(&bootstrap).await.expect("join");
         peers.push(peer);
@@ -811,11 +815,13 @@ async fn connections_go_to_the_nearest_provider_and_give_up_at_the_deadline() {
     assert_eq!(near.mesh.status().exposed[0].tunnels, 5);
     assert_eq!(far.mesh.status().exposed[0].tunnels, 0);
 
-    // Both providers fall silent: the first attempt spends the whole deadline, the second
-    // provider is not tried.
+    // Both providers fall silent: the impatient consumer's first attempt spends its whole
+    // deadline, and the second provider is not tried.
+    let impatient = &peers[3];
+    assert_eq!(impatient.mesh.lookup("svc").await.unwrap().len(), 2);
     sockets[1].silence();
     sockets[2].silence();
-    match consumer.mesh.connect("svc").await {
+    match impatient.mesh.connect("svc").await {
         Err(MeshError::Unreachable {
             tried, last_error, ..
         }) => {

@@ -125,7 +125,9 @@ pub struct MeshConfig {
     pub max_tunnel_attempts: usize,
     /// The longest one connection spends trying providers, all attempts together (each one is
     /// also bounded by [`MeshConfig::connect_timeout`]); when it is spent the connection fails
-    /// with [`MeshError::Unreachable`] even if untried providers remain. Default 8 s.
+    /// with [`MeshError::Unreachable`] even if untried providers remain. Registry lookups are
+    /// not counted (they have their own timeout and attempts). `Duration::MAX` means no
+    /// deadline. Default 8 s.
     pub connect_deadline: Duration,
     /// The most registry answers and replications in flight at once; beyond it they are
     /// dropped (and counted in [`MeshStatus::sends_dropped`]). Default 64.
@@ -533,6 +535,14 @@ pub fn validate_target(target: &str) -> Result<(), MeshError> {
     } else {
         Err(MeshError::BadTarget(target.to_owned()))
     }
+}
+
+/// Why one tunnel attempt failed.
+struct TunnelFailure {
+    /// What went wrong, for the caller's error.
+    message: String,
+    /// The attempt ran out of time (rather than being refused or failing).
+    timed_out: bool,
 }
 
 /// What went wrong opening a tunnel to one provider, for logs and errors.
@@ -1144,13 +1154,9 @@ impl Inner {
         };
         let mut tried: HashSet<(NodeId, SocketAddr)> = HashSet::new();
         let mut last_error = String::new();
-        let deadline = Instant::now() + self.config.connect_deadline;
-        let spent = || {
-            format!(
-                "gave up after {:?} (the connect deadline)",
-                self.config.connect_deadline
-            )
-        };
+        // `None`: a deadline too far away to represent, i.e. none.
+        let deadline = Instant::now().checked_add(self.config.connect_deadline);
+        let mut out_of_time = false;
         'rounds: loop {
             let untried = records
                 .into_iter()
@@ -1161,9 +1167,11 @@ impl Inner {
                 if tried.len() >= self.config.max_tunnel_attempts.max(1) {
                     break;
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.map_or(Duration::MAX, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
                 if left.is_zero() {
-                    last_error = spent();
+                    out_of_time = true;
                     break 'rounds;
                 }
                 tried.insert((record.provider, record.addr));
@@ -1171,49 +1179,63 @@ impl Inner {
                     last_error = "the only provider left is this node itself".to_owned();
                     continue;
                 }
-                match self.open_tunnel(&record, left).await {
+                let limit = self.config.connect_timeout.min(left);
+                match self.open_tunnel(&record, limit).await {
                     Ok(stream) => {
                         self.lock().failed.remove(&record.provider);
                         return Ok(stream);
                     }
                     Err(error) => {
-                        warn!(name, provider = %record.provider, addr = %record.addr, error,
-                            "provider unreachable; trying the next");
-                        let mut state = self.lock();
-                        state.failed.insert(record.provider, Instant::now());
-                        state.cache.remove(name);
-                        last_error = error;
+                        warn!(name, provider = %record.provider, addr = %record.addr,
+                            error = %error.message, "provider unreachable; trying the next");
+                        // A provider that only ran out of what was left of the deadline is not
+                        // known to be unreachable: it keeps its rank and the cached records.
+                        let cut_short = error.timed_out && limit < self.config.connect_timeout;
+                        if !cut_short {
+                            let mut state = self.lock();
+                            state.failed.insert(record.provider, Instant::now());
+                            state.cache.remove(name);
+                        }
+                        last_error = error.message;
                     }
                 }
             }
             if !from_cache || tried.len() >= self.config.max_tunnel_attempts.max(1) {
                 break;
             }
-            if Instant::now() >= deadline {
-                last_error = spent();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                out_of_time = true;
                 break;
             }
             from_cache = false;
             records = self.lookup(name).await?;
         }
-        if tried.is_empty() {
-            Err(MeshError::NoProvider(name.to_owned()))
-        } else {
-            Err(MeshError::Unreachable {
-                name: name.to_owned(),
-                tried: tried.len(),
-                last_error,
-            })
+        if out_of_time {
+            let spent = format!(
+                "gave up after {:?} (the connect deadline)",
+                self.config.connect_deadline
+            );
+            last_error = if last_error.is_empty() {
+                spent
+            } else {
+                format!("{last_error}; {spent}")
+            };
+        } else if tried.is_empty() {
+            return Err(MeshError::NoProvider(name.to_owned()));
         }
+        Err(MeshError::Unreachable {
+            name: name.to_owned(),
+            tried: tried.len(),
+            last_error,
+        })
     }
 
-    /// Opens a tunnel to one provider and waits for its acceptance byte, for at most
-    /// `connect_timeout` and never longer than `left`.
+    /// Opens a tunnel to one provider and waits for its acceptance byte, for at most `limit`.
     async fn open_tunnel(
         &self,
         record: &ServiceRecord,
-        left: Duration,
-    ) -> Result<RawStream, String> {
+        limit: Duration,
+    ) -> Result<RawStream, TunnelFailure> {
         let open = async {
             let mut stream = self
                 .node
@@ -1232,10 +1254,16 @@ impl Inner {
                 Err(format!("unexpected tunnel answer {}", byte[0]))
             }
         };
-        let limit = self.config.connect_timeout.min(left);
-        tokio::time::timeout(limit, open)
-            .await
-            .unwrap_or_else(|_| Err(format!("no tunnel within {limit:?}")))
+        match tokio::time::timeout(limit, open).await {
+            Ok(result) => result.map_err(|message| TunnelFailure {
+                message,
+                timed_out: false,
+            }),
+            Err(_) => Err(TunnelFailure {
+                message: format!("no tunnel within {limit:?}"),
+                timed_out: true,
+            }),
+        }
     }
 
     /// One accepted local connection of a forward listener.
