@@ -117,7 +117,9 @@ pub enum Message {
         id: u64,
         /// `false`: received (the sender keeps its copy until `true` or a custody timeout);
         /// `true`: passed on (delivered, or forwarded and received by the next hop), so the
-        /// sender may forget it. Joins are acknowledged with `true` at once.
+        /// sender may forget it. A hop that delivers at once sends only `true`; a `true` that
+        /// arrives without (or before) a `false` also counts as the receipt, so its receiver
+        /// releases its own predecessor. Joins are acknowledged with `true` at once.
         done: bool,
     },
     /// A graceful departure, sent to the leaf set.

@@ -520,6 +520,12 @@ impl Pastry {
         &self.stats
     }
 
+    /// Routed messages this node passed on and still holds in custody: their next hop has not
+    /// yet acknowledged that it passed them on (`RouteAck { done: true }`).
+    pub fn in_custody(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Whether `id` is in any of the three structures.
     pub fn knows(&self, id: NodeId) -> bool {
         self.leaf_set.contains(id) || self.table.contains(id) || self.neighbourhood.contains(id)
@@ -779,7 +785,16 @@ impl Pastry {
                 };
                 if hops > self.config.max_hops {
                     tracing::debug!(?key, hops, "dropping a message that exceeded max hops");
-                    receipt(self);
+                    // The drop is deliberate: `done` releases the sender, which would otherwise
+                    // keep custody and route it again after its custody timeout.
+                    self.send(
+                        from,
+                        Message::RouteAck {
+                            origin: origin_id,
+                            id,
+                            done: true,
+                        },
+                    );
                     self.fail_route(id, key);
                 } else {
                     self.route_step(now, msg, Vec::new(), 0);

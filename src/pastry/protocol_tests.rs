@@ -1452,3 +1452,41 @@ fn a_hop_whose_next_hop_delivered_at_once_releases_its_predecessor() {
     );
     assert_eq!(route_acks(&drain(&mut node)), vec![(prev.id, true)]);
 }
+
+#[test]
+fn a_message_over_the_hop_limit_is_dropped_and_its_sender_released() {
+    let me = hex("50000000000000000000000000000000");
+    let mut node = lone(me);
+    let prev = peer(hex("90000000000000000000000000000000"));
+    meet(&mut node, prev);
+    let key = NodeId::from_u128(me + 5).to_key();
+    let Message::Route {
+        id,
+        key,
+        origin,
+        avoid,
+        payload,
+        ..
+    } = route_msg(prev, 7, key)
+    else {
+        unreachable!("route_msg builds a Route")
+    };
+    let hops = Config::default().max_hops + 1;
+    let looping = Message::Route {
+        id,
+        key,
+        origin,
+        hops,
+        avoid,
+        payload,
+    };
+    node.handle_message(Time::ZERO, prev, looping);
+    let outputs = drain(&mut node);
+    // Not delivered although this node is the key's root: the message had looped too long.
+    assert!(!outputs.iter().any(|o| matches!(o, Output::Deliver { .. })));
+    assert!(outputs
+        .iter()
+        .any(|o| matches!(o, Output::Event(Event::RouteFailed { id: 7, .. }))));
+    // `done`, not a receipt: the sender must not keep custody and route it again.
+    assert_eq!(route_acks(&outputs), vec![(prev.id, true)]);
+}
