@@ -47,8 +47,9 @@ enum Internal {
 /// What the loop does after stepping aside (see [`Driver::finish_deferred`]).
 #[derive(Default)]
 struct Deferred {
-    /// Sends of a batch that handed a delivery to the application: the per-hop acks of the
-    /// delivered message.
+    /// Every send of a batch, from the first delivery it handed to the application on: the
+    /// delivered message's ack, and whatever else the same batch produced (forwards of other
+    /// messages included), kept in the core's order.
     sends: Vec<(PeerInfo, Message)>,
     /// Answers to [`Node::route`](super::Node::route) calls whose message is already handed
     /// to QUIC, with the message id.
@@ -601,6 +602,9 @@ impl Driver {
             stats: self.counters.snapshot(),
             control_msgs_sent: control.msgs,
             control_bytes_sent: control.bytes,
+            reroutes: self.pastry.stats().reroutes,
+            duplicates_suppressed: self.pastry.stats().duplicates_suppressed,
+            in_custody: self.pastry.in_custody(),
         }
     }
 }

@@ -331,6 +331,14 @@ pub struct Status {
     pub control_msgs_sent: u64,
     /// Estimated bytes of those control messages.
     pub control_bytes_sent: u64,
+    /// Routed messages this node sent again another way because a next hop did not
+    /// acknowledge in time (0 in a healthy overlay).
+    pub reroutes: u64,
+    /// Second copies of routed messages this node received as root and did not deliver again.
+    pub duplicates_suppressed: u64,
+    /// Routed messages this node passed on and holds until the next hop acknowledges that it
+    /// passed them on in turn (0 once an idle overlay has settled).
+    pub in_custody: usize,
 }
 
 /// Builds and starts a [`Node`].
