@@ -275,12 +275,12 @@ fn oracle_tables_give_perfect_proximity_below_row_0() {
     config.oracle_tables = true;
     let oracle = run(config);
     assert_all_correct(&oracle);
-    let ratios = &oracle
+    let perfect = &oracle
         .tables
         .as_ref()
         .expect("tables")
         .proximity_ratio_by_row;
-    for (row, ratio) in ratios.iter().enumerate().skip(1) {
+    for (row, ratio) in perfect.iter().enumerate().skip(1) {
         assert!(*ratio < 1.02, "row {row}: {ratio}\n{oracle}");
     }
     let mut config = steady(1_500, 1_500, 4);
@@ -291,5 +291,6 @@ fn oracle_tables_give_perfect_proximity_below_row_0() {
         .as_ref()
         .expect("tables")
         .proximity_ratio_by_row;
-    assert!(ratios[1] > 1.05, "{built}");
+    // The flag is what made the tables perfect: the protocol's own are measurably farther.
+    assert!(ratios[1] > perfect[1], "{built}");
 }
