@@ -502,6 +502,69 @@ async fn idle_links_are_closed() {
 }
 
 #[tokio::test]
+async fn idle_links_beyond_the_cap_close_soon_keeping_the_most_recently_used() {
+    let limits = Limits {
+        max_idle_links: 1,
+        // Long enough that the dials below finish well within it on a loaded machine.
+        excess_idle_link_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let mut hub = Node::with_limits(limits).await;
+    let mut busy_peer = Node::open().await;
+    let tunnel = hub
+        .transport
+        .open_stream(
+            busy_peer.id(),
+            busy_peer.addr(),
+            &Body::Tunnel {
+                service: "hold".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let _incoming = busy_peer
+        .next_matching(|event| match event {
+            TransportEvent::Stream { stream, .. } => Some(stream),
+            _ => None,
+        })
+        .await;
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        let peer = Node::open().await;
+        hub.transport
+            .connect(peer.addr(), Some(peer.id()))
+            .await
+            .unwrap();
+        peers.push(peer);
+    }
+    // The first peer's link is used last, so it is the one idle link that stays.
+    hub.transport
+        .send(peers[0].id(), peers[0].addr(), &direct(b"still talking"))
+        .await
+        .unwrap();
+    let mut closed = HashSet::new();
+    while closed.len() < 3 {
+        let (peer, reason) = hub
+            .next_matching(|event| match event {
+                TransportEvent::LinkLost { peer, reason } => Some((peer, reason)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, LinkLostReason::ClosedLocally(CloseCode::Idle));
+        closed.insert(peer);
+    }
+    let expected_closed: HashSet<NodeId> = peers[1..].iter().map(Node::id).collect();
+    assert_eq!(closed, expected_closed);
+    let open: HashSet<NodeId> = hub.transport.links().iter().map(|l| l.peer).collect();
+    assert_eq!(open, HashSet::from([busy_peer.id(), peers[0].id()]));
+    // The peers' ends learn it too.
+    for peer in &peers[1..] {
+        eventually(|| peer.transport.links().is_empty()).await;
+    }
+    drop(tunnel);
+}
+
+#[tokio::test]
 async fn full_pool_of_busy_links_gives_too_many_connections_and_evicts_idle_ones() {
     let limits = Limits {
         max_connections: 1,

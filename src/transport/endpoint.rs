@@ -661,6 +661,7 @@ impl Inner {
                     })
                     .await;
                 }
+                self.close_excess_idle().await;
                 if announce {
                     info!(%peer, addr = %link.addr(), inbound, rtt = ?link.conn.rtt(), "link up");
                     self.emit(TransportEvent::LinkUp {
@@ -868,8 +869,11 @@ impl Inner {
     }
 
     async fn idle_reaper(inner: Weak<Self>) {
+        // Links beyond the cap are closed at the next new link (a burst of dials is what
+        // creates them) or at the latest one period after their timeout.
         let period = match inner.upgrade() {
             Some(inner) => (inner.limits.idle_link_timeout / 4)
+                .min(inner.limits.excess_idle_link_timeout)
                 .clamp(Duration::from_millis(10), Duration::from_secs(5)),
             None => return,
         };
@@ -882,16 +886,31 @@ impl Inner {
                 return;
             }
             let idle = lock(&inner.pool).take_idle(inner.limits.idle_link_timeout);
-            for link in idle {
-                info!(peer = %link.peer, "closing idle link");
-                link.conn.close(CloseCode::Idle.to_varint(), b"idle");
-                inner
-                    .emit(TransportEvent::LinkLost {
-                        peer: link.peer,
-                        reason: LinkLostReason::ClosedLocally(CloseCode::Idle),
-                    })
-                    .await;
-            }
+            inner.close_idle(idle).await;
+            inner.close_excess_idle().await;
+        }
+    }
+
+    /// Closes the idle links beyond [`Limits::max_idle_links`] (see
+    /// [`Limits::excess_idle_link_timeout`]).
+    async fn close_excess_idle(&self) {
+        let excess = lock(&self.pool).take_excess_idle(
+            self.limits.max_idle_links,
+            self.limits.excess_idle_link_timeout,
+        );
+        self.close_idle(excess).await;
+    }
+
+    /// Closes links taken from the pool as idle, telling the owner.
+    async fn close_idle(&self, links: Vec<Arc<Link>>) {
+        for link in links {
+            info!(peer = %link.peer, "closing idle link");
+            link.conn.close(CloseCode::Idle.to_varint(), b"idle");
+            self.emit(TransportEvent::LinkLost {
+                peer: link.peer,
+                reason: LinkLostReason::ClosedLocally(CloseCode::Idle),
+            })
+            .await;
         }
     }
 }

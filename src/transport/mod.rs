@@ -171,6 +171,18 @@ pub struct Limits {
     /// peer's RTT or to answer one request does not linger: each idle link costs memory
     /// (about 90 KiB of QUIC and TLS state) and keep-alive traffic.
     pub idle_link_timeout: Duration,
+    /// How many idle links the pool keeps for the whole [`Self::idle_link_timeout`]. Beyond
+    /// them, links unused for [`Self::excess_idle_link_timeout`] are closed, least recently
+    /// used first. Default 8: a Pastry node talks regularly to its two leaf-set neighbours
+    /// (heartbeats), while a join makes it measure and message dozens of peers once each; with
+    /// every such link kept 20 s, a 100-node cluster built in a few seconds held 38 links per
+    /// node at once (3.5 MiB per node of memory that the allocator then kept; BENCHMARKS.md,
+    /// `memory`).
+    pub max_idle_links: usize,
+    /// How long a link beyond [`Self::max_idle_links`] may go unused before it is closed.
+    /// Default 1 s: far longer than the exchanges of a join or a measurement take on any
+    /// network, so a link is not closed under a conversation in progress.
+    pub excess_idle_link_timeout: Duration,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
     /// How long opening a stream may wait for stream credit from the peer. Default 5 s.
@@ -198,6 +210,8 @@ impl Default for Limits {
             keep_alive: Duration::from_secs(25),
             max_idle_timeout: Duration::from_secs(60),
             idle_link_timeout: Duration::from_secs(20),
+            max_idle_links: 8,
+            excess_idle_link_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
