@@ -320,6 +320,31 @@ async fn expect_good_after(server: &mut Node, conn: &quinn::Connection, from: No
 }
 
 #[tokio::test]
+async fn a_new_link_grows_its_stream_credit_for_a_burst_of_messages() {
+    // Unfinished frames are not timed out during the test, so only new credit lets it go on.
+    let server = Node::with_limits(Limits {
+        stream_read_timeout: HANG_GUARD * 10,
+        ..Limits::default()
+    })
+    .await;
+    let (_endpoint, conn, _) = raw_client(&server).await;
+    // A link starts with a small stream credit; a peer that uses it up at once gets the full
+    // one. Each stream here holds an unfinished frame, so it stays open: without more credit
+    // the opens past the initial credit would wait for ever.
+    let burst = Limits::default().initial_concurrent_uni_streams * 4;
+    let mut held = Vec::new();
+    for _ in 0..burst {
+        let mut stream = tokio::time::timeout(HANG_GUARD, conn.open_uni())
+            .await
+            .expect("stream credit never came")
+            .unwrap();
+        stream.write_all(&[VERSION]).await.unwrap();
+        held.push(stream);
+    }
+    assert_eq!(held.len(), burst as usize);
+}
+
+#[tokio::test]
 async fn malformed_frame_drops_only_its_stream() {
     let mut server = Node::open().await;
     let (_endpoint, conn, id) = raw_client(&server).await;

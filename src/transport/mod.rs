@@ -134,13 +134,21 @@ pub struct Limits {
     /// The most incoming handshakes quinn holds before refusing new ones (quinn `max_incoming`):
     /// bounds the memory a connection flood can take. Default 256.
     pub max_incoming: usize,
-    /// How many uni streams (one-way messages) a peer may have open at once on one link (quinn
-    /// `max_concurrent_uni_streams`). High enough for one RTT of small messages at full speed;
-    /// the peer waits for credit beyond it. Default 256: quinn keeps a slot for every stream a
-    /// peer may open, on every link, so this is paid per connection (1024 uni + 256 bi cost
-    /// an idle 100-node process 6.9 MiB per node, 256 + 64 cost 3.5; BENCHMARKS.md, `memory`),
-    /// and on loopback 256 already gives raw quinn's one-way rate (`wendy bench link`).
+    /// How many uni streams (one-way messages) a peer may have open at once on one busy link
+    /// (quinn `max_concurrent_uni_streams`). High enough for one RTT of small messages at full
+    /// speed; the peer waits for credit beyond it. Default 256: quinn keeps a slot for every
+    /// stream a peer may open, on every link, so this is paid per connection (1024 uni + 256 bi
+    /// cost an idle 100-node process 6.9 MiB per node, 256 + 64 cost 3.5; BENCHMARKS.md,
+    /// `memory`), and on loopback 256 already gives raw quinn's one-way rate (`wendy bench
+    /// link`). A link starts with [`Self::initial_concurrent_uni_streams`] and gets this once
+    /// it carries a flow.
     pub max_concurrent_uni_streams: u32,
+    /// How many uni streams a peer may have open at once on a new link. When the peer has
+    /// opened this many within one second, the link's credit grows to
+    /// [`Self::max_concurrent_uni_streams`] (and stays). Default 16: most links carry a few
+    /// control messages (a join's measurements, probes, heartbeats), and their stream slots
+    /// then cost 2 KiB instead of 10 KiB per connection (`rss_kib_per_connection` 51 -> 40).
+    pub initial_concurrent_uni_streams: u32,
     /// How many bi streams (requests, tunnels) a peer may have open at once on one link (quinn
     /// `max_concurrent_bidi_streams`). Default 64 (see [`Self::max_concurrent_uni_streams`]).
     pub max_concurrent_bi_streams: u32,
@@ -203,6 +211,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_incoming: 256,
             max_concurrent_uni_streams: 256,
+            initial_concurrent_uni_streams: 16,
             max_concurrent_bi_streams: 64,
             stream_receive_window: 1 << 20,
             connection_receive_window: 8 << 20,
