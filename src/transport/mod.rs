@@ -177,15 +177,16 @@ pub struct Limits {
     /// Default 20 s: longer than the Pastry heartbeat period (15 s), so the links to leaf-set
     /// neighbours stay up, and shorter than [`Self::keep_alive`]. A link opened to measure a
     /// peer's RTT or to answer one request does not linger: each idle link costs memory
-    /// (about 90 KiB of QUIC and TLS state) and keep-alive traffic.
+    /// (about 40 KiB of QUIC and TLS state per end, `rss_kib_per_connection`) and keep-alive traffic.
     pub idle_link_timeout: Duration,
     /// How many idle links the pool keeps for the whole [`Self::idle_link_timeout`]. Beyond
     /// them, links unused for [`Self::excess_idle_link_timeout`] are closed, least recently
     /// used first. Default 8: a Pastry node talks regularly to its two leaf-set neighbours
     /// (heartbeats), while a join makes it measure and message dozens of peers once each; with
-    /// every such link kept 20 s, a 100-node cluster built in a few seconds held 38 links per
-    /// node at once (3.5 MiB per node of memory that the allocator then kept; BENCHMARKS.md,
-    /// `memory`).
+    /// every such link kept 20 s, each node of a 100-node cluster built in a few seconds had
+    /// 72 links in its pool at once (3.5 MiB per node, which the allocator then kept;
+    /// BENCHMARKS.md, `memory`). The price: a link closed this way costs a new handshake when
+    /// it is wanted again within the idle timeout (routing to random keys right after a build).
     pub max_idle_links: usize,
     /// How long a link beyond [`Self::max_idle_links`] may go unused before it is closed.
     /// Default 1 s: far longer than the exchanges of a join or a measurement take on any
