@@ -320,6 +320,31 @@ async fn expect_good_after(server: &mut Node, conn: &quinn::Connection, from: No
 }
 
 #[tokio::test]
+async fn a_new_link_grows_its_stream_credit_for_a_burst_of_messages() {
+    // Unfinished frames are not timed out during the test, so only new credit lets it go on.
+    let server = Node::with_limits(Limits {
+        stream_read_timeout: HANG_GUARD * 10,
+        ..Limits::default()
+    })
+    .await;
+    let (_endpoint, conn, _) = raw_client(&server).await;
+    // A link starts with a small stream credit; a peer that uses it up at once gets the full
+    // one. Each stream here holds an unfinished frame, so it stays open: without more credit
+    // the opens past the initial credit would wait for ever.
+    let burst = Limits::default().initial_concurrent_uni_streams * 4;
+    let mut held = Vec::new();
+    for _ in 0..burst {
+        let mut stream = tokio::time::timeout(HANG_GUARD, conn.open_uni())
+            .await
+            .expect("stream credit never came")
+            .unwrap();
+        stream.write_all(&[VERSION]).await.unwrap();
+        held.push(stream);
+    }
+    assert_eq!(held.len(), burst as usize);
+}
+
+#[tokio::test]
 async fn malformed_frame_drops_only_its_stream() {
     let mut server = Node::open().await;
     let (_endpoint, conn, id) = raw_client(&server).await;
@@ -499,6 +524,69 @@ async fn idle_links_are_closed() {
     );
     assert!(!reason.is_failure());
     eventually(|| a.transport.links().is_empty() && b.transport.links().is_empty()).await;
+}
+
+#[tokio::test]
+async fn idle_links_beyond_the_cap_close_soon_keeping_the_most_recently_used() {
+    let limits = Limits {
+        max_idle_links: 1,
+        // Long enough that the dials below finish well within it on a loaded machine.
+        excess_idle_link_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let mut hub = Node::with_limits(limits).await;
+    let mut busy_peer = Node::open().await;
+    let tunnel = hub
+        .transport
+        .open_stream(
+            busy_peer.id(),
+            busy_peer.addr(),
+            &Body::Tunnel {
+                service: "hold".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let _incoming = busy_peer
+        .next_matching(|event| match event {
+            TransportEvent::Stream { stream, .. } => Some(stream),
+            _ => None,
+        })
+        .await;
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        let peer = Node::open().await;
+        hub.transport
+            .connect(peer.addr(), Some(peer.id()))
+            .await
+            .unwrap();
+        peers.push(peer);
+    }
+    // The first peer's link is used last, so it is the one idle link that stays.
+    hub.transport
+        .send(peers[0].id(), peers[0].addr(), &direct(b"still talking"))
+        .await
+        .unwrap();
+    let mut closed = HashSet::new();
+    while closed.len() < 3 {
+        let (peer, reason) = hub
+            .next_matching(|event| match event {
+                TransportEvent::LinkLost { peer, reason } => Some((peer, reason)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, LinkLostReason::ClosedLocally(CloseCode::Idle));
+        closed.insert(peer);
+    }
+    let expected_closed: HashSet<NodeId> = peers[1..].iter().map(Node::id).collect();
+    assert_eq!(closed, expected_closed);
+    let open: HashSet<NodeId> = hub.transport.links().iter().map(|l| l.peer).collect();
+    assert_eq!(open, HashSet::from([busy_peer.id(), peers[0].id()]));
+    // The peers' ends learn it too.
+    for peer in &peers[1..] {
+        eventually(|| peer.transport.links().is_empty()).await;
+    }
+    drop(tunnel);
 }
 
 #[tokio::test]

@@ -19,15 +19,19 @@ use crate::identity::{Identity, Validity};
 use crate::node::NodeConfig;
 use crate::transport::{Admission, Transport, TransportConfig};
 
-fn bare_transport_config() -> Result<TransportConfig, BenchError> {
+fn bare_transport_config(links: usize) -> Result<TransportConfig, BenchError> {
     let identity = Identity::generate();
     let certificate = identity.self_signed_certificate(Validity::days_from_now(1))?;
-    Ok(TransportConfig::new(
+    let mut config = TransportConfig::new(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         identity,
         certificate,
         Admission::Open,
-    ))
+    );
+    // Every link stays open to the end, idle, so the memory it holds is not reused by the
+    // nodes measured after it.
+    config.limits.max_idle_links = links;
+    Ok(config)
 }
 
 /// What to measure.
@@ -111,7 +115,7 @@ pub async fn run(
     ));
     let mut transports = Vec::with_capacity(config.links_endpoints);
     for _ in 0..config.links_endpoints {
-        transports.push(Transport::bind(bare_transport_config()?).await?);
+        transports.push(Transport::bind(bare_transport_config(config.links_endpoints)?).await?);
     }
     let before_links = read()?;
     for (i, (a, _)) in transports.iter().enumerate() {

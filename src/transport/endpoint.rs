@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{ConnectionError, RecvStream, SendStream, TransportErrorCode, VarInt};
 use tokio::sync::mpsc;
@@ -122,7 +122,10 @@ impl Transport {
             .collect();
         let tls = TlsContext::new(identity.private_key_der(), chain, admission)
             .map_err(|error| TransportError::Tls(error.to_string()))?;
-        let quic = Arc::new(quic_transport_config(&limits)?);
+        let mut quic = quic_transport_config(&limits)?;
+        // Links start with the small credit; `UniCredit` widens it on links that carry a flow.
+        quic.max_concurrent_uni_streams(VarInt::from_u32(UniCredit::new(&limits).initial));
+        let quic = Arc::new(quic);
         let (server_crypto, _) = tls
             .server_config()
             .map_err(|error| TransportError::Tls(error.to_string()))?;
@@ -661,6 +664,7 @@ impl Inner {
                     })
                     .await;
                 }
+                self.close_excess_idle().await;
                 if announce {
                     info!(%peer, addr = %link.addr(), inbound, rtt = ?link.conn.rtt(), "link up");
                     self.emit(TransportEvent::LinkUp {
@@ -687,12 +691,14 @@ impl Inner {
         // future per stream.
         let bi_loop = tokio::spawn(self.clone().accept_bi_loop(link.clone()));
         let max = self.limits.max_message_size;
+        let mut credit = UniCredit::new(&self.limits);
         let error = loop {
             let mut recv = match link.conn.accept_uni().await {
                 Ok(recv) => recv,
                 Err(error) => break error,
             };
             link.touch();
+            credit.on_accepted(&link.conn);
             // Fast path: a small message usually arrives whole with its stream, so read what is
             // already buffered right here; only a stream still waiting for data gets a task.
             let mut frame = Vec::new();
@@ -868,9 +874,15 @@ impl Inner {
     }
 
     async fn idle_reaper(inner: Weak<Self>) {
+        // Looks several times per timeout: a link's idle time is counted from the first look
+        // that sees it unused (see `Link::idle_for`), so each look adds at most one period.
         let period = match inner.upgrade() {
-            Some(inner) => (inner.limits.idle_link_timeout / 4)
-                .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+            Some(inner) => (inner
+                .limits
+                .idle_link_timeout
+                .min(inner.limits.excess_idle_link_timeout)
+                / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5)),
             None => return,
         };
         let mut tick = tokio::time::interval(period);
@@ -882,16 +894,82 @@ impl Inner {
                 return;
             }
             let idle = lock(&inner.pool).take_idle(inner.limits.idle_link_timeout);
-            for link in idle {
-                info!(peer = %link.peer, "closing idle link");
-                link.conn.close(CloseCode::Idle.to_varint(), b"idle");
-                inner
-                    .emit(TransportEvent::LinkLost {
-                        peer: link.peer,
-                        reason: LinkLostReason::ClosedLocally(CloseCode::Idle),
-                    })
-                    .await;
-            }
+            inner.close_idle(idle).await;
+            inner.close_excess_idle().await;
+        }
+    }
+
+    /// Closes the idle links beyond [`Limits::max_idle_links`] (see
+    /// [`Limits::excess_idle_link_timeout`]).
+    async fn close_excess_idle(&self) {
+        let excess = lock(&self.pool).take_excess_idle(
+            self.limits.max_idle_links,
+            self.limits.excess_idle_link_timeout,
+        );
+        self.close_idle(excess).await;
+    }
+
+    /// Closes links taken from the pool as idle, telling the owner.
+    async fn close_idle(&self, links: Vec<Arc<Link>>) {
+        for link in links {
+            info!(peer = %link.peer, "closing idle link");
+            link.conn.close(CloseCode::Idle.to_varint(), b"idle");
+            self.emit(TransportEvent::LinkLost {
+                peer: link.peer,
+                reason: LinkLostReason::ClosedLocally(CloseCode::Idle),
+            })
+            .await;
+        }
+    }
+}
+
+/// A link's uni stream credit: [`Limits::initial_concurrent_uni_streams`] until the peer opens
+/// that many streams within [`UniCredit::WINDOW`], then [`Limits::max_concurrent_uni_streams`].
+///
+/// quinn keeps a slot for every stream the peer may open, so the full credit on every link
+/// costs memory that links carrying the odd control message never use; a flow widens it after
+/// its first few messages. The clock is read once per `initial` streams, and never once widened.
+struct UniCredit {
+    initial: u32,
+    max: u32,
+    /// Streams accepted since `since`.
+    counted: u32,
+    since: Instant,
+    widened: bool,
+}
+
+impl UniCredit {
+    /// The peer must use the initial credit within this to get the full one.
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn new(limits: &Limits) -> Self {
+        let max = limits.max_concurrent_uni_streams;
+        let initial = limits.initial_concurrent_uni_streams.clamp(1, max.max(1));
+        Self {
+            initial,
+            max,
+            counted: 0,
+            since: Instant::now(),
+            widened: initial >= max,
+        }
+    }
+
+    /// Counts a stream the peer opened; widens the credit when it is a flow.
+    fn on_accepted(&mut self, conn: &quinn::Connection) {
+        if self.widened {
+            return;
+        }
+        self.counted += 1;
+        if self.counted < self.initial {
+            return;
+        }
+        if self.since.elapsed() <= Self::WINDOW {
+            debug!(max = self.max, "link carries a flow: full stream credit");
+            conn.set_max_concurrent_uni_streams(VarInt::from_u32(self.max));
+            self.widened = true;
+        } else {
+            self.counted = 0;
+            self.since = Instant::now();
         }
     }
 }

@@ -134,13 +134,21 @@ pub struct Limits {
     /// The most incoming handshakes quinn holds before refusing new ones (quinn `max_incoming`):
     /// bounds the memory a connection flood can take. Default 256.
     pub max_incoming: usize,
-    /// How many uni streams (one-way messages) a peer may have open at once on one link (quinn
-    /// `max_concurrent_uni_streams`). High enough for one RTT of small messages at full speed;
-    /// the peer waits for credit beyond it. Default 256: quinn keeps a slot for every stream a
-    /// peer may open, on every link, so this is paid per connection (1024 uni + 256 bi cost
-    /// an idle 100-node process 6.9 MiB per node, 256 + 64 cost 3.5; BENCHMARKS.md, `memory`),
-    /// and on loopback 256 already gives raw quinn's one-way rate (`wendy bench link`).
+    /// How many uni streams (one-way messages) a peer may have open at once on one busy link
+    /// (quinn `max_concurrent_uni_streams`). High enough for one RTT of small messages at full
+    /// speed; the peer waits for credit beyond it. Default 256: quinn keeps a slot for every
+    /// stream a peer may open, on every link, so this is paid per connection (1024 uni + 256 bi
+    /// cost an idle 100-node process 6.9 MiB per node, 256 + 64 cost 3.5; BENCHMARKS.md,
+    /// `memory`), and on loopback 256 already gives raw quinn's one-way rate (`wendy bench
+    /// link`). A link starts with [`Self::initial_concurrent_uni_streams`] and gets this once
+    /// it carries a flow.
     pub max_concurrent_uni_streams: u32,
+    /// How many uni streams a peer may have open at once on a new link. When the peer has
+    /// opened this many within one second, the link's credit grows to
+    /// [`Self::max_concurrent_uni_streams`] (and stays). Default 16: most links carry a few
+    /// control messages (a join's measurements, probes, heartbeats), and their stream slots
+    /// then cost 2 KiB instead of 10 KiB per connection (`rss_kib_per_connection` 51 -> 40).
+    pub initial_concurrent_uni_streams: u32,
     /// How many bi streams (requests, tunnels) a peer may have open at once on one link (quinn
     /// `max_concurrent_bidi_streams`). Default 64 (see [`Self::max_concurrent_uni_streams`]).
     pub max_concurrent_bi_streams: u32,
@@ -169,8 +177,23 @@ pub struct Limits {
     /// Default 20 s: longer than the Pastry heartbeat period (15 s), so the links to leaf-set
     /// neighbours stay up, and shorter than [`Self::keep_alive`]. A link opened to measure a
     /// peer's RTT or to answer one request does not linger: each idle link costs memory
-    /// (about 90 KiB of QUIC and TLS state) and keep-alive traffic.
+    /// (about 40 KiB of QUIC and TLS state per end, `rss_kib_per_connection`) and keep-alive traffic.
     pub idle_link_timeout: Duration,
+    /// How many idle links the pool keeps for the whole [`Self::idle_link_timeout`]. Beyond
+    /// them, links unused for [`Self::excess_idle_link_timeout`] are closed, least recently
+    /// used first (as libp2p's connection manager keeps a low watermark). Default 16: a Pastry
+    /// node talks regularly to its two leaf-set neighbours (heartbeats) and routes mostly
+    /// through a few near table entries, while a join makes it measure and message dozens of
+    /// peers once each; with
+    /// every such link kept 20 s, each node of a 100-node cluster built in a few seconds had
+    /// 72 links in its pool at once (3.5 MiB per node, which the allocator then kept;
+    /// BENCHMARKS.md, `memory`). The price: a link closed this way costs a new handshake when
+    /// it is wanted again within the idle timeout (routing to random keys right after a build).
+    pub max_idle_links: usize,
+    /// How long a link beyond [`Self::max_idle_links`] may go unused before it is closed.
+    /// Default 1 s: far longer than the exchanges of a join or a measurement take on any
+    /// network, so a link is not closed under a conversation in progress.
+    pub excess_idle_link_timeout: Duration,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
     /// How long opening a stream may wait for stream credit from the peer. Default 5 s.
@@ -191,6 +214,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_incoming: 256,
             max_concurrent_uni_streams: 256,
+            initial_concurrent_uni_streams: 16,
             max_concurrent_bi_streams: 64,
             stream_receive_window: 1 << 20,
             connection_receive_window: 8 << 20,
@@ -198,6 +222,8 @@ impl Default for Limits {
             keep_alive: Duration::from_secs(25),
             max_idle_timeout: Duration::from_secs(60),
             idle_link_timeout: Duration::from_secs(20),
+            max_idle_links: 16,
+            excess_idle_link_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),

@@ -264,6 +264,32 @@ impl Pool {
             .collect()
     }
 
+    /// Removes the idle links beyond the `keep` most recently used among those unused for at
+    /// least `min_idle`, and returns them (to be closed).
+    ///
+    /// Bounds what a burst of short exchanges (a join measures and messages dozens of peers
+    /// once each) leaves open: without it every such link would stay for the whole idle
+    /// timeout. A link in use, or used within `min_idle`, is never taken; idle times are as the
+    /// pool has seen them, so they err on the young side (see [`Link::idle_for`]).
+    pub(crate) fn take_excess_idle(&mut self, keep: usize, min_idle: Duration) -> Vec<Arc<Link>> {
+        let mut idle: Vec<(Duration, NodeId)> = self
+            .links
+            .values()
+            .filter(|link| !link.is_busy())
+            .map(|link| (link.idle_for(), link.peer))
+            .filter(|(idle_for, _)| *idle_for >= min_idle)
+            .collect();
+        if idle.len() <= keep {
+            return Vec::new();
+        }
+        // Most recently used first; the ones past `keep` go.
+        idle.sort_unstable();
+        idle.into_iter()
+            .skip(keep)
+            .filter_map(|(_, peer)| self.remove(peer))
+            .collect()
+    }
+
     /// Removes every link (shutdown).
     pub(crate) fn drain(&mut self) -> Vec<Arc<Link>> {
         self.announced.clear();
