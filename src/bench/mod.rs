@@ -110,17 +110,7 @@ pub fn rss_kib() -> Option<u64> {
 /// links), `VmRSS` stays at the burst's peak although the program no longer uses it. Reading
 /// `VmRSS` after a trim shows what the program really holds.
 pub fn release_free_memory() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim takes a plain integer, touches only the allocator's own free
-        // lists, and is thread-safe (it locks each arena).
-        unsafe { libc::malloc_trim(0) };
-        true
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+    crate::transport::heap::release()
 }
 
 #[cfg(test)]

@@ -896,6 +896,9 @@ impl Inner {
             let idle = lock(&inner.pool).take_idle(inner.limits.idle_link_timeout);
             inner.close_idle(idle).await;
             inner.close_excess_idle().await;
+            if inner.limits.release_freed_memory && super::heap::trim_if_due(Instant::now()) {
+                debug!("returned freed heap to the operating system");
+            }
         }
     }
 
@@ -911,6 +914,9 @@ impl Inner {
 
     /// Closes links taken from the pool as idle, telling the owner.
     async fn close_idle(&self, links: Vec<Arc<Link>>) {
+        if !links.is_empty() && self.limits.release_freed_memory {
+            super::heap::links_closed(Instant::now());
+        }
         for link in links {
             info!(peer = %link.peer, "closing idle link");
             link.conn.close(CloseCode::Idle.to_varint(), b"idle");

@@ -49,6 +49,7 @@
 
 mod admission;
 mod endpoint;
+pub(crate) mod heap;
 mod pool;
 mod stream;
 pub mod tls;
@@ -194,6 +195,13 @@ pub struct Limits {
     /// Default 1 s: far longer than the exchanges of a join or a measurement take on any
     /// network, so a link is not closed under a conversation in progress.
     pub excess_idle_link_timeout: Duration,
+    /// Whether to give the heap freed by closed links back to the operating system (glibc's
+    /// `malloc_trim`, a couple of seconds after links closed, at most once per 10 s for the
+    /// whole process). glibc otherwise keeps a join's burst of link state resident for good
+    /// (2.4 MiB per idle node of a 100-node cluster instead of about 0.6 MiB; BENCHMARKS.md,
+    /// `memory`). Default true; turn it off if the program manages its allocator itself.
+    /// Without glibc it does nothing.
+    pub release_freed_memory: bool,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
     /// How long opening a stream may wait for stream credit from the peer. Default 5 s.
@@ -224,6 +232,7 @@ impl Default for Limits {
             idle_link_timeout: Duration::from_secs(20),
             max_idle_links: 16,
             excess_idle_link_timeout: Duration::from_secs(1),
+            release_freed_memory: true,
             connect_timeout: Duration::from_secs(5),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
