@@ -322,8 +322,10 @@ async fn expect_good_after(server: &mut Node, conn: &quinn::Connection, from: No
 #[tokio::test]
 async fn a_new_link_grows_its_stream_credit_for_a_burst_of_messages() {
     // Unfinished frames are not timed out during the test, so only new credit lets it go on.
+    let initial = 16;
     let server = Node::with_limits(Limits {
         stream_read_timeout: HANG_GUARD * 10,
+        initial_concurrent_uni_streams: initial,
         ..Limits::default()
     })
     .await;
@@ -331,7 +333,7 @@ async fn a_new_link_grows_its_stream_credit_for_a_burst_of_messages() {
     // A link starts with a small stream credit; a peer that uses it up at once gets the full
     // one. Each stream here holds an unfinished frame, so it stays open: without more credit
     // the opens past the initial credit would wait for ever.
-    let burst = Limits::default().initial_concurrent_uni_streams * 4;
+    let burst = initial * 4;
     let mut held = Vec::new();
     for _ in 0..burst {
         let mut stream = tokio::time::timeout(HANG_GUARD, conn.open_uni())

@@ -877,12 +877,17 @@ impl Inner {
         // Looks several times per timeout: a link's idle time is counted from the first look
         // that sees it unused (see `Link::idle_for`), so each look adds at most one period.
         let period = match inner.upgrade() {
-            Some(inner) => (inner
-                .limits
-                .idle_link_timeout
-                .min(inner.limits.excess_idle_link_timeout)
-                / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+            Some(inner) => {
+                let limits = &inner.limits;
+                let shortest = if limits.max_idle_links == usize::MAX {
+                    limits.idle_link_timeout
+                } else {
+                    limits
+                        .idle_link_timeout
+                        .min(limits.excess_idle_link_timeout)
+                };
+                (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+            }
             None => return,
         };
         let mut tick = tokio::time::interval(period);
@@ -896,9 +901,6 @@ impl Inner {
             let idle = lock(&inner.pool).take_idle(inner.limits.idle_link_timeout);
             inner.close_idle(idle).await;
             inner.close_excess_idle().await;
-            if inner.limits.release_freed_memory && super::heap::trim_if_due(Instant::now()) {
-                debug!("returned freed heap to the operating system");
-            }
         }
     }
 
@@ -915,7 +917,7 @@ impl Inner {
     /// Closes links taken from the pool as idle, telling the owner.
     async fn close_idle(&self, links: Vec<Arc<Link>>) {
         if !links.is_empty() && self.limits.release_freed_memory {
-            super::heap::links_closed(Instant::now());
+            super::heap::links_closed();
         }
         for link in links {
             info!(peer = %link.peer, "closing idle link");

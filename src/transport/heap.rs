@@ -23,46 +23,72 @@ struct State {
     closed_at: Option<Instant>,
     /// When the last trim ran.
     trimmed_at: Option<Instant>,
+    /// Whether a task is waiting to trim.
+    scheduled: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     closed_at: None,
     trimmed_at: None,
+    scheduled: false,
 });
 
 impl State {
-    /// Whether a trim is due at `now`; if so, records it as done.
-    fn take_due(&mut self, now: Instant) -> bool {
-        let drained = self
-            .closed_at
-            .is_some_and(|at| now.saturating_duration_since(at) >= DRAIN);
-        let rested = self
-            .trimmed_at
-            .map_or(true, |at| now.saturating_duration_since(at) >= MIN_INTERVAL);
-        if drained && rested {
-            self.closed_at = None;
-            self.trimmed_at = Some(now);
+    /// When the pending trim may run: the closed links drained and the last trim aged.
+    fn due_at(&self) -> Option<Instant> {
+        let drained = self.closed_at? + DRAIN;
+        Some(match self.trimmed_at {
+            Some(at) => drained.max(at + MIN_INTERVAL),
+            None => drained,
+        })
+    }
+
+    /// Records a closure at `now`; returns when to trim if no task is waiting for it yet.
+    fn closed(&mut self, now: Instant) -> Option<Instant> {
+        self.closed_at = Some(now);
+        if self.scheduled {
+            return None;
         }
-        drained && rested
+        self.scheduled = true;
+        self.due_at()
+    }
+
+    /// At `now`: `Ok(())` if the trim is due (and recorded as done), else when to look again.
+    fn take_due(&mut self, now: Instant) -> Result<(), Instant> {
+        match self.due_at() {
+            Some(at) if at > now => Err(at),
+            _ => {
+                self.closed_at = None;
+                self.trimmed_at = Some(now);
+                self.scheduled = false;
+                Ok(())
+            }
+        }
     }
 }
 
-/// Records that links were closed at `now`.
-pub(crate) fn links_closed(now: Instant) {
-    STATE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .closed_at = Some(now);
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Trims the heap if links closed, drained since, and the last trim is old enough. Returns
-/// whether it trimmed.
-pub(crate) fn trim_if_due(now: Instant) -> bool {
-    let due = STATE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take_due(now);
-    due && release()
+/// Records that links were closed, and makes sure a trim follows once they drained (one
+/// waiting task per process).
+pub(crate) fn links_closed() {
+    let Some(mut at) = state().closed(Instant::now()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep_until(at.into()).await;
+            match state().take_due(Instant::now()) {
+                Ok(()) => break,
+                Err(later) => at = later,
+            }
+        }
+        if release() {
+            tracing::debug!("returned the heap freed by closed links to the operating system");
+        }
+    });
 }
 
 /// glibc `malloc_trim(0)` now; `false` where there is no such call.
@@ -91,14 +117,21 @@ mod tests {
         let mut state = State {
             closed_at: None,
             trimmed_at: None,
+            scheduled: false,
         };
-        assert!(!state.take_due(at(0)), "nothing closed yet");
-        state.closed_at = Some(at(0));
-        assert!(!state.take_due(at(1)), "links still draining");
-        assert!(state.take_due(at(2)));
-        assert!(!state.take_due(at(3)), "nothing closed since");
-        state.closed_at = Some(at(4));
-        assert!(!state.take_due(at(7)), "the last trim is too recent");
-        assert!(state.take_due(at(12)));
+        assert_eq!(state.closed(at(0)), Some(at(2)), "after the links drained");
+        assert_eq!(state.closed(at(1)), None, "one waiting task is enough");
+        assert_eq!(
+            state.take_due(at(2)),
+            Err(at(3)),
+            "the second closure drains later"
+        );
+        assert_eq!(state.take_due(at(3)), Ok(()));
+        assert_eq!(
+            state.closed(at(4)),
+            Some(at(13)),
+            "the last trim is too recent"
+        );
+        assert_eq!(state.take_due(at(13)), Ok(()));
     }
 }

@@ -146,9 +146,10 @@ pub struct Limits {
     pub max_concurrent_uni_streams: u32,
     /// How many uni streams a peer may have open at once on a new link. When the peer has
     /// opened this many within one second, the link's credit grows to
-    /// [`Self::max_concurrent_uni_streams`] (and stays). Default 16: most links carry a few
-    /// control messages (a join's measurements, probes, heartbeats), and their stream slots
-    /// then cost 2 KiB instead of 10 KiB per connection (`rss_kib_per_connection` 51 -> 40).
+    /// [`Self::max_concurrent_uni_streams`] (and stays). Default 256, the full credit: a
+    /// smaller one (16) saves about 10 KiB per link end (`rss_kib_per_connection` 51 -> 40) on
+    /// nodes that keep many links carrying a few control messages each, but was not measured
+    /// free of cost on routed latency, so it is a choice left to the operator.
     pub initial_concurrent_uni_streams: u32,
     /// How many bi streams (requests, tunnels) a peer may have open at once on one link (quinn
     /// `max_concurrent_bidi_streams`). Default 64 (see [`Self::max_concurrent_uni_streams`]).
@@ -180,16 +181,15 @@ pub struct Limits {
     /// peer's RTT or to answer one request does not linger: each idle link costs memory
     /// (about 40 KiB of QUIC and TLS state per end, `rss_kib_per_connection`) and keep-alive traffic.
     pub idle_link_timeout: Duration,
-    /// How many idle links the pool keeps for the whole [`Self::idle_link_timeout`]. Beyond
+    /// How many idle links the pool keeps for the whole [`Self::idle_link_timeout`]; beyond
     /// them, links unused for [`Self::excess_idle_link_timeout`] are closed, least recently
-    /// used first (as libp2p's connection manager keeps a low watermark). Default 16: a Pastry
-    /// node talks regularly to its two leaf-set neighbours (heartbeats) and routes mostly
-    /// through a few near table entries, while a join makes it measure and message dozens of
-    /// peers once each; with
-    /// every such link kept 20 s, each node of a 100-node cluster built in a few seconds had
-    /// 72 links in its pool at once (3.5 MiB per node, which the allocator then kept;
-    /// BENCHMARKS.md, `memory`). The price: a link closed this way costs a new handshake when
-    /// it is wanted again within the idle timeout (routing to random keys right after a build).
+    /// used first (as libp2p's connection manager keeps a low watermark). Default: no cap
+    /// (`usize::MAX`). A join makes a node measure and message dozens of peers once each, so
+    /// right after a build each node of a 100-node cluster holds about 70 links for the idle
+    /// timeout (about 50 KiB each); a cap of 8-16 frees them within a second, but a link
+    /// closed this way costs a handshake when it is wanted again (random-key routes right
+    /// after a build: 1-hop p99 0.14 -> 3.8 ms, routed throughput -30%; BENCHMARKS.md). The
+    /// memory they freed is given back by [`Self::release_freed_memory`] once they close.
     pub max_idle_links: usize,
     /// How long a link beyond [`Self::max_idle_links`] may go unused before it is closed.
     /// Default 1 s: far longer than the exchanges of a join or a measurement take on any
@@ -222,7 +222,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_incoming: 256,
             max_concurrent_uni_streams: 256,
-            initial_concurrent_uni_streams: 16,
+            initial_concurrent_uni_streams: 256,
             max_concurrent_bi_streams: 64,
             stream_receive_window: 1 << 20,
             connection_receive_window: 8 << 20,
@@ -230,7 +230,7 @@ impl Default for Limits {
             keep_alive: Duration::from_secs(25),
             max_idle_timeout: Duration::from_secs(60),
             idle_link_timeout: Duration::from_secs(20),
-            max_idle_links: 16,
+            max_idle_links: usize::MAX,
             excess_idle_link_timeout: Duration::from_secs(1),
             release_freed_memory: true,
             connect_timeout: Duration::from_secs(5),
