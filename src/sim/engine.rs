@@ -871,18 +871,7 @@ impl<P: SimNode> Simulation<P> {
                 if row == 0 || row >= crate::id::DIGITS {
                     continue;
                 }
-                let bits = 4 * (row as u32 + 1);
-                let prefix = peer.id.as_u128();
-                let lo = if bits >= 128 {
-                    prefix
-                } else {
-                    prefix >> (128 - bits) << (128 - bits)
-                };
-                let hi = if bits >= 128 {
-                    prefix
-                } else {
-                    lo | (u128::MAX >> bits)
-                };
+                let (lo, hi) = prefix_range(peer.id.as_u128(), row + 1);
                 let from = by_id.partition_point(|&(x, _)| x < lo);
                 let to = by_id.partition_point(|&(x, _)| x <= hi);
                 let best = by_id[from..to]
@@ -1231,18 +1220,7 @@ impl<P: SimNode> Simulation<P> {
         let ids: Vec<u128> = self.oracle.iter().copied().collect();
         // Live active nodes whose id starts with the first `row` digits of `id` then `digit`.
         let qualifying = |id: NodeId, row: usize, digit: u8| -> (usize, usize) {
-            let prefix = id.with_digit(row, digit).as_u128();
-            let bits = 4 * (row as u32 + 1);
-            let lo = if bits >= 128 {
-                prefix
-            } else {
-                prefix >> (128 - bits) << (128 - bits)
-            };
-            let hi = if bits >= 128 {
-                prefix
-            } else {
-                lo | (u128::MAX >> bits)
-            };
+            let (lo, hi) = prefix_range(id.with_digit(row, digit).as_u128(), row + 1);
             (
                 ids.partition_point(|&x| x < lo),
                 ids.partition_point(|&x| x <= hi),
@@ -1648,4 +1626,12 @@ fn splitmix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// The ids that share the first `digits` digits of `id`, as an inclusive range `(lo, hi)`.
+fn prefix_range(id: u128, digits: usize) -> (u128, u128) {
+    let free_bits = 128u32.saturating_sub(4 * digits as u32);
+    // Digits below the prefix: all zero in `lo`, all one in `hi`.
+    let below = u128::MAX.checked_shr(128 - free_bits).unwrap_or(0);
+    (id & !below, id | below)
 }
