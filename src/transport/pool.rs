@@ -272,6 +272,10 @@ impl Pool {
     /// timeout. A link in use, or used within `min_idle`, is never taken; idle times are as the
     /// pool has seen them, so they err on the young side (see [`Link::idle_for`]).
     pub(crate) fn take_excess_idle(&mut self, keep: usize, min_idle: Duration) -> Vec<Arc<Link>> {
+        if self.links.len() <= keep {
+            // Fewer links than the cap, idle or not (always so with no cap).
+            return Vec::new();
+        }
         let mut idle: Vec<(Duration, NodeId)> = self
             .links
             .values()
