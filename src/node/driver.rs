@@ -566,7 +566,8 @@ impl Driver {
             addr: slot.peer.addr,
             rtt_ms: slot.rtt().map(|d| d.as_secs_f64() * 1e3),
         };
-        let control = self.pastry.stats().control();
+        let stats = self.pastry.stats();
+        let control = stats.control();
         Status {
             id: self.pastry.id(),
             addr: self.pastry.me().addr,
@@ -602,8 +603,8 @@ impl Driver {
             stats: self.counters.snapshot(),
             control_msgs_sent: control.msgs,
             control_bytes_sent: control.bytes,
-            reroutes: self.pastry.stats().reroutes,
-            duplicates_suppressed: self.pastry.stats().duplicates_suppressed,
+            reroutes: stats.reroutes,
+            duplicates_suppressed: stats.duplicates_suppressed,
             in_custody: self.pastry.in_custody(),
         }
     }
