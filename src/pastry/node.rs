@@ -423,6 +423,16 @@ const GROWTH_PASSES: [f64; 12] = [
     1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0,
 ];
 
+/// How many of [`GROWTH_PASSES`] an overlay of `size` nodes has reached for `row`.
+fn growth_passes_reached(size: f64, row: usize) -> u8 {
+    let expected = 16f64.powi(row as i32 + 1);
+    // At most GROWTH_PASSES.len() (12), so the count fits a u8.
+    GROWTH_PASSES
+        .iter()
+        .take_while(|&&factor| size >= factor * expected)
+        .count() as u8
+}
+
 impl Pastry {
     /// A node with identity `me`, not yet part of an overlay. `seed` seeds its private RNG
     /// (timer jitter, choice of maintenance peers): the same seed gives the same behaviour.
@@ -787,14 +797,7 @@ impl Pastry {
                     tracing::debug!(?key, hops, "dropping a message that exceeded max hops");
                     // The drop is deliberate: `done` releases the sender, which would otherwise
                     // keep custody and route it again after its custody timeout.
-                    self.send(
-                        from,
-                        Message::RouteAck {
-                            origin: origin_id,
-                            id,
-                            done: true,
-                        },
-                    );
+                    self.release(from, origin_id, id);
                     self.fail_route(id, key);
                 } else {
                     self.route_step(now, msg, Vec::new(), 0);
@@ -1610,16 +1613,11 @@ impl Pastry {
         }
         let size = self.estimated_size();
         for row in 0..self.table.row_count().min(DIGITS) {
-            let expected = 16f64.powi(row as i32 + 1);
-            let done = usize::from(self.growth_passes[row]);
-            let reached = GROWTH_PASSES
-                .iter()
-                .take_while(|&&factor| size >= factor * expected)
-                .count();
-            if reached <= done {
+            let reached = growth_passes_reached(size, row);
+            if reached <= self.growth_passes[row] {
                 continue;
             }
-            self.growth_passes[row] = reached as u8;
+            self.growth_passes[row] = reached;
             let entries = self.table.row(row);
             if entries.is_empty() || entries.len() >= crate::id::DIGIT_VALUES - 1 {
                 continue;
@@ -1633,11 +1631,7 @@ impl Pastry {
     fn skip_growth_passes(&mut self) {
         let size = self.estimated_size();
         for (row, done) in self.growth_passes.iter_mut().enumerate() {
-            let expected = 16f64.powi(row as i32 + 1);
-            *done = GROWTH_PASSES
-                .iter()
-                .take_while(|&&factor| size >= factor * expected)
-                .count() as u8;
+            *done = growth_passes_reached(size, row);
         }
     }
 
