@@ -374,8 +374,9 @@ impl Driver {
     /// Carries out everything the core asked for since the last call.
     ///
     /// Sends go out last, in the core's order. When the batch handed a delivery to the
-    /// application, its sends (the per-hop acks of the delivered message, which are not on its
-    /// latency path) are deferred until the application's task has had its turn.
+    /// application, all its sends (the delivered message's ack, which is not on its latency
+    /// path, and anything else the batch produced) are deferred until the application's task
+    /// has had its turn.
     fn drain_outputs(&mut self) {
         let mut sends = Vec::new();
         let mut delivered = false;
