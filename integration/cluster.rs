@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use wendy::id::{Key, NodeId};
 use wendy::identity::Identity;
-use wendy::node::{Events, Node, NodeConfig, NodeEvent};
+use wendy::node::{Events, Node, NodeConfig, NodeError, NodeEvent};
 
 mod common;
 use common::cluster;
@@ -123,7 +123,7 @@ async fn graceful_leave_is_seen_by_the_leaf_set() {
     }
     let (a, mut ea) = spawn_slow_detection(11).await;
     let (b, _eb) = spawn_slow_detection(12).await;
-    let (c, _ec) = spawn_slow_detection(13).await;
+    let (c, mut ec) = spawn_slow_detection(13).await;
     a.join(&[]).await.unwrap();
     b.join(&[a.addr()]).await.unwrap();
     c.join(&[b.addr()]).await.unwrap();
@@ -146,6 +146,31 @@ async fn graceful_leave_is_seen_by_the_leaf_set() {
         !status.leaf_set.contains(&leaver),
         "a still holds the leaver"
     );
+    assert_stopped(&c, &mut ec).await;
+}
+
+/// A stopped node refuses calls with `Closed`, and its application's event stream ends.
+async fn assert_stopped(node: &Node, events: &mut Events) {
+    let routed = node.route(Key::from_name("after"), b"x".to_vec()).await;
+    assert!(matches!(routed, Err(NodeError::Closed)), "{routed:?}");
+    assert!(matches!(node.status().await, Err(NodeError::Closed)));
+    let sent = node.send(NodeId::from_u128(1), b"x".to_vec()).await;
+    assert!(matches!(sent, Err(NodeError::Closed)), "{sent:?}");
+    let drained = async { while events.recv().await.is_some() {} };
+    tokio::time::timeout(Duration::from_secs(30), drained)
+        .await
+        .expect("the stopped node's events never ended (hang guard)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shut_down_node_refuses_calls_and_ends_its_events() {
+    let (a, mut ea) = spawn(14).await;
+    a.join(&[]).await.unwrap();
+    a.route(Key::from_name("before"), b"x".to_vec())
+        .await
+        .expect("an active node routes");
+    a.shutdown().await;
+    assert_stopped(&a, &mut ea).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ pub mod mesh;
 pub mod node;
 pub mod pastry;
 pub mod sim;
+mod task;
 pub mod testing;
 pub mod transport;
 pub mod wire;

@@ -1,15 +1,22 @@
-//! The task that owns a node's [`Pastry`] state: one `select!` loop over transport events,
-//! application commands, finished background work and the core's next timer.
+//! The owner of a node's [`Pastry`] state, and the task that keeps it running.
 //!
-//! Network work (sends, dials, RTT measurements) runs in spawned tasks so the loop never waits
-//! on a peer; their results come back on an internal channel as inputs to the core.
+//! The state (the core plus what the runtime keeps beside it) lives in a [`Core`]: one mutex
+//! that whichever task has an input locks for as long as the core takes to handle it, never
+//! across an `.await`. A one-way message is handled by the transport task that read it (the
+//! [`Inbox`] fast path) and [`Node::route`](super::Node::route) by the caller's task, so a
+//! routed message meets no task hand-off beyond QUIC's own. The node's task runs a `select!`
+//! loop over everything else: the core's next timer, the transport's other events, the
+//! commands that wait (join, leave) and finished background work.
+//!
+//! Network work that may wait (dials, RTT measurements, a send without stream credit) runs in
+//! spawned tasks, so no input waits on a peer; their results come back on an internal channel
+//! as inputs to the core.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
@@ -17,9 +24,10 @@ use super::{
     bump, Command, ConnectionStatus, Counters, Delivery, ForwardAction, ForwardHook, Forwarded,
     NodeConfig, NodeError, NodeEvent, PeerStatus, Status,
 };
-use crate::id::NodeId;
+use crate::id::{Key, NodeId};
 use crate::pastry::{self, Event, ForwardVerdict, Message, Output, Pastry, PeerInfo, Time};
-use crate::transport::{Transport, TransportError, TransportEvent};
+use crate::task::{run_inline_or_spawn, step_aside};
+use crate::transport::{Inbox, Transport, TransportError, TransportEvent};
 use crate::wire::Body;
 
 pub(super) struct Setup {
@@ -44,108 +52,243 @@ enum Internal {
     Unreachable(NodeId),
 }
 
-/// What the loop does after stepping aside (see [`Driver::finish_deferred`]).
-#[derive(Default)]
-struct Deferred {
-    /// Every send of a batch, from the first delivery it handed to the application on: the
-    /// delivered message's ack, and whatever else the same batch produced (forwards of other
-    /// messages included), kept in the core's order.
-    sends: Vec<(PeerInfo, Message)>,
-    /// Answers to [`Node::route`](super::Node::route) calls whose message is already handed
-    /// to QUIC, with the message id.
-    route_replies: Vec<(oneshot::Sender<Result<u64, NodeError>>, u64)>,
-}
-
-impl Deferred {
-    fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.route_replies.is_empty()
-    }
-}
+/// Sends held back until the tasks a delivery woke have run (see [`Driver::drain_outputs`]).
+///
+/// Every send of a batch, from the first delivery it handed to the application on: the
+/// delivered message's ack, and whatever else the same batch produced (forwards of other
+/// messages included), kept in the core's order.
+type Deferred = Vec<(PeerInfo, Message)>;
 
 struct PendingJoin {
     reply: oneshot::Sender<Result<(), NodeError>>,
     deadline: Instant,
 }
 
+/// A node's state, shared by the node's task, its transport's reading tasks and the
+/// application's [`Node`](super::Node) handles.
+pub(super) struct Core {
+    driver: Mutex<Driver>,
+    /// Wakes the node's task when an input handled elsewhere moved the core's next timer
+    /// earlier than the one it sleeps until.
+    rearm: Notify,
+}
+
 struct Driver {
     pastry: Pastry,
     epoch: Instant,
     transport: Transport,
-    events: mpsc::Sender<NodeEvent>,
+    /// `None` once the node has stopped, so the application's [`Events`](super::Events) end.
+    events: Option<mpsc::Sender<NodeEvent>>,
     counters: Arc<Counters>,
     forward: Option<Arc<ForwardHook>>,
     internal: mpsc::UnboundedSender<Internal>,
     join: Option<PendingJoin>,
     join_timeout: Duration,
     stopping: bool,
-    /// Work off a message's latency path, done once the tasks this loop woke have run (see
-    /// [`Driver::finish_deferred`]).
+    /// When the node's task wakes for the next timer.
+    armed: Instant,
+    /// Sends off a message's latency path, made once the tasks this batch woke have run.
     deferred: Deferred,
-    /// Polls a send inline once (see [`run_inline_or_spawn`]).
-    noop_waker: Waker,
 }
 
-pub(super) fn spawn(setup: Setup) {
+/// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
+pub(super) fn spawn(setup: Setup) -> Arc<Core> {
     let span = tracing::info_span!("node", id = %setup.me.id);
     let (internal, internal_rx) = mpsc::unbounded_channel();
+    let now = Instant::now();
     let driver = Driver {
         pastry: Pastry::new(setup.me, setup.config.pastry.clone(), setup.seed),
-        epoch: Instant::now(),
-        transport: setup.transport,
-        events: setup.events,
+        epoch: now,
+        transport: setup.transport.clone(),
+        events: Some(setup.events),
         counters: setup.counters,
         forward: setup.forward,
         internal,
         join: None,
         join_timeout: setup.config.join_timeout,
         stopping: false,
-        deferred: Deferred::default(),
-        noop_waker: Waker::from(Arc::new(NoopWake)),
+        armed: now,
+        deferred: Deferred::new(),
     };
+    let core = Arc::new(Core {
+        driver: Mutex::new(driver),
+        rearm: Notify::new(),
+    });
+    let weak: Weak<Core> = Arc::downgrade(&core);
+    setup.transport.set_inbox(weak);
     tokio::spawn(
-        driver
+        core.clone()
             .run(setup.transport_events, setup.commands, internal_rx)
             .instrument(span),
     );
+    core
 }
 
-impl Driver {
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, Driver> {
+        // Every critical section leaves the driver consistent between core calls, so a panic
+        // in one (a bug) does not make the state unusable for the others.
+        self.driver.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the driver and carries out the core's outputs; wakes the node's task if its
+    /// next timer moved earlier. Returns `f`'s result and whether sends were held back (then
+    /// call [`Self::settle`] once the woken tasks have run).
+    fn with<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> (R, bool) {
+        let mut driver = self.lock();
+        let result = f(&mut driver);
+        // Checked before the outputs too: the tasks the outputs wake (QUIC's, the
+        // application's) then run before the node's task, which only re-arms its timer.
+        self.rearm_if_earlier(&driver);
+        driver.drain_outputs();
+        self.rearm_if_earlier(&driver);
+        (result, !driver.deferred.is_empty())
+    }
+
+    /// Wakes the node's task if the core's next timer is earlier than the one it sleeps until.
+    fn rearm_if_earlier(&self, driver: &Driver) {
+        let timer = driver.pastry.poll_timeout().map(|t| driver.instant(t));
+        if timer.is_some_and(|t| t < driver.armed) {
+            self.rearm.notify_one();
+        }
+    }
+
+    /// Makes the sends held back.
+    fn settle(&self) {
+        self.lock().finish_deferred();
+    }
+
+    /// [`Node::route`](super::Node::route), on the caller's task.
+    pub(super) async fn route(&self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
+        let (result, deferred) = self.with(|driver| driver.route(key, payload));
+        // QUIC's connection task, woken by the send, runs before the caller goes on: the
+        // caller has nothing to do before its message is on the wire.
+        step_aside().await;
+        if deferred {
+            self.settle();
+        }
+        result
+    }
+
+    /// The address of a peer this node knows.
+    pub(super) fn address_of(&self, id: NodeId) -> Result<SocketAddr, NodeError> {
+        let driver = self.lock();
+        if driver.stopping {
+            return Err(NodeError::Closed);
+        }
+        driver.address_of(id).ok_or(NodeError::UnknownPeer(id))
+    }
+
+    /// A snapshot of the node's state.
+    pub(super) fn status(&self) -> Result<Status, NodeError> {
+        let driver = self.lock();
+        if driver.stopping {
+            return Err(NodeError::Closed);
+        }
+        Ok(driver.status())
+    }
+
+    /// Stops the node at once: every call from now on fails with [`NodeError::Closed`], the
+    /// application's events end, and the node's task exits.
+    pub(super) fn stop(&self) {
+        let mut driver = self.lock();
+        driver.stop();
+        self.rearm.notify_one();
+    }
+
+    /// The node's task: timers, the transport's events, commands and background results.
     async fn run(
-        mut self,
+        self: Arc<Self>,
         mut transport_events: mpsc::Receiver<TransportEvent>,
         mut commands: mpsc::Receiver<Command>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
-        while !self.stopping {
-            let timer = self.next_wakeup();
-            tokio::select! {
+        loop {
+            let timer = {
+                let mut driver = self.lock();
+                if driver.stopping {
+                    break;
+                }
+                driver.armed = driver.next_wakeup();
+                driver.armed
+            };
+            let deferred = tokio::select! {
                 event = transport_events.recv() => match event {
-                    Some(event) => self.on_transport(event),
+                    Some(event) => self.with(|driver| driver.on_transport(event)).1,
                     None => break,
                 },
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command).await,
+                    Some(Command::Join { bootstrap, reply }) => {
+                        self.with(|driver| driver.join(bootstrap, reply)).1
+                    }
+                    Some(Command::Leave { reply }) => {
+                        self.leave().await;
+                        let _ = reply.send(());
+                        false
+                    }
                     None => break,
                 },
-                Some(result) = internal.recv() => self.on_internal(result),
+                Some(result) = internal.recv() => self.with(|driver| driver.on_internal(result)).1,
+                () = self.rearm.notified() => false,
                 () = tokio::time::sleep_until(timer) => {
-                    // A loaded machine wakes this task late: by then the ack or probe reply a
-                    // timer waits for may already be queued. Take what has arrived first, so a
-                    // late wake-up is not mistaken for a silent peer.
-                    self.take_arrived(&mut transport_events, &mut internal);
-                    self.on_timer();
+                    self.with(|driver| {
+                        // A loaded machine wakes this task late: by then the ack or probe
+                        // reply a timer waits for may already be queued. Take what has arrived
+                        // first, so a late wake-up is not mistaken for a silent peer.
+                        driver.take_arrived(&mut transport_events, &mut internal);
+                        driver.on_timer();
+                    })
+                    .1
                 }
-            }
-            self.drain_outputs();
-            if !self.deferred.is_empty() {
+            };
+            if deferred {
                 step_aside().await;
-                self.finish_deferred();
+                self.settle();
             }
         }
-        self.finish_deferred();
+        self.lock().stop();
         debug!("node driver stopped");
     }
 
+    /// Leaves gracefully: tells the leaf set, gives the notices a moment to be handed to QUIC,
+    /// and closes the transport.
+    async fn leave(&self) {
+        let transport = {
+            let mut driver = self.lock();
+            let now = driver.now();
+            driver.pastry.leave(now);
+            driver.drain_outputs();
+            driver.finish_deferred();
+            driver.stopping = true;
+            driver.transport.clone()
+        };
+        // The leave notices are in flight on their own streams; give them a moment to be
+        // handed to QUIC before the links close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        transport.shutdown().await;
+    }
+}
+
+impl Inbox for Core {
+    fn message(&self, from: NodeId, from_addr: SocketAddr, body: Body) -> bool {
+        self.with(|driver| {
+            if !driver.stopping {
+                driver.on_transport(TransportEvent::Message {
+                    from,
+                    from_addr,
+                    body,
+                });
+            }
+        })
+        .1
+    }
+
+    fn settle(&self) {
+        Self::settle(self);
+    }
+}
+
+impl Driver {
     /// Handles the inputs already queued (at most a bounded batch, so timers still run under a
     /// flood), draining the core's outputs after each.
     fn take_arrived(
@@ -277,72 +420,51 @@ impl Driver {
         }
     }
 
-    async fn on_command(&mut self, command: Command) {
-        let now = self.now();
-        match command {
-            Command::Join { bootstrap, reply } => {
-                if self.pastry.is_active() {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                if bootstrap.is_empty() {
-                    info!("starting a new overlay");
-                    self.pastry.bootstrap_alone(now);
-                    self.join = Some(PendingJoin {
-                        reply,
-                        deadline: Instant::now() + self.join_timeout,
-                    });
-                    return;
-                }
-                self.join = Some(PendingJoin {
-                    reply,
-                    deadline: Instant::now() + self.join_timeout,
-                });
-                let transport = self.transport.clone();
-                let internal = self.internal.clone();
-                tokio::spawn(
-                    async move {
-                        let result = dial_first(&transport, &bootstrap).await;
-                        let _ = internal.send(Internal::Bootstrapped(result));
-                    }
-                    .in_current_span(),
-                );
-            }
-            Command::Route {
-                key,
-                payload,
-                reply,
-            } => {
-                if !self.pastry.is_active() {
-                    let _ = reply.send(Err(NodeError::NotJoined));
-                    return;
-                }
-                bump(&self.counters.routed);
-                let id = self.pastry.route(now, key, payload);
-                // Answered after the loop stepped aside: waking the caller can cost a system
-                // call (a thread parked in `block_on`), and the caller has nothing to do
-                // before its message is on the wire.
-                self.deferred.route_replies.push((reply, id));
-            }
-            Command::Address { to, reply } => {
-                let _ = reply.send(self.address_of(to).ok_or(NodeError::UnknownPeer(to)));
-            }
-            Command::Status { reply } => {
-                let _ = reply.send(self.status());
-            }
-            Command::Leave { reply } => {
-                self.pastry.leave(now);
-                self.drain_outputs();
-                self.finish_deferred();
-                // The leave notices are in flight on their own streams; give them a moment to be
-                // handed to QUIC before the links close.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                self.transport.shutdown().await;
-                self.stopping = true;
-                let _ = reply.send(());
-            }
-            Command::Shutdown => self.stopping = true,
+    fn stop(&mut self) {
+        self.stopping = true;
+        self.finish_deferred();
+        self.events = None;
+        if let Some(join) = self.join.take() {
+            let _ = join.reply.send(Err(NodeError::Closed));
         }
+    }
+
+    fn join(&mut self, bootstrap: Vec<SocketAddr>, reply: oneshot::Sender<Result<(), NodeError>>) {
+        if self.pastry.is_active() {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.join = Some(PendingJoin {
+            reply,
+            deadline: Instant::now() + self.join_timeout,
+        });
+        if bootstrap.is_empty() {
+            info!("starting a new overlay");
+            let now = self.now();
+            self.pastry.bootstrap_alone(now);
+            return;
+        }
+        let transport = self.transport.clone();
+        let internal = self.internal.clone();
+        tokio::spawn(
+            async move {
+                let result = dial_first(&transport, &bootstrap).await;
+                let _ = internal.send(Internal::Bootstrapped(result));
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn route(&mut self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
+        if self.stopping {
+            return Err(NodeError::Closed);
+        }
+        if !self.pastry.is_active() {
+            return Err(NodeError::NotJoined);
+        }
+        bump(&self.counters.routed);
+        let now = self.now();
+        Ok(self.pastry.route(now, key, payload))
     }
 
     fn on_internal(&mut self, result: Internal) {
@@ -437,9 +559,9 @@ impl Driver {
                 Output::Event(event) => self.on_core_event(event),
             }
         }
-        if delivered || !self.deferred.sends.is_empty() {
+        if delivered || !self.deferred.is_empty() {
             // Behind sends already held back, so the core's order is kept.
-            self.deferred.sends.extend(sends);
+            self.deferred.extend(sends);
             return;
         }
         for (to, msg) in sends {
@@ -447,15 +569,10 @@ impl Driver {
         }
     }
 
-    /// Sends what [`Self::drain_outputs`] held back after a delivery and answers the route
-    /// calls held back.
+    /// Sends what [`Self::drain_outputs`] held back after a delivery.
     fn finish_deferred(&mut self) {
-        for (to, msg) in std::mem::take(&mut self.deferred.sends) {
+        for (to, msg) in std::mem::take(&mut self.deferred) {
             self.send(to, msg);
-        }
-        for (reply, id) in self.deferred.route_replies.drain(..) {
-            // A caller that stopped waiting no longer wants the id.
-            let _ = reply.send(Ok(id));
         }
     }
 
@@ -487,7 +604,6 @@ impl Driver {
         let internal = self.internal.clone();
         let counters = self.counters.clone();
         run_inline_or_spawn(
-            &self.noop_waker,
             async move {
                 if let Err(error) = transport.send(to.id, to.addr, &Body::Pastry(msg)).await {
                     bump(&counters.send_failures);
@@ -529,7 +645,10 @@ impl Driver {
 
     /// Hands an event to the application, or drops and counts it if the application is behind.
     fn emit(&self, event: NodeEvent) {
-        if self.events.try_send(event).is_err() {
+        let Some(events) = &self.events else {
+            return;
+        };
+        if events.try_send(event).is_err() {
             bump(&self.counters.events_dropped);
         }
     }
@@ -609,51 +728,6 @@ impl Driver {
             in_custody: self.pastry.in_custody(),
         }
     }
-}
-
-/// Polls `work` once right here and spawns it only if it cannot finish at once.
-///
-/// A send on a pooled link with stream credit and window completes in its first poll (open a
-/// uni stream, queue the frame, finish), so the hot path costs no task hand-off; a send that
-/// must dial, or wait for credit, continues in its own task and the loop never waits on a peer.
-/// The first poll uses a no-op waker: a future that returns `Pending` is polled again by the
-/// spawned task, which registers the real waker before anything can be missed.
-fn run_inline_or_spawn<F>(noop_waker: &Waker, work: F)
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut work = Box::pin(work);
-    let mut cx = Context::from_waker(noop_waker);
-    if work.as_mut().poll(&mut cx).is_pending() {
-        tokio::spawn(work);
-    }
-}
-
-/// Lets the tasks this task just woke run first, then continues.
-///
-/// tokio runs the task woken last by a worker's task next (its LIFO slot), and puts a task that
-/// wakes itself at the back of the worker's queue (where an idle worker may also take it): so
-/// the driver continues right after the application's task read a delivery, or QUIC's task put
-/// a routed message on the wire. (`tokio::task::yield_now` instead waits until the worker has
-/// nothing else to run, which a busy worker may not reach for a while.)
-async fn step_aside() {
-    let mut stepped_aside = false;
-    std::future::poll_fn(|cx| {
-        if stepped_aside {
-            return Poll::Ready(());
-        }
-        stepped_aside = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await;
-}
-
-/// A waker that does nothing (`std::task::Waker::noop` needs Rust 1.85, above the MSRV).
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
 }
 
 /// Whether a transport error means the peer is unreachable (as opposed to a local limit).

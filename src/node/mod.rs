@@ -417,6 +417,10 @@ impl NodeBuilder {
 
     /// Installs the forward interceptor: called for every routed message before it leaves this
     /// node for its next hop; it may modify the payload or veto the message.
+    ///
+    /// It runs on whichever task handles the message (a transport task, or the task that
+    /// called [`Node::route`]) while the node's state is locked: it must return quickly, and
+    /// must not wait on this node (for example `block_on(node.status())` would never return).
     pub fn on_forward<F>(mut self, hook: F) -> Self
     where
         F: Fn(&Forwarded, &mut Vec<u8>) -> ForwardAction + Send + Sync + 'static,
@@ -451,21 +455,22 @@ impl NodeBuilder {
         let (commands, command_rx) = mpsc::channel(1024);
         let (events_tx, events_rx) = mpsc::channel(self.config.event_capacity.max(1));
         let counters = Arc::new(Counters::default());
-        let shared = Arc::new(Shared {
-            me,
-            transport: transport.clone(),
-            counters: counters.clone(),
-        });
-        driver::spawn(driver::Setup {
+        let core = driver::spawn(driver::Setup {
             me,
             config: self.config,
             seed,
-            transport,
+            transport: transport.clone(),
             transport_events,
             commands: command_rx,
             events: events_tx,
-            counters,
+            counters: counters.clone(),
             forward: self.forward,
+        });
+        let shared = Arc::new(Shared {
+            me,
+            transport,
+            counters,
+            core,
         });
         Ok((Node { commands, shared }, Events(events_rx)))
     }
@@ -475,6 +480,7 @@ struct Shared {
     me: PeerInfo,
     transport: Transport,
     counters: Arc<Counters>,
+    core: Arc<driver::Core>,
 }
 
 /// The receiving end of a node's [`NodeEvent`]s.
@@ -504,22 +510,9 @@ pub(crate) enum Command {
         bootstrap: Vec<SocketAddr>,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
-    Route {
-        key: Key,
-        payload: Vec<u8>,
-        reply: oneshot::Sender<Result<u64, NodeError>>,
-    },
-    Address {
-        to: NodeId,
-        reply: oneshot::Sender<Result<SocketAddr, NodeError>>,
-    },
-    Status {
-        reply: oneshot::Sender<Status>,
-    },
     Leave {
         reply: oneshot::Sender<()>,
     },
-    Shutdown,
 }
 
 /// A running Wendy node. Cheap to clone; every clone drives the same node.
@@ -588,17 +581,12 @@ impl Node {
     /// Delivery is acknowledged hop by hop and re-routed around failed hops; the root gets a
     /// [`NodeEvent::Deliver`], and this node a [`NodeEvent::RouteFailed`] if it is given up.
     pub async fn route(&self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
-        self.ask(|reply| Command::Route {
-            key,
-            payload,
-            reply,
-        })
-        .await?
+        self.shared.core.route(key, payload).await
     }
 
     /// Sends `payload` directly (one QUIC stream, no routing) to a node this node knows.
     pub async fn send(&self, to: NodeId, payload: Vec<u8>) -> Result<(), NodeError> {
-        let addr = self.ask(|reply| Command::Address { to, reply }).await??;
+        let addr = self.shared.core.address_of(to)?;
         self.shared
             .transport
             .send(to, addr, &Body::Direct { payload })
@@ -608,7 +596,7 @@ impl Node {
 
     /// Opens a raw stream to a node this node knows, asking for `service` (service mesh).
     pub async fn open_stream(&self, to: NodeId, service: &str) -> Result<RawStream, NodeError> {
-        let addr = self.ask(|reply| Command::Address { to, reply }).await??;
+        let addr = self.shared.core.address_of(to)?;
         let header = Body::Tunnel {
             service: service.to_owned(),
         };
@@ -651,7 +639,7 @@ impl Node {
 
     /// A snapshot of the routing state, links and counters.
     pub async fn status(&self) -> Result<Status, NodeError> {
-        self.ask(|reply| Command::Status { reply }).await
+        self.shared.core.status()
     }
 
     /// The runtime counters.
@@ -666,8 +654,7 @@ impl Node {
 
     /// Stops at once, without telling anyone (peers detect the failure).
     pub async fn shutdown(&self) {
-        // A closed channel means the driver is already gone: nothing left to stop.
-        let _ = self.commands.send(Command::Shutdown).await;
+        self.shared.core.stop();
         self.shared.transport.shutdown().await;
     }
 

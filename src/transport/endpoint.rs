@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,11 @@ use super::stream::{
 use super::tls::{TlsContext, ALPN};
 use super::verifier::Verdict;
 use super::{
-    AuthError, CloseCode, Limits, LinkInfo, LinkLostReason, StreamErrorCode, TransportConfig,
-    TransportError, TransportEvent,
+    AuthError, CloseCode, Inbox, Limits, LinkInfo, LinkLostReason, StreamErrorCode,
+    TransportConfig, TransportError, TransportEvent,
 };
 use crate::id::NodeId;
+use crate::task::step_aside;
 use crate::wire::{self, Body, WireError};
 
 /// The server name put in every ClientHello; Wendy's verifiers ignore names (peers are
@@ -66,6 +67,8 @@ struct Inner {
     pool: Mutex<Pool>,
     dial_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     events: mpsc::Sender<TransportEvent>,
+    /// Where one-way messages go instead of `events`, once set ([`Transport::set_inbox`]).
+    inbox: OnceLock<Weak<dyn Inbox>>,
     closing: AtomicBool,
     span: tracing::Span,
 }
@@ -177,6 +180,7 @@ impl Transport {
             quic,
             dial_locks: Mutex::new(HashMap::new()),
             events,
+            inbox: OnceLock::new(),
             closing: AtomicBool::new(false),
             span: span.clone(),
         });
@@ -205,6 +209,16 @@ impl Transport {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// Hands every one-way message read from now on to `inbox`, on the task that read it,
+    /// instead of sending it as [`TransportEvent::Message`] on the event channel (messages go to
+    /// the channel again once `inbox` is dropped). Set once: a second call is ignored.
+    ///
+    /// The channel bounds what a slow consumer can make the transport hold; an inbox handles
+    /// each message before the next one of the link is read, so it must not block.
+    pub(crate) fn set_inbox(&self, inbox: Weak<dyn Inbox>) {
+        let _ = self.inner.inbox.set(inbox);
     }
 
     /// Ensures a link to `addr` and returns the peer's verified node id.
@@ -710,14 +724,9 @@ impl Inner {
                 tokio::spawn(self.clone().incoming_uni(link.clone(), recv, frame));
                 continue;
             };
-            // Waiting for room in the event channel stalls this link's accept loop: the peer
-            // then runs out of stream credit (backpressure, no unbounded queue).
-            let Ok(permit) = self.events.reserve().await else {
-                continue;
-            };
             let result =
                 result.and_then(|()| wire::decode(&frame, max).map_err(ReadFrameError::Wire));
-            self.deliver_uni(&link, permit, result, &mut recv);
+            self.finish_uni(&link, None, result, &mut recv).await;
         };
         bi_loop.abort();
         let duplicate = matches!(
@@ -765,15 +774,56 @@ impl Inner {
         partial: Vec<u8>,
     ) {
         let _guard = LinkGuard::new(&link.in_flight);
-        // Reserve the event slot first: while the consumer is behind, the data stays unread in
-        // QUIC's windows and the peer is flow-controlled.
-        let Ok(permit) = self.events.reserve().await else {
-            return;
+        // Without an inbox, reserve the event slot first: while the consumer is behind, the
+        // data stays unread in QUIC's windows and the peer is flow-controlled.
+        let permit = if self.inbox.get().is_some() {
+            None
+        } else {
+            let Ok(permit) = self.events.reserve().await else {
+                return;
+            };
+            Some(permit)
         };
         let max = self.limits.max_message_size;
         let result =
             read_rest_of_frame(&mut recv, partial, max, self.limits.stream_read_timeout).await;
-        self.deliver_uni(&link, permit, result, &mut recv);
+        self.finish_uni(&link, permit, result, &mut recv).await;
+    }
+
+    /// Hands a read one-way frame on: a message to the inbox when there is one, anything else
+    /// (or everything, without an inbox) as an event, waiting for room in the event channel
+    /// unless `permit` already holds a slot. Waiting stalls this link's reading: the peer then
+    /// runs out of stream credit (backpressure, no unbounded queue).
+    async fn finish_uni(
+        &self,
+        link: &Link,
+        permit: Option<mpsc::Permit<'_, TransportEvent>>,
+        result: Result<Body, ReadFrameError>,
+        recv: &mut RecvStream,
+    ) {
+        let result = match result {
+            Ok(body) => match self.inbox.get().and_then(Weak::upgrade) {
+                Some(inbox) => {
+                    drop(permit);
+                    if inbox.message(link.peer, link.addr(), body) {
+                        step_aside().await;
+                        inbox.settle();
+                    }
+                    return;
+                }
+                None => Ok(body),
+            },
+            Err(error) => Err(error),
+        };
+        let permit = match permit {
+            Some(permit) => permit,
+            None => match self.events.reserve().await {
+                Ok(permit) => permit,
+                // Nobody listens any more.
+                Err(_) => return,
+            },
+        };
+        self.deliver_uni(link, permit, result, recv);
     }
 
     fn deliver_uni(

@@ -242,6 +242,20 @@ impl Default for Limits {
     }
 }
 
+/// Takes one-way messages on the task that read them, instead of as
+/// [`TransportEvent::Message`] on the event channel (see [`Transport::set_inbox`]).
+///
+/// This is the node's fast path: a routed message goes from QUIC's stream straight into the
+/// Pastry core, with no hand-off to another task on its latency path.
+pub(crate) trait Inbox: Send + Sync {
+    /// Handles one message from the verified peer `from`. Must not block. Returns `true` when
+    /// [`Inbox::settle`] should run once the tasks this call woke have had their turn.
+    fn message(&self, from: NodeId, from_addr: SocketAddr, body: Body) -> bool;
+
+    /// Finishes what [`Inbox::message`] left for later.
+    fn settle(&self);
+}
+
 /// What the transport reports to its owner.
 #[derive(Debug)]
 pub enum TransportEvent {
