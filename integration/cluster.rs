@@ -328,3 +328,45 @@ async fn node_33_joins_consistently_and_owns_its_keys() {
     );
     assert!(arrived.values().all(|a| a.at == newcomer.id()));
 }
+
+/// Polls `future` to completion on this thread, outside any tokio runtime (as an application
+/// with another executor would).
+fn block_on_plain_thread<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_called_from_outside_tokio_are_delivered() {
+    let (a, _ea) = spawn(15).await;
+    let (b, mut eb) = spawn(16).await;
+    a.join(&[]).await.unwrap();
+    b.join(&[a.addr()]).await.unwrap();
+    let target = Key::from(b.id());
+    let caller = a.clone();
+    let routed = std::thread::spawn(move || {
+        block_on_plain_thread(caller.route(target, b"from a plain thread".to_vec()))
+    })
+    .join()
+    .expect("the routing thread panicked");
+    routed.expect("route from a plain thread");
+    let payload = wait_for(&mut eb, |e| match e {
+        NodeEvent::Deliver(d) => Some(d.payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(payload, b"from a plain thread");
+}

@@ -9,8 +9,9 @@
 //!   interleaved with the Wendy 1-hop samples (alternating which goes first), so both sides see
 //!   the same machine load and the same process (100 idle nodes beside them).
 //! - **Wendy 1 hop**: in a settled cluster, a node routes a 200-byte message to the key equal to
-//!   its clockwise neighbour's id (a leaf, so one hop), timed from [`Node::route`] until the
-//!   neighbour's application reads the [`NodeEvent::Deliver`](crate::node::NodeEvent::Deliver).
+//!   its clockwise neighbour's id (a leaf, so one hop), timed from [`Node::route`] (called on a
+//!   runtime worker, where the baseline is timed too) until the neighbour's application reads
+//!   the [`NodeEvent::Deliver`](crate::node::NodeEvent::Deliver).
 //!   `one_hop_p50_ratio` is this median over the raw quinn request/response median (the
 //!   issue's definition). Also reported: the same against raw quinn one-way, and a Wendy
 //!   request/response (the root's application answers with [`Node::send`], timed until the

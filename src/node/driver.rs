@@ -68,6 +68,10 @@ struct PendingJoin {
 /// application's [`Node`](super::Node) handles.
 pub(super) struct Core {
     driver: Mutex<Driver>,
+    /// The runtime the node was spawned on: inputs handled on another thread (an application
+    /// calling from outside tokio) still spawn their background work and arm their timeouts
+    /// there.
+    runtime: tokio::runtime::Handle,
     /// Wakes the node's task when an input handled elsewhere moved the core's next timer
     /// earlier than the one it sleeps until.
     rearm: Notify,
@@ -112,6 +116,7 @@ pub(super) fn spawn(setup: Setup) -> Arc<Core> {
     };
     let core = Arc::new(Core {
         driver: Mutex::new(driver),
+        runtime: tokio::runtime::Handle::current(),
         rearm: Notify::new(),
     });
     let weak: Weak<Core> = Arc::downgrade(&core);
@@ -135,6 +140,7 @@ impl Core {
     /// next timer moved earlier. Returns `f`'s result and whether sends were held back (then
     /// call [`Self::settle`] once the woken tasks have run).
     fn with<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> (R, bool) {
+        let _runtime = self.runtime.enter();
         let mut driver = self.lock();
         let result = f(&mut driver);
         // Checked before the outputs too: the tasks the outputs wake (QUIC's, the
@@ -155,6 +161,7 @@ impl Core {
 
     /// Makes the sends held back.
     fn settle(&self) {
+        let _runtime = self.runtime.enter();
         self.lock().finish_deferred();
     }
 
@@ -191,6 +198,7 @@ impl Core {
     /// Stops the node at once: every call from now on fails with [`NodeError::Closed`], the
     /// application's events end, and the node's task exits.
     pub(super) fn stop(&self) {
+        let _runtime = self.runtime.enter();
         let mut driver = self.lock();
         driver.stop();
         self.rearm.notify_one();
