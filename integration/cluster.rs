@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use wendy::id::{Key, NodeId};
 use wendy::identity::Identity;
-use wendy::node::{Events, Node, NodeConfig, NodeError, NodeEvent};
+use wendy::node::{Events, ForwardAction, Node, NodeConfig, NodeError, NodeEvent};
 
 mod common;
 use common::cluster;
@@ -369,4 +369,39 @@ async fn routes_called_from_outside_tokio_are_delivered() {
     })
     .await;
     assert_eq!(payload, b"from a plain thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_forward_hook_drops_only_its_message() {
+    let (a, mut ea) = Node::builder(Identity::from_seed([17; 32]))
+        .seed(17)
+        .on_forward(|_, payload| {
+            assert!(payload.as_slice() != b"boom", "the hook fails on this one");
+            ForwardAction::Continue
+        })
+        .spawn()
+        .await
+        .expect("spawn node");
+    let (b, mut eb) = spawn(18).await;
+    a.join(&[]).await.unwrap();
+    b.join(&[a.addr()]).await.unwrap();
+    cluster::poll_until("a never held b in its leaf set", || async {
+        a.status().await.unwrap().leaf_set.contains(&b.id())
+    })
+    .await;
+    a.route(Key::from(b.id()), b"boom".to_vec()).await.unwrap();
+    let error = wait_for(&mut ea, |e| match e {
+        NodeEvent::Error(message) => Some(message.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(error.contains("forward hook panicked"), "{error}");
+    // The node and its links carry on: the next message goes through.
+    a.route(Key::from(b.id()), b"fine".to_vec()).await.unwrap();
+    let payload = wait_for(&mut eb, |e| match e {
+        NodeEvent::Deliver(d) => Some(d.payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(payload, b"fine", "the vetoed message was delivered");
 }

@@ -55,3 +55,21 @@ fn noop_waker() -> Waker {
     }
     NOOP.with(Waker::clone)
 }
+
+/// Runs a closure when dropped: work that must happen even if the future waiting before it is
+/// cancelled.
+pub(crate) struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    pub(crate) fn new(run: F) -> Self {
+        Self(Some(run))
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            run();
+        }
+    }
+}

@@ -13,6 +13,7 @@
 //! as inputs to the core.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use super::{
 };
 use crate::id::{Key, NodeId};
 use crate::pastry::{self, Event, ForwardVerdict, Message, Output, Pastry, PeerInfo, Time};
-use crate::task::{run_inline_or_spawn, step_aside};
+use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
 use crate::transport::{Inbox, Transport, TransportError, TransportEvent};
 use crate::wire::Body;
 
@@ -136,44 +137,39 @@ impl Core {
         self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the driver and carries out the core's outputs; wakes the node's task if its
-    /// next timer moved earlier. Returns `f`'s result and whether sends were held back (then
-    /// call [`Self::settle`] once the woken tasks have run).
+    /// Runs `f` on the driver and carries out the core's outputs. Returns `f`'s result and
+    /// whether a follow-up is due (sends held back, or the node's task to wake because the
+    /// core's next timer moved earlier than the one it sleeps until): then call
+    /// [`Self::settle`] once the tasks this call woke (QUIC's, the application's) have run, so
+    /// that neither the held-back sends nor the node's task delay them.
     fn with<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> (R, bool) {
         let _runtime = self.runtime.enter();
         let mut driver = self.lock();
         let result = f(&mut driver);
-        // Checked before the outputs too: the tasks the outputs wake (QUIC's, the
-        // application's) then run before the node's task, which only re-arms its timer.
-        self.rearm_if_earlier(&driver);
         driver.drain_outputs();
-        self.rearm_if_earlier(&driver);
-        (result, !driver.deferred.is_empty())
+        let follow_up = !driver.deferred.is_empty() || driver.timer_moved_earlier();
+        (result, follow_up)
     }
 
-    /// Wakes the node's task if the core's next timer is earlier than the one it sleeps until.
-    fn rearm_if_earlier(&self, driver: &Driver) {
-        let timer = driver.pastry.poll_timeout().map(|t| driver.instant(t));
-        if timer.is_some_and(|t| t < driver.armed) {
+    /// The follow-up of [`Self::with`]: makes the sends held back, and wakes the node's task if
+    /// its timer is due earlier.
+    fn settle(&self) {
+        let _runtime = self.runtime.enter();
+        let mut driver = self.lock();
+        driver.finish_deferred();
+        if driver.timer_moved_earlier() {
             self.rearm.notify_one();
         }
     }
 
-    /// Makes the sends held back.
-    fn settle(&self) {
-        let _runtime = self.runtime.enter();
-        self.lock().finish_deferred();
-    }
-
     /// [`Node::route`](super::Node::route), on the caller's task.
     pub(super) async fn route(&self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
-        let (result, deferred) = self.with(|driver| driver.route(key, payload));
+        let (result, follow_up) = self.with(|driver| driver.route(key, payload));
+        // Settled even if the caller's future is dropped while it steps aside.
+        let _settle = follow_up.then(|| OnDrop::new(|| self.settle()));
         // QUIC's connection task, woken by the send, runs before the caller goes on: the
         // caller has nothing to do before its message is on the wire.
         step_aside().await;
-        if deferred {
-            self.settle();
-        }
         result
     }
 
@@ -220,7 +216,7 @@ impl Core {
                 driver.armed = driver.next_wakeup();
                 driver.armed
             };
-            let deferred = tokio::select! {
+            let follow_up = tokio::select! {
                 event = transport_events.recv() => match event {
                     Some(event) => self.with(|driver| driver.on_transport(event)).1,
                     None => break,
@@ -230,8 +226,7 @@ impl Core {
                         self.with(|driver| driver.join(bootstrap, reply)).1
                     }
                     Some(Command::Leave { reply }) => {
-                        self.leave().await;
-                        let _ = reply.send(());
+                        let _ = reply.send(self.leave().await);
                         false
                     }
                     None => break,
@@ -239,17 +234,19 @@ impl Core {
                 Some(result) = internal.recv() => self.with(|driver| driver.on_internal(result)).1,
                 () = self.rearm.notified() => false,
                 () = tokio::time::sleep_until(timer) => {
+                    // A loaded machine wakes this task late: by then the ack or probe reply a
+                    // timer waits for may already be read by a transport task waiting to run
+                    // on this worker, or queued here. Let those run and take what has arrived
+                    // first, so a late wake-up is not mistaken for a silent peer.
+                    step_aside().await;
                     self.with(|driver| {
-                        // A loaded machine wakes this task late: by then the ack or probe
-                        // reply a timer waits for may already be queued. Take what has arrived
-                        // first, so a late wake-up is not mistaken for a silent peer.
                         driver.take_arrived(&mut transport_events, &mut internal);
                         driver.on_timer();
                     })
                     .1
                 }
             };
-            if deferred {
+            if follow_up {
                 step_aside().await;
                 self.settle();
             }
@@ -260,9 +257,13 @@ impl Core {
 
     /// Leaves gracefully: tells the leaf set, gives the notices a moment to be handed to QUIC,
     /// and closes the transport.
-    async fn leave(&self) {
+    async fn leave(&self) -> Result<(), NodeError> {
         let transport = {
+            let _runtime = self.runtime.enter();
             let mut driver = self.lock();
+            if driver.stopping {
+                return Err(NodeError::Closed);
+            }
             let now = driver.now();
             driver.pastry.leave(now);
             driver.drain_outputs();
@@ -274,21 +275,13 @@ impl Core {
         // handed to QUIC before the links close.
         tokio::time::sleep(Duration::from_millis(50)).await;
         transport.shutdown().await;
+        Ok(())
     }
 }
 
 impl Inbox for Core {
-    fn message(&self, from: NodeId, from_addr: SocketAddr, body: Body) -> bool {
-        self.with(|driver| {
-            if !driver.stopping {
-                driver.on_transport(TransportEvent::Message {
-                    from,
-                    from_addr,
-                    body,
-                });
-            }
-        })
-        .1
+    fn event(&self, event: TransportEvent) -> bool {
+        self.with(|driver| driver.on_transport(event)).1
     }
 
     fn settle(&self) {
@@ -317,6 +310,13 @@ impl Driver {
         }
     }
 
+    /// Whether the core's next timer is earlier than the one the node's task sleeps until.
+    fn timer_moved_earlier(&self) -> bool {
+        self.pastry
+            .poll_timeout()
+            .is_some_and(|t| self.instant(t) < self.armed)
+    }
+
     fn now(&self) -> Time {
         let micros = self.epoch.elapsed().as_micros();
         Time::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
@@ -336,6 +336,9 @@ impl Driver {
     }
 
     fn on_timer(&mut self) {
+        if self.stopping {
+            return;
+        }
         let now = self.now();
         if self.pastry.poll_timeout().is_some_and(|t| t <= now) {
             self.pastry.handle_timeout(now);
@@ -354,6 +357,9 @@ impl Driver {
     }
 
     fn on_transport(&mut self, event: TransportEvent) {
+        if self.stopping {
+            return;
+        }
         let now = self.now();
         match event {
             TransportEvent::LinkUp {
@@ -438,6 +444,10 @@ impl Driver {
     }
 
     fn join(&mut self, bootstrap: Vec<SocketAddr>, reply: oneshot::Sender<Result<(), NodeError>>) {
+        if self.stopping {
+            let _ = reply.send(Err(NodeError::Closed));
+            return;
+        }
         if self.pastry.is_active() {
             let _ = reply.send(Ok(()));
             return;
@@ -476,6 +486,9 @@ impl Driver {
     }
 
     fn on_internal(&mut self, result: Internal) {
+        if self.stopping {
+            return;
+        }
         let now = self.now();
         match result {
             Internal::Bootstrapped(Ok(via)) => {
@@ -547,7 +560,19 @@ impl Driver {
                                 next_hop,
                                 hops,
                             };
-                            hook(&info, &mut payload)
+                            // The hook runs on a transport task or the application's: a panic
+                            // in it must not take that task (a link's reader) down with it.
+                            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                hook(&info, &mut payload)
+                            }));
+                            called.unwrap_or_else(|_| {
+                                warn!(%key, "the forward hook panicked; message dropped");
+                                self.emit(NodeEvent::Error(format!(
+                                    "the forward hook panicked on a message for {key}; \
+                                     it was dropped"
+                                )));
+                                ForwardAction::Veto
+                            })
                         }
                         None => ForwardAction::Continue,
                     };

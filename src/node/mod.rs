@@ -511,7 +511,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Leave {
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
 }
 
@@ -649,7 +649,7 @@ impl Node {
 
     /// Leaves gracefully: the leaf set is told at once, then the node shuts down.
     pub async fn leave(&self) -> Result<(), NodeError> {
-        self.ask(|reply| Command::Leave { reply }).await
+        self.ask(|reply| Command::Leave { reply }).await?
     }
 
     /// Stops at once, without telling anyone (peers detect the failure).

@@ -24,7 +24,7 @@ use super::{
     TransportConfig, TransportError, TransportEvent,
 };
 use crate::id::NodeId;
-use crate::task::step_aside;
+use crate::task::{step_aside, OnDrop};
 use crate::wire::{self, Body, WireError};
 
 /// The server name put in every ClientHello; Wendy's verifiers ignore names (peers are
@@ -67,7 +67,8 @@ struct Inner {
     pool: Mutex<Pool>,
     dial_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     events: mpsc::Sender<TransportEvent>,
-    /// Where one-way messages go instead of `events`, once set ([`Transport::set_inbox`]).
+    /// Where one-way messages and link events go instead of `events`, once set
+    /// ([`Transport::set_inbox`]).
     inbox: OnceLock<Weak<dyn Inbox>>,
     closing: AtomicBool,
     span: tracing::Span,
@@ -211,12 +212,15 @@ impl Transport {
         &self.inner.limits
     }
 
-    /// Hands every one-way message read from now on to `inbox`, on the task that read it,
-    /// instead of sending it as [`TransportEvent::Message`] on the event channel (messages go to
-    /// the channel again once `inbox` is dropped). Set once: a second call is ignored.
+    /// Hands every one-way message read from now on, and every link event (up, lost, refused
+    /// handshake, rejected stream), to `inbox` on the task that has it, instead of sending it on
+    /// the event channel (which then carries only requests and raw streams, and everything
+    /// again once `inbox` is dropped). Set once: a second call is ignored.
     ///
-    /// The channel bounds what a slow consumer can make the transport hold; an inbox handles
-    /// each message before the next one of the link is read, so it must not block.
+    /// Without an inbox, the channel bounds what a slow consumer can make the transport hold.
+    /// An inbox does not wait, so what bounds memory is QUIC's: each link's stream credit
+    /// ([`Limits::max_concurrent_uni_streams`]) times [`Limits::max_message_size`], for the
+    /// frames being read.
     pub(crate) fn set_inbox(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inner.inbox.set(inbox);
     }
@@ -383,8 +387,24 @@ impl Transport {
 
 impl Inner {
     async fn emit(&self, event: TransportEvent) {
-        // A dropped receiver means nobody listens any more; the event has no one to go to.
-        let _ = self.events.send(event).await;
+        if let Some(event) = self.to_inbox(event).await {
+            // A dropped receiver means nobody listens any more; the event has no one to go to.
+            let _ = self.events.send(event).await;
+        }
+    }
+
+    /// Hands `event` to the inbox and finishes its work after stepping aside; gives the event
+    /// back if there is no inbox.
+    async fn to_inbox(&self, event: TransportEvent) -> Option<TransportEvent> {
+        let Some(inbox) = self.inbox.get().and_then(Weak::upgrade) else {
+            return Some(event);
+        };
+        if inbox.event(event) {
+            // Settled even if this task is cancelled while it steps aside.
+            let _settle = OnDrop::new(|| inbox.settle());
+            step_aside().await;
+        }
+        None
     }
 
     fn client_config(
@@ -790,10 +810,10 @@ impl Inner {
         self.finish_uni(&link, permit, result, &mut recv).await;
     }
 
-    /// Hands a read one-way frame on: a message to the inbox when there is one, anything else
-    /// (or everything, without an inbox) as an event, waiting for room in the event channel
-    /// unless `permit` already holds a slot. Waiting stalls this link's reading: the peer then
-    /// runs out of stream credit (backpressure, no unbounded queue).
+    /// Hands a read one-way frame on, to the inbox when there is one, else as an event on the
+    /// channel, waiting for room unless `permit` already holds a slot: waiting stalls this
+    /// link's reading, and the peer then runs out of stream credit (backpressure, no unbounded
+    /// queue).
     async fn finish_uni(
         &self,
         link: &Link,
@@ -801,51 +821,28 @@ impl Inner {
         result: Result<Body, ReadFrameError>,
         recv: &mut RecvStream,
     ) {
-        let result = match result {
-            Ok(body) => match self.inbox.get().and_then(Weak::upgrade) {
-                Some(inbox) => {
-                    drop(permit);
-                    if inbox.message(link.peer, link.addr(), body) {
-                        step_aside().await;
-                        inbox.settle();
-                    }
-                    return;
-                }
-                None => Ok(body),
-            },
-            Err(error) => Err(error),
-        };
-        let permit = match permit {
-            Some(permit) => permit,
-            None => match self.events.reserve().await {
-                Ok(permit) => permit,
-                // Nobody listens any more.
-                Err(_) => return,
-            },
-        };
-        self.deliver_uni(link, permit, result, recv);
-    }
-
-    fn deliver_uni(
-        &self,
-        link: &Link,
-        permit: mpsc::Permit<'_, TransportEvent>,
-        result: Result<Body, ReadFrameError>,
-        recv: &mut RecvStream,
-    ) {
-        match result {
-            Ok(body) => permit.send(TransportEvent::Message {
+        let event = match result {
+            Ok(body) => TransportEvent::Message {
                 from: link.peer,
                 from_addr: link.addr(),
                 body,
-            }),
-            Err(error) => {
-                if let Some(error) = self.reject_stream(link, error, Some(recv), None) {
-                    permit.send(TransportEvent::StreamRejected {
-                        from: link.peer,
-                        error,
-                    });
-                }
+            },
+            Err(error) => match self.reject_stream(link, error, Some(recv), None) {
+                Some(error) => TransportEvent::StreamRejected {
+                    from: link.peer,
+                    error,
+                },
+                None => return,
+            },
+        };
+        let Some(event) = self.to_inbox(event).await else {
+            return;
+        };
+        match permit {
+            Some(permit) => permit.send(event),
+            // A dropped receiver means nobody listens any more.
+            None => {
+                let _ = self.events.send(event).await;
             }
         }
     }

@@ -242,17 +242,18 @@ impl Default for Limits {
     }
 }
 
-/// Takes one-way messages on the task that read them, instead of as
-/// [`TransportEvent::Message`] on the event channel (see [`Transport::set_inbox`]).
+/// Takes the transport's messages and link events on the task that has them, instead of on the
+/// event channel (see [`Transport::set_inbox`]).
 ///
 /// This is the node's fast path: a routed message goes from QUIC's stream straight into the
-/// Pastry core, with no hand-off to another task on its latency path.
+/// Pastry core, with no hand-off to another task on its latency path; and a link's events
+/// reach the core in the order the transport saw them, with the messages around them.
 pub(crate) trait Inbox: Send + Sync {
-    /// Handles one message from the verified peer `from`. Must not block. Returns `true` when
-    /// [`Inbox::settle`] should run once the tasks this call woke have had their turn.
-    fn message(&self, from: NodeId, from_addr: SocketAddr, body: Body) -> bool;
+    /// Handles one event. Must not block. Returns `true` when [`Inbox::settle`] should run once
+    /// the tasks this call woke have had their turn.
+    fn event(&self, event: TransportEvent) -> bool;
 
-    /// Finishes what [`Inbox::message`] left for later.
+    /// Finishes what [`Inbox::event`] left for later.
     fn settle(&self);
 }
 
