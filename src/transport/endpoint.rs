@@ -67,8 +67,7 @@ struct Inner {
     pool: Mutex<Pool>,
     dial_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     events: mpsc::Sender<TransportEvent>,
-    /// Where one-way messages and link events go instead of `events`, once set
-    /// ([`Transport::set_inbox`]).
+    /// Where one-way messages go instead of `events`, once set ([`Transport::set_inbox`]).
     inbox: OnceLock<Weak<dyn Inbox>>,
     closing: AtomicBool,
     span: tracing::Span,
@@ -212,10 +211,10 @@ impl Transport {
         &self.inner.limits
     }
 
-    /// Hands every one-way message read from now on, and every link event (up, lost, refused
-    /// handshake, rejected stream), to `inbox` on the task that has it, instead of sending it on
-    /// the event channel (which then carries only requests and raw streams, and everything
-    /// again once `inbox` is dropped). Set once: a second call is ignored.
+    /// Hands every one-way message (and rejected one-way stream) read from now on to `inbox`,
+    /// on the task that read it, instead of sending it on the event channel (which keeps link
+    /// events, requests and raw streams, and takes everything again once `inbox` is dropped).
+    /// Set once: a second call is ignored.
     ///
     /// Without an inbox, the channel bounds what a slow consumer can make the transport hold.
     /// An inbox does not wait, so what bounds memory is QUIC's: each link's stream credit
@@ -386,11 +385,12 @@ impl Transport {
 }
 
 impl Inner {
+    /// Sends a link event on the channel. Never to the inbox: link events are also raised
+    /// inside [`Transport::send`] and dials, which the inbox's owner may be running while it
+    /// holds its own state.
     async fn emit(&self, event: TransportEvent) {
-        if let Some(event) = self.to_inbox(event).await {
-            // A dropped receiver means nobody listens any more; the event has no one to go to.
-            let _ = self.events.send(event).await;
-        }
+        // A dropped receiver means nobody listens any more; the event has no one to go to.
+        let _ = self.events.send(event).await;
     }
 
     /// Hands `event` to the inbox and finishes its work after stepping aside; gives the event

@@ -242,12 +242,11 @@ impl Default for Limits {
     }
 }
 
-/// Takes the transport's messages and link events on the task that has them, instead of on the
-/// event channel (see [`Transport::set_inbox`]).
+/// Takes one-way messages on the task that read them, instead of on the event channel (see
+/// [`Transport::set_inbox`]).
 ///
 /// This is the node's fast path: a routed message goes from QUIC's stream straight into the
-/// Pastry core, with no hand-off to another task on its latency path; and a link's events
-/// reach the core in the order the transport saw them, with the messages around them.
+/// Pastry core, with no hand-off to another task on its latency path.
 pub(crate) trait Inbox: Send + Sync {
     /// Handles one event. Must not block. Returns `true` when [`Inbox::settle`] should run once
     /// the tasks this call woke have had their turn.
