@@ -577,8 +577,8 @@ fn lone(id: u128) -> Pastry {
     node
 }
 
-/// Teaches `node` about `p` as a live active peer (a probe from it).
-fn meet(node: &mut Pastry, p: PeerInfo) {
+/// Teaches `node` about `p` as a live active peer (a probe from it); returns what `node` did.
+fn meet(node: &mut Pastry, p: PeerInfo) -> Vec<Output> {
     node.handle_message(
         Time::ZERO,
         p,
@@ -588,7 +588,7 @@ fn meet(node: &mut Pastry, p: PeerInfo) {
             leaf_set: vec![],
         },
     );
-    drain(node);
+    drain(node)
 }
 
 fn hex(s: &str) -> u128 {
@@ -1320,16 +1320,7 @@ fn a_node_asks_again_for_a_row_with_holes_once_the_overlay_has_grown() {
     let mut asked = Vec::new();
     for i in 1..=8u128 {
         for p in [peer(me + (i << 100)), peer(me - (i << 100))] {
-            node.handle_message(
-                Time::ZERO,
-                p,
-                Message::Probe {
-                    nonce: 1,
-                    active: true,
-                    leaf_set: vec![],
-                },
-            );
-            asked.extend(row_requests(&drain(&mut node)));
+            asked.extend(row_requests(&meet(&mut node, p)));
         }
     }
     // Row 1 is asked for, of one of its entries; so are the deeper rows the leaves opened
@@ -1346,17 +1337,9 @@ fn a_node_asks_again_for_a_row_with_holes_once_the_overlay_has_grown() {
         .filter(|&&(_, row)| row == 1)
         .all(|(to, _)| row_mates.iter().any(|p| p.id == *to)));
     // More leaf-set changes at about the same size ask nothing more.
-    node.handle_message(
-        Time::ZERO,
-        peer(me + (1 << 99)),
-        Message::Probe {
-            nonce: 1,
-            active: true,
-            leaf_set: vec![],
-        },
-    );
+    let outputs = meet(&mut node, peer(me + (1 << 99)));
     assert!(node.leaf_set().contains(NodeId::from_u128(me + (1 << 99))));
-    assert_eq!(row_requests(&drain(&mut node)), vec![]);
+    assert_eq!(row_requests(&outputs), vec![]);
 }
 
 #[test]
@@ -1369,16 +1352,7 @@ fn a_small_overlay_does_not_pass_for_a_large_one() {
     let mut asked = Vec::new();
     for k in 1..=6u128 {
         for p in [peer((0x8 + k) << 124), peer((0x8 - k) << 124)] {
-            node.handle_message(
-                Time::ZERO,
-                p,
-                Message::Probe {
-                    nonce: 1,
-                    active: true,
-                    leaf_set: vec![],
-                },
-            );
-            asked.extend(row_requests(&drain(&mut node)));
+            asked.extend(row_requests(&meet(&mut node, p)));
         }
     }
     assert_eq!(node.routing_table().row(0).len(), 12);
