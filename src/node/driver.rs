@@ -137,6 +137,15 @@ impl Core {
         self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The driver, unless the node has stopped.
+    fn lock_running(&self) -> Result<MutexGuard<'_, Driver>, NodeError> {
+        let driver = self.lock();
+        if driver.stopping {
+            return Err(NodeError::Closed);
+        }
+        Ok(driver)
+    }
+
     /// Runs `f` on the driver and carries out the core's outputs. Returns `f`'s result and
     /// whether a follow-up is due (sends held back, or the node's task to wake because the
     /// core's next timer moved earlier than the one it sleeps until): then call
@@ -175,20 +184,14 @@ impl Core {
 
     /// The address of a peer this node knows.
     pub(super) fn address_of(&self, id: NodeId) -> Result<SocketAddr, NodeError> {
-        let driver = self.lock();
-        if driver.stopping {
-            return Err(NodeError::Closed);
-        }
-        driver.address_of(id).ok_or(NodeError::UnknownPeer(id))
+        self.lock_running()?
+            .address_of(id)
+            .ok_or(NodeError::UnknownPeer(id))
     }
 
     /// A snapshot of the node's state.
     pub(super) fn status(&self) -> Result<Status, NodeError> {
-        let driver = self.lock();
-        if driver.stopping {
-            return Err(NodeError::Closed);
-        }
-        Ok(driver.status())
+        Ok(self.lock_running()?.status())
     }
 
     /// Stops the node at once: every call from now on fails with [`NodeError::Closed`], the
@@ -260,10 +263,7 @@ impl Core {
     async fn leave(&self) -> Result<(), NodeError> {
         let transport = {
             let _runtime = self.runtime.enter();
-            let mut driver = self.lock();
-            if driver.stopping {
-                return Err(NodeError::Closed);
-            }
+            let mut driver = self.lock_running()?;
             let now = driver.now();
             driver.pastry.leave(now);
             driver.drain_outputs();
