@@ -404,6 +404,14 @@ fn startup_errors_are_one_line_that_says_what_to_fix() {
     let garbage = d.join("garbage.pem");
     std::fs::write(&garbage, "not a pem at all\n").unwrap();
     let listen = ["--listen", "127.0.0.1:0"];
+    let exposed = d.join("exposed.key");
+    std::fs::copy(&key, &exposed).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Garbage is refused for what it holds, not for its mode.
+        std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let with = |extra: &[&str]| {
         let mut args: Vec<&str> = listen.to_vec();
         args.extend_from_slice(extra);
@@ -414,6 +422,9 @@ fn startup_errors_are_one_line_that_says_what_to_fix() {
     let line = fails_with_one_error_line(&with(&["--key", s(&missing)]), "does not exist");
     assert!(line.contains("wendy keygen"), "{line}");
     fails_with_one_error_line(&with(&["--key", s(&garbage)]), "garbage.pem");
+    let line = fails_with_one_error_line(&with(&["--key", s(&exposed)]), "exposed.key");
+    assert!(line.contains("accessible by other users"), "{line}");
+    assert!(line.contains("chmod 600"), "{line}");
     fails_with_one_error_line(&run_node(&["--key", s(&key)]), "--listen");
 
     let ca = fixture("test-ca.crt");

@@ -26,6 +26,19 @@ pub enum IdentityError {
         /// The existing file.
         path: PathBuf,
     },
+    /// A private key file is readable or writable by group or others: anyone on the host could
+    /// take the node's identity (or, for a CA key, admit nodes), so it is refused as ssh does.
+    #[error(
+        "{}: private key file is accessible by other users (mode {mode:03o}); run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    KeyExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The text is not a PEM of the expected kind, or its contents do not decode.
     #[error("{}: not a valid {what} PEM: {reason}", origin(path))]
     BadPem {

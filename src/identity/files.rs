@@ -75,22 +75,21 @@ fn temp_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(format!(".{name}.{}.{nonce:016x}.tmp", std::process::id()))
 }
 
-/// Logs a warning when a private key file is readable by group or others.
-pub(crate) fn warn_if_exposed(path: &Path) {
+/// Refuses a private key file that group or others may read or write (unix), as ssh does.
+pub(crate) fn check_private(path: &Path) -> Result<(), IdentityError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = fs::metadata(path) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format_args!("{mode:o}"),
-                    "private key file is accessible by other users; run chmod 600 on it"
-                );
-            }
+        let meta = fs::metadata(path).map_err(|e| IdentityError::io("read", path, e))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(IdentityError::KeyExposed {
+                path: path.to_owned(),
+                mode,
+            });
         }
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
 }

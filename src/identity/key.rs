@@ -91,12 +91,13 @@ impl Identity {
             })
     }
 
-    /// Loads a key file written by [`Self::save`] (or openssl). Warns (tracing) if the file is
-    /// readable by other users.
+    /// Loads a key file written by [`Self::save`] (or openssl). A file that group or others
+    /// may access is refused ([`IdentityError::KeyExposed`], which names the `chmod` that fixes
+    /// it), as ssh refuses such keys.
     pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        files::check_private(path)?;
         let text = Zeroizing::new(files::read_text(path)?);
         let identity = Self::from_pkcs8_pem(&text).map_err(|e| e.in_file(path))?;
-        files::warn_if_exposed(path);
         tracing::debug!(path = %path.display(), node_id = %identity.node_id(), "loaded identity");
         Ok(identity)
     }

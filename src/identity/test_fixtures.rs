@@ -5,6 +5,7 @@
 //! See `certs/test-fixtures/README.md` for the list.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// The fixtures directory (`<crate root>/certs/test-fixtures`), fixed at compile time.
 pub fn dir() -> PathBuf {
@@ -12,6 +13,31 @@ pub fn dir() -> PathBuf {
 }
 
 /// The path of fixture `name`, e.g. `path("test-node-a.crt")`.
+///
+/// A key (`*.key`) is handed out as a private copy (mode 0600) in a directory of this process:
+/// a checkout leaves the committed files readable by all, and key files readable by others are
+/// refused on load.
 pub fn path(name: &str) -> PathBuf {
-    dir().join(name)
+    let committed = dir().join(name);
+    if !name.ends_with(".key") {
+        return committed;
+    }
+    let copy = private_dir().join(name);
+    if !copy.exists() {
+        let contents = std::fs::read(&committed)
+            .unwrap_or_else(|e| panic!("test fixture {}: {e}", committed.display()));
+        super::files::write_new(&copy, &contents, super::files::KEY_MODE, true)
+            .unwrap_or_else(|e| panic!("private copy of test fixture {name}: {e}"));
+    }
+    copy
+}
+
+/// A directory of this process for the private copies of fixture keys.
+fn private_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wendy-test-fixtures-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        dir
+    })
 }

@@ -203,6 +203,33 @@ fn save_refuses_to_overwrite_unless_asked() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn a_key_file_others_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.key");
+    let identity = Identity::generate();
+    identity.save(&path, false).unwrap();
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = Identity::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::KeyExposed { mode: m, .. } if *m == mode),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("chmod 600 {}", path.display())),
+            "{text}"
+        );
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(Identity::load(&path).unwrap().node_id(), identity.node_id());
+    }
+}
+
 #[test]
 fn load_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,7 +239,7 @@ fn load_errors_name_the_file() {
     assert!(err.to_string().contains("missing.key"), "{err}");
 
     let garbage = dir.path().join("garbage.key");
-    std::fs::write(&garbage, "not a key\n").unwrap();
+    files::write_new(&garbage, b"not a key\n", files::KEY_MODE, false).unwrap();
     let err = Identity::load(&garbage).unwrap_err();
     assert!(
         matches!(&err, IdentityError::BadPem { path: Some(p), .. } if p == &garbage),

@@ -74,6 +74,7 @@ fn key_error(e: IdentityError, path: &Path) -> String {
             path.display()
         ),
         IdentityError::Io { .. } => format!("{e}; check the --key path and its permissions"),
+        IdentityError::KeyExposed { .. } => e.to_string(),
         other => format!("{other} (--key must be an ed25519 key from `wendy keygen`)"),
     }
 }
