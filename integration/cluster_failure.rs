@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 use wendy::id::NodeId;
 use wendy::identity::Identity;
 use wendy::node::{Node, NodeConfig, NodeEvent};

@@ -32,6 +32,10 @@
 //! # }
 //! ```
 
+mod cluster;
+
+pub use cluster::{leaf_mismatches, settle, Cluster, ClusterError, LeafMismatch, Observed, Via};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};

@@ -1,81 +1,47 @@
-//! Shared helpers for the cluster tests: start nodes, collect their events in one channel, wait
-//! for leaf sets to match the oracle, route batches and check where they land.
+//! Shared helpers for the cluster tests, on the library's in-process cluster
+//! ([`wendy::testing::Cluster`]): start nodes, read their merged events, wait for leaf sets to
+//! match the oracle, route batches and check where they land.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use wendy::id::{Key, NodeId};
 use wendy::node::{Events, Node, NodeBuilder, NodeEvent};
-use wendy::pastry::ideal_leaf_set;
+use wendy::testing::{Cluster, Via};
+
+pub use wendy::testing::Observed;
 
 use super::HANG_GUARD;
 
 /// Half the default leaf set (L = 16).
 pub const HALF_LEAF_SET: usize = 8;
 
-/// One event, where and when it was seen.
-#[derive(Debug)]
-pub struct Observed {
-    /// The node that emitted it.
-    pub at: NodeId,
-    /// When the test's collector received it.
-    pub when: Instant,
-    /// The event.
-    pub event: NodeEvent,
-}
-
 /// Every node's events, merged into one channel.
 #[derive(Debug)]
 pub struct Observations {
-    rx: mpsc::UnboundedReceiver<Observed>,
-    tx: mpsc::UnboundedSender<Observed>,
+    /// A cluster whose members were handed to the test: it keeps reading their events.
+    cluster: Cluster,
 }
 
 impl Observations {
-    /// An empty channel.
-    pub fn new() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Self { rx, tx }
-    }
-
     /// Merges `node`'s events into this channel.
     pub fn watch(&self, node: &Node, events: Events) {
-        observe(node.id(), events, self.tx.clone());
+        self.cluster.watch(node, events);
     }
 
     /// The next event (hang-guarded).
     pub async fn next(&mut self) -> Observed {
-        tokio::time::timeout(HANG_GUARD, self.rx.recv())
+        self.cluster
+            .next_event(HANG_GUARD)
             .await
             .expect("no event came (hang guard)")
-            .expect("channel open")
     }
 
     /// The next event before `deadline`, if any.
     pub async fn next_before(&mut self, deadline: Instant) -> Option<Observed> {
-        tokio::time::timeout_at(deadline, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.cluster.next_event(left).await
     }
-}
-
-/// Forwards `events` of node `at` into `tx` until the node stops.
-pub fn observe(at: NodeId, mut events: Events, tx: mpsc::UnboundedSender<Observed>) {
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let observed = Observed {
-                at,
-                when: Instant::now(),
-                event,
-            };
-            if tx.send(observed).is_err() {
-                break;
-            }
-        }
-    });
 }
 
 /// Spawns every builder, starts an overlay at the first and joins the others one by one
@@ -89,37 +55,25 @@ pub async fn start_via(
     builders: Vec<NodeBuilder>,
     bootstrap: impl Fn(usize) -> usize,
 ) -> (Vec<Node>, Observations) {
-    let observations = Observations::new();
-    let mut nodes: Vec<Node> = Vec::new();
+    let mut cluster = Cluster::new(0);
     for (i, builder) in builders.into_iter().enumerate() {
-        let (node, events) = builder.spawn().await.expect("spawn node");
-        observations.watch(&node, events);
-        if i == 0 {
-            node.join(&[]).await.expect("first node starts the overlay");
-        } else {
-            let via = nodes[bootstrap(i)].addr();
-            node.join(&[via]).await.expect("join through a member");
-        }
-        nodes.push(node);
+        cluster
+            .add(builder, Via::Member(bootstrap(i)))
+            .await
+            .unwrap_or_else(|e| panic!("node {i} did not start and join: {e}"));
     }
-    (nodes, observations)
+    let nodes = std::mem::take(&mut cluster.nodes);
+    (nodes, Observations { cluster })
 }
 
 /// The nodes whose leaf set differs from the oracle's over `population`, with what they hold.
 pub async fn leaf_mismatches(
     nodes: &[Node],
     population: &[NodeId],
-) -> Vec<(NodeId, Vec<NodeId>, Vec<NodeId>)> {
-    let mut mismatched = Vec::new();
-    for node in nodes {
-        let mut leaf_set = node.status().await.expect("status").leaf_set;
-        leaf_set.sort();
-        let ideal = ideal_leaf_set(node.id(), population.iter().copied(), HALF_LEAF_SET);
-        if leaf_set != ideal {
-            mismatched.push((node.id(), leaf_set, ideal));
-        }
-    }
-    mismatched
+) -> Vec<wendy::testing::LeafMismatch> {
+    wendy::testing::leaf_mismatches(nodes, population, HALF_LEAF_SET)
+        .await
+        .expect("status")
 }
 
 /// Polls `check` every 20 ms until it holds; the only limit is the hang guard (a slow machine
@@ -132,23 +86,18 @@ where
     let deadline = Instant::now() + HANG_GUARD;
     while !check().await {
         assert!(Instant::now() < deadline, "{what} (hang guard)");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
 /// Polls (hang-guarded) until every leaf set equals the oracle's over `population`.
 pub async fn converge(nodes: &[Node], population: &[NodeId]) {
-    let deadline = Instant::now() + HANG_GUARD;
-    loop {
+    if wendy::testing::settle(nodes, population, HALF_LEAF_SET, HANG_GUARD)
+        .await
+        .is_err()
+    {
         let mismatched = leaf_mismatches(nodes, population).await;
-        if mismatched.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leaf sets never matched the oracle (hang guard): {mismatched:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        panic!("leaf sets never matched the oracle (hang guard): {mismatched:#?}");
     }
 }
 

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cluster::Cluster;
 use super::{BenchError, Progress};
 use crate::id::NodeId;
 use crate::node::NodeConfig;
+use crate::testing::Cluster;
 
 /// IPv4 (20) + UDP (8) header bytes per datagram.
 const IP_UDP_HEADER_BYTES: u64 = 28;
@@ -124,9 +124,9 @@ pub async fn run(
             "need at least 2 nodes and a non-empty window".into(),
         ));
     }
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(config.seed);
     progress(&format!("idle: building {} nodes", config.nodes));
-    cluster.grow(config.nodes, progress).await?;
+    super::grow(&mut cluster, config.nodes, progress).await?;
     cluster.settle(Duration::from_secs(60)).await?;
     progress(&format!("idle: warming up for {:?}", config.warmup));
     tokio::time::sleep(config.warmup).await;

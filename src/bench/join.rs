@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::cluster::Cluster;
 use super::{median, BenchError, Progress};
+use crate::identity::Identity;
+use crate::node::Node;
 use crate::node::NodeConfig;
+use crate::testing::{Cluster, Via};
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +89,12 @@ pub async fn run(
             "need 2 <= small <= large and at least one sample".into(),
         ));
     }
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(config.seed);
     progress(&format!("join: building {} nodes", config.small));
-    let mut build_ms = cluster.grow(config.small, progress).await?;
+    let mut build_ms = super::grow(&mut cluster, config.small, progress).await?;
     let small = timed_joins(&mut cluster, config.samples, progress).await?;
     progress(&format!("join: growing to {} nodes", config.large));
-    build_ms.extend(cluster.grow(config.large, progress).await?);
+    build_ms.extend(super::grow(&mut cluster, config.large, progress).await?);
     let settle = cluster.settle(Duration::from_secs(60)).await?;
     let large = timed_joins(&mut cluster, config.samples, progress).await?;
     cluster.shutdown().await;
@@ -121,8 +123,8 @@ async fn timed_joins(
     let mut times = Vec::with_capacity(samples);
     for sample in 0..samples {
         cluster.settle(Duration::from_secs(60)).await?;
-        let node = cluster.spawn_node().await?;
-        let ms = cluster.join(node).await?;
+        let builder = Node::builder(Identity::generate()).config(NodeConfig::default());
+        let ms = cluster.add(builder, Via::Random).await?.as_secs_f64() * 1e3;
         times.push(ms);
         progress(&format!(
             "  join {}/{samples} into {size} nodes: {ms:.1} ms",

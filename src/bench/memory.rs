@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::cluster::Cluster;
 use super::{rss_kib, BenchError, Progress};
 use crate::identity::{Identity, Validity};
+use crate::node::Node;
 use crate::node::NodeConfig;
+use crate::testing::{Cluster, Via};
 use crate::transport::{Admission, Transport, TransportConfig};
 
 fn bare_transport_config(links: usize) -> Result<TransportConfig, BenchError> {
@@ -135,16 +136,17 @@ pub async fn run(
         .sum::<usize>();
     let after_links = read()?;
     let before = read()?;
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(config.seed);
     progress(&format!("memory: starting {} nodes", config.nodes));
     let mut spawned = Vec::with_capacity(config.nodes);
     for _ in 0..config.nodes {
-        spawned.push(cluster.spawn_node().await?);
+        let builder = Node::builder(Identity::generate()).config(NodeConfig::default());
+        spawned.push(cluster.spawn(builder).await?);
     }
     let unjoined = read()?;
     progress(&format!("memory: joining {} nodes", config.nodes));
     for (i, node) in spawned.into_iter().enumerate() {
-        cluster.join(node).await?;
+        cluster.join(node, Via::Random).await?;
         if (i + 1) % 25 == 0 {
             progress(&format!("  joined {}/{}", i + 1, config.nodes));
         }

@@ -15,7 +15,6 @@
 //! The suites report progress through a callback (the CLI prints it on stderr); the library
 //! itself never prints. Run them with `wendy bench all` (release build).
 
-pub mod cluster;
 pub mod idle;
 pub mod join;
 pub mod link;
@@ -32,6 +31,9 @@ pub enum BenchError {
     /// A node failed to start, join or answer.
     #[error("node: {0}")]
     Node(#[from] crate::node::NodeError),
+    /// The in-process cluster failed (a node did not start or join, leaf sets did not settle).
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::testing::ClusterError),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] crate::transport::TransportError),
@@ -78,8 +80,29 @@ impl Latency {
     }
 }
 
+/// Grows `cluster` to `size` nodes with the shipped configuration, each joining through a
+/// random member; returns their join times in ms (the first node's excluded) and reports
+/// progress about once a second.
+pub(crate) async fn grow(
+    cluster: &mut crate::testing::Cluster,
+    size: usize,
+    progress: Progress<'_>,
+) -> Result<Vec<f64>, BenchError> {
+    let mut last = std::time::Instant::now();
+    let config = crate::node::NodeConfig::default();
+    let joins = cluster
+        .grow(size, &config, crate::testing::Via::Random, &mut |joined| {
+            if last.elapsed() > std::time::Duration::from_secs(1) || joined == size {
+                progress(&format!("  joined {joined}/{size} nodes"));
+                last = std::time::Instant::now();
+            }
+        })
+        .await?;
+    Ok(joins.iter().map(|d| d.as_secs_f64() * 1e3).collect())
+}
+
 /// The `q` quantile (nearest rank) of sorted, non-empty `values`.
-fn percentile_sorted(values: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile_sorted(values: &[f64], q: f64) -> f64 {
     let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
     values[rank - 1]
 }
@@ -95,12 +118,7 @@ pub fn median(values: &mut [f64]) -> f64 {
 
 /// The resident set size of this process (`VmRSS` in `/proc/self/status`), in KiB (Linux).
 pub fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
+    crate::sim::proc_status_kib("VmRSS")
 }
 
 /// Asks the C allocator to give the memory it holds free back to the operating system

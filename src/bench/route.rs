@@ -30,11 +30,12 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::cluster::{Cluster, Observed};
 use super::{BenchError, Latency, Progress};
 use crate::id::{Key, NodeId};
 use crate::identity::{Identity, Validity};
-use crate::node::{Node, NodeConfig};
+use crate::node::Node;
+use crate::node::NodeEvent;
+use crate::testing::{Cluster, Observed};
 use crate::transport::{tls, Admission, TransportConfig};
 
 /// What to measure.
@@ -131,9 +132,9 @@ pub async fn run(
     }
     // The baseline's connection is up before the cluster, so both share the process from here.
     let mut raw = RawQuinn::start(config.size).await?;
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(config.seed);
     progress(&format!("route: building {} nodes", config.nodes));
-    cluster.grow(config.nodes, progress).await?;
+    super::grow(&mut cluster, config.nodes, progress).await?;
     cluster.settle(Duration::from_secs(60)).await?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let mut seq = 0u64;
@@ -313,14 +314,14 @@ async fn await_delivery(
     seq: u64,
 ) -> Result<(NodeId, u8, Instant), BenchError> {
     loop {
-        match tokio::time::timeout(MESSAGE_TIMEOUT, cluster.observed.recv()).await {
-            Ok(Some(Observed::Deliver { at, delivery, when }))
-                if seq_of(&delivery.payload) == Some(seq) =>
-            {
-                return Ok((at, delivery.hops, when))
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
+        match cluster.next_event(MESSAGE_TIMEOUT).await {
+            Some(Observed {
+                at,
+                when,
+                event: NodeEvent::Deliver(delivery),
+            }) if seq_of(&delivery.payload) == Some(seq) => return Ok((at, delivery.hops, when)),
+            Some(_) => {}
+            None => {
                 return Err(BenchError::Incomplete(format!(
                     "routed message {seq} was not delivered within {MESSAGE_TIMEOUT:?}"
                 )))
@@ -332,12 +333,14 @@ async fn await_delivery(
 /// Waits for the direct answer to message `seq`.
 async fn await_direct(cluster: &mut Cluster, seq: u64) -> Result<Instant, BenchError> {
     loop {
-        match tokio::time::timeout(MESSAGE_TIMEOUT, cluster.observed.recv()).await {
-            Ok(Some(Observed::Direct { payload, when, .. })) if seq_of(&payload) == Some(seq) => {
-                return Ok(when)
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
+        match cluster.next_event(MESSAGE_TIMEOUT).await {
+            Some(Observed {
+                when,
+                event: NodeEvent::Direct { payload, .. },
+                ..
+            }) if seq_of(&payload) == Some(seq) => return Ok(when),
+            Some(_) => {}
+            None => {
                 return Err(BenchError::Incomplete(format!(
                     "the answer to {seq} did not arrive within {MESSAGE_TIMEOUT:?}"
                 )))
@@ -370,14 +373,15 @@ async fn throughput(
                 .await?;
             sent += 1;
         }
-        match tokio::time::timeout(MESSAGE_TIMEOUT, cluster.observed.recv()).await {
-            Ok(Some(Observed::Deliver { delivery, .. }))
-                if seq_of(&delivery.payload).is_some_and(|s| s >= first) =>
-            {
+        match cluster.next_event(MESSAGE_TIMEOUT).await {
+            Some(Observed {
+                event: NodeEvent::Deliver(delivery),
+                ..
+            }) if seq_of(&delivery.payload).is_some_and(|s| s >= first) => {
                 delivered += 1;
             }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
+            Some(_) => {}
+            None => {
                 return Err(BenchError::Incomplete(format!(
                     "{} of {total} routed messages were not delivered",
                     total - delivered

@@ -56,8 +56,8 @@ pub use latency::{
 };
 pub use node::{Effect, ProtocolOptions, SimNode};
 pub use report::{
-    peak_rss_mib, ChurnReport, FailureReport, KindCount, Report, RouteTrace, StretchBucket,
-    TableReport,
+    peak_rss_mib, proc_status_kib, ChurnReport, FailureReport, KindCount, Report, RouteTrace,
+    StretchBucket, TableReport,
 };
 
 /// What happens after the overlay is built.

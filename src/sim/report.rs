@@ -349,21 +349,17 @@ impl fmt::Display for Report {
 /// Peak resident set size of this process in MiB (`VmHWM` from `/proc/self/status`), or 0 where
 /// that file does not exist.
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    proc_status_kib("VmHWM").map_or(0.0, |kib| kib as f64 / 1024.0)
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`, ...), where that file exists.
+pub fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
 }
 
 #[cfg(test)]

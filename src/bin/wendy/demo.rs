@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
+use wendy::bench::{median, Latency};
 use wendy::id::{Key, NodeId};
-use wendy::identity::Identity;
-use wendy::node::{Node, NodeEvent};
-use wendy::pastry::ideal_leaf_set;
+use wendy::node::{NodeConfig, NodeEvent};
+use wendy::testing::{Cluster, ClusterError, Observed, Via};
 
 use crate::CmdResult;
 
@@ -60,13 +60,6 @@ struct Report {
     msgs_per_s: f64,
 }
 
-struct Arrival {
-    at: NodeId,
-    seq: u64,
-    hops: u8,
-    when: Instant,
-}
-
 pub(crate) fn run(args: DemoArgs) -> CmdResult {
     if args.nodes == 0 {
         return Err("--nodes must be at least 1".into());
@@ -103,54 +96,36 @@ fn progress(line: &str) {
 }
 
 async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
-    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let mut nodes: Vec<Node> = Vec::with_capacity(args.nodes);
-    let mut join_ms = Vec::with_capacity(args.nodes);
-    for i in 0..args.nodes {
-        let (node, mut events) = Node::builder(Identity::generate()).spawn().await?;
-        let tx = arrivals_tx.clone();
-        let at = node.id();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                if let NodeEvent::Deliver(d) = event {
-                    let mut seq = [0u8; 8];
-                    if d.payload.len() >= 8 {
-                        seq.copy_from_slice(&d.payload[..8]);
-                    }
-                    let _ = tx.send(Arrival {
-                        at,
-                        seq: u64::from_be_bytes(seq),
-                        hops: d.hops,
-                        when: Instant::now(),
-                    });
-                }
-            }
-        });
-        let started = Instant::now();
-        let bootstrap: Vec<_> = nodes.first().map(Node::addr).into_iter().collect();
-        node.join(&bootstrap).await?;
-        if i > 0 {
-            join_ms.push(started.elapsed().as_secs_f64() * 1e3);
-        }
-        nodes.push(node);
-        progress(&format!("joined {}/{} nodes", i + 1, args.nodes));
-    }
-    drop(arrivals_tx);
+    let mut cluster = Cluster::new(args.seed);
+    let joins = cluster
+        .grow(
+            args.nodes,
+            &NodeConfig::default(),
+            Via::First,
+            &mut |joined| {
+                progress(&format!("joined {joined}/{} nodes", args.nodes));
+            },
+        )
+        .await?;
+    let mut join_ms: Vec<f64> = joins.iter().map(|d| d.as_secs_f64() * 1e3).collect();
 
-    let ids: Vec<NodeId> = nodes.iter().map(Node::id).collect();
+    let ids = cluster.ids();
     // Routing is correct from the moment `join` returns (a joiner's leaf-set neighbours hold it
     // before it becomes active). The wait below only measures how long the last announcements
     // to the rest of the overlay take to reach every leaf set, and keeps them out of the
     // latencies measured next.
     let settle_started = Instant::now();
-    let settled = settle(&nodes, &ids).await?;
-    let settle_ms = settle_started.elapsed().as_secs_f64() * 1e3;
-    if !settled {
-        progress("leaf sets did not all converge within 10 s; routing anyway");
+    match cluster.settle(Duration::from_secs(10)).await {
+        Ok(_) => {}
+        Err(ClusterError::Unsettled { .. }) => {
+            progress("leaf sets did not all converge within 10 s; routing anyway");
+        }
+        Err(other) => return Err(other.into()),
     }
+    let settle_ms = settle_started.elapsed().as_secs_f64() * 1e3;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let plan: Vec<(usize, Key)> = (0..args.messages)
-        .map(|_| (rng.gen_range(0..nodes.len()), Key::from_u128(rng.gen())))
+        .map(|_| (rng.gen_range(0..ids.len()), Key::from_u128(rng.gen())))
         .collect();
     let roots: Vec<NodeId> = plan
         .iter()
@@ -174,22 +149,35 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
             let (from, key) = plan[next];
             sent_at[next] = Some(Instant::now());
             let payload = (next as u64).to_be_bytes().to_vec();
-            if let Err(error) = nodes[from].route(key, payload).await {
+            if let Err(error) = cluster.nodes[from].route(key, payload).await {
                 return Err(format!("route failed at node {}: {error}", ids[from]).into());
             }
             next += 1;
         }
-        match tokio::time::timeout(Duration::from_secs(10), arrivals.recv()).await {
-            Ok(Some(arrival)) => {
-                if seen.contains_key(&arrival.seq) {
+        match cluster.next_event(Duration::from_secs(10)).await {
+            Some(Observed {
+                at,
+                when,
+                event: NodeEvent::Deliver(delivery),
+            }) => {
+                let Some(seq) = delivery
+                    .payload
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                else {
+                    continue;
+                };
+                if seen.contains_key(&seq) {
                     duplicates += 1;
                     continue;
                 }
-                seen.insert(arrival.seq, (arrival.at, arrival.hops, arrival.when));
+                seen.insert(seq, (at, delivery.hops, when));
                 window.add_permits(1);
             }
+            Some(_) => {}
             // Nothing arrived for 10 s: whatever is missing is lost.
-            Ok(None) | Err(_) => break,
+            None => break,
         }
         if last_progress.elapsed() > Duration::from_millis(200) {
             progress(&format!("routed {}/{} messages", seen.len(), args.messages));
@@ -222,16 +210,8 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
             latencies.push(when.duration_since(*t0).as_secs_f64() * 1e3);
         }
     }
-    let shutdowns: Vec<_> = nodes
-        .iter()
-        .map(|node| {
-            let node = node.clone();
-            tokio::spawn(async move { node.shutdown().await })
-        })
-        .collect();
-    for shutdown in shutdowns {
-        let _ = shutdown.await;
-    }
+    cluster.shutdown().await;
+    let route = Latency::of(&mut latencies);
     Ok(Report {
         nodes: args.nodes,
         messages: args.messages,
@@ -246,48 +226,13 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
         },
         max_hops,
         hops_histogram,
-        join_ms_p50: percentile(&mut join_ms, 0.5),
+        join_ms_p50: median(&mut join_ms),
         join_ms_max: join_ms.iter().copied().fold(0.0, f64::max),
         settle_ms,
-        route_ms_p50: percentile(&mut latencies, 0.5),
-        route_ms_p99: percentile(&mut latencies, 0.99),
+        route_ms_p50: route.p50_ms,
+        route_ms_p99: route.p99_ms,
         msgs_per_s: seen.len() as f64 / elapsed.as_secs_f64().max(1e-9),
     })
-}
-
-/// Waits (at most 10 s) until every node's leaf set is the oracle's: the `L/2` nearest ids on
-/// each side of the ring. Returns whether they converged.
-async fn settle(nodes: &[Node], ids: &[NodeId]) -> Result<bool, Box<dyn std::error::Error>> {
-    let half = wendy::pastry::Config::default().leaf_set_size / 2;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut converged = true;
-        for node in nodes {
-            let mut leaf_set = node.status().await?.leaf_set;
-            leaf_set.sort();
-            if leaf_set != ideal_leaf_set(node.id(), ids.iter().copied(), half) {
-                converged = false;
-                break;
-            }
-        }
-        if converged {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The `q` quantile (nearest rank) of `values`, 0 when empty.
-pub(crate) fn percentile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
 }
 
 fn print_report(r: &Report) {
