@@ -10,12 +10,17 @@
 //! that old peers cannot read at all bumps [`VERSION`], which they reject with
 //! [`WireError::UnknownVersion`].
 //!
-//! This module owns the encoding only; it knows nothing of QUIC (see [`crate::transport`]).
+//! This module owns the encoding and the registry of numeric codes ([`codes`]); it knows
+//! nothing of QUIC (see [`crate::transport`]).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::pastry;
+
+pub mod codes;
+
+pub use codes::ErrorCode;
 
 /// The frame format version this build writes and reads.
 pub const VERSION: u8 = 1;
@@ -83,28 +88,6 @@ impl Body {
 /// Serde helpers that encode a `Vec<u8>` as a byte string (defined next to the Pastry
 /// messages, whose routed payloads use it).
 pub use crate::pastry::message::byte_buf;
-
-/// The codes Wendy itself puts in [`Body::Error`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
-    /// The request could not be decoded.
-    BadRequest = 1,
-    /// Nobody on the receiving node handles this kind of request.
-    Unsupported = 2,
-    /// The receiving node is shutting down or overloaded.
-    Unavailable = 3,
-    /// The named service does not exist (tunnels).
-    NoSuchService = 4,
-    /// The application refused the request.
-    Refused = 5,
-}
-
-impl From<ErrorCode> for u16 {
-    fn from(code: ErrorCode) -> Self {
-        code as Self
-    }
-}
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -85,8 +85,8 @@ pub use registry::service_key;
 use crate::id::{Key, NodeId};
 use crate::identity::Identity;
 use crate::node::{Events, Node, NodeError, NodeEvent};
-use crate::transport::RawStream;
-use crate::wire::ErrorCode;
+use crate::transport::{RawStream, RawStreamError};
+use crate::wire::codes::StreamErrorCode;
 use message::{MeshMessage, TUNNEL_ACCEPTED};
 use registry::{rank_providers, replica_set, Offer, Registry, StoreLimits};
 
@@ -322,13 +322,10 @@ struct State {
     closed: bool,
 }
 
-/// Refuses a tunnel: resets both directions with `code` as the QUIC stream error code (the
-/// values of [`ErrorCode`]: `NoSuchService` when the node does not expose the name,
-/// `Unavailable` when its target did not answer).
-fn refuse(mut stream: RawStream, code: ErrorCode) {
-    let code = quinn::VarInt::from_u32(u32::from(u16::from(code)));
-    let _ = stream.send.reset(code);
-    let _ = stream.recv.stop(code);
+/// Refuses a tunnel: abandons both directions with `code`, which the opener reads back as the
+/// reason (the tunnel codes of [`StreamErrorCode`]).
+fn refuse(mut stream: RawStream, code: StreamErrorCode) {
+    stream.reset(code);
 }
 
 impl Mesh {
@@ -546,22 +543,35 @@ struct TunnelFailure {
 }
 
 /// What went wrong opening a tunnel to one provider, for logs and errors.
-fn describe_refusal(error: quinn::ReadExactError) -> String {
+fn describe_refusal(error: RawStreamError) -> String {
     match error {
-        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)) => {
-            match u16::try_from(code.into_inner()) {
-                Ok(c) if c == u16::from(ErrorCode::NoSuchService) => {
-                    "the provider does not expose this service".to_owned()
-                }
-                Ok(c) if c == u16::from(ErrorCode::Unavailable) => {
-                    "the provider cannot reach its service".to_owned()
-                }
-                _ => format!("the provider refused the tunnel (code {code})"),
+        RawStreamError::Reset { known, code } => match known {
+            Some(StreamErrorCode::NoSuchService) => {
+                "the provider does not expose this service".to_owned()
             }
-        }
-        quinn::ReadExactError::FinishedEarly(_) => "the provider closed the tunnel".to_owned(),
-        quinn::ReadExactError::ReadError(other) => other.to_string(),
+            Some(StreamErrorCode::ServiceUnreachable) => {
+                "the provider cannot reach its service".to_owned()
+            }
+            Some(StreamErrorCode::ProviderBusy) => {
+                "the provider serves as many tunnels as it allows".to_owned()
+            }
+            _ => format!("the provider refused the tunnel (code {code:#x})"),
+        },
+        RawStreamError::FinishedEarly { .. } => "the provider closed the tunnel".to_owned(),
+        other => error_chain(&other),
     }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl Inner {
@@ -1244,7 +1254,6 @@ impl Inner {
                 .map_err(|e| e.to_string())?;
             let mut byte = [0u8; 1];
             stream
-                .recv
                 .read_exact(&mut byte)
                 .await
                 .map_err(describe_refusal)?;
@@ -1312,13 +1321,13 @@ impl Inner {
         let target = self.lock().exposed.get(&service).map(|e| e.target.clone());
         let Some(target) = target else {
             warn!(%from, service, "tunnel refused: this node does not expose that service");
-            refuse(stream, ErrorCode::NoSuchService);
+            refuse(stream, StreamErrorCode::NoSuchService);
             return;
         };
         let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
             warn!(%from, service, "tunnel refused: serving as many tunnels as allowed");
             self.count_tunnel(&service, false);
-            refuse(stream, ErrorCode::Unavailable);
+            refuse(stream, StreamErrorCode::ProviderBusy);
             return;
         };
         let inner = self.clone();
@@ -1335,18 +1344,18 @@ impl Inner {
                     Ok(Err(error)) => {
                         warn!(%from, service, target, %error, "cannot reach the exposed service");
                         inner.count_tunnel(&service, false);
-                        refuse(stream, ErrorCode::Unavailable);
+                        refuse(stream, StreamErrorCode::ServiceUnreachable);
                         return;
                     }
                     Err(_) => {
                         warn!(%from, service, target, "the exposed service did not answer in time");
                         inner.count_tunnel(&service, false);
-                        refuse(stream, ErrorCode::Unavailable);
+                        refuse(stream, StreamErrorCode::ServiceUnreachable);
                         return;
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                if let Err(error) = stream.send.write_all(&[TUNNEL_ACCEPTED]).await {
+                if let Err(error) = stream.write_all(&[TUNNEL_ACCEPTED]).await {
                     debug!(%from, %error, "tunnel closed before it was accepted");
                     return;
                 }
