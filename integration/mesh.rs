@@ -712,6 +712,46 @@ fn wendy_node_processes_expose_and_forward_in_a_closed_mesh() {
     drop(b);
 }
 
+/// A provider whose service is down refuses the tunnel with the code meant for exactly that,
+/// and the consumer reports it as such (not as a missing service or a busy provider).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_cannot_reach_its_service_is_reported_as_such() {
+    let peers = cluster(71, 2, &MeshConfig::default()).await;
+    let (provider, consumer) = (&peers[0], &peers[1]);
+    // A port nobody listens on: bound, then released.
+    let down = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    provider
+        .mesh
+        .expose("down", &down.to_string())
+        .await
+        .unwrap();
+    let connected = tokio::time::timeout(HANG_GUARD, consumer.mesh.connect("down"))
+        .await
+        .expect("hang guard");
+    match connected {
+        Err(MeshError::Unreachable {
+            tried, last_error, ..
+        }) => {
+            assert_eq!(tried, 1);
+            assert!(
+                last_error.contains("cannot reach its service"),
+                "unclear error: {last_error}"
+            );
+        }
+        other => panic!(
+            "expected an unreachable service, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    assert_eq!(provider.mesh.status().exposed[0].target_failures, 1);
+    for peer in &peers {
+        peer.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_serves_no_more_tunnels_than_allowed() {
     let config = MeshConfig {
@@ -736,9 +776,14 @@ async fn a_provider_serves_no_more_tunnels_than_allowed() {
     let mut pong = [0u8; 4];
     held.read_exact(&mut pong).await.unwrap();
     assert_eq!(&pong, b"ping");
-    // ...so the next one is refused and closed, not queued.
+    // ...so the next one is refused and closed, not queued, and the consumer knows why.
     assert_eq!(expect_closed(local).await, 0);
     assert_eq!(provider.mesh.status().exposed[0].target_failures, 1);
+    let error = consumer.mesh.status().forwarded[0]
+        .last_error
+        .clone()
+        .unwrap();
+    assert!(error.contains("as many tunnels"), "unclear error: {error}");
     // Once the first is closed, tunnels are served again.
     drop(held);
     let wait = async {

@@ -10,12 +10,17 @@
 //! that old peers cannot read at all bumps [`VERSION`], which they reject with
 //! [`WireError::UnknownVersion`].
 //!
-//! This module owns the encoding only; it knows nothing of QUIC (see [`crate::transport`]).
+//! This module owns the encoding and the registry of numeric codes ([`codes`]); it knows
+//! nothing of QUIC (see [`crate::transport`]).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::pastry;
+
+pub mod codes;
+
+pub use codes::ErrorCode;
 
 /// The frame format version this build writes and reads.
 pub const VERSION: u8 = 1;
@@ -80,73 +85,9 @@ impl Body {
     }
 }
 
-/// Serde helpers that encode a `Vec<u8>` as a byte string.
-///
-/// postcard writes a byte string exactly as it writes a sequence of `u8` (a varint length, then
-/// the bytes), so this changes no encoding; it only copies the bytes in one go instead of one
-/// element at a time. Use with `#[serde(with = "crate::wire::byte_buf")]` on payload fields.
-pub mod byte_buf {
-    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
-    use serde::Serializer;
-
-    /// Serialises `bytes` as a byte string.
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    /// Deserialises a byte string (or a sequence of `u8`, for self-describing formats).
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(ByteBufVisitor)
-    }
-
-    struct ByteBufVisitor;
-
-    impl<'de> Visitor<'de> for ByteBufVisitor {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            formatter.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-            Ok(bytes.to_vec())
-        }
-
-        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Self::Value, E> {
-            Ok(bytes)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(byte) = seq.next_element()? {
-                bytes.push(byte);
-            }
-            Ok(bytes)
-        }
-    }
-}
-
-/// The codes Wendy itself puts in [`Body::Error`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
-    /// The request could not be decoded.
-    BadRequest = 1,
-    /// Nobody on the receiving node handles this kind of request.
-    Unsupported = 2,
-    /// The receiving node is shutting down or overloaded.
-    Unavailable = 3,
-    /// The named service does not exist (tunnels).
-    NoSuchService = 4,
-    /// The application refused the request.
-    Refused = 5,
-}
-
-impl From<ErrorCode> for u16 {
-    fn from(code: ErrorCode) -> Self {
-        code as Self
-    }
-}
+/// Serde helpers that encode a `Vec<u8>` as a byte string (defined next to the Pastry
+/// messages, whose routed payloads use it).
+pub use crate::pastry::message::byte_buf;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,7 +20,7 @@ pub const MAGIC: [u8; 8] = [0xFF, b'w', b'm', b'e', b's', b'h', b'/', b'1'];
 
 /// The first byte a provider writes on a tunnel once it has connected to the service: after it,
 /// the stream carries the service's bytes. A refusal is a stream reset instead (see
-/// [`crate::wire::ErrorCode`]).
+/// [`crate::wire::codes::StreamErrorCode`]).
 pub(crate) const TUNNEL_ACCEPTED: u8 = 0;
 
 /// What mesh nodes say to each other.

@@ -8,7 +8,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::transport::RawStream;
-use crate::wire::ErrorCode;
+use crate::wire::codes::StreamErrorCode;
 
 /// Copy buffer per direction.
 const BUFFER: usize = 64 * 1024;
@@ -22,24 +22,18 @@ pub(crate) struct Carried {
     pub(crate) to_tcp: u64,
 }
 
-/// The QUIC stream error code for a broken tunnel (either side failed mid-way).
-fn broken() -> quinn::VarInt {
-    quinn::VarInt::from_u32(u32::from(u16::from(ErrorCode::Unavailable)))
-}
-
 /// Copies both ways until both directions ended. A clean end of one direction is passed on as
 /// a clean end (TCP FIN becomes a QUIC finish and vice versa) while the other keeps flowing; an
 /// error in either direction resets the stream and the TCP connection (RST), both ways.
 pub(crate) async fn splice(tcp: TcpStream, mut stream: RawStream) -> io::Result<Carried> {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
-    let send = &mut stream.send;
-    let recv = &mut stream.recv;
     let outcome = {
+        let (mut send, recv) = stream.io();
         let to_stream = async {
             let mut reader = BufReader::with_capacity(BUFFER, &mut tcp_read);
-            let n = tokio::io::copy_buf(&mut reader, send).await?;
-            send.finish()
-                .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+            let n = tokio::io::copy_buf(&mut reader, &mut send).await?;
+            // Finishes our direction of the stream: the peer reads a clean end.
+            send.shutdown().await?;
             Ok::<u64, io::Error>(n)
         };
         let to_tcp = async {
@@ -53,8 +47,7 @@ pub(crate) async fn splice(tcp: TcpStream, mut stream: RawStream) -> io::Result<
     match outcome {
         Ok((to_stream, to_tcp)) => Ok(Carried { to_stream, to_tcp }),
         Err(error) => {
-            let _ = stream.send.reset(broken());
-            let _ = stream.recv.stop(broken());
+            stream.reset(StreamErrorCode::TunnelBroken);
             if let Ok(tcp) = tcp_read.reunite(tcp_write) {
                 reset_tcp(tcp);
             }

@@ -107,6 +107,7 @@ pub enum Message {
         /// [`MAX_AVOID`]): the receiver does not route it to them either.
         avoid: Vec<NodeId>,
         /// The application payload.
+        #[serde(with = "byte_buf")]
         payload: Vec<u8>,
     },
     /// Per-hop acknowledgement of a [`Message::Route`] or a [`Message::Join`].
@@ -225,86 +226,61 @@ impl Message {
         }
     }
 
-    /// The exact length of this message's postcard encoding, computed without encoding it
-    /// (counted for every message sent, so it must be cheap).
+    /// The exact length of this message's postcard encoding, measured by postcard itself
+    /// without writing the bytes (counted for every message sent, so it must stay cheap: the
+    /// measuring flavor only adds up lengths, and payloads are counted, never copied).
     pub fn encoded_len(&self) -> usize {
-        let tag = varint_len(self.kind() as u128);
-        tag + match self {
-            Self::Join {
-                id,
-                joiner,
-                next_row: _,
-                hops: _,
-            } => varint_len(u128::from(*id)) + peer_len(joiner) + 2,
-            Self::JoinState {
-                rows,
-                neighbourhood,
-                leaf_set,
-            } => {
-                varint_len(rows.len() as u128)
-                    + rows
-                        .iter()
-                        .map(|(_, peers)| 1 + peers_len(peers))
-                        .sum::<usize>()
-                    + peers_len(neighbourhood)
-                    + 1
-                    + leaf_set.as_deref().map_or(0, peers_len)
-            }
-            Self::Announce { leaf_set }
-            | Self::Heartbeat { leaf_set }
-            | Self::Leave { leaf_set } => peers_len(leaf_set),
-            Self::Probe {
-                nonce, leaf_set, ..
-            }
-            | Self::ProbeReply {
-                nonce, leaf_set, ..
-            } => varint_len(u128::from(*nonce)) + 1 + peers_len(leaf_set),
-            Self::NodeFailed { node, leaf_set } => id_len(*node) + peers_len(leaf_set),
-            Self::RowRequest { .. } => 1,
-            Self::RowReply { entries, .. } => 1 + peers_len(entries),
-            Self::Route {
-                id,
-                key,
-                origin,
-                hops: _,
-                avoid,
-                payload,
-            } => {
-                varint_len(u128::from(*id))
-                    + varint_len(key.as_u128())
-                    + peer_len(origin)
-                    + 1
-                    + varint_len(avoid.len() as u128)
-                    + avoid.iter().map(|id| id_len(*id)).sum::<usize>()
-                    + varint_len(payload.len() as u128)
-                    + payload.len()
-            }
-            Self::RouteAck { origin, id, .. } => id_len(*origin) + varint_len(u128::from(*id)) + 1,
-        }
+        // Measuring cannot fail: the `Size` flavor never runs out of room, and serialising
+        // these plain-data types has no error path.
+        postcard::experimental::serialized_size(self).unwrap_or(0)
     }
 }
 
-fn varint_len(value: u128) -> usize {
-    let bits = 128 - value.leading_zeros() as usize;
-    bits.div_ceil(7).max(1)
-}
+/// Serde helpers that encode a `Vec<u8>` as a byte string.
+///
+/// postcard writes a byte string exactly as it writes a sequence of `u8` (a varint length, then
+/// the bytes), so this changes no encoding; it only copies the bytes in one go instead of one
+/// element at a time, and lets [`Message::encoded_len`] count a payload without visiting its
+/// bytes. Use with `#[serde(with = "crate::wire::byte_buf")]` on payload fields.
+pub mod byte_buf {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
 
-fn id_len(id: NodeId) -> usize {
-    varint_len(id.as_u128())
-}
+    /// Serialises `bytes` as a byte string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
 
-fn peer_len(peer: &PeerInfo) -> usize {
-    id_len(peer.id)
-        + 1
-        + match peer.addr {
-            SocketAddr::V4(_) => 4,
-            SocketAddr::V6(_) => 16,
+    /// Deserialises a byte string (or a sequence of `u8`, for self-describing formats).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(ByteBufVisitor)
+    }
+
+    struct ByteBufVisitor;
+
+    impl<'de> Visitor<'de> for ByteBufVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a byte string")
         }
-        + varint_len(u128::from(peer.addr.port()))
-}
 
-fn peers_len(peers: &[PeerInfo]) -> usize {
-    varint_len(peers.len() as u128) + peers.iter().map(peer_len).sum::<usize>()
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Self::Value, E> {
+            Ok(bytes)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
+        }
+    }
 }
 
 /// Proptest strategies covering every [`Message`] variant (for codec tests).

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{ReadError, ReadExactError, ReadToEndError, RecvStream, SendStream, WriteError};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{StreamErrorCode, TransportError};
 use crate::wire::{self, Body, WireError};
@@ -50,6 +51,84 @@ impl RawStream {
             _guard: guard,
         }
     }
+
+    /// Reads exactly `buf.len()` bytes from the peer's direction.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), RawStreamError> {
+        self.recv
+            .read_exact(buf)
+            .await
+            .map_err(|error| match error {
+                ReadExactError::FinishedEarly(read) => RawStreamError::FinishedEarly { read },
+                ReadExactError::ReadError(ReadError::Reset(code)) => RawStreamError::Reset {
+                    code: code.into_inner(),
+                    known: StreamErrorCode::from_u64(code.into_inner()),
+                },
+                ReadExactError::ReadError(other) => RawStreamError::Read(other),
+            })
+    }
+
+    /// Writes all of `bytes` to our direction.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), RawStreamError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|error| match error {
+                WriteError::Stopped(code) => RawStreamError::Stopped {
+                    code: code.into_inner(),
+                    known: StreamErrorCode::from_u64(code.into_inner()),
+                },
+                other => RawStreamError::Write(other),
+            })
+    }
+
+    /// Both directions as byte-stream halves, to copy through: reading ends at the peer's
+    /// finish, and shutting the writer down finishes our direction (the other keeps flowing).
+    pub fn io(&mut self) -> (impl AsyncWrite + Unpin + '_, impl AsyncRead + Unpin + '_) {
+        (&mut self.send, &mut self.recv)
+    }
+
+    /// Abandons the stream in both directions with `code`: our direction is reset and the
+    /// peer is asked to stop sending. The peer reads `code` back (see
+    /// [`RawStreamError::Reset`]).
+    pub fn reset(&mut self, code: StreamErrorCode) {
+        // Either direction may already be finished or reset: nothing left to abandon there.
+        let _ = self.send.reset(code.to_varint());
+        let _ = self.recv.stop(code.to_varint());
+    }
+}
+
+/// Why reading or writing a [`RawStream`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RawStreamError {
+    /// The peer reset its direction with this code.
+    #[error("the peer reset the stream with code {code:#x} ({known:?})")]
+    Reset {
+        /// The raw code.
+        code: u64,
+        /// The code, if Wendy defines it.
+        known: Option<StreamErrorCode>,
+    },
+    /// The peer asked us to stop sending, with this code.
+    #[error("the peer stopped the stream with code {code:#x} ({known:?})")]
+    Stopped {
+        /// The raw code.
+        code: u64,
+        /// The code, if Wendy defines it.
+        known: Option<StreamErrorCode>,
+    },
+    /// The peer finished its direction before the bytes asked for arrived.
+    #[error("the stream ended after {read} bytes, before the bytes expected")]
+    FinishedEarly {
+        /// Bytes read before the end.
+        read: usize,
+    },
+    /// Reading failed otherwise (the link was lost, the stream was already stopped).
+    #[error("reading the stream failed")]
+    Read(#[source] ReadError),
+    /// Writing failed otherwise (the link was lost, the stream was already finished).
+    #[error("writing the stream failed")]
+    Write(#[source] WriteError),
 }
 
 /// Where the answer to a [`super::TransportEvent::Request`] goes.
