@@ -63,21 +63,34 @@
 //! the key wins ([`Key::cmp_closeness`](crate::id::Key::cmp_closeness)). It is used by the leaf
 //! set, the route decision and every test oracle, so all agree on the root of a key.
 
+mod config;
+mod custody;
+mod join;
 mod leaf_set;
+mod liveness;
+mod maintenance;
+mod membership;
 pub mod message;
 mod neighbourhood;
-mod node;
+mod output;
+mod routing;
 mod routing_table;
+mod state;
+mod stats;
 mod time;
+mod timers;
 
 #[cfg(test)]
 mod harness;
 #[cfg(test)]
 mod protocol_tests;
 
+pub use config::Config;
 pub use leaf_set::{ideal_leaf_set, LeafSet, Side};
 pub use message::{Message, MessageKind, PeerInfo};
 pub use neighbourhood::NeighbourhoodSet;
-pub use node::{Config, Counter, Event, ForwardVerdict, Output, Pastry, Stats};
+pub use output::{Event, ForwardVerdict, Output};
 pub use routing_table::{Insertion, RoutingTable, Slot};
+pub use state::Pastry;
+pub use stats::{Counter, Stats};
 pub use time::Time;
