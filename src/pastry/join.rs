@@ -12,13 +12,13 @@ use super::liveness::ProbeKind;
 use super::membership::ANNOUNCED_MEMORY;
 use super::routing::Choice;
 use super::state::{Pastry, Phase};
+use super::timers::Timer;
 use super::{Event, LeafSet, Message, PeerInfo, Slot, Time};
 
 #[derive(Debug, Clone)]
 pub(super) struct Joining {
     pub(super) bootstrap: PeerInfo,
     pub(super) attempt: u64,
-    pub(super) deadline: Time,
     pub(super) got_leaf_set: bool,
     pub(super) restarts: u32,
 }
@@ -34,10 +34,9 @@ pub(super) struct JoinMsg {
 impl Pastry {
     pub(super) fn send_join(&mut self, now: Time, via: PeerInfo) {
         let attempt = self.fresh_id();
-        let deadline = now + self.config.join_timeout;
+        self.timers.set(Timer::Join, now + self.config.join_timeout);
         if let Phase::Joining(j) = &mut self.phase {
             j.attempt = attempt;
-            j.deadline = deadline;
             j.got_leaf_set = false;
         }
         self.send(
@@ -243,6 +242,7 @@ impl Pastry {
 
     pub(super) fn activate(&mut self, now: Time) {
         self.phase = Phase::Active;
+        self.timers.stop(Timer::Join);
         self.skip_growth_passes();
         self.start_timers(now);
         self.announce_until = now + self.config.join_timeout;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::state::Pastry;
+use super::timers::Timer;
 use super::{Message, PeerInfo, Side, Slot, Time};
 use crate::id::NodeId;
 
@@ -119,9 +120,10 @@ impl Pastry {
     }
 
     pub(super) fn heard_from(&mut self, now: Time, id: NodeId) {
-        for (watched, heard) in self.watch.iter_mut().flatten() {
-            if *watched == id {
-                *heard = now;
+        for side in [Side::Left, Side::Right] {
+            if self.watch[side as usize] == Some(id) {
+                self.timers
+                    .set(Timer::watch(side), self.watch_deadline(now));
             }
         }
         self.dead.retain(|(dead, _)| *dead != id);
@@ -134,13 +136,25 @@ impl Pastry {
     pub(super) fn refresh_watches(&mut self, now: Time) {
         for side in [Side::Left, Side::Right] {
             let current = self.leaf_set.neighbour(side).map(|s| s.peer.id);
-            let slot = &mut self.watch[side as usize];
-            match (current, *slot) {
-                (Some(id), Some((watched, _))) if id == watched => {}
-                (Some(id), _) => *slot = Some((id, now)),
-                (None, _) => *slot = None,
+            let index = side as usize;
+            match (current, self.watch[index]) {
+                (Some(id), Some(watched)) if id == watched => {}
+                (Some(id), _) => {
+                    self.watch[index] = Some(id);
+                    self.timers
+                        .set(Timer::watch(side), self.watch_deadline(now));
+                }
+                (None, _) => {
+                    self.watch[index] = None;
+                    self.timers.stop(Timer::watch(side));
+                }
             }
         }
+    }
+
+    /// When a neighbour last heard from at `heard` is due a probe.
+    fn watch_deadline(&self, heard: Time) -> Time {
+        heard + self.config.probe_period + self.config.probe_timeout
     }
 
     pub(super) fn start_probe(&mut self, now: Time, peer: PeerInfo, kind: ProbeKind) {
@@ -256,19 +270,17 @@ impl Pastry {
         }
     }
 
-    /// Probes an immediate neighbour not heard from for `probe_period + probe_timeout`.
-    pub(super) fn expire_watches(&mut self, now: Time) {
-        for side in [Side::Left, Side::Right] {
-            let index = side as usize;
-            if let Some((id, heard)) = self.watch[index] {
-                if now >= heard + self.config.probe_period + self.config.probe_timeout {
-                    self.watch[index] = Some((id, now));
-                    if let Some(slot) = self.leaf_set.get(id) {
-                        let peer = slot.peer;
-                        self.start_probe(now, peer, ProbeKind::Member);
-                    }
-                }
-            }
+    /// The immediate neighbour on `side` was not heard from for `probe_period +
+    /// probe_timeout`: probe it, and watch it for another such span.
+    pub(super) fn expire_watch(&mut self, now: Time, side: Side) {
+        let Some(id) = self.watch[side as usize] else {
+            return;
+        };
+        self.timers
+            .set(Timer::watch(side), self.watch_deadline(now));
+        if let Some(slot) = self.leaf_set.get(id) {
+            let peer = slot.peer;
+            self.start_probe(now, peer, ProbeKind::Member);
         }
     }
 

@@ -13,6 +13,9 @@ use super::custody::InFlight;
 use super::join::{JoinMsg, Joining};
 use super::liveness::{PendingProbe, ProbeKind, RTT_CACHE};
 use super::routing::{HeldForward, Parked, RouteMsg};
+#[cfg(doc)]
+use super::timers::Timer;
+use super::timers::TimerTable;
 use super::{
     Config, Event, ForwardVerdict, LeafSet, Message, NeighbourhoodSet, Output, PeerInfo,
     RoutingTable, Stats, Time,
@@ -63,10 +66,11 @@ pub struct Pastry {
     pub(super) dead: VecDeque<(NodeId, Time)>,
     /// Peers we asked the driver to measure.
     pub(super) measuring: HashMap<NodeId, Time>,
-    /// Immediate neighbours (left, right) and when we last heard from each.
-    pub(super) watch: [Option<(NodeId, Time)>; 2],
-    pub(super) next_heartbeat: Time,
-    pub(super) next_maintenance: Time,
+    /// Immediate neighbours (left, right), watched for silence ([`Timer::WatchLeft`],
+    /// [`Timer::WatchRight`]).
+    pub(super) watch: [Option<NodeId>; 2],
+    /// Every deadline (see [`TimerTable`]).
+    pub(super) timers: TimerTable,
     pub(super) maintenance_row: usize,
     /// Until then, peers newly entering the routing table are told we joined.
     pub(super) announce_until: Time,
@@ -111,8 +115,7 @@ impl Pastry {
             dead: VecDeque::new(),
             measuring: HashMap::new(),
             watch: [None, None],
-            next_heartbeat: Time::MAX,
-            next_maintenance: Time::MAX,
+            timers: TimerTable::default(),
             maintenance_row: 0,
             announce_until: Time::ZERO,
             rtt_cache: VecDeque::new(),
@@ -203,6 +206,7 @@ impl Pastry {
         self.phase = Phase::Active;
         self.start_timers(now);
         self.emit(Event::Joined);
+        self.sync_timers();
     }
 
     /// Joins the overlay through `via`, any active member (ideally a nearby one: its
@@ -214,31 +218,32 @@ impl Pastry {
         self.phase = Phase::Joining(Joining {
             bootstrap: via,
             attempt: 0,
-            deadline: now,
             got_leaf_set: false,
             restarts: 0,
         });
         self.send_join(now, via);
+        self.sync_timers();
     }
 
     /// Routes `payload` towards `key`; returns the message id that [`Output::Deliver`] and
     /// [`Event::RouteFailed`] carry. A node that is not active fails the message at once.
     pub fn route(&mut self, now: Time, key: Key, payload: Vec<u8>) -> u64 {
         let id = self.fresh_id();
-        if !self.is_active() {
+        if self.is_active() {
+            let msg = RouteMsg {
+                id,
+                key,
+                origin: self.me,
+                hops: 0,
+                avoid: Vec::new(),
+                prev: None,
+                payload,
+            };
+            self.route_step(now, msg, Vec::new(), 0);
+        } else {
             self.fail_route(id, key);
-            return id;
         }
-        let msg = RouteMsg {
-            id,
-            key,
-            origin: self.me,
-            hops: 0,
-            avoid: Vec::new(),
-            prev: None,
-            payload,
-        };
-        self.route_step(now, msg, Vec::new(), 0);
+        self.sync_timers();
         id
     }
 
@@ -257,6 +262,7 @@ impl Pastry {
             }
         }
         self.phase = Phase::Left;
+        self.timers.stop_all();
         self.in_flight.clear();
         self.held.clear();
         self.waiting.clear();
@@ -283,10 +289,16 @@ impl Pastry {
                 }
             }
         }
+        self.sync_timers();
     }
 
     /// A message from `from`, whose id the transport authenticated.
     pub fn handle_message(&mut self, now: Time, from: PeerInfo, msg: Message) {
+        self.on_message(now, from, msg);
+        self.sync_timers();
+    }
+
+    fn on_message(&mut self, now: Time, from: PeerInfo, msg: Message) {
         if matches!(self.phase, Phase::Idle | Phase::Left) || from.id == self.me.id {
             return;
         }
@@ -375,6 +387,7 @@ impl Pastry {
             .push_back((peer.id, super::routing_table::rtt_micros(rtt)));
         let rtt = self.config.proximity.then_some(rtt);
         self.offer(now, peer, rtt);
+        self.sync_timers();
     }
 
     /// The transport lost its link to `peer`, or could not dial it (also for an
@@ -382,6 +395,11 @@ impl Pastry {
     /// and re-route messages waiting for its acknowledgement. A peer we were only measuring
     /// (a candidate, not in our state) is not measured or admitted again for a while.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
+        self.on_link_down(now, peer);
+        self.sync_timers();
+    }
+
+    fn on_link_down(&mut self, now: Time, peer: NodeId) {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
@@ -409,48 +427,18 @@ impl Pastry {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
-        if let Phase::Joining(j) = &self.phase {
-            if now >= j.deadline {
-                self.restart_join(now);
-            }
-        }
-        self.expire_probes(now);
-        self.expire_in_flight(now);
-        if self.is_active() {
-            self.expire_watches(now);
-            if now >= self.next_heartbeat {
-                self.next_heartbeat = now + self.config.probe_period;
-                self.heartbeat(now);
-            }
-            if now >= self.next_maintenance {
-                self.next_maintenance = now + self.config.maintenance_period;
-                self.maintain_table(now);
-            }
-        }
+        self.expire_timers(now);
         self.check_join_complete(now);
         self.retry_parked(now);
+        self.sync_timers();
     }
 
     /// The earliest time [`handle_timeout`](Self::handle_timeout) has work to do.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let mut earliest = match &self.phase {
-            Phase::Idle | Phase::Left => return None,
-            Phase::Joining(j) => j.deadline,
-            Phase::Active => {
-                let mut t = self.next_heartbeat.min(self.next_maintenance);
-                for (_, heard) in self.watch.iter().flatten() {
-                    t = t.min(*heard + self.config.probe_period + self.config.probe_timeout);
-                }
-                t
-            }
-        };
-        for p in &self.probes {
-            earliest = earliest.min(p.deadline);
+        match self.phase {
+            Phase::Idle | Phase::Left => None,
+            Phase::Joining(_) | Phase::Active => self.timers.next(),
         }
-        for f in &self.in_flight {
-            earliest = earliest.min(f.deadline);
-        }
-        Some(earliest)
     }
 
     /// The next effect to carry out, if any. Drain after every call.
