@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 #[cfg(doc)]
-use super::{Message, Output, Pastry};
+use super::{Event, Message, Pastry};
 
 /// Tunables. [`Config::default`] gives the paper's structure sizes (b = 4, L = 16, M = 32) and
 /// timers chosen to keep steady-state control traffic well under 0.5 messages per second.
@@ -45,7 +45,7 @@ pub struct Config {
     /// Period of routing-table maintenance: ask a random entry of one row for its row and
     /// measure the candidates. Default 60 s.
     pub maintenance_period: Duration,
-    /// Emit [`Output::Forward`] before forwarding and wait for [`Pastry::resume_forward`].
+    /// Emit [`Event::Forward`] before forwarding and wait for [`Pastry::resume_forward`].
     /// Default false.
     pub intercept_forwards: bool,
     /// A join not complete after this long is restarted. Default 20 s.

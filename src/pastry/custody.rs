@@ -161,7 +161,9 @@ impl Pastry {
                 continue;
             }
             match f.carried {
-                Carried::Route(m) => self.route_step(now, m, f.excluded, attempts),
+                Carried::Route(m) => {
+                    self.route_step(now, m, f.excluded, attempts);
+                }
                 Carried::Join(j) => self.forward_join(now, j, f.excluded, attempts),
             }
         }

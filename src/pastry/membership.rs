@@ -7,7 +7,7 @@ use crate::id::NodeId;
 
 use super::liveness::ProbeKind;
 use super::state::{Pastry, Phase};
-use super::{Event, Message, Output, PeerInfo, Side, Time};
+use super::{Event, Message, PeerInfo, Side, Time, Transmit};
 
 pub(super) const DEAD_MEMORY: usize = 32;
 pub(super) const ANNOUNCED_MEMORY: usize = 8;
@@ -99,7 +99,7 @@ impl Pastry {
         if let std::collections::hash_map::Entry::Vacant(entry) = self.measuring.entry(peer.id) {
             entry.insert(now);
             self.stats.measures += 1;
-            self.outputs.push_back(Output::Measure { peer });
+            self.transmits.push_back(Transmit::Measure { peer });
         }
     }
 

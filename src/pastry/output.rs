@@ -1,4 +1,6 @@
-//! What the core hands its driver: effects to carry out and events for the application.
+//! What the core hands its driver, on two queues (as quinn-proto's `poll_transmit` and `poll`):
+//! [`Transmit`]s for the network ([`Pastry::poll_transmit`]) and [`Event`]s for the
+//! application ([`Pastry::poll_event`]).
 
 use crate::id::{Key, NodeId};
 
@@ -7,9 +9,9 @@ use super::{Message, PeerInfo};
 #[cfg(doc)]
 use super::{Config, Pastry};
 
-/// An effect for the driver to carry out.
+/// Network work for the driver, in the order the core asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
+pub enum Transmit {
     /// Deliver `msg` to `to` (the driver dials it if needed).
     Send {
         /// The destination peer.
@@ -24,6 +26,21 @@ pub enum Output {
         /// The peer to measure.
         peer: PeerInfo,
     },
+}
+
+/// The application's answer to [`Event::Forward`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardVerdict {
+    /// Forward the message with this (possibly modified) payload.
+    Continue(Vec<u8>),
+    /// Drop the message.
+    Drop,
+}
+
+/// Something for the application: a message delivered here or about to be forwarded, or a
+/// change it may want to know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
     /// This node is the root of `key`: hand the message to the application.
     Deliver {
         /// The destination key.
@@ -53,22 +70,6 @@ pub enum Output {
         /// The application payload (hand it back, possibly modified).
         payload: Vec<u8>,
     },
-    /// Something the application may want to know.
-    Event(Event),
-}
-
-/// The application's answer to [`Output::Forward`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ForwardVerdict {
-    /// Forward the message with this (possibly modified) payload.
-    Continue(Vec<u8>),
-    /// Drop the message.
-    Drop,
-}
-
-/// A change the application may want to know about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
     /// This node became active: its leaf set is confirmed and it may deliver as root.
     Joined,
     /// The leaf set's membership changed.

@@ -6,7 +6,7 @@ use crate::id::{Key, NodeId, DIGITS};
 
 use super::liveness::ProbeKind;
 use super::state::Pastry;
-use super::{Event, Message, Output, PeerInfo, Time};
+use super::{Event, Message, PeerInfo, Time};
 
 #[derive(Debug, Clone)]
 pub(super) struct RouteMsg {
@@ -29,6 +29,16 @@ pub(super) struct HeldForward {
     pub(super) msg: RouteMsg,
     pub(super) next: PeerInfo,
     pub(super) excluded: Vec<NodeId>,
+}
+
+/// Whether a routing step released the message's sender (`RouteAck { done: true }`): it does
+/// when it delivers the message here at once, so the sender needs no separate receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Released {
+    /// Delivered here; the sender was released.
+    Yes,
+    /// Passed on, held or given up; the sender is released later (or never, if it failed).
+    No,
 }
 
 pub(super) enum Choice {
@@ -71,7 +81,6 @@ impl Pastry {
     /// A [`Message::Route`] from `from` (`msg.prev`): routes it one step and acknowledges it.
     pub(super) fn on_route(&mut self, now: Time, from: PeerInfo, mut msg: RouteMsg) {
         let (origin_id, id, key, hops) = (msg.origin.id, msg.id, msg.key, msg.hops);
-        let queued = self.outputs.len();
         msg.avoid.truncate(super::message::MAX_AVOID);
         msg.avoid.retain(|a| *a != self.me.id);
         for dead in &msg.avoid {
@@ -84,16 +93,9 @@ impl Pastry {
             self.release(from, origin_id, id);
             self.fail_route(id, key);
         } else {
-            self.route_step(now, msg, Vec::new(), 0);
             // The receipt goes after the routing step, and not at all if that step
             // already released the sender (delivered here at once): one ack, not two.
-            let released = self.outputs.iter().skip(queued).any(|o| {
-                matches!(o, Output::Send {
-                    to,
-                    msg: Message::RouteAck { origin: o, id: i, done: true },
-                } if to.id == from.id && *o == origin_id && *i == id)
-            });
-            if !released {
+            if self.route_step(now, msg, Vec::new(), 0) == Released::No {
                 self.send(
                     from,
                     Message::RouteAck {
@@ -173,7 +175,7 @@ impl Pastry {
         msg: RouteMsg,
         mut excluded: Vec<NodeId>,
         attempts: u8,
-    ) {
+    ) -> Released {
         // Sending a message straight back where it came from means our two states disagree
         // (each thinks the other is closer): a loop. Tell the sender what we know (it probes
         // the nodes it is missing) and route around it.
@@ -200,7 +202,7 @@ impl Pastry {
                 self.fail_route(oldest.id, oldest.key);
             }
             self.waiting.push(msg);
-            return;
+            return Released::No;
         }
         match self.choose(msg.key, skip, self.is_active()) {
             Choice::Local => {
@@ -208,13 +210,19 @@ impl Pastry {
                 // ack that timed out under load or a missed heartbeat does not make it dead,
                 // and delivering here as well as there would be a misdelivery and a duplicate.
                 match self.suspected_closer(msg.key) {
-                    Some(on) if self.parked.len() < MAX_WAITING => self.parked.push(Parked {
-                        on,
-                        msg,
-                        excluded,
-                        attempts,
-                    }),
-                    _ => self.deliver(msg),
+                    Some(on) if self.parked.len() < MAX_WAITING => {
+                        self.parked.push(Parked {
+                            on,
+                            msg,
+                            excluded,
+                            attempts,
+                        });
+                        Released::No
+                    }
+                    _ => {
+                        self.deliver(msg);
+                        Released::Yes
+                    }
                 }
             }
             Choice::Peer(next) => {
@@ -223,7 +231,7 @@ impl Pastry {
                     let token = self.fresh_id();
                     let mut held = msg;
                     let payload = std::mem::take(&mut held.payload);
-                    self.outputs.push_back(Output::Forward {
+                    self.emit(Event::Forward {
                         token,
                         key: held.key,
                         origin: held.origin.id,
@@ -240,8 +248,12 @@ impl Pastry {
                 } else {
                     self.send_route(now, next, msg, excluded, attempts);
                 }
+                Released::No
             }
-            Choice::Nowhere => self.fail_route(msg.id, msg.key),
+            Choice::Nowhere => {
+                self.fail_route(msg.id, msg.key);
+                Released::No
+            }
         }
     }
 
@@ -301,7 +313,7 @@ impl Pastry {
         }
         self.delivered.push_back(ident);
         self.stats.delivered += 1;
-        self.outputs.push_back(Output::Deliver {
+        self.emit(Event::Deliver {
             key: msg.key,
             origin: msg.origin.id,
             id: msg.id,

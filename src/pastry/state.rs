@@ -17,8 +17,8 @@ use super::routing::{HeldForward, Parked, RouteMsg};
 use super::timers::Timer;
 use super::timers::TimerTable;
 use super::{
-    Config, Event, ForwardVerdict, LeafSet, Message, NeighbourhoodSet, Output, PeerInfo,
-    RoutingTable, Stats, Time,
+    Config, Event, ForwardVerdict, LeafSet, Message, NeighbourhoodSet, PeerInfo, RoutingTable,
+    Stats, Time, Transmit,
 };
 
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub(super) enum Phase {
 /// ```
 /// use std::time::Duration;
 /// use wendy::id::{Key, NodeId};
-/// use wendy::pastry::{Config, Output, Pastry, PeerInfo, Time};
+/// use wendy::pastry::{Config, Event, Pastry, PeerInfo, Time};
 ///
 /// let me = PeerInfo { id: NodeId::from_u128(7), addr: "127.0.0.1:4000".parse().unwrap() };
 /// let mut node = Pastry::new(me, Config::default(), 1);
@@ -42,8 +42,8 @@ pub(super) enum Phase {
 /// assert!(node.is_active());
 /// let id = node.route(Time::ZERO, Key::from_u128(99), b"hi".to_vec());
 /// // Alone, this node is the root of every key.
-/// let delivered = std::iter::from_fn(|| node.poll_output())
-///     .any(|o| matches!(o, Output::Deliver { id: got, hops: 0, .. } if got == id));
+/// let delivered = std::iter::from_fn(|| node.poll_event())
+///     .any(|e| matches!(e, Event::Deliver { id: got, hops: 0, .. } if got == id));
 /// assert!(delivered);
 /// ```
 #[derive(Debug)]
@@ -55,7 +55,10 @@ pub struct Pastry {
     pub(super) leaf_set: LeafSet,
     pub(super) table: RoutingTable,
     pub(super) neighbourhood: NeighbourhoodSet,
-    pub(super) outputs: VecDeque<Output>,
+    /// Sends and measurements for the driver ([`Pastry::poll_transmit`]).
+    pub(super) transmits: VecDeque<Transmit>,
+    /// Deliveries, forwards and notifications for the application ([`Pastry::poll_event`]).
+    pub(super) events: VecDeque<Event>,
     pub(super) stats: Stats,
     pub(super) next_id: u64,
     pub(super) in_flight: Vec<InFlight>,
@@ -105,7 +108,8 @@ impl Pastry {
             config,
             rng,
             phase: Phase::Idle,
-            outputs: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
             stats: Stats::default(),
             next_id,
             in_flight: Vec::new(),
@@ -225,7 +229,7 @@ impl Pastry {
         self.sync_timers();
     }
 
-    /// Routes `payload` towards `key`; returns the message id that [`Output::Deliver`] and
+    /// Routes `payload` towards `key`; returns the message id that [`Event::Deliver`] and
     /// [`Event::RouteFailed`] carry. A node that is not active fails the message at once.
     pub fn route(&mut self, now: Time, key: Key, payload: Vec<u8>) -> u64 {
         let id = self.fresh_id();
@@ -271,7 +275,7 @@ impl Pastry {
         self.measuring.clear();
     }
 
-    /// Answers an [`Output::Forward`].
+    /// Answers an [`Event::Forward`].
     pub fn resume_forward(&mut self, now: Time, token: u64, verdict: ForwardVerdict) {
         let Some(index) = self.held.iter().position(|h| h.token == token) else {
             return;
@@ -370,7 +374,7 @@ impl Pastry {
         self.retry_parked(now);
     }
 
-    /// A round-trip-time measurement of `peer` (the answer to [`Output::Measure`], or a fresh
+    /// A round-trip-time measurement of `peer` (the answer to [`Transmit::Measure`], or a fresh
     /// sample of a peer already in our state).
     pub fn handle_proximity(&mut self, now: Time, peer: PeerInfo, rtt: Duration) {
         if matches!(self.phase, Phase::Idle | Phase::Left) || peer.id == self.me.id {
@@ -391,7 +395,7 @@ impl Pastry {
     }
 
     /// The transport lost its link to `peer`, or could not dial it (also for an
-    /// [`Output::Measure`]): suspect it (probe it, so it is declared dead if it stays silent)
+    /// [`Transmit::Measure`]): suspect it (probe it, so it is declared dead if it stays silent)
     /// and re-route messages waiting for its acknowledgement. A peer we were only measuring
     /// (a candidate, not in our state) is not measured or admitted again for a while.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
@@ -441,14 +445,23 @@ impl Pastry {
         }
     }
 
-    /// The next effect to carry out, if any. Drain after every call.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        let out = self.outputs.pop_front();
-        if out.is_none() && self.outputs.capacity() > 32 {
+    /// The next send or measurement to carry out, if any. Drain after every call.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let next = self.transmits.pop_front();
+        if next.is_none() && self.transmits.capacity() > 32 {
             // A join's burst of announcements must not pin memory in 100,000 idle nodes.
-            self.outputs = VecDeque::new();
+            self.transmits = VecDeque::new();
         }
-        out
+        next
+    }
+
+    /// The next event for the application, if any. Drain after every call.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let next = self.events.pop_front();
+        if next.is_none() && self.events.capacity() > 32 {
+            self.events = VecDeque::new();
+        }
+        next
     }
 
     pub(super) fn fresh_id(&mut self) -> u64 {
@@ -460,10 +473,10 @@ impl Pastry {
         let counter = &mut self.stats.sent[msg.kind() as usize];
         counter.msgs += 1;
         counter.bytes += msg.encoded_len() as u64;
-        self.outputs.push_back(Output::Send { to, msg });
+        self.transmits.push_back(Transmit::Send { to, msg });
     }
 
     pub(super) fn emit(&mut self, event: Event) {
-        self.outputs.push_back(Output::Event(event));
+        self.events.push_back(event);
     }
 }

@@ -3,7 +3,7 @@
 use super::MessageKind;
 
 #[cfg(doc)]
-use super::{Config, Event, Message, Output};
+use super::{Config, Event, Message, Transmit};
 
 /// Messages and estimated bytes (the postcard encoding's length) of one kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,7 +26,7 @@ impl Counter {
 pub struct Stats {
     /// Messages sent, indexed by `MessageKind as usize`.
     pub sent: [Counter; MessageKind::COUNT],
-    /// RTT measurements requested ([`Output::Measure`]).
+    /// RTT measurements requested ([`Transmit::Measure`]).
     pub measures: u64,
     /// Messages delivered here as root.
     pub delivered: u64,

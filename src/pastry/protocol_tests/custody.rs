@@ -114,12 +114,12 @@ fn a_hop_that_dies_holding_a_message_does_not_lose_it() {
     assert!(net.nodes[from].stats().reroutes >= 1);
 }
 
-/// The `RouteAck`s `outputs` sends: (to, done).
-fn route_acks(outputs: &[Output]) -> Vec<(NodeId, bool)> {
-    outputs
+/// The `RouteAck`s among `transmits`: (to, done).
+fn route_acks(transmits: &[Transmit]) -> Vec<(NodeId, bool)> {
+    transmits
         .iter()
-        .filter_map(|o| match o {
-            Output::Send {
+        .filter_map(|t| match t {
+            Transmit::Send {
                 to,
                 msg: Message::RouteAck { done, .. },
             } => Some((to.id, *done)),
@@ -148,8 +148,11 @@ fn a_root_acknowledges_a_message_it_delivers_at_once_with_one_ack() {
     let key = NodeId::from_u128(me + 5).to_key();
     node.handle_message(Time::ZERO, prev, route_msg(prev, 7, key));
     let outputs = drain(&mut node);
-    assert!(outputs.iter().any(|o| matches!(o, Output::Deliver { .. })));
-    assert_eq!(route_acks(&outputs), vec![(prev.id, true)]);
+    assert!(outputs
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Deliver { .. })));
+    assert_eq!(route_acks(&outputs.transmits), vec![(prev.id, true)]);
 }
 
 #[test]
@@ -163,12 +166,12 @@ fn a_hop_whose_next_hop_delivered_at_once_releases_its_predecessor() {
     let key = NodeId::from_u128(root.id.as_u128() + 5).to_key();
     node.handle_message(Time::ZERO, prev, route_msg(prev, 7, key));
     let outputs = drain(&mut node);
-    let forwarded = outputs
-        .iter()
-        .any(|o| matches!(o, Output::Send { to, msg: Message::Route { .. } } if to.id == root.id));
+    let forwarded = outputs.transmits.iter().any(
+        |t| matches!(t, Transmit::Send { to, msg: Message::Route { .. } } if to.id == root.id),
+    );
     assert!(forwarded);
     // Not delivered here: the predecessor gets a receipt only.
-    assert_eq!(route_acks(&outputs), vec![(prev.id, false)]);
+    assert_eq!(route_acks(&outputs.transmits), vec![(prev.id, false)]);
     // The root delivered at once and acks only `done: true`: the predecessor is released.
     node.handle_message(
         Time::ZERO,
@@ -179,7 +182,10 @@ fn a_hop_whose_next_hop_delivered_at_once_releases_its_predecessor() {
             done: true,
         },
     );
-    assert_eq!(route_acks(&drain(&mut node)), vec![(prev.id, true)]);
+    assert_eq!(
+        route_acks(&drain(&mut node).transmits),
+        vec![(prev.id, true)]
+    );
 }
 
 #[test]
@@ -212,10 +218,14 @@ fn a_message_over_the_hop_limit_is_dropped_and_its_sender_released() {
     node.handle_message(Time::ZERO, prev, looping);
     let outputs = drain(&mut node);
     // Not delivered although this node is the key's root: the message had looped too long.
-    assert!(!outputs.iter().any(|o| matches!(o, Output::Deliver { .. })));
-    assert!(outputs
+    assert!(!outputs
+        .events
         .iter()
-        .any(|o| matches!(o, Output::Event(Event::RouteFailed { id: 7, .. }))));
+        .any(|e| matches!(e, Event::Deliver { .. })));
+    assert!(outputs
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::RouteFailed { id: 7, .. })));
     // `done`, not a receipt: the sender must not keep custody and route it again.
-    assert_eq!(route_acks(&outputs), vec![(prev.id, true)]);
+    assert_eq!(route_acks(&outputs.transmits), vec![(prev.id, true)]);
 }

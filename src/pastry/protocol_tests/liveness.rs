@@ -122,7 +122,7 @@ fn graceful_leave_notifies_the_leaf_set_at_once() {
     check_lookups(&mut net, 100);
 }
 
-/// `Output::Measure` whose dial fails: the driver calls `handle_link_down`. A candidate we were
+/// `Transmit::Measure` whose dial fails: the driver calls `handle_link_down`. A candidate we were
 /// only measuring is not admitted (a late sample is ignored) nor measured again for a while; a
 /// peer in our state is probed (suspected).
 #[test]
@@ -137,18 +137,22 @@ fn a_measure_that_cannot_dial_suspects_the_peer() {
         drain(node)
     };
     let candidate = peer(0xe << 124);
-    assert!(offer(&mut node, vec![candidate]).contains(&Output::Measure { peer: candidate }));
+    assert!(offer(&mut node, vec![candidate])
+        .transmits
+        .contains(&Transmit::Measure { peer: candidate }));
     node.handle_link_down(Time::ZERO, candidate.id);
     drain(&mut node);
     // Late measurement: ignored; offered again: not measured again.
     node.handle_proximity(Time::ZERO, candidate, Duration::from_millis(5));
     assert!(!node.knows(candidate.id));
-    assert!(!offer(&mut node, vec![candidate]).contains(&Output::Measure { peer: candidate }));
+    assert!(!offer(&mut node, vec![candidate])
+        .transmits
+        .contains(&Transmit::Measure { peer: candidate }));
     // A peer already in our state is probed at once.
     meet(&mut node, holder);
     node.handle_link_down(Time::ZERO, holder.id);
-    let probed = drain(&mut node).into_iter().any(
-        |o| matches!(o, Output::Send { to, msg: Message::Probe { .. } } if to.id == holder.id),
+    let probed = drain(&mut node).transmits.into_iter().any(
+        |t| matches!(t, Transmit::Send { to, msg: Message::Probe { .. } } if to.id == holder.id),
     );
     assert!(probed, "the undialable member is probed");
 }

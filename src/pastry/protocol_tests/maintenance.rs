@@ -2,12 +2,13 @@
 
 use super::*;
 
-/// The `RowRequest`s `outputs` sends: (to, row).
-fn row_requests(outputs: &[Output]) -> Vec<(NodeId, u8)> {
+/// The `RowRequest`s a node sent: (to, row).
+fn row_requests(outputs: &Drained) -> Vec<(NodeId, u8)> {
     outputs
+        .transmits
         .iter()
-        .filter_map(|o| match o {
-            Output::Send {
+        .filter_map(|t| match t {
+            Transmit::Send {
                 to,
                 msg: Message::RowRequest { row },
             } => Some((to.id, *row)),

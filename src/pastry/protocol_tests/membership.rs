@@ -20,7 +20,7 @@ fn removal_clears_every_structure() {
     assert!(!node.leaf_set().contains(p.id));
     assert!(!node.routing_table().contains(p.id));
     assert!(!node.neighbourhood().contains(p.id));
-    assert!(outputs.contains(&Output::Event(Event::NodeLeft(p.id))));
+    assert!(outputs.events.contains(&Event::NodeLeft(p.id)));
 }
 
 #[test]
@@ -38,7 +38,7 @@ fn measured_candidates_enter_the_table_only_after_measurement() {
         },
     );
     let outputs = drain(&mut node);
-    assert!(outputs.contains(&Output::Measure { peer: far }));
+    assert!(outputs.transmits.contains(&Transmit::Measure { peer: far }));
     assert!(!node.routing_table().contains(far.id));
     node.handle_proximity(Time::ZERO, far, Duration::from_millis(40));
     assert!(node.routing_table().contains(far.id));
@@ -55,13 +55,17 @@ fn measured_candidates_enter_the_table_only_after_measurement() {
             entries: vec![other],
         },
     );
-    assert!(!drain(&mut node).contains(&Output::Measure { peer: other }));
+    assert!(!drain(&mut node)
+        .transmits
+        .contains(&Transmit::Measure { peer: other }));
     // ...but a newly announced node is (it may be nearer than the holder).
     for p in [nearer, farther] {
         node.handle_message(Time::ZERO, p, Message::Announce { leaf_set: vec![] });
     }
     let outputs = drain(&mut node);
-    assert!(outputs.contains(&Output::Measure { peer: nearer }));
+    assert!(outputs
+        .transmits
+        .contains(&Transmit::Measure { peer: nearer }));
     node.handle_proximity(Time::ZERO, nearer, Duration::from_millis(10));
     node.handle_proximity(Time::ZERO, farther, Duration::from_millis(50));
     assert_eq!(node.routing_table().get(0, 0xf).unwrap().peer, nearer);
@@ -91,9 +95,10 @@ fn a_newcomer_filling_a_deep_hole_is_passed_on_to_the_row() {
     let newcomer = peer(0xab90_u128 << 112);
     node.handle_message(Time::ZERO, newcomer, Message::Announce { leaf_set: vec![] });
     let passed_on: Vec<NodeId> = drain(&mut node)
+        .transmits
         .into_iter()
-        .filter_map(|o| match o {
-            Output::Send {
+        .filter_map(|t| match t {
+            Transmit::Send {
                 to,
                 msg: Message::RowReply { row: 2, entries },
             } if entries == vec![newcomer] => Some(to.id),
@@ -104,9 +109,9 @@ fn a_newcomer_filling_a_deep_hole_is_passed_on_to_the_row() {
     // Another announcer for a taken slot of that row is not passed on.
     let second = peer((0xab90_u128 << 112) + (1 << 100));
     node.handle_message(Time::ZERO, second, Message::Announce { leaf_set: vec![] });
-    assert!(!drain(&mut node).iter().any(|o| matches!(
-        o,
-        Output::Send {
+    assert!(!drain(&mut node).transmits.iter().any(|t| matches!(
+        t,
+        Transmit::Send {
             msg: Message::RowReply { .. },
             ..
         }

@@ -9,8 +9,8 @@ use crate::id::{Key, NodeId};
 
 use super::harness::{hop_bound, Net};
 use super::{
-    Config, Event, ForwardVerdict, Message, MessageKind, Output, Pastry, PeerInfo, Side, Stats,
-    Time,
+    Config, Event, ForwardVerdict, Message, MessageKind, Pastry, PeerInfo, Side, Stats, Time,
+    Transmit,
 };
 
 mod custody;
@@ -28,8 +28,18 @@ fn peer(n: u128) -> PeerInfo {
     }
 }
 
-fn drain(node: &mut Pastry) -> Vec<Output> {
-    std::iter::from_fn(|| node.poll_output()).collect()
+/// What a node handed out since the last drain, from both of its queues.
+#[derive(Debug)]
+struct Drained {
+    transmits: Vec<Transmit>,
+    events: Vec<Event>,
+}
+
+fn drain(node: &mut Pastry) -> Drained {
+    Drained {
+        transmits: std::iter::from_fn(|| node.poll_transmit()).collect(),
+        events: std::iter::from_fn(|| node.poll_event()).collect(),
+    }
 }
 
 /// Routes `count` random lookups from random nodes; asserts each is delivered exactly once, at
@@ -91,7 +101,7 @@ fn lone(id: u128) -> Pastry {
 }
 
 /// Teaches `node` about `p` as a live active peer (a probe from it); returns what `node` did.
-fn meet(node: &mut Pastry, p: PeerInfo) -> Vec<Output> {
+fn meet(node: &mut Pastry, p: PeerInfo) -> Drained {
     node.handle_message(
         Time::ZERO,
         p,

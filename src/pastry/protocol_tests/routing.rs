@@ -19,15 +19,17 @@ fn a_node_suppresses_a_message_it_already_delivered() {
     node.handle_message(Time::ZERO, peer(8), msg);
     let outputs = drain(&mut node);
     let delivers = outputs
+        .events
         .iter()
-        .filter(|o| matches!(o, Output::Deliver { id: 9, .. }))
+        .filter(|e| matches!(e, Event::Deliver { id: 9, .. }))
         .count();
     let acks = outputs
+        .transmits
         .iter()
-        .filter(|o| {
+        .filter(|t| {
             matches!(
-                o,
-                Output::Send {
+                t,
+                Transmit::Send {
                     msg: Message::RouteAck {
                         id: 9,
                         done: false,
@@ -42,11 +44,12 @@ fn a_node_suppresses_a_message_it_already_delivered() {
     // Delivered (or suppressed) at once: each sender gets one ack, `done: true`, no receipt.
     assert_eq!(acks, 0, "no separate receipt ack");
     let released = outputs
+        .transmits
         .iter()
-        .filter(|o| {
+        .filter(|t| {
             matches!(
-                o,
-                Output::Send {
+                t,
+                Transmit::Send {
                     msg: Message::RouteAck {
                         id: 9,
                         done: true,
@@ -250,9 +253,10 @@ fn a_message_is_not_bounced_back_to_its_sender() {
     );
     let outputs = drain(&mut node_b);
     let routed_to: Vec<u128> = outputs
+        .transmits
         .iter()
-        .filter_map(|o| match o {
-            Output::Send {
+        .filter_map(|t| match t {
+            Transmit::Send {
                 to,
                 msg: Message::Route { .. },
             } => Some(to.id.as_u128()),
@@ -262,8 +266,8 @@ fn a_message_is_not_bounced_back_to_its_sender() {
     assert_eq!(routed_to.len(), 1);
     assert_ne!(routed_to[0], a, "bounced back to the sender");
     // The sender is told what B knows, so it can fix its leaf set.
-    assert!(outputs.iter().any(|o| matches!(
-        o,
-        Output::Send { to, msg: Message::Heartbeat { .. } } if to.id.as_u128() == a
+    assert!(outputs.transmits.iter().any(|t| matches!(
+        t,
+        Transmit::Send { to, msg: Message::Heartbeat { .. } } if to.id.as_u128() == a
     )));
 }

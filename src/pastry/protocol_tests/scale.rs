@@ -41,9 +41,10 @@ fn stats_count_messages_by_kind_with_exact_sizes() {
     );
     let outputs = drain(&mut node);
     let sent: Vec<&Message> = outputs
+        .transmits
         .iter()
-        .filter_map(|o| match o {
-            Output::Send { msg, .. } => Some(msg),
+        .filter_map(|t| match t {
+            Transmit::Send { msg, .. } => Some(msg),
             _ => None,
         })
         .collect();
