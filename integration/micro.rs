@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wendy::id::{Key, NodeId};
-use wendy::pastry::{Config, LeafSet, Message, Output, Pastry, PeerInfo, RoutingTable, Time};
+use wendy::pastry::{Config, LeafSet, Message, Pastry, PeerInfo, RoutingTable, Time, Transmit};
 use wendy::wire::{self, Body};
 
 fn peer(rng: &mut ChaCha8Rng) -> PeerInfo {
@@ -32,12 +32,13 @@ fn full_node(peers: usize) -> Pastry {
     for _ in 0..peers {
         now = Time::from_micros(now.as_micros() + 10);
         node.handle_message(now, peer(&mut rng), Message::Announce { leaf_set: vec![] });
-        while let Some(output) = node.poll_output() {
-            if let Output::Measure { peer } = output {
+        while let Some(transmit) = node.poll_transmit() {
+            if let Transmit::Measure { peer } = transmit {
                 let rtt = Duration::from_micros(rng.gen_range(100..100_000));
                 node.handle_proximity(now, peer, rtt);
             }
         }
+        while node.poll_event().is_some() {}
     }
     node
 }

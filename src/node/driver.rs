@@ -26,7 +26,7 @@ use super::{
     NodeConfig, NodeError, NodeEvent, PeerStatus, Status,
 };
 use crate::id::{Key, NodeId};
-use crate::pastry::{self, Event, ForwardVerdict, Message, Output, Pastry, PeerInfo, Time};
+use crate::pastry::{self, Event, ForwardVerdict, Message, Pastry, PeerInfo, Time, Transmit};
 use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
 use crate::transport::{Inbox, Transport, TransportError, TransportEvent};
 use crate::wire::Body;
@@ -55,9 +55,9 @@ enum Internal {
 
 /// Sends held back until the tasks a delivery woke have run (see [`Driver::drain_outputs`]).
 ///
-/// Every send of a batch, from the first delivery it handed to the application on: the
-/// delivered message's ack, and whatever else the same batch produced (forwards of other
-/// messages included), kept in the core's order.
+/// Every send of a batch that handed a delivery to the application: the delivered message's
+/// ack, and whatever else the same batch produced (forwards of other messages included), kept
+/// in the core's order.
 type Deferred = Vec<(PeerInfo, Message)>;
 
 struct PendingJoin {
@@ -514,103 +514,106 @@ impl Driver {
         }
     }
 
-    /// Carries out everything the core asked for since the last call.
+    /// Carries out everything the core asked for since the last call: first its events (which
+    /// may answer a forward, queueing more transmits), then its transmits.
     ///
-    /// Sends go out last, in the core's order. When the batch handed a delivery to the
-    /// application, all its sends (the delivered message's ack, which is not on its latency
-    /// path, and anything else the batch produced) are deferred until the application's task
-    /// has had its turn.
+    /// Measurements start at once; sends go out last, in the core's order. When the batch
+    /// handed a delivery to the application, all its sends (the delivered message's ack, which
+    /// is not on its latency path, and anything else the batch produced) are deferred until the
+    /// application's task has had its turn, and so are those of later batches until then.
     fn drain_outputs(&mut self) {
-        let mut sends = Vec::new();
         let mut delivered = false;
-        while let Some(output) = self.pastry.poll_output() {
-            match output {
-                Output::Send { to, msg } => sends.push((to, msg)),
-                Output::Measure { peer } => self.measure(peer),
-                Output::Deliver {
-                    key,
-                    origin,
-                    id,
-                    hops,
-                    payload,
-                } => {
-                    bump(&self.counters.delivered);
-                    delivered = true;
-                    self.emit(NodeEvent::Deliver(Delivery {
-                        key,
-                        origin,
-                        id,
-                        hops,
-                        payload,
-                    }));
-                }
-                Output::Forward {
-                    token,
-                    key,
-                    origin,
-                    next_hop,
-                    hops,
-                    mut payload,
-                } => {
-                    let action = match &self.forward {
-                        Some(hook) => {
-                            let info = Forwarded {
-                                key,
-                                origin,
-                                next_hop,
-                                hops,
-                            };
-                            // The hook runs on a transport task or the application's: a panic
-                            // in it must not take that task (a link's reader) down with it.
-                            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                hook(&info, &mut payload)
-                            }));
-                            called.unwrap_or_else(|_| {
-                                warn!(%key, "the forward hook panicked; message dropped");
-                                self.emit(NodeEvent::Error(format!(
-                                    "the forward hook panicked on a message for {key}; \
-                                     it was dropped"
-                                )));
-                                ForwardAction::Veto
-                            })
-                        }
-                        None => ForwardAction::Continue,
-                    };
-                    let verdict = match action {
-                        ForwardAction::Continue => {
-                            bump(&self.counters.forwarded);
-                            ForwardVerdict::Continue(payload)
-                        }
-                        ForwardAction::Veto => {
-                            bump(&self.counters.vetoed);
-                            ForwardVerdict::Drop
-                        }
-                    };
-                    let now = self.now();
-                    self.pastry.resume_forward(now, token, verdict);
-                }
-                Output::Event(event) => self.on_core_event(event),
+        while let Some(event) = self.pastry.poll_event() {
+            delivered |= matches!(event, Event::Deliver { .. });
+            self.on_core_event(event);
+        }
+        let hold = delivered || !self.deferred.is_empty();
+        while let Some(transmit) = self.pastry.poll_transmit() {
+            match transmit {
+                Transmit::Send { to, msg } => self.deferred.push((to, msg)),
+                Transmit::Measure { peer } => self.measure(peer),
             }
         }
-        if delivered || !self.deferred.is_empty() {
-            // Behind sends already held back, so the core's order is kept.
-            self.deferred.extend(sends);
-            return;
-        }
-        for (to, msg) in sends {
-            self.send(to, msg);
+        if !hold {
+            self.finish_deferred();
         }
     }
 
-    /// Sends what [`Self::drain_outputs`] held back after a delivery.
+    /// Makes the sends [`Self::drain_outputs`] held back (or has just queued).
     fn finish_deferred(&mut self) {
         for (to, msg) in std::mem::take(&mut self.deferred) {
             self.send(to, msg);
         }
     }
 
+    /// Hands a forward to the hook and the core the hook's verdict.
+    fn on_forward(&mut self, token: u64, info: Forwarded, mut payload: Vec<u8>) {
+        let key = info.key;
+        let action = match &self.forward {
+            Some(hook) => {
+                // The hook runs on a transport task or the application's: a panic
+                // in it must not take that task (a link's reader) down with it.
+                let called =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| hook(&info, &mut payload)));
+                called.unwrap_or_else(|_| {
+                    warn!(%key, "the forward hook panicked; message dropped");
+                    self.emit(NodeEvent::Error(format!(
+                        "the forward hook panicked on a message for {key}; \
+                         it was dropped"
+                    )));
+                    ForwardAction::Veto
+                })
+            }
+            None => ForwardAction::Continue,
+        };
+        let verdict = match action {
+            ForwardAction::Continue => {
+                bump(&self.counters.forwarded);
+                ForwardVerdict::Continue(payload)
+            }
+            ForwardAction::Veto => {
+                bump(&self.counters.vetoed);
+                ForwardVerdict::Drop
+            }
+        };
+        let now = self.now();
+        self.pastry.resume_forward(now, token, verdict);
+    }
+
     fn on_core_event(&mut self, event: Event) {
         match event {
+            Event::Deliver {
+                key,
+                origin,
+                id,
+                hops,
+                payload,
+            } => {
+                bump(&self.counters.delivered);
+                self.emit(NodeEvent::Deliver(Delivery {
+                    key,
+                    origin,
+                    id,
+                    hops,
+                    payload,
+                }));
+            }
+            Event::Forward {
+                token,
+                key,
+                origin,
+                next_hop,
+                hops,
+                payload,
+            } => {
+                let info = Forwarded {
+                    key,
+                    origin,
+                    next_hop,
+                    hops,
+                };
+                self.on_forward(token, info, payload);
+            }
             Event::Joined => {
                 let leaf_set = self.leaf_ids();
                 info!(leaves = leaf_set.len(), "joined the overlay");

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::id::{Key, NodeId};
 
-use super::{Config, Event, ForwardVerdict, LeafSet, Message, Output, Pastry, PeerInfo, Time};
+use super::{Config, Event, ForwardVerdict, LeafSet, Message, Pastry, PeerInfo, Time, Transmit};
 
 /// Something scheduled for delivery to node `to`.
 #[derive(Debug)]
@@ -35,7 +35,7 @@ pub(crate) struct Delivered {
     pub(crate) correct: bool,
 }
 
-/// An [`Output::Forward`] the application was asked about.
+/// An [`Event::Forward`] the application was asked about.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub(crate) at: usize,
@@ -131,9 +131,9 @@ impl Net {
 
     /// Drains node `i`'s outputs into the network and re-arms its timer.
     pub(crate) fn flush(&mut self, i: usize) {
-        while let Some(out) = self.nodes[i].poll_output() {
-            match out {
-                Output::Send { to, msg } => {
+        while let Some(transmit) = self.nodes[i].poll_transmit() {
+            match transmit {
+                Transmit::Send { to, msg } => {
                     let Some(&j) = self.index.get(&to.id) else {
                         continue;
                     };
@@ -144,7 +144,7 @@ impl Net {
                     let from = self.peer(i);
                     self.schedule(at, j, Delivery::Msg { from, msg });
                 }
-                Output::Measure { peer } => {
+                Transmit::Measure { peer } => {
                     let Some(&j) = self.index.get(&peer.id) else {
                         continue;
                     };
@@ -153,7 +153,11 @@ impl Net {
                         self.schedule(self.now + rtt, i, Delivery::Rtt { peer, rtt });
                     }
                 }
-                Output::Deliver {
+            }
+        }
+        while let Some(event) = self.nodes[i].poll_event() {
+            match event {
+                Event::Deliver {
                     key,
                     origin,
                     id,
@@ -172,12 +176,12 @@ impl Net {
                         correct,
                     });
                 }
-                Output::Forward { token, payload, .. } => self.held.push(Held {
+                Event::Forward { token, payload, .. } => self.held.push(Held {
                     at: i,
                     token,
                     payload,
                 }),
-                Output::Event(e) => self.events.push((i, e, self.now)),
+                other => self.events.push((i, other, self.now)),
             }
         }
         if let Some(t) = self.nodes[i].poll_timeout() {

@@ -1,10 +1,54 @@
 //! Pastry's routing state machine: routing table, leaf set, neighbourhood set, join and repair.
 //!
 //! Sans-IO: no tokio, no quinn, no clock reads, no global RNG. Time comes in as an argument
-//! ([`Time`]) and effects go out as values ([`Output`]), so the simulator and the node runtime
-//! drive the same code. A driver calls a `handle_*` method or a command ([`Pastry::route`],
-//! [`Pastry::join`], ...), then drains [`Pastry::poll_output`] until `None`, and calls
-//! [`Pastry::handle_timeout`] once its clock reaches [`Pastry::poll_timeout`].
+//! ([`Time`]) and effects go out as values, so the simulator and the node runtime drive the same
+//! code.
+//!
+//! # Driving it
+//!
+//! The entry points of [`Pastry`], in the shape of quinn-proto's `Connection`:
+//!
+//! * **Inputs.** [`Pastry::handle_message`] (a message from an authenticated peer),
+//!   [`Pastry::handle_proximity`] (an RTT sample), [`Pastry::handle_link_down`] (a lost link or
+//!   a failed dial), [`Pastry::handle_timeout`] (the clock reached [`Pastry::poll_timeout`]),
+//!   and the commands [`Pastry::bootstrap_alone`], [`Pastry::join`], [`Pastry::route`],
+//!   [`Pastry::leave`] and [`Pastry::resume_forward`].
+//! * **Outputs, on two queues.** After every input, drain both until `None`:
+//!   [`Pastry::poll_transmit`] gives the network's work ([`Transmit::Send`],
+//!   [`Transmit::Measure`]) in the order the core asked for it, and [`Pastry::poll_event`] the
+//!   application's ([`Event::Deliver`], [`Event::Forward`], [`Event::Joined`], ...). The
+//!   queues are independent: a driver may hold transmits back (the node runtime does, after a
+//!   delivery, until the application's task has run) while it takes events. Answering an
+//!   [`Event::Forward`] with [`Pastry::resume_forward`] queues more transmits.
+//! * **Timers.** [`Pastry::poll_timeout`] is the earliest deadline of any kind (one table holds
+//!   them all); call [`Pastry::handle_timeout`] once the clock reaches it, and poll it again
+//!   after every input.
+//!
+//! ```
+//! use wendy::id::{Key, NodeId};
+//! use wendy::pastry::{Config, Event, Pastry, PeerInfo, Time, Transmit};
+//!
+//! let me = PeerInfo { id: NodeId::from_u128(7), addr: "127.0.0.1:4000".parse().unwrap() };
+//! let mut node = Pastry::new(me, Config::default(), 1);
+//! node.bootstrap_alone(Time::ZERO);
+//! node.route(Time::ZERO, Key::from_u128(99), b"hi".to_vec());
+//! while let Some(transmit) = node.poll_transmit() {
+//!     match transmit {
+//!         Transmit::Send { .. } => { /* hand the message to the transport */ }
+//!         Transmit::Measure { .. } => { /* measure, then call `handle_proximity` */ }
+//!     }
+//! }
+//! while let Some(event) = node.poll_event() {
+//!     if let Event::Deliver { payload, .. } = event {
+//!         assert_eq!(payload, b"hi"); // alone, this node is the root of every key
+//!     }
+//! }
+//! assert!(node.poll_timeout().is_some()); // the heartbeat, at the latest
+//! ```
+//!
+//! The core's code is split by sub-protocol: `state` (the struct and its entry points),
+//! `routing`, `custody`, `join`, `membership`, `liveness`, `maintenance`, `timers`, `config`,
+//! `stats` and `output`.
 //!
 //! # What this module owns
 //!
@@ -27,7 +71,7 @@
 //!   hop by hop) to the joiner's id. Hop `i` answers with [`Message::JoinState`] holding only
 //!   the rows the joiner still lacks (`next_row..=shared prefix`), the first hop adds its
 //!   neighbourhood set, the root adds its leaf set. The joiner measures the candidates
-//!   ([`Output::Measure`]) and probes the nodes that belong in its leaf set; it becomes active
+//!   ([`Transmit::Measure`]) and probes the nodes that belong in its leaf set; it becomes active
 //!   ([`Event::Joined`]) once every probe was answered (new candidates learned from the replies
 //!   are probed too), then announces itself to the rest of its state and asks the nearest
 //!   entry of each row for its row. Until then it never delivers as root: messages for its keys
@@ -63,21 +107,34 @@
 //! the key wins ([`Key::cmp_closeness`](crate::id::Key::cmp_closeness)). It is used by the leaf
 //! set, the route decision and every test oracle, so all agree on the root of a key.
 
+mod config;
+mod custody;
+mod join;
 mod leaf_set;
+mod liveness;
+mod maintenance;
+mod membership;
 pub mod message;
 mod neighbourhood;
-mod node;
+mod output;
+mod routing;
 mod routing_table;
+mod state;
+mod stats;
 mod time;
+mod timers;
 
 #[cfg(test)]
 mod harness;
 #[cfg(test)]
 mod protocol_tests;
 
+pub use config::Config;
 pub use leaf_set::{ideal_leaf_set, LeafSet, Side};
 pub use message::{Message, MessageKind, PeerInfo};
 pub use neighbourhood::NeighbourhoodSet;
-pub use node::{Config, Counter, Event, ForwardVerdict, Output, Pastry, Stats};
+pub use output::{Event, ForwardVerdict, Transmit};
 pub use routing_table::{Insertion, RoutingTable, Slot};
+pub use state::Pastry;
+pub use stats::{Counter, Stats};
 pub use time::Time;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::id::{Key, NodeId};
-use crate::pastry::{Config, Event, Message, Output, Pastry, PeerInfo, Time};
+use crate::pastry::{Config, Event, Message, Pastry, PeerInfo, Time, Transmit};
 
 /// Protocol knobs the simulator sets on every node.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,10 +152,16 @@ impl SimNode for Pastry {
     }
 
     fn poll_effect(&mut self) -> Option<Effect> {
-        Some(match self.poll_output()? {
-            Output::Send { to, msg } => Effect::Send { to, msg },
-            Output::Measure { peer } => Effect::Measure { peer },
-            Output::Deliver {
+        // Transmits first, in the core's order (the order the network sees); events only
+        // record outcomes, so where they fall among the transmits changes nothing.
+        if let Some(transmit) = self.poll_transmit() {
+            return Some(match transmit {
+                Transmit::Send { to, msg } => Effect::Send { to, msg },
+                Transmit::Measure { peer } => Effect::Measure { peer },
+            });
+        }
+        Some(match self.poll_event()? {
+            Event::Deliver {
                 key,
                 origin,
                 hops,
@@ -167,9 +173,13 @@ impl SimNode for Pastry {
                 hops,
                 payload,
             },
-            Output::Event(Event::RouteFailed { id, .. }) => Effect::RouteFailed { id },
+            Event::RouteFailed { id, .. } => Effect::RouteFailed { id },
             // Forward is only emitted with intercept_forwards, which the simulator turns off.
-            Output::Forward { .. } | Output::Event(_) => Effect::Other,
+            Event::Forward { .. }
+            | Event::Joined
+            | Event::LeafSetChanged
+            | Event::NodeJoined(_)
+            | Event::NodeLeft(_) => Effect::Other,
         })
     }
 

@@ -1,0 +1,171 @@
+//! Custody: messages passed to a next hop and held until it acknowledges (`RouteAck`) and
+//! passes them on (`done`), and re-routing when a next hop stays silent.
+
+use crate::id::NodeId;
+
+use super::join::JoinMsg;
+use super::liveness::ProbeKind;
+use super::routing::RouteMsg;
+use super::state::Pastry;
+use super::{Message, PeerInfo, Time};
+
+#[derive(Debug, Clone)]
+pub(super) enum Carried {
+    Route(RouteMsg),
+    Join(JoinMsg),
+}
+
+impl Carried {
+    fn ident(&self) -> (NodeId, u64) {
+        match self {
+            Self::Route(m) => (m.origin.id, m.id),
+            Self::Join(j) => (j.joiner.id, j.id),
+        }
+    }
+}
+
+/// A message sent to a next hop and not yet acknowledged.
+#[derive(Debug, Clone)]
+pub(super) struct InFlight {
+    pub(super) carried: Carried,
+    pub(super) next: PeerInfo,
+    pub(super) deadline: Time,
+    pub(super) attempts: u8,
+    pub(super) excluded: Vec<NodeId>,
+    /// The next hop acknowledged receipt; we wait for it to pass the message on.
+    pub(super) received: bool,
+}
+
+impl Pastry {
+    /// A [`Message::RouteAck`] from `from`. Returns false if it acknowledges nothing we hold.
+    pub(super) fn on_route_ack(
+        &mut self,
+        now: Time,
+        from: PeerInfo,
+        origin: NodeId,
+        id: u64,
+        done: bool,
+    ) -> bool {
+        let Some(index) = self
+            .in_flight
+            .iter()
+            .position(|f| f.next.id == from.id && f.carried.ident() == (origin, id))
+        else {
+            return false;
+        };
+        if done {
+            // A next hop that delivered at once sends only this ack (no receipt
+            // first): release our predecessor now if its receipt did not.
+            let f = self.in_flight.swap_remove(index);
+            if let (false, Carried::Route(m)) = (f.received, &f.carried) {
+                if let Some(prev) = m.prev {
+                    self.release(prev, m.origin.id, m.id);
+                }
+            }
+        } else if !self.in_flight[index].received {
+            // The next hop has it: keep a copy in case it dies before passing it on,
+            // and release our predecessor.
+            let f = &mut self.in_flight[index];
+            f.received = true;
+            f.deadline = now + self.config.custody_timeout;
+            let prev = match &f.carried {
+                Carried::Route(m) => m.prev.map(|p| (p, m.origin.id, m.id)),
+                Carried::Join(_) => None,
+            };
+            if let Some((prev, origin, id)) = prev {
+                self.release(prev, origin, id);
+            }
+        }
+        true
+    }
+
+    pub(super) fn send_route(
+        &mut self,
+        now: Time,
+        next: PeerInfo,
+        msg: RouteMsg,
+        excluded: Vec<NodeId>,
+        attempts: u8,
+    ) {
+        self.stats.forwarded += 1;
+        let mut avoid = msg.avoid.clone();
+        for id in &excluded {
+            if !avoid.contains(id) {
+                avoid.push(*id);
+            }
+        }
+        if avoid.len() > super::message::MAX_AVOID {
+            avoid.drain(..avoid.len() - super::message::MAX_AVOID);
+        }
+        self.send(
+            next,
+            Message::Route {
+                id: msg.id,
+                key: msg.key,
+                origin: msg.origin,
+                hops: msg.hops.saturating_add(1),
+                avoid,
+                payload: msg.payload.clone(),
+            },
+        );
+        let deadline = now + self.hop_timeout(next.id, self.config.ack_timeout);
+        self.in_flight.push(InFlight {
+            carried: Carried::Route(msg),
+            next,
+            deadline,
+            attempts,
+            excluded,
+            received: false,
+        });
+    }
+
+    /// Tells `prev` that we passed on (or delivered) message `(origin, id)`.
+    pub(super) fn release(&mut self, prev: PeerInfo, origin: NodeId, id: u64) {
+        self.send(
+            prev,
+            Message::RouteAck {
+                origin,
+                id,
+                done: true,
+            },
+        );
+    }
+
+    pub(super) fn expire_in_flight(&mut self, now: Time) {
+        let mut due = Vec::new();
+        let mut index = 0;
+        while index < self.in_flight.len() {
+            if self.in_flight[index].deadline <= now {
+                due.push(self.in_flight.swap_remove(index));
+            } else {
+                index += 1;
+            }
+        }
+        for mut f in due {
+            self.stats.reroutes += 1;
+            if f.received {
+                // It took the message but never passed it on: it may have died holding it, or
+                // be slow. Check it without dropping it, and try another way.
+                if self.knows(f.next.id) {
+                    self.start_probe(now, f.next, ProbeKind::Verify);
+                }
+            } else {
+                self.distrust(now, f.next.id);
+            }
+            f.excluded.push(f.next.id);
+            let attempts = f.attempts.saturating_add(1);
+            if attempts >= self.config.max_route_attempts {
+                if let Carried::Route(m) = f.carried {
+                    self.fail_route(m.id, m.key);
+                }
+                continue;
+            }
+            match f.carried {
+                Carried::Route(m) => {
+                    self.route_step(now, m, f.excluded, attempts);
+                }
+                Carried::Join(j) => self.forward_join(now, j, f.excluded, attempts),
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! What the core hands its driver, on two queues (as quinn-proto's `poll_transmit` and `poll`):
+//! [`Transmit`]s for the network ([`Pastry::poll_transmit`]) and [`Event`]s for the
+//! application ([`Pastry::poll_event`]).
+
+use crate::id::{Key, NodeId};
+
+use super::{Message, PeerInfo};
+
+#[cfg(doc)]
+use super::{Config, Pastry};
+
+/// Network work for the driver, in the order the core asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Deliver `msg` to `to` (the driver dials it if needed).
+    Send {
+        /// The destination peer.
+        to: PeerInfo,
+        /// The message.
+        msg: Message,
+    },
+    /// Measure the round-trip time to `peer`, then call [`Pastry::handle_proximity`]. If the
+    /// peer cannot be reached (the dial fails), call [`Pastry::handle_link_down`]: a peer that
+    /// cannot be dialled is suspected like one whose link died.
+    Measure {
+        /// The peer to measure.
+        peer: PeerInfo,
+    },
+}
+
+/// The application's answer to [`Event::Forward`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardVerdict {
+    /// Forward the message with this (possibly modified) payload.
+    Continue(Vec<u8>),
+    /// Drop the message.
+    Drop,
+}
+
+/// Something for the application: a message delivered here or about to be forwarded, or a
+/// change it may want to know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This node is the root of `key`: hand the message to the application.
+    Deliver {
+        /// The destination key.
+        key: Key,
+        /// The node that routed the message.
+        origin: NodeId,
+        /// The origin's message id.
+        id: u64,
+        /// Overlay hops the message took.
+        hops: u8,
+        /// The application payload.
+        payload: Vec<u8>,
+    },
+    /// (Only with [`Config::intercept_forwards`].) The message is about to be forwarded to
+    /// `next_hop`; answer with [`Pastry::resume_forward`] and this `token`.
+    Forward {
+        /// Identifies the held message.
+        token: u64,
+        /// The destination key.
+        key: Key,
+        /// The node that routed the message.
+        origin: NodeId,
+        /// The chosen next hop.
+        next_hop: NodeId,
+        /// Hops taken so far.
+        hops: u8,
+        /// The application payload (hand it back, possibly modified).
+        payload: Vec<u8>,
+    },
+    /// This node became active: its leaf set is confirmed and it may deliver as root.
+    Joined,
+    /// The leaf set's membership changed.
+    LeafSetChanged,
+    /// A node entered this node's state (leaf set, routing table or neighbourhood set).
+    NodeJoined(NodeId),
+    /// A node left this node's leaf set because it died or left gracefully.
+    NodeLeft(NodeId),
+    /// A message originated or forwarded here was given up after
+    /// [`Config::max_route_attempts`] attempts or [`Config::max_hops`] hops.
+    RouteFailed {
+        /// The origin's message id.
+        id: u64,
+        /// The destination key.
+        key: Key,
+    },
+}

@@ -1,0 +1,191 @@
+//! Liveness: failure detection and repair, graceful leave, lost links and failed dials.
+
+use super::*;
+
+#[test]
+fn silent_failures_are_detected_repaired_and_reported() {
+    let mut net = Net::build(Config::default(), 100, 4);
+    net.run_for(Duration::from_secs(30));
+    // Ten nodes, including runs of ring neighbours (so that some notices have no live sender
+    // next to the dead node and far leaf-set members must find out by themselves).
+    let mut by_id: Vec<usize> = (0..net.nodes.len()).collect();
+    by_id.sort_by_key(|&i| net.nodes[i].id());
+    let victims: Vec<usize> = [5, 6, 30, 31, 32, 60, 61, 75, 88, 95]
+        .iter()
+        .map(|&r| by_id[r])
+        .collect();
+    // Who had each victim in its leaf set when it died.
+    let mut watchers = Vec::new();
+    for &v in &victims {
+        let id = net.nodes[v].id();
+        for i in 0..net.nodes.len() {
+            if !victims.contains(&i) && net.nodes[i].leaf_set().contains(id) {
+                watchers.push((i, id));
+            }
+        }
+        net.kill(v);
+    }
+    let killed_at = net.now;
+    let sum =
+        |net: &Net, f: fn(&Stats) -> u64| -> u64 { net.nodes.iter().map(|n| f(n.stats())).sum() };
+    let before = [
+        sum(&net, |s| s.suspect_probes),
+        sum(&net, |s| s.candidate_probes),
+        sum(&net, |s| s.sent_of(MessageKind::NodeFailed).msgs),
+        sum(&net, |s| s.control().msgs),
+    ];
+    // Lookups during the repair are re-routed, not lost.
+    check_lookups(&mut net, 100);
+    net.run_for(Duration::from_secs(120));
+    let wrong: Vec<String> = net
+        .wrong_leaf_sets()
+        .into_iter()
+        .map(|i| net.leaf_diff(i))
+        .collect();
+    assert_eq!(wrong, Vec::<String>::new(), "after repair");
+    for (i, id) in watchers {
+        assert!(
+            net.events
+                .iter()
+                .any(|(at, e, t)| *at == i && *e == Event::NodeLeft(id) && *t >= killed_at),
+            "node {i} never reported NodeLeft for {id}"
+        );
+        assert!(!net.nodes[i].knows(id), "node {i} still holds dead {id}");
+    }
+    let hops = check_lookups(&mut net, 300);
+    eprintln!(
+        "after 10% failures: mean hops {:.2}; per failed node: suspect probes {}, candidate probes {}, node_failed {}, control msgs {}",
+        mean(&hops),
+        (sum(&net, |s| s.suspect_probes) - before[0]) / 10,
+        (sum(&net, |s| s.candidate_probes) - before[1]) / 10,
+        (sum(&net, |s| s.sent_of(MessageKind::NodeFailed).msgs) - before[2]) / 10,
+        (sum(&net, |s| s.control().msgs) - before[3]) / 10,
+    );
+}
+
+/// A small overlay (25 nodes, 5 fail: 20 survivors, barely more than L = 16): a side's L/2
+/// nearest may reach past half the ring, and repair must still converge to the oracle's leaf
+/// sets and go quiet (it used to probe the same far members forever).
+#[test]
+fn failures_in_a_small_overlay_converge_and_go_quiet() {
+    for seed in [1, 2, 3] {
+        let mut net = Net::build(Config::default(), 25, 30 + seed);
+        net.run_for(Duration::from_secs(30));
+        for _ in 0..5 {
+            let victim = net.random_live();
+            net.kill(victim);
+        }
+        net.run_for(Duration::from_secs(120));
+        let wrong: Vec<String> = net
+            .wrong_leaf_sets()
+            .into_iter()
+            .map(|i| net.leaf_diff(i))
+            .collect();
+        assert_eq!(wrong, Vec::<String>::new(), "seed {seed}: after repair");
+        let control =
+            |net: &Net| -> u64 { net.nodes.iter().map(|n| n.stats().control().msgs).sum() };
+        let before = control(&net);
+        let window = Duration::from_secs(300);
+        net.run_for(window);
+        let per_node_s = (control(&net) - before) as f64 / 20.0 / window.as_secs_f64();
+        assert!(
+            per_node_s < 0.5,
+            "seed {seed}: {per_node_s:.2} control msgs/s per node after repair"
+        );
+        check_lookups(&mut net, 100);
+    }
+}
+
+#[test]
+fn graceful_leave_notifies_the_leaf_set_at_once() {
+    let mut net = Net::build(Config::default(), 60, 5);
+    let leaver = 17;
+    let id = net.nodes[leaver].id();
+    let members: Vec<usize> = (0..net.nodes.len())
+        .filter(|&i| i != leaver && net.nodes[i].leaf_set().contains(id))
+        .collect();
+    assert!(!members.is_empty());
+    let left_at = net.now;
+    net.leave(leaver);
+    // One message latency (at most ~72 ms here), no probing needed.
+    net.run_for(Duration::from_millis(200));
+    for &i in &members {
+        assert!(
+            net.events
+                .iter()
+                .any(|(at, e, t)| *at == i && *e == Event::NodeLeft(id) && *t >= left_at),
+            "member {i} did not report NodeLeft at once"
+        );
+    }
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.wrong_leaf_sets(), Vec::<usize>::new());
+    check_lookups(&mut net, 100);
+}
+
+/// `Transmit::Measure` whose dial fails: the driver calls `handle_link_down`. A candidate we were
+/// only measuring is not admitted (a late sample is ignored) nor measured again for a while; a
+/// peer in our state is probed (suspected).
+#[test]
+fn a_measure_that_cannot_dial_suspects_the_peer() {
+    let mut node = Pastry::new(peer(1 << 120), Config::default(), 1);
+    node.bootstrap_alone(Time::ZERO);
+    drain(&mut node);
+    let holder = peer(0xf << 124);
+    node.handle_proximity(Time::ZERO, holder, Duration::from_millis(40));
+    let offer = |node: &mut Pastry, entries: Vec<PeerInfo>| {
+        node.handle_message(Time::ZERO, holder, Message::RowReply { row: 0, entries });
+        drain(node)
+    };
+    let candidate = peer(0xe << 124);
+    assert!(offer(&mut node, vec![candidate])
+        .transmits
+        .contains(&Transmit::Measure { peer: candidate }));
+    node.handle_link_down(Time::ZERO, candidate.id);
+    drain(&mut node);
+    // Late measurement: ignored; offered again: not measured again.
+    node.handle_proximity(Time::ZERO, candidate, Duration::from_millis(5));
+    assert!(!node.knows(candidate.id));
+    assert!(!offer(&mut node, vec![candidate])
+        .transmits
+        .contains(&Transmit::Measure { peer: candidate }));
+    // A peer already in our state is probed at once.
+    meet(&mut node, holder);
+    node.handle_link_down(Time::ZERO, holder.id);
+    let probed = drain(&mut node).transmits.into_iter().any(
+        |t| matches!(t, Transmit::Send { to, msg: Message::Probe { .. } } if to.id == holder.id),
+    );
+    assert!(probed, "the undialable member is probed");
+}
+
+#[test]
+fn link_down_suspects_the_peer_and_reroutes_at_once() {
+    let mut net = Net::build(Config::default(), 40, 13);
+    let (from, key, hop) = loop {
+        let from = net.random_live();
+        let key = net.random_key();
+        if let Some(next) = net.nodes[from].next_hop(key) {
+            if next.id != net.oracle_root(key) {
+                break (from, key, net.index_of(next.id));
+            }
+        }
+    };
+    net.kill(hop);
+    let id = net.route(from, key, vec![]);
+    // The transport notices at once: the message is re-routed without waiting for the ack.
+    let dead = net.nodes[hop].id();
+    let now = net.now;
+    net.nodes[from].handle_link_down(now, dead);
+    net.flush(from);
+    net.run_for(Duration::from_millis(1));
+    assert_eq!(net.nodes[from].stats().reroutes, 1);
+    assert!(net.nodes[from].next_hop(key).map_or(true, |p| p.id != dead));
+    net.run_for(Duration::from_secs(2));
+    let origin = net.nodes[from].id();
+    let got: Vec<_> = net
+        .delivered
+        .iter()
+        .filter(|d| d.origin == origin && d.id == id)
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].correct);
+}

@@ -1,0 +1,329 @@
+//! Routing: Pastry's route decision, one routing step per message, delivery as root, and the
+//! messages held back while a closer leaf-set member is under suspicion (parked) or while this
+//! node is still joining (waiting).
+
+use crate::id::{Key, NodeId, DIGITS};
+
+use super::liveness::ProbeKind;
+use super::state::Pastry;
+use super::{Event, Message, PeerInfo, Time};
+
+#[derive(Debug, Clone)]
+pub(super) struct RouteMsg {
+    pub(super) id: u64,
+    pub(super) key: Key,
+    pub(super) origin: PeerInfo,
+    /// Hops taken when it reached this node.
+    pub(super) hops: u8,
+    /// Unresponsive nodes reported by earlier hops.
+    pub(super) avoid: Vec<NodeId>,
+    /// The node we received it from (none at the origin).
+    pub(super) prev: Option<PeerInfo>,
+    pub(super) payload: Vec<u8>,
+}
+
+/// A message held for the application's [`ForwardVerdict`].
+#[derive(Debug, Clone)]
+pub(super) struct HeldForward {
+    pub(super) token: u64,
+    pub(super) msg: RouteMsg,
+    pub(super) next: PeerInfo,
+    pub(super) excluded: Vec<NodeId>,
+}
+
+/// Whether a routing step released the message's sender (`RouteAck { done: true }`): it does
+/// when it delivers the message here at once, so the sender needs no separate receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Released {
+    /// Delivered here; the sender was released.
+    Yes,
+    /// Passed on, held or given up; the sender is released later (or never, if it failed).
+    No,
+}
+
+pub(super) enum Choice {
+    Local,
+    Peer(PeerInfo),
+    Nowhere,
+}
+
+/// A message held until the probe of leaf-set member `on` settles.
+#[derive(Debug, Clone)]
+pub(super) struct Parked {
+    pub(super) on: NodeId,
+    pub(super) msg: RouteMsg,
+    pub(super) excluded: Vec<NodeId>,
+    pub(super) attempts: u8,
+}
+
+pub(super) const MAX_WAITING: usize = 64;
+
+impl Pastry {
+    /// The next hop this node would choose for `key` now, or `None` if it is the key's root by
+    /// its own state. This is Pastry's route decision (Rowstron & Druschel 2001, Table 1):
+    ///
+    /// 1. If `key` is within the leaf set's range: the numerically closest of the leaf set and
+    ///    this node.
+    /// 2. Else the routing-table entry at row `shared_prefix_len(self, key)`, column = the
+    ///    key's next digit.
+    /// 3. Else (rare) the numerically closest, among every known peer, of those sharing at
+    ///    least as long a prefix with the key as this node and closer to it than this node.
+    ///
+    /// Ties follow [`Key::cmp_closeness`]. Peers under suspicion (an unanswered probe) are
+    /// skipped.
+    pub fn next_hop(&self, key: Key) -> Option<PeerInfo> {
+        match self.choose(key, &[], true) {
+            Choice::Peer(p) => Some(p),
+            Choice::Local | Choice::Nowhere => None,
+        }
+    }
+
+    /// A [`Message::Route`] from `from` (`msg.prev`): routes it one step and acknowledges it.
+    pub(super) fn on_route(&mut self, now: Time, from: PeerInfo, mut msg: RouteMsg) {
+        let (origin_id, id, key, hops) = (msg.origin.id, msg.id, msg.key, msg.hops);
+        msg.avoid.truncate(super::message::MAX_AVOID);
+        msg.avoid.retain(|a| *a != self.me.id);
+        for dead in &msg.avoid {
+            self.distrust(now, *dead);
+        }
+        if hops > self.config.max_hops {
+            tracing::debug!(?key, hops, "dropping a message that exceeded max hops");
+            // The drop is deliberate: `done` releases the sender, which would otherwise
+            // keep custody and route it again after its custody timeout.
+            self.release(from, origin_id, id);
+            self.fail_route(id, key);
+        } else {
+            // The receipt goes after the routing step, and not at all if that step
+            // already released the sender (delivered here at once): one ack, not two.
+            if self.route_step(now, msg, Vec::new(), 0) == Released::No {
+                self.send(
+                    from,
+                    Message::RouteAck {
+                        origin: origin_id,
+                        id,
+                        done: false,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn choose(&self, key: Key, excluded: &[NodeId], allow_self: bool) -> Choice {
+        let me = self.me.id;
+        let usable = |id: NodeId| !excluded.contains(&id) && !self.is_suspect(id);
+        if self.leaf_set.covers(key) {
+            let mut best = allow_self.then_some(self.me);
+            for slot in self.leaf_set.iter() {
+                let id = slot.peer.id;
+                if usable(id) && best.map_or(true, |b| key.is_closer(id, b.id)) {
+                    best = Some(slot.peer);
+                }
+            }
+            match best {
+                Some(p) if p.id == me => return Choice::Local,
+                Some(p) => return Choice::Peer(p),
+                None => {}
+            }
+        }
+        let row = me.shared_prefix_len(key);
+        if row < DIGITS {
+            if let Some(slot) = self.table.get(row, usize::from(key.digit(row))) {
+                if usable(slot.peer.id) {
+                    return Choice::Peer(slot.peer);
+                }
+            }
+        }
+        // The rare case: the best of every known peer that is at least as good as us.
+        let mut best: Option<PeerInfo> = None;
+        // Any known node closer than us, whatever its prefix: used only when nothing better
+        // exists, so that a node with a hole in its leaf set (the key lies outside its range)
+        // does not wrongly deliver as root.
+        let mut closer: Option<PeerInfo> = None;
+        let known = self
+            .leaf_set
+            .iter()
+            .chain(self.table.iter())
+            .chain(self.neighbourhood.iter());
+        for slot in known {
+            let id = slot.peer.id;
+            if !usable(id) {
+                continue;
+            }
+            if allow_self
+                && key.is_closer(id, me)
+                && closer.map_or(true, |c| key.is_closer(id, c.id))
+            {
+                closer = Some(slot.peer);
+            }
+            if allow_self && (key.shared_prefix_len(id) < row || !key.is_closer(id, me)) {
+                continue;
+            }
+            if best.map_or(true, |b| key.is_closer(id, b.id)) {
+                best = Some(slot.peer);
+            }
+        }
+        match best.or(closer) {
+            Some(p) => Choice::Peer(p),
+            None if allow_self => Choice::Local,
+            None => Choice::Nowhere,
+        }
+    }
+
+    pub(super) fn route_step(
+        &mut self,
+        now: Time,
+        msg: RouteMsg,
+        mut excluded: Vec<NodeId>,
+        attempts: u8,
+    ) -> Released {
+        // Sending a message straight back where it came from means our two states disagree
+        // (each thinks the other is closer): a loop. Tell the sender what we know (it probes
+        // the nodes it is missing) and route around it.
+        if let Some(prev) = msg.prev.filter(|_| attempts == 0) {
+            if let Choice::Peer(next) = self.choose(msg.key, &msg.avoid, self.is_active()) {
+                if next.id == prev.id {
+                    let leaf_set = self.leaf_set.peers();
+                    self.send(next, Message::Heartbeat { leaf_set });
+                    excluded.push(prev.id);
+                }
+            }
+        }
+        // Only an active node may be a root (MSPastry's consistent join).
+        let skip: Vec<NodeId> = if msg.avoid.is_empty() {
+            Vec::new()
+        } else {
+            msg.avoid.iter().chain(&excluded).copied().collect()
+        };
+        let skip = if skip.is_empty() { &excluded } else { &skip };
+        if self.is_joining() && matches!(self.choose(msg.key, skip, true), Choice::Local) {
+            // Our leaf set already routes this key to us: hold it until we are active.
+            if self.waiting.len() >= MAX_WAITING {
+                let oldest = self.waiting.remove(0);
+                self.fail_route(oldest.id, oldest.key);
+            }
+            self.waiting.push(msg);
+            return Released::No;
+        }
+        match self.choose(msg.key, skip, self.is_active()) {
+            Choice::Local => {
+                // Deliver as root only if no closer leaf-set member is merely suspected: an
+                // ack that timed out under load or a missed heartbeat does not make it dead,
+                // and delivering here as well as there would be a misdelivery and a duplicate.
+                match self.suspected_closer(msg.key) {
+                    Some(on) if self.parked.len() < MAX_WAITING => {
+                        self.parked.push(Parked {
+                            on,
+                            msg,
+                            excluded,
+                            attempts,
+                        });
+                        Released::No
+                    }
+                    _ => {
+                        self.deliver(msg);
+                        Released::Yes
+                    }
+                }
+            }
+            Choice::Peer(next) => {
+                self.note_hole(msg.key, next);
+                if self.config.intercept_forwards && attempts == 0 {
+                    let token = self.fresh_id();
+                    let mut held = msg;
+                    let payload = std::mem::take(&mut held.payload);
+                    self.emit(Event::Forward {
+                        token,
+                        key: held.key,
+                        origin: held.origin.id,
+                        next_hop: next.id,
+                        hops: held.hops,
+                        payload,
+                    });
+                    self.held.push(HeldForward {
+                        token,
+                        msg: held,
+                        next,
+                        excluded,
+                    });
+                } else {
+                    self.send_route(now, next, msg, excluded, attempts);
+                }
+                Released::No
+            }
+            Choice::Nowhere => {
+                self.fail_route(msg.id, msg.key);
+                Released::No
+            }
+        }
+    }
+
+    /// The leaf-set member closest to `key`, if it is closer than us and being probed.
+    pub(super) fn suspected_closer(&self, key: Key) -> Option<NodeId> {
+        let mut best: Option<NodeId> = None;
+        for slot in self.leaf_set.iter() {
+            let id = slot.peer.id;
+            if key.is_closer(id, self.me.id)
+                && best.map_or(true, |b| key.is_closer(id, b))
+                && self
+                    .probes
+                    .iter()
+                    .any(|p| p.peer.id == id && p.kind != ProbeKind::Candidate)
+            {
+                best = Some(id);
+            }
+        }
+        best
+    }
+
+    /// Routes again the parked messages whose suspect's probe has settled.
+    pub(super) fn retry_parked(&mut self, now: Time) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let (ready, still): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| !self.probes.iter().any(|probe| probe.peer.id == p.on));
+        self.parked = still;
+        for mut p in ready {
+            // Alive (it answered): it is a candidate again; dead: it is gone from our state.
+            // The same holds for every other leaf-set member excluded earlier (they were
+            // probed when excluded): one still in the leaf set and not under probe answered.
+            let settled = |this: &Self, id: NodeId| {
+                id == p.on
+                    || (this.leaf_set.contains(id)
+                        && !this.probes.iter().any(|probe| probe.peer.id == id))
+            };
+            p.excluded.retain(|id| !settled(self, *id));
+            p.msg.avoid.retain(|id| !settled(self, *id));
+            self.route_step(now, p.msg, p.excluded, p.attempts);
+        }
+    }
+
+    pub(super) fn deliver(&mut self, msg: RouteMsg) {
+        if let Some(prev) = msg.prev {
+            self.release(prev, msg.origin.id, msg.id);
+        }
+        let ident = (msg.origin.id, msg.id);
+        if self.delivered.contains(&ident) {
+            self.stats.duplicates_suppressed += 1;
+            return;
+        }
+        if self.delivered.len() >= self.config.dedup_capacity.max(1) {
+            self.delivered.pop_front();
+        }
+        self.delivered.push_back(ident);
+        self.stats.delivered += 1;
+        self.emit(Event::Deliver {
+            key: msg.key,
+            origin: msg.origin.id,
+            id: msg.id,
+            hops: msg.hops,
+            payload: msg.payload,
+        });
+    }
+
+    pub(super) fn fail_route(&mut self, id: u64, key: Key) {
+        self.stats.routes_failed += 1;
+        self.emit(Event::RouteFailed { id, key });
+    }
+}

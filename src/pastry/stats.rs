@@ -1,0 +1,79 @@
+//! Counters of one node's activity.
+
+use super::MessageKind;
+
+#[cfg(doc)]
+use super::{Config, Event, Message, Transmit};
+
+/// Messages and estimated bytes (the postcard encoding's length) of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Messages.
+    pub msgs: u64,
+    /// Bytes (see [`Message::encoded_len`]).
+    pub bytes: u64,
+}
+
+impl Counter {
+    fn add(&mut self, other: Self) {
+        self.msgs += other.msgs;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Counters of one node's activity, for the simulator's reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages sent, indexed by `MessageKind as usize`.
+    pub sent: [Counter; MessageKind::COUNT],
+    /// RTT measurements requested ([`Transmit::Measure`]).
+    pub measures: u64,
+    /// Messages delivered here as root.
+    pub delivered: u64,
+    /// Route messages sent to a next hop (first tries and re-routes).
+    pub forwarded: u64,
+    /// Hops that timed out and were re-routed.
+    pub reroutes: u64,
+    /// Messages given up ([`Event::RouteFailed`]).
+    pub routes_failed: u64,
+    /// Duplicate deliveries suppressed.
+    pub duplicates_suppressed: u64,
+    /// Nodes this node declared dead after unanswered probes.
+    pub declared_dead: u64,
+    /// Leaf-set repair requests (probes to the farthest leaf of a short side).
+    pub leaf_repairs: u64,
+    /// Routing-table repair requests after a slot's node was found dead.
+    pub table_repairs: u64,
+    /// Joins restarted after [`Config::join_timeout`].
+    pub join_restarts: u64,
+    /// Probes started to check a node in our state (missed heartbeat, ack timeout, leaf-set
+    /// repair, a neighbour's leaf set lacking it).
+    pub suspect_probes: u64,
+    /// Probes started to verify a leaf-set candidate learned second hand (or while joining).
+    pub candidate_probes: u64,
+}
+
+impl Stats {
+    /// Messages and bytes sent of `kind`.
+    pub fn sent_of(&self, kind: MessageKind) -> Counter {
+        self.sent[kind as usize]
+    }
+
+    /// Everything sent.
+    pub fn total(&self) -> Counter {
+        let mut total = Counter::default();
+        for c in self.sent {
+            total.add(c);
+        }
+        total
+    }
+
+    /// Overlay maintenance traffic sent (every kind with [`MessageKind::is_control`]).
+    pub fn control(&self) -> Counter {
+        let mut total = Counter::default();
+        for kind in MessageKind::ALL.into_iter().filter(|k| k.is_control()) {
+            total.add(self.sent_of(kind));
+        }
+        total
+    }
+}
