@@ -25,7 +25,7 @@ impl<P: SimNode> Simulation<P> {
         (index as usize) < self.nodes.len() && !self.net.is_alive(index)
     }
 
-    /// See [`SimConfig::oracle_tables`]: rows 1 and deeper (row 0 slots have N/16
+    /// See [`super::SimConfig::oracle_tables`]: rows 1 and deeper (row 0 slots have N/16
     /// candidates each, too many to scan at 100k nodes, and are near-ideal already).
     pub(super) fn force_oracle_tables(&mut self) {
         let mut by_id: Vec<(u128, u32)> = self

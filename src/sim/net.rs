@@ -456,3 +456,175 @@ pub(crate) fn index_of(addr: SocketAddr) -> Option<u32> {
     }
     Some(u32::from_be_bytes([hi as u8, a, b, c]))
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    /// Nodes on a line, 1 ms apart per index step.
+    struct Line;
+
+    impl Latency for Line {
+        fn one_way_us(&self, a: usize, b: usize) -> u64 {
+            1000 * a.abs_diff(b) as u64
+        }
+    }
+
+    fn network(order: TimerOrder, nodes: u32) -> Network<Line, &'static str> {
+        let links = LinkOptions {
+            jitter: 0.0,
+            loss: 0.0,
+        };
+        let mut net = Network::new(Line, links, ChaCha8Rng::seed_from_u64(1), order);
+        for n in 0..nodes {
+            net.add_node(NodeId::from_u128(u128::from(n) + 100));
+        }
+        net
+    }
+
+    fn ping() -> Message {
+        Message::Leave {
+            leaf_set: Vec::new(),
+        }
+    }
+
+    /// Pops everything, as `(time, what)`.
+    fn drain(net: &mut Network<Line, &'static str>) -> Vec<(u64, String)> {
+        std::iter::from_fn(|| {
+            let event = net.pop(u64::MAX)?;
+            let what = match event {
+                NetEvent::Message { from, to, .. } => format!("msg {from}->{to}"),
+                NetEvent::Timer(node) => format!("timer {node}"),
+                NetEvent::Proximity { node, peer, rtt_us } => {
+                    format!("rtt {node}->{peer} {rtt_us}")
+                }
+                NetEvent::Owner(name) => name.to_string(),
+            };
+            Some((net.now(), what))
+        })
+        .collect()
+    }
+
+    #[test]
+    fn messages_take_the_latency_and_dead_nodes_hear_nothing() {
+        let mut net = network(TimerOrder::Armed, 4);
+        assert_eq!(net.resolve(&net.peer(2)), Some(2));
+        assert_eq!(
+            net.resolve(&PeerInfo {
+                id: NodeId::from_u128(7),
+                addr: addr_of(2)
+            }),
+            None,
+            "the id must match the address"
+        );
+        assert!(net.send(0, 3, ping()));
+        assert!(net.measure(0, 2));
+        assert!(net.kill(1));
+        assert!(!net.send(0, 1, ping()), "dropped: the destination is dead");
+        assert!(!net.measure(0, 1), "a dead peer never answers");
+        net.schedule(2500, "owner");
+        assert_eq!(
+            drain(&mut net),
+            vec![
+                (2500, "owner".to_string()),
+                (3000, "msg 0->3".to_string()),
+                (4000, "rtt 0->2 4000".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn compressed_time_takes_one_microsecond_per_message_and_measurement() {
+        let mut net = network(TimerOrder::Armed, 3);
+        net.set_compressed(true);
+        net.send(0, 2, ping());
+        net.measure(2, 0);
+        assert_eq!(
+            drain(&mut net),
+            vec![
+                (1, "msg 0->2".to_string()),
+                (1, "rtt 2->0 4000".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_oracle_counts_live_active_nodes_only() {
+        let mut net = network(TimerOrder::Armed, 3);
+        let key = NodeId::from_u128(101).to_key();
+        assert_eq!(net.oracle().root(key), None);
+        assert!(net.activate(0) && net.activate(1));
+        assert!(!net.activate(1), "already active");
+        assert_eq!(net.oracle().root(key), Some(NodeId::from_u128(101)));
+        net.kill(1);
+        assert!(net.is_active(1) && !net.is_alive(1));
+        assert_eq!(net.oracle().root(key), Some(NodeId::from_u128(100)));
+        assert!(!net.activate(1), "a dead node is not counted again");
+        net.deactivate(0);
+        assert_eq!(net.oracle().root(key), None);
+    }
+
+    #[test]
+    fn armed_timers_keep_one_event_per_node_and_never_stall_time() {
+        let mut net = network(TimerOrder::Armed, 2);
+        net.arm_timer(0, Some(50), false);
+        // A later deadline needs no new event; an earlier one replaces the queued one.
+        net.arm_timer(0, Some(80), false);
+        net.arm_timer(1, Some(30), false);
+        net.arm_timer(1, Some(10), false);
+        assert_eq!(net.queued(), 3);
+        let Some(NetEvent::Timer(1)) = net.pop(u64::MAX) else {
+            panic!("node 1's timer first");
+        };
+        assert_eq!(net.now(), 10);
+        // Still due right after firing: 1 µs later, not now.
+        net.arm_timer(1, Some(10), true);
+        assert_eq!(
+            drain(&mut net)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect::<Vec<_>>(),
+            vec![11, 50],
+            "node 1 at 11, the stale event at 30 skipped, node 0 at 50"
+        );
+        // Node 0's deadline moved from 50 to 80: its owner re-arms when told it is not due.
+        assert!(!net.timer_due(0, Some(80)));
+        assert_eq!(drain(&mut net), vec![(80, "timer 0".to_string())]);
+        assert!(net.timer_due(0, Some(80)));
+    }
+
+    #[test]
+    fn harness_timers_fire_after_the_messages_of_their_time_by_node() {
+        let mut net = network(TimerOrder::AfterMessages, 3);
+        net.arm_timer(2, Some(1000), false);
+        net.arm_timer(1, Some(1000), false);
+        net.send(0, 1, ping());
+        net.kill(0);
+        net.arm_timer(0, Some(1000), false);
+        assert_eq!(
+            drain(&mut net),
+            vec![
+                (1000, "msg 0->1".to_string()),
+                (1000, "timer 1".to_string()),
+                (1000, "timer 2".to_string()),
+            ],
+            "a dead node's timer is never armed"
+        );
+        assert_eq!(net.pop(u64::MAX).map(|_| ()), None);
+        net.advance_to(5000);
+        net.advance_to(10);
+        assert_eq!(net.now(), 5000);
+    }
+
+    #[test]
+    fn pop_stops_at_the_horizon() {
+        let mut net = network(TimerOrder::Armed, 2);
+        net.send(0, 1, ping());
+        assert!(net.pop(999).is_none());
+        assert_eq!(net.now(), 0);
+        assert!(net.pop(1000).is_some());
+        assert_eq!(net.popped(), 1);
+    }
+}
