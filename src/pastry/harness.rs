@@ -1,25 +1,24 @@
-//! In-memory test harness: N [`Pastry`] states wired together with a virtual clock, like
-//! quinn's `Pair`. Nodes sit at random points on a plane; one-way latency grows with distance.
-//! [`Net::run_for`] advances virtual time event by event (messages, measurements, timers).
+//! In-memory test harness: N [`Pastry`] states on the simulator's network
+//! ([`crate::sim::net`]) with a virtual clock, like quinn's `Pair`. Nodes sit at random points
+//! on a plane; one-way latency grows with distance. [`Net::run_for`] advances virtual time event
+//! by event (messages, measurements, timers); at equal times messages go before timers.
+//!
+//! `Net` is a facade for the protocol tests: the network carries the messages, keeps the clock,
+//! the timers and the oracle; `Net` keeps the nodes, what they delivered and reported, and the
+//! tests' knobs (`drop_if`, `kill`, `leave`).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::id::{Key, NodeId};
+use crate::sim::net::{Latency, LinkOptions, NetEvent, Network, TimerOrder};
+use crate::sim::{Effect, SimNode};
 
-use super::{Config, Event, ForwardVerdict, LeafSet, Message, Pastry, PeerInfo, Time, Transmit};
-
-/// Something scheduled for delivery to node `to`.
-#[derive(Debug)]
-enum Delivery {
-    Msg { from: PeerInfo, msg: Message },
-    Rtt { peer: PeerInfo, rtt: Duration },
-}
+use super::{Config, Event, ForwardVerdict, LeafSet, Message, Pastry, PeerInfo, Time};
 
 /// A message delivered to an application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,15 +45,28 @@ pub(crate) struct Held {
 /// Decides whether a message to node `to` is lost.
 pub(crate) type DropRule = Box<dyn Fn(usize, &Message) -> bool>;
 
+/// The harness's latency: points of a 1000 × 1000 plane, 1 ms plus 50 µs per unit of
+/// distance (at most about 72 ms one way).
+#[derive(Debug, Default)]
+struct Plane {
+    points: Vec<(f64, f64)>,
+}
+
+impl Latency for Plane {
+    fn one_way_us(&self, a: usize, b: usize) -> u64 {
+        let (ax, ay) = self.points[a];
+        let (bx, by) = self.points[b];
+        let d = ((ax - bx).powi(2) + (ay - by).powi(2)).sqrt();
+        1000 + (d * 50.0) as u64
+    }
+}
+
 pub(crate) struct Net {
     pub(crate) nodes: Vec<Pastry>,
     pub(crate) alive: Vec<bool>,
-    pos: Vec<(f64, f64)>,
+    network: Network<Plane, Infallible>,
     index: HashMap<NodeId, usize>,
-    queue: BinaryHeap<Reverse<(Time, u64, usize)>>,
-    pending: HashMap<u64, Delivery>,
-    timers: BinaryHeap<Reverse<(Time, usize)>>,
-    seq: u64,
+    /// The network's clock.
     pub(crate) now: Time,
     rng: ChaCha8Rng,
     config: Config,
@@ -63,21 +75,28 @@ pub(crate) struct Net {
     pub(crate) held: Vec<Held>,
     /// Messages lost on purpose.
     pub(crate) drop_if: Option<DropRule>,
-    /// Route messages that arrived at a dead node.
+    /// Route and join messages sent to, or arriving at, a dead node.
     pub(crate) routes_to_dead: u64,
 }
 
 impl Net {
     pub(crate) fn new(config: Config, seed: u64) -> Self {
+        let links = LinkOptions {
+            jitter: 0.0,
+            loss: 0.0,
+        };
+        // No jitter and no loss: the network never draws from its RNG.
+        let network = Network::new(
+            Plane::default(),
+            links,
+            ChaCha8Rng::seed_from_u64(0),
+            TimerOrder::AfterMessages,
+        );
         Self {
             nodes: Vec::new(),
             alive: Vec::new(),
-            pos: Vec::new(),
+            network,
             index: HashMap::new(),
-            queue: BinaryHeap::new(),
-            pending: HashMap::new(),
-            timers: BinaryHeap::new(),
-            seq: 0,
             now: Time::ZERO,
             rng: ChaCha8Rng::seed_from_u64(seed),
             config,
@@ -93,21 +112,17 @@ impl Net {
     pub(crate) fn add(&mut self, id: Option<NodeId>) -> usize {
         let i = self.nodes.len();
         let id = id.unwrap_or_else(|| NodeId::from_u128(self.rng.gen()));
-        let addr = SocketAddr::from((
-            Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8),
-            4000,
-        ));
         let seed = self.rng.gen();
-        self.nodes.push(Pastry::new(
-            PeerInfo { id, addr },
-            self.config.clone(),
-            seed,
-        ));
+        let index = self.network.add_node(id);
+        debug_assert_eq!(index as usize, i);
+        let me = self.network.peer(index);
+        self.nodes.push(Pastry::new(me, self.config.clone(), seed));
         self.alive.push(true);
-        self.pos.push((
+        let point = (
             self.rng.gen_range(0.0..1000.0),
             self.rng.gen_range(0.0..1000.0),
-        ));
+        );
+        self.network.latency_mut().points.push(point);
         self.index.insert(id, i);
         i
     }
@@ -117,54 +132,40 @@ impl Net {
     }
 
     pub(crate) fn latency(&self, a: usize, b: usize) -> Duration {
-        let (ax, ay) = self.pos[a];
-        let (bx, by) = self.pos[b];
-        let d = ((ax - bx).powi(2) + (ay - by).powi(2)).sqrt();
-        Duration::from_micros(1000 + (d * 50.0) as u64)
+        Duration::from_micros(self.network.latency().one_way_us(a, b))
     }
 
-    fn schedule(&mut self, at: Time, to: usize, what: Delivery) {
-        self.seq += 1;
-        self.pending.insert(self.seq, what);
-        self.queue.push(Reverse((at, self.seq, to)));
-    }
-
-    /// Drains node `i`'s outputs into the network and re-arms its timer.
+    /// Drains node `i`'s effects into the network and re-arms its timer.
     pub(crate) fn flush(&mut self, i: usize) {
-        while let Some(transmit) = self.nodes[i].poll_transmit() {
-            match transmit {
-                Transmit::Send { to, msg } => {
-                    let Some(&j) = self.index.get(&to.id) else {
+        let index = i as u32;
+        self.sync_activity(i);
+        while let Some(effect) = SimNode::poll_effect(&mut self.nodes[i]) {
+            match effect {
+                Effect::Send { to, msg } => {
+                    let Some(j) = self.network.resolve(&to) else {
                         continue;
                     };
-                    if self.drop_if.as_ref().is_some_and(|f| f(j, &msg)) {
+                    if self.drop_if.as_ref().is_some_and(|f| f(j as usize, &msg)) {
                         continue;
                     }
-                    let at = self.now + self.latency(i, j);
-                    let from = self.peer(i);
-                    self.schedule(at, j, Delivery::Msg { from, msg });
-                }
-                Transmit::Measure { peer } => {
-                    let Some(&j) = self.index.get(&peer.id) else {
-                        continue;
-                    };
-                    if self.alive[j] {
-                        let rtt = self.latency(i, j) * 2;
-                        self.schedule(self.now + rtt, i, Delivery::Rtt { peer, rtt });
+                    let routed = matches!(msg, Message::Route { .. } | Message::Join { .. });
+                    if !self.network.send(index, j, msg) && routed {
+                        self.routes_to_dead += 1;
                     }
                 }
-            }
-        }
-        while let Some(event) = self.nodes[i].poll_event() {
-            match event {
-                Event::Deliver {
+                Effect::Measure { peer } => {
+                    if let Some(j) = self.network.resolve(&peer) {
+                        self.network.measure(index, j);
+                    }
+                }
+                Effect::Deliver {
                     key,
                     origin,
                     id,
                     hops,
                     payload,
                 } => {
-                    let correct = self.oracle_root(key) == self.nodes[i].id();
+                    let correct = self.network.oracle().root(key) == Some(self.nodes[i].id());
                     self.delivered.push(Delivered {
                         at: i,
                         key,
@@ -176,79 +177,84 @@ impl Net {
                         correct,
                     });
                 }
-                Event::Forward { token, payload, .. } => self.held.push(Held {
+                Effect::Forward { token, payload } => self.held.push(Held {
                     at: i,
                     token,
                     payload,
                 }),
-                other => self.events.push((i, other, self.now)),
+                Effect::Event(e) => self.events.push((i, e, self.now)),
             }
         }
-        if let Some(t) = self.nodes[i].poll_timeout() {
-            self.timers.push(Reverse((t, i)));
+        let deadline = SimNode::poll_timeout(&self.nodes[i]);
+        self.network.arm_timer(index, deadline, false);
+    }
+
+    /// Tells the network (and so the oracle) whether live node `i` is active, before the
+    /// effects of the call that changed it: a joiner delivers the messages it held right
+    /// after it becomes active.
+    fn sync_activity(&mut self, i: usize) {
+        let index = i as u32;
+        if !self.network.is_alive(index) {
+            return;
         }
+        let active = self.nodes[i].is_active();
+        if active && !self.network.is_active(index) {
+            self.network.activate(index);
+        } else if !active && self.network.is_active(index) {
+            self.network.deactivate(index);
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.now.as_micros()
     }
 
     /// Processes the next event if it is due by `until`; returns false when none is.
     fn step(&mut self, until: Time) -> bool {
-        // Discard stale timer entries.
-        while let Some(&Reverse((t, i))) = self.timers.peek() {
-            if self.alive[i] && self.nodes[i].poll_timeout() == Some(t) {
-                break;
-            }
-            self.timers.pop();
-        }
-        let next_msg = self.queue.peek().map(|Reverse((t, _, _))| *t);
-        let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
-        let take_msg = match (next_msg, next_timer) {
-            (None, None) => return false,
-            (Some(m), Some(t)) => m <= t,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
+        let Some(event) = self.network.pop(until.as_micros()) else {
+            return false;
         };
-        if take_msg {
-            let Some(Reverse((t, seq, to))) = self.queue.peek().copied() else {
-                return false;
-            };
-            if t > until {
-                return false;
-            }
-            self.queue.pop();
-            self.now = self.now.max(t);
-            let what = self.pending.remove(&seq).expect("scheduled delivery");
-            if !self.alive[to] {
-                if let Delivery::Msg {
-                    msg: Message::Route { .. } | Message::Join { .. },
-                    ..
-                } = what
-                {
-                    self.routes_to_dead += 1;
+        self.now = Time::from_micros(self.network.now());
+        let now = self.now_us();
+        match event {
+            NetEvent::Message { from, to, msg } => {
+                let to = to as usize;
+                if !self.alive[to] {
+                    if matches!(msg, Message::Route { .. } | Message::Join { .. }) {
+                        self.routes_to_dead += 1;
+                    }
+                    return true;
                 }
-                return true;
+                let from = self.network.peer(from);
+                SimNode::handle_message(&mut self.nodes[to], now, from, msg);
+                self.flush(to);
             }
-            match what {
-                Delivery::Msg { from, msg } => self.nodes[to].handle_message(self.now, from, msg),
-                Delivery::Rtt { peer, rtt } => self.nodes[to].handle_proximity(self.now, peer, rtt),
+            NetEvent::Proximity { node, peer, rtt_us } => {
+                let node = node as usize;
+                if !self.alive[node] {
+                    return true;
+                }
+                let peer = self.network.peer(peer);
+                SimNode::handle_proximity(&mut self.nodes[node], now, peer, rtt_us);
+                self.flush(node);
             }
-            self.flush(to);
-        } else {
-            let Some(Reverse((t, i))) = self.timers.pop() else {
-                return false;
-            };
-            if t > until {
-                self.timers.push(Reverse((t, i)));
-                return false;
+            NetEvent::Timer(index) => {
+                let i = index as usize;
+                let deadline = SimNode::poll_timeout(&self.nodes[i]);
+                if self.network.timer_due(index, deadline) {
+                    SimNode::handle_timeout(&mut self.nodes[i], now);
+                    self.flush(i);
+                }
             }
-            self.now = self.now.max(t);
-            self.nodes[i].handle_timeout(self.now);
-            self.flush(i);
+            NetEvent::Owner(never) => match never {},
         }
         true
     }
 
     pub(crate) fn run_until(&mut self, until: Time) {
         while self.step(until) {}
-        self.now = self.now.max(until);
+        self.network.advance_to(until.as_micros());
+        self.now = Time::from_micros(self.network.now());
     }
 
     pub(crate) fn run_for(&mut self, d: Duration) {
@@ -256,14 +262,16 @@ impl Net {
     }
 
     pub(crate) fn bootstrap(&mut self, i: usize) {
-        self.nodes[i].bootstrap_alone(self.now);
+        let now = self.now_us();
+        SimNode::bootstrap_alone(&mut self.nodes[i], now);
         self.flush(i);
     }
 
     /// Starts node `i`'s join through `via`.
     pub(crate) fn start_join(&mut self, i: usize, via: usize) {
         let via = self.peer(via);
-        self.nodes[i].join(self.now, via);
+        let now = self.now_us();
+        SimNode::join(&mut self.nodes[i], now, via);
         self.flush(i);
     }
 
@@ -271,6 +279,11 @@ impl Net {
     /// until it reports [`Event::Joined`] (nothing after: its own last outputs are in flight).
     pub(crate) fn join_until_active(&mut self, i: usize) {
         self.start_join_near(i);
+        self.run_until_active(i);
+    }
+
+    /// Processes events until node `i` is active (at most two virtual minutes).
+    fn run_until_active(&mut self, i: usize) {
         let deadline = self.now + Duration::from_secs(120);
         while !self.nodes[i].is_active() && self.now < deadline {
             if !self.step(deadline) {
@@ -282,18 +295,7 @@ impl Net {
 
     /// Joins node `i` through the active node nearest to it and runs until it is active.
     pub(crate) fn join(&mut self, i: usize) {
-        let via = (0..self.nodes.len())
-            .filter(|&j| j != i && self.alive[j] && self.nodes[j].is_active())
-            .min_by_key(|&j| self.latency(i, j))
-            .expect("an active node to join through");
-        self.start_join(i, via);
-        let deadline = self.now + Duration::from_secs(120);
-        while !self.nodes[i].is_active() && self.now < deadline {
-            if !self.step(deadline) {
-                break;
-            }
-        }
-        assert!(self.nodes[i].is_active(), "node {i} did not join");
+        self.join_until_active(i);
         // Let its announcements land (one message latency).
         self.run_for(Duration::from_millis(500));
     }
@@ -311,7 +313,8 @@ impl Net {
     }
 
     pub(crate) fn route(&mut self, from: usize, key: Key, payload: Vec<u8>) -> u64 {
-        let id = self.nodes[from].route(self.now, key, payload);
+        let now = self.now_us();
+        let id = SimNode::route(&mut self.nodes[from], now, key, payload);
         self.flush(from);
         id
     }
@@ -321,14 +324,17 @@ impl Net {
         self.flush(held.at);
     }
 
+    /// Node `i` fails silently.
     pub(crate) fn kill(&mut self, i: usize) {
         self.alive[i] = false;
+        self.network.kill(i as u32);
     }
 
+    /// Node `i` leaves gracefully (its notices are sent), then is gone.
     pub(crate) fn leave(&mut self, i: usize) {
         self.nodes[i].leave(self.now);
         self.flush(i);
-        self.alive[i] = false;
+        self.kill(i);
     }
 
     pub(crate) fn live_ids(&self) -> Vec<NodeId> {
@@ -344,14 +350,17 @@ impl Net {
 
     /// The oracle's root of `key`: the live active node closest to it.
     pub(crate) fn oracle_root(&self, key: Key) -> NodeId {
-        key.closest(self.live_ids()).expect("a live node")
+        self.network.oracle().root(key).expect("a live node")
     }
 
     /// The oracle's leaf set of node `i`: the L/2 nearest live ids each way round the ring.
     pub(crate) fn oracle_leaf_set(&self, i: usize) -> HashSet<NodeId> {
         let half = self.config.leaf_set_size / 2;
-        super::ideal_leaf_set(self.nodes[i].id(), self.live_ids(), half)
+        self.network
+            .oracle()
+            .leaf_set(self.nodes[i].id(), half)
             .into_iter()
+            .map(NodeId::from_u128)
             .collect()
     }
 

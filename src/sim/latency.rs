@@ -51,6 +51,20 @@ impl ModelSpec {
     }
 }
 
+/// One-way delays between placed nodes, in microseconds: what the
+/// [network](super::net::Network) needs of a latency model. A round trip is twice the one-way
+/// delay.
+pub(crate) trait Latency {
+    /// One-way delay from node `a` to node `b`.
+    fn one_way_us(&self, a: usize, b: usize) -> u64;
+}
+
+impl Latency for LatencyModel {
+    fn one_way_us(&self, a: usize, b: usize) -> u64 {
+        Self::one_way_us(self, a, b)
+    }
+}
+
 /// A latency model with its placed nodes.
 #[derive(Debug, Clone)]
 pub struct LatencyModel {

@@ -4,9 +4,22 @@
 //! queue in virtual time, each message arriving after the [`LatencyModel`]'s one-way delay
 //! (plus optional jitter and loss). All randomness comes from ChaCha RNGs seeded from
 //! [`SimConfig::seed`], so the same configuration gives the same [`Report`] (apart from its wall
-//! time and memory fields). This module owns the event loop, the latency models, the scenarios
-//! (build by joins, lookups, silent failures, churn) and the oracle that checks each delivery;
-//! it must not reach into the Pastry state beyond the public API.
+//! time and memory fields). This module owns the simulated network, the latency models, the
+//! scenarios (build by joins, lookups, silent failures, churn) and the oracle that checks each
+//! delivery; it talks to a node only through [`SimNode`] and must not reach into the Pastry
+//! state beyond the public API.
+//!
+//! # Layout
+//!
+//! - `net`: the simulated network — virtual clock, event queue (`queue`), messages in flight
+//!   with their delays (`latency`: the models), jitter and loss, node timers, liveness and the
+//!   oracle of live active ids (`oracle`). It holds no protocol state. The Pastry unit tests'
+//!   harness (`pastry::harness::Net`) runs on it too.
+//! - `engine`: [`Simulation`], which keeps the nodes on the network and runs the event loop;
+//!   `scenario`: build, lookups, failure and churn on top of it; `diagnostics`: checks of the
+//!   nodes' state against the oracle; `summary`: the traffic tallies and the [`Report`]
+//!   (`report`: its types).
+//! - `node`: the [`SimNode`] interface and its adapter for [`crate::pastry::Pastry`].
 //!
 //! # Scenarios and measurements
 //!
@@ -42,11 +55,16 @@
 //! assert_eq!(report.delivered_correct, 100);
 //! ```
 
+mod diagnostics;
 mod engine;
 mod latency;
+pub(crate) mod net;
 mod node;
+mod oracle;
 mod queue;
 mod report;
+mod scenario;
+mod summary;
 #[cfg(test)]
 mod tests;
 

@@ -48,18 +48,25 @@ pub enum Effect {
         key: Key,
         /// The node that routed it.
         origin: NodeId,
+        /// The origin's message id (as its `route` returned).
+        id: u64,
         /// Hops the message took.
         hops: u8,
         /// The application payload.
         payload: Vec<u8>,
     },
-    /// A route this node originated was given up (message id as returned by `route`).
-    RouteFailed {
-        /// The message id.
-        id: u64,
+    /// A message is held for the application's verdict before it is forwarded (only if the
+    /// protocol intercepts forwards, which the simulator turns off; the unit-test harness
+    /// uses it).
+    Forward {
+        /// Identifies the held message.
+        token: u64,
+        /// The application payload.
+        payload: Vec<u8>,
     },
-    /// Anything else (table-change notifications and the like): ignored by the simulator.
-    Other,
+    /// Something the application may want to know; the simulator looks only at
+    /// [`Event::RouteFailed`] (a route this node originated was given up).
+    Event(Event),
 }
 
 /// A protocol instance the simulator can drive. Times are microseconds of virtual time.
@@ -164,22 +171,18 @@ impl SimNode for Pastry {
             Event::Deliver {
                 key,
                 origin,
+                id,
                 hops,
                 payload,
-                ..
             } => Effect::Deliver {
                 key,
                 origin,
+                id,
                 hops,
                 payload,
             },
-            Event::RouteFailed { id, .. } => Effect::RouteFailed { id },
-            // Forward is only emitted with intercept_forwards, which the simulator turns off.
-            Event::Forward { .. }
-            | Event::Joined
-            | Event::LeafSetChanged
-            | Event::NodeJoined(_)
-            | Event::NodeLeft(_) => Effect::Other,
+            Event::Forward { token, payload, .. } => Effect::Forward { token, payload },
+            other => Effect::Event(other),
         })
     }
 

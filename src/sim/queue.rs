@@ -1,10 +1,17 @@
-//! The event queue: a binary heap ordered by virtual time, ties broken by insertion order.
+//! The event queue: a binary heap ordered by virtual time, ties broken by insertion order (or,
+//! for events pushed with [`EventQueue::push_late`], after every ordinary event of their time).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 /// A min-queue of events by `(time, sequence number)`, so equal times pop in push order and a
 /// run is deterministic.
+///
+/// Sequence numbers of [`EventQueue::push`] count up from 0; [`EventQueue::push_late`] uses
+/// `LATE | rank` instead, which sorts after every counted one.
+/// The sequence-number bit of late events (a counter never reaches it).
+const LATE: u64 = 1 << 63;
+
 #[derive(Debug)]
 pub(crate) struct EventQueue<E> {
     heap: BinaryHeap<Entry<E>>,
@@ -55,6 +62,18 @@ impl<E> EventQueue<E> {
         self.heap.push(Entry { time, seq, event });
     }
 
+    /// Schedules `event` at `time` after every event [`EventQueue::push`] puts at that time;
+    /// such late events pop by `rank` (equal ranks in any order).
+    pub(crate) fn push_late(&mut self, time: u64, rank: u32, event: E) {
+        let seq = LATE | u64::from(rank);
+        self.heap.push(Entry { time, seq, event });
+    }
+
+    /// The time of the earliest event.
+    pub(crate) fn peek_time(&self) -> Option<u64> {
+        self.heap.peek().map(|entry| entry.time)
+    }
+
     /// Removes and returns the earliest event.
     pub(crate) fn pop(&mut self) -> Option<(u64, E)> {
         self.heap.pop().map(|entry| (entry.time, entry.event))
@@ -85,5 +104,19 @@ mod tests {
             vec![(10, "a1"), (10, "a2"), (10, "a3"), (20, "b"), (30, "c")]
         );
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn late_events_follow_the_ordinary_ones_of_their_time_by_rank() {
+        let mut q = EventQueue::new();
+        q.push_late(10, 7, "late 7");
+        q.push_late(10, 2, "late 2");
+        q.push(10, "a");
+        q.push(5, "early");
+        q.push_late(20, 0, "next");
+        q.push(10, "b");
+        assert_eq!(q.peek_time(), Some(5));
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).map(|(_, e)| e).collect();
+        assert_eq!(order, vec!["early", "a", "b", "late 2", "late 7", "next"]);
     }
 }

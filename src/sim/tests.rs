@@ -8,10 +8,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use super::engine::{addr_of, index_of};
+use super::net::{addr_of, index_of};
 use super::*;
 use crate::id::{Key, NodeId};
-use crate::pastry::{Message, PeerInfo};
+use crate::pastry::{Event, Message, PeerInfo};
 
 type Members = Rc<RefCell<BTreeMap<u128, PeerInfo>>>;
 
@@ -33,7 +33,7 @@ impl StandIn {
             .borrow_mut()
             .insert(self.me.id.as_u128(), self.me);
         self.next_probe = Some(now + PROBE_PERIOD_US);
-        self.out.push(Effect::Other);
+        self.out.push(Effect::Event(Event::Joined));
     }
 
     fn successor(&self) -> Option<PeerInfo> {
@@ -94,6 +94,7 @@ impl SimNode for StandIn {
             self.out.push(Effect::Deliver {
                 key,
                 origin: self.me.id,
+                id: self.next_id,
                 hops: 0,
                 payload,
             });
@@ -151,6 +152,7 @@ impl SimNode for StandIn {
                 self.out.push(Effect::Deliver {
                     key,
                     origin: origin.id,
+                    id,
                     hops,
                     payload,
                 });
