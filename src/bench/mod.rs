@@ -32,9 +32,15 @@ pub enum BenchError {
     /// A node failed to start, join or answer.
     #[error("node: {0}")]
     Node(#[from] crate::node::NodeError),
-    /// The transport failed.
+    /// The transport could not start.
     #[error("transport: {0}")]
-    Transport(#[from] crate::transport::TransportError),
+    Bind(#[from] crate::transport::BindError),
+    /// A quinn config for the baseline could not be built.
+    #[error("transport: {0}")]
+    Config(#[from] crate::transport::ConfigError),
+    /// A link could not be set up.
+    #[error("transport: {0}")]
+    Connect(#[from] crate::transport::ConnectError),
     /// A certificate could not be made.
     #[error("certificate: {0}")]
     Identity(#[from] crate::identity::IdentityError),

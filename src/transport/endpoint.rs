@@ -21,11 +21,11 @@ use tracing::{info, Instrument};
 
 use self::serve::UniCredit;
 use super::pool::Pool;
-use super::stream::{read_error, write_error, write_header, RawStream};
+use super::stream::{write_header, RawStream};
 use super::tls::TlsContext;
 use super::{
-    CloseCode, Inbox, Limits, LinkInfo, LinkLostReason, TransportConfig, TransportError,
-    TransportEvent,
+    BindError, CloseCode, ConfigError, ConnectError, Inbox, Limits, LinkInfo, LinkLostReason,
+    RequestError, SendError, StreamError, TransportConfig, TransportEvent,
 };
 use crate::id::NodeId;
 use crate::task::{step_aside, OnDrop};
@@ -72,7 +72,7 @@ struct Inner {
 /// field docs of [`Limits`] for why each value).
 pub(crate) fn quic_transport_config(
     limits: &Limits,
-) -> Result<quinn::TransportConfig, TransportError> {
+) -> Result<quinn::TransportConfig, ConfigError> {
     let mut config = quinn::TransportConfig::default();
     config
         .max_concurrent_uni_streams(VarInt::from_u32(limits.max_concurrent_uni_streams))
@@ -83,7 +83,7 @@ pub(crate) fn quic_transport_config(
         .keep_alive_interval(Some(limits.keep_alive))
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(limits.max_idle_timeout)
-                .map_err(|error| TransportError::Tls(format!("max_idle_timeout: {error}")))?,
+                .map_err(ConfigError::MaxIdleTimeout)?,
         ))
         // Wendy sends no unreliable datagrams; refuse them rather than buffer them.
         .datagram_receive_buffer_size(None);
@@ -104,7 +104,7 @@ impl Transport {
     /// [`Limits::event_capacity`]; see the module docs on backpressure).
     pub async fn bind(
         config: TransportConfig,
-    ) -> Result<(Self, mpsc::Receiver<TransportEvent>), TransportError> {
+    ) -> Result<(Self, mpsc::Receiver<TransportEvent>), BindError> {
         let TransportConfig {
             listen,
             identity,
@@ -119,14 +119,12 @@ impl Transport {
             .map(|certificate| certificate.der().clone())
             .collect();
         let tls = TlsContext::new(identity.private_key_der(), chain, admission)
-            .map_err(|error| TransportError::Tls(error.to_string()))?;
+            .map_err(ConfigError::Tls)?;
         let mut quic = quic_transport_config(&limits)?;
         // Links start with the small credit; `UniCredit` widens it on links that carry a flow.
         quic.max_concurrent_uni_streams(VarInt::from_u32(UniCredit::new(&limits).initial));
         let quic = Arc::new(quic);
-        let (server_crypto, _) = tls
-            .server_config()
-            .map_err(|error| TransportError::Tls(error.to_string()))?;
+        let (server_crypto, _) = tls.server_config().map_err(ConfigError::Tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server_config
             .transport_config(quic.clone())
@@ -149,16 +147,14 @@ impl Transport {
                 Arc::new(quinn::TokioRuntime),
             ),
         }
-        .map_err(|error| TransportError::Bind {
+        .map_err(|source| BindError::Socket {
             addr: bound,
-            message: error.to_string(),
+            source,
         })?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|error| TransportError::Bind {
-                addr: bound,
-                message: error.to_string(),
-            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| BindError::Socket {
+            addr: bound,
+            source,
+        })?;
         let (events, receiver) = mpsc::channel(limits.event_capacity.max(1));
         let span = tracing::info_span!("transport", node = %local_id);
         let inner = Arc::new(Inner {
@@ -227,7 +223,7 @@ impl Transport {
         &self,
         addr: SocketAddr,
         expected: Option<NodeId>,
-    ) -> Result<NodeId, TransportError> {
+    ) -> Result<NodeId, ConnectError> {
         let existing = {
             let pool = lock(&self.inner.pool);
             match expected {
@@ -244,21 +240,15 @@ impl Transport {
     /// Sends `body` one-way to `peer` on a fresh uni stream, dialling `addr` if there is no link.
     ///
     /// Returns once the frame is handed to QUIC (delivery is reliable while the link lives).
-    pub async fn send(
-        &self,
-        peer: NodeId,
-        addr: SocketAddr,
-        body: &Body,
-    ) -> Result<(), TransportError> {
-        let frame = wire::encode_bounded(body, self.inner.limits.max_message_size)?;
+    pub async fn send(&self, peer: NodeId, addr: SocketAddr, body: &Body) -> Result<(), SendError> {
+        let frame = wire::encode_bounded(body, self.inner.limits.max_message_size)
+            .map_err(SendError::Encode)?;
         let (_guard, mut stream) = self
             .inner
             .open(peer, addr, |conn| async move { conn.open_uni().await })
             .await?;
-        stream.write_chunk(frame).await.map_err(write_error)?;
-        stream
-            .finish()
-            .map_err(|error| TransportError::Stream(error.to_string()))?;
+        stream.write_chunk(frame).await.map_err(StreamError::from)?;
+        stream.finish().map_err(StreamError::from)?;
         Ok(())
     }
 
@@ -269,28 +259,27 @@ impl Transport {
         peer: NodeId,
         addr: SocketAddr,
         body: &Body,
-    ) -> Result<Body, TransportError> {
+    ) -> Result<Body, RequestError> {
         let max = self.inner.limits.max_message_size;
-        let frame = wire::encode_bounded(body, max)?;
+        let frame = wire::encode_bounded(body, max).map_err(RequestError::Encode)?;
         let exchange = async {
             let (_guard, (mut send, mut recv)) = self
                 .inner
                 .open(peer, addr, |conn| async move { conn.open_bi().await })
                 .await?;
             write_header(&mut send, frame).await?;
-            send.finish()
-                .map_err(|error| TransportError::Stream(error.to_string()))?;
+            send.finish().map_err(StreamError::from)?;
             let answer = recv.read_to_end(max).await.map_err(|error| match error {
                 quinn::ReadToEndError::TooLong => {
-                    TransportError::Wire(WireError::Oversized { len: max + 1, max })
+                    RequestError::Decode(WireError::Oversized { len: max + 1, max })
                 }
-                other => read_error(other),
+                quinn::ReadToEndError::Read(error) => StreamError::from(error).into(),
             })?;
-            Ok(wire::decode(&answer, max)?)
+            wire::decode(&answer, max).map_err(RequestError::Decode)
         };
         tokio::time::timeout(self.inner.limits.request_timeout, exchange)
             .await
-            .map_err(|_| TransportError::RequestTimeout)?
+            .map_err(|_| RequestError::Timeout)?
     }
 
     /// Opens a raw bi stream to `peer`: sends `header` (normally a [`Body::Tunnel`]) and hands
@@ -300,8 +289,9 @@ impl Transport {
         peer: NodeId,
         addr: SocketAddr,
         header: &Body,
-    ) -> Result<RawStream, TransportError> {
-        let frame = wire::encode_bounded(header, self.inner.limits.max_message_size)?;
+    ) -> Result<RawStream, SendError> {
+        let frame = wire::encode_bounded(header, self.inner.limits.max_message_size)
+            .map_err(SendError::Encode)?;
         let (guard, (mut send, recv)) = self
             .inner
             .open(peer, addr, |conn| async move { conn.open_bi().await })

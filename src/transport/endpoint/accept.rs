@@ -10,7 +10,7 @@ use super::{lock, Inner};
 use crate::id::NodeId;
 use crate::transport::tls::ALPN;
 use crate::transport::verifier::Verdict;
-use crate::transport::{AuthError, CloseCode, TransportError, TransportEvent};
+use crate::transport::{AuthError, CloseCode, ConnectError, TransportEvent};
 
 impl Inner {
     pub(super) async fn accept_loop(self: Arc<Self>) {
@@ -32,7 +32,7 @@ impl Inner {
             warn!(%addr, "refused incoming link: pool full of busy links");
             self.emit(TransportEvent::HandshakeFailed {
                 addr,
-                error: TransportError::TooManyConnections {
+                error: ConnectError::TooManyConnections {
                     max: self.limits.max_connections,
                 },
             })
@@ -53,7 +53,7 @@ impl Inner {
             Err(error) => Err(handshake_error(error, &verdict, addr)),
             Ok(connecting) => {
                 match tokio::time::timeout(self.limits.connect_timeout, connecting).await {
-                    Err(_) => Err(TransportError::ConnectTimeout(addr)),
+                    Err(_) => Err(ConnectError::Timeout(addr)),
                     Ok(Err(error)) => Err(handshake_error(error, &verdict, addr)),
                     Ok(Ok(conn)) => self.admit(conn, &verdict),
                 }
@@ -78,22 +78,22 @@ impl Inner {
         &self,
         conn: quinn::Connection,
         verdict: &Verdict,
-    ) -> Result<(quinn::Connection, NodeId), TransportError> {
+    ) -> Result<(quinn::Connection, NodeId), ConnectError> {
         let protocol = conn
             .handshake_data()
             .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
             .and_then(|data| data.protocol);
         if protocol.as_deref() != Some(ALPN) {
             conn.close(CloseCode::WrongAlpn.to_varint(), b"alpn wendy/1 required");
-            return Err(TransportError::Auth(AuthError::WrongAlpn));
+            return Err(ConnectError::Auth(AuthError::WrongAlpn));
         }
         let Some(peer) = verdict.peer() else {
             conn.close(CloseCode::Closed.to_varint(), b"unverified");
-            return Err(TransportError::Auth(AuthError::NoCertificate));
+            return Err(ConnectError::Auth(AuthError::NoCertificate));
         };
         if peer == self.local_id {
             conn.close(CloseCode::SelfConnection.to_varint(), b"self");
-            return Err(TransportError::SelfConnection(conn.remote_address()));
+            return Err(ConnectError::SelfConnection(conn.remote_address()));
         }
         Ok((conn, peer))
     }

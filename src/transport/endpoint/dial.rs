@@ -15,7 +15,7 @@ use crate::id::NodeId;
 use crate::transport::pool::{Link, Removed};
 use crate::transport::stream::LinkGuard;
 use crate::transport::verifier::Verdict;
-use crate::transport::{AuthError, CloseCode, TransportError, TransportEvent};
+use crate::transport::{AuthError, CloseCode, ConnectError, SendError, TransportEvent};
 
 /// The server name put in every ClientHello; Wendy's verifiers ignore names (peers are
 /// identified by key).
@@ -30,11 +30,11 @@ impl Inner {
     pub(super) fn client_config(
         &self,
         expected: Option<NodeId>,
-    ) -> Result<(quinn::ClientConfig, Verdict), TransportError> {
+    ) -> Result<(quinn::ClientConfig, Verdict), ConnectError> {
         let (crypto, verdict) = self
             .tls
             .client_config(expected)
-            .map_err(|error| TransportError::Tls(error.to_string()))?;
+            .map_err(ConnectError::Tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.quic.clone());
         Ok((config, verdict))
@@ -49,7 +49,7 @@ impl Inner {
         peer: NodeId,
         addr: SocketAddr,
         open: F,
-    ) -> Result<(LinkGuard, T), TransportError>
+    ) -> Result<(LinkGuard, T), SendError>
     where
         F: Fn(quinn::Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, ConnectionError>>,
@@ -62,7 +62,7 @@ impl Inner {
             match tokio::time::timeout(self.limits.open_stream_timeout, open(link.conn.clone()))
                 .await
             {
-                Err(_) => return Err(TransportError::OpenStreamTimeout),
+                Err(_) => return Err(SendError::OpenStreamTimeout),
                 Ok(Ok(stream)) => return Ok((guard, stream)),
                 Ok(Err(error)) if !retried => {
                     debug!(%peer, %error, "pooled link was closed; dialling again");
@@ -70,7 +70,7 @@ impl Inner {
                     self.forget(&link, &error).await;
                     retried = true;
                 }
-                Ok(Err(error)) => return Err(TransportError::Connection(error)),
+                Ok(Err(error)) => return Err(SendError::Connection(error)),
             }
         }
     }
@@ -95,9 +95,9 @@ impl Inner {
         self: &Arc<Self>,
         peer: Option<NodeId>,
         addr: SocketAddr,
-    ) -> Result<Arc<Link>, TransportError> {
+    ) -> Result<Arc<Link>, ConnectError> {
         if self.closing.load(Ordering::Relaxed) {
-            return Err(TransportError::Shutdown);
+            return Err(ConnectError::Shutdown);
         }
         if let Some(peer) = peer {
             if let Some(link) = lock(&self.pool).get(peer) {
@@ -129,12 +129,12 @@ impl Inner {
         self: &Arc<Self>,
         addr: SocketAddr,
         expected: Option<NodeId>,
-    ) -> Result<Arc<Link>, TransportError> {
+    ) -> Result<Arc<Link>, ConnectError> {
         if addr == self.local_addr {
-            return Err(TransportError::SelfConnection(addr));
+            return Err(ConnectError::SelfConnection(addr));
         }
         if !lock(&self.pool).has_room() {
-            return Err(TransportError::TooManyConnections {
+            return Err(ConnectError::TooManyConnections {
                 max: self.limits.max_connections,
             });
         }
@@ -142,13 +142,10 @@ impl Inner {
         let connecting = self
             .endpoint
             .connect_with(config, addr, SERVER_NAME)
-            .map_err(|error| TransportError::Connect {
-                addr,
-                message: error.to_string(),
-            })?;
+            .map_err(|source| ConnectError::Start { addr, source })?;
         let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
         let conn = match tokio::time::timeout_at(deadline, connecting).await {
-            Err(_) => return Err(TransportError::ConnectTimeout(addr)),
+            Err(_) => return Err(ConnectError::Timeout(addr)),
             Ok(Err(error)) => {
                 let error = handshake_error(error, &verdict, addr);
                 debug!(%addr, %error, "dial failed");
@@ -159,16 +156,16 @@ impl Inner {
         let Some(peer) = verdict.peer() else {
             // Unreachable in practice: a finished handshake ran our verifier.
             conn.close(CloseCode::Closed.to_varint(), b"unverified");
-            return Err(TransportError::Auth(AuthError::NoCertificate));
+            return Err(ConnectError::Auth(AuthError::NoCertificate));
         };
         if peer == self.local_id {
             conn.close(CloseCode::SelfConnection.to_varint(), b"self");
-            return Err(TransportError::SelfConnection(addr));
+            return Err(ConnectError::SelfConnection(addr));
         }
         match tokio::time::timeout_at(deadline, confirmed(&conn)).await {
             Err(_) => {
                 conn.close(CloseCode::Closed.to_varint(), b"not confirmed");
-                return Err(TransportError::ConnectTimeout(addr));
+                return Err(ConnectError::Timeout(addr));
             }
             Ok(Err(error)) => {
                 let error = handshake_error(error, &verdict, addr);
@@ -203,28 +200,28 @@ pub(super) fn handshake_error(
     error: ConnectionError,
     verdict: &Verdict,
     addr: SocketAddr,
-) -> TransportError {
+) -> ConnectError {
     if let Some(auth) = verdict.error() {
-        return TransportError::Auth(auth);
+        return ConnectError::Auth(auth);
     }
     match error {
         ConnectionError::TransportError(ref local)
             if local.code == TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL) =>
         {
-            TransportError::Auth(AuthError::WrongAlpn)
+            ConnectError::Auth(AuthError::WrongAlpn)
         }
         ConnectionError::TransportError(ref local)
             if local.code == TransportErrorCode::crypto(ALERT_CERTIFICATE_REQUIRED) =>
         {
-            TransportError::Auth(AuthError::NoCertificate)
+            ConnectError::Auth(AuthError::NoCertificate)
         }
         ConnectionError::ConnectionClosed(close) => {
-            TransportError::RefusedByPeer(close.to_string())
+            ConnectError::RefusedByPeer(ConnectionError::ConnectionClosed(close))
         }
         ConnectionError::ApplicationClosed(close) => {
-            TransportError::RefusedByPeer(close.to_string())
+            ConnectError::RefusedByPeer(ConnectionError::ApplicationClosed(close))
         }
-        ConnectionError::TimedOut => TransportError::ConnectTimeout(addr),
-        other => TransportError::Connection(other),
+        ConnectionError::TimedOut => ConnectError::Timeout(addr),
+        other => ConnectError::Connection(other),
     }
 }

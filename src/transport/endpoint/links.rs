@@ -10,7 +10,7 @@ use tracing::{debug, info, Instrument};
 use super::{lock, Inner};
 use crate::id::NodeId;
 use crate::transport::pool::{Insert, Link};
-use crate::transport::{CloseCode, LinkLostReason, TransportError, TransportEvent};
+use crate::transport::{CloseCode, ConnectError, LinkLostReason, TransportEvent};
 
 impl Inner {
     /// Puts a verified link in the pool (applying the simultaneous-dial rule and the cap),
@@ -20,7 +20,7 @@ impl Inner {
         conn: quinn::Connection,
         peer: NodeId,
         inbound: bool,
-    ) -> Result<Arc<Link>, TransportError> {
+    ) -> Result<Arc<Link>, ConnectError> {
         let epoch = lock(&self.pool).epoch();
         let link = Arc::new(Link::new(conn, peer, inbound, epoch));
         let outcome = lock(&self.pool).insert(link.clone());
@@ -30,7 +30,7 @@ impl Inner {
                     CloseCode::TooManyConnections.to_varint(),
                     b"too many connections",
                 );
-                Err(TransportError::TooManyConnections {
+                Err(ConnectError::TooManyConnections {
                     max: self.limits.max_connections,
                 })
             }
