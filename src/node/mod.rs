@@ -40,6 +40,8 @@
 
 mod driver;
 mod links;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
