@@ -217,8 +217,9 @@ impl Transport {
 
     /// Ensures a link to `addr` and returns the peer's verified node id.
     ///
-    /// With `expected`, the handshake fails with [`AuthError::NodeIdMismatch`] unless the peer's
-    /// key hashes to it. Without, the id is learned from the handshake (bootstrap by address).
+    /// With `expected`, the handshake fails with
+    /// [`AuthError::NodeIdMismatch`](super::AuthError::NodeIdMismatch) unless the peer's key
+    /// hashes to it. Without, the id is learned from the handshake (bootstrap by address).
     pub async fn connect(
         &self,
         addr: SocketAddr,
