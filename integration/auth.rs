@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{DigitallySignedStruct, SignatureAlgorithm, SignatureScheme};
 use wendy::identity::{Identity, MeshCa, Validity};
-use wendy::transport::{Admission, AuthError, TransportError, TransportEvent};
+use wendy::transport::{Admission, AuthError, ConnectError, TransportEvent};
 use wendy::wire::Body;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -34,7 +34,7 @@ fn validity(from_days_ago: i64, to_days_ahead: i64) -> Validity {
 }
 
 /// The next handshake failure the server reports.
-async fn handshake_failure(server: &mut Node) -> TransportError {
+async fn handshake_failure(server: &mut Node) -> ConnectError {
     server
         .next_matching(|event| match event {
             TransportEvent::HandshakeFailed { error, .. } => Some(error),
@@ -52,16 +52,13 @@ async fn assert_refused_by_peer(client: &Node, server: &Node) {
         .connect(server.addr(), Some(server.id()))
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, TransportError::RefusedByPeer(_)),
-        "{error:?}"
-    );
+    assert!(matches!(error, ConnectError::RefusedByPeer(_)), "{error:?}");
     assert!(client.transport.links().is_empty());
 }
 
-fn auth_error(error: TransportError) -> AuthError {
+fn auth_error(error: ConnectError) -> AuthError {
     match error {
-        TransportError::Auth(auth) => auth,
+        ConnectError::Auth(auth) => auth,
         other => panic!("expected an authentication error, got {other:?}"),
     }
 }
@@ -540,7 +537,7 @@ async fn good_peer_keeps_being_served_while_bad_peers_try() {
         while failures < 5 {
             match server_events.recv().await.unwrap() {
                 TransportEvent::HandshakeFailed { error, .. } => {
-                    assert!(matches!(error, TransportError::Auth(_)), "{error:?}");
+                    assert!(matches!(error, ConnectError::Auth(_)), "{error:?}");
                     failures += 1;
                 }
                 TransportEvent::LinkUp { peer, .. } => assert_eq!(peer, good.id()),

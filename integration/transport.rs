@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{eventually, open_config, Node, HANG_GUARD};
 use wendy::id::NodeId;
 use wendy::transport::{
-    tls, CloseCode, Limits, LinkLostReason, StreamErrorCode, Transport, TransportError,
-    TransportEvent,
+    tls, CloseCode, ConnectError, Limits, LinkLostReason, RequestError, SendError, StreamError,
+    StreamErrorCode, Transport, TransportEvent,
 };
 use wendy::wire::{Body, WireError, VERSION};
 
@@ -151,10 +151,10 @@ async fn request_gets_its_answer_and_an_unanswered_request_fails_fast() {
     assert!(
         matches!(
             error,
-            TransportError::StreamRefused {
+            RequestError::Stream(StreamError::Refused {
                 known: Some(StreamErrorCode::NoReply),
                 ..
-            }
+            })
         ),
         "{error:?}"
     );
@@ -176,7 +176,7 @@ async fn dialling_yourself_is_refused() {
     let a = Node::open().await;
     let error = a.transport.connect(a.addr(), None).await.unwrap_err();
     assert!(
-        matches!(error, TransportError::SelfConnection(_)),
+        matches!(error, ConnectError::SelfConnection(_)),
         "{error:?}"
     );
 }
@@ -260,10 +260,7 @@ async fn opening_a_stream_without_credit_times_out() {
         .open_stream(b.id(), b.addr(), &header)
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, TransportError::OpenStreamTimeout),
-        "{error:?}"
-    );
+    assert!(matches!(error, SendError::OpenStreamTimeout), "{error:?}");
 }
 
 #[tokio::test]
@@ -277,7 +274,7 @@ async fn oversized_message_is_refused_before_sending() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, TransportError::Wire(WireError::Oversized { .. })),
+        matches!(error, SendError::Encode(WireError::Oversized { .. })),
         "{error:?}"
     );
 }
@@ -623,7 +620,7 @@ async fn full_pool_of_busy_links_gives_too_many_connections_and_evicts_idle_ones
         .await
         .unwrap_err();
     assert!(
-        matches!(error, TransportError::TooManyConnections { max: 1 }),
+        matches!(error, ConnectError::TooManyConnections { max: 1 }),
         "{error:?}"
     );
     // Once the link to B is idle, it is evicted to make room for C.
@@ -887,7 +884,7 @@ async fn a_request_without_an_answer_times_out() {
         })
         .await;
     let error = request.await.unwrap().unwrap_err();
-    assert!(matches!(error, TransportError::RequestTimeout), "{error:?}");
+    assert!(matches!(error, RequestError::Timeout), "{error:?}");
 }
 
 #[tokio::test]
@@ -919,10 +916,7 @@ async fn a_slow_consumer_applies_backpressure_to_the_sender() {
             "no backpressure after {sent} messages"
         );
     };
-    assert!(
-        matches!(error, TransportError::OpenStreamTimeout),
-        "{error:?}"
-    );
+    assert!(matches!(error, SendError::OpenStreamTimeout), "{error:?}");
     assert!(
         sent >= STREAMS,
         "credit for {STREAMS} streams, only {sent} sent"

@@ -20,7 +20,8 @@ use tokio::sync::Notify;
 
 use crate::identity::{Identity, Validity};
 use crate::transport::{
-    tls, Admission, Transport, TransportConfig, TransportError, TransportEvent,
+    tls, Admission, BindError, ConfigError, ConnectError, SendError, Transport, TransportConfig,
+    TransportEvent,
 };
 use crate::wire::Body;
 
@@ -87,9 +88,18 @@ pub struct LinkBenchReport {
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkBenchError {
-    /// The Wendy transport failed.
+    /// The Wendy transport could not start.
     #[error("wendy transport: {0}")]
-    Transport(#[from] TransportError),
+    Bind(#[from] BindError),
+    /// The quinn configs for the baseline could not be built.
+    #[error("wendy transport: {0}")]
+    Config(#[from] ConfigError),
+    /// The Wendy transport could not set up its link.
+    #[error("wendy transport: {0}")]
+    Connect(#[from] ConnectError),
+    /// A Wendy send failed.
+    #[error("wendy transport: {0}")]
+    Send(#[from] SendError),
     /// A certificate could not be made.
     #[error("certificate: {0}")]
     Identity(#[from] crate::identity::IdentityError),

@@ -34,9 +34,15 @@ pub enum BenchError {
     /// The in-process cluster failed (a node did not start or join, leaf sets did not settle).
     #[error("cluster: {0}")]
     Cluster(#[from] crate::testing::ClusterError),
-    /// The transport failed.
+    /// The transport could not start.
     #[error("transport: {0}")]
-    Transport(#[from] crate::transport::TransportError),
+    Bind(#[from] crate::transport::BindError),
+    /// A quinn config for the baseline could not be built.
+    #[error("transport: {0}")]
+    Config(#[from] crate::transport::ConfigError),
+    /// A link could not be set up.
+    #[error("transport: {0}")]
+    Connect(#[from] crate::transport::ConnectError),
     /// A certificate could not be made.
     #[error("certificate: {0}")]
     Identity(#[from] crate::identity::IdentityError),

@@ -1,6 +1,6 @@
 //! The owner of a node's [`Pastry`] state, and the task that keeps it running.
 //!
-//! The state (the core plus what the runtime keeps beside it) lives in a [`Core`]: one mutex
+//! The state (the core plus what the runtime keeps beside it) lives in a [`Runtime`]: one mutex
 //! that whichever task has an input locks for as long as the core takes to handle it, never
 //! across an `.await`. A one-way message is handled by the transport task that read it (the
 //! [`Inbox`] fast path) and [`Node::route`](super::Node::route) by the caller's task, so a
@@ -11,6 +11,9 @@
 //! Network work that may wait (dials, RTT measurements, a send without stream credit) runs in
 //! spawned tasks, so no input waits on a peer; their results come back on an internal channel
 //! as inputs to the core.
+//!
+//! The runtime reaches the network only through [`Links`]: the node's
+//! [`Transport`](crate::transport::Transport), or an in-memory fake in the unit tests.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -21,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use super::links::Links;
 use super::{
     bump, Command, ConnectionStatus, Counters, Delivery, ForwardAction, ForwardHook, Forwarded,
     NodeConfig, NodeError, NodeEvent, PeerStatus, Status,
@@ -28,14 +32,14 @@ use super::{
 use crate::id::{Key, NodeId};
 use crate::pastry::{self, Event, ForwardVerdict, Message, Pastry, PeerInfo, Time, Transmit};
 use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
-use crate::transport::{Inbox, Transport, TransportError, TransportEvent};
+use crate::transport::{ConnectError, Inbox, SendError, TransportEvent};
 use crate::wire::Body;
 
-pub(super) struct Setup {
+pub(super) struct Setup<L> {
     pub(super) me: PeerInfo,
     pub(super) config: NodeConfig,
     pub(super) seed: u64,
-    pub(super) transport: Transport,
+    pub(super) transport: L,
     pub(super) transport_events: mpsc::Receiver<TransportEvent>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) events: mpsc::Sender<NodeEvent>,
@@ -46,7 +50,7 @@ pub(super) struct Setup {
 /// Results of background work, fed back into the core.
 enum Internal {
     /// A bootstrap dial finished.
-    Bootstrapped(Result<PeerInfo, (Vec<SocketAddr>, String)>),
+    Bootstrapped(Result<PeerInfo, BootstrapFailed>),
     /// An RTT measurement finished.
     Measured(PeerInfo, Duration),
     /// A peer could not be reached (dial or send failed).
@@ -60,28 +64,36 @@ enum Internal {
 /// in the core's order.
 type Deferred = Vec<(PeerInfo, Message)>;
 
+/// Every bootstrap address failed.
+struct BootstrapFailed {
+    tried: Vec<SocketAddr>,
+    last_addr: SocketAddr,
+    last_error: ConnectError,
+}
+
 struct PendingJoin {
     reply: oneshot::Sender<Result<(), NodeError>>,
     deadline: Instant,
 }
 
-/// A node's state, shared by the node's task, its transport's reading tasks and the
-/// application's [`Node`](super::Node) handles.
-pub(super) struct Core {
-    driver: Mutex<Driver>,
+/// A node's runtime state, shared by the node's task, its transport's reading tasks and the
+/// application's [`Node`](super::Node) handles: the [`Driver`] (the Pastry core and what the
+/// runtime keeps beside it) behind its lock, and what lets any thread hand it an input.
+pub(super) struct Runtime<L> {
+    driver: Mutex<Driver<L>>,
     /// The runtime the node was spawned on: inputs handled on another thread (an application
     /// calling from outside tokio) still spawn their background work and arm their timeouts
     /// there.
-    runtime: tokio::runtime::Handle,
+    tokio: tokio::runtime::Handle,
     /// Wakes the node's task when an input handled elsewhere moved the core's next timer
     /// earlier than the one it sleeps until.
     rearm: Notify,
 }
 
-struct Driver {
+struct Driver<L> {
     pastry: Pastry,
     epoch: Instant,
-    transport: Transport,
+    transport: L,
     /// `None` once the node has stopped, so the application's [`Events`](super::Events) end.
     events: Option<mpsc::Sender<NodeEvent>>,
     counters: Arc<Counters>,
@@ -97,7 +109,7 @@ struct Driver {
 }
 
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
-pub(super) fn spawn(setup: Setup) -> Arc<Core> {
+pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     let span = tracing::info_span!("node", id = %setup.me.id);
     let (internal, internal_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
@@ -115,30 +127,31 @@ pub(super) fn spawn(setup: Setup) -> Arc<Core> {
         armed: now,
         deferred: Deferred::new(),
     };
-    let core = Arc::new(Core {
+    let runtime = Arc::new(Runtime {
         driver: Mutex::new(driver),
-        runtime: tokio::runtime::Handle::current(),
+        tokio: tokio::runtime::Handle::current(),
         rearm: Notify::new(),
     });
-    let weak: Weak<Core> = Arc::downgrade(&core);
+    let weak: Weak<Runtime<L>> = Arc::downgrade(&runtime);
     setup.transport.set_inbox(weak);
     tokio::spawn(
-        core.clone()
+        runtime
+            .clone()
             .run(setup.transport_events, setup.commands, internal_rx)
             .instrument(span),
     );
-    core
+    runtime
 }
 
-impl Core {
-    fn lock(&self) -> MutexGuard<'_, Driver> {
+impl<L: Links> Runtime<L> {
+    fn lock(&self) -> MutexGuard<'_, Driver<L>> {
         // Every critical section leaves the driver consistent between core calls, so a panic
         // in one (a bug) does not make the state unusable for the others.
         self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The driver, unless the node has stopped.
-    fn lock_running(&self) -> Result<MutexGuard<'_, Driver>, NodeError> {
+    fn lock_running(&self) -> Result<MutexGuard<'_, Driver<L>>, NodeError> {
         let driver = self.lock();
         if driver.stopping {
             return Err(NodeError::Closed);
@@ -151,8 +164,8 @@ impl Core {
     /// core's next timer moved earlier than the one it sleeps until): then call
     /// [`Self::settle`] once the tasks this call woke (QUIC's, the application's) have run, so
     /// that neither the held-back sends nor the node's task delay them.
-    fn with<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> (R, bool) {
-        let _runtime = self.runtime.enter();
+    fn with<R>(&self, f: impl FnOnce(&mut Driver<L>) -> R) -> (R, bool) {
+        let _runtime = self.tokio.enter();
         let mut driver = self.lock();
         let result = f(&mut driver);
         driver.drain_outputs();
@@ -163,7 +176,7 @@ impl Core {
     /// The follow-up of [`Self::with`]: makes the sends held back, and wakes the node's task if
     /// its timer is due earlier.
     fn settle(&self) {
-        let _runtime = self.runtime.enter();
+        let _runtime = self.tokio.enter();
         let mut driver = self.lock();
         driver.finish_deferred();
         if driver.timer_moved_earlier() {
@@ -197,7 +210,7 @@ impl Core {
     /// Stops the node at once: every call from now on fails with [`NodeError::Closed`], the
     /// application's events end, and the node's task exits.
     pub(super) fn stop(&self) {
-        let _runtime = self.runtime.enter();
+        let _runtime = self.tokio.enter();
         let mut driver = self.lock();
         driver.stop();
         self.rearm.notify_one();
@@ -262,7 +275,7 @@ impl Core {
     /// and closes the transport.
     async fn leave(&self) -> Result<(), NodeError> {
         let transport = {
-            let _runtime = self.runtime.enter();
+            let _runtime = self.tokio.enter();
             let mut driver = self.lock_running()?;
             let now = driver.now();
             driver.pastry.leave(now);
@@ -279,7 +292,7 @@ impl Core {
     }
 }
 
-impl Inbox for Core {
+impl<L: Links> Inbox for Runtime<L> {
     fn event(&self, event: TransportEvent) -> bool {
         self.with(|driver| driver.on_transport(event)).1
     }
@@ -289,7 +302,7 @@ impl Inbox for Core {
     }
 }
 
-impl Driver {
+impl<L: Links> Driver<L> {
     /// Handles the inputs already queued (at most a bounded batch, so timers still run under a
     /// flood), draining the core's outputs after each.
     fn take_arrived(
@@ -456,17 +469,18 @@ impl Driver {
             reply,
             deadline: Instant::now() + self.join_timeout,
         });
-        if bootstrap.is_empty() {
+        let Some((&first, rest)) = bootstrap.split_first() else {
             info!("starting a new overlay");
             let now = self.now();
             self.pastry.bootstrap_alone(now);
             return;
-        }
+        };
+        let rest = rest.to_vec();
         let transport = self.transport.clone();
         let internal = self.internal.clone();
         tokio::spawn(
             async move {
-                let result = dial_first(&transport, &bootstrap).await;
+                let result = dial_first(&transport, first, &rest).await;
                 let _ = internal.send(Internal::Bootstrapped(result));
             }
             .in_current_span(),
@@ -497,16 +511,19 @@ impl Driver {
                     self.pastry.join(now, via);
                 }
             }
-            Internal::Bootstrapped(Err((tried, last_error))) => {
+            Internal::Bootstrapped(Err(failed)) => {
                 if let Some(join) = self.join.take() {
-                    let tried = tried
+                    let tried = failed
+                        .tried
                         .iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", ");
-                    let _ = join
-                        .reply
-                        .send(Err(NodeError::NoBootstrapReachable { tried, last_error }));
+                    let _ = join.reply.send(Err(NodeError::NoBootstrapReachable {
+                        tried,
+                        last_addr: failed.last_addr,
+                        last_error: Box::new(failed.last_error),
+                    }));
                 }
             }
             Internal::Measured(peer, rtt) => self.pastry.handle_proximity(now, peer, rtt),
@@ -669,7 +686,7 @@ impl Driver {
                         // dial fails is a failure signal; the core suspects a member (probes
                         // it) and forgets a mere candidate. A local limit is not the peer's fault.
                         debug!(peer = %peer.id, %error, "measurement failed");
-                        if is_peer_failure(&error) {
+                        if is_unreachable(&error) {
                             let _ = internal.send(Internal::Unreachable(peer.id));
                         }
                     }
@@ -766,28 +783,45 @@ impl Driver {
     }
 }
 
-/// Whether a transport error means the peer is unreachable (as opposed to a local limit).
-fn is_peer_failure(error: &TransportError) -> bool {
-    !matches!(
-        error,
-        TransportError::TooManyConnections { .. } | TransportError::Wire(_)
-    )
+/// Whether a failed send means the peer is unreachable (as opposed to a local limit or a frame
+/// this node could not encode).
+fn is_peer_failure(error: &SendError) -> bool {
+    match error {
+        SendError::Encode(_) => false,
+        SendError::Connect(error) => is_unreachable(error),
+        _ => true,
+    }
 }
 
-/// Dials the bootstrap addresses in order; the first that completes a handshake is the one.
-async fn dial_first(
-    transport: &Transport,
-    bootstrap: &[SocketAddr],
-) -> Result<PeerInfo, (Vec<SocketAddr>, String)> {
-    let mut last_error = String::from("no address given");
-    for &addr in bootstrap {
-        match transport.connect(addr, None).await {
+/// Whether a failed dial means the peer is unreachable (as opposed to a local limit).
+fn is_unreachable(error: &ConnectError) -> bool {
+    !matches!(error, ConnectError::TooManyConnections { .. })
+}
+
+/// Dials the bootstrap addresses in order (`first`, then `rest`); the first that completes a
+/// handshake is the one.
+async fn dial_first<L: Links>(
+    transport: &L,
+    first: SocketAddr,
+    rest: &[SocketAddr],
+) -> Result<PeerInfo, BootstrapFailed> {
+    let mut addr = first;
+    let mut others = rest.iter().copied();
+    loop {
+        let error = match transport.connect(addr, None).await {
             Ok(id) => return Ok(PeerInfo { id, addr }),
-            Err(error) => {
-                warn!(%addr, %error, "bootstrap unreachable");
-                last_error = format!("{addr}: {error}");
+            Err(error) => error,
+        };
+        warn!(%addr, %error, "bootstrap unreachable");
+        match others.next() {
+            Some(next) => addr = next,
+            None => {
+                return Err(BootstrapFailed {
+                    tried: std::iter::once(first).chain(rest.iter().copied()).collect(),
+                    last_addr: addr,
+                    last_error: error,
+                })
             }
         }
     }
-    Err((bootstrap.to_vec(), last_error))
 }

@@ -39,6 +39,9 @@
 //! ```
 
 mod driver;
+mod links;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +53,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::id::{Key, NodeId};
 use crate::identity::{Certificate, Identity, Validity};
 use crate::pastry::{self, PeerInfo};
-use crate::transport::{Admission, Limits, RawStream, Transport, TransportConfig, TransportError};
+use crate::transport::{
+    Admission, BindError, ConnectError, Limits, RawStream, SendError, Transport, TransportConfig,
+};
 use crate::wire::Body;
 
 /// Runtime settings of a node. `Default` suits a LAN or loopback cluster.
@@ -102,17 +107,24 @@ impl Default for NodeConfig {
 pub enum NodeError {
     /// The transport could not start (port in use, bad certificate, ...).
     #[error("transport: {0}")]
-    Transport(#[from] TransportError),
+    Bind(#[from] BindError),
+    /// A direct message or raw stream could not be sent ([`Node::send`],
+    /// [`Node::open_stream`] and their `_to` forms).
+    #[error("transport: {0}")]
+    Send(#[from] SendError),
     /// The node's certificate could not be made.
     #[error("certificate: {0}")]
     Identity(#[from] crate::identity::IdentityError),
     /// No bootstrap address answered.
-    #[error("no bootstrap node reachable (tried {tried}): {last_error}")]
+    #[error("no bootstrap node reachable (tried {tried}): {last_addr}: {last_error}")]
     NoBootstrapReachable {
         /// The addresses tried, comma-separated.
         tried: String,
-        /// The error of the last attempt.
-        last_error: String,
+        /// The address of the last attempt.
+        last_addr: SocketAddr,
+        /// Why the last attempt failed (boxed: it is large, and rare).
+        #[source]
+        last_error: Box<ConnectError>,
     },
     /// A bootstrap answered but the join did not complete in time.
     #[error("join did not complete within {0:?}")]
@@ -455,7 +467,7 @@ impl NodeBuilder {
         let (commands, command_rx) = mpsc::channel(1024);
         let (events_tx, events_rx) = mpsc::channel(self.config.event_capacity.max(1));
         let counters = Arc::new(Counters::default());
-        let core = driver::spawn(driver::Setup {
+        let runtime = driver::spawn(driver::Setup {
             me,
             config: self.config,
             seed,
@@ -470,7 +482,7 @@ impl NodeBuilder {
             me,
             transport,
             counters,
-            core,
+            runtime,
         });
         Ok((Node { commands, shared }, Events(events_rx)))
     }
@@ -480,7 +492,7 @@ struct Shared {
     me: PeerInfo,
     transport: Transport,
     counters: Arc<Counters>,
-    core: Arc<driver::Core>,
+    runtime: Arc<driver::Runtime<Transport>>,
 }
 
 /// The receiving end of a node's [`NodeEvent`]s.
@@ -581,12 +593,12 @@ impl Node {
     /// Delivery is acknowledged hop by hop and re-routed around failed hops; the root gets a
     /// [`NodeEvent::Deliver`], and this node a [`NodeEvent::RouteFailed`] if it is given up.
     pub async fn route(&self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
-        self.shared.core.route(key, payload).await
+        self.shared.runtime.route(key, payload).await
     }
 
     /// Sends `payload` directly (one QUIC stream, no routing) to a node this node knows.
     pub async fn send(&self, to: NodeId, payload: Vec<u8>) -> Result<(), NodeError> {
-        let addr = self.shared.core.address_of(to)?;
+        let addr = self.shared.runtime.address_of(to)?;
         self.shared
             .transport
             .send(to, addr, &Body::Direct { payload })
@@ -596,7 +608,7 @@ impl Node {
 
     /// Opens a raw stream to a node this node knows, asking for `service` (service mesh).
     pub async fn open_stream(&self, to: NodeId, service: &str) -> Result<RawStream, NodeError> {
-        let addr = self.shared.core.address_of(to)?;
+        let addr = self.shared.runtime.address_of(to)?;
         let header = Body::Tunnel {
             service: service.to_owned(),
         };
@@ -639,7 +651,7 @@ impl Node {
 
     /// A snapshot of the routing state, links and counters.
     pub async fn status(&self) -> Result<Status, NodeError> {
-        self.shared.core.status()
+        self.shared.runtime.status()
     }
 
     /// The runtime counters.
@@ -654,7 +666,7 @@ impl Node {
 
     /// Stops at once, without telling anyone (peers detect the failure).
     pub async fn shutdown(&self) {
-        self.shared.core.stop();
+        self.shared.runtime.stop();
         self.shared.transport.shutdown().await;
     }
 

@@ -49,6 +49,7 @@
 
 mod admission;
 mod endpoint;
+mod error;
 pub(crate) mod heap;
 mod pool;
 mod stream;
@@ -61,6 +62,9 @@ use std::time::Duration;
 
 pub use admission::{Admission, AuthError};
 pub use endpoint::Transport;
+pub use error::{
+    BindError, ConfigError, ConnectError, ReplyError, RequestError, SendError, StreamError,
+};
 pub use stream::{RawStream, RawStreamError, Responder};
 pub use tls::{TlsError, ALPN};
 
@@ -128,7 +132,7 @@ pub struct Limits {
     /// can make us hold. Default 1 MiB ([`wire::DEFAULT_MAX_FRAME_SIZE`]).
     pub max_message_size: usize,
     /// The most links in the pool. A full pool evicts its least recently used idle link; when
-    /// every link is busy, new links fail with [`TransportError::TooManyConnections`]. Default
+    /// every link is busy, new links fail with [`ConnectError::TooManyConnections`]. Default
     /// 1024: a Pastry node's state (32 x 15 routing entries, leaf set, neighbourhood) is at most
     /// ~530 peers, so this leaves room for clients.
     pub max_connections: usize,
@@ -321,7 +325,7 @@ pub enum TransportEvent {
         /// The address the attempt came from.
         addr: SocketAddr,
         /// Why.
-        error: TransportError,
+        error: ConnectError,
     },
 }
 
@@ -402,74 +406,6 @@ pub struct LinkInfo {
     pub packets_received: u64,
     /// Packets QUIC declared lost.
     pub packets_lost: u64,
-}
-
-/// Why a transport operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TransportError {
-    /// The UDP socket could not be bound.
-    #[error("cannot bind {addr}: {message}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        message: String,
-    },
-    /// The node's key or certificate is unusable.
-    #[error("tls setup: {0}")]
-    Tls(String),
-    /// The peer failed this node's checks in the handshake.
-    #[error("peer refused: {0}")]
-    Auth(#[from] AuthError),
-    /// The peer refused this node in the handshake (its TLS alert or close reason).
-    #[error("refused by peer: {0}")]
-    RefusedByPeer(String),
-    /// The handshake did not finish within [`Limits::connect_timeout`].
-    #[error("connecting to {0} timed out")]
-    ConnectTimeout(SocketAddr),
-    /// The dial could not start (bad address, endpoint closing).
-    #[error("cannot connect to {addr}: {message}")]
-    Connect {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        message: String,
-    },
-    /// The link failed.
-    #[error("link failed: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    /// The pool is full and every link in it is busy.
-    #[error("too many connections: all {max} links are busy")]
-    TooManyConnections {
-        /// The pool's cap.
-        max: usize,
-    },
-    /// The peer gave no stream credit within [`Limits::open_stream_timeout`].
-    #[error("opening a stream timed out")]
-    OpenStreamTimeout,
-    /// The answer did not arrive within [`Limits::request_timeout`].
-    #[error("request timed out")]
-    RequestTimeout,
-    /// The peer stopped or reset the stream with this code.
-    #[error("stream refused by peer with code {code} ({known:?})")]
-    StreamRefused {
-        /// The raw code.
-        code: u64,
-        /// The code, if Wendy defines it.
-        known: Option<StreamErrorCode>,
-    },
-    /// The stream broke.
-    #[error("stream failed: {0}")]
-    Stream(String),
-    /// A frame could not be encoded or the answer could not be decoded.
-    #[error("bad frame: {0}")]
-    Wire(#[from] WireError),
-    /// The address is this node's own.
-    #[error("{0} is this node itself")]
-    SelfConnection(SocketAddr),
-    /// The transport was shut down.
-    #[error("transport is shut down")]
-    Shutdown,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use quinn::{ReadError, ReadExactError, ReadToEndError, RecvStream, SendStream, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{StreamErrorCode, TransportError};
+use super::{ReplyError, SendError, StreamError, StreamErrorCode};
 use crate::wire::{self, Body, WireError};
 
 /// Marks a link busy while it is held: the pool never evicts a busy link.
@@ -152,14 +152,15 @@ impl Responder {
     }
 
     /// Sends the answer and finishes the stream.
-    pub async fn reply(mut self, body: &Body) -> Result<(), TransportError> {
-        let frame = wire::encode_bounded(body, self.max_message_size)?;
+    pub async fn reply(mut self, body: &Body) -> Result<(), ReplyError> {
+        let frame =
+            wire::encode_bounded(body, self.max_message_size).map_err(ReplyError::Encode)?;
+        // Only `reply`, `refuse` and `drop` take the stream, and each consumes the responder.
         let Some(mut send) = self.send.take() else {
-            return Err(TransportError::Stream("answer already sent".into()));
+            return Ok(());
         };
-        send.write_chunk(frame).await.map_err(write_error)?;
-        send.finish()
-            .map_err(|error| TransportError::Stream(error.to_string()))?;
+        send.write_chunk(frame).await.map_err(StreamError::from)?;
+        send.finish().map_err(StreamError::from)?;
         Ok(())
     }
 
@@ -180,18 +181,17 @@ impl Drop for Responder {
 }
 
 /// Writes one length-prefixed header frame (bi streams).
-pub(crate) async fn write_header(
-    send: &mut SendStream,
-    frame: Bytes,
-) -> Result<(), TransportError> {
-    let len = u32::try_from(frame.len()).map_err(|_| WireError::Oversized {
-        len: frame.len(),
-        max: u32::MAX as usize,
+pub(crate) async fn write_header(send: &mut SendStream, frame: Bytes) -> Result<(), SendError> {
+    let len = u32::try_from(frame.len()).map_err(|_| {
+        SendError::Encode(WireError::Oversized {
+            len: frame.len(),
+            max: u32::MAX as usize,
+        })
     })?;
     let mut chunks = [Bytes::copy_from_slice(&len.to_be_bytes()), frame];
     send.write_all_chunks(&mut chunks)
         .await
-        .map_err(write_error)
+        .map_err(|error| StreamError::from(error).into())
 }
 
 /// Why reading a frame failed: a bad frame (the stream is then stopped with its code) or a
@@ -293,30 +293,5 @@ fn exact_error(error: ReadExactError) -> ReadFrameError {
     match error {
         ReadExactError::FinishedEarly(_) => ReadFrameError::Wire(WireError::Truncated),
         ReadExactError::ReadError(error) => ReadFrameError::Stream(error.to_string()),
-    }
-}
-
-/// Maps a write error, keeping the peer's stop code.
-pub(crate) fn write_error(error: WriteError) -> TransportError {
-    match error {
-        WriteError::Stopped(code) => TransportError::StreamRefused {
-            code: code.into_inner(),
-            known: StreamErrorCode::from_u64(code.into_inner()),
-        },
-        WriteError::ConnectionLost(error) => TransportError::Connection(error),
-        other => TransportError::Stream(other.to_string()),
-    }
-}
-
-/// Maps a read error of an answer, keeping the peer's reset code.
-pub(crate) fn read_error(error: ReadToEndError) -> TransportError {
-    match error {
-        ReadToEndError::TooLong => TransportError::Wire(WireError::Oversized { len: 0, max: 0 }),
-        ReadToEndError::Read(ReadError::Reset(code)) => TransportError::StreamRefused {
-            code: code.into_inner(),
-            known: StreamErrorCode::from_u64(code.into_inner()),
-        },
-        ReadToEndError::Read(ReadError::ConnectionLost(error)) => TransportError::Connection(error),
-        ReadToEndError::Read(other) => TransportError::Stream(other.to_string()),
     }
 }

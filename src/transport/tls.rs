@@ -22,6 +22,7 @@ pub const ALPN: &[u8] = b"wendy/1";
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// The private key or certificate chain was refused by rustls.
     #[error("invalid key or certificate: {0}")]
@@ -31,7 +32,7 @@ pub enum TlsError {
     EmptyChain,
     /// quinn refused the rustls configuration.
     #[error("tls configuration unusable for quic: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// The crypto provider Wendy uses: ring, TLS 1.3 cipher suites only, ed25519 verification only.
@@ -101,8 +102,8 @@ impl TlsContext {
         expected: Option<NodeId>,
     ) -> Result<(quinn::crypto::rustls::QuicClientConfig, Verdict), TlsError> {
         let (config, verdict) = self.rustls_client_config(expected)?;
-        let config = quinn::crypto::rustls::QuicClientConfig::try_from(config)
-            .map_err(|error| TlsError::Quic(error.to_string()))?;
+        let config =
+            quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(TlsError::Quic)?;
         Ok((config, verdict))
     }
 
@@ -129,8 +130,8 @@ impl TlsContext {
         &self,
     ) -> Result<(quinn::crypto::rustls::QuicServerConfig, Verdict), TlsError> {
         let (config, verdict) = self.rustls_server_config()?;
-        let config = quinn::crypto::rustls::QuicServerConfig::try_from(config)
-            .map_err(|error| TlsError::Quic(error.to_string()))?;
+        let config =
+            quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(TlsError::Quic)?;
         Ok((config, verdict))
     }
 }
@@ -166,11 +167,11 @@ impl ResolvesServerCert for FixedKey {
 pub fn quinn_client_config(
     config: &super::TransportConfig,
     expected: Option<NodeId>,
-) -> Result<quinn::ClientConfig, super::TransportError> {
+) -> Result<quinn::ClientConfig, super::ConfigError> {
     let context = context_of(config)?;
     let (crypto, _) = context
         .client_config(expected)
-        .map_err(|error| super::TransportError::Tls(error.to_string()))?;
+        .map_err(super::ConfigError::Tls)?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(super::endpoint::quic_transport_config(
         &config.limits,
@@ -182,11 +183,9 @@ pub fn quinn_client_config(
 /// checked) and its transport limits. See [`quinn_client_config`].
 pub fn quinn_server_config(
     config: &super::TransportConfig,
-) -> Result<quinn::ServerConfig, super::TransportError> {
+) -> Result<quinn::ServerConfig, super::ConfigError> {
     let context = context_of(config)?;
-    let (crypto, _) = context
-        .server_config()
-        .map_err(|error| super::TransportError::Tls(error.to_string()))?;
+    let (crypto, _) = context.server_config().map_err(super::ConfigError::Tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(super::endpoint::quic_transport_config(
         &config.limits,
@@ -194,7 +193,7 @@ pub fn quinn_server_config(
     Ok(server)
 }
 
-fn context_of(config: &super::TransportConfig) -> Result<TlsContext, super::TransportError> {
+fn context_of(config: &super::TransportConfig) -> Result<TlsContext, super::ConfigError> {
     TlsContext::new(
         config.identity.private_key_der(),
         config
@@ -204,7 +203,7 @@ fn context_of(config: &super::TransportConfig) -> Result<TlsContext, super::Tran
             .collect(),
         config.admission.clone(),
     )
-    .map_err(|error| super::TransportError::Tls(error.to_string()))
+    .map_err(super::ConfigError::Tls)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use wendy::id::NodeId;
 use wendy::mesh::Mesh;
 use wendy::node::{Node, NodeError, NodeEvent};
-use wendy::transport::TransportError;
+use wendy::transport::BindError;
 
 use crate::CmdResult;
 use commands::StdinCommand;
@@ -305,8 +305,8 @@ async fn resolve_join(join: &[String]) -> Result<Vec<SocketAddr>, String> {
 
 fn spawn_error(e: NodeError, listen: SocketAddr) -> String {
     match e {
-        NodeError::Transport(TransportError::Bind { message, .. }) => format!(
-            "cannot listen on {listen}: {message}; another process (maybe another wendy node) \
+        NodeError::Bind(BindError::Socket { source, .. }) => format!(
+            "cannot listen on {listen}: {source}; another process (maybe another wendy node) \
              may be using it: pick another --listen address"
         ),
         other => format!("cannot start the node: {other}"),
@@ -315,9 +315,13 @@ fn spawn_error(e: NodeError, listen: SocketAddr) -> String {
 
 fn join_error(e: NodeError, options: &NodeOptions) -> String {
     match e {
-        NodeError::NoBootstrapReachable { tried, last_error } => format!(
+        NodeError::NoBootstrapReachable {
+            tried,
+            last_addr,
+            last_error,
+        } => format!(
             "cannot join: no bootstrap node reachable at {tried} (connect timeout {}): \
-             {last_error}; check the --join addresses, that a node runs there, and that it \
+             {last_addr}: {last_error}; check the --join addresses, that a node runs there, and that it \
              admits this node",
             seconds(options.config.limits.connect_timeout)
         ),

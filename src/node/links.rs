@@ -1,0 +1,82 @@
+//! [`Links`]: what the node's runtime needs of its transport, so that the runtime can run on an
+//! in-memory fake in tests as well as on the QUIC [`Transport`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::id::NodeId;
+use crate::transport::{ConnectError, Inbox, LinkInfo, SendError, Transport};
+use crate::wire::Body;
+
+/// The links to peers a node's runtime uses: one-way sends, dials (which measure the RTT),
+/// link snapshots, shutdown, and where incoming messages go.
+///
+/// Incoming link events, requests and streams come on the event channel given to the runtime
+/// at spawn time; one-way messages come through the [`Inbox`] set here. Used by static
+/// dispatch (the runtime is generic over it), so the route path pays nothing for it.
+pub(crate) trait Links: Clone + Send + Sync + 'static {
+    /// Sends `body` one-way to `peer`, dialling `addr` if there is no link; resolves once the
+    /// frame is handed to the network.
+    fn send(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        body: &Body,
+    ) -> impl Future<Output = Result<(), SendError>> + Send;
+
+    /// Ensures a link to `addr` (to `expected`, if given) and returns the peer's verified id.
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> impl Future<Output = Result<NodeId, ConnectError>> + Send;
+
+    /// The link's smoothed RTT, if there is a link to `peer`.
+    fn rtt(&self, peer: NodeId) -> Option<Duration>;
+
+    /// A snapshot of every link.
+    fn links(&self) -> Vec<LinkInfo>;
+
+    /// Hands every one-way message read from now on to `inbox`.
+    fn set_inbox(&self, inbox: Weak<dyn Inbox>);
+
+    /// Closes every link; the event channel ends.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Links for Transport {
+    fn send(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        body: &Body,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        Self::send(self, peer, addr, body)
+    }
+
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> impl Future<Output = Result<NodeId, ConnectError>> + Send {
+        Self::connect(self, addr, expected)
+    }
+
+    fn rtt(&self, peer: NodeId) -> Option<Duration> {
+        Self::rtt(self, peer)
+    }
+
+    fn links(&self) -> Vec<LinkInfo> {
+        Self::links(self)
+    }
+
+    fn set_inbox(&self, inbox: Weak<dyn Inbox>) {
+        Self::set_inbox(self, inbox);
+    }
+
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        Self::shutdown(self)
+    }
+}

@@ -1,0 +1,478 @@
+//! The runtime's concurrency on in-memory links ([`FakeLinks`]): no sockets, no QUIC, the real
+//! Pastry core. A message handed to the fake goes to the receiver's [`Inbox`] on a delivery task,
+//! as a transport reader task would hand it; a test can hold a node's deliveries and feed them
+//! itself to place an event between an input and its follow-up.
+//!
+//! Timeouts here are hang guards only: every assertion is about what happens, not how fast.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::driver::{self, Runtime, Setup};
+use super::links::Links;
+use super::{Command, Counters, NodeConfig, NodeError, NodeEvent};
+use crate::id::{Key, NodeId};
+use crate::pastry::{Message, PeerInfo};
+use crate::task::step_aside;
+use crate::transport::{ConnectError, Inbox, LinkInfo, LinkLostReason, SendError, TransportEvent};
+use crate::wire::Body;
+
+/// Long enough for anything here to finish on a loaded machine; reached only by a hang.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// An address whose dial never finishes (a black hole).
+const BLACK_HOLE: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 9, 9)),
+    9,
+);
+
+/// The in-memory network: who is at which address, and whether their links are up.
+#[derive(Default)]
+struct Net {
+    members: Mutex<HashMap<NodeId, Member>>,
+    /// Every send that failed: sender, receiver, what.
+    failed_sends: Mutex<Vec<(NodeId, NodeId, Body)>>,
+}
+
+struct Member {
+    addr: SocketAddr,
+    up: bool,
+    deliveries: mpsc::UnboundedSender<TransportEvent>,
+}
+
+impl Net {
+    fn member(
+        &self,
+        id: NodeId,
+    ) -> Option<(SocketAddr, bool, mpsc::UnboundedSender<TransportEvent>)> {
+        let members = self.members.lock().unwrap();
+        members
+            .get(&id)
+            .map(|m| (m.addr, m.up, m.deliveries.clone()))
+    }
+
+    fn at(&self, addr: SocketAddr) -> Option<(NodeId, bool)> {
+        let members = self.members.lock().unwrap();
+        members
+            .iter()
+            .find(|(_, m)| m.addr == addr)
+            .map(|(id, m)| (*id, m.up))
+    }
+
+    fn set_up(&self, id: NodeId, up: bool) {
+        if let Some(member) = self.members.lock().unwrap().get_mut(&id) {
+            member.up = up;
+        }
+    }
+}
+
+/// [`Links`] on the in-memory [`Net`]: a send to an up peer is delivered, anything involving a
+/// down peer (or the down node itself) fails as an unreachable peer would.
+#[derive(Clone)]
+struct FakeLinks {
+    me: PeerInfo,
+    net: Arc<Net>,
+    inbox: Arc<OnceLock<Weak<dyn Inbox>>>,
+    shut_down: Arc<AtomicBool>,
+}
+
+impl FakeLinks {
+    fn unreachable(&self, peer: NodeId) -> Option<SocketAddr> {
+        let me_up = self.net.member(self.me.id).is_some_and(|(_, up, _)| up);
+        match self.net.member(peer) {
+            Some((_, true, _)) if me_up => None,
+            Some((addr, _, _)) => Some(addr),
+            None => Some(BLACK_HOLE),
+        }
+    }
+}
+
+impl Links for FakeLinks {
+    fn send(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        body: &Body,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        let result = match (self.unreachable(peer), self.net.member(peer)) {
+            (None, Some((_, _, deliveries))) => {
+                let _ = deliveries.send(TransportEvent::Message {
+                    from: self.me.id,
+                    from_addr: self.me.addr,
+                    body: body.clone(),
+                });
+                Ok(())
+            }
+            _ => {
+                let failed = (self.me.id, peer, body.clone());
+                self.net.failed_sends.lock().unwrap().push(failed);
+                Err(SendError::Connect(ConnectError::Timeout(addr)))
+            }
+        };
+        std::future::ready(result)
+    }
+
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> impl Future<Output = Result<NodeId, ConnectError>> + Send {
+        let found = self.net.at(addr);
+        let me_up = self.net.member(self.me.id).is_some_and(|(_, up, _)| up);
+        async move {
+            if addr == BLACK_HOLE {
+                std::future::pending::<()>().await;
+            }
+            match found {
+                Some((id, true)) if me_up && expected.map_or(true, |e| e == id) => Ok(id),
+                _ => Err(ConnectError::Timeout(addr)),
+            }
+        }
+    }
+
+    fn rtt(&self, peer: NodeId) -> Option<Duration> {
+        self.unreachable(peer)
+            .is_none()
+            .then_some(Duration::from_millis(1))
+    }
+
+    fn links(&self) -> Vec<LinkInfo> {
+        Vec::new()
+    }
+
+    fn set_inbox(&self, inbox: Weak<dyn Inbox>) {
+        let _ = self.inbox.set(inbox);
+    }
+
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        self.shut_down.store(true, Ordering::SeqCst);
+        self.net.set_up(self.me.id, false);
+        std::future::ready(())
+    }
+}
+
+/// One node's runtime on the fake network, with the ends a test drives it by.
+struct TestNode {
+    me: PeerInfo,
+    runtime: Arc<Runtime<FakeLinks>>,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<NodeEvent>,
+    transport_events: mpsc::Sender<TransportEvent>,
+    counters: Arc<Counters>,
+    /// While set, deliveries go to `held` instead of the runtime.
+    hold: Arc<AtomicBool>,
+    held: mpsc::UnboundedReceiver<TransportEvent>,
+}
+
+/// Settings that make a silent peer declared dead soon (the defaults take tens of seconds).
+fn config() -> NodeConfig {
+    let mut config = NodeConfig::default();
+    config.pastry.probe_timeout = Duration::from_millis(200);
+    config.pastry.probe_retries = 1;
+    config.pastry.ack_timeout = Duration::from_millis(200);
+    config
+}
+
+fn start(net: &Arc<Net>, n: u8) -> TestNode {
+    let me = PeerInfo {
+        id: Key::from_name(&format!("node {n}")).to_node_id(),
+        addr: SocketAddr::from(([10, 0, 0, n], 4000)),
+    };
+    let links = FakeLinks {
+        me,
+        net: net.clone(),
+        inbox: Arc::new(OnceLock::new()),
+        shut_down: Arc::new(AtomicBool::new(false)),
+    };
+    let (deliveries, mut delivery_rx) = mpsc::unbounded_channel();
+    net.members.lock().unwrap().insert(
+        me.id,
+        Member {
+            addr: me.addr,
+            up: true,
+            deliveries,
+        },
+    );
+    let hold = Arc::new(AtomicBool::new(false));
+    let (held_tx, held) = mpsc::unbounded_channel();
+    // The transport's reader task: hands each message to the inbox and settles after stepping
+    // aside, as `Transport` does.
+    let inbox = links.inbox.clone();
+    let holding = hold.clone();
+    tokio::spawn(async move {
+        while let Some(event) = delivery_rx.recv().await {
+            if holding.load(Ordering::SeqCst) {
+                let _ = held_tx.send(event);
+                continue;
+            }
+            let Some(inbox) = inbox.get().and_then(Weak::upgrade) else {
+                return;
+            };
+            if inbox.event(event) {
+                step_aside().await;
+                inbox.settle();
+            }
+        }
+    });
+    let (commands, command_rx) = mpsc::channel(16);
+    let (events_tx, events) = mpsc::channel(1024);
+    let (transport_events, transport_rx) = mpsc::channel(1024);
+    let counters = Arc::new(Counters::default());
+    let runtime = driver::spawn(Setup {
+        me,
+        config: config(),
+        seed: u64::from(n),
+        transport: links,
+        transport_events: transport_rx,
+        commands: command_rx,
+        events: events_tx,
+        counters: counters.clone(),
+        forward: None,
+    });
+    TestNode {
+        me,
+        runtime,
+        commands,
+        events,
+        transport_events,
+        counters,
+        hold,
+        held,
+    }
+}
+
+impl TestNode {
+    /// Sends a join command; the receiver answers when the join is done.
+    async fn start_join(
+        &self,
+        bootstrap: &[SocketAddr],
+    ) -> oneshot::Receiver<Result<(), NodeError>> {
+        let (reply, answer) = oneshot::channel();
+        // A stopped node's task has dropped its end: the reply is then dropped with the command.
+        let _ = self
+            .commands
+            .send(Command::Join {
+                bootstrap: bootstrap.to_vec(),
+                reply,
+            })
+            .await;
+        answer
+    }
+
+    async fn join(&self, bootstrap: &[SocketAddr]) -> Result<(), NodeError> {
+        let answer = self.start_join(bootstrap).await;
+        guard(answer).await.unwrap()
+    }
+
+    fn leaf_set(&self) -> Vec<NodeId> {
+        self.runtime.status().unwrap().leaf_set
+    }
+
+    /// The next event `pick` accepts, skipping others.
+    async fn next_event<T>(&mut self, mut pick: impl FnMut(NodeEvent) -> Option<T>) -> T {
+        guard(async {
+            loop {
+                let event = self.events.recv().await.expect("events ended");
+                if let Some(found) = pick(event) {
+                    return found;
+                }
+            }
+        })
+        .await
+    }
+}
+
+async fn guard<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(HANG_GUARD, future)
+        .await
+        .expect("hang guard")
+}
+
+/// Two nodes: `a` started the overlay and `b` joined through it.
+async fn pair() -> (Arc<Net>, TestNode, TestNode) {
+    let net = Arc::new(Net::default());
+    let a = start(&net, 1);
+    let b = start(&net, 2);
+    a.join(&[]).await.unwrap();
+    b.join(&[a.me.addr]).await.unwrap();
+    (net, a, b)
+}
+
+/// Runs a future to completion on a plain thread (no tokio context).
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_through_a_member_completes_and_each_holds_the_other_in_its_leaf_set() {
+    let (_net, mut a, mut b) = pair().await;
+    let leaf_set = b
+        .next_event(|event| match event {
+            NodeEvent::Joined { leaf_set } => Some(leaf_set),
+            _ => None,
+        })
+        .await;
+    assert_eq!(leaf_set, vec![a.me.id]);
+    a.next_event(|event| matches!(event, NodeEvent::NodeJoined(id) if id == b.me.id).then_some(()))
+        .await;
+    assert_eq!(a.leaf_set(), vec![b.me.id]);
+    assert_eq!(b.leaf_set(), vec![a.me.id]);
+    // A second join of an active node answers at once.
+    b.join(&[a.me.addr]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_called_from_a_plain_thread_is_delivered_at_the_root() {
+    let (_net, a, mut b) = pair().await;
+    let runtime = a.runtime.clone();
+    let key = Key::from(b.me.id);
+    let routed = std::thread::spawn(move || {
+        (0..10u8)
+            .map(|i| block_on(runtime.route(key, vec![i])))
+            .collect::<Vec<_>>()
+    });
+    let routed = guard(tokio::task::spawn_blocking(move || routed.join().unwrap()))
+        .await
+        .unwrap();
+    assert!(routed.iter().all(Result::is_ok), "{routed:?}");
+    let mut payloads = Vec::new();
+    while payloads.len() < 10 {
+        let delivery = b
+            .next_event(|event| match event {
+                NodeEvent::Deliver(delivery) => Some(delivery),
+                _ => None,
+            })
+            .await;
+        assert_eq!(delivery.origin, a.me.id);
+        payloads.push(delivery.payload[0]);
+    }
+    payloads.sort_unstable();
+    assert_eq!(payloads, (0..10).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_answers_calls_in_flight_with_closed_and_ends_the_events() {
+    let net = Arc::new(Net::default());
+    let a = start(&net, 1);
+    let mut b = start(&net, 2);
+    a.join(&[]).await.unwrap();
+    // A join that waits on a dial that never finishes.
+    let joining = b.start_join(&[BLACK_HOLE]).await;
+    // Callers on plain threads, routing until the node refuses them.
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let runtime = b.runtime.clone();
+            std::thread::spawn(move || loop {
+                match block_on(runtime.route(Key::from_name("k"), vec![1])) {
+                    Err(NodeError::NotJoined) => std::thread::yield_now(),
+                    other => return other,
+                }
+            })
+        })
+        .collect();
+    b.runtime.stop();
+    assert!(matches!(guard(joining).await, Ok(Err(NodeError::Closed))));
+    for caller in callers {
+        let answer = guard(tokio::task::spawn_blocking(move || caller.join().unwrap()))
+            .await
+            .unwrap();
+        assert!(matches!(answer, Err(NodeError::Closed)), "{answer:?}");
+    }
+    assert!(matches!(b.runtime.status(), Err(NodeError::Closed)));
+    assert!(matches!(
+        b.runtime.address_of(a.me.id),
+        Err(NodeError::Closed)
+    ));
+    // A join after the stop is refused too (or finds the task gone).
+    let late = b.start_join(&[a.me.addr]).await;
+    assert!(matches!(
+        guard(late).await,
+        Ok(Err(NodeError::Closed)) | Err(_)
+    ));
+    // The application's events end.
+    guard(async { while b.events.recv().await.is_some() {} }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_lost_while_sends_are_deferred_settles_them_and_the_peer_is_declared_gone() {
+    let (net, a, mut b) = pair().await;
+    // B's reader hands its messages to the test from now on.
+    b.hold.store(true, Ordering::SeqCst);
+    let key = Key::from(b.me.id);
+    let id = a.runtime.route(key, b"last words".to_vec()).await.unwrap();
+    // Feed B until the routed message is delivered: its ack to A is then held back until the
+    // follow-up (settle) runs.
+    let follow_up = guard(async {
+        loop {
+            let event = b.held.recv().await.unwrap();
+            let follow_up = Inbox::event(&*b.runtime, event);
+            if let Ok(NodeEvent::Deliver(delivery)) = b.events.try_recv() {
+                assert_eq!(delivery.id, id);
+                return follow_up;
+            }
+        }
+    })
+    .await;
+    assert!(
+        follow_up,
+        "a delivery holds its ack back until the follow-up"
+    );
+    // Before the follow-up runs, the link to A is lost.
+    net.set_up(a.me.id, false);
+    b.transport_events
+        .send(TransportEvent::LinkLost {
+            peer: a.me.id,
+            reason: LinkLostReason::TimedOut,
+        })
+        .await
+        .unwrap();
+    Inbox::settle(&*b.runtime);
+    // The held-back ack was attempted (and failed); A is declared gone.
+    let ack_attempted = net
+        .failed_sends
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(from, to, body)| {
+            *from == b.me.id
+                && *to == a.me.id
+                && matches!(body, Body::Pastry(Message::RouteAck { id: acked, .. }) if *acked == id)
+        });
+    assert!(ack_attempted, "the held-back ack was not sent");
+    assert!(b.counters.snapshot().send_failures >= 1);
+    b.next_event(|event| matches!(event, NodeEvent::NodeLeft(id) if id == a.me.id).then_some(()))
+        .await;
+    assert!(b.leaf_set().is_empty());
+    // B keeps working: it is alone, so a route is delivered at B itself.
+    b.hold.store(false, Ordering::SeqCst);
+    b.runtime.route(key, b"alone".to_vec()).await.unwrap();
+    let delivery = b
+        .next_event(|event| match event {
+            NodeEvent::Deliver(delivery) => Some(delivery),
+            _ => None,
+        })
+        .await;
+    assert_eq!(delivery.payload, b"alone");
+}

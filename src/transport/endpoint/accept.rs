@@ -1,0 +1,100 @@
+//! Incoming links: the accept loop and the admission checks after the handshake.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::{debug, warn, Instrument};
+
+use super::dial::handshake_error;
+use super::{lock, Inner};
+use crate::id::NodeId;
+use crate::transport::tls::ALPN;
+use crate::transport::verifier::Verdict;
+use crate::transport::{AuthError, CloseCode, ConnectError, TransportEvent};
+
+impl Inner {
+    pub(super) async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.accept(incoming).await }.instrument(self.span.clone()));
+        }
+        debug!("accept loop ended");
+    }
+
+    async fn accept(self: Arc<Self>, incoming: quinn::Incoming) {
+        let addr = incoming.remote_address();
+        if self.closing.load(Ordering::Relaxed) {
+            incoming.refuse();
+            return;
+        }
+        if !lock(&self.pool).has_room() {
+            incoming.refuse();
+            warn!(%addr, "refused incoming link: pool full of busy links");
+            self.emit(TransportEvent::HandshakeFailed {
+                addr,
+                error: ConnectError::TooManyConnections {
+                    max: self.limits.max_connections,
+                },
+            })
+            .await;
+            return;
+        }
+        let (crypto, verdict) = match self.tls.server_config() {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%addr, %error, "cannot build server config");
+                incoming.refuse();
+                return;
+            }
+        };
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(self.quic.clone());
+        let result = match incoming.accept_with(Arc::new(config)) {
+            Err(error) => Err(handshake_error(error, &verdict, addr)),
+            Ok(connecting) => {
+                match tokio::time::timeout(self.limits.connect_timeout, connecting).await {
+                    Err(_) => Err(ConnectError::Timeout(addr)),
+                    Ok(Err(error)) => Err(handshake_error(error, &verdict, addr)),
+                    Ok(Ok(conn)) => self.admit(conn, &verdict),
+                }
+            }
+        };
+        match result {
+            Ok((conn, peer)) => {
+                if let Err(error) = self.register(conn, peer, true).await {
+                    debug!(%addr, %error, "incoming link not registered");
+                }
+            }
+            Err(error) => {
+                warn!(%addr, %error, "refused incoming link");
+                self.emit(TransportEvent::HandshakeFailed { addr, error })
+                    .await;
+            }
+        }
+    }
+
+    /// Post-handshake checks of an incoming link: ALPN, verified id, not ourselves.
+    fn admit(
+        &self,
+        conn: quinn::Connection,
+        verdict: &Verdict,
+    ) -> Result<(quinn::Connection, NodeId), ConnectError> {
+        let protocol = conn
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        if protocol.as_deref() != Some(ALPN) {
+            conn.close(CloseCode::WrongAlpn.to_varint(), b"alpn wendy/1 required");
+            return Err(ConnectError::Auth(AuthError::WrongAlpn));
+        }
+        let Some(peer) = verdict.peer() else {
+            conn.close(CloseCode::Closed.to_varint(), b"unverified");
+            return Err(ConnectError::Auth(AuthError::NoCertificate));
+        };
+        if peer == self.local_id {
+            conn.close(CloseCode::SelfConnection.to_varint(), b"self");
+            return Err(ConnectError::SelfConnection(conn.remote_address()));
+        }
+        Ok((conn, peer))
+    }
+}

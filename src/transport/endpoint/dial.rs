@@ -1,0 +1,227 @@
+//! Outgoing links: dialling a peer (one dial per peer at a time), waiting for the server to
+//! accept us, classifying a failed handshake, and opening streams on pooled links.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use quinn::{ConnectionError, TransportErrorCode};
+use tracing::{debug, info};
+
+use super::serve::lost_reason;
+use super::{lock, Inner};
+use crate::id::NodeId;
+use crate::transport::pool::{Link, Removed};
+use crate::transport::stream::LinkGuard;
+use crate::transport::verifier::Verdict;
+use crate::transport::{AuthError, CloseCode, ConnectError, SendError, TransportEvent};
+
+/// The server name put in every ClientHello; Wendy's verifiers ignore names (peers are
+/// identified by key).
+const SERVER_NAME: &str = "wendy";
+
+/// TLS alert `no_application_protocol` (RFC 8446), as quinn reports it (crypto error 0x100+).
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
+/// TLS alert `certificate_required` (RFC 8446).
+const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
+
+impl Inner {
+    pub(super) fn client_config(
+        &self,
+        expected: Option<NodeId>,
+    ) -> Result<(quinn::ClientConfig, Verdict), ConnectError> {
+        let (crypto, verdict) = self
+            .tls
+            .client_config(expected)
+            .map_err(ConnectError::Tls)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.quic.clone());
+        Ok((config, verdict))
+    }
+
+    /// Opens a stream to `peer` with `open` (dialling `addr` if there is no link), within
+    /// [`Limits::open_stream_timeout`]. A pooled link that turns out to be closed (its loss not
+    /// processed yet) is dropped and the peer dialled afresh, once. The guard keeps the link
+    /// busy while the stream is in use.
+    pub(super) async fn open<T, F, Fut>(
+        self: &Arc<Self>,
+        peer: NodeId,
+        addr: SocketAddr,
+        open: F,
+    ) -> Result<(LinkGuard, T), SendError>
+    where
+        F: Fn(quinn::Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ConnectionError>>,
+    {
+        let mut retried = false;
+        loop {
+            let link = self.link(Some(peer), addr).await?;
+            let guard = LinkGuard::new(&link.in_flight);
+            link.touch();
+            match tokio::time::timeout(self.limits.open_stream_timeout, open(link.conn.clone()))
+                .await
+            {
+                Err(_) => return Err(SendError::OpenStreamTimeout),
+                Ok(Ok(stream)) => return Ok((guard, stream)),
+                Ok(Err(error)) if !retried => {
+                    debug!(%peer, %error, "pooled link was closed; dialling again");
+                    drop(guard);
+                    self.forget(&link, &error).await;
+                    retried = true;
+                }
+                Ok(Err(error)) => return Err(SendError::Connection(error)),
+            }
+        }
+    }
+
+    /// Removes a link found closed from the pool (reporting its loss) before its stream loop
+    /// has noticed.
+    pub(super) async fn forget(&self, link: &Link, error: &ConnectionError) {
+        let removed = lock(&self.pool).closed(link.peer, link.id(), false);
+        if removed == Removed::Lost {
+            let reason = lost_reason(error);
+            info!(peer = %link.peer, ?reason, "link lost");
+            self.emit(TransportEvent::LinkLost {
+                peer: link.peer,
+                reason,
+            })
+            .await;
+        }
+    }
+
+    /// The link to `peer` (or to whoever is at `addr`), dialling if needed.
+    pub(super) async fn link(
+        self: &Arc<Self>,
+        peer: Option<NodeId>,
+        addr: SocketAddr,
+    ) -> Result<Arc<Link>, ConnectError> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(ConnectError::Shutdown);
+        }
+        if let Some(peer) = peer {
+            if let Some(link) = lock(&self.pool).get(peer) {
+                return Ok(link);
+            }
+            // One dial per peer at a time: concurrent senders wait for the first dial.
+            let dial_lock = {
+                let mut locks = self
+                    .dial_locks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                locks.entry(peer).or_default().clone()
+            };
+            let _dialling = dial_lock.lock().await;
+            if let Some(link) = lock(&self.pool).get(peer) {
+                return Ok(link);
+            }
+            let result = self.dial(addr, Some(peer)).await;
+            self.dial_locks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&peer);
+            return result;
+        }
+        self.dial(addr, None).await
+    }
+
+    pub(super) async fn dial(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> Result<Arc<Link>, ConnectError> {
+        if addr == self.local_addr {
+            return Err(ConnectError::SelfConnection(addr));
+        }
+        if !lock(&self.pool).has_room() {
+            return Err(ConnectError::TooManyConnections {
+                max: self.limits.max_connections,
+            });
+        }
+        let (config, verdict) = self.client_config(expected)?;
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|source| ConnectError::Start { addr, source })?;
+        let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
+            Err(_) => return Err(ConnectError::Timeout(addr)),
+            Ok(Err(error)) => {
+                let error = handshake_error(error, &verdict, addr);
+                debug!(%addr, %error, "dial failed");
+                return Err(error);
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        let Some(peer) = verdict.peer() else {
+            // Unreachable in practice: a finished handshake ran our verifier.
+            conn.close(CloseCode::Closed.to_varint(), b"unverified");
+            return Err(ConnectError::Auth(AuthError::NoCertificate));
+        };
+        if peer == self.local_id {
+            conn.close(CloseCode::SelfConnection.to_varint(), b"self");
+            return Err(ConnectError::SelfConnection(addr));
+        }
+        match tokio::time::timeout_at(deadline, confirmed(&conn)).await {
+            Err(_) => {
+                conn.close(CloseCode::Closed.to_varint(), b"not confirmed");
+                return Err(ConnectError::Timeout(addr));
+            }
+            Ok(Err(error)) => {
+                let error = handshake_error(error, &verdict, addr);
+                debug!(%addr, %error, "peer refused us");
+                return Err(error);
+            }
+            Ok(Ok(())) => {}
+        }
+        self.register(conn, peer, false).await
+    }
+}
+
+/// Waits until the server has accepted us: in TLS 1.3 the client finishes its handshake first
+/// and the server judges the client's certificate afterwards. The server's HANDSHAKE_DONE frame
+/// confirms acceptance; a refusal closes the connection instead. quinn has no event for the
+/// frame, so its counter is polled at a fraction of the RTT (sub-millisecond on loopback).
+async fn confirmed(conn: &quinn::Connection) -> Result<(), ConnectionError> {
+    let interval = (conn.rtt() / 8).clamp(Duration::from_millis(1), Duration::from_millis(20));
+    loop {
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(());
+        }
+        if let Some(error) = conn.close_reason() {
+            return Err(error);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Classifies a failed handshake: our verifier's verdict first, then the TLS alert.
+pub(super) fn handshake_error(
+    error: ConnectionError,
+    verdict: &Verdict,
+    addr: SocketAddr,
+) -> ConnectError {
+    if let Some(auth) = verdict.error() {
+        return ConnectError::Auth(auth);
+    }
+    match error {
+        ConnectionError::TransportError(ref local)
+            if local.code == TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL) =>
+        {
+            ConnectError::Auth(AuthError::WrongAlpn)
+        }
+        ConnectionError::TransportError(ref local)
+            if local.code == TransportErrorCode::crypto(ALERT_CERTIFICATE_REQUIRED) =>
+        {
+            ConnectError::Auth(AuthError::NoCertificate)
+        }
+        ConnectionError::ConnectionClosed(close) => {
+            ConnectError::RefusedByPeer(ConnectionError::ConnectionClosed(close))
+        }
+        ConnectionError::ApplicationClosed(close) => {
+            ConnectError::RefusedByPeer(ConnectionError::ApplicationClosed(close))
+        }
+        ConnectionError::TimedOut => ConnectError::Timeout(addr),
+        other => ConnectError::Connection(other),
+    }
+}
