@@ -372,7 +372,7 @@ impl NodeBuilder {
     }
 
     /// Runs the node on this ready-made socket instead of binding [`Self::listen`]'s address,
-    /// e.g. a [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance.
+    /// e.g. a `wendy::testing::DelaySocket` (feature `testing`) that emulates network distance.
     pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
         self.socket = Some(socket);
         self

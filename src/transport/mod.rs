@@ -83,7 +83,7 @@ pub struct TransportConfig {
     /// Transport limits and timeouts.
     pub limits: Limits,
     /// A ready-made socket to run on instead of binding `listen` (then ignored), e.g. a
-    /// [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance. Default
+    /// `wendy::testing::DelaySocket` (feature `testing`) that emulates network distance. Default
     /// `None`: bind a plain UDP socket at `listen`.
     pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
