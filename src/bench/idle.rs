@@ -124,7 +124,7 @@ pub async fn run(
             "need at least 2 nodes and a non-empty window".into(),
         ));
     }
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(super::node_config(), config.seed);
     progress(&format!("idle: building {} nodes", config.nodes));
     cluster.grow(config.nodes, progress).await?;
     cluster.settle(Duration::from_secs(60)).await?;

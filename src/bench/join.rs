@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use super::cluster::Cluster;
 use super::{median, BenchError, Progress};
-use crate::node::NodeConfig;
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +86,7 @@ pub async fn run(
             "need 2 <= small <= large and at least one sample".into(),
         ));
     }
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(super::node_config(), config.seed);
     progress(&format!("join: building {} nodes", config.small));
     let mut build_ms = cluster.grow(config.small, progress).await?;
     let small = timed_joins(&mut cluster, config.samples, progress).await?;

@@ -16,7 +16,6 @@ use serde::Serialize;
 use super::cluster::Cluster;
 use super::{rss_kib, BenchError, Progress};
 use crate::identity::{Identity, Validity};
-use crate::node::NodeConfig;
 use crate::transport::{Admission, Transport, TransportConfig};
 
 fn bare_transport_config(links: usize) -> Result<TransportConfig, BenchError> {
@@ -31,6 +30,7 @@ fn bare_transport_config(links: usize) -> Result<TransportConfig, BenchError> {
     // Every link stays open to the end, idle, so the memory it holds is not reused by the
     // nodes measured after it.
     config.limits.max_idle_links = links;
+    super::as_shipped(&mut config.limits);
     Ok(config)
 }
 
@@ -135,7 +135,7 @@ pub async fn run(
         .sum::<usize>();
     let after_links = read()?;
     let before = read()?;
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(super::node_config(), config.seed);
     progress(&format!("memory: starting {} nodes", config.nodes));
     let mut spawned = Vec::with_capacity(config.nodes);
     for _ in 0..config.nodes {

@@ -34,7 +34,7 @@ use super::cluster::{Cluster, Observed};
 use super::{BenchError, Latency, Progress};
 use crate::id::{Key, NodeId};
 use crate::identity::{Identity, Validity};
-use crate::node::{Node, NodeConfig};
+use crate::node::Node;
 use crate::transport::{tls, Admission, TransportConfig};
 
 /// What to measure.
@@ -131,7 +131,7 @@ pub async fn run(
     }
     // The baseline's connection is up before the cluster, so both share the process from here.
     let mut raw = RawQuinn::start(config.size).await?;
-    let mut cluster = Cluster::new(NodeConfig::default(), config.seed);
+    let mut cluster = Cluster::new(super::node_config(), config.seed);
     progress(&format!("route: building {} nodes", config.nodes));
     cluster.grow(config.nodes, progress).await?;
     cluster.settle(Duration::from_secs(60)).await?;
@@ -391,12 +391,14 @@ async fn throughput(
 fn transport_config() -> Result<TransportConfig, BenchError> {
     let identity = Identity::generate();
     let certificate = identity.self_signed_certificate(Validity::days_from_now(1))?;
-    Ok(TransportConfig::new(
+    let mut config = TransportConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         identity,
         certificate,
         Admission::Open,
-    ))
+    );
+    super::as_shipped(&mut config.limits);
+    Ok(config)
 }
 
 /// Two raw quinn endpoints with Wendy's TLS setup and limits, one connection between them:

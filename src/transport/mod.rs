@@ -197,10 +197,10 @@ pub struct Limits {
     pub excess_idle_link_timeout: Duration,
     /// Whether to give the heap freed by closed links back to the operating system (glibc's
     /// `malloc_trim`, a couple of seconds after links closed, at most once per 10 s for the
-    /// whole process). glibc otherwise keeps a join's burst of link state resident for good
-    /// (2.4 MiB per idle node of a 100-node cluster instead of about 0.6 MiB; BENCHMARKS.md,
-    /// `memory`). Default true; turn it off if the program manages its allocator itself.
-    /// Without glibc it does nothing.
+    /// whole process). glibc otherwise keeps a join's burst of link state resident for good, so
+    /// an idle node's resident size stays at its join's peak (BENCHMARKS.md, `memory`). Default
+    /// false: the trim acts on the allocator of the whole process, which is the program's
+    /// business, not a library's; the `wendy` binary turns it on. Without glibc it does nothing.
     pub release_freed_memory: bool,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
@@ -232,7 +232,7 @@ impl Default for Limits {
             idle_link_timeout: Duration::from_secs(20),
             max_idle_links: usize::MAX,
             excess_idle_link_timeout: Duration::from_secs(1),
-            release_freed_memory: true,
+            release_freed_memory: false,
             connect_timeout: Duration::from_secs(5),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),

@@ -107,7 +107,10 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
     let mut nodes: Vec<Node> = Vec::with_capacity(args.nodes);
     let mut join_ms = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
-        let (node, mut events) = Node::builder(Identity::generate()).spawn().await?;
+        let (node, mut events) = Node::builder(Identity::generate())
+            .config(crate::node_config())
+            .spawn()
+            .await?;
         let tx = arrivals_tx.clone();
         let at = node.id();
         tokio::spawn(async move {
