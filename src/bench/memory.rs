@@ -42,8 +42,7 @@ pub struct MemoryBenchConfig {
     /// How long the settled cluster idles before the last reading. Default 45 s: longer than
     /// the transport's idle-link timeout (20 s) plus the pool's look-up period (5 s) and the
     /// heap trim after the closures (2 s), so the links a build opened once have closed and an
-    /// idle node is measured, not one still holding its join's links (3.5 MiB per node at
-    /// 30 s when they had not closed yet).
+    /// idle node is measured, not one still holding its join's links.
     pub idle: Duration,
     /// Seed of the bootstrap choices.
     pub seed: u64,
