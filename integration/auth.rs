@@ -1,7 +1,7 @@
 //! The authentication matrix: every way a peer can fail the handshake, each with its own
 //! specific error, over real QUIC on loopback; and a good peer keeps being served meanwhile.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

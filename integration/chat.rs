@@ -10,7 +10,7 @@
 //! Also runs `examples/embed.rs` (the library tour) and checks what it reports.
 //!
 //! The example binaries are built by `cargo test`; when only this test is selected
-//! (`cargo test --release --test chat`) cargo does not build examples, so the test runs
+//! (`cargo test --release --test integration chat::`) cargo does not build examples, so the test runs
 //! `cargo build --example chat --example embed` itself (a no-op when they are up to date).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,7 +39,7 @@ fn example(name: &str) -> PathBuf {
 /// examples directory.
 fn build_examples() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/chat-<hash> -> target/<profile>
+    // target/<profile>/deps/integration-<hash> -> target/<profile>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)

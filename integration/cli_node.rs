@@ -15,7 +15,7 @@ use serde_json::Value;
 use wendy::id::{Key, NodeId};
 use wendy::identity::test_fixtures;
 
-mod common;
+use crate::common;
 use common::process::{wendy, NodeProc};
 use common::HANG_GUARD;
 

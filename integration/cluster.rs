@@ -6,7 +6,7 @@ use wendy::id::{Key, NodeId};
 use wendy::identity::Identity;
 use wendy::node::{Events, ForwardAction, Node, NodeConfig, NodeError, NodeEvent};
 
-mod common;
+use crate::common;
 use common::cluster;
 
 async fn spawn(seed: u8) -> (Node, Events) {

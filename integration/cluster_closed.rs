@@ -11,7 +11,7 @@ use wendy::pastry::{Message, PeerInfo};
 use wendy::transport::{Admission, Transport, TransportConfig};
 use wendy::wire::Body;
 
-mod common;
+use crate::common;
 use common::cluster::{self, Observations};
 
 const MEMBERS: u8 = 6;

@@ -13,7 +13,7 @@ use wendy::identity::Identity;
 use wendy::node::{Node, NodeConfig, NodeEvent};
 use wendy::testing::{DelaySocket, RegionMap};
 
-mod common;
+use crate::common;
 use common::cluster::{self, Observed};
 
 // 25 nodes, 5 killed: 20 survivors is barely more than a leaf set (L = 16), the hardest case

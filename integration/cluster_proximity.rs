@@ -13,7 +13,7 @@ use wendy::identity::Identity;
 use wendy::node::{ForwardAction, Node, NodeConfig};
 use wendy::testing::{DelaySocket, RegionMap};
 
-mod common;
+use crate::common;
 use common::cluster;
 
 const NODES: usize = 24;

@@ -14,7 +14,7 @@ use wendy::node::{Events, Node, NodeBuilder, NodeError, NodeEvent};
 use wendy::testing::{DelaySocket, RegionMap};
 use wendy::transport::Admission;
 
-mod common;
+use crate::common;
 use common::process::NodeProc;
 use common::HANG_GUARD;
 

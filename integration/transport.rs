@@ -1,6 +1,6 @@
 //! Transport integration tests: real nodes, real QUIC over real UDP on loopback.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

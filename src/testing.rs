@@ -10,8 +10,8 @@
 //! from then on it drops every datagram in both directions, which is what its peers see when a
 //! host dies or its network goes away (no QUIC close, only silence).
 //!
-//! Nothing here is used by a production node; it lives in the library (not behind a feature) so
-//! that integration tests and benchmarks use the one implementation.
+//! Nothing here is used by a production node: it is behind the `testing` feature, which the
+//! crate's tests and examples turn on, so that they all use the one implementation.
 //!
 //! ```no_run
 //! use std::time::Duration;

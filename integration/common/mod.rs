@@ -1,4 +1,4 @@
-//! Shared helpers for the transport and auth integration tests (real QUIC on loopback).
+//! Shared helpers of the integration tests (real QUIC on loopback, `wendy` processes).
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;

@@ -15,7 +15,6 @@ use serde::Serialize;
 use super::{median, BenchError, Progress};
 use crate::identity::Identity;
 use crate::node::Node;
-use crate::node::NodeConfig;
 use crate::testing::{Cluster, Via};
 
 /// What to measure.
@@ -123,7 +122,7 @@ async fn timed_joins(
     let mut times = Vec::with_capacity(samples);
     for sample in 0..samples {
         cluster.settle(Duration::from_secs(60)).await?;
-        let builder = Node::builder(Identity::generate()).config(NodeConfig::default());
+        let builder = Node::builder(Identity::generate()).config(super::node_config());
         let ms = cluster.add(builder, Via::Random).await?.as_secs_f64() * 1e3;
         times.push(ms);
         progress(&format!(

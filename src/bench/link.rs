@@ -123,12 +123,9 @@ fn node_config() -> Result<TransportConfig, LinkBenchError> {
     let identity = Identity::generate();
     let certificate = identity.self_signed_certificate(Validity::days_from_now(1))?;
     let listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-    Ok(TransportConfig::new(
-        listen,
-        identity,
-        certificate,
-        Admission::Open,
-    ))
+    let mut config = TransportConfig::new(listen, identity, certificate, Admission::Open);
+    super::as_shipped(&mut config.limits);
+    Ok(config)
 }
 
 /// Runs the benchmark (needs a tokio runtime; use a multi-threaded one).

@@ -16,7 +16,6 @@ use serde::Serialize;
 use super::{rss_kib, BenchError, Progress};
 use crate::identity::{Identity, Validity};
 use crate::node::Node;
-use crate::node::NodeConfig;
 use crate::testing::{Cluster, Via};
 use crate::transport::{Admission, Transport, TransportConfig};
 
@@ -32,6 +31,7 @@ fn bare_transport_config(links: usize) -> Result<TransportConfig, BenchError> {
     // Every link stays open to the end, idle, so the memory it holds is not reused by the
     // nodes measured after it.
     config.limits.max_idle_links = links;
+    super::as_shipped(&mut config.limits);
     Ok(config)
 }
 
@@ -43,8 +43,7 @@ pub struct MemoryBenchConfig {
     /// How long the settled cluster idles before the last reading. Default 45 s: longer than
     /// the transport's idle-link timeout (20 s) plus the pool's look-up period (5 s) and the
     /// heap trim after the closures (2 s), so the links a build opened once have closed and an
-    /// idle node is measured, not one still holding its join's links (3.5 MiB per node at
-    /// 30 s when they had not closed yet).
+    /// idle node is measured, not one still holding its join's links.
     pub idle: Duration,
     /// Seed of the bootstrap choices.
     pub seed: u64,
@@ -140,7 +139,7 @@ pub async fn run(
     progress(&format!("memory: starting {} nodes", config.nodes));
     let mut spawned = Vec::with_capacity(config.nodes);
     for _ in 0..config.nodes {
-        let builder = Node::builder(Identity::generate()).config(NodeConfig::default());
+        let builder = Node::builder(Identity::generate()).config(super::node_config());
         spawned.push(cluster.spawn(builder).await?);
     }
     let unjoined = read()?;

@@ -22,6 +22,21 @@ pub mod memory;
 pub mod route;
 pub mod sim;
 
+/// Sets what the `wendy` binary sets on top of the library's limits: its nodes give the heap
+/// freed by closed links back to the operating system
+/// ([`Limits::release_freed_memory`](crate::transport::Limits::release_freed_memory)), so the
+/// suites measure the program that ships (the `memory` figures depend on it).
+pub(crate) fn as_shipped(limits: &mut crate::transport::Limits) {
+    limits.release_freed_memory = true;
+}
+
+/// The node configuration the `wendy` binary runs: the defaults, [`as_shipped`].
+pub(crate) fn node_config() -> crate::node::NodeConfig {
+    let mut config = crate::node::NodeConfig::default();
+    as_shipped(&mut config.limits);
+    config
+}
+
 /// Where a suite reports its progress (one short line at a time).
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
@@ -95,7 +110,7 @@ pub(crate) async fn grow(
     progress: Progress<'_>,
 ) -> Result<Vec<f64>, BenchError> {
     let mut last = std::time::Instant::now();
-    let config = crate::node::NodeConfig::default();
+    let config = node_config();
     let joins = cluster
         .grow(size, &config, crate::testing::Via::Random, &mut |joined| {
             if last.elapsed() > std::time::Duration::from_secs(1) || joined == size {

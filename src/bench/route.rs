@@ -11,7 +11,7 @@
 //! - **Wendy 1 hop**: in a settled cluster, a node routes a 200-byte message to the key equal to
 //!   its clockwise neighbour's id (a leaf, so one hop), timed from [`Node::route`] (called on a
 //!   runtime worker, where the baseline is timed too) until the neighbour's application reads
-//!   the [`NodeEvent::Deliver`](crate::node::NodeEvent::Deliver).
+//!   the [`NodeEvent::Deliver`].
 //!   `one_hop_p50_ratio` is this median over the raw quinn request/response median (the
 //!   issue's definition). Also reported: the same against raw quinn one-way, and a Wendy
 //!   request/response (the root's application answers with [`Node::send`], timed until the
@@ -395,12 +395,14 @@ async fn throughput(
 fn transport_config() -> Result<TransportConfig, BenchError> {
     let identity = Identity::generate();
     let certificate = identity.self_signed_certificate(Validity::days_from_now(1))?;
-    Ok(TransportConfig::new(
+    let mut config = TransportConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         identity,
         certificate,
         Admission::Open,
-    ))
+    );
+    super::as_shipped(&mut config.limits);
+    Ok(config)
 }
 
 /// Two raw quinn endpoints with Wendy's TLS setup and limits, one connection between them:

@@ -30,6 +30,7 @@ mod cert;
 mod error;
 mod files;
 mod key;
+#[cfg(any(test, feature = "testing"))]
 pub mod test_fixtures;
 
 pub use ca::{MeshCa, CA_CERT_FILE, CA_KEY_FILE};

@@ -682,7 +682,7 @@ impl<L: Links> Driver<L> {
                         }
                     }
                     Err(error) => {
-                        // Contract (src/pastry/API-CONTRACT.md, 02:30 change): a Measure whose
+                        // Contract (`pastry::Output::Measure`): a Measure whose
                         // dial fails is a failure signal; the core suspects a member (probes
                         // it) and forgets a mere candidate. A local limit is not the peer's fault.
                         debug!(peer = %peer.id, %error, "measurement failed");

@@ -1,5 +1,5 @@
 //! The async runtime and public API: a [`Node`] drives the sans-IO [`Pastry`](crate::pastry::Pastry)
-//! state machine with [`Transport`](crate::transport::Transport) events and timers.
+//! state machine with [`Transport`] events and timers.
 //!
 //! This is the only module (with `transport/`) that uses tokio and reads the clock. It owns the
 //! mapping between the two worlds: transport events and application commands go in as
@@ -235,7 +235,8 @@ pub enum ForwardAction {
 /// The forward interceptor: may modify `payload` in place, and returns whether to continue.
 pub type ForwardHook = dyn Fn(&Forwarded, &mut Vec<u8>) -> ForwardAction + Send + Sync;
 
-/// Counters of a running node (see also [`Status::pastry`] for the core's message counts).
+/// Counters of a running node (the core's message counts are in [`Status`], from
+/// [`Status::control_msgs_sent`] on).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStats {
     /// Routed messages delivered here.
@@ -384,7 +385,7 @@ impl NodeBuilder {
     }
 
     /// Runs the node on this ready-made socket instead of binding [`Self::listen`]'s address,
-    /// e.g. a [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance.
+    /// e.g. a `wendy::testing::DelaySocket` (feature `testing`) that emulates network distance.
     pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
         self.socket = Some(socket);
         self

@@ -106,6 +106,13 @@
 //! Whenever two ids are equally distant from a key, the one met first walking clockwise from
 //! the key wins ([`Key::cmp_closeness`](crate::id::Key::cmp_closeness)). It is used by the leaf
 //! set, the route decision and every test oracle, so all agree on the root of a key.
+//!
+//! # Design notes
+//!
+//! This documentation is the module's contract. `docs/pastry-contract.md` logs how the API was
+//! first agreed between the core, the simulator and the runtime, and each change since with its
+//! reason; `docs/sim-findings.md` records what the simulator showed about the protocol while it
+//! was built (problems, fixes tried, the numbers of the time).
 
 mod config;
 mod custody;
@@ -124,9 +131,9 @@ mod stats;
 mod time;
 mod timers;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 mod harness;
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 mod protocol_tests;
 
 pub use config::Config;

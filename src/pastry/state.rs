@@ -134,6 +134,7 @@ impl Pastry {
 
     /// Simulator diagnostics only: puts `peer` (with its true RTT) into its routing-table slot,
     /// replacing whatever holds it (the "oracle table" experiment of `wendy sim`).
+    #[cfg(feature = "sim")]
     pub(crate) fn force_table_entry(&mut self, peer: PeerInfo, rtt: Duration) {
         if let Some((row, column)) = self.table.position(peer.id) {
             if let Some(old) = self.table.get(row, column).map(|s| s.peer.id) {

@@ -33,7 +33,8 @@
 //! Control traffic is every message but `Route`/`RouteAck`, RTT measurements counting as a
 //! request and a reply; bytes are the encoded length plus [`SimConfig::overhead_bytes`].
 //!
-//! # The large runs (release build; numbers in the issue's closing note)
+//! # The large runs (release build; their figures are in `BENCHMARKS.md`, and what the
+//! simulator showed while the core was built is in `docs/sim-findings.md`)
 //!
 //! ```text
 //! cargo build --release

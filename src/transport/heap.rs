@@ -1,12 +1,15 @@
 //! Giving the heap freed by closed links back to the operating system (glibc only).
 //!
 //! A join opens dozens of short-lived links (one per measured candidate, one per peer it
-//! messages once), and the pool closes them a second or so later. glibc keeps the memory they
-//! freed inside its arenas, so an idle node's resident size stays at the join's peak: about
-//! 2.4 MiB per node of a 100-node cluster, of which the node still uses 0.6
-//! (BENCHMARKS.md, `memory`). After links close, the pool asks for a trim here; the trim runs
-//! once the closed links had time to drain, and at most once per [`MIN_INTERVAL`] for the whole
-//! process, since `malloc_trim` walks every arena.
+//! messages once), and the pool closes them later. glibc keeps the memory they freed inside its
+//! arenas, so an idle node's resident size stays at the join's peak, several times what the
+//! node still uses (BENCHMARKS.md, `memory`). After links close, the pool asks for a trim here;
+//! the trim runs once the closed links had time to drain, and at most once per
+//! [`MIN_INTERVAL`] for the whole process, since `malloc_trim` walks every arena.
+//!
+//! Trimming acts on the allocator of the whole process, so it is the program's choice: the pool
+//! asks only when `Limits::release_freed_memory` is on (off by default; the `wendy` binary
+//! turns it on).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -2,9 +2,9 @@
 //!
 //! This module owns all of quinn and rustls: one quinn endpoint per node (one UDP socket, both
 //! client and server), the rustls configuration ([`tls`]), the certificate verifiers that bind a
-//! peer's certificate key to its [`NodeId`] ([`verifier`]), the admission policy
-//! ([`Admission`]), the connection pool ([`pool`]) and the one-frame-per-stream protocol
-//! ([`stream`]). It knows nothing of Pastry routing: it moves [`Body`] frames between verified
+//! peer's certificate key to its [`NodeId`] (`verifier.rs`), the admission policy
+//! ([`Admission`]), the connection pool (`pool.rs`) and the one-frame-per-stream protocol
+//! (`stream.rs`). It knows nothing of Pastry routing: it moves [`Body`] frames between verified
 //! peers and reports what happens as [`TransportEvent`]s.
 //!
 //! # Streams
@@ -87,7 +87,7 @@ pub struct TransportConfig {
     /// Transport limits and timeouts.
     pub limits: Limits,
     /// A ready-made socket to run on instead of binding `listen` (then ignored), e.g. a
-    /// [`DelaySocket`](crate::testing::DelaySocket) that emulates network distance. Default
+    /// `wendy::testing::DelaySocket` (feature `testing`) that emulates network distance. Default
     /// `None`: bind a plain UDP socket at `listen`.
     pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
@@ -142,18 +142,17 @@ pub struct Limits {
     /// How many uni streams (one-way messages) a peer may have open at once on one busy link
     /// (quinn `max_concurrent_uni_streams`). High enough for one RTT of small messages at full
     /// speed; the peer waits for credit beyond it. Default 256: quinn keeps a slot for every
-    /// stream a peer may open, on every link, so this is paid per connection (1024 uni + 256 bi
-    /// cost an idle 100-node process 6.9 MiB per node, 256 + 64 cost 3.5; BENCHMARKS.md,
-    /// `memory`), and on loopback 256 already gives raw quinn's one-way rate (`wendy bench
-    /// link`). A link starts with [`Self::initial_concurrent_uni_streams`] and gets this once
-    /// it carries a flow.
+    /// stream a peer may open, on every link, so this is paid per connection in memory
+    /// (BENCHMARKS.md, `memory`), and on loopback 256 already gives raw quinn's one-way rate
+    /// (`wendy bench link`). A link starts with [`Self::initial_concurrent_uni_streams`] and
+    /// gets this once it carries a flow.
     pub max_concurrent_uni_streams: u32,
     /// How many uni streams a peer may have open at once on a new link. When the peer has
     /// opened this many within one second, the link's credit grows to
     /// [`Self::max_concurrent_uni_streams`] (and stays). Default 256, the full credit: a
-    /// smaller one (16) saves about 10 KiB per link end (`rss_kib_per_connection` 51 -> 40) on
-    /// nodes that keep many links carrying a few control messages each, but was not measured
-    /// free of cost on routed latency, so it is a choice left to the operator.
+    /// smaller one (e.g. 16) saves memory per link end (`rss_kib_per_connection`,
+    /// BENCHMARKS.md) on nodes that keep many links carrying a few control messages each, but
+    /// its cost on routed latency is not known, so it is a choice left to the operator.
     pub initial_concurrent_uni_streams: u32,
     /// How many bi streams (requests, tunnels) a peer may have open at once on one link (quinn
     /// `max_concurrent_bidi_streams`). Default 64 (see [`Self::max_concurrent_uni_streams`]).
@@ -170,9 +169,9 @@ pub struct Limits {
     /// live peer never hits [`Self::max_idle_timeout`] and NAT bindings stay open. Default 25 s:
     /// longer than the Pastry heartbeat period (15 s), so links that carry heartbeats never
     /// need one, and longer than [`Self::idle_link_timeout`], so an unused link is closed before
-    /// it sends any; within the 30 s UDP timeout of common NATs. (Every keep-alive is a
-    /// datagram and its acknowledgement: at 5 s on every link they were most of an idle
-    /// node's traffic; see BENCHMARKS.md, suite `idle`.)
+    /// it sends any; within the 30 s UDP timeout of common NATs. Every keep-alive is a
+    /// datagram and its acknowledgement, on every link, so a short period makes keep-alives
+    /// most of an idle node's traffic (BENCHMARKS.md, suite `idle`).
     pub keep_alive: Duration,
     /// How long a link may receive nothing at all before it is declared dead (quinn
     /// `max_idle_timeout`): with keep-alives on, this is the failure detection time of a silent
@@ -182,18 +181,18 @@ pub struct Limits {
     /// How long a link may go unused (no streams either way) before the pool closes it.
     /// Default 20 s: longer than the Pastry heartbeat period (15 s), so the links to leaf-set
     /// neighbours stay up, and shorter than [`Self::keep_alive`]. A link opened to measure a
-    /// peer's RTT or to answer one request does not linger: each idle link costs memory
-    /// (about 40 KiB of QUIC and TLS state per end, `rss_kib_per_connection`) and keep-alive traffic.
+    /// peer's RTT or to answer one request does not linger: each idle link costs memory (its
+    /// QUIC and TLS state, `rss_kib_per_connection` in BENCHMARKS.md) and keep-alive traffic.
     pub idle_link_timeout: Duration,
     /// How many idle links the pool keeps for the whole [`Self::idle_link_timeout`]; beyond
     /// them, links unused for [`Self::excess_idle_link_timeout`] are closed, least recently
     /// used first (as libp2p's connection manager keeps a low watermark). Default: no cap
     /// (`usize::MAX`). A join makes a node measure and message dozens of peers once each, so
-    /// right after a build each node of a 100-node cluster holds about 70 links for the idle
-    /// timeout (about 50 KiB each); a cap of 8-16 frees them within a second, but a link
-    /// closed this way costs a handshake when it is wanted again (random-key routes right
-    /// after a build: 1-hop p99 0.14 -> 3.8 ms, routed throughput -30%; BENCHMARKS.md). The
-    /// memory they freed is given back by [`Self::release_freed_memory`] once they close.
+    /// right after it a node holds dozens of links for the idle timeout; a small cap frees
+    /// them within a second, but a link closed this way costs a handshake when it is wanted
+    /// again, which routes right after a build pay in latency and throughput (BENCHMARKS.md,
+    /// `memory`). The memory closed links freed is given back to the operating system only
+    /// with [`Self::release_freed_memory`].
     pub max_idle_links: usize,
     /// How long a link beyond [`Self::max_idle_links`] may go unused before it is closed.
     /// Default 1 s: far longer than the exchanges of a join or a measurement take on any
@@ -201,10 +200,10 @@ pub struct Limits {
     pub excess_idle_link_timeout: Duration,
     /// Whether to give the heap freed by closed links back to the operating system (glibc's
     /// `malloc_trim`, a couple of seconds after links closed, at most once per 10 s for the
-    /// whole process). glibc otherwise keeps a join's burst of link state resident for good
-    /// (2.4 MiB per idle node of a 100-node cluster instead of about 0.6 MiB; BENCHMARKS.md,
-    /// `memory`). Default true; turn it off if the program manages its allocator itself.
-    /// Without glibc it does nothing.
+    /// whole process). glibc otherwise keeps a join's burst of link state resident for good, so
+    /// an idle node's resident size stays at its join's peak (BENCHMARKS.md, `memory`). Default
+    /// false: the trim acts on the allocator of the whole process, which is the program's
+    /// business, not a library's; the `wendy` binary turns it on. Without glibc it does nothing.
     pub release_freed_memory: bool,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
@@ -236,7 +235,7 @@ impl Default for Limits {
             idle_link_timeout: Duration::from_secs(20),
             max_idle_links: usize::MAX,
             excess_idle_link_timeout: Duration::from_secs(1),
-            release_freed_memory: true,
+            release_freed_memory: false,
             connect_timeout: Duration::from_secs(5),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),

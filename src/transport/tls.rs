@@ -1,7 +1,7 @@
 //! rustls configuration: the only place that builds rustls configs.
 //!
 //! Ring provider, TLS 1.3 only, ed25519 handshake signatures only, ALPN `wendy/1`, mutual
-//! authentication with the verifiers of [`super::verifier`]. A rustls upgrade touches this
+//! authentication with the verifiers of `verifier.rs`. A rustls upgrade touches this
 //! module and `verifier.rs` only.
 
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use wendy::bench::{median, Latency};
 use wendy::id::{Key, NodeId};
-use wendy::node::{NodeConfig, NodeEvent};
+use wendy::node::NodeEvent;
 use wendy::testing::{Cluster, ClusterError, Observed, Via};
 
 use crate::CmdResult;
@@ -100,7 +100,7 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
     let joins = cluster
         .grow(
             args.nodes,
-            &NodeConfig::default(),
+            &crate::node_config(),
             Via::First,
             &mut |joined| {
                 progress(&format!("joined {joined}/{} nodes", args.nodes));

@@ -15,6 +15,7 @@ mod sim;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wendy::node::NodeConfig;
 
 /// Wendy: a Pastry overlay where every link is a mutually authenticated QUIC connection.
 #[derive(Debug, Parser)]
@@ -69,6 +70,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The settings every node this program starts begins with: the library's defaults, plus the
+/// process-wide choices a library leaves to its program. `wendy` runs nodes and nothing else,
+/// so it gives the heap freed by closed links back to the operating system
+/// (`Limits::release_freed_memory`, off in the library).
+fn node_config() -> NodeConfig {
+    let mut config = NodeConfig::default();
+    config.limits.release_freed_memory = true;
+    config
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `warn`).

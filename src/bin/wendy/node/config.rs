@@ -195,7 +195,7 @@ impl NodeOptions {
         } else {
             args.join
         };
-        let mut config = NodeConfig::default();
+        let mut config = crate::node_config();
         apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits)?;
         let expose = if args.expose.is_empty() {
             file.expose.unwrap_or_default()
