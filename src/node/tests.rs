@@ -427,10 +427,15 @@ async fn a_link_lost_while_sends_are_deferred_settles_them_and_the_peer_is_decla
     let follow_up = guard(async {
         loop {
             let event = b.held.recv().await.unwrap();
+            // Earlier events (joined, leaf set changed, ...) are read first, so a delivery
+            // read below is the one this input made.
+            while b.events.try_recv().is_ok() {}
             let follow_up = Inbox::event(&*b.runtime, event);
-            if let Ok(NodeEvent::Deliver(delivery)) = b.events.try_recv() {
-                assert_eq!(delivery.id, id);
-                return follow_up;
+            while let Ok(event) = b.events.try_recv() {
+                if let NodeEvent::Deliver(delivery) = event {
+                    assert_eq!(delivery.id, id);
+                    return follow_up;
+                }
             }
         }
     })
