@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::process::Command;
 
-use wendy::sim::{Report, Scenario, SimConfig, Simulation};
+use wendy::node::NodeConfig;
+use wendy::pastry::Pastry;
+use wendy::sim::{Report, Scenario, SimConfig, SimNode, Simulation};
 
 fn run(config: SimConfig) -> Report {
     Simulation::new(config).run(&mut |_| {})
@@ -36,6 +38,12 @@ fn assert_all_correct(report: &Report) {
         "{report}"
     );
     assert_eq!(report.join_failures, 0, "{report}");
+}
+
+#[test]
+fn the_simulator_runs_the_configuration_a_node_ships() {
+    let simulated = Pastry::protocol_config(&SimConfig::default().protocol);
+    assert_eq!(simulated, NodeConfig::default().pastry);
 }
 
 #[test]

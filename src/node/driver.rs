@@ -114,7 +114,15 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     let (internal, internal_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let driver = Driver {
-        pastry: Pastry::new(setup.me, setup.config.pastry.clone(), setup.seed),
+        pastry: Pastry::new(
+            setup.me,
+            pastry::Config {
+                // Forwards go through the application's hook (answered at once without one).
+                intercept_forwards: true,
+                ..setup.config.pastry.clone()
+            },
+            setup.seed,
+        ),
         epoch: now,
         transport: setup.transport.clone(),
         events: Some(setup.events),
@@ -122,7 +130,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
         forward: setup.forward,
         internal,
         join: None,
-        join_timeout: setup.config.join_timeout,
+        join_timeout: setup.config.pastry.join_timeout,
         stopping: false,
         armed: now,
         deferred: Deferred::new(),

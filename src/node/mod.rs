@@ -13,7 +13,7 @@
 //! joined, node left, heartbeat, error) are plain values an application can `select!` on from
 //! any task, without the overlay calling into user code; the forward decision is the one hook
 //! that must answer before the node can continue, so it is a callback. The event channel is
-//! bounded ([`NodeConfig::event_capacity`]): a slow application never makes memory grow;
+//! bounded ([`Limits::event_capacity`]): a slow application never makes memory grow;
 //! when the channel is full the newest event is dropped and counted in
 //! [`NodeStats::events_dropped`], so the protocol (probes, acks) keeps running on time.
 //!
@@ -54,7 +54,8 @@ use crate::id::{Key, NodeId};
 use crate::identity::{Certificate, Identity, Validity};
 use crate::pastry::{self, PeerInfo};
 use crate::transport::{
-    Admission, BindError, ConnectError, Limits, RawStream, SendError, Transport, TransportConfig,
+    Admission, BindError, ConnectError, Limits, LimitsError, RawStream, SendError, Transport,
+    TransportConfig,
 };
 use crate::wire::Body;
 
@@ -65,10 +66,6 @@ pub struct NodeConfig {
     pub pastry: pastry::Config,
     /// The transport's limits and timeouts.
     pub limits: Limits,
-    /// How long [`Node::join`] waits for the overlay to accept the node. Default 10 s.
-    pub join_timeout: Duration,
-    /// Capacity of the [`Events`] channel; see the module docs for the drop policy. Default 4096.
-    pub event_capacity: usize,
     /// Validity of the self-signed certificate made when none is given. Default 365 days.
     pub self_signed_days: u32,
 }
@@ -76,35 +73,48 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
-            pastry: pastry::Config {
-                // Applications see forwards through `on_forward`; the runtime answers at once
-                // when no interceptor is installed.
-                intercept_forwards: true,
-                // On a real host, acks and probe replies are late by the OS's scheduling jitter
-                // (tens of ms on a loaded machine), not only by the RTT: a tighter slack makes
-                // live peers look dead and re-routes messages that were on their way.
-                timeout_slack: Duration::from_millis(250),
-                // Each maintenance round measures candidates, and over QUIC a measurement of a
-                // peer without a link is a handshake (~5 KB, ~12 datagrams both ways): at 60 s
-                // these were most of an idle node's traffic (BENCHMARKS.md, suite `idle`). The
-                // join already fills the table with near entries; MSPastry runs this
-                // maintenance every 20 minutes, and so does Wendy (600 s measured 0.55
-                // datagrams/s per idle node, above MSPastry's 0.5 msg/s).
-                maintenance_period: Duration::from_secs(1200),
-                ..pastry::Config::default()
-            },
+            pastry: pastry::Config::default(),
             limits: Limits::default(),
-            join_timeout: Duration::from_secs(10),
-            event_capacity: 4096,
             self_signed_days: 365,
         }
     }
+}
+
+impl NodeConfig {
+    /// Checks the Pastry core's settings and the transport's limits ([`NodeBuilder::spawn`]
+    /// does it before binding anything).
+    pub fn validate(&self) -> Result<(), NodeConfigError> {
+        self.pastry.validate()?;
+        self.limits.validate()?;
+        if self.self_signed_days == 0 {
+            return Err(NodeConfigError::SelfSignedDays);
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`NodeConfig`] cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeConfigError {
+    /// A Pastry setting is unusable.
+    #[error("pastry: {0}")]
+    Pastry(#[from] pastry::ConfigError),
+    /// A transport limit is unusable.
+    #[error("limits: {0}")]
+    Limits(#[from] LimitsError),
+    /// A self-signed certificate must be valid for at least a day.
+    #[error("self_signed_days must be above zero")]
+    SelfSignedDays,
 }
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
+    /// The configuration is unusable ([`NodeConfig::validate`]).
+    #[error("invalid configuration: {0}")]
+    Config(#[from] NodeConfigError),
     /// The transport could not start (port in use, bad certificate, ...).
     #[error("transport: {0}")]
     Bind(#[from] BindError),
@@ -444,6 +454,7 @@ impl NodeBuilder {
 
     /// Binds the socket and starts the node (not yet part of an overlay: call [`Node::join`]).
     pub async fn spawn(self) -> Result<(Node, Events), NodeError> {
+        self.config.validate()?;
         let certificate_chain = match self.certificate_chain {
             Some(chain) => chain,
             None => vec![self
@@ -466,7 +477,7 @@ impl NodeBuilder {
         };
         let seed = self.seed.unwrap_or_else(rand::random);
         let (commands, command_rx) = mpsc::channel(1024);
-        let (events_tx, events_rx) = mpsc::channel(self.config.event_capacity.max(1));
+        let (events_tx, events_rx) = mpsc::channel(self.config.limits.event_capacity.max(1));
         let counters = Arc::new(Counters::default());
         let runtime = driver::spawn(driver::Setup {
             me,
@@ -580,7 +591,7 @@ impl Node {
     ///
     /// Fails with [`NodeError::NoBootstrapReachable`] if no address answers, and with
     /// [`NodeError::JoinTimeout`] if the join does not complete within
-    /// [`NodeConfig::join_timeout`].
+    /// [`pastry::Config::join_timeout`](crate::pastry::Config::join_timeout).
     pub async fn join(&self, bootstrap: &[SocketAddr]) -> Result<(), NodeError> {
         self.ask(|reply| Command::Join {
             bootstrap: bootstrap.to_vec(),

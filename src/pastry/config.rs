@@ -7,6 +7,10 @@ use super::{Event, Message, Pastry};
 
 /// Tunables. [`Config::default`] gives the paper's structure sizes (b = 4, L = 16, M = 32) and
 /// timers chosen to keep steady-state control traffic well under 0.5 messages per second.
+///
+/// It is the one source of defaults: the node runtime ships it unchanged
+/// (`NodeConfig::default().pastry`) and the simulator runs it, so simulated figures describe the
+/// configuration users get. [`Config::validate`] checks a configuration before use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Leaf-set size L (L/2 each side). Default 16.
@@ -31,7 +35,10 @@ pub struct Config {
     /// is unknown, and the cap otherwise (see [`Config::timeout_slack`]). Default 1 s.
     pub ack_timeout: Duration,
     /// Acks and probes to a peer with a measured RTT time out after `3 * rtt + slack` (capped
-    /// by [`Config::ack_timeout`] / [`Config::probe_timeout`]). Default 50 ms.
+    /// by [`Config::ack_timeout`] / [`Config::probe_timeout`]). Default 250 ms: on a real host
+    /// acks and probe replies are late by the OS's scheduling jitter (tens of ms on a loaded
+    /// machine), not only by the RTT, and a tighter slack makes live peers look dead and
+    /// re-routes messages that were on their way.
     pub timeout_slack: Duration,
     /// How long a hop keeps a copy of a message its next hop acknowledged, waiting for that
     /// hop to pass it on ([`Message::RouteAck`] `done`), before routing it again another way
@@ -43,12 +50,16 @@ pub struct Config {
     /// Messages that have taken more hops than this are dropped (loop guard). Default 40.
     pub max_hops: u8,
     /// Period of routing-table maintenance: ask a random entry of one row for its row and
-    /// measure the candidates. Default 60 s.
+    /// measure the candidates. Default 1,200 s, MSPastry's period: over QUIC, measuring a
+    /// candidate without a link is a handshake (a few KB both ways), so frequent rounds would be
+    /// most of an idle node's traffic, and the join already fills the table with near entries.
     pub maintenance_period: Duration,
     /// Emit [`Event::Forward`] before forwarding and wait for [`Pastry::resume_forward`].
-    /// Default false.
+    /// Default false. The node runtime always turns it on (it runs the application's forward
+    /// hook, and answers at once when none is installed).
     pub intercept_forwards: bool,
-    /// A join not complete after this long is restarted. Default 20 s.
+    /// A join not complete after this long is restarted; the node runtime's `Node::join` gives
+    /// up after the same time. Default 10 s.
     pub join_timeout: Duration,
     /// After joining, ask this many of the nearest entries of each routing-table row for their
     /// row and measure the candidates (only with proximity). Default 3.
@@ -69,15 +80,89 @@ impl Default for Config {
             probe_timeout: Duration::from_secs(3),
             probe_retries: 1,
             ack_timeout: Duration::from_secs(1),
-            timeout_slack: Duration::from_millis(50),
+            timeout_slack: Duration::from_millis(250),
             custody_timeout: Duration::from_secs(5),
             max_route_attempts: 16,
             max_hops: 40,
-            maintenance_period: Duration::from_secs(60),
+            maintenance_period: Duration::from_secs(1200),
             intercept_forwards: false,
-            join_timeout: Duration::from_secs(20),
+            join_timeout: Duration::from_secs(10),
             join_row_refresh: 3,
             dedup_capacity: 128,
         }
+    }
+}
+
+/// Why a [`Config`] cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The leaf set needs the same number of members on each side, at least one.
+    #[error("leaf_set_size must be even and at least 2 (got {0})")]
+    LeafSetSize(usize),
+    /// A size, count or period that must be positive is zero.
+    #[error("{0} must be above zero")]
+    Zero(&'static str),
+    /// The hysteresis is a fraction of the old RTT.
+    #[error("proximity_hysteresis must be at least 0 and below 1 (got {0})")]
+    Hysteresis(f64),
+}
+
+impl Config {
+    /// Checks that every field is usable: an even leaf-set size of at least 2, positive sizes,
+    /// periods and timeouts, at least one route attempt and hop, a hysteresis in `[0, 1)`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.leaf_set_size < 2 || self.leaf_set_size % 2 != 0 {
+            return Err(ConfigError::LeafSetSize(self.leaf_set_size));
+        }
+        if !(0.0..1.0).contains(&self.proximity_hysteresis) {
+            return Err(ConfigError::Hysteresis(self.proximity_hysteresis));
+        }
+        let positive = [
+            ("neighbourhood_size", self.neighbourhood_size > 0),
+            ("probe_period", !self.probe_period.is_zero()),
+            ("probe_timeout", !self.probe_timeout.is_zero()),
+            ("ack_timeout", !self.ack_timeout.is_zero()),
+            ("custody_timeout", !self.custody_timeout.is_zero()),
+            ("max_route_attempts", self.max_route_attempts > 0),
+            ("max_hops", self.max_hops > 0),
+            ("maintenance_period", !self.maintenance_period.is_zero()),
+            ("join_timeout", !self.join_timeout.is_zero()),
+            ("dedup_capacity", self.dedup_capacity > 0),
+        ];
+        match positive.into_iter().find(|(_, ok)| !ok) {
+            Some((field, _)) => Err(ConfigError::Zero(field)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid_and_bad_values_are_named() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        for size in [0, 1, 7] {
+            let config = Config {
+                leaf_set_size: size,
+                ..Config::default()
+            };
+            assert_eq!(config.validate(), Err(ConfigError::LeafSetSize(size)));
+        }
+        let config = Config {
+            probe_period: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::Zero("probe_period")));
+        let config = Config {
+            proximity_hysteresis: 1.0,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::Hysteresis(1.0)));
+        assert!(ConfigError::Zero("max_hops")
+            .to_string()
+            .contains("max_hops"));
     }
 }

@@ -136,7 +136,7 @@ mod harness;
 #[cfg(all(test, feature = "sim"))]
 mod protocol_tests;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use leaf_set::{ideal_leaf_set, LeafSet, Side};
 pub use message::{Message, MessageKind, PeerInfo};
 pub use neighbourhood::NeighbourhoodSet;

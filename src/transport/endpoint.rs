@@ -73,6 +73,7 @@ struct Inner {
 pub(crate) fn quic_transport_config(
     limits: &Limits,
 ) -> Result<quinn::TransportConfig, ConfigError> {
+    limits.validate()?;
     let mut config = quinn::TransportConfig::default();
     config
         .max_concurrent_uni_streams(VarInt::from_u32(limits.max_concurrent_uni_streams))

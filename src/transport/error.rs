@@ -29,6 +29,9 @@ pub enum ConfigError {
     /// The node's key or certificate is unusable.
     #[error("tls setup: {0}")]
     Tls(#[from] TlsError),
+    /// A limit is unusable ([`Limits::validate`](super::Limits::validate)).
+    #[error("limits: {0}")]
+    Limits(#[from] super::LimitsError),
     /// [`Limits::max_idle_timeout`](super::Limits::max_idle_timeout) is beyond what QUIC can
     /// carry.
     #[error("max_idle_timeout: {0}")]

@@ -66,6 +66,7 @@ pub use error::{
     BindError, ConfigError, ConnectError, ReplyError, RequestError, SendError, StreamError,
 };
 pub use stream::{RawStream, RawStreamError, Responder};
+
 pub use tls::{TlsError, ALPN};
 
 use crate::id::NodeId;
@@ -214,7 +215,8 @@ pub struct Limits {
     /// How long an incoming stream may take to deliver its frame once we start reading it.
     /// Default 10 s.
     pub stream_read_timeout: Duration,
-    /// Capacity of the event channel. Default 1024.
+    /// Capacity of each bounded event channel: the transport's to its owner, and a node's to
+    /// its application. Default 4096.
     pub event_capacity: usize,
 }
 
@@ -240,8 +242,83 @@ impl Default for Limits {
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             stream_read_timeout: Duration::from_secs(10),
-            event_capacity: 1024,
+            event_capacity: 4096,
         }
+    }
+}
+
+/// Why a set of [`Limits`] cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    /// A count, size or timeout that must be positive is zero.
+    #[error("{0} must be above zero")]
+    Zero(&'static str),
+    /// A frame must hold at least the largest control message.
+    #[error("max_message_size must be at least {min} bytes (got {got})")]
+    MessageSize {
+        /// The configured size.
+        got: usize,
+        /// The smallest usable size.
+        min: usize,
+    },
+    /// Keep-alives must come before the idle timeout ends the link.
+    #[error("keep_alive ({keep_alive:?}) must be below max_idle_timeout ({idle:?})")]
+    KeepAlive {
+        /// The keep-alive interval.
+        keep_alive: Duration,
+        /// The idle timeout.
+        idle: Duration,
+    },
+}
+
+impl Limits {
+    /// The smallest usable [`Limits::max_message_size`].
+    pub const MIN_MESSAGE_SIZE: usize = 1024;
+
+    /// Checks that the limits are usable: positive counts, windows and timeouts, frames of at
+    /// least [`Self::MIN_MESSAGE_SIZE`], and keep-alives below the idle timeout.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.max_message_size < Self::MIN_MESSAGE_SIZE {
+            return Err(LimitsError::MessageSize {
+                got: self.max_message_size,
+                min: Self::MIN_MESSAGE_SIZE,
+            });
+        }
+        let positive = [
+            ("max_connections", self.max_connections > 0),
+            ("max_incoming", self.max_incoming > 0),
+            (
+                "max_concurrent_uni_streams",
+                self.max_concurrent_uni_streams > 0,
+            ),
+            (
+                "max_concurrent_bi_streams",
+                self.max_concurrent_bi_streams > 0,
+            ),
+            ("stream_receive_window", self.stream_receive_window > 0),
+            (
+                "connection_receive_window",
+                self.connection_receive_window > 0,
+            ),
+            ("send_window", self.send_window > 0),
+            ("max_idle_timeout", !self.max_idle_timeout.is_zero()),
+            ("connect_timeout", !self.connect_timeout.is_zero()),
+            ("open_stream_timeout", !self.open_stream_timeout.is_zero()),
+            ("request_timeout", !self.request_timeout.is_zero()),
+            ("stream_read_timeout", !self.stream_read_timeout.is_zero()),
+            ("event_capacity", self.event_capacity > 0),
+        ];
+        if let Some((field, _)) = positive.into_iter().find(|(_, ok)| !ok) {
+            return Err(LimitsError::Zero(field));
+        }
+        if self.keep_alive >= self.max_idle_timeout {
+            return Err(LimitsError::KeepAlive {
+                keep_alive: self.keep_alive,
+                idle: self.max_idle_timeout,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -356,7 +356,7 @@ fn apply_tables(
     );
     set(&mut p.max_hops, pastry.max_hops);
     set(
-        &mut config.join_timeout,
+        &mut config.pastry.join_timeout,
         positive_ms("[timeouts] join_ms", timeouts.join_ms)?,
     );
     let l = &mut config.limits;
@@ -385,7 +385,7 @@ fn apply_tables(
         at_least("[limits] max_message_size", limits.max_message_size, 1024)?,
     );
     set(
-        &mut config.event_capacity,
+        &mut l.event_capacity,
         at_least("[limits] event_capacity", limits.event_capacity, 1)?,
     );
     if l.keep_alive >= l.max_idle_timeout {
@@ -456,7 +456,7 @@ mod tests {
         apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits).unwrap();
         assert_eq!(config.pastry.leaf_set_size, 8);
         assert_eq!(config.pastry.probe_period, Duration::from_millis(500));
-        assert_eq!(config.join_timeout, Duration::from_secs(2));
+        assert_eq!(config.pastry.join_timeout, Duration::from_secs(2));
         assert_eq!(config.limits.connect_timeout, Duration::from_millis(700));
         assert_eq!(config.limits.max_connections, 10);
     }
