@@ -481,3 +481,44 @@ async fn a_link_lost_while_sends_are_deferred_settles_them_and_the_peer_is_decla
         .await;
     assert_eq!(delivery.payload, b"alone");
 }
+
+#[tokio::test]
+async fn an_invalid_config_is_refused_before_anything_binds() {
+    use crate::pastry::ConfigError;
+    use crate::transport::LimitsError;
+
+    // A port that is free now: a node that validated too late would hold it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap();
+    let mut odd_leaf_set = NodeConfig::default();
+    odd_leaf_set.pastry.leaf_set_size = 7;
+    let mut keep_alive_too_late = NodeConfig::default();
+    keep_alive_too_late.limits.keep_alive = keep_alive_too_late.limits.max_idle_timeout;
+    let cases = [
+        (
+            odd_leaf_set,
+            super::NodeConfigError::Pastry(ConfigError::LeafSetSize(7)),
+        ),
+        (
+            keep_alive_too_late,
+            super::NodeConfigError::Limits(LimitsError::KeepAlive {
+                keep_alive: Duration::from_secs(60),
+                idle: Duration::from_secs(60),
+            }),
+        ),
+    ];
+    for (config, expected) in cases {
+        let refused = super::Node::builder(crate::identity::Identity::generate())
+            .config(config)
+            .listen(port)
+            .spawn()
+            .await;
+        match refused {
+            Err(NodeError::Config(error)) => assert_eq!(error, expected),
+            Err(other) => panic!("expected a config error, got {other}"),
+            Ok(_) => panic!("an invalid config was accepted"),
+        }
+    }
+    std::net::UdpSocket::bind(port).expect("the port was left free");
+}
