@@ -199,7 +199,7 @@ pub enum NodeEvent {
         /// The neighbour.
         from: NodeId,
     },
-    /// A routed message was given up (every next hop failed).
+    /// A message this node routed was given up (every next hop failed).
     RouteFailed {
         /// The message id.
         id: u64,

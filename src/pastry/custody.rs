@@ -156,7 +156,7 @@ impl Pastry {
             let attempts = f.attempts.saturating_add(1);
             if attempts >= self.config.max_route_attempts {
                 if let Carried::Route(m) = f.carried {
-                    self.fail_route(m.id, m.key);
+                    self.fail_route(m.origin.id, m.id, m.key);
                 }
                 continue;
             }

@@ -7,7 +7,7 @@ use crate::id::{Key, NodeId};
 use super::{Message, PeerInfo};
 
 #[cfg(doc)]
-use super::{Config, Pastry};
+use super::{Config, Pastry, Stats};
 
 /// Network work for the driver, in the order the core asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +78,9 @@ pub enum Event {
     NodeJoined(NodeId),
     /// A node left this node's leaf set because it died or left gracefully.
     NodeLeft(NodeId),
-    /// A message originated or forwarded here was given up after
-    /// [`Config::max_route_attempts`] attempts or [`Config::max_hops`] hops.
+    /// A message this node originated was given up (here) after
+    /// [`Config::max_route_attempts`] attempts or [`Config::max_hops`] hops. Messages of other
+    /// origins given up here are only counted ([`Stats::routes_failed`]).
     RouteFailed {
         /// The origin's message id.
         id: u64,

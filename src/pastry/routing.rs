@@ -91,7 +91,7 @@ impl Pastry {
             // The drop is deliberate: `done` releases the sender, which would otherwise
             // keep custody and route it again after its custody timeout.
             self.release(from, origin_id, id);
-            self.fail_route(id, key);
+            self.fail_route(origin_id, id, key);
         } else {
             // The receipt goes after the routing step, and not at all if that step
             // already released the sender (delivered here at once): one ack, not two.
@@ -199,7 +199,7 @@ impl Pastry {
             // Our leaf set already routes this key to us: hold it until we are active.
             if self.waiting.len() >= MAX_WAITING {
                 let oldest = self.waiting.remove(0);
-                self.fail_route(oldest.id, oldest.key);
+                self.fail_route(oldest.origin.id, oldest.id, oldest.key);
             }
             self.waiting.push(msg);
             return Released::No;
@@ -251,7 +251,7 @@ impl Pastry {
                 Released::No
             }
             Choice::Nowhere => {
-                self.fail_route(msg.id, msg.key);
+                self.fail_route(msg.origin.id, msg.id, msg.key);
                 Released::No
             }
         }
@@ -322,8 +322,13 @@ impl Pastry {
         });
     }
 
-    pub(super) fn fail_route(&mut self, id: u64, key: Key) {
+    /// Gives up a message here. Only its origin hears of it ([`Event::RouteFailed`]): the id
+    /// of a message from elsewhere means nothing to this node's application, and a peer could
+    /// otherwise make it report failures of messages it never sent.
+    pub(super) fn fail_route(&mut self, origin: NodeId, id: u64, key: Key) {
         self.stats.routes_failed += 1;
-        self.emit(Event::RouteFailed { id, key });
+        if origin == self.me.id {
+            self.emit(Event::RouteFailed { id, key });
+        }
     }
 }

@@ -246,7 +246,7 @@ impl Pastry {
             };
             self.route_step(now, msg, Vec::new(), 0);
         } else {
-            self.fail_route(id, key);
+            self.fail_route(self.me.id, id, key);
         }
         self.sync_timers();
         id

@@ -65,6 +65,56 @@ fn a_node_suppresses_a_message_it_already_delivered() {
 }
 
 #[test]
+fn only_the_origin_hears_that_its_message_was_given_up() {
+    let mut node = Pastry::new(peer(100), Config::default(), 1);
+    node.bootstrap_alone(Time::ZERO);
+    drain(&mut node);
+    // A peer hands over a message of another origin that is already past the hop limit.
+    let over_the_limit = Message::Route {
+        id: 9,
+        key: Key::from_u128(5),
+        origin: peer(7),
+        hops: Config::default().max_hops + 1,
+        avoid: vec![],
+        payload: vec![],
+    };
+    node.handle_message(Time::ZERO, peer(8), over_the_limit);
+    let outputs = drain(&mut node);
+    assert!(
+        !outputs
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::RouteFailed { .. })),
+        "a failure of someone else's message reached this node's application: {:?}",
+        outputs.events
+    );
+    assert_eq!(node.stats().routes_failed, 1, "the drop is still counted");
+    assert!(
+        outputs.transmits.iter().any(|t| matches!(
+            t,
+            Transmit::Send {
+                msg: Message::RouteAck {
+                    id: 9,
+                    done: true,
+                    ..
+                },
+                ..
+            }
+        )),
+        "the sender is released"
+    );
+
+    // A node that is not part of an overlay gives up its own message, and says so.
+    let mut alone = Pastry::new(peer(200), Config::default(), 2);
+    let id = alone.route(Time::ZERO, Key::from_u128(5), b"x".to_vec());
+    let outputs = drain(&mut alone);
+    assert!(outputs
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::RouteFailed { id: got, .. } if *got == id)));
+}
+
+#[test]
 fn forward_interception_can_modify_or_veto() {
     let config = Config {
         intercept_forwards: true,
