@@ -10,8 +10,14 @@
 //! that old peers cannot read at all bumps [`VERSION`], which they reject with
 //! [`WireError::UnknownVersion`].
 //!
-//! This module owns the encoding and the registry of numeric codes ([`codes`]); it knows
-//! nothing of QUIC (see [`crate::transport`]).
+//! Routed and direct payloads are not the application's bytes as such: the node runtime wraps
+//! each in an [`envelope`] that names its [`PayloadKind`] (the application's, or the service
+//! mesh's), so the receiver knows whose it is without guessing from its bytes. The envelope is
+//! part of [`VERSION`] 2; a version-1 peer would hand it to its application as payload bytes,
+//! hence the version bump.
+//!
+//! This module owns the encoding, the payload envelope and the registry of numeric codes
+//! ([`codes`]); it knows nothing of QUIC (see [`crate::transport`]).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -19,11 +25,13 @@ use serde::{Deserialize, Serialize};
 use crate::pastry;
 
 pub mod codes;
+pub mod envelope;
 
-pub use codes::ErrorCode;
+pub use codes::{ErrorCode, PayloadKind};
 
-/// The frame format version this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The frame format version this build writes and reads (2: routed and direct payloads are in
+/// an [`envelope`]).
+pub const VERSION: u8 = 2;
 
 /// The default bound on an encoded frame (version byte included): 1 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
@@ -36,9 +44,9 @@ pub enum Body {
     /// A Pastry protocol message (join, state rows, leaf set, probes, routed messages, acks,
     /// leave).
     Pastry(pastry::Message),
-    /// An application payload sent directly to this peer (not routed).
+    /// A payload sent directly to this peer (not routed).
     Direct {
-        /// The application's bytes.
+        /// The payload in its [`envelope`] (which says whose it is).
         #[serde(with = "byte_buf")]
         payload: Vec<u8>,
     },
@@ -116,6 +124,10 @@ pub enum WireError {
     /// message kind from a newer peer).
     #[error("unknown variant inside a {0} frame")]
     UnknownVariant(&'static str),
+    /// A routed or direct payload's [`envelope`] names a kind this build does not know
+    /// (probably from a newer peer).
+    #[error("unknown payload kind {0:#x}")]
+    UnknownPayloadKind(u32),
     /// The frame has bytes left over after a complete body.
     #[error("{0} trailing bytes after the frame body")]
     TrailingBytes(usize),
@@ -167,7 +179,7 @@ pub fn decode(frame: &[u8], max_size: usize) -> Result<Body, WireError> {
     if version != VERSION {
         return Err(WireError::UnknownVersion(version));
     }
-    let kind = peek_varint_u32(rest)?;
+    let (kind, _) = read_varint_u32(rest, "variant index")?;
     if kind >= Body::KINDS {
         return Err(WireError::UnknownKind(kind));
     }
@@ -178,24 +190,24 @@ pub fn decode(frame: &[u8], max_size: usize) -> Result<Body, WireError> {
     }
 }
 
-/// Reads the postcard varint (LEB128) at the start of `bytes`: the body's variant index.
-fn peek_varint_u32(bytes: &[u8]) -> Result<u32, WireError> {
+/// Reads the postcard varint (LEB128) `what` at the start of `bytes`: its value and length.
+fn read_varint_u32(bytes: &[u8], what: &str) -> Result<(u32, usize), WireError> {
     let mut value: u32 = 0;
     for (index, &byte) in bytes.iter().enumerate().take(5) {
         let bits = u32::from(byte & 0x7f);
         // The fifth byte holds the top 4 bits of a u32; anything more does not fit.
         if index == 4 && bits > 0x0f {
-            return Err(WireError::Malformed("variant index overflows u32".into()));
+            return Err(WireError::Malformed(format!("{what} overflows u32")));
         }
         value |= bits << (7 * index);
         if byte & 0x80 == 0 {
-            return Ok(value);
+            return Ok((value, index + 1));
         }
     }
     if bytes.len() < 5 {
         Err(WireError::Truncated)
     } else {
-        Err(WireError::Malformed("variant index overflows u32".into()))
+        Err(WireError::Malformed(format!("{what} overflows u32")))
     }
 }
 
@@ -318,8 +330,14 @@ mod tests {
     #[test]
     fn unknown_version_is_its_own_error() {
         let mut frame = encode(&Body::Ping { nonce: 1 }).unwrap().to_vec();
-        frame[0] = 2;
-        assert_eq!(decode(&frame, MAX), Err(WireError::UnknownVersion(2)));
+        frame[0] = VERSION + 1;
+        assert_eq!(
+            decode(&frame, MAX),
+            Err(WireError::UnknownVersion(VERSION + 1))
+        );
+        // Version 1 had no payload envelope: its payloads would be misread, so it is refused.
+        frame[0] = 1;
+        assert_eq!(decode(&frame, MAX), Err(WireError::UnknownVersion(1)));
         frame[0] = 0;
         assert_eq!(decode(&frame, MAX), Err(WireError::UnknownVersion(0)));
     }

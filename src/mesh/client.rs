@@ -12,6 +12,7 @@ use tracing::{debug, warn, Instrument};
 use super::message::MeshMessage;
 use super::{millis, service_key, unix_ms_now, Inner, MeshError, ServiceRecord, SignedRecord};
 use crate::id::NodeId;
+use crate::wire::PayloadKind;
 
 impl Inner {
     /// Routes a registry request for `name` and waits for its answer, retrying on timeouts.
@@ -28,7 +29,11 @@ impl Inner {
             let (waiter, answer) = oneshot::channel();
             self.lock().pending.insert(request, waiter);
             let payload = build(request, self.node.addr()).encode();
-            if let Err(error) = self.node.route(service_key(name), payload).await {
+            let routed = self
+                .node
+                .route_kind(service_key(name), PayloadKind::Mesh, &payload)
+                .await;
+            if let Err(error) = routed {
                 self.lock().pending.remove(&request);
                 return Err(error.into());
             }
@@ -165,7 +170,9 @@ impl Inner {
             let (to, addr) = (record.provider, record.addr);
             tokio::spawn(
                 async move {
-                    if let Err(error) = node.send_to(to, addr, MeshMessage::Probe.encode()).await {
+                    let probe = MeshMessage::Probe.encode();
+                    let sent = node.send_to_kind(to, addr, PayloadKind::Mesh, &probe).await;
+                    if let Err(error) = sent {
                         debug!(%to, %error, "provider probe failed");
                     }
                 }

@@ -13,6 +13,7 @@ use super::registry::{replica_set, Offer, StoreLimits};
 use super::{millis, service_key, unix_ms_now, Inner, SignedRecord};
 use crate::id::{Key, NodeId};
 use crate::node::NodeError;
+use crate::wire::PayloadKind;
 
 impl Inner {
     fn limits(&self) -> StoreLimits {
@@ -56,10 +57,12 @@ impl Inner {
                 let inner = self.clone();
                 tokio::spawn(
                     async move {
-                        let probe = inner.node.send_to(
+                        let payload = MeshMessage::Probe.encode();
+                        let probe = inner.node.send_to_kind(
                             provider,
                             record.record.addr,
-                            MeshMessage::Probe.encode(),
+                            PayloadKind::Mesh,
+                            &payload,
                         );
                         let reached =
                             tokio::time::timeout(inner.config.connect_timeout, probe).await;
@@ -233,9 +236,10 @@ impl Inner {
                 let payload = answer.encode();
                 // A node in this one's tables is reached on its known link; the requester's
                 // own address is used only otherwise.
-                let sent = match node.send(origin, payload.clone()).await {
+                let sent = match node.send_kind(origin, PayloadKind::Mesh, &payload).await {
                     Err(NodeError::UnknownPeer(_)) => {
-                        node.send_to(origin, reply_addr, payload).await
+                        node.send_to_kind(origin, reply_addr, PayloadKind::Mesh, &payload)
+                            .await
                     }
                     other => other,
                 };
@@ -256,7 +260,7 @@ impl Inner {
         let payload = message.encode();
         tokio::spawn(
             async move {
-                if let Err(error) = node.send(to, payload).await {
+                if let Err(error) = node.send_kind(to, PayloadKind::Mesh, &payload).await {
                     debug!(%to, %error, "could not replicate service records");
                 }
                 drop(permit);

@@ -1,22 +1,15 @@
-//! The mesh's messages and how they ride inside ordinary node payloads.
+//! The mesh's messages.
 //!
-//! Mesh messages travel as the payload of routed messages ([`crate::node::Node::route`]) and
-//! direct messages ([`crate::node::Node::send_to`]), next to the application's own payloads.
-//! They are told apart by a tag: a mesh payload is the 8 bytes [`MAGIC`] followed by a postcard
-//! encoding of a [`MeshMessage`]. [`MAGIC`] starts with `0xFF`, a byte that never occurs in
-//! UTF-8, so no text payload can be mistaken for a mesh message; a binary payload is taken for
-//! one only if it starts with these exact 8 bytes *and* the rest decodes as a mesh message.
-//! Anything else is passed to the application untouched. Applications should not start their
-//! own binary payloads with [`MAGIC`].
+//! A mesh message is the postcard encoding of a [`MeshMessage`], sent as a routed or direct
+//! payload of kind [`PayloadKind::Mesh`](crate::wire::PayloadKind::Mesh): the node runtime
+//! keeps such payloads apart from the application's by that kind, written in the payload's
+//! envelope ([`crate::wire::envelope`]), so nothing here needs to tell them apart by their bytes.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use super::record::SignedRecord;
-
-/// The tag in front of every mesh payload: `0xFF` then `wmesh/1`.
-pub const MAGIC: [u8; 8] = [0xFF, b'w', b'm', b'e', b's', b'h', b'/', b'1'];
 
 /// The first byte a provider writes on a tunnel once it has connected to the service: after it,
 /// the stream carries the service's bytes. A refusal is a stream reset instead (see
@@ -57,11 +50,10 @@ pub(crate) enum MeshMessage {
 }
 
 impl MeshMessage {
-    /// The tagged payload.
+    /// The payload that carries this message.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let payload = MAGIC.to_vec();
         // Encoding into a Vec only fails for types serde cannot express; ours are plain data.
-        match postcard::to_extend(self, payload) {
+        match postcard::to_allocvec(self) {
             Ok(payload) => payload,
             Err(error) => {
                 tracing::error!(%error, "cannot encode mesh message");
@@ -70,10 +62,10 @@ impl MeshMessage {
         }
     }
 
-    /// The mesh message in `payload`, or `None` if it is not one (an application payload).
+    /// The mesh message in a mesh payload, or `None` if it is not a valid one (a newer peer's
+    /// message, or garbage).
     pub(crate) fn decode(payload: &[u8]) -> Option<Self> {
-        let body = payload.strip_prefix(&MAGIC)?;
-        match postcard::take_from_bytes::<Self>(body) {
+        match postcard::take_from_bytes::<Self>(payload) {
             Ok((message, [])) => Some(message),
             _ => None,
         }
@@ -120,21 +112,15 @@ mod tests {
         ];
         for message in messages {
             let payload = message.encode();
-            assert!(payload.starts_with(&MAGIC));
             assert_eq!(MeshMessage::decode(&payload), Some(message));
         }
     }
 
     #[test]
-    fn application_payloads_are_not_mesh_messages() {
+    fn garbage_is_not_a_mesh_message() {
         assert_eq!(MeshMessage::decode(b""), None);
-        assert_eq!(MeshMessage::decode(b"hello"), None);
-        assert_eq!(MeshMessage::decode("ÿwmesh/1 text".as_bytes()), None);
-        // The tag alone, the tag with garbage, and a valid message with trailing bytes.
-        assert_eq!(MeshMessage::decode(&MAGIC), None);
-        let mut garbage = MAGIC.to_vec();
-        garbage.extend_from_slice(&[0xEE; 20]);
-        assert_eq!(MeshMessage::decode(&garbage), None);
+        // An unknown variant, and a valid message with trailing bytes.
+        assert_eq!(MeshMessage::decode(&[0x7f, 1, 2]), None);
         let mut trailing = MeshMessage::Probe.encode();
         trailing.push(0);
         assert_eq!(MeshMessage::decode(&trailing), None);

@@ -2,8 +2,9 @@
 //! through QUIC tunnels, with a registry that lives on the overlay itself.
 //!
 //! This module owns the service registry, the tunnels and their TCP sockets. It uses the public
-//! [`Node`] API only (routed and direct payloads, raw streams, events) and must not reach into
-//! `pastry/` or `transport/`.
+//! [`Node`] API (raw streams, events) and the node's crate-internal kinded payloads (routed and
+//! direct payloads of kind [`PayloadKind::Mesh`]), and must
+//! not reach into `pastry/` or `transport/`.
 //!
 //! Files: this one holds the [`Mesh`] API, its state and the event loop; `config`, `error`
 //! and `status` its public types; `client` publishes and looks up records, `holder` stores and
@@ -35,14 +36,15 @@
 //! cannot be reached or refuses is skipped for the next one; when none is left, the local
 //! connection is reset at once and the error logged and counted in [`Mesh::status`].
 //!
-//! # Events and message tags
+//! # Events and mesh messages
 //! [`Mesh::new`] takes the node's [`Events`] and returns a new [`Events`] that carries every
 //! event the mesh does not consume, so the application still sees deliveries, direct messages,
 //! leaf-set changes and the rest. The mesh consumes raw streams ([`NodeEvent::Stream`]: with a
-//! mesh installed, the stream namespace is the service names) and the routed and direct
-//! payloads tagged as mesh messages: such a payload starts with the 8 bytes [`MAGIC`]
-//! (`0xFF` then `wmesh/1`; `0xFF` never occurs in UTF-8, so text payloads cannot collide) and
-//! the rest must decode as a mesh message, otherwise it is passed to the application.
+//! mesh installed, the stream namespace is the service names). Its own messages never appear
+//! among the node's events: the node sends them as payloads of kind
+//! [`PayloadKind::Mesh`] and hands those to the mesh alone,
+//! while every application payload, whatever its bytes, is the application's (see
+//! [`crate::wire::envelope`]).
 //!
 //! ```no_run
 //! use wendy::identity::Identity;
@@ -90,7 +92,6 @@ use tracing::{debug, info, warn, Instrument};
 
 pub use config::{validate_target, MeshConfig};
 pub use error::MeshError;
-pub use message::MAGIC;
 pub use record::{
     unix_ms_now, validate_name, RecordError, ServiceRecord, SignedRecord, MAX_NAME_LEN,
 };
@@ -101,6 +102,7 @@ use crate::id::NodeId;
 use crate::identity::Identity;
 use crate::node::{Events, Node, NodeEvent};
 use crate::transport::RawStream;
+use crate::wire::PayloadKind;
 use message::MeshMessage;
 use registry::Registry;
 
@@ -166,6 +168,7 @@ impl Mesh {
             });
         }
         let (app, app_events) = mpsc::channel(config.event_capacity.max(1));
+        let messages = node.subscribe(PayloadKind::Mesh, config.event_capacity)?;
         let max_pending_sends = config.max_pending_sends.max(1);
         let max_provider_tunnels = config.max_provider_tunnels.max(1);
         let inner = Arc::new(Inner {
@@ -182,7 +185,7 @@ impl Mesh {
             tasks: Mutex::new(Vec::new()),
         });
         let span = tracing::info_span!("mesh", id = %inner.node.id());
-        let task = tokio::spawn(inner.clone().run(events, app).instrument(span));
+        let task = tokio::spawn(inner.clone().run(events, messages, app).instrument(span));
         lock(&inner.tasks).push(task);
         Ok((Self { inner }, Events::from_receiver(app_events)))
     }
@@ -347,7 +350,12 @@ impl Inner {
         lock(&self.state)
     }
 
-    async fn run(self: Arc<Self>, mut events: Events, app: mpsc::Sender<NodeEvent>) {
+    async fn run(
+        self: Arc<Self>,
+        mut events: Events,
+        mut messages: mpsc::Receiver<NodeEvent>,
+        app: mpsc::Sender<NodeEvent>,
+    ) {
         let mut tick = tokio::time::interval(
             self.config
                 .republish_interval
@@ -362,6 +370,7 @@ impl Inner {
                     Some(event) => self.on_event(event, &app),
                     None => break,
                 },
+                Some(message) = messages.recv() => self.on_message(message),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -374,16 +383,27 @@ impl Inner {
         }
     }
 
+    /// A routed or direct mesh payload (the node hands over only those of kind
+    /// [`PayloadKind::Mesh`]).
+    fn on_message(self: &Arc<Self>, message: NodeEvent) {
+        let (sender, payload) = match &message {
+            NodeEvent::Deliver(delivery) => (delivery.origin, &delivery.payload),
+            NodeEvent::Direct { from, payload } => (*from, payload),
+            _ => return,
+        };
+        let Some(decoded) = MeshMessage::decode(payload) else {
+            // A newer peer's message, or a broken one: only this message is lost.
+            debug!(%sender, len = payload.len(), "undecodable mesh message dropped");
+            return;
+        };
+        match message {
+            NodeEvent::Deliver(delivery) => self.on_routed(delivery.origin, delivery.key, decoded),
+            _ => self.on_direct(sender, decoded),
+        }
+    }
+
     fn on_event(self: &Arc<Self>, event: NodeEvent, app: &mpsc::Sender<NodeEvent>) {
         match event {
-            NodeEvent::Deliver(delivery) => match MeshMessage::decode(&delivery.payload) {
-                Some(message) => self.on_routed(delivery.origin, delivery.key, message),
-                None => self.pass_on(NodeEvent::Deliver(delivery), app),
-            },
-            NodeEvent::Direct { from, payload } => match MeshMessage::decode(&payload) {
-                Some(message) => self.on_direct(from, message),
-                None => self.pass_on(NodeEvent::Direct { from, payload }, app),
-            },
             NodeEvent::Stream {
                 from,
                 service,

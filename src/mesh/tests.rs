@@ -163,23 +163,31 @@ async fn a_publication_whose_provider_does_not_answer_is_refused() {
 }
 
 #[tokio::test]
-async fn tagged_garbage_is_an_application_payload_and_stray_answers_are_ignored() {
+async fn application_payloads_are_passed_on_whatever_their_bytes_and_mesh_garbage_is_dropped() {
     let (mesh, _events) = lone_mesh(6).await;
     let (app, mut app_events) = mpsc::channel(8);
-    let mut garbage = MAGIC.to_vec();
-    garbage.extend_from_slice(&[0xEE; 16]);
+    // What mesh messages used to start with, followed by a valid mesh message: from the
+    // application's events it is the application's.
+    let mut old_magic = vec![0xFF, b'w', b'm', b'e', b's', b'h', b'/', b'1'];
+    old_magic.extend_from_slice(&MeshMessage::Probe.encode());
     let from = NodeId::from_u128(7);
     mesh.inner.on_event(
         NodeEvent::Direct {
             from,
-            payload: garbage.clone(),
+            payload: old_magic.clone(),
         },
         &app,
     );
     match app_events.try_recv() {
-        Ok(NodeEvent::Direct { payload, .. }) => assert_eq!(payload, garbage),
+        Ok(NodeEvent::Direct { payload, .. }) => assert_eq!(payload, old_magic),
         other => panic!("expected the payload passed on, got {other:?}"),
     }
+    // A mesh payload that does not decode is dropped, not handed to the application.
+    mesh.inner.on_message(NodeEvent::Direct {
+        from,
+        payload: vec![0xEE; 16],
+    });
+    assert!(app_events.try_recv().is_err());
     // An answer nobody asked for changes nothing and panics nothing.
     mesh.inner.on_direct(
         from,
@@ -190,4 +198,46 @@ async fn tagged_garbage_is_an_application_payload_and_stray_answers_are_ignored(
     );
     assert!(mesh.inner.lock().pending.is_empty());
     assert_eq!(mesh.status().records_held, 0);
+}
+
+#[tokio::test]
+async fn an_application_cannot_publish_a_record_by_routing_a_mesh_message() {
+    let (mesh, mut events) = lone_mesh(8).await;
+    let node = mesh.node().clone();
+    node.join(&[]).await.unwrap();
+    let key = service_key("web");
+    let publish = MeshMessage::Publish {
+        request: 1,
+        reply_addr: node.addr(),
+        record: record(8, "web", soon()),
+    }
+    .encode();
+    let old_tag = [0xFF, b'w', b'm', b'e', b's', b'h', b'/', b'1'];
+    for forged in [[old_tag.as_slice(), &publish].concat(), publish.clone()] {
+        node.route(key, forged.clone()).await.unwrap();
+        let delivered = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match events.recv().await {
+                    Some(NodeEvent::Deliver(delivery)) => return delivery.payload,
+                    Some(_) => {}
+                    None => panic!("events ended"),
+                }
+            }
+        })
+        .await
+        .expect("hang guard");
+        assert_eq!(delivered, forged);
+    }
+    assert_eq!(mesh.status().records_held, 0);
+    // Sent as the mesh's own kind, the same message is stored.
+    node.route_kind(key, PayloadKind::Mesh, &publish)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while mesh.status().records_held == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("hang guard");
 }

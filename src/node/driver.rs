@@ -14,6 +14,11 @@
 //!
 //! The runtime reaches the network only through [`Links`]: the node's
 //! [`Transport`](crate::transport::Transport), or an in-memory fake in the unit tests.
+//!
+//! Every routed and direct payload travels in an [`envelope`] that names its [`PayloadKind`],
+//! written here on the way out and opened here on the way in: the application's payloads go to
+//! its events and forward hook without the envelope, each other kind to the channel its owner
+//! subscribed ([`Runtime::subscribe`]), and a payload of an unknown kind is dropped alone.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -33,7 +38,7 @@ use crate::id::{Key, NodeId};
 use crate::pastry::{self, Event, ForwardVerdict, Message, Pastry, PeerInfo, Time, Transmit};
 use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
 use crate::transport::{ConnectError, Inbox, SendError, TransportEvent};
-use crate::wire::Body;
+use crate::wire::{envelope, Body, PayloadKind};
 
 pub(super) struct Setup<L> {
     pub(super) me: PeerInfo,
@@ -106,6 +111,8 @@ struct Driver<L> {
     armed: Instant,
     /// Sends off a message's latency path, made once the tasks this batch woke have run.
     deferred: Deferred,
+    /// Where routed and direct payloads of kinds other than the application's go.
+    subscribers: Vec<(PayloadKind, mpsc::Sender<NodeEvent>)>,
 }
 
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
@@ -134,6 +141,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
         stopping: false,
         armed: now,
         deferred: Deferred::new(),
+        subscribers: Vec::new(),
     };
     let runtime = Arc::new(Runtime {
         driver: Mutex::new(driver),
@@ -192,15 +200,34 @@ impl<L: Links> Runtime<L> {
         }
     }
 
-    /// [`Node::route`](super::Node::route), on the caller's task.
-    pub(super) async fn route(&self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
-        let (result, follow_up) = self.with(|driver| driver.route(key, payload));
+    /// [`Node::route`](super::Node::route) (and its kinded form), on the caller's task.
+    pub(super) async fn route(
+        &self,
+        key: Key,
+        kind: PayloadKind,
+        payload: &[u8],
+    ) -> Result<u64, NodeError> {
+        let (result, follow_up) = self.with(|driver| driver.route(key, kind, payload));
         // Settled even if the caller's future is dropped while it steps aside.
         let _settle = follow_up.then(|| OnDrop::new(|| self.settle()));
         // QUIC's connection task, woken by the send, runs before the caller goes on: the
         // caller has nothing to do before its message is on the wire.
         step_aside().await;
         result
+    }
+
+    /// Sends the routed and direct payloads of `kind` that arrive from now on to `to` (instead
+    /// of a previous subscriber's channel). The application's payloads always go to the node's
+    /// events: subscribing [`PayloadKind::Application`] has no effect.
+    pub(super) fn subscribe(
+        &self,
+        kind: PayloadKind,
+        to: mpsc::Sender<NodeEvent>,
+    ) -> Result<(), NodeError> {
+        let mut driver = self.lock_running()?;
+        driver.subscribers.retain(|(k, _)| *k != kind);
+        driver.subscribers.push((kind, to));
+        Ok(())
     }
 
     /// The address of a peer this node knows.
@@ -413,7 +440,9 @@ impl<L: Links> Driver<L> {
                 }
                 Body::Direct { payload } => {
                     bump(&self.counters.direct_received);
-                    self.emit(NodeEvent::Direct { from, payload });
+                    self.hand_over(from, "direct message", payload, |payload| {
+                        NodeEvent::Direct { from, payload }
+                    });
                 }
                 other => debug!(%from, kind = other.kind_name(), "ignored one-way frame"),
             },
@@ -459,6 +488,7 @@ impl<L: Links> Driver<L> {
         self.stopping = true;
         self.finish_deferred();
         self.events = None;
+        self.subscribers.clear();
         if let Some(join) = self.join.take() {
             let _ = join.reply.send(Err(NodeError::Closed));
         }
@@ -495,7 +525,7 @@ impl<L: Links> Driver<L> {
         );
     }
 
-    fn route(&mut self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
+    fn route(&mut self, key: Key, kind: PayloadKind, payload: &[u8]) -> Result<u64, NodeError> {
         if self.stopping {
             return Err(NodeError::Closed);
         }
@@ -504,7 +534,7 @@ impl<L: Links> Driver<L> {
         }
         bump(&self.counters.routed);
         let now = self.now();
-        Ok(self.pastry.route(now, key, payload))
+        Ok(self.pastry.route(now, key, envelope::wrap(kind, payload)))
     }
 
     fn on_internal(&mut self, result: Internal) {
@@ -572,14 +602,20 @@ impl<L: Links> Driver<L> {
     }
 
     /// Hands a forward to the hook and the core the hook's verdict.
+    ///
+    /// The hook sees (and may change) the application's payload only, out of its envelope;
+    /// payloads of other kinds, known or not, pass on untouched without being shown to it.
     fn on_forward(&mut self, token: u64, info: Forwarded, mut payload: Vec<u8>) {
         let key = info.key;
-        let action = match &self.forward {
-            Some(hook) => {
+        let action = match (&self.forward, envelope::peek(&payload)) {
+            (Some(hook), Ok((PayloadKind::Application, header))) => {
+                // `payload` keeps the header (and its capacity), the hook gets the rest.
+                let mut application = payload.split_off(header);
                 // The hook runs on a transport task or the application's: a panic
                 // in it must not take that task (a link's reader) down with it.
                 let called =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| hook(&info, &mut payload)));
+                    std::panic::catch_unwind(AssertUnwindSafe(|| hook(&info, &mut application)));
+                payload.append(&mut application);
                 called.unwrap_or_else(|_| {
                     warn!(%key, "the forward hook panicked; message dropped");
                     self.emit(NodeEvent::Error(format!(
@@ -589,7 +625,7 @@ impl<L: Links> Driver<L> {
                     ForwardAction::Veto
                 })
             }
-            None => ForwardAction::Continue,
+            _ => ForwardAction::Continue,
         };
         let verdict = match action {
             ForwardAction::Continue => {
@@ -615,13 +651,15 @@ impl<L: Links> Driver<L> {
                 payload,
             } => {
                 bump(&self.counters.delivered);
-                self.emit(NodeEvent::Deliver(Delivery {
-                    key,
-                    origin,
-                    id,
-                    hops,
-                    payload,
-                }));
+                self.hand_over(origin, "routed message", payload, |payload| {
+                    NodeEvent::Deliver(Delivery {
+                        key,
+                        origin,
+                        id,
+                        hops,
+                        payload,
+                    })
+                });
             }
             Event::Forward {
                 token,
@@ -702,6 +740,41 @@ impl<L: Links> Driver<L> {
             }
             .in_current_span(),
         );
+    }
+
+    /// Opens a routed or direct payload's envelope and hands `event(payload)` to the owner of
+    /// its kind: the application, or the kind's subscriber. A payload that is not in a valid
+    /// envelope of a kind this build knows is dropped, counted as a rejected frame and reported
+    /// as an error naming `sender` (the origin of a routed message).
+    fn hand_over(
+        &self,
+        sender: NodeId,
+        what: &str,
+        wrapped: Vec<u8>,
+        event: impl FnOnce(Vec<u8>) -> NodeEvent,
+    ) {
+        match envelope::open(wrapped) {
+            Ok((PayloadKind::Application, payload)) => self.emit(event(payload)),
+            Ok((kind, payload)) => {
+                let subscriber = self.subscribers.iter().find(|(k, _)| *k == kind);
+                match subscriber {
+                    Some((_, to)) => {
+                        if to.try_send(event(payload)).is_err() {
+                            bump(&self.counters.events_dropped);
+                        }
+                    }
+                    // A peer may run a layer (the mesh) this node does not.
+                    None => debug!(%sender, ?kind, "no subscriber for a {what}; dropped"),
+                }
+            }
+            Err(error) => {
+                bump(&self.counters.frames_rejected);
+                debug!(%sender, %error, "dropped a {what}");
+                self.emit(NodeEvent::Error(format!(
+                    "dropped a {what} from {sender}: {error}"
+                )));
+            }
+        }
     }
 
     /// Hands an event to the application, or drops and counts it if the application is behind.

@@ -39,6 +39,7 @@
 //! ```
 
 mod driver;
+mod kinds;
 mod links;
 #[cfg(test)]
 mod tests;
@@ -57,7 +58,7 @@ use crate::transport::{
     Admission, BindError, ConnectError, Limits, LimitsError, RawStream, SendError, Transport,
     TransportConfig,
 };
-use crate::wire::Body;
+use crate::wire::{Body, PayloadKind};
 
 /// Runtime settings of a node. `Default` suits a LAN or loopback cluster.
 #[derive(Debug, Clone)]
@@ -605,17 +606,13 @@ impl Node {
     /// Delivery is acknowledged hop by hop and re-routed around failed hops; the root gets a
     /// [`NodeEvent::Deliver`], and this node a [`NodeEvent::RouteFailed`] if it is given up.
     pub async fn route(&self, key: Key, payload: Vec<u8>) -> Result<u64, NodeError> {
-        self.shared.runtime.route(key, payload).await
+        self.route_kind(key, PayloadKind::Application, &payload)
+            .await
     }
 
     /// Sends `payload` directly (one QUIC stream, no routing) to a node this node knows.
     pub async fn send(&self, to: NodeId, payload: Vec<u8>) -> Result<(), NodeError> {
-        let addr = self.shared.runtime.address_of(to)?;
-        self.shared
-            .transport
-            .send(to, addr, &Body::Direct { payload })
-            .await?;
-        Ok(())
+        self.send_kind(to, PayloadKind::Application, &payload).await
     }
 
     /// Opens a raw stream to a node this node knows, asking for `service` (service mesh).
@@ -635,11 +632,8 @@ impl Node {
         addr: SocketAddr,
         payload: Vec<u8>,
     ) -> Result<(), NodeError> {
-        self.shared
-            .transport
-            .send(to, addr, &Body::Direct { payload })
-            .await?;
-        Ok(())
+        self.send_to_kind(to, addr, PayloadKind::Application, &payload)
+            .await
     }
 
     /// Opens a raw stream to `to` at `addr`, a node this node need not know yet (the handshake

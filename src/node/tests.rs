@@ -18,12 +18,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::driver::{self, Runtime, Setup};
 use super::links::Links;
-use super::{Command, Counters, NodeConfig, NodeError, NodeEvent};
+use super::{Command, Counters, ForwardAction, ForwardHook, NodeConfig, NodeError, NodeEvent};
 use crate::id::{Key, NodeId};
 use crate::pastry::{Message, PeerInfo};
 use crate::task::step_aside;
 use crate::transport::{ConnectError, Inbox, LinkInfo, LinkLostReason, SendError, TransportEvent};
-use crate::wire::Body;
+use crate::wire::{envelope, Body, PayloadKind, WireError};
 
 /// Long enough for anything here to finish on a loaded machine; reached only by a hang.
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -182,6 +182,10 @@ fn config() -> NodeConfig {
 }
 
 fn start(net: &Arc<Net>, n: u8) -> TestNode {
+    start_with_hook(net, n, None)
+}
+
+fn start_with_hook(net: &Arc<Net>, n: u8, forward: Option<Arc<ForwardHook>>) -> TestNode {
     let me = PeerInfo {
         id: Key::from_name(&format!("node {n}")).to_node_id(),
         addr: SocketAddr::from(([10, 0, 0, n], 4000)),
@@ -235,7 +239,7 @@ fn start(net: &Arc<Net>, n: u8) -> TestNode {
         commands: command_rx,
         events: events_tx,
         counters: counters.clone(),
-        forward: None,
+        forward,
     });
     TestNode {
         me,
@@ -350,7 +354,7 @@ async fn a_route_called_from_a_plain_thread_is_delivered_at_the_root() {
     let key = Key::from(b.me.id);
     let routed = std::thread::spawn(move || {
         (0..10u8)
-            .map(|i| block_on(runtime.route(key, vec![i])))
+            .map(|i| block_on(runtime.route(key, PayloadKind::Application, &[i])))
             .collect::<Vec<_>>()
     });
     let routed = guard(tokio::task::spawn_blocking(move || routed.join().unwrap()))
@@ -385,7 +389,7 @@ async fn stop_answers_calls_in_flight_with_closed_and_ends_the_events() {
         .map(|_| {
             let runtime = b.runtime.clone();
             std::thread::spawn(move || loop {
-                match block_on(runtime.route(Key::from_name("k"), vec![1])) {
+                match block_on(runtime.route(Key::from_name("k"), PayloadKind::Application, &[1])) {
                     Err(NodeError::NotJoined) => std::thread::yield_now(),
                     other => return other,
                 }
@@ -421,7 +425,11 @@ async fn a_link_lost_while_sends_are_deferred_settles_them_and_the_peer_is_decla
     // B's reader hands its messages to the test from now on.
     b.hold.store(true, Ordering::SeqCst);
     let key = Key::from(b.me.id);
-    let id = a.runtime.route(key, b"last words".to_vec()).await.unwrap();
+    let id = a
+        .runtime
+        .route(key, PayloadKind::Application, b"last words")
+        .await
+        .unwrap();
     // Feed B until the routed message is delivered: its ack to A is then held back until the
     // follow-up (settle) runs.
     let follow_up = guard(async {
@@ -472,7 +480,10 @@ async fn a_link_lost_while_sends_are_deferred_settles_them_and_the_peer_is_decla
     assert!(b.leaf_set().is_empty());
     // B keeps working: it is alone, so a route is delivered at B itself.
     b.hold.store(false, Ordering::SeqCst);
-    b.runtime.route(key, b"alone".to_vec()).await.unwrap();
+    b.runtime
+        .route(key, PayloadKind::Application, b"alone")
+        .await
+        .unwrap();
     let delivery = b
         .next_event(|event| match event {
             NodeEvent::Deliver(delivery) => Some(delivery),
@@ -521,4 +532,169 @@ async fn an_invalid_config_is_refused_before_anything_binds() {
         }
     }
     std::net::UdpSocket::bind(port).expect("the port was left free");
+}
+
+/// What an application would send to make the mesh act, if payloads had no kind: the old
+/// in-band mesh tag and a mesh probe, and a forged envelope of kind `Mesh`.
+fn forged_mesh_payloads() -> Vec<Vec<u8>> {
+    let old_tag = [0xFF, b'w', b'm', b'e', b's', b'h', b'/', b'1', 6];
+    vec![old_tag.to_vec(), envelope::wrap(PayloadKind::Mesh, &[6])]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_payload_is_the_applications_whatever_its_bytes() {
+    let (_net, a, mut b) = pair().await;
+    let (mesh_tx, mut mesh) = mpsc::channel(16);
+    b.runtime.subscribe(PayloadKind::Mesh, mesh_tx).unwrap();
+    let key = Key::from(b.me.id);
+    for forged in forged_mesh_payloads() {
+        // Routed, as `Node::route` sends it.
+        a.runtime
+            .route(key, PayloadKind::Application, &forged)
+            .await
+            .unwrap();
+        let delivery = b
+            .next_event(|event| match event {
+                NodeEvent::Deliver(delivery) => Some(delivery),
+                _ => None,
+            })
+            .await;
+        assert_eq!(delivery.payload, forged);
+        // Direct, as `Node::send` sends it.
+        let direct = Body::Direct {
+            payload: envelope::wrap(PayloadKind::Application, &forged),
+        };
+        Inbox::event(
+            &*b.runtime,
+            TransportEvent::Message {
+                from: a.me.id,
+                from_addr: a.me.addr,
+                body: direct,
+            },
+        );
+        let payload = b
+            .next_event(|event| match event {
+                NodeEvent::Direct { from, payload } if from == a.me.id => Some(payload),
+                _ => None,
+            })
+            .await;
+        assert_eq!(payload, forged);
+    }
+    // The mesh's own kind reaches the subscriber, out of its envelope, and not the application.
+    a.runtime
+        .route(key, PayloadKind::Mesh, b"mesh")
+        .await
+        .unwrap();
+    let got = guard(mesh.recv()).await.unwrap();
+    assert!(
+        matches!(&got, NodeEvent::Deliver(d) if d.payload == b"mesh" && d.origin == a.me.id),
+        "{got:?}"
+    );
+    // Nothing forged reached the subscriber before it, and the application saw no mesh payload.
+    assert!(mesh.try_recv().is_err());
+    while let Ok(event) = b.events.try_recv() {
+        assert!(
+            !matches!(event, NodeEvent::Deliver(_) | NodeEvent::Direct { .. }),
+            "{event:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_of_an_unknown_kind_is_dropped_alone_and_reported_with_its_sender() {
+    let (_net, a, mut b) = pair().await;
+    let unknown = vec![0xff, 0x07, 1, 2, 3];
+    let from_a = |body| TransportEvent::Message {
+        from: a.me.id,
+        from_addr: a.me.addr,
+        body,
+    };
+    let routed = Body::Pastry(Message::Route {
+        id: u64::MAX,
+        key: Key::from(b.me.id),
+        origin: a.me,
+        hops: 0,
+        avoid: Vec::new(),
+        payload: unknown.clone(),
+    });
+    let expected = WireError::UnknownPayloadKind(0x3ff).to_string();
+    for body in [Body::Direct { payload: unknown }, routed] {
+        Inbox::event(&*b.runtime, from_a(body));
+        let error = b
+            .next_event(|event| match event {
+                NodeEvent::Error(error) => Some(error),
+                NodeEvent::Deliver(_) | NodeEvent::Direct { .. } => panic!("{event:?}"),
+                _ => None,
+            })
+            .await;
+        assert!(error.contains(&a.me.id.to_string()), "{error}");
+        assert!(error.contains(&expected), "{error}");
+    }
+    assert_eq!(b.counters.snapshot().frames_rejected, 2);
+    // The node keeps serving: the next messages are delivered.
+    a.runtime
+        .route(Key::from(b.me.id), PayloadKind::Application, b"after")
+        .await
+        .unwrap();
+    let delivery = b
+        .next_event(|event| match event {
+            NodeEvent::Deliver(delivery) => Some(delivery),
+            _ => None,
+        })
+        .await;
+    assert_eq!(delivery.payload, b"after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_hook_sees_and_changes_only_application_payloads() {
+    let net = Arc::new(Net::default());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let hook: Arc<ForwardHook> = Arc::new(move |_info, payload: &mut Vec<u8>| {
+        hook_seen.lock().unwrap().push(payload.clone());
+        payload.extend_from_slice(b" (seen)");
+        ForwardAction::Continue
+    });
+    let a = start(&net, 1);
+    let b = start_with_hook(&net, 2, Some(hook));
+    let mut c = start(&net, 3);
+    a.join(&[]).await.unwrap();
+    b.join(&[a.me.addr]).await.unwrap();
+    c.join(&[a.me.addr]).await.unwrap();
+    guard(async {
+        while !b.leaf_set().contains(&c.me.id) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (mesh_tx, mut mesh) = mpsc::channel(16);
+    c.runtime.subscribe(PayloadKind::Mesh, mesh_tx).unwrap();
+    // Messages from A for C's key handed to B, which forwards them to C.
+    let via_b = |id: u64, kind: PayloadKind, payload: &[u8]| TransportEvent::Message {
+        from: a.me.id,
+        from_addr: a.me.addr,
+        body: Body::Pastry(Message::Route {
+            id,
+            key: Key::from(c.me.id),
+            origin: a.me,
+            hops: 0,
+            avoid: Vec::new(),
+            payload: envelope::wrap(kind, payload),
+        }),
+    };
+    Inbox::event(&*b.runtime, via_b(1, PayloadKind::Mesh, b"mesh"));
+    let got = guard(mesh.recv()).await.unwrap();
+    assert!(
+        matches!(&got, NodeEvent::Deliver(d) if d.payload == b"mesh"),
+        "{got:?}"
+    );
+    Inbox::event(&*b.runtime, via_b(2, PayloadKind::Application, b"app"));
+    let delivery = c
+        .next_event(|event| match event {
+            NodeEvent::Deliver(delivery) => Some(delivery),
+            _ => None,
+        })
+        .await;
+    assert_eq!(delivery.payload, b"app (seen)");
+    assert_eq!(*seen.lock().unwrap(), vec![b"app".to_vec()]);
 }

@@ -6,15 +6,16 @@
 //! | `0x000..=0x0ff` | [`CloseCode`]        | QUIC `CONNECTION_CLOSE` (application close)          |
 //! | `0x100..=0x1ff` | [`StreamErrorCode`]  | QUIC `RESET_STREAM` / `STOP_SENDING` of one stream   |
 //! | `0x200..=0x2ff` | [`ErrorCode`]        | the `code` of a [`Body::Error`](super::Body::Error) |
+//! | `0x300..=0x3ff` | [`PayloadKind`]      | the envelope of a routed or direct payload ([`super::envelope`]) |
 //!
 //! Inside the stream range, `0x100..=0x17f` are the transport's framing codes and
 //! `0x180..=0x1ff` the service mesh's tunnel codes. A new code takes the next free value of its
 //! range; a value is never reused for another meaning.
 //!
 //! Compatibility: these values differ from Wendy builds that had no registry (they reused
-//! 1, 2, 3, ... in all three namespaces). Such a peer's codes decode as unknown here (the raw
-//! value is kept), and ours as unknown or wrong there; the frame [`VERSION`](super::VERSION) is
-//! unchanged, so mixed versions still interoperate on everything but the meaning of codes.
+//! 1, 2, 3, ... in all three namespaces). Those builds write frame version 1, without the
+//! payload envelope, which this build refuses ([`VERSION`](super::VERSION) is 2), so the two
+//! never read each other's codes.
 //!
 //! This module only names numbers; it knows nothing of QUIC (the transport turns a code into a
 //! QUIC varint).
@@ -140,6 +141,21 @@ codes! {
     }
 }
 
+codes! {
+    /// Whose a routed or direct payload is: the kind the node runtime writes in the envelope
+    /// around every payload it sends ([`super::envelope`]), so that a layer of Wendy (the
+    /// service mesh) and the application never read each other's payloads.
+    pub enum PayloadKind: u32 in 0x300..=0x3ff {
+        /// The application's payload: what [`Node::route`](crate::node::Node::route) and
+        /// [`Node::send`](crate::node::Node::send) send, and
+        /// [`NodeEvent::Deliver`](crate::node::NodeEvent::Deliver) and
+        /// [`NodeEvent::Direct`](crate::node::NodeEvent::Direct) hand over.
+        Application = 0x300,
+        /// A service-mesh message ([`crate::mesh`]); applications can neither send nor see one.
+        Mesh = 0x301,
+    }
+}
+
 impl From<ErrorCode> for u16 {
     fn from(code: ErrorCode) -> Self {
         code as Self
@@ -153,7 +169,9 @@ impl StreamErrorCode {
             WireError::Truncated => Self::Truncated,
             WireError::Oversized { .. } => Self::Oversized,
             WireError::UnknownVersion(_) => Self::UnknownVersion,
-            WireError::UnknownKind(_) | WireError::UnknownVariant(_) => Self::UnknownKind,
+            WireError::UnknownKind(_)
+            | WireError::UnknownVariant(_)
+            | WireError::UnknownPayloadKind(_) => Self::UnknownKind,
             WireError::Malformed(_) | WireError::TrailingBytes(_) | WireError::Encode(_) => {
                 Self::Malformed
             }
@@ -182,6 +200,11 @@ mod tests {
                 "error",
                 ErrorCode::RANGE,
                 ErrorCode::ALL.iter().map(|c| c.value()).collect(),
+            ),
+            (
+                "payload kind",
+                PayloadKind::RANGE,
+                PayloadKind::ALL.iter().map(|c| c.value()).collect(),
             ),
         ]
     }
@@ -220,12 +243,14 @@ mod tests {
             assert_eq!(CloseCode::from_u64(value), Some(code));
             assert_eq!(StreamErrorCode::from_u64(value), None);
             assert_eq!(ErrorCode::from_u64(value), None);
+            assert_eq!(PayloadKind::from_u64(value), None);
         }
         for &code in StreamErrorCode::ALL {
             let value = u64::from(code);
             assert_eq!(StreamErrorCode::from_u64(value), Some(code));
             assert_eq!(CloseCode::from_u64(value), None);
             assert_eq!(ErrorCode::from_u64(value), None);
+            assert_eq!(PayloadKind::from_u64(value), None);
         }
         for &code in ErrorCode::ALL {
             let value = u64::from(code);
@@ -233,15 +258,24 @@ mod tests {
             assert_eq!(ErrorCode::from_u64(value), Some(code));
             assert_eq!(CloseCode::from_u64(value), None);
             assert_eq!(StreamErrorCode::from_u64(value), None);
+            assert_eq!(PayloadKind::from_u64(value), None);
+        }
+        for &kind in PayloadKind::ALL {
+            let value = u64::from(kind);
+            assert_eq!(PayloadKind::from_u64(value), Some(kind));
+            assert_eq!(CloseCode::from_u64(value), None);
+            assert_eq!(StreamErrorCode::from_u64(value), None);
+            assert_eq!(ErrorCode::from_u64(value), None);
         }
     }
 
     #[test]
     fn unknown_numbers_decode_to_none() {
-        for value in [0x0ff, 0x100, 0x1ff, 0x200, 0x2ff, 0x300, u64::MAX] {
+        for value in [0x0ff, 0x100, 0x1ff, 0x200, 0x2ff, 0x3ff, 0x400, u64::MAX] {
             assert_eq!(CloseCode::from_u64(value), None);
             assert_eq!(StreamErrorCode::from_u64(value), None);
             assert_eq!(ErrorCode::from_u64(value), None);
+            assert_eq!(PayloadKind::from_u64(value), None);
         }
     }
 
@@ -264,6 +298,7 @@ mod tests {
             WireError::UnknownVersion(9),
             WireError::UnknownKind(9),
             WireError::UnknownVariant("pastry"),
+            WireError::UnknownPayloadKind(9),
             WireError::TrailingBytes(1),
             WireError::Encode(String::new()),
         ] {
