@@ -33,8 +33,13 @@ fn hop_bound(n: usize) -> u32 {
 
 fn assert_all_correct(report: &Report) {
     assert_eq!(
-        (report.delivered_correct, report.lost, report.misdelivered),
-        (report.lookups as u64, 0, 0),
+        (
+            report.delivered_correct,
+            report.lost,
+            report.misdelivered,
+            report.duplicates
+        ),
+        (report.lookups as u64, 0, 0, 0),
         "{report}"
     );
     assert_eq!(report.join_failures, 0, "{report}");
@@ -134,6 +139,44 @@ fn no_lookup_is_lost_when_a_tenth_fails_silently() {
         failure.mean_hops_after <= failure.mean_hops_before * 1.05,
         "{report}"
     );
+}
+
+#[test]
+fn steady_state_control_traffic_is_low() {
+    // Two minutes to settle, then ten minutes of one lookup a second, over which control
+    // traffic is measured.
+    let config = SimConfig {
+        warmup_s: 120.0,
+        lookup_window_s: 600.0,
+        ..steady(100, 600, 10)
+    };
+    let overhead = config.overhead_bytes as f64;
+    let report = run(config);
+    assert_all_correct(&report);
+    let msgs = report.control_msgs_per_node_per_s;
+    assert!(msgs < 0.5, "{report}");
+    // The encoded messages alone: the simulator adds a transport overhead to each.
+    let encoded_bytes = report.control_bytes_per_node_per_s - msgs * overhead;
+    assert!(encoded_bytes < 900.0, "{encoded_bytes} B/s\n{report}");
+    assert_eq!(report.leaf_sets_wrong, 0, "{report}");
+}
+
+#[test]
+fn lookups_survive_heavy_churn() {
+    // Median session 84 s (Bamboo's hardest), 150 nodes, 4 minutes, 2 lookups per second.
+    let config = SimConfig {
+        scenario: Scenario::Churn {
+            median_session_s: 84.0,
+            duration_s: 240.0,
+        },
+        ..steady(150, 480, 12)
+    };
+    let report = run(config);
+    let churn = report.churn.clone().expect("churn section");
+    // About 150 * 240 / (84 / ln 2) = 297 departures: most of the first population.
+    assert!(churn.departures > 150, "{report}");
+    assert!(churn.correct_fraction >= 0.99, "{report}");
+    assert!(report.misdelivered <= 1, "{report}");
 }
 
 #[test]

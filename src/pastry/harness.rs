@@ -75,8 +75,6 @@ pub(crate) struct Net {
     pub(crate) held: Vec<Held>,
     /// Messages lost on purpose.
     pub(crate) drop_if: Option<DropRule>,
-    /// Route and join messages sent to, or arriving at, a dead node.
-    pub(crate) routes_to_dead: u64,
 }
 
 impl Net {
@@ -104,7 +102,6 @@ impl Net {
             events: Vec::new(),
             held: Vec::new(),
             drop_if: None,
-            routes_to_dead: 0,
         }
     }
 
@@ -148,10 +145,8 @@ impl Net {
                     if self.drop_if.as_ref().is_some_and(|f| f(j as usize, &msg)) {
                         continue;
                     }
-                    let routed = matches!(msg, Message::Route { .. } | Message::Join { .. });
-                    if !self.network.send(index, j, msg) && routed {
-                        self.routes_to_dead += 1;
-                    }
+                    // A message to a dead node is lost, as on a real network.
+                    self.network.send(index, j, msg);
                 }
                 Effect::Measure { peer } => {
                     if let Some(j) = self.network.resolve(&peer) {
@@ -220,9 +215,6 @@ impl Net {
             NetEvent::Message { from, to, msg } => {
                 let to = to as usize;
                 if !self.alive[to] {
-                    if matches!(msg, Message::Route { .. } | Message::Join { .. }) {
-                        self.routes_to_dead += 1;
-                    }
                     return true;
                 }
                 let from = self.network.peer(from);
@@ -395,10 +387,6 @@ impl Net {
                 return i;
             }
         }
-    }
-
-    pub(crate) fn rng(&mut self) -> &mut ChaCha8Rng {
-        &mut self.rng
     }
 
     /// Joins node `i` through the active node nearest to it without waiting.

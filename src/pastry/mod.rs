@@ -23,6 +23,9 @@
 //! * **Timers.** [`Pastry::poll_timeout`] is the earliest deadline of any kind (one table holds
 //!   them all); call [`Pastry::handle_timeout`] once the clock reaches it, and poll it again
 //!   after every input.
+//! * **Diagnostics.** [`Pastry::replace_table_entry`] installs a measured peer in its
+//!   routing-table slot whatever holds it; the protocol never needs it (the simulator's
+//!   `--oracle-tables` experiment uses it to give nodes ideal tables).
 //!
 //! ```
 //! use wendy::id::{Key, NodeId};

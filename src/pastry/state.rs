@@ -132,18 +132,43 @@ impl Pastry {
         }
     }
 
-    /// Simulator diagnostics only: puts `peer` (with its true RTT) into its routing-table slot,
-    /// replacing whatever holds it (the "oracle table" experiment of `wendy sim`).
-    #[cfg(feature = "sim")]
-    pub(crate) fn force_table_entry(&mut self, peer: PeerInfo, rtt: Duration) {
-        if let Some((row, column)) = self.table.position(peer.id) {
-            if let Some(old) = self.table.get(row, column).map(|s| s.peer.id) {
-                if old != peer.id {
-                    self.table.remove(old);
-                }
+    /// Diagnostics: puts `peer`, measured at round-trip time `rtt`, into the routing-table slot
+    /// its id qualifies for, replacing the entry there whatever its RTT. The protocol's own
+    /// path ([`Self::handle_proximity`]) replaces an entry only with a nearer peer, by the
+    /// [`Config::proximity_hysteresis`] margin; this entry point lets a tool that knows the
+    /// true delays install ideal tables (`wendy sim --oracle-tables` measures what perfect
+    /// proximity neighbour selection would buy). It sends nothing, reports no event and leaves
+    /// the leaf set and the neighbourhood set alone.
+    ///
+    /// Returns whether `peer` is now in the table (`false` only for this node's own id, which
+    /// has no slot).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use wendy::id::NodeId;
+    /// use wendy::pastry::{Config, Pastry, PeerInfo, Time};
+    ///
+    /// let peer = |id| PeerInfo { id: NodeId::from_u128(id), addr: "10.0.0.1:4000".parse().unwrap() };
+    /// let mut node = Pastry::new(peer(1 << 120), Config::default(), 1);
+    /// node.bootstrap_alone(Time::ZERO);
+    /// assert!(node.replace_table_entry(peer(2 << 120), Duration::from_millis(80)));
+    /// // A farther peer for the same slot still replaces it.
+    /// assert!(node.replace_table_entry(peer((2 << 120) + 1), Duration::from_millis(200)));
+    /// assert_eq!(node.routing_table().len(), 1);
+    /// assert!(!node.replace_table_entry(peer(1 << 120), Duration::from_millis(1)));
+    /// ```
+    pub fn replace_table_entry(&mut self, peer: PeerInfo, rtt: Duration) -> bool {
+        let Some((row, column)) = self.table.position(peer.id) else {
+            return false;
+        };
+        if let Some(old) = self.table.get(row, column).map(|s| s.peer.id) {
+            if old != peer.id {
+                self.table.remove(old);
             }
-            self.table.insert(peer, Some(rtt), 0.0);
         }
+        // Hysteresis 0: with the old occupant gone, the slot takes `peer`.
+        self.table.insert(peer, Some(rtt), 0.0);
+        true
     }
 
     /// This node's id.

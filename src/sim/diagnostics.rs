@@ -58,7 +58,7 @@ impl<P: SimNode> Simulation<P> {
             }
             if let Some(proto) = self.nodes[i as usize].proto.as_mut() {
                 for (peer, rtt) in forced {
-                    proto.force_table_entry(peer, rtt);
+                    proto.replace_table_entry(peer, rtt);
                 }
             }
         }

@@ -101,8 +101,9 @@ pub trait SimNode: Sized {
     fn leaf_peers(&self) -> Vec<PeerInfo>;
     /// The peers in this node's routing table (for diagnostics).
     fn table_peers(&self) -> Vec<PeerInfo>;
-    /// Diagnostics: forces `peer` (RTT `rtt_us`) into its routing-table slot. Default: no-op.
-    fn force_table_entry(&mut self, _peer: PeerInfo, _rtt_us: u64) {}
+    /// Diagnostics: puts `peer` (RTT `rtt_us`) into its routing-table slot whatever holds it
+    /// (see [`Pastry::replace_table_entry`]). Default: no-op.
+    fn replace_table_entry(&mut self, _peer: PeerInfo, _rtt_us: u64) {}
 }
 
 impl SimNode for Pastry {
@@ -198,7 +199,7 @@ impl SimNode for Pastry {
         self.routing_table().iter().map(|slot| slot.peer).collect()
     }
 
-    fn force_table_entry(&mut self, peer: PeerInfo, rtt_us: u64) {
-        Self::force_table_entry(self, peer, Duration::from_micros(rtt_us));
+    fn replace_table_entry(&mut self, peer: PeerInfo, rtt_us: u64) {
+        Self::replace_table_entry(self, peer, Duration::from_micros(rtt_us));
     }
 }

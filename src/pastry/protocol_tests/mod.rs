@@ -19,7 +19,7 @@ mod liveness;
 mod maintenance;
 mod membership;
 mod routing;
-mod scale;
+mod stats;
 
 fn peer(n: u128) -> PeerInfo {
     PeerInfo {
