@@ -24,7 +24,6 @@ use serde::Serialize;
 use super::{BenchError, Progress};
 use crate::id::NodeId;
 use crate::node::NodeConfig;
-use crate::testing::Cluster;
 
 /// IPv4 (20) + UDP (8) header bytes per datagram.
 const IP_UDP_HEADER_BYTES: u64 = 28;
@@ -124,7 +123,7 @@ pub async fn run(
             "need at least 2 nodes and a non-empty window".into(),
         ));
     }
-    let mut cluster = Cluster::new(config.seed);
+    let mut cluster = super::cluster(config.seed);
     progress(&format!("idle: building {} nodes", config.nodes));
     super::grow(&mut cluster, config.nodes, progress).await?;
     cluster.settle(Duration::from_secs(60)).await?;

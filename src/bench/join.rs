@@ -88,7 +88,7 @@ pub async fn run(
             "need 2 <= small <= large and at least one sample".into(),
         ));
     }
-    let mut cluster = Cluster::new(config.seed);
+    let mut cluster = super::cluster(config.seed);
     progress(&format!("join: building {} nodes", config.small));
     let mut build_ms = super::grow(&mut cluster, config.small, progress).await?;
     let small = timed_joins(&mut cluster, config.samples, progress).await?;

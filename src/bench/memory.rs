@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{rss_kib, BenchError, Progress};
 use crate::identity::{Identity, Validity};
 use crate::node::Node;
-use crate::testing::{Cluster, Via};
+use crate::testing::Via;
 use crate::transport::{Admission, Transport, TransportConfig};
 
 fn bare_transport_config(links: usize) -> Result<TransportConfig, BenchError> {
@@ -135,7 +135,7 @@ pub async fn run(
         .sum::<usize>();
     let after_links = read()?;
     let before = read()?;
-    let mut cluster = Cluster::new(config.seed);
+    let mut cluster = super::cluster(config.seed);
     progress(&format!("memory: starting {} nodes", config.nodes));
     let mut spawned = Vec::with_capacity(config.nodes);
     for _ in 0..config.nodes {

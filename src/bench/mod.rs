@@ -101,6 +101,17 @@ impl Latency {
     }
 }
 
+/// An empty in-process cluster that keeps only the events a suite times (deliveries and direct
+/// messages): the others are dropped as they come, so they cost no memory while nobody reads them.
+pub(crate) fn cluster(seed: u64) -> crate::testing::Cluster {
+    crate::testing::Cluster::new(seed).with_event_filter(|event| {
+        matches!(
+            event,
+            crate::node::NodeEvent::Deliver(_) | crate::node::NodeEvent::Direct { .. }
+        )
+    })
+}
+
 /// Grows `cluster` to `size` nodes with the shipped configuration, each joining through a
 /// random member; returns their join times in ms (the first node's excluded) and reports
 /// progress about once a second.

@@ -132,7 +132,7 @@ pub async fn run(
     }
     // The baseline's connection is up before the cluster, so both share the process from here.
     let mut raw = RawQuinn::start(config.size).await?;
-    let mut cluster = Cluster::new(config.seed);
+    let mut cluster = super::cluster(config.seed);
     progress(&format!("route: building {} nodes", config.nodes));
     super::grow(&mut cluster, config.nodes, progress).await?;
     cluster.settle(Duration::from_secs(60)).await?;

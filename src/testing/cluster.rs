@@ -99,6 +99,8 @@ pub struct Cluster {
     events_tx: mpsc::UnboundedSender<Observed>,
     leaf_half: usize,
     rng: ChaCha8Rng,
+    /// Which events are kept for [`Self::next_event`]; the others are read and dropped.
+    keep: fn(&NodeEvent) -> bool,
 }
 
 impl Cluster {
@@ -112,7 +114,16 @@ impl Cluster {
             events_tx,
             leaf_half: NodeConfig::default().pastry.leaf_set_size / 2,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            keep: |_| true,
         }
+    }
+
+    /// Keeps only the events `keep` accepts for [`Self::next_event`] (from nodes started after
+    /// this call): a cluster whose other events nobody reads must not hold them (a benchmark of
+    /// memory or of deliveries).
+    pub fn with_event_filter(mut self, keep: fn(&NodeEvent) -> bool) -> Self {
+        self.keep = keep;
+        self
     }
 
     /// Checks leaf sets of size `size` (`size / 2` each side) in [`Self::settle`].
@@ -137,8 +148,12 @@ impl Cluster {
     pub fn watch(&self, node: &Node, mut events: Events) {
         let tx = self.events_tx.clone();
         let at = node.id();
+        let keep = self.keep;
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
+                if !keep(&event) {
+                    continue;
+                }
                 let observed = Observed {
                     at,
                     when: Instant::now(),

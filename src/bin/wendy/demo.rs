@@ -96,7 +96,9 @@ fn progress(line: &str) {
 }
 
 async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
-    let mut cluster = Cluster::new(args.seed);
+    // Only deliveries are read; the other events are dropped as they come.
+    let mut cluster =
+        Cluster::new(args.seed).with_event_filter(|event| matches!(event, NodeEvent::Deliver(_)));
     let joins = cluster
         .grow(
             args.nodes,
