@@ -166,8 +166,8 @@ async fn a_publication_whose_provider_does_not_answer_is_refused() {
 async fn application_payloads_are_passed_on_whatever_their_bytes_and_mesh_garbage_is_dropped() {
     let (mesh, _events) = lone_mesh(6).await;
     let (app, mut app_events) = mpsc::channel(8);
-    // What mesh messages used to start with, followed by a valid mesh message: from the
-    // application's events it is the application's.
+    // An in-band mesh tag followed by a valid mesh message: an application's payload stays the
+    // application's whatever its bytes, since the kind travels outside the payload.
     let mut old_magic = vec![0xFF, b'w', b'm', b'e', b's', b'h', b'/', b'1'];
     old_magic.extend_from_slice(&MeshMessage::Probe.encode());
     let from = NodeId::from_u128(7);

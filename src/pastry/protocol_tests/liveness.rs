@@ -65,7 +65,7 @@ fn silent_failures_are_detected_repaired_and_reported() {
 
 /// A small overlay (25 nodes, 5 fail: 20 survivors, barely more than L = 16): a side's L/2
 /// nearest may reach past half the ring, and repair must still converge to the oracle's leaf
-/// sets and go quiet (it used to probe the same far members forever).
+/// sets and go quiet (no probing of the same far members forever).
 #[test]
 fn failures_in_a_small_overlay_converge_and_go_quiet() {
     for seed in [1, 2, 3] {
