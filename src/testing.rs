@@ -34,7 +34,9 @@
 
 mod cluster;
 
-pub use cluster::{leaf_mismatches, settle, Cluster, ClusterError, LeafMismatch, Observed, Via};
+pub use cluster::{
+    leaf_mismatches, seq_of, settle, Cluster, ClusterError, LeafMismatch, Observed, Via,
+};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use wendy::id::{Key, NodeId};
 use wendy::node::{Events, Node, NodeBuilder, NodeEvent};
-use wendy::testing::{Cluster, Via};
+use wendy::testing::{seq_of, Cluster, Via};
 
 pub use wendy::testing::Observed;
 
@@ -183,12 +183,7 @@ pub async fn expect_deliveries(
             other(observed);
             continue;
         };
-        let Some(seq) = delivery
-            .payload
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-        else {
+        let Some(seq) = seq_of(&delivery.payload) else {
             continue;
         };
         let Some(message) = by_seq.get(&seq) else {

@@ -35,7 +35,7 @@ use crate::id::{Key, NodeId};
 use crate::identity::{Identity, Validity};
 use crate::node::Node;
 use crate::node::NodeEvent;
-use crate::testing::{Cluster, Observed};
+use crate::testing::{seq_of, Cluster, Observed};
 use crate::transport::{tls, Admission, TransportConfig};
 
 /// What to measure.
@@ -299,13 +299,6 @@ fn payload(seq: u64, size: usize) -> Vec<u8> {
     let mut payload = vec![0x5a; size.max(8)];
     payload[..8].copy_from_slice(&seq.to_be_bytes());
     payload
-}
-
-fn seq_of(payload: &[u8]) -> Option<u64> {
-    payload
-        .get(..8)
-        .and_then(|bytes| bytes.try_into().ok())
-        .map(u64::from_be_bytes)
 }
 
 /// Waits for the delivery of message `seq`: where, in how many hops, when.

@@ -248,6 +248,15 @@ impl Cluster {
     }
 }
 
+/// The sequence number a test or benchmark put in the first 8 bytes of a payload (big-endian),
+/// if the payload is that long.
+pub fn seq_of(payload: &[u8]) -> Option<u64> {
+    payload
+        .get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
 /// The nodes of `nodes` whose leaf set differs from the oracle's over `population` with
 /// `half` ids each side.
 pub async fn leaf_mismatches(

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use wendy::bench::{median, Latency};
 use wendy::id::{Key, NodeId};
 use wendy::node::NodeEvent;
-use wendy::testing::{Cluster, ClusterError, Observed, Via};
+use wendy::testing::{seq_of, Cluster, ClusterError, Observed, Via};
 
 use crate::CmdResult;
 
@@ -162,12 +162,7 @@ async fn demo(args: &DemoArgs) -> Result<Report, Box<dyn std::error::Error>> {
                 when,
                 event: NodeEvent::Deliver(delivery),
             }) => {
-                let Some(seq) = delivery
-                    .payload
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                else {
+                let Some(seq) = seq_of(&delivery.payload) else {
                     continue;
                 };
                 if seen.contains_key(&seq) {
