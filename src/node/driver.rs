@@ -479,6 +479,7 @@ impl<L: Links> Driver<L> {
                 self.emit(NodeEvent::Error(format!("bad frame from {from}: {error}")));
             }
             TransportEvent::HandshakeFailed { addr, error } => {
+                self.counters.handshake_failures.count(&error);
                 self.emit(NodeEvent::Error(format!("refused peer at {addr}: {error}")));
             }
         }
@@ -651,6 +652,7 @@ impl<L: Links> Driver<L> {
                 payload,
             } => {
                 bump(&self.counters.delivered);
+                self.counters.delivered_after(hops);
                 self.hand_over(origin, "routed message", payload, |payload| {
                     NodeEvent::Deliver(Delivery {
                         key,
@@ -689,9 +691,16 @@ impl<L: Links> Driver<L> {
                 let leaf_set = self.leaf_ids();
                 self.emit(NodeEvent::LeafSetChanged { leaf_set });
             }
-            Event::NodeJoined(id) => self.emit(NodeEvent::NodeJoined(id)),
-            Event::NodeLeft(id) => self.emit(NodeEvent::NodeLeft(id)),
+            Event::NodeJoined(id) => {
+                bump(&self.counters.nodes_joined);
+                self.emit(NodeEvent::NodeJoined(id));
+            }
+            Event::NodeLeft(id) => {
+                bump(&self.counters.nodes_left);
+                self.emit(NodeEvent::NodeLeft(id));
+            }
             Event::RouteFailed { id, key } => {
+                bump(&self.counters.routes_failed);
                 warn!(id, %key, "routed message given up");
                 self.emit(NodeEvent::RouteFailed { id, key });
             }
@@ -706,6 +715,9 @@ impl<L: Links> Driver<L> {
             async move {
                 if let Err(error) = transport.send(to.id, to.addr, &Body::Pastry(msg)).await {
                     bump(&counters.send_failures);
+                    if let SendError::Connect(error) = &error {
+                        counters.dial_failures.count(error);
+                    }
                     debug!(peer = %to.id, %error, "send failed");
                     if is_peer_failure(&error) {
                         let _ = internal.send(Internal::Unreachable(to.id));
@@ -719,6 +731,7 @@ impl<L: Links> Driver<L> {
     fn measure(&self, peer: PeerInfo) {
         let transport = self.transport.clone();
         let internal = self.internal.clone();
+        let counters = self.counters.clone();
         tokio::spawn(
             async move {
                 match transport.connect(peer.addr, Some(peer.id)).await {
@@ -732,6 +745,7 @@ impl<L: Links> Driver<L> {
                         // dial fails is a failure signal; the core suspects a member (probes
                         // it) and forgets a mere candidate. A local limit is not the peer's fault.
                         debug!(peer = %peer.id, %error, "measurement failed");
+                        counters.dial_failures.count(&error);
                         if is_unreachable(&error) {
                             let _ = internal.send(Internal::Unreachable(peer.id));
                         }
@@ -852,6 +866,7 @@ impl<L: Links> Driver<L> {
                     bytes_received: link.bytes_received,
                     packets_sent: link.packets_sent,
                     packets_received: link.packets_received,
+                    idle_ms: u64::try_from(link.idle.as_millis()).unwrap_or(u64::MAX),
                 })
                 .collect(),
             stats: self.counters.snapshot(),

@@ -266,6 +266,74 @@ pub struct NodeStats {
     pub send_failures: u64,
     /// Frames from peers rejected (malformed, oversized, unknown version).
     pub frames_rejected: u64,
+    /// Routed messages delivered here by their hop count: entry `i` counts deliveries after `i`
+    /// hops; the last entry counts those after `HOP_BUCKETS - 1` hops or more.
+    pub delivered_by_hops: [u64; HOP_BUCKETS],
+    /// The hops of every message delivered here, added up (with `delivered`, the mean).
+    pub delivered_hops_sum: u64,
+    /// Routed messages originated here that were given up ([`NodeEvent::RouteFailed`]).
+    pub routes_failed: u64,
+    /// Nodes that entered this node's routing state ([`NodeEvent::NodeJoined`]).
+    pub nodes_joined: u64,
+    /// Nodes that left this node's leaf set ([`NodeEvent::NodeLeft`]).
+    pub nodes_left: u64,
+    /// Links this node dialled that failed, by reason.
+    pub dial_failures: LinkFailures,
+    /// Links other nodes dialled that failed in the handshake, by reason.
+    pub handshake_failures: LinkFailures,
+}
+
+/// How many hop counts [`NodeStats::delivered_by_hops`] tells apart.
+pub const HOP_BUCKETS: usize = 9;
+
+/// Failed link set-ups by reason, in [`NodeStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkFailures {
+    /// The other side failed this node's admission checks (not on the allow-list, another
+    /// CA, an expired certificate, a key that does not match the expected id).
+    pub not_admitted: u64,
+    /// The other side refused this node in the handshake.
+    pub refused_by_peer: u64,
+    /// The handshake did not finish in time.
+    pub timeout: u64,
+    /// The pool was full of busy links.
+    pub too_many_connections: u64,
+    /// Anything else (a broken handshake, an address that cannot be dialled).
+    pub other: u64,
+}
+
+/// The counters behind a [`LinkFailures`].
+#[derive(Default)]
+struct LinkFailureCounters {
+    not_admitted: AtomicU64,
+    refused_by_peer: AtomicU64,
+    timeout: AtomicU64,
+    too_many_connections: AtomicU64,
+    other: AtomicU64,
+}
+
+impl LinkFailureCounters {
+    fn count(&self, error: &crate::transport::ConnectError) {
+        use crate::transport::ConnectError;
+        bump(match error {
+            ConnectError::Auth(_) => &self.not_admitted,
+            ConnectError::RefusedByPeer(_) => &self.refused_by_peer,
+            ConnectError::Timeout(_) => &self.timeout,
+            ConnectError::TooManyConnections { .. } => &self.too_many_connections,
+            _ => &self.other,
+        });
+    }
+
+    fn snapshot(&self) -> LinkFailures {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LinkFailures {
+            not_admitted: get(&self.not_admitted),
+            refused_by_peer: get(&self.refused_by_peer),
+            timeout: get(&self.timeout),
+            too_many_connections: get(&self.too_many_connections),
+            other: get(&self.other),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -278,6 +346,13 @@ struct Counters {
     events_dropped: AtomicU64,
     send_failures: AtomicU64,
     frames_rejected: AtomicU64,
+    delivered_by_hops: [AtomicU64; HOP_BUCKETS],
+    delivered_hops_sum: AtomicU64,
+    routes_failed: AtomicU64,
+    nodes_joined: AtomicU64,
+    nodes_left: AtomicU64,
+    dial_failures: LinkFailureCounters,
+    handshake_failures: LinkFailureCounters,
 }
 
 impl Counters {
@@ -292,7 +367,22 @@ impl Counters {
             events_dropped: get(&self.events_dropped),
             send_failures: get(&self.send_failures),
             frames_rejected: get(&self.frames_rejected),
+            delivered_by_hops: std::array::from_fn(|i| get(&self.delivered_by_hops[i])),
+            delivered_hops_sum: get(&self.delivered_hops_sum),
+            routes_failed: get(&self.routes_failed),
+            nodes_joined: get(&self.nodes_joined),
+            nodes_left: get(&self.nodes_left),
+            dial_failures: self.dial_failures.snapshot(),
+            handshake_failures: self.handshake_failures.snapshot(),
         }
+    }
+
+    /// Counts a delivery's hops (the delivery itself is counted in `delivered`).
+    fn delivered_after(&self, hops: u8) {
+        let bucket = usize::from(hops).min(HOP_BUCKETS - 1);
+        bump(&self.delivered_by_hops[bucket]);
+        self.delivered_hops_sum
+            .fetch_add(u64::from(hops), Ordering::Relaxed);
     }
 }
 
@@ -330,6 +420,9 @@ pub struct ConnectionStatus {
     pub packets_sent: u64,
     /// UDP datagrams received.
     pub packets_received: u64,
+    /// Milliseconds since the link last carried a stream (noticed at the pool's periodic
+    /// looks, so it may lag by a fraction of the idle-link timeout).
+    pub idle_ms: u64,
 }
 
 /// A snapshot of a node's routing state and links.
