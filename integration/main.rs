@@ -12,6 +12,7 @@ mod auth;
 mod bench_all;
 mod bench_link;
 mod chat;
+mod cli_admin;
 mod cli_identity;
 mod cli_node;
 mod cluster;

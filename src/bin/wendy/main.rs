@@ -5,12 +5,14 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod admin;
 mod bench;
 mod ca;
 mod demo;
 mod keys;
 mod node;
 mod sim;
+mod status;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,38 @@ use wendy::node::NodeConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    logging: LogArgs,
+}
+
+/// Log options, valid before or after the command (`wendy -v node ...`, `wendy node -v ...`).
+#[derive(Debug, clap::Args)]
+struct LogArgs {
+    /// Log more: -v info, -vv debug, -vvv trace (default: warnings and errors). RUST_LOG, when
+    /// set, overrides this (e.g. RUST_LOG=wendy=debug,quinn=warn).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Log less: -q errors only, -qq nothing (`wendy sim -q` also leaves out its progress).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+    /// Log line format on stderr: `text` or `json` (one object per line).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for journald, Loki, Elasticsearch).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,25 +77,28 @@ enum Command {
     Sim(sim::SimArgs),
     /// Run one node: join an overlay, take commands on stdin, print events on stdout.
     Node(node::NodeArgs),
+    /// Show a running node's peers, links and services (from its `--admin` endpoint).
+    Status(status::StatusArgs),
 }
 
 /// The error every command returns; printed as one line.
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    init_logging(&cli.logging);
     let result: CmdResult = match cli.command {
         Command::Keygen(args) => keys::keygen(args),
         Command::Id(args) => keys::id(args),
         Command::Ca(cmd) => ca::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Sim(args) => sim::run(args),
+        Command::Sim(args) => sim::run(args, cli.logging.quiet > 0),
         Command::Node(args) => node::run(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,15 +119,31 @@ fn node_config() -> NodeConfig {
     config
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+/// Logs go to stderr at the level of `-v` / `-q` (default `warn`), or as `RUST_LOG` says when
+/// it is set.
+fn init_logging(args: &LogArgs) {
+    let level = match (args.verbose, args.quiet) {
+        (0, 0) => "warn",
+        (1, _) => "info",
+        (2, _) => "debug",
+        (v, _) if v >= 3 => "trace",
+        (_, 1) => "error",
+        _ => "off",
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }
 
 /// Prints help/version as clap does, and a usage error as a single line.

@@ -15,7 +15,7 @@ mod output;
 mod trust;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -25,11 +25,13 @@ use wendy::mesh::Mesh;
 use wendy::node::{Node, NodeError, NodeEvent};
 use wendy::transport::BindError;
 
+use crate::admin::{AdminState, BoundAdmin, CertificateInfo, Observed};
 use crate::CmdResult;
 use commands::StdinCommand;
 pub(crate) use config::NodeArgs;
 use config::{EventFormat, NodeOptions};
-use output::{Out, Printer, StatusOut};
+pub(crate) use output::StatusOut;
+use output::{Out, Printer};
 
 /// Runs `wendy node` until it leaves; errors are one line for `main` to print.
 pub(crate) fn run(args: NodeArgs) -> CmdResult {
@@ -69,8 +71,19 @@ impl Signals {
 
 async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     let printer = Printer::new(options.events);
+    let started = (Instant::now(), SystemTime::now());
     let mut signals = Signals::install()?;
     let bootstrap = resolve_join(&options.join).await?;
+    // Bound before the node starts: a taken port or a missing token stops it before it joins.
+    let admin = match &options.admin {
+        Some(admin) => Some(
+            BoundAdmin::bind(admin)
+                .await
+                .map_err(|message| fatal(printer, options.events, message))?,
+        ),
+        None => None,
+    };
+    let certificate = certificate_info(&trust, &options);
     let identity = trust.identity.clone();
     let mut builder = Node::builder(trust.identity)
         .listen(options.listen)
@@ -100,6 +113,24 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         id: me.to_string(),
         addr: node.addr().to_string(),
     });
+    let observed = Observed::default();
+    if let Some(admin) = admin {
+        let addr = admin.local_addr()?;
+        admin.serve(AdminState {
+            node: node.clone(),
+            mesh: mesh.clone(),
+            listen: options.listen,
+            started: started.0,
+            started_at: started.1,
+            certificate,
+            observed: observed.clone(),
+            output_dropped: output::dropped_lines,
+        });
+        tracing::info!(%addr, "admin endpoint: http://{addr}/");
+        printer.print(&Out::Admin {
+            addr: addr.to_string(),
+        });
+    }
 
     // Join, printing the events that arrive meanwhile (the `joined` event among them).
     let mut saw_joined = false;
@@ -112,7 +143,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
                 event = events.recv() => match event {
                     Some(event) => {
                         saw_joined |= matches!(event, NodeEvent::Joined { .. });
-                        on_event(me, event, printer);
+                        on_event(me, event, printer, &observed);
                     }
                     None => break Err("the node stopped while joining".to_owned()),
                 },
@@ -134,7 +165,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         let wait = async {
             while let Some(event) = events.recv().await {
                 let joined = matches!(event, NodeEvent::Joined { .. });
-                on_event(me, event, printer);
+                on_event(me, event, printer, &observed);
                 if joined {
                     break;
                 }
@@ -163,7 +194,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
                 None => stdin_open = false,
             },
             event = events.recv() => match event {
-                Some(event) => on_event(me, event, printer),
+                Some(event) => on_event(me, event, printer, &observed),
                 None => {
                     let message = "the node stopped unexpectedly".to_owned();
                     return Err(fatal(printer, options.events, message));
@@ -194,7 +225,11 @@ fn fatal(printer: Printer, format: EventFormat, message: String) -> Box<dyn std:
     message.into()
 }
 
-fn on_event(me: NodeId, event: NodeEvent, printer: Printer) {
+fn on_event(me: NodeId, event: NodeEvent, printer: Printer, observed: &Observed) {
+    match &event {
+        NodeEvent::Heartbeat { from } | NodeEvent::Direct { from, .. } => observed.heard(*from),
+        _ => {}
+    }
     if let Some(out) = Out::from_event(me, &event) {
         printer.print(&out);
     }
@@ -264,6 +299,26 @@ async fn on_command(mesh: &Mesh, command: StdinCommand, printer: Printer) {
         },
         // Handled by the run loop (it ends the loop).
         StdinCommand::Leave => {}
+    }
+}
+
+/// The node's certificate for the admin endpoint: the CA-issued one, or the self-signed one the
+/// node makes as it starts (valid for `self_signed_days` from now).
+fn certificate_info(trust: &trust::Trust, options: &NodeOptions) -> CertificateInfo {
+    let self_signed = || {
+        let days = u64::from(options.config.self_signed_days);
+        CertificateInfo::new(
+            "self-signed",
+            SystemTime::now() + Duration::from_secs(days * 86_400),
+        )
+    };
+    match &trust.certificate {
+        // `trust::load` has checked the validity; it parses.
+        Some(cert) => cert.validity().map_or_else(
+            |_| self_signed(),
+            |v| CertificateInfo::new("ca", v.not_after),
+        ),
+        None => self_signed(),
     }
 }
 

@@ -82,9 +82,6 @@ pub(crate) struct SimArgs {
     /// the nearest node that qualifies (perfect proximity), to see what better tables buy.
     #[arg(long)]
     oracle_tables: bool,
-    /// Do not print progress on stderr.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 impl SimArgs {
@@ -143,12 +140,11 @@ impl SimArgs {
     }
 }
 
-/// Runs `wendy sim`.
-pub(crate) fn run(args: SimArgs) -> crate::CmdResult {
+/// Runs `wendy sim`; `quiet` (the global `-q` / `--quiet`) also leaves out the progress lines.
+pub(crate) fn run(args: SimArgs, quiet: bool) -> crate::CmdResult {
     let config = args.config()?;
     let started = Instant::now();
     let mut last = started;
-    let quiet = args.quiet;
     let mut progress = |p: &Progress| {
         if quiet || last.elapsed() < Duration::from_secs(2) {
             return;

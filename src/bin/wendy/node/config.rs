@@ -15,6 +15,8 @@ use wendy::id::NodeId;
 use wendy::mesh::{validate_name, validate_target, MeshConfig};
 use wendy::node::NodeConfig;
 
+use crate::admin::AdminOptions;
+
 /// Options of `wendy node`. Every flag can also be set in the `--config` file (same name);
 /// a flag overrides the file.
 #[derive(Debug, Args)]
@@ -56,6 +58,14 @@ pub(crate) struct NodeArgs {
     /// for each service.
     #[arg(long = "forward", value_name = "LOCAL_ADDR=NAME")]
     pub(crate) forward: Vec<String>,
+    /// Serve the admin endpoint (/metrics, /status, a status page) on this TCP address, e.g.
+    /// 127.0.0.1:8484; a non-loopback address needs --admin-token.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin: Option<SocketAddr>,
+    /// A file holding the admin endpoint's bearer token; every request but the page must then
+    /// send `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) admin_token: Option<PathBuf>,
 }
 
 /// How events are printed on stdout.
@@ -91,6 +101,16 @@ pub(crate) struct FileConfig {
     timeouts: TimeoutsTable,
     #[serde(default)]
     limits: LimitsTable,
+    #[serde(default)]
+    admin: AdminTable,
+}
+
+/// `[admin]`: the admin endpoint (`--admin`, `--admin-token`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminTable {
+    listen: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
 }
 
 /// `[mesh]`: the service registry's knobs.
@@ -153,6 +173,8 @@ pub(crate) struct NodeOptions {
     /// Services to forward: (local address, name).
     pub(crate) forward: Vec<(SocketAddr, String)>,
     pub(crate) mesh: MeshConfig,
+    /// The admin endpoint, if one is asked for.
+    pub(crate) admin: Option<AdminOptions>,
 }
 
 impl NodeOptions {
@@ -210,6 +232,18 @@ impl NodeOptions {
         };
         let forward = parse_forwards(&forward)?;
         let mesh = mesh_config(&file.mesh)?;
+        let admin_token = args.admin_token.or_else(|| in_file(file.admin.token_file));
+        let admin = match (args.admin.or(file.admin.listen), admin_token) {
+            (Some(listen), token_file) => Some(AdminOptions { listen, token_file }),
+            (None, None) => None,
+            (None, Some(path)) => {
+                return Err(format!(
+                    "--admin-token {} needs --admin ADDR (or `listen` in the config file's \
+                     [admin] table), the address to serve the admin endpoint on",
+                    path.display()
+                ))
+            }
+        };
         Ok(Self {
             listen,
             advertise: args.advertise.or(file.advertise),
@@ -223,6 +257,7 @@ impl NodeOptions {
             expose,
             forward,
             mesh,
+            admin,
         })
     }
 }
@@ -521,6 +556,45 @@ mod tests {
                 apply_tables(&mut config, &file.pastry, &file.timeouts, &file.limits).unwrap_err();
             assert!(err.contains(key) && err.contains("at least"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_admin_table_sets_the_endpoint_and_a_token_needs_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:0\"\nkey = \"k.pem\"\n[admin]\nlisten = \"127.0.0.1:8484\"\n\
+             token_file = \"token\"\n",
+        )
+        .unwrap();
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let args = |argv: &[&str]| {
+            use clap::Parser;
+            Cli::try_parse_from(std::iter::once("node").chain(argv.iter().copied()))
+                .unwrap()
+                .node
+        };
+        let file = path.to_str().unwrap();
+        let options = NodeOptions::resolve(args(&["--config", file])).unwrap();
+        let admin = options.admin.unwrap();
+        assert_eq!(admin.listen, "127.0.0.1:8484".parse().unwrap());
+        assert_eq!(admin.token_file.unwrap(), dir.path().join("token"));
+
+        let no_admin = args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            "k.pem",
+            "--admin-token",
+            "t",
+        ]);
+        let err = NodeOptions::resolve(no_admin).unwrap_err();
+        assert!(err.contains("needs --admin ADDR"), "{err}");
     }
 
     #[test]

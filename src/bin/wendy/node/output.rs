@@ -65,6 +65,8 @@ pub(crate) enum Out {
     },
     /// The answer to `status`.
     Status(Box<StatusOut>),
+    /// The admin endpoint (`--admin`) serves at `addr`.
+    Admin { addr: String },
 }
 
 /// The `status` object: `id`, `addr`, `leaf_set`, `routing_table`, `connections`, and more.
@@ -269,6 +271,7 @@ impl Out {
                 format!("forwarding {listen} to service {name:?}")
             }
             Self::Left { id } => format!("left the overlay ({id}); exiting"),
+            Self::Admin { addr } => format!("admin endpoint on http://{addr}/"),
             Self::Error { message, .. } => format!("error: {message}"),
             // `status` is JSON in both formats: it is meant for tools and `jq`.
             Self::Status(_) => return serde_json::to_string(self).ok(),
@@ -383,6 +386,11 @@ impl Printer {
             );
         }
     }
+}
+
+/// Output lines dropped so far because stdout was not read.
+pub(crate) fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
 }
 
 /// Replaces control characters (escape sequences, carriage returns, ...) with U+FFFD.
