@@ -19,6 +19,7 @@ mod cluster;
 mod cluster_closed;
 mod cluster_failure;
 mod cluster_proximity;
+mod hostile;
 mod mesh;
 mod sim;
 mod transport;

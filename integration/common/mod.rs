@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod hostile;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -206,6 +206,35 @@ impl NodeProc {
 }
 
 impl NodeProc {
+    /// The next line before `until` (kept in `seen` too); `None` when time runs out or the
+    /// output ends. Unlike [`Self::receive`], running out of time is an expected outcome.
+    pub fn try_receive(&mut self, until: Instant) -> Option<Value> {
+        let left = until.saturating_duration_since(Instant::now());
+        let line = self.lines.recv_timeout(left).ok()?;
+        let value: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{}: stdout line is not JSON ({e}): {line:?}", self.name));
+        self.seen.push(value.clone());
+        Some(value)
+    }
+
+    /// Reads every line the node prints until `until`, or until its output ends.
+    pub fn gather(&mut self, until: Instant) {
+        while self.try_receive(until).is_some() {}
+    }
+
+    /// Waits until `until` for a line satisfying `pred`, including lines already seen.
+    pub fn wait_for(&mut self, until: Instant, pred: impl Fn(&Value) -> bool) -> bool {
+        if self.seen.iter().any(&pred) {
+            return true;
+        }
+        while let Some(value) = self.try_receive(until) {
+            if pred(&value) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Whether the node printed event `name` at any time so far.
     pub fn printed(&self, name: &str) -> bool {
         self.seen.iter().any(|v| v["event"] == name)
