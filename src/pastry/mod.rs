@@ -117,6 +117,7 @@
 //! reason; `docs/sim-findings.md` records what the simulator showed about the protocol while it
 //! was built (problems, fixes tried, the numbers of the time).
 
+mod candidates;
 mod config;
 mod custody;
 mod join;
@@ -133,6 +134,7 @@ mod state;
 mod stats;
 mod time;
 mod timers;
+mod validate;
 
 #[cfg(all(test, feature = "sim"))]
 mod harness;
@@ -148,3 +150,4 @@ pub use routing_table::{Insertion, RoutingTable, Slot};
 pub use state::Pastry;
 pub use stats::{Counter, Stats};
 pub use time::Time;
+pub use validate::Misbehaviour;
