@@ -50,8 +50,8 @@
 //! ```
 //!
 //! The core's code is split by sub-protocol: `state` (the struct and its entry points),
-//! `routing`, `custody`, `join`, `membership`, `liveness`, `maintenance`, `timers`, `config`,
-//! `stats` and `output`.
+//! `routing`, `custody`, `join`, `membership`, `candidates`, `validate`, `liveness`,
+//! `maintenance`, `timers`, `config`, `stats` and `output`.
 //!
 //! # What this module owns
 //!
@@ -87,6 +87,13 @@
 //!   lacks is probed too, so far members learn of failures. Second-hand candidates are
 //!   probed before admission, and only as many as the holes need. A short side asks its
 //!   farthest member (a probe: the reply carries its leaf set).
+//! * **Nothing a peer says is believed on its word.** A notice never removes a node by
+//!   itself: a receiver that heard from the node within a probe timeout keeps it, any other
+//!   probes it and drops it only if its own probe fails. Every peer list is checked against
+//!   the shape of the structure it describes before use; a misshapen one is ignored and
+//!   reported ([`Event::Misbehaved`], [`Misbehaviour`]). Whatever one message names yields a
+//!   bounded number of measurements and probes, with node-wide and per-peer caps on those in
+//!   flight (`candidates`).
 //! * **Routing-table maintenance.** An entry found unresponsive is dropped at once and its
 //!   row asked of another entry of the row (lazy repair). Every `maintenance_period` a node
 //!   asks a random entry of a row for its row, alternating between improving proximity
