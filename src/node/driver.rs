@@ -704,6 +704,12 @@ impl<L: Links> Driver<L> {
                 warn!(id, %key, "routed message given up");
                 self.emit(NodeEvent::RouteFailed { id, key });
             }
+            Event::Misbehaved { peer, reason } => {
+                warn!(%peer, %reason, "peer misbehaved");
+                self.emit(NodeEvent::Error(format!(
+                    "peer {peer} misbehaved: {reason}"
+                )));
+            }
         }
     }
 

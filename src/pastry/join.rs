@@ -188,13 +188,12 @@ impl Pastry {
             return;
         }
         self.consider(now, from, true);
-        for peer in rows
+        let named: Vec<PeerInfo> = rows
             .into_iter()
             .flat_map(|(_, peers)| peers)
             .chain(neighbourhood)
-        {
-            self.consider(now, peer, true);
-        }
+            .collect();
+        self.consider_named(now, from.id, &named, true);
         let Some(leaf_set) = leaf_set else {
             return;
         };

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::id::{Key, NodeId};
 
-use super::{PeerInfo, Slot};
+use super::{PeerInfo, Slot, Time};
 
 /// The leaf set a node with id `me` should hold among `population` (which may include `me`):
 /// the `half` nearest ids walking clockwise and the `half` nearest walking counter-clockwise,
@@ -216,7 +216,7 @@ impl LeafSet {
                 .find(|s| s.peer.id == peer.id)
             {
                 if rtt.is_some() {
-                    *slot = Slot::new(peer, rtt);
+                    *slot = slot.refreshed(Slot::new(peer, rtt));
                 }
                 continue;
             }
@@ -251,6 +251,15 @@ impl LeafSet {
             }
         }
         removed
+    }
+
+    /// Records that a message from member `id` arrived at `now`.
+    pub(crate) fn mark_heard(&mut self, id: NodeId, now: Time) {
+        for slot in self.left.iter_mut().chain(self.right.iter_mut()) {
+            if slot.peer.id == id {
+                slot.mark_heard(now);
+            }
+        }
     }
 
     /// Whether `id` is a member (either side).

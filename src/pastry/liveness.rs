@@ -1,7 +1,6 @@
 //! Liveness: probes (of suspected members and of candidates), heartbeats to the two immediate
 //! neighbours, the watch on them, and the RTT-based timeouts.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::state::Pastry;
@@ -26,6 +25,10 @@ pub(super) struct PendingProbe {
     pub(super) deadline: Time,
     pub(super) retries_left: u8,
     pub(super) kind: ProbeKind,
+    /// Set when a failure notice started (or joined) this probe: who its sender says it told.
+    /// If the probe fails, the news spreads as a received notice would (only to the members
+    /// the sender did not tell), not as a new detection.
+    pub(super) notice: Option<Vec<NodeId>>,
 }
 
 pub(super) const RTT_CACHE: usize = 16;
@@ -55,14 +58,14 @@ impl Pastry {
             leaf_set: self.leaf_set.peers(),
         };
         self.send(from, reply);
-        self.merge_candidates(now, leaf_set);
+        self.merge_candidates(now, from.id, leaf_set);
     }
 
     /// A [`Message::Heartbeat`] from `from`, one of our immediate neighbours.
     pub(super) fn on_heartbeat(&mut self, now: Time, from: PeerInfo, leaf_set: &[PeerInfo]) {
         if self.is_active() {
             self.add_live(now, from, false);
-            self.merge_candidates(now, leaf_set);
+            self.merge_candidates(now, from.id, leaf_set);
             self.check_against(now, from, leaf_set);
         }
     }
@@ -86,7 +89,7 @@ impl Pastry {
         if active {
             self.add_live(now, from, false);
         }
-        self.merge_candidates(now, leaf_set);
+        self.merge_candidates(now, from.id, leaf_set);
         if active && self.is_active() {
             self.check_against(now, from, leaf_set);
         }
@@ -119,7 +122,26 @@ impl Pastry {
         }
     }
 
+    /// Records that a message from `id` arrived at `now` in whichever structures hold it.
+    pub(super) fn mark_heard(&mut self, now: Time, id: NodeId) {
+        self.leaf_set.mark_heard(id, now);
+        self.table.mark_heard(id, now);
+        self.neighbourhood.mark_heard(id, now);
+    }
+
+    /// Whether a message from `id` arrived within `window` of `now` (as far as the structures
+    /// holding it recorded).
+    pub(super) fn heard_within(&self, now: Time, id: NodeId, window: Duration) -> bool {
+        let since = Time::from_micros(now.as_micros().saturating_sub(window.as_micros() as u64));
+        self.leaf_set
+            .get(id)
+            .or_else(|| self.table.find(id))
+            .or_else(|| self.neighbourhood.iter().find(|s| s.peer.id == id))
+            .is_some_and(|slot| slot.heard_since(since))
+    }
+
     pub(super) fn heard_from(&mut self, now: Time, id: NodeId) {
+        self.mark_heard(now, id);
         for side in [Side::Left, Side::Right] {
             if self.watch[side as usize] == Some(id) {
                 self.timers
@@ -166,7 +188,19 @@ impl Pastry {
         }
         match kind {
             ProbeKind::Member | ProbeKind::Verify => self.stats.suspect_probes += 1,
-            ProbeKind::Candidate => self.stats.candidate_probes += 1,
+            ProbeKind::Candidate => {
+                // Candidates are hearsay: their probes in flight are capped node-wide.
+                let in_flight = self
+                    .probes
+                    .iter()
+                    .filter(|p| p.kind == ProbeKind::Candidate)
+                    .count();
+                if in_flight >= 2 * self.config.leaf_set_size {
+                    self.stats.candidates_dropped += 1;
+                    return;
+                }
+                self.stats.candidate_probes += 1;
+            }
         }
         let retries_left = match kind {
             ProbeKind::Member | ProbeKind::Verify => self.config.probe_retries,
@@ -178,6 +212,7 @@ impl Pastry {
             deadline: now + self.hop_timeout(peer.id, self.config.probe_timeout),
             retries_left,
             kind,
+            notice: None,
         });
         self.send_probe(peer);
     }
@@ -255,17 +290,21 @@ impl Pastry {
                 resend.push(p.peer);
                 true
             } else {
-                failed.push((p.peer, p.kind));
+                failed.push((p.peer, p.kind, p.notice.take()));
                 false
             }
         });
         for peer in resend {
             self.send_probe(peer);
         }
-        for (peer, kind) in failed {
-            match kind {
-                ProbeKind::Member | ProbeKind::Verify => self.declare_dead(now, peer),
-                ProbeKind::Candidate => self.note_dead(now, peer.id),
+        for (peer, kind, notice) in failed {
+            match (kind, notice) {
+                (ProbeKind::Member | ProbeKind::Verify, Some(told)) => {
+                    // Our own probe confirms the notice.
+                    self.forget_dead(now, peer.id, false, &told);
+                }
+                (ProbeKind::Member | ProbeKind::Verify, None) => self.declare_dead(now, peer),
+                (ProbeKind::Candidate, _) => self.note_dead(now, peer.id),
             }
         }
     }
@@ -310,10 +349,6 @@ impl Pastry {
         }
         let horizon = self.config.probe_period * 4;
         self.dead.retain(|(_, when)| now < *when + horizon);
-        self.measuring.retain(|_, asked| now < *asked + horizon);
-        if self.measuring.is_empty() {
-            self.measuring = HashMap::new();
-        }
         self.in_flight.shrink_to(8);
         self.probes.shrink_to(8);
     }

@@ -60,9 +60,7 @@ impl Pastry {
             None => false,
         };
         self.consider(now, from, improve);
-        for peer in entries {
-            self.consider(now, peer, improve);
-        }
+        self.consider_named(now, from.id, &entries, improve);
     }
 
     /// Fills a routing-table hole as soon as routing meets it: when the slot for `key` is empty

@@ -7,13 +7,17 @@ use crate::id::NodeId;
 
 use super::liveness::ProbeKind;
 use super::state::{Pastry, Phase};
-use super::{Event, Message, PeerInfo, Side, Time, Transmit};
+use super::{Event, Message, PeerInfo, Side, Time};
 
 pub(super) const DEAD_MEMORY: usize = 32;
 pub(super) const ANNOUNCED_MEMORY: usize = 8;
 
 impl Pastry {
-    /// A [`Message::NodeFailed`] from `from`: `node` is dead (or, if it is us, suspected).
+    /// A [`Message::NodeFailed`] from `from`: it found `node` dead (or, if it is us, suspects
+    /// us). Not believed on its word: a node we heard from within a probe timeout is kept as
+    /// it is; otherwise we probe it ourselves (as a member: routing parks messages for its keys
+    /// meanwhile) and drop it only if our probe fails, spreading the news then as the notice
+    /// would have. The sender's leaf set is merged as candidates either way.
     pub(super) fn on_node_failed(
         &mut self,
         now: Time,
@@ -26,23 +30,44 @@ impl Pastry {
             if self.is_active() {
                 self.start_probe(now, from, ProbeKind::Member);
             }
-        } else if self.knows(node) {
-            // The sender told its own leaf set: we only tell the members it lacks.
-            let told: Vec<NodeId> = leaf_set
-                .iter()
-                .map(|p| p.id)
-                .chain(std::iter::once(from.id))
-                .collect();
-            self.forget_dead(now, node, false, &told);
+        } else if let Some(peer) = self.known_peer(node) {
+            let window = self.hop_timeout(node, self.config.probe_timeout);
+            if self.heard_within(now, node, window) {
+                // It spoke to us more recently than a probe could tell: the notice is stale
+                // or false.
+                self.stats.notices_contradicted += 1;
+            } else {
+                self.stats.notices_verified += 1;
+                // The sender told its own leaf set: if our probe confirms, we tell only the
+                // members it lacks.
+                let told: Vec<NodeId> = leaf_set
+                    .iter()
+                    .map(|p| p.id)
+                    .chain(std::iter::once(from.id))
+                    .collect();
+                self.start_probe(now, peer, ProbeKind::Member);
+                if let Some(probe) = self.probes.iter_mut().find(|p| p.peer.id == node) {
+                    probe.notice.get_or_insert(told);
+                }
+            }
         }
-        self.merge_candidates(now, leaf_set);
+        self.merge_candidates(now, from.id, leaf_set);
+    }
+
+    /// `id`'s peer info, if it is in any of the three structures.
+    pub(super) fn known_peer(&self, id: NodeId) -> Option<PeerInfo> {
+        self.leaf_set
+            .get(id)
+            .or_else(|| self.table.find(id))
+            .or_else(|| self.neighbourhood.iter().find(|s| s.peer.id == id))
+            .map(|s| s.peer)
     }
 
     /// A [`Message::Leave`] from `from`: it is gone at once.
     pub(super) fn on_leave(&mut self, now: Time, from: PeerInfo, leaf_set: &[PeerInfo]) {
         self.remove_everywhere(now, from.id);
         self.note_dead(now, from.id);
-        self.merge_candidates(now, leaf_set);
+        self.merge_candidates(now, from.id, leaf_set);
     }
 
     /// Puts `peer` (heard from directly) into the leaf set only, with the usual events.
@@ -72,35 +97,6 @@ impl Pastry {
             self.fill_as_grown();
         }
         self.consider(now, peer, improve);
-    }
-
-    /// Offers `peer` to the routing table and neighbourhood set: directly if its proximity is
-    /// known or proximity is off, otherwise after a measurement. A measurement is requested
-    /// only if the peer's slot is empty, or if `improve` (it may be nearer than the holder).
-    pub(super) fn consider(&mut self, now: Time, peer: PeerInfo, improve: bool) {
-        if peer.id == self.me.id || self.table.contains(peer.id) || self.is_dead(peer.id) {
-            return;
-        }
-        if !self.config.proximity {
-            self.offer(now, peer, None);
-            return;
-        }
-        if let Some(rtt) = self.rtt_of(peer.id) {
-            self.offer(now, peer, Some(rtt));
-            return;
-        }
-        let slot_empty = self
-            .table
-            .position(peer.id)
-            .is_some_and(|(row, column)| self.table.get(row, column).is_none());
-        if !slot_empty && !improve {
-            return;
-        }
-        if let std::collections::hash_map::Entry::Vacant(entry) = self.measuring.entry(peer.id) {
-            entry.insert(now);
-            self.stats.measures += 1;
-            self.transmits.push_back(Transmit::Measure { peer });
-        }
     }
 
     pub(super) fn offer(&mut self, now: Time, peer: PeerInfo, rtt: Option<Duration>) {
@@ -186,16 +182,15 @@ impl Pastry {
         (2.0 * half as f64) * 2f64.powi(128) / span
     }
 
-    /// Probes second-hand leaf-set candidates that would enter our leaf set.
-    pub(super) fn merge_candidates(&mut self, now: Time, peers: &[PeerInfo]) {
+    /// Probes second-hand leaf-set candidates, named by `source`, that would enter our leaf
+    /// set.
+    pub(super) fn merge_candidates(&mut self, now: Time, source: NodeId, peers: &[PeerInfo]) {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
         if self.is_active() {
             // Leaf sets of nearby nodes also fill empty routing-table slots of the deepest rows.
-            for peer in peers {
-                self.consider(now, *peer, false);
-            }
+            self.consider_named(now, source, peers, false);
         }
         let fits = |this: &Self, peer: &PeerInfo| {
             peer.id != this.me.id
@@ -232,7 +227,7 @@ impl Pastry {
         let was_leaf = self.leaf_set.remove(id);
         self.table.remove(id);
         self.neighbourhood.remove(id);
-        self.measuring.remove(&id);
+        self.take_measuring(id);
         self.probes.retain(|p| p.peer.id != id);
         for f in &mut self.in_flight {
             if f.next.id == id {

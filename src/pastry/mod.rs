@@ -50,8 +50,8 @@
 //! ```
 //!
 //! The core's code is split by sub-protocol: `state` (the struct and its entry points),
-//! `routing`, `custody`, `join`, `membership`, `liveness`, `maintenance`, `timers`, `config`,
-//! `stats` and `output`.
+//! `routing`, `custody`, `join`, `membership`, `candidates`, `validate`, `liveness`,
+//! `maintenance`, `timers`, `config`, `stats` and `output`.
 //!
 //! # What this module owns
 //!
@@ -87,6 +87,13 @@
 //!   lacks is probed too, so far members learn of failures. Second-hand candidates are
 //!   probed before admission, and only as many as the holes need. A short side asks its
 //!   farthest member (a probe: the reply carries its leaf set).
+//! * **Nothing a peer says is believed on its word.** A notice never removes a node by
+//!   itself: a receiver that heard from the node within a probe timeout keeps it, any other
+//!   probes it and drops it only if its own probe fails. Every peer list is checked against
+//!   the shape of the structure it describes before use; a misshapen one is ignored and
+//!   reported ([`Event::Misbehaved`], [`Misbehaviour`]). Whatever one message names yields a
+//!   bounded number of measurements and probes, with node-wide and per-peer caps on those in
+//!   flight (`candidates`).
 //! * **Routing-table maintenance.** An entry found unresponsive is dropped at once and its
 //!   row asked of another entry of the row (lazy repair). Every `maintenance_period` a node
 //!   asks a random entry of a row for its row, alternating between improving proximity
@@ -117,6 +124,7 @@
 //! reason; `docs/sim-findings.md` records what the simulator showed about the protocol while it
 //! was built (problems, fixes tried, the numbers of the time).
 
+mod candidates;
 mod config;
 mod custody;
 mod join;
@@ -133,6 +141,7 @@ mod state;
 mod stats;
 mod time;
 mod timers;
+mod validate;
 
 #[cfg(all(test, feature = "sim"))]
 mod harness;
@@ -148,3 +157,4 @@ pub use routing_table::{Insertion, RoutingTable, Slot};
 pub use state::Pastry;
 pub use stats::{Counter, Stats};
 pub use time::Time;
+pub use validate::Misbehaviour;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::id::NodeId;
 
-use super::{PeerInfo, Slot};
+use super::{PeerInfo, Slot, Time};
 
 /// The `M` measured peers nearest to this node by round-trip time, nearest first.
 ///
@@ -27,10 +27,10 @@ impl NeighbourhoodSet {
 
     /// Offers a measured peer; returns whether the set changed membership.
     pub fn insert(&mut self, peer: PeerInfo, rtt: Duration) -> bool {
-        let new = Slot::new(peer, Some(rtt));
+        let mut new = Slot::new(peer, Some(rtt));
         let existed = match self.slots.iter().position(|s| s.peer.id == peer.id) {
             Some(index) => {
-                self.slots.remove(index);
+                new = self.slots.remove(index).refreshed(new);
                 true
             }
             None => false,
@@ -53,6 +53,13 @@ impl NeighbourhoodSet {
         let before = self.slots.len();
         self.slots.retain(|s| s.peer.id != id);
         self.slots.len() != before
+    }
+
+    /// Records that a message from `id` arrived at `now`, if it is in the set.
+    pub(crate) fn mark_heard(&mut self, id: NodeId, now: Time) {
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.peer.id == id) {
+            slot.mark_heard(now);
+        }
     }
 
     /// Whether `id` is in the set.

@@ -4,7 +4,7 @@
 
 use crate::id::{Key, NodeId};
 
-use super::{Message, PeerInfo};
+use super::{Message, Misbehaviour, PeerInfo};
 
 #[cfg(doc)]
 use super::{Config, Pastry, Stats};
@@ -78,6 +78,15 @@ pub enum Event {
     NodeJoined(NodeId),
     /// A node left this node's leaf set because it died or left gracefully.
     NodeLeft(NodeId),
+    /// `peer` sent a message that breaks the protocol's rules (a peer list longer than the
+    /// structure it describes, a repeated or misplaced id, a row entry in the wrong row). The
+    /// offending part was not used; see [`Misbehaviour`] for what else was still handled.
+    Misbehaved {
+        /// The authenticated sender.
+        peer: NodeId,
+        /// What was wrong.
+        reason: Misbehaviour,
+    },
     /// A message this node originated was given up (here) after
     /// [`Config::max_route_attempts`] attempts or [`Config::max_hops`] hops. Messages of other
     /// origins given up here are only counted ([`Stats::routes_failed`]).

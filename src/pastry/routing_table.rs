@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use crate::id::{NodeId, DIGITS, DIGIT_VALUES};
 
-use super::PeerInfo;
+use super::{PeerInfo, Time};
 
 /// Stored proximity meaning "not measured".
 const UNKNOWN_RTT: u32 = u32::MAX;
+/// Stored last-heard time meaning "never heard from directly".
+const NEVER_HEARD: u64 = u64::MAX;
 
 /// One entry of a routing structure: a peer and its proximity (round-trip time), if measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,9 @@ pub struct Slot {
     /// Round-trip time in microseconds; `u32::MAX` when unmeasured. Kept small on purpose:
     /// the simulator holds 100,000 nodes' tables.
     rtt_us: u32,
+    /// When this node last got a message from the peer (microseconds of [`Time`]);
+    /// `u64::MAX` when never. It fits the padding after `rtt_us`: the slot stays 64 bytes.
+    heard_us: u64,
 }
 
 impl Slot {
@@ -26,6 +31,25 @@ impl Slot {
         Self {
             peer,
             rtt_us: rtt.map_or(UNKNOWN_RTT, rtt_micros),
+            heard_us: NEVER_HEARD,
+        }
+    }
+
+    /// Whether a message from the peer arrived at `since` or later.
+    pub(crate) fn heard_since(&self, since: Time) -> bool {
+        self.heard_us != NEVER_HEARD && self.heard_us >= since.as_micros()
+    }
+
+    /// Records that a message from the peer arrived at `now`.
+    pub(crate) fn mark_heard(&mut self, now: Time) {
+        self.heard_us = now.as_micros();
+    }
+
+    /// This slot's peer and proximity replaced by `new`'s, keeping when it was last heard.
+    pub(crate) fn refreshed(self, new: Self) -> Self {
+        Self {
+            heard_us: self.heard_us,
+            ..new
         }
     }
 
@@ -179,7 +203,7 @@ impl RoutingTable {
             }
             Some(slot) if slot.peer.id == peer.id => {
                 if rtt.is_some() {
-                    *slot = new;
+                    *slot = slot.refreshed(new);
                 } else {
                     slot.peer = peer;
                 }
@@ -191,6 +215,20 @@ impl RoutingTable {
                 Insertion::Replaced(old)
             }
             Some(_) => Insertion::Rejected,
+        }
+    }
+
+    /// Records that a message from `id` arrived at `now`, if it holds a slot.
+    pub(crate) fn mark_heard(&mut self, id: NodeId, now: Time) {
+        let Some((row, _)) = self.position(id) else {
+            return;
+        };
+        if let Some(slot) = self
+            .rows
+            .get_mut(row)
+            .and_then(|slots| slots.iter_mut().find(|s| s.peer.id == id))
+        {
+            slot.mark_heard(now);
         }
     }
 
@@ -254,6 +292,23 @@ mod tests {
         assert!(!table.contains(b.id));
         assert_eq!(table.remove(b.id), None);
         assert_eq!(table.insert(peer(ME), None, 0.1), Insertion::Rejected);
+    }
+
+    #[test]
+    fn a_slot_stays_64_bytes_and_keeps_when_it_was_heard() {
+        // 100,000 simulated nodes hold about 100 slots each: the last-heard time must not
+        // grow them.
+        assert!(std::mem::size_of::<Slot>() <= 64);
+        let me: NodeId = ME.parse().unwrap();
+        let mut table = RoutingTable::new(me);
+        let a = peer("f0000000000000000000000000000000");
+        table.insert(a, None, 0.1);
+        assert!(!table.find(a.id).unwrap().heard_since(Time::ZERO));
+        table.mark_heard(a.id, Time::from_millis(5000));
+        table.insert(a, Some(Duration::from_millis(30)), 0.1);
+        let slot = table.find(a.id).unwrap();
+        assert!(slot.heard_since(Time::from_millis(5000)));
+        assert!(!slot.heard_since(Time::from_millis(5001)));
     }
 
     #[test]

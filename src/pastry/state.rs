@@ -1,7 +1,7 @@
 //! `Pastry` itself: the state of one node, its constructor and accessors, and the entry points
 //! (commands, `handle_*`, `poll_*`). The sub-protocols live in their own modules.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::id::{Key, NodeId, DIGITS};
 
+use super::candidates::{Measuring, Queued};
 use super::custody::InFlight;
 use super::join::{JoinMsg, Joining};
 use super::liveness::{PendingProbe, ProbeKind, RTT_CACHE};
@@ -67,8 +68,10 @@ pub struct Pastry {
     pub(super) probes: Vec<PendingProbe>,
     /// Recently dead nodes: not re-admitted from second-hand leaf sets for a while.
     pub(super) dead: VecDeque<(NodeId, Time)>,
-    /// Peers we asked the driver to measure.
-    pub(super) measuring: HashMap<NodeId, Time>,
+    /// Peers we asked the driver to measure (bounded: see `candidates`).
+    pub(super) measuring: Vec<Measuring>,
+    /// Candidates waiting for a measurement (bounded: see `candidates`).
+    pub(super) measure_queue: VecDeque<Queued>,
     /// Immediate neighbours (left, right), watched for silence ([`Timer::WatchLeft`],
     /// [`Timer::WatchRight`]).
     pub(super) watch: [Option<NodeId>; 2],
@@ -117,7 +120,8 @@ impl Pastry {
             delivered: VecDeque::new(),
             probes: Vec::new(),
             dead: VecDeque::new(),
-            measuring: HashMap::new(),
+            measuring: Vec::new(),
+            measure_queue: VecDeque::new(),
             watch: [None, None],
             timers: TimerTable::default(),
             maintenance_row: 0,
@@ -299,6 +303,7 @@ impl Pastry {
         self.parked.clear();
         self.probes.clear();
         self.measuring.clear();
+        self.measure_queue.clear();
     }
 
     /// Answers an [`Event::Forward`].
@@ -333,6 +338,9 @@ impl Pastry {
             return;
         }
         self.heard_from(now, from.id);
+        let Some(msg) = self.screen(from, msg) else {
+            return;
+        };
         match msg {
             Message::Join {
                 id,
@@ -396,6 +404,8 @@ impl Pastry {
             }
             Message::Leave { leaf_set } => self.on_leave(now, from, &leaf_set),
         }
+        // The sender may have just entered our state.
+        self.mark_heard(now, from.id);
         self.check_join_complete(now);
         self.retry_parked(now);
     }
@@ -406,8 +416,12 @@ impl Pastry {
         if matches!(self.phase, Phase::Idle | Phase::Left) || peer.id == self.me.id {
             return;
         }
-        let requested = self.measuring.remove(&peer.id).is_some();
+        let requested = self.take_measuring(peer.id);
+        if requested {
+            self.pump_measurements(now);
+        }
         if !requested && !self.knows(peer.id) {
+            self.sync_timers();
             return;
         }
         if self.rtt_cache.len() >= RTT_CACHE {
@@ -433,8 +447,11 @@ impl Pastry {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
-        if self.measuring.remove(&peer).is_some() && !self.knows(peer) {
-            self.note_dead(now, peer);
+        if self.take_measuring(peer) {
+            if !self.knows(peer) {
+                self.note_dead(now, peer);
+            }
+            self.pump_measurements(now);
         }
         if !self.is_active() {
             return;

@@ -51,6 +51,15 @@ pub struct Stats {
     pub suspect_probes: u64,
     /// Probes started to verify a leaf-set candidate learned second hand (or while joining).
     pub candidate_probes: u64,
+    /// Messages whose peer lists broke the protocol's rules ([`Event::Misbehaved`]).
+    pub misbehaviours: u64,
+    /// Candidates named by peers that were worth measuring or probing but were dropped: the
+    /// in-flight caps and the queue were full (the per-message bound trims lists silently).
+    pub candidates_dropped: u64,
+    /// Failure notices about a node this node had heard from within a probe timeout: ignored.
+    pub notices_contradicted: u64,
+    /// Failure notices that made this node probe the named node itself.
+    pub notices_verified: u64,
 }
 
 impl Stats {

@@ -3,9 +3,9 @@
 //! [`Pastry::handle_timeout`] runs the expired ones.
 //!
 //! Fixed timers (join, the watch on each immediate neighbour, heartbeat, maintenance) live
-//! only here. Probes and messages in custody each carry their own deadline; the table holds
-//! the earliest of each ([`Timer::Probe`], [`Timer::Custody`]), brought up to date by
-//! [`Pastry::sync_timers`] at the end of every entry point.
+//! only here. Probes, messages in custody and measurements each carry their own deadline; the
+//! table holds the earliest of each ([`Timer::Probe`], [`Timer::Custody`], [`Timer::Measure`]),
+//! brought up to date by [`Pastry::sync_timers`] at the end of every entry point.
 
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ pub(super) enum Timer {
     Probe,
     /// The earliest custody deadline: an ack, or a next hop's `done`, is due (re-route).
     Custody,
+    /// The earliest deadline of a measurement the driver has not answered (its place in the
+    /// caps is freed).
+    Measure,
     /// The left immediate neighbour has been silent for `probe_period + probe_timeout`.
     WatchLeft,
     /// The right immediate neighbour has been silent for `probe_period + probe_timeout`.
@@ -34,7 +37,7 @@ pub(super) enum Timer {
 }
 
 impl Timer {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 
     /// The watch on the immediate neighbour on `side`.
     pub(super) fn watch(side: Side) -> Self {
@@ -107,6 +110,8 @@ impl Pastry {
         self.timers.set_or_stop(Timer::Probe, probe);
         let custody = self.in_flight.iter().map(|f| f.deadline).min();
         self.timers.set_or_stop(Timer::Custody, custody);
+        let measure = self.measure_deadline();
+        self.timers.set_or_stop(Timer::Measure, measure);
     }
 
     /// Runs every timer due at `now`, in [`Timer`] order. The derived entries are brought up
@@ -123,6 +128,9 @@ impl Pastry {
         self.sync_timers();
         if self.timers.is_expired(Timer::Custody, now) {
             self.expire_in_flight(now);
+        }
+        if self.timers.is_expired(Timer::Measure, now) {
+            self.expire_measurements(now);
         }
         if !self.is_active() {
             return;
