@@ -19,5 +19,6 @@ mod cluster_closed;
 mod cluster_failure;
 mod cluster_proximity;
 mod mesh;
+mod origin;
 mod sim;
 mod transport;

@@ -51,6 +51,14 @@ pub struct Stats {
     pub suspect_probes: u64,
     /// Probes started to verify a leaf-set candidate learned second hand (or while joining).
     pub candidate_probes: u64,
+    /// Routed messages dropped on arrival because their origin could not be verified
+    /// ([`Event::OriginRejected`]).
+    pub origins_rejected: u64,
+    /// Origin signatures checked (messages from their origin itself need none).
+    pub origins_verified: u64,
+    /// Own messages sent unsigned to what this node took for the key's root, which asked for
+    /// the signature because it had to pass them on ([`Message::ProofWanted`]).
+    pub proofs_wanted: u64,
 }
 
 impl Stats {
