@@ -50,8 +50,8 @@
 //! ```
 //!
 //! The core's code is split by sub-protocol: `state` (the struct and its entry points),
-//! `routing`, `custody`, `join`, `membership`, `liveness`, `maintenance`, `timers`, `config`,
-//! `stats` and `output`.
+//! `routing`, `custody`, `origin`, `join`, `membership`, `liveness`, `maintenance`, `timers`,
+//! `config`, `stats` and `output`.
 //!
 //! # What this module owns
 //!
@@ -101,6 +101,10 @@
 //!   `custody_timeout` otherwise, so a hop dying with a message does not lose it. A message
 //!   about to go straight back to its sender is routed around it (the two leaf sets disagree;
 //!   the sender gets ours). The root drops duplicates (a ring of recent `(origin, id)`).
+//! * **Authenticated origins.** With an [`OriginAuth`] installed ([`Pastry::set_origin_auth`];
+//!   the node runtime always does, the simulator never), a routed message carries its origin's
+//!   signature, checked on arrival by every hop that did not get it from the origin itself,
+//!   before custody, delivery and the duplicate filter; ids are random. See [`origin`].
 //! * **Leave.** [`Pastry::leave`] sends [`Message::Leave`] to the leaf set; receivers drop the
 //!   node at once and report [`Event::NodeLeft`].
 //!
