@@ -21,5 +21,6 @@ mod cluster_failure;
 mod cluster_proximity;
 mod hostile;
 mod mesh;
+mod origin;
 mod sim;
 mod transport;

@@ -11,7 +11,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wendy::id::{Key, NodeId};
-use wendy::pastry::{Config, LeafSet, Message, Pastry, PeerInfo, RoutingTable, Time, Transmit};
+use wendy::pastry::{
+    Config, LeafSet, Message, OriginProof, Pastry, PeerInfo, RoutingTable, Time, Transmit,
+};
 use wendy::wire::{self, Body};
 
 fn peer(rng: &mut ChaCha8Rng) -> PeerInfo {
@@ -70,6 +72,11 @@ fn route_message(payload: usize) -> Body {
         hops: 2,
         avoid: vec![],
         payload: vec![0x5a; payload],
+        // A signed message, as the node runtime sends them.
+        proof: Some(Box::new(OriginProof {
+            public_key: [7; 32],
+            signature: [8; 64],
+        })),
     })
 }
 

@@ -30,8 +30,9 @@ pub mod envelope;
 pub use codes::{ErrorCode, PayloadKind};
 
 /// The frame format version this build writes and reads (2: routed and direct payloads are in
-/// an [`envelope`]).
-pub const VERSION: u8 = 2;
+/// an [`envelope`]; 3: a routed message carries its origin's signature, see
+/// [`crate::pastry::origin`]).
+pub const VERSION: u8 = 3;
 
 /// The default bound on an encoded frame (version byte included): 1 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
@@ -238,7 +239,8 @@ fn encoded_size_hint(body: &Body) -> usize {
     OVERHEAD
         + match body {
             Body::Direct { payload } => payload.len(),
-            Body::Pastry(pastry::Message::Route { payload, .. }) => payload.len() + 64,
+            // The fixed fields, a few avoided ids and the origin's proof (97 bytes).
+            Body::Pastry(pastry::Message::Route { payload, .. }) => payload.len() + 64 + 97,
             Body::Error { message, .. } => message.len(),
             Body::Tunnel { service } => service.len(),
             _ => 256,
@@ -412,6 +414,10 @@ mod tests {
             hops: 3,
             avoid: vec![peer(4).id],
             payload: b"hi".to_vec(),
+            proof: Some(Box::new(crate::pastry::OriginProof {
+                public_key: [7; 32],
+                signature: [8; 64],
+            })),
         });
         let frame = encode(&body).unwrap();
         assert_eq!(decode(&frame, MAX).unwrap(), body);

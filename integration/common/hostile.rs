@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use wendy::id::{Key, NodeId};
 use wendy::identity::{Identity, Validity};
-use wendy::pastry::{Message, PeerInfo};
+use wendy::pastry::{route_digest, Message, OriginProof, PeerInfo};
 use wendy::transport::{tls, Admission, TransportConfig};
 use wendy::wire::{envelope, Body, PayloadKind};
 
@@ -158,7 +158,7 @@ where
 ///
 /// `origin` is who the message claims to come from. The sender can prove only its own identity
 /// (it holds no other key), so a message whose `origin` is not `sender`'s id is a forgery, and
-/// once routes carry an origin signature it is signed with `sender`'s key, which does not match.
+/// it is signed with `sender`'s key, which does not match.
 pub fn route_message(
     sender: &Identity,
     origin: PeerInfo,
@@ -167,15 +167,22 @@ pub fn route_message(
     hops: u8,
     text: &str,
 ) -> Message {
-    // Today's format carries no proof of origin: `sender` has nothing to sign.
-    let _ = sender;
+    // The sender signs with the only key it holds: for any `origin` but its own id, the proof's
+    // key does not hash to the claimed origin.
+    let payload = envelope::wrap(PayloadKind::Application, text.as_bytes());
+    let signer = sender.origin_signer();
+    let digest = route_digest(origin.id, id, key, &payload);
     Message::Route {
         id,
         key,
         origin,
         hops,
         avoid: Vec::new(),
-        payload: envelope::wrap(PayloadKind::Application, text.as_bytes()),
+        proof: Some(Box::new(OriginProof {
+            public_key: signer.public_key(),
+            signature: signer.sign(&digest),
+        })),
+        payload,
     }
 }
 

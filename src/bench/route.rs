@@ -115,6 +115,26 @@ pub struct RouteBenchReport {
     /// measurement, ms (Linux; `None` elsewhere). Times the delivered rate, it shows whether the
     /// rate was bounded by the CPU this process got.
     pub cpu_ms_per_routed_msg: Option<f64>,
+    /// What authenticating origins costs (every node of the run signs and checks them).
+    pub auth: AuthCost,
+}
+
+/// The cost of origin authentication on this machine, measured in the same process before the
+/// cluster is built: each figure is the fastest of several batches' mean (the least disturbed
+/// by other load), in microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthCost {
+    /// The domain-separated blake3 digest of one message of the run's payload size.
+    pub digest_us: f64,
+    /// One ed25519 signature of a digest (the origin, once per message).
+    pub sign_us: f64,
+    /// One check of a known origin's signature (its decoded key cached).
+    pub verify_us: f64,
+    /// One check of a new origin's signature (hash and decode its key first).
+    pub verify_new_origin_us: f64,
+    /// Signature checks per routed message, from the random-key hop counts: a message is
+    /// checked by every hop after the first (the first hop's link proves the origin).
+    pub checks_per_routed_msg: f64,
 }
 
 /// How long any single message may take before the run is declared broken (a hang guard).
@@ -130,6 +150,8 @@ pub async fn run(
             "need at least 2 nodes, 1 sample and 8 payload bytes".into(),
         ));
     }
+    progress("route: signature costs");
+    let mut auth = auth_cost(config.size);
     // The baseline's connection is up before the cluster, so both share the process from here.
     let mut raw = RawQuinn::start(config.size).await?;
     let mut cluster = super::cluster(config.seed);
@@ -233,6 +255,13 @@ pub async fn run(
     let nodes = cluster.nodes.len();
     cluster.shutdown().await;
 
+    let (checks, routed) = by_hops.iter().fold((0usize, 0usize), |(c, n), (hops, v)| {
+        (
+            c + usize::from(hops.saturating_sub(1)) * v.len(),
+            n + v.len(),
+        )
+    });
+    auth.checks_per_routed_msg = checks as f64 / routed.max(1) as f64;
     let mut three_or_more: Vec<f64> = by_hops
         .range(3..)
         .flat_map(|(_, samples)| samples.iter().copied())
@@ -260,7 +289,74 @@ pub async fn run(
         routed_msgs_per_s_per_node: throughput / nodes as f64,
         routed_msgs_per_s: throughput,
         cpu_ms_per_routed_msg,
+        auth,
     })
+}
+
+/// Times the digest, signature and checks a routed message of `size` bytes costs.
+fn auth_cost(size: usize) -> AuthCost {
+    use crate::identity::OriginVerifier;
+    use crate::pastry::route_digest;
+    const BATCHES: usize = 5;
+    const PER_BATCH: usize = 200;
+    /// The fastest batch's mean time of `op`, in microseconds.
+    fn fastest(mut op: impl FnMut(usize)) -> f64 {
+        (0..BATCHES)
+            .map(|batch| {
+                let started = Instant::now();
+                for i in 0..PER_BATCH {
+                    op(batch * PER_BATCH + i);
+                }
+                started.elapsed().as_secs_f64() * 1e6 / PER_BATCH as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+    let identities: Vec<Identity> = (0..BATCHES * PER_BATCH)
+        .map(|i| {
+            let mut seed = [7u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            Identity::from_seed(seed)
+        })
+        .collect();
+    let signer = identities[0].origin_signer();
+    let origin = signer.node_id();
+    let payload = vec![0x5a; size];
+    let key = Key::from_u128(1);
+    let digest_us = fastest(|i| {
+        std::hint::black_box(route_digest(origin, i as u64, key, &payload));
+    });
+    let digest = route_digest(origin, 1, key, &payload);
+    let signature = signer.sign(&digest);
+    let sign_us = fastest(|_| {
+        std::hint::black_box(signer.sign(std::hint::black_box(&digest)));
+    });
+    let mut verifier = OriginVerifier::new();
+    let public_key = signer.public_key();
+    let verify_us = fastest(|_| {
+        let ok = verifier.verify(origin, &public_key, &digest, &signature);
+        std::hint::black_box(ok.is_ok());
+    });
+    // A new origin each time: its key is hashed and decoded before the check.
+    let signed: Vec<_> = identities
+        .iter()
+        .map(|identity| {
+            let signer = identity.origin_signer();
+            (signer.node_id(), signer.public_key(), signer.sign(&digest))
+        })
+        .collect();
+    let mut fresh = OriginVerifier::new();
+    let verify_new_origin_us = fastest(|i| {
+        let (origin, public_key, signature) = &signed[i];
+        let ok = fresh.verify(*origin, public_key, &digest, signature);
+        std::hint::black_box(ok.is_ok());
+    });
+    AuthCost {
+        digest_us,
+        sign_us,
+        verify_us,
+        verify_new_origin_us,
+        checks_per_routed_msg: 0.0,
+    }
 }
 
 /// One raw quinn request/response and one-way sample, timed on a runtime worker as the Wendy

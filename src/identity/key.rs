@@ -146,6 +146,11 @@ impl Identity {
         }
     }
 
+    /// The signing key, for this module's other signers.
+    pub(super) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     pub(crate) fn rcgen_signer(&self) -> RcgenSigner<'_> {
         RcgenSigner(&self.key)
     }

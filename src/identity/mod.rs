@@ -30,6 +30,7 @@ mod cert;
 mod error;
 mod files;
 mod key;
+mod origin;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_fixtures;
 
@@ -37,6 +38,7 @@ pub use ca::{MeshCa, CA_CERT_FILE, CA_KEY_FILE};
 pub use cert::{ed25519_public_key_of, node_dns_name, Certificate, Validity, NODE_DNS_SUFFIX};
 pub use error::IdentityError;
 pub use key::Identity;
+pub use origin::{OriginError, OriginSigner, OriginVerifier, VERIFIED_KEYS};
 
 /// The NodeId type this module derives from keys (re-exported for convenience).
 pub use crate::id::NodeId;

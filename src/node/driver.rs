@@ -35,7 +35,9 @@ use super::{
     NodeConfig, NodeError, NodeEvent, PeerStatus, Status,
 };
 use crate::id::{Key, NodeId};
-use crate::pastry::{self, Event, ForwardVerdict, Message, Pastry, PeerInfo, Time, Transmit};
+use crate::pastry::{
+    self, Event, ForwardVerdict, Message, OriginAuth, Pastry, PeerInfo, Time, Transmit,
+};
 use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
 use crate::transport::{ConnectError, Inbox, SendError, TransportEvent};
 use crate::wire::{envelope, Body, PayloadKind};
@@ -50,6 +52,9 @@ pub(super) struct Setup<L> {
     pub(super) events: mpsc::Sender<NodeEvent>,
     pub(super) counters: Arc<Counters>,
     pub(super) forward: Option<Arc<ForwardHook>>,
+    /// Signs and checks the origins of routed messages (the node's key); `None` runs the core
+    /// unauthenticated (unit tests whose nodes have no keys).
+    pub(super) origin_auth: Option<Box<dyn OriginAuth>>,
 }
 
 /// Results of background work, fed back into the core.
@@ -120,16 +125,20 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     let span = tracing::info_span!("node", id = %setup.me.id);
     let (internal, internal_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
+    let mut pastry = Pastry::new(
+        setup.me,
+        pastry::Config {
+            // Forwards go through the application's hook (answered at once without one).
+            intercept_forwards: true,
+            ..setup.config.pastry.clone()
+        },
+        setup.seed,
+    );
+    if let Some(auth) = setup.origin_auth {
+        pastry.set_origin_auth(auth);
+    }
     let driver = Driver {
-        pastry: Pastry::new(
-            setup.me,
-            pastry::Config {
-                // Forwards go through the application's hook (answered at once without one).
-                intercept_forwards: true,
-                ..setup.config.pastry.clone()
-            },
-            setup.seed,
-        ),
+        pastry,
         epoch: now,
         transport: setup.transport.clone(),
         events: Some(setup.events),
@@ -608,14 +617,19 @@ impl<L: Links> Driver<L> {
     /// payloads of other kinds, known or not, pass on untouched without being shown to it.
     fn on_forward(&mut self, token: u64, info: Forwarded, mut payload: Vec<u8>) {
         let key = info.key;
+        let mut modified = false;
         let action = match (&self.forward, envelope::peek(&payload)) {
             (Some(hook), Ok((PayloadKind::Application, header))) => {
                 // `payload` keeps the header (and its capacity), the hook gets the rest.
                 let mut application = payload.split_off(header);
+                // A changed payload is no longer the one its origin signed (see
+                // `ForwardVerdict::Modified`): keep the original to tell.
+                let original = application.clone();
                 // The hook runs on a transport task or the application's: a panic
                 // in it must not take that task (a link's reader) down with it.
                 let called =
                     std::panic::catch_unwind(AssertUnwindSafe(|| hook(&info, &mut application)));
+                modified = application != original;
                 payload.append(&mut application);
                 called.unwrap_or_else(|_| {
                     warn!(%key, "the forward hook panicked; message dropped");
@@ -629,6 +643,10 @@ impl<L: Links> Driver<L> {
             _ => ForwardAction::Continue,
         };
         let verdict = match action {
+            ForwardAction::Continue if modified => {
+                bump(&self.counters.forwarded);
+                ForwardVerdict::Modified(payload)
+            }
             ForwardAction::Continue => {
                 bump(&self.counters.forwarded);
                 ForwardVerdict::Continue(payload)
@@ -708,6 +726,19 @@ impl<L: Links> Driver<L> {
                 warn!(%peer, %reason, "peer misbehaved");
                 self.emit(NodeEvent::Error(format!(
                     "peer {peer} misbehaved: {reason}"
+                )));
+            }
+            Event::OriginRejected {
+                from,
+                origin,
+                id,
+                reason,
+            } => {
+                bump(&self.counters.origins_rejected);
+                warn!(%from, %origin, id, %reason, "dropped a routed message with a forged origin");
+                self.emit(NodeEvent::Error(format!(
+                    "dropped a routed message from {from} claiming origin {origin} \
+                     (id {id}): {reason}"
                 )));
             }
         }

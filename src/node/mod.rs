@@ -41,6 +41,7 @@
 mod driver;
 mod kinds;
 mod links;
+mod origin;
 #[cfg(test)]
 mod tests;
 
@@ -156,11 +157,12 @@ pub enum NodeError {
 pub struct Delivery {
     /// The key the message was routed to.
     pub key: Key,
-    /// The node that says it routed it. This is the sender's claim carried in the message: only
-    /// the last hop is authenticated (by its certificate), so sign application payloads if the
-    /// author matters.
+    /// The node that routed it, verified by this node: the previous hop's certificate when the
+    /// origin sent it here itself, else the origin's ed25519 signature over the origin, the
+    /// id, the key and the payload. A node whose forward hook changed the payload on the way
+    /// becomes its origin (it vouches for the bytes delivered).
     pub origin: NodeId,
-    /// The origin's message id (unique per origin).
+    /// The origin's message id (random, unique per origin).
     pub id: u64,
     /// Overlay hops taken (0 if the origin is the root).
     pub hops: u8,
@@ -226,7 +228,7 @@ pub enum NodeEvent {
 pub struct Forwarded {
     /// The destination key.
     pub key: Key,
-    /// The node that says it routed it (claimed, like [`Delivery::origin`]).
+    /// The node that routed it, verified as for [`Delivery::origin`].
     pub origin: NodeId,
     /// The next hop chosen by Pastry.
     pub next_hop: NodeId,
@@ -244,6 +246,8 @@ pub enum ForwardAction {
 }
 
 /// The forward interceptor: may modify `payload` in place, and returns whether to continue.
+/// A modified payload is no longer covered by its origin's signature: this node sends it on as
+/// its own message (see [`Delivery::origin`]).
 pub type ForwardHook = dyn Fn(&Forwarded, &mut Vec<u8>) -> ForwardAction + Send + Sync;
 
 /// Counters of a running node (the core's message counts are in [`Status`], from
@@ -281,6 +285,9 @@ pub struct NodeStats {
     pub dial_failures: LinkFailures,
     /// Links other nodes dialled that failed in the handshake, by reason.
     pub handshake_failures: LinkFailures,
+    /// Routed messages dropped because their origin could not be verified (each also an
+    /// [`NodeEvent::Error`] naming the peer that sent it).
+    pub origins_rejected: u64,
 }
 
 /// How many hop counts [`NodeStats::delivered_by_hops`] tells apart.
@@ -353,6 +360,7 @@ struct Counters {
     nodes_left: AtomicU64,
     dial_failures: LinkFailureCounters,
     handshake_failures: LinkFailureCounters,
+    origins_rejected: AtomicU64,
 }
 
 impl Counters {
@@ -374,6 +382,7 @@ impl Counters {
             nodes_left: get(&self.nodes_left),
             dial_failures: self.dial_failures.snapshot(),
             handshake_failures: self.handshake_failures.snapshot(),
+            origins_rejected: get(&self.origins_rejected),
         }
     }
 
@@ -526,7 +535,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Seeds the core's RNG (probe nonces, maintenance choices); default: random.
+    /// Seeds the core's RNG (routed message ids, probe nonces, maintenance choices); default:
+    /// random, from the operating system (a fixed seed makes message ids predictable).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -556,6 +566,7 @@ impl NodeBuilder {
                 .self_signed_certificate(Validity::days_from_now(self.config.self_signed_days))?],
         };
         let id = self.identity.node_id();
+        let origin_auth = origin::KeyAuth::new(&self.identity);
         let transport_config = TransportConfig {
             listen: self.listen,
             identity: self.identity,
@@ -583,6 +594,7 @@ impl NodeBuilder {
             events: events_tx,
             counters: counters.clone(),
             forward: self.forward,
+            origin_auth: Some(Box::new(origin_auth)),
         });
         let shared = Arc::new(Shared {
             me,

@@ -240,6 +240,7 @@ fn start_with_hook(net: &Arc<Net>, n: u8, forward: Option<Arc<ForwardHook>>) -> 
         events: events_tx,
         counters: counters.clone(),
         forward,
+        origin_auth: None,
     });
     TestNode {
         me,
@@ -622,6 +623,7 @@ async fn a_payload_of_an_unknown_kind_is_dropped_alone_and_reported_with_its_sen
         hops: 0,
         avoid: Vec::new(),
         payload: unknown.clone(),
+        proof: None,
     });
     let expected = WireError::UnknownPayloadKind(0x3ff).to_string();
     for body in [Body::Direct { payload: unknown }, routed] {
@@ -686,6 +688,7 @@ async fn the_forward_hook_sees_and_changes_only_application_payloads() {
             hops: 0,
             avoid: Vec::new(),
             payload: envelope::wrap(kind, payload),
+            proof: None,
         }),
     };
     Inbox::event(&*b.runtime, via_b(1, PayloadKind::Mesh, b"mesh"));

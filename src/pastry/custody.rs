@@ -5,6 +5,7 @@ use crate::id::NodeId;
 
 use super::join::JoinMsg;
 use super::liveness::ProbeKind;
+use super::origin::{route_digest, OriginProof};
 use super::routing::RouteMsg;
 use super::state::Pastry;
 use super::{Message, PeerInfo, Time};
@@ -88,8 +89,34 @@ impl Pastry {
         attempts: u8,
     ) {
         self.stats.forwarded += 1;
+        let mut msg = msg;
+        if msg.proof.is_none() && msg.origin.id == self.me.id {
+            // Our own message. A root needs no proof from the origin itself (the link proves
+            // who sent it), so it is signed only if `next` may pass it on: unless it is, by our
+            // leaf set, the key's root. If that guess is wrong, `next` asks for the proof
+            // (`ProofWanted`) instead of passing the message on.
+            let to_root =
+                attempts == 0 && self.leaf_set.covers(msg.key) && self.leaf_set.contains(next.id);
+            if !to_root {
+                msg.proof = self.sign_own(&msg);
+            }
+        }
+        self.transmit_route(next, &msg, &excluded);
+        let deadline = now + self.hop_timeout(next.id, self.config.ack_timeout);
+        self.in_flight.push(InFlight {
+            carried: Carried::Route(msg),
+            next,
+            deadline,
+            attempts,
+            excluded,
+            received: false,
+        });
+    }
+
+    /// Sends `msg` to `next`, one hop further, avoiding `excluded` too.
+    fn transmit_route(&mut self, next: PeerInfo, msg: &RouteMsg, excluded: &[NodeId]) {
         let mut avoid = msg.avoid.clone();
-        for id in &excluded {
+        for id in excluded {
             if !avoid.contains(id) {
                 avoid.push(*id);
             }
@@ -106,17 +133,40 @@ impl Pastry {
                 hops: msg.hops.saturating_add(1),
                 avoid,
                 payload: msg.payload.clone(),
+                proof: msg.proof.clone(),
             },
         );
-        let deadline = now + self.hop_timeout(next.id, self.config.ack_timeout);
-        self.in_flight.push(InFlight {
-            carried: Carried::Route(msg),
-            next,
-            deadline,
-            attempts,
-            excluded,
-            received: false,
-        });
+    }
+
+    /// Our proof over our own message `msg` (`None` without an authenticator).
+    fn sign_own(&mut self, msg: &RouteMsg) -> Option<Box<OriginProof>> {
+        let digest = route_digest(self.me.id, msg.id, msg.key, &msg.payload);
+        self.auth.as_mut().map(|auth| Box::new(auth.sign(&digest)))
+    }
+
+    /// A [`Message::ProofWanted`] from `from`: the message `id` we sent it unsigned must be
+    /// passed on after all. Signs it and sends it again, once. Returns false if we hold no
+    /// such message (a stale or made-up request changes nothing).
+    pub(super) fn on_proof_wanted(&mut self, now: Time, from: PeerInfo, id: u64) -> bool {
+        let me = self.me.id;
+        let Some(index) = self.in_flight.iter().position(|f| {
+            f.next.id == from.id
+                && matches!(&f.carried, Carried::Route(m)
+                    if m.origin.id == me && m.id == id && m.proof.is_none())
+        }) else {
+            return false;
+        };
+        let mut f = self.in_flight.swap_remove(index);
+        if let Carried::Route(m) = &mut f.carried {
+            m.proof = self.sign_own(m);
+            self.stats.proofs_wanted += 1;
+            let excluded = f.excluded.clone();
+            self.transmit_route(f.next, m, &excluded);
+        }
+        f.received = false;
+        f.deadline = now + self.hop_timeout(f.next.id, self.config.ack_timeout);
+        self.in_flight.push(f);
+        true
     }
 
     /// Tells `prev` that we passed on (or delivered) message `(origin, id)`.

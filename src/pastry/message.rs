@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{Key, NodeId};
 
+use super::origin::OriginProof;
+
 /// A peer as other nodes learn it: its id and the address it accepts connections on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PeerInfo {
@@ -95,7 +97,7 @@ pub enum Message {
     },
     /// An application message routed towards `key`.
     Route {
-        /// Per-origin message id, for per-hop acks and duplicate suppression.
+        /// The origin's message id (random), for per-hop acks and duplicate suppression.
         id: u64,
         /// The destination key.
         key: Key,
@@ -109,6 +111,10 @@ pub enum Message {
         /// The application payload.
         #[serde(with = "byte_buf")]
         payload: Vec<u8>,
+        /// The origin's proof that it sent this `id`, `key` and `payload` (see
+        /// [`super::origin`]); `None` only from a node running without an authenticator (the
+        /// simulator), which nodes with one accept only from the origin itself.
+        proof: Option<Box<OriginProof>>,
     },
     /// Per-hop acknowledgement of a [`Message::Route`] or a [`Message::Join`].
     RouteAck {
@@ -127,6 +133,13 @@ pub enum Message {
     Leave {
         /// The leaving node's leaf set, to help receivers repair.
         leaf_set: Vec<PeerInfo>,
+    },
+    /// The answer to a [`Message::Route`] its origin sent without a proof (believing the
+    /// receiver to be the key's root) that the receiver must pass on: the origin signs it and
+    /// sends it again (see [`super::origin`]). Nothing else was done with the message.
+    ProofWanted {
+        /// The message's id (its origin is the receiver of this answer).
+        id: u64,
     },
 }
 
@@ -160,11 +173,13 @@ pub enum MessageKind {
     RouteAck,
     /// [`Message::Leave`]
     Leave,
+    /// [`Message::ProofWanted`]
+    ProofWanted,
 }
 
 impl MessageKind {
     /// Number of kinds.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Every kind, in declaration order (`kind as usize` indexes this array).
     pub const ALL: [Self; Self::COUNT] = [
@@ -180,6 +195,7 @@ impl MessageKind {
         Self::Route,
         Self::RouteAck,
         Self::Leave,
+        Self::ProofWanted,
     ];
 
     /// A short lower-case name, for reports.
@@ -197,13 +213,14 @@ impl MessageKind {
             Self::Route => "route",
             Self::RouteAck => "route_ack",
             Self::Leave => "leave",
+            Self::ProofWanted => "proof_wanted",
         }
     }
 
     /// Whether this is overlay maintenance traffic, as opposed to carrying application
-    /// messages (`Route` and its per-hop `RouteAck`).
+    /// messages (`Route`, its per-hop `RouteAck` and `ProofWanted`).
     pub const fn is_control(self) -> bool {
-        !matches!(self, Self::Route | Self::RouteAck)
+        !matches!(self, Self::Route | Self::RouteAck | Self::ProofWanted)
     }
 }
 
@@ -223,6 +240,7 @@ impl Message {
             Self::Route { .. } => MessageKind::Route,
             Self::RouteAck { .. } => MessageKind::RouteAck,
             Self::Leave { .. } => MessageKind::Leave,
+            Self::ProofWanted { .. } => MessageKind::ProofWanted,
         }
     }
 
@@ -355,19 +373,33 @@ pub(crate) mod strategy {
                 peer_info(),
                 any::<u8>(),
                 vec(node_id(), 0..=MAX_AVOID),
-                vec(any::<u8>(), 0..300)
+                vec(any::<u8>(), 0..300),
+                proptest::option::of((any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>()))
             )
-                .prop_map(|(id, key, origin, hops, avoid, payload)| Message::Route {
-                    id,
-                    key: Key::from_u128(key),
-                    origin,
-                    hops,
-                    avoid,
-                    payload
+                .prop_map(|(id, key, origin, hops, avoid, payload, proof)| {
+                    let proof = proof.map(|(public_key, r, s)| {
+                        let mut signature = [0u8; 64];
+                        signature[..32].copy_from_slice(&r);
+                        signature[32..].copy_from_slice(&s);
+                        Box::new(OriginProof {
+                            public_key,
+                            signature,
+                        })
+                    });
+                    Message::Route {
+                        id,
+                        key: Key::from_u128(key),
+                        origin,
+                        hops,
+                        avoid,
+                        payload,
+                        proof,
+                    }
                 }),
             (node_id(), any::<u64>(), any::<bool>())
                 .prop_map(|(origin, id, done)| Message::RouteAck { origin, id, done }),
             peers().prop_map(|leaf_set| Message::Leave { leaf_set }),
+            any::<u64>().prop_map(|id| Message::ProofWanted { id }),
         ]
     }
 }

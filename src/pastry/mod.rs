@@ -50,7 +50,7 @@
 //! ```
 //!
 //! The core's code is split by sub-protocol: `state` (the struct and its entry points),
-//! `routing`, `custody`, `join`, `membership`, `candidates`, `validate`, `liveness`,
+//! `routing`, `custody`, `origin`, `join`, `membership`, `candidates`, `validate`, `liveness`,
 //! `maintenance`, `timers`, `config`, `stats` and `output`.
 //!
 //! # What this module owns
@@ -108,6 +108,10 @@
 //!   `custody_timeout` otherwise, so a hop dying with a message does not lose it. A message
 //!   about to go straight back to its sender is routed around it (the two leaf sets disagree;
 //!   the sender gets ours). The root drops duplicates (a ring of recent `(origin, id)`).
+//! * **Authenticated origins.** With an [`OriginAuth`] installed ([`Pastry::set_origin_auth`];
+//!   the node runtime always does, the simulator never), a routed message carries its origin's
+//!   signature, checked on arrival by every hop that did not get it from the origin itself,
+//!   before custody, delivery and the duplicate filter; ids are random. See [`origin`].
 //! * **Leave.** [`Pastry::leave`] sends [`Message::Leave`] to the leaf set; receivers drop the
 //!   node at once and report [`Event::NodeLeft`].
 //!
@@ -134,6 +138,7 @@ mod maintenance;
 mod membership;
 pub mod message;
 mod neighbourhood;
+pub mod origin;
 mod output;
 mod routing;
 mod routing_table;
@@ -152,6 +157,7 @@ pub use config::{Config, ConfigError};
 pub use leaf_set::{ideal_leaf_set, LeafSet, Side};
 pub use message::{Message, MessageKind, PeerInfo};
 pub use neighbourhood::NeighbourhoodSet;
+pub use origin::{route_digest, OriginAuth, OriginProof, ProofError};
 pub use output::{Event, ForwardVerdict, Transmit};
 pub use routing_table::{Insertion, RoutingTable, Slot};
 pub use state::Pastry;

@@ -4,7 +4,7 @@
 
 use crate::id::{Key, NodeId};
 
-use super::{Message, Misbehaviour, PeerInfo};
+use super::{Message, Misbehaviour, PeerInfo, ProofError};
 
 #[cfg(doc)]
 use super::{Config, Pastry, Stats};
@@ -31,8 +31,13 @@ pub enum Transmit {
 /// The application's answer to [`Event::Forward`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForwardVerdict {
-    /// Forward the message with this (possibly modified) payload.
+    /// Forward the message with this payload, the one [`Event::Forward`] handed out.
     Continue(Vec<u8>),
+    /// Forward the message with this payload, which the application changed. With an
+    /// authenticator ([`Pastry::set_origin_auth`]) the origin's signature no longer covers it,
+    /// so this node routes it on as its own message (it becomes the origin, with a fresh id);
+    /// without one it is [`Self::Continue`].
+    Modified(Vec<u8>),
     /// Drop the message.
     Drop,
 }
@@ -86,6 +91,20 @@ pub enum Event {
         peer: NodeId,
         /// What was wrong.
         reason: Misbehaviour,
+    },
+    /// A routed message was dropped on arrival because its origin could not be verified
+    /// (forged, tampered with, or without a proof from a node other than its origin). Nothing
+    /// was delivered or taken into custody; `from` was released so that it does not route it
+    /// again.
+    OriginRejected {
+        /// The previous hop, which sent it here.
+        from: NodeId,
+        /// The origin the message claimed.
+        origin: NodeId,
+        /// The claimed origin's message id.
+        id: u64,
+        /// Why the proof was refused.
+        reason: ProofError,
     },
     /// A message this node originated was given up (here) after
     /// [`Config::max_route_attempts`] attempts or [`Config::max_hops`] hops. Messages of other

@@ -5,6 +5,7 @@
 use crate::id::{Key, NodeId, DIGITS};
 
 use super::liveness::ProbeKind;
+use super::origin::{route_digest, OriginProof, ProofError};
 use super::state::Pastry;
 use super::{Event, Message, PeerInfo, Time};
 
@@ -20,6 +21,8 @@ pub(super) struct RouteMsg {
     /// The node we received it from (none at the origin).
     pub(super) prev: Option<PeerInfo>,
     pub(super) payload: Vec<u8>,
+    /// The origin's proof, passed on unchanged (see [`super::origin`]).
+    pub(super) proof: Option<Box<OriginProof>>,
 }
 
 /// A message held for the application's [`ForwardVerdict`].
@@ -78,9 +81,30 @@ impl Pastry {
         }
     }
 
-    /// A [`Message::Route`] from `from` (`msg.prev`): routes it one step and acknowledges it.
+    /// A [`Message::Route`] from `from` (`msg.prev`): checks its origin, routes it one step
+    /// and acknowledges it.
     pub(super) fn on_route(&mut self, now: Time, from: PeerInfo, mut msg: RouteMsg) {
         let (origin_id, id, key, hops) = (msg.origin.id, msg.id, msg.key, msg.hops);
+        if let Err(reason) = self.check_origin(from, &msg) {
+            tracing::debug!(from = %from.id, origin = %origin_id, %reason, "dropping a routed message");
+            self.stats.origins_rejected += 1;
+            // Released, so that an honest hop that passed on a badly signed message neither
+            // routes it again nor takes our silence for a failure.
+            self.release(from, origin_id, id);
+            self.emit(Event::OriginRejected {
+                from: from.id,
+                origin: origin_id,
+                id,
+                reason,
+            });
+            return;
+        }
+        if self.auth.is_some() && msg.proof.is_none() && !self.delivers_now(&msg) {
+            // From its origin, unsigned, and not ours to deliver at once: the hops after us
+            // would need the proof. Its origin still holds it, and signs it on this answer.
+            self.send(from, Message::ProofWanted { id });
+            return;
+        }
         msg.avoid.truncate(super::message::MAX_AVOID);
         msg.avoid.retain(|a| *a != self.me.id);
         for dead in &msg.avoid {
@@ -106,6 +130,29 @@ impl Pastry {
                 );
             }
         }
+    }
+
+    /// Checks that `msg` comes from the origin it claims: the previous hop is the origin (its
+    /// link authenticated it), or the proof verifies. Always passes without an authenticator.
+    fn check_origin(&mut self, from: PeerInfo, msg: &RouteMsg) -> Result<(), ProofError> {
+        let Some(auth) = self.auth.as_mut() else {
+            return Ok(());
+        };
+        if from.id == msg.origin.id {
+            return Ok(());
+        }
+        let proof = msg.proof.as_ref().ok_or(ProofError::Missing)?;
+        self.stats.origins_verified += 1;
+        let digest = route_digest(msg.origin.id, msg.id, msg.key, &msg.payload);
+        auth.verify(msg.origin.id, &digest, proof)
+    }
+
+    /// Whether a routing step would deliver `msg` here at once (as root, with no closer
+    /// leaf-set member under suspicion): then it is never passed on from here.
+    fn delivers_now(&self, msg: &RouteMsg) -> bool {
+        self.is_active()
+            && matches!(self.choose(msg.key, &msg.avoid, true), Choice::Local)
+            && self.suspected_closer(msg.key).is_none()
     }
 
     pub(super) fn choose(&self, key: Key, excluded: &[NodeId], allow_self: bool) -> Choice {
@@ -299,6 +346,9 @@ impl Pastry {
         }
     }
 
+    /// Delivers `msg` here, unless its `(origin, id)` was delivered already. Its origin was
+    /// checked on arrival ([`Self::on_route`]), so the duplicate filter records only verified
+    /// pairs: forged ones cannot push a real origin's ids out of it, nor take their place.
     pub(super) fn deliver(&mut self, msg: RouteMsg) {
         if let Some(prev) = msg.prev {
             self.release(prev, msg.origin.id, msg.id);

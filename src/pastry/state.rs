@@ -13,6 +13,7 @@ use super::candidates::{Measuring, Queued};
 use super::custody::InFlight;
 use super::join::{JoinMsg, Joining};
 use super::liveness::{PendingProbe, ProbeKind, RTT_CACHE};
+use super::origin::OriginAuth;
 use super::routing::{HeldForward, Parked, RouteMsg};
 #[cfg(doc)]
 use super::timers::Timer;
@@ -62,6 +63,13 @@ pub struct Pastry {
     pub(super) events: VecDeque<Event>,
     pub(super) stats: Stats,
     pub(super) next_id: u64,
+    /// Draws the ids of routed messages this node originates: random, so nobody can guess the
+    /// next `(origin, id)` pair (a stream of its own, so drawing ids leaves the choices
+    /// `rng` makes unchanged).
+    pub(super) route_ids: ChaCha8Rng,
+    /// Signs the messages this node originates and checks those of other origins; `None`
+    /// runs unauthenticated (see [`Pastry::set_origin_auth`]).
+    pub(super) auth: Option<Box<dyn OriginAuth>>,
     pub(super) in_flight: Vec<InFlight>,
     pub(super) held: Vec<HeldForward>,
     pub(super) delivered: VecDeque<(NodeId, u64)>,
@@ -103,6 +111,8 @@ impl Pastry {
     pub fn new(me: PeerInfo, config: Config, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let next_id = rng.gen::<u64>() >> 16;
+        let mut route_ids = rng.clone();
+        route_ids.set_stream(1);
         Self {
             me,
             leaf_set: LeafSet::new(me.id, config.leaf_set_size / 2),
@@ -115,6 +125,8 @@ impl Pastry {
             events: VecDeque::new(),
             stats: Stats::default(),
             next_id,
+            route_ids,
+            auth: None,
             in_flight: Vec::new(),
             held: Vec::new(),
             delivered: VecDeque::new(),
@@ -173,6 +185,24 @@ impl Pastry {
         // Hysteresis 0: with the old occupant gone, the slot takes `peer`.
         self.table.insert(peer, Some(rtt), 0.0);
         true
+    }
+
+    /// Installs the authenticator that signs the messages this node routes and checks the
+    /// origin of those it receives (see [`super::origin`]). The node runtime installs one
+    /// backed by the node's ed25519 identity key, so [`Event::Deliver`] reports an origin the
+    /// node has verified.
+    ///
+    /// Without one (the default) the node runs **unauthenticated**: it sends no proofs and
+    /// believes every message's origin. Only the simulator runs so (its nodes have no keys,
+    /// and all of them are honest); a node with an authenticator accepts a message without a
+    /// proof only from its origin itself.
+    pub fn set_origin_auth(&mut self, auth: Box<dyn OriginAuth>) {
+        self.auth = Some(auth);
+    }
+
+    /// Whether an authenticator is installed ([`Self::set_origin_auth`]).
+    pub fn authenticates_origins(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// This node's id.
@@ -262,17 +292,9 @@ impl Pastry {
     /// Routes `payload` towards `key`; returns the message id that [`Event::Deliver`] and
     /// [`Event::RouteFailed`] carry. A node that is not active fails the message at once.
     pub fn route(&mut self, now: Time, key: Key, payload: Vec<u8>) -> u64 {
-        let id = self.fresh_id();
+        let id = self.fresh_route_id();
         if self.is_active() {
-            let msg = RouteMsg {
-                id,
-                key,
-                origin: self.me,
-                hops: 0,
-                avoid: Vec::new(),
-                prev: None,
-                payload,
-            };
+            let msg = self.originate(id, key, 0, payload);
             self.route_step(now, msg, Vec::new(), 0);
         } else {
             self.fail_route(self.me.id, id, key);
@@ -314,6 +336,24 @@ impl Pastry {
         let held = self.held.swap_remove(index);
         match verdict {
             ForwardVerdict::Continue(payload) => {
+                let mut msg = held.msg;
+                msg.payload = payload;
+                self.send_route(now, held.next, msg, held.excluded, 0);
+            }
+            ForwardVerdict::Modified(payload) if self.auth.is_some() => {
+                // The origin's signature no longer covers these bytes: we vouch for them now,
+                // as the origin of a message of our own. Its predecessor is done with the
+                // original.
+                let old = held.msg;
+                if let Some(prev) = old.prev {
+                    self.release(prev, old.origin.id, old.id);
+                }
+                let id = self.fresh_route_id();
+                let mut msg = self.originate(id, old.key, old.hops, payload);
+                msg.avoid = old.avoid;
+                self.send_route(now, held.next, msg, held.excluded, 0);
+            }
+            ForwardVerdict::Modified(payload) => {
                 let mut msg = held.msg;
                 msg.payload = payload;
                 self.send_route(now, held.next, msg, held.excluded, 0);
@@ -384,6 +424,7 @@ impl Pastry {
                 hops,
                 avoid,
                 payload,
+                proof,
             } => {
                 let msg = RouteMsg {
                     id,
@@ -393,6 +434,7 @@ impl Pastry {
                     avoid,
                     prev: Some(from),
                     payload,
+                    proof,
                 };
                 self.on_route(now, from, msg);
             }
@@ -403,6 +445,11 @@ impl Pastry {
                 }
             }
             Message::Leave { leaf_set } => self.on_leave(now, from, &leaf_set),
+            Message::ProofWanted { id } => {
+                if !self.on_proof_wanted(now, from, id) {
+                    return;
+                }
+            }
         }
         // The sender may have just entered our state.
         self.mark_heard(now, from.id);
@@ -505,6 +552,26 @@ impl Pastry {
             self.events = VecDeque::new();
         }
         next
+    }
+
+    /// A random id for a routed message this node originates.
+    pub(super) fn fresh_route_id(&mut self) -> u64 {
+        self.route_ids.gen()
+    }
+
+    /// A message this node originates (signed when it is first sent to a peer, if need be:
+    /// see `Pastry::send_route`).
+    pub(super) fn originate(&mut self, id: u64, key: Key, hops: u8, payload: Vec<u8>) -> RouteMsg {
+        RouteMsg {
+            id,
+            key,
+            origin: self.me,
+            hops,
+            avoid: Vec::new(),
+            prev: None,
+            payload,
+            proof: None,
+        }
     }
 
     pub(super) fn fresh_id(&mut self) -> u64 {

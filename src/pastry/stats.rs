@@ -60,6 +60,14 @@ pub struct Stats {
     pub notices_contradicted: u64,
     /// Failure notices that made this node probe the named node itself.
     pub notices_verified: u64,
+    /// Routed messages dropped on arrival because their origin could not be verified
+    /// ([`Event::OriginRejected`]).
+    pub origins_rejected: u64,
+    /// Origin signatures checked (messages from their origin itself need none).
+    pub origins_verified: u64,
+    /// Own messages sent unsigned to what this node took for the key's root, which asked for
+    /// the signature because it had to pass them on ([`Message::ProofWanted`]).
+    pub proofs_wanted: u64,
 }
 
 impl Stats {

@@ -190,7 +190,8 @@ impl Pastry {
             Message::Join { .. }
             | Message::RowRequest { .. }
             | Message::Route { .. }
-            | Message::RouteAck { .. } => Ok(()),
+            | Message::RouteAck { .. }
+            | Message::ProofWanted { .. } => Ok(()),
         }
     }
 

@@ -108,6 +108,7 @@ impl SimNode for StandIn {
                     hops: 1,
                     avoid: Vec::new(),
                     payload,
+                    proof: None,
                 },
             });
         }

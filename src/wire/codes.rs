@@ -14,7 +14,7 @@
 //!
 //! Compatibility: these values differ from Wendy builds that had no registry (they reused
 //! 1, 2, 3, ... in all three namespaces). Those builds write frame version 1, without the
-//! payload envelope, which this build refuses ([`VERSION`](super::VERSION) is 2), so the two
+//! payload envelope, which this build refuses (it reads only [`VERSION`](super::VERSION)), so the two
 //! never read each other's codes.
 //!
 //! This module only names numbers; it knows nothing of QUIC (the transport turns a code into a

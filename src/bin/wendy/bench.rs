@@ -382,6 +382,15 @@ fn print_suite(suite: &str, r: &Value) {
             if let Some(cpu) = r["cpu_ms_per_routed_msg"].as_f64() {
                 println!("  process CPU per routed message: {cpu:.3} ms");
             }
+            println!(
+                "  origin authentication, us: sign {:.1}, check {:.1} (new origin {:.1}), \
+                 digest {:.2}; {:.2} checks per routed message",
+                num(r, &["auth", "sign_us"]),
+                num(r, &["auth", "verify_us"]),
+                num(r, &["auth", "verify_new_origin_us"]),
+                num(r, &["auth", "digest_us"]),
+                num(r, &["auth", "checks_per_routed_msg"])
+            );
         }
         "join" => {
             println!(

@@ -136,6 +136,7 @@ fn route_msg(origin: PeerInfo, id: u64, key: Key) -> Message {
         hops: 1,
         avoid: vec![],
         payload: b"x".to_vec(),
+        proof: None,
     }
 }
 
@@ -214,6 +215,7 @@ fn a_message_over_the_hop_limit_is_dropped_and_its_sender_released() {
         hops,
         avoid,
         payload,
+        proof: None,
     };
     node.handle_message(Time::ZERO, prev, looping);
     let outputs = drain(&mut node);

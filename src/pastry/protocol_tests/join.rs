@@ -73,6 +73,7 @@ fn an_inactive_joiner_never_delivers_as_root() {
         hops: 1,
         avoid: vec![],
         payload: b"early".to_vec(),
+        proof: None,
     };
     let from = net.peer(0);
     let now = net.now;

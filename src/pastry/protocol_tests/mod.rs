@@ -19,6 +19,7 @@ mod join;
 mod liveness;
 mod maintenance;
 mod membership;
+mod origin;
 mod routing;
 mod stats;
 

@@ -14,6 +14,7 @@ fn a_node_suppresses_a_message_it_already_delivered() {
         hops: 2,
         avoid: vec![],
         payload: vec![],
+        proof: None,
     };
     node.handle_message(Time::ZERO, peer(7), msg.clone());
     node.handle_message(Time::ZERO, peer(8), msg);
@@ -77,6 +78,7 @@ fn only_the_origin_hears_that_its_message_was_given_up() {
         hops: Config::default().max_hops + 1,
         avoid: vec![],
         payload: vec![],
+        proof: None,
     };
     node.handle_message(Time::ZERO, peer(8), over_the_limit);
     let outputs = drain(&mut node);
@@ -299,6 +301,7 @@ fn a_message_is_not_bounced_back_to_its_sender() {
             hops: 1,
             avoid: vec![],
             payload: vec![],
+            proof: None,
         },
     );
     let outputs = drain(&mut node_b);
