@@ -380,6 +380,17 @@ pub fn proc_status_kib(field: &str) -> Option<u64> {
         .and_then(|kib| kib.parse().ok())
 }
 
+/// A mean of hops with three decimals, or `-` for a phase without samples (a mean of exactly 0
+/// hops is a phase where nothing was routed: every lookup takes a hop unless its origin is its
+/// root, which a phase of many lookups never has for all of them).
+fn mean_or_dash(mean: f64) -> String {
+    if mean > 0.0 {
+        format!("{mean:.3}")
+    } else {
+        "-".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,16 +402,5 @@ mod tests {
         let big = vec![1u8; 64 << 20];
         assert!(big.iter().map(|&b| u64::from(b)).sum::<u64>() > 0);
         assert!(peak_rss_mib() >= before + 50.0);
-    }
-}
-
-/// A mean of hops with three decimals, or `-` for a phase without samples (a mean of exactly 0
-/// hops is a phase where nothing was routed: every lookup takes a hop unless its origin is its
-/// root, which a phase of many lookups never has for all of them).
-fn mean_or_dash(mean: f64) -> String {
-    if mean > 0.0 {
-        format!("{mean:.3}")
-    } else {
-        "-".to_owned()
     }
 }

@@ -303,8 +303,8 @@ async fn start_services(
 /// provider is known for: most often a typo, which would otherwise show only as every
 /// connection being reset.
 fn warn_unknown_services(mesh: &Mesh, forwards: &[(SocketAddr, String)]) {
-    for (local, name) in forwards.iter().cloned() {
-        let mesh = mesh.clone();
+    for (local, name) in forwards {
+        let (local, name, mesh) = (*local, name.clone(), mesh.clone());
         tokio::spawn(async move {
             let providers = mesh.lookup(&name).await.map(|records| records.len());
             if matches!(
