@@ -288,7 +288,7 @@ fn room_survives_its_root_and_delivers_each_message_once() {
         if answer.starts_with("*** in lobby: alice, bob, carol ") {
             let root_id = identities[0].node_id();
             assert!(
-                answer.ends_with(&format!("(root: node {root_id})")),
+                answer.ends_with(&format!("(root: node {root_id}, not in the room)")),
                 "{answer}"
             );
             break;

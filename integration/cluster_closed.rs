@@ -77,9 +77,9 @@ async fn assert_outsiders_shut_out(
             loop {
                 match events.recv().await {
                     Some(NodeEvent::Error(message))
-                        if nodes.iter().any(|n| {
-                            message.contains(&format!("refused peer at {}", n.addr()))
-                        }) =>
+                        if nodes
+                            .iter()
+                            .any(|n| message.contains(&format!("{} refused a link", n.addr()))) =>
                     {
                         return
                     }

@@ -15,6 +15,7 @@ mod chat;
 mod cli_admin;
 mod cli_identity;
 mod cli_node;
+mod cli_ops;
 mod cluster;
 mod cluster_closed;
 mod cluster_failure;

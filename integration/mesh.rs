@@ -803,8 +803,9 @@ async fn a_provider_serves_no_more_tunnels_than_allowed() {
 
 /// Providers are ranked by the link's RTT: with one provider 1 ms away and one 80 ms away
 /// (emulated by a delaying socket per node), every connection goes to the near one once both
-/// RTTs are known. When every provider falls silent, a connection gives up at its deadline
-/// instead of trying each provider for the whole connect timeout.
+/// RTTs are known. When every provider falls silent, each attempt waits a few of that
+/// provider's RTTs (not the whole connect timeout) before the next is tried, and a connection
+/// gives up at its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_go_to_the_nearest_provider_and_give_up_at_the_deadline() {
     let map = RegionMap::three_regions();
@@ -813,10 +814,11 @@ async fn connections_go_to_the_nearest_provider_and_give_up_at_the_deadline() {
         lookup_cache: Duration::from_secs(3600),
         ..MeshConfig::default()
     };
-    // The fourth member gives up early: its deadline is shorter than one attempt's timeout.
+    // The fourth member gives up early: its deadline is shorter than one attempt's timeout
+    // (a few RTTs plus what a provider's own connection may take, above 300 ms).
     let impatient = MeshConfig {
         connect_timeout: Duration::from_secs(5),
-        connect_deadline: Duration::from_millis(800),
+        connect_deadline: Duration::from_millis(250),
         ..config.clone()
     };
     let regions = [0, 0, 2, 1]; // consumer, near provider, far provider, impatient consumer
@@ -869,6 +871,21 @@ async fn connections_go_to_the_nearest_provider_and_give_up_at_the_deadline() {
         }) => {
             assert_eq!(tried, 1, "{last_error}");
             assert!(last_error.contains("deadline"), "{last_error}");
+        }
+        Err(other) => panic!("expected Unreachable, got {other}"),
+        Ok(_) => panic!("a silent provider accepted a tunnel"),
+    }
+    // The patient consumer tries both, each for a timeout derived from its RTT: well under a
+    // second each, not the 5 s connect timeout.
+    match consumer.mesh.connect("svc").await {
+        Err(MeshError::Unreachable {
+            tried, last_error, ..
+        }) => {
+            assert_eq!(tried, 2, "{last_error}");
+            assert!(
+                last_error.starts_with("no tunnel within") && last_error.ends_with("ms"),
+                "{last_error}"
+            );
         }
         Err(other) => panic!("expected Unreachable, got {other}"),
         Ok(_) => panic!("a silent provider accepted a tunnel"),

@@ -149,7 +149,7 @@ impl Client {
                 Some(room) => self.route(room_key(room), Wire::Who { room: room.clone() }),
                 None => self.print("*** you are not in a room: /join ROOM"),
             },
-            "/help" => self.print("*** commands: /join ROOM, /leave, /who, /quit"),
+            "/help" => self.print("*** commands: /join ROOM, /leave, /who, /help, /quit"),
             _ if command.starts_with('/') => {
                 self.print(&format!("*** unknown command {command}; try /help"));
             }
@@ -282,7 +282,7 @@ impl Client {
         let sends = match msg {
             Wire::Subscribe { name, fresh, .. } => host.subscribe(now, origin, name, fresh),
             Wire::Unsubscribe { .. } => host.unsubscribe(origin),
-            Wire::Who { .. } => host.who(origin),
+            Wire::Who { .. } => host.who(origin, self.me),
             // A post must come from the node its id names. `origin` is what the overlay
             // says (only the last hop is authenticated), so this keeps honest mistakes out,
             // not a malicious node: display names are not authenticated (see main.rs).
@@ -340,6 +340,7 @@ impl Client {
                 room,
                 names,
                 welcome,
+                root_name,
             } => {
                 let others: Vec<&String> = names.iter().filter(|n| **n != self.name).collect();
                 let list = match others.is_empty() {
@@ -359,7 +360,11 @@ impl Client {
                         // `from` is the room's root: worth showing, it is the node whose loss the
                         // room survives (try it: kill that program).
                         let names = names.join(", ");
-                        self.print(&format!("*** in {room}: {names} (root: node {from})"));
+                        let root = match root_name {
+                            Some(name) => format!("{name}, node {from}"),
+                            None => format!("node {from}, not in the room"),
+                        };
+                        self.print(&format!("*** in {room}: {names} (root: {root})"));
                     }
                     _ => {}
                 }

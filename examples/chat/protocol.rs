@@ -137,6 +137,10 @@ pub enum Wire {
         names: Vec<String>,
         /// True when this welcomes a subscription, false when it answers `Who`.
         welcome: bool,
+        /// The root's own display name when the root is a member of the room (answers to
+        /// `Who` only).
+        #[serde(default)]
+        root_name: Option<String>,
     },
 }
 

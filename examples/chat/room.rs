@@ -321,9 +321,13 @@ impl RoomHost {
         }
     }
 
-    /// The answer to `/who`.
-    pub fn who(&self, from: NodeId) -> Vec<Send> {
-        vec![(from, self.members_msg(false))]
+    /// The answer to `/who`, sent by the room's root `host` (named when it is a member).
+    pub fn who(&self, from: NodeId, host: NodeId) -> Vec<Send> {
+        let mut answer = self.members_msg(false);
+        if let Wire::Members { root_name, .. } = &mut answer {
+            *root_name = self.members.get(&host).map(|m| m.name.clone());
+        }
+        vec![(from, answer)]
     }
 
     /// Time passes: expire silent members, send unacknowledged messages again, drop old
@@ -418,6 +422,7 @@ impl RoomHost {
             room: self.room.clone(),
             names: self.names(),
             welcome,
+            root_name: None,
         }
     }
 
@@ -564,6 +569,7 @@ mod tests {
             room: "lobby".into(),
             names: vec!["new".into(), "old".into()],
             welcome: true,
+            root_name: None,
         };
         assert!(out.contains(&(newcomer, welcome)), "{out:?}");
         let joined = Wire::Presence {

@@ -197,6 +197,11 @@ impl NodeProc {
         }
     }
 
+    /// What the node has written on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     /// The id and address from the `listening` line.
     pub fn listening(&mut self) -> (NodeId, String) {
         let line = self.next_event("listening");

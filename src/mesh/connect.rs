@@ -92,7 +92,8 @@ impl Inner {
                     last_error = "the only provider left is this node itself".to_owned();
                     continue;
                 }
-                let limit = self.config.connect_timeout.min(left);
+                let per_provider = self.tunnel_timeout(record.provider);
+                let limit = per_provider.min(left);
                 match self.open_tunnel(&record, limit).await {
                     Ok(stream) => {
                         self.lock().failed.remove(&record.provider);
@@ -101,9 +102,10 @@ impl Inner {
                     Err(error) => {
                         warn!(name, provider = %record.provider, addr = %record.addr,
                             error = %error.message, "provider unreachable; trying the next");
+                        self.count_provider_failure(name);
                         // A provider that only ran out of what was left of the deadline is not
                         // known to be unreachable: it keeps its rank and the cached records.
-                        let cut_short = error.timed_out && limit < self.config.connect_timeout;
+                        let cut_short = error.timed_out && limit < per_provider;
                         if !cut_short {
                             let mut state = self.lock();
                             state.failed.insert(record.provider, Instant::now());
@@ -141,6 +143,28 @@ impl Inner {
             tried: tried.len(),
             last_error,
         })
+    }
+
+    /// How long a tunnel to `provider` may take to open: a few round trips over the link this
+    /// node has to it (a dial, a stream, the provider's connection to its local service) when
+    /// its RTT is known, so that a dead provider costs a fraction of a second before the next
+    /// is tried; [`MeshConfig::connect_timeout`](super::MeshConfig::connect_timeout) without
+    /// an RTT, and never more.
+    fn tunnel_timeout(&self, provider: NodeId) -> Duration {
+        /// What the provider's connection to its service may add, beyond the round trips.
+        const SERVICE_CONNECT: Duration = Duration::from_millis(300);
+        match self.node.rtt(provider) {
+            Some(rtt) => (rtt.saturating_mul(4) + SERVICE_CONNECT).min(self.config.connect_timeout),
+            None => self.config.connect_timeout,
+        }
+    }
+
+    /// Counts a failed attempt on every forward of `name` (the connection itself may still
+    /// succeed through the next provider).
+    fn count_provider_failure(&self, name: &str) {
+        for forward in self.lock().forwarded.iter_mut().filter(|f| f.name == name) {
+            forward.provider_failures += 1;
+        }
     }
 
     /// Opens a tunnel to one provider and waits for its acceptance byte, for at most `limit`.

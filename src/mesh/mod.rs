@@ -251,6 +251,7 @@ impl Mesh {
                 connections: 0,
                 failures: 0,
                 last_error: None,
+                provider_failures: 0,
             });
             state.forwarded.len() - 1
         };
@@ -304,10 +305,16 @@ impl Mesh {
             exposed: state.exposed.values().cloned().collect(),
             forwarded: state.forwarded.clone(),
             records_held: state.registry.live_count(unix_ms_now()),
+            services: known_services(&state),
             events_dropped: self.inner.events_dropped.load(Ordering::Relaxed),
             sends_dropped: self.inner.sends_dropped.load(Ordering::Relaxed),
             records_refused: self.inner.records_refused.load(Ordering::Relaxed),
         }
+    }
+
+    /// The service names this node knows of, sorted (see [`MeshStatus::services`]).
+    pub fn known_services(&self) -> Vec<String> {
+        known_services(&self.inner.lock())
     }
 
     /// Withdraws every exposed service from the registry (best effort, one request timeout at
@@ -334,6 +341,29 @@ impl Mesh {
             task.abort();
         }
     }
+}
+
+/// The names exposed here, held here with a live record, or cached with a provider.
+fn known_services(state: &State) -> Vec<String> {
+    let now = unix_ms_now();
+    let mut names: Vec<String> = state.exposed.keys().cloned().collect();
+    names.extend(
+        state
+            .registry
+            .names()
+            .into_iter()
+            .filter(|name| !state.registry.live(name, now).is_empty()),
+    );
+    names.extend(
+        state
+            .cache
+            .iter()
+            .filter(|(_, (_, records))| !records.is_empty())
+            .map(|(name, _)| name.clone()),
+    );
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Locks a mutex, recovering the data if a holder panicked (the state stays usable).

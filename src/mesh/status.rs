@@ -29,6 +29,9 @@ pub struct ForwardStatus {
     pub failures: u64,
     /// The last such failure.
     pub last_error: Option<String>,
+    /// Attempts on a provider that failed (the connection may then have gone to the next
+    /// provider; see `failures` for connections that found none).
+    pub provider_failures: u64,
 }
 
 /// A snapshot of a mesh's services and registry.
@@ -40,6 +43,10 @@ pub struct MeshStatus {
     pub forwarded: Vec<ForwardStatus>,
     /// Unexpired records this node holds as a registry root or replica.
     pub records_held: usize,
+    /// The service names this node knows of, sorted: those it exposes, holds records for, or
+    /// has looked up with a provider found (a registry is spread over the overlay, so a node
+    /// knows the names near it and those it has used, not necessarily all).
+    pub services: Vec<String>,
     /// Events dropped because the application did not keep up.
     pub events_dropped: u64,
     /// Registry answers and replications dropped because too many were in flight.

@@ -65,6 +65,8 @@ enum Internal {
     Measured(PeerInfo, Duration),
     /// A peer could not be reached (dial or send failed).
     Unreachable(NodeId),
+    /// A handshake with the peer at this address was refused, by it or by this node (why).
+    Refused(SocketAddr, String),
 }
 
 /// Sends held back until the tasks a delivery woke have run (see [`Driver::drain_outputs`]).
@@ -84,6 +86,10 @@ struct BootstrapFailed {
 struct PendingJoin {
     reply: oneshot::Sender<Result<(), NodeError>>,
     deadline: Instant,
+    /// The last handshake refused while joining: a join that then times out was most likely
+    /// stopped by it (a member whose allow-list or CA excludes this node), so it is the
+    /// join's error rather than the timeout.
+    refused: Option<(SocketAddr, String)>,
 }
 
 /// A node's runtime state, shared by the node's task, its transport's reading tasks and the
@@ -406,9 +412,11 @@ impl<L: Links> Driver<L> {
             .is_some_and(|j| j.deadline <= Instant::now())
         {
             if let Some(join) = self.join.take() {
-                let _ = join
-                    .reply
-                    .send(Err(NodeError::JoinTimeout(self.join_timeout)));
+                let error = match join.refused {
+                    Some((addr, reason)) => NodeError::JoinRefused { addr, reason },
+                    None => NodeError::JoinTimeout(self.join_timeout),
+                };
+                let _ = join.reply.send(Err(error));
             }
         }
     }
@@ -489,7 +497,22 @@ impl<L: Links> Driver<L> {
             }
             TransportEvent::HandshakeFailed { addr, error } => {
                 self.counters.handshake_failures.count(&error);
-                self.emit(NodeEvent::Error(format!("refused peer at {addr}: {error}")));
+                let message = match &error {
+                    ConnectError::Auth(why) => format!("refused a link from {addr}: {why}"),
+                    ConnectError::RefusedByPeer(_) => format!("{addr} refused a link: {error}"),
+                    other => format!("incoming link from {addr} failed: {other}"),
+                };
+                self.note_refusal(addr, &error);
+                self.emit(NodeEvent::Error(message));
+            }
+        }
+    }
+
+    /// Remembers a refused handshake for a pending join's error.
+    fn note_refusal(&mut self, addr: SocketAddr, error: &ConnectError) {
+        if let Some(join) = self.join.as_mut() {
+            if is_refusal(error) {
+                join.refused = Some((addr, error.to_string()));
             }
         }
     }
@@ -516,6 +539,7 @@ impl<L: Links> Driver<L> {
         self.join = Some(PendingJoin {
             reply,
             deadline: Instant::now() + self.join_timeout,
+            refused: None,
         });
         let Some((&first, rest)) = bootstrap.split_first() else {
             info!("starting a new overlay");
@@ -575,6 +599,11 @@ impl<L: Links> Driver<L> {
                 }
             }
             Internal::Measured(peer, rtt) => self.pastry.handle_proximity(now, peer, rtt),
+            Internal::Refused(addr, reason) => {
+                if let Some(join) = self.join.as_mut() {
+                    join.refused = Some((addr, reason));
+                }
+            }
             Internal::Unreachable(peer) => self.pastry.handle_link_down(now, peer),
         }
     }
@@ -754,6 +783,9 @@ impl<L: Links> Driver<L> {
                     bump(&counters.send_failures);
                     if let SendError::Connect(error) = &error {
                         counters.dial_failures.count(error);
+                        if is_refusal(error) {
+                            let _ = internal.send(Internal::Refused(to.addr, error.to_string()));
+                        }
                     }
                     debug!(peer = %to.id, %error, "send failed");
                     if is_peer_failure(&error) {
@@ -783,6 +815,9 @@ impl<L: Links> Driver<L> {
                         // it) and forgets a mere candidate. A local limit is not the peer's fault.
                         debug!(peer = %peer.id, %error, "measurement failed");
                         counters.dial_failures.count(&error);
+                        if is_refusal(&error) {
+                            let _ = internal.send(Internal::Refused(peer.addr, error.to_string()));
+                        }
                         if is_unreachable(&error) {
                             let _ = internal.send(Internal::Unreachable(peer.id));
                         }
@@ -926,6 +961,15 @@ fn is_peer_failure(error: &SendError) -> bool {
     }
 }
 
+/// Whether a failed handshake was a refusal by either side's admission checks (as opposed to
+/// an unreachable or busy peer).
+fn is_refusal(error: &ConnectError) -> bool {
+    matches!(
+        error,
+        ConnectError::Auth(_) | ConnectError::RefusedByPeer(_)
+    )
+}
+
 /// Whether a failed dial means the peer is unreachable (as opposed to a local limit).
 fn is_unreachable(error: &ConnectError) -> bool {
     !matches!(error, ConnectError::TooManyConnections { .. })
@@ -945,7 +989,8 @@ async fn dial_first<L: Links>(
             Ok(id) => return Ok(PeerInfo { id, addr }),
             Err(error) => error,
         };
-        warn!(%addr, %error, "bootstrap unreachable");
+        // The join's error reports the last failure; earlier ones are worth a line at -v.
+        info!(%addr, %error, "bootstrap unreachable");
         match others.next() {
             Some(next) => addr = next,
             None => {

@@ -138,6 +138,15 @@ pub enum NodeError {
         #[source]
         last_error: Box<ConnectError>,
     },
+    /// A member refused this node's handshake while it joined (its CA or allow-list excludes
+    /// this node), and the join then did not complete.
+    #[error("{addr} refused this node while it joined: {reason}")]
+    JoinRefused {
+        /// The member's address.
+        addr: SocketAddr,
+        /// Why (the handshake error).
+        reason: String,
+    },
     /// A bootstrap answered but the join did not complete in time.
     #[error("join did not complete within {0:?}")]
     JoinTimeout(Duration),

@@ -244,16 +244,33 @@ impl fmt::Display for Report {
             self.misdelivered,
             self.duplicates
         )?;
-        writeln!(
-            f,
-            "hops: mean {:.3}, max {}, histogram {:?}",
-            self.mean_hops, self.max_hops, self.hops_histogram
-        )?;
-        writeln!(
-            f,
-            "stretch: mean {:.3}, median {:.3}, of means {:.3}",
-            self.stretch_mean, self.stretch_median, self.stretch_of_means
-        )?;
+        let delivered: u64 = self.hops_histogram.iter().sum();
+        if delivered == 0 {
+            writeln!(f, "hops: no lookup delivered")?;
+        } else {
+            let histogram = self
+                .hops_histogram
+                .iter()
+                .enumerate()
+                .map(|(hops, count)| format!("{hops}: {count}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(
+                f,
+                "hops: mean {:.3}, max {}; lookups by hops {{{histogram}}}",
+                self.mean_hops, self.max_hops
+            )?;
+        }
+        // Stretch is at least 1 wherever it was measured: 0 means no sample.
+        if self.stretch_mean > 0.0 {
+            writeln!(
+                f,
+                "stretch: mean {:.3}, median {:.3}, of means {:.3}",
+                self.stretch_mean, self.stretch_median, self.stretch_of_means
+            )?;
+        } else {
+            writeln!(f, "stretch: no sample (no lookup took a hop)")?;
+        }
         writeln!(
             f,
             "join: {:.1} msgs per node ({} failed joins)",
@@ -269,15 +286,16 @@ impl fmt::Display for Report {
         if let Some(failure) = &self.failure {
             writeln!(
                 f,
-                "failure: {} failed; hops before {:.3}, during {:.3}, after {:.3} ({:+.2}%); \
-                 lost {:?}; repair msgs per failed node {:.1}",
+                "failure: {} failed; hops before {}, during {}, after {} ({:+.2}%); \
+                 lost {:?} (before, during, after); repair msgs per failed node {}",
                 failure.failed,
-                failure.mean_hops_before,
-                failure.mean_hops_during,
-                failure.mean_hops_after,
+                mean_or_dash(failure.mean_hops_before),
+                mean_or_dash(failure.mean_hops_during),
+                mean_or_dash(failure.mean_hops_after),
                 failure.hops_change * 100.0,
                 failure.lost_by_phase,
-                self.repair_msgs_per_failed_node.unwrap_or(0.0)
+                self.repair_msgs_per_failed_node
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
             )?;
         }
         if let Some(churn) = &self.churn {
@@ -360,6 +378,17 @@ pub fn proc_status_kib(field: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
+}
+
+/// A mean of hops with three decimals, or `-` for a phase without samples (a mean of exactly 0
+/// hops is a phase where nothing was routed: every lookup takes a hop unless its origin is its
+/// root, which a phase of many lookups never has for all of them).
+fn mean_or_dash(mean: f64) -> String {
+    if mean > 0.0 {
+        format!("{mean:.3}")
+    } else {
+        "-".to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub enum Admission {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// The peer presented no certificate (an unauthenticated client).
-    #[error("peer presented no certificate")]
+    #[error("it presented no certificate")]
     NoCertificate,
     /// The certificate could not be parsed.
     #[error("peer certificate is not valid x.509: {0}")]
@@ -51,19 +51,19 @@ pub enum AuthError {
         algorithm: String,
     },
     /// The certificate's validity period has ended.
-    #[error("peer certificate expired (not after {not_after} s since the unix epoch)")]
+    #[error("its certificate expired on {} (it needs a new one: `wendy ca issue`)", utc(*.not_after))]
     Expired {
         /// End of validity, seconds since the unix epoch.
         not_after: i64,
     },
     /// The certificate's validity period has not started.
-    #[error("peer certificate is not yet valid (not before {not_before} s since the unix epoch)")]
+    #[error("its certificate is not valid before {} (check both hosts' clocks)", utc(*.not_before))]
     NotYetValid {
         /// Start of validity, seconds since the unix epoch.
         not_before: i64,
     },
     /// The certificate does not chain to the mesh CA.
-    #[error("peer certificate is not issued by the mesh ca")]
+    #[error("its certificate is not issued by this node's mesh CA (the two sides have different CAs: check --ca and --cert on both)")]
     UnknownIssuer,
     /// The certificate chain is otherwise invalid.
     #[error("peer certificate chain is invalid: {0}")]
@@ -77,7 +77,7 @@ pub enum AuthError {
         presented: NodeId,
     },
     /// The peer is not on the allow-list.
-    #[error("node {0} is not on the allow-list")]
+    #[error("node {0} is not on this node's allow-list (add it there with --allow {0})")]
     NotAllowed(NodeId),
     /// The handshake signature does not verify with the certificate's key (or uses a scheme
     /// other than ed25519).
@@ -165,6 +165,17 @@ pub(crate) fn node_id_of_certificate(
     Ok(NodeId::from_public_key(&key))
 }
 
+/// `seconds` since the Unix epoch as a UTC date and time, for error messages.
+fn utc(seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{seconds} s after the Unix epoch"))
+}
+
 fn check_listed(allowed: &HashSet<NodeId>, id: NodeId) -> Result<(), AuthError> {
     if allowed.contains(&id) {
         Ok(())
@@ -202,7 +213,11 @@ fn check_chain(
         )
         .map(|_| ())
         .map_err(|error| match error {
-            webpki::Error::UnknownIssuer => AuthError::UnknownIssuer,
+            // A chain that names the mesh CA but was signed by another key is a certificate from
+            // another mesh whose CA has the same name (every `wendy ca init` defaults to one).
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                AuthError::UnknownIssuer
+            }
             webpki::Error::CertExpired { not_after, .. } => AuthError::Expired {
                 not_after: i64::try_from(not_after.as_secs()).unwrap_or(i64::MAX),
             },

@@ -63,17 +63,17 @@ pub enum BindError {
 #[non_exhaustive]
 pub enum ConnectError {
     /// The peer failed this node's checks in the handshake.
-    #[error("peer refused: {0}")]
+    #[error("this node refused the peer: {0}")]
     Auth(#[from] AuthError),
     /// The peer refused this node in the handshake (its TLS alert or close reason).
-    #[error("refused by peer: {0}")]
+    #[error("the peer refused this node: {}", refusal(.0))]
     RefusedByPeer(#[source] ConnectionError),
     /// The handshake did not finish within
     /// [`Limits::connect_timeout`](super::Limits::connect_timeout).
-    #[error("connecting to {0} timed out")]
+    #[error("connecting to {0} timed out (no node answered there)")]
     Timeout(SocketAddr),
     /// The dial could not start (bad address, endpoint closing).
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {}", start_failure(.addr, .source))]
     Start {
         /// The address.
         addr: SocketAddr,
@@ -99,6 +99,48 @@ pub enum ConnectError {
     /// The transport was shut down.
     #[error("transport is shut down")]
     Shutdown,
+}
+
+/// Why the peer closed a handshake, from its TLS alert: Wendy's verifiers send one alert per
+/// reason (see `verifier::to_rustls`), so the alert says which check this node failed there.
+fn refusal(error: &ConnectionError) -> String {
+    const CRYPTO_ERRORS: std::ops::Range<u64> = 0x100..0x200;
+    let alert = match error {
+        ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            CRYPTO_ERRORS
+                .contains(&code)
+                .then(|| code - CRYPTO_ERRORS.start)
+        }
+        _ => None,
+    };
+    let why = match alert {
+        Some(45) => {
+            "it says this node's certificate has expired or is not valid yet (renew it \
+                     with `wendy ca issue`, and check both hosts' clocks)"
+        }
+        Some(48) => {
+            "this node's certificate is not from its mesh CA (the two sides have \
+                     different CAs: check --ca and --cert on both)"
+        }
+        Some(49) => "this node is not on its allow-list (add this node's id there with --allow)",
+        Some(116) => "it requires a certificate",
+        Some(120) => "it does not speak wendy/1 (is it a wendy node?)",
+        _ => return error.to_string(),
+    };
+    why.to_owned()
+}
+
+/// Why a dial could not start, with the fix for the common case: an address of the other IP
+/// family than the socket this node listens on.
+fn start_failure(addr: &SocketAddr, error: &quinn::ConnectError) -> String {
+    match error {
+        quinn::ConnectError::InvalidRemoteAddress(_) if addr.is_ipv6() => format!(
+            "{error}: this node listens on IPv4 and cannot reach an IPv6 address (listen on \
+             [::]:PORT to dial both)"
+        ),
+        _ => error.to_string(),
+    }
 }
 
 /// Why a stream failed once it was open.

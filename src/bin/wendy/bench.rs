@@ -487,7 +487,7 @@ fn print_suite(suite: &str, r: &Value) {
     }
 }
 
-/// The goals of issue 6, each with the measured figure.
+/// The design's performance goals (DESIGN.md's anchors), each with the measured figure.
 fn print_goals(all: &Value, quick: bool) {
     let goals: [(&str, &str, f64, &str, bool); 9] = {
         let link = num(all, &["link", "ratio"]);
@@ -524,9 +524,9 @@ fn print_goals(all: &Value, quick: bool) {
         ]
     };
     if quick {
-        println!("goals (issue 6; --quick uses small sizes, so these are NOT the real figures):");
+        println!("goals (--quick uses small sizes, so these are NOT the real figures):");
     } else {
-        println!("goals (issue 6):");
+        println!("goals:");
     }
     for (suite, field, value, goal, met) in goals {
         println!(

@@ -8,6 +8,7 @@
 mod admin;
 mod bench;
 mod ca;
+mod cert;
 mod demo;
 mod keys;
 mod node;
@@ -21,7 +22,7 @@ use wendy::node::NodeConfig;
 
 /// Wendy: a Pastry overlay where every link is a mutually authenticated QUIC connection.
 #[derive(Debug, Parser)]
-#[command(name = "wendy", version, about)]
+#[command(name = "wendy", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,6 +80,16 @@ enum Command {
     Node(node::NodeArgs),
     /// Show a running node's peers, links and services (from its `--admin` endpoint).
     Status(status::StatusArgs),
+    /// Inspect certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Print a shell completion script: `wendy completions bash > /etc/bash_completion.d/wendy`
+    /// (zsh: into a directory of $fpath as `_wendy`; fish: ~/.config/fish/completions/wendy.fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The error every command returns; printed as one line.
@@ -99,6 +110,12 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args, cli.logging.quiet > 0),
         Command::Node(args) => node::run(args),
         Command::Status(args) => status::run(args),
+        Command::Cert(cmd) => cert::run(cmd),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "wendy", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use wendy::id::NodeId;
 use wendy::mesh::Mesh;
 use wendy::node::{Node, NodeError, NodeEvent};
-use wendy::transport::BindError;
+use wendy::transport::{BindError, ConnectError};
 
 use crate::admin::{AdminState, BoundAdmin, CertificateInfo, Observed};
 use crate::CmdResult;
@@ -33,17 +33,24 @@ use config::{EventFormat, NodeOptions};
 pub(crate) use output::StatusOut;
 use output::{Out, Printer};
 
-/// Runs `wendy node` until it leaves; errors are one line for `main` to print.
+/// Runs `wendy node` until it leaves; errors are one line for `main` to print, and with
+/// `--events json` also one fatal event on stdout, whatever stage they come from.
 pub(crate) fn run(args: NodeArgs) -> CmdResult {
-    let options = NodeOptions::resolve(args)?;
-    let trust = trust::load(&options)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(serve(options, trust));
-    // The stdin reader thread may be blocked in a read: do not wait for it.
-    runtime.shutdown_background();
-    result
+    // The flag's format until the config file has been read (it may be what fails).
+    let mut format = args.events.unwrap_or_default();
+    let result = (|| -> CmdResult {
+        let options = NodeOptions::resolve(args)?;
+        format = options.events;
+        let trust = trust::load(&options)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let result = runtime.block_on(serve(options, trust));
+        // The stdin reader thread may be blocked in a read: do not wait for it.
+        runtime.shutdown_background();
+        result
+    })();
+    result.map_err(|e| fatal(Printer::new(format), format, e.to_string()))
 }
 
 /// Signals that end the node gracefully.
@@ -73,14 +80,10 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     let printer = Printer::new(options.events);
     let started = (Instant::now(), SystemTime::now());
     let mut signals = Signals::install()?;
-    let bootstrap = resolve_join(&options.join).await?;
+    let bootstrap = resolve_join(&options.join, options.listen).await?;
     // Bound before the node starts: a taken port or a missing token stops it before it joins.
     let admin = match &options.admin {
-        Some(admin) => Some(
-            BoundAdmin::bind(admin)
-                .await
-                .map_err(|message| fatal(printer, options.events, message))?,
-        ),
+        Some(admin) => Some(BoundAdmin::bind(admin).await?),
         None => None,
     };
     let certificate = certificate_info(&trust, &options);
@@ -132,6 +135,17 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         });
     }
 
+    // The forward listeners are bound before joining: a taken port stops the node before the
+    // others see it join (connections that arrive before the join are reset).
+    let forwards = match bind_forwards(&mesh, &options).await {
+        Ok(forwards) => forwards,
+        Err(message) => {
+            mesh.shutdown().await;
+            node.shutdown().await;
+            return Err(message.into());
+        }
+    };
+
     // Join, printing the events that arrive meanwhile (the `joined` event among them).
     let mut saw_joined = false;
     let joined = {
@@ -139,7 +153,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         tokio::pin!(join);
         loop {
             tokio::select! {
-                result = &mut join => break result.map_err(|e| join_error(e, &options)),
+                result = &mut join => break result.map_err(|e| join_error(e, me, &options)),
                 event = events.recv() => match event {
                     Some(event) => {
                         saw_joined |= matches!(event, NodeEvent::Joined { .. });
@@ -152,8 +166,9 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         }
     };
     if let Err(message) = joined {
+        mesh.shutdown().await;
         node.shutdown().await;
-        return Err(fatal(printer, options.events, message));
+        return Err(message.into());
     }
     if options.events == EventFormat::Text {
         eprintln!("{}", commands::USAGE);
@@ -173,11 +188,12 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
     }
-    if let Err(message) = start_services(&mesh, &options, printer).await {
+    if let Err(message) = start_services(&mesh, &options, &forwards, printer).await {
         mesh.shutdown().await;
         node.shutdown().await;
-        return Err(fatal(printer, options.events, message));
+        return Err(message.into());
     }
+    warn_unknown_services(&mesh, &forwards);
 
     let mut stdin = spawn_stdin_reader();
     let mut stdin_open = true;
@@ -195,10 +211,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
             },
             event = events.recv() => match event {
                 Some(event) => on_event(me, event, printer, &observed),
-                None => {
-                    let message = "the node stopped unexpectedly".to_owned();
-                    return Err(fatal(printer, options.events, message));
-                }
+                None => return Err("the node stopped unexpectedly".into()),
             },
             () = signals.recv() => break,
         }
@@ -206,7 +219,7 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     mesh.shutdown().await;
     node.leave()
         .await
-        .map_err(|e| fatal(printer, options.events, format!("leaving failed: {e}")))?;
+        .map_err(|e| format!("leaving failed: {e}"))?;
     printer.print(&Out::Left { id: me.to_string() });
     printer.flush();
     Ok(())
@@ -219,6 +232,7 @@ fn fatal(printer: Printer, format: EventFormat, message: String) -> Box<dyn std:
         printer.print(&Out::Error {
             message: message.clone(),
             fatal: true,
+            from_node: false,
         });
     }
     printer.flush();
@@ -235,22 +249,14 @@ fn on_event(me: NodeId, event: NodeEvent, printer: Printer, observed: &Observed)
     }
 }
 
-/// Exposes and forwards the services of `--expose` / `--forward`; the first failure is fatal
-/// (a node that silently lacks a service it was asked for is worse than one that exits).
-async fn start_services(
+/// Binds the listeners of `--forward` (each one's bound address and service name); the first
+/// failure is fatal (a node that silently lacks a service it was asked for is worse than one
+/// that exits).
+async fn bind_forwards(
     mesh: &Mesh,
     options: &NodeOptions,
-    printer: Printer,
-) -> Result<(), String> {
-    for (name, target) in &options.expose {
-        mesh.expose(name, target)
-            .await
-            .map_err(|e| format!("cannot expose {name}={target}: {e}"))?;
-        printer.print(&Out::Exposed {
-            name: name.clone(),
-            target: target.clone(),
-        });
-    }
+) -> Result<Vec<(SocketAddr, String)>, String> {
+    let mut bound = Vec::new();
     for (listen, name) in &options.forward {
         if listen.ip().is_unspecified() {
             tracing::warn!(
@@ -262,12 +268,63 @@ async fn start_services(
         let local = mesh.forward(*listen, name).await.map_err(|e| {
             format!("cannot forward {listen}={name}: {e}; pick another local address")
         })?;
+        bound.push((local, name.clone()));
+    }
+    Ok(bound)
+}
+
+/// Exposes the services of `--expose` (the first failure is fatal) and prints the forwards
+/// bound before the join.
+async fn start_services(
+    mesh: &Mesh,
+    options: &NodeOptions,
+    forwards: &[(SocketAddr, String)],
+    printer: Printer,
+) -> Result<(), String> {
+    for (name, target) in &options.expose {
+        mesh.expose(name, target)
+            .await
+            .map_err(|e| format!("cannot expose {name}={target}: {e}"))?;
+        printer.print(&Out::Exposed {
+            name: name.clone(),
+            target: target.clone(),
+        });
+    }
+    for (local, name) in forwards {
         printer.print(&Out::Forwarding {
             listen: local.to_string(),
             name: name.clone(),
         });
     }
     Ok(())
+}
+
+/// Looks each forwarded service up once the node has joined, and warns once about a name no
+/// provider is known for: most often a typo, which would otherwise show only as every
+/// connection being reset.
+fn warn_unknown_services(mesh: &Mesh, forwards: &[(SocketAddr, String)]) {
+    for (local, name) in forwards {
+        let (local, name, mesh) = (*local, name.clone(), mesh.clone());
+        tokio::spawn(async move {
+            let providers = mesh.lookup(&name).await.map(|records| records.len());
+            if matches!(
+                providers,
+                Ok(0) | Err(wendy::mesh::MeshError::NoProvider(_))
+            ) {
+                let known = mesh.known_services();
+                let known = if known.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                tracing::warn!(
+                    "--forward {local}={name}: no node of the mesh provides a service named \
+                     {name:?} (names known to this node: {known}); check the name, or start \
+                     its provider with --expose {name}=HOST:PORT"
+                );
+            }
+        });
+    }
 }
 
 async fn on_command(mesh: &Mesh, command: StdinCommand, printer: Printer) {
@@ -297,6 +354,9 @@ async fn on_command(mesh: &Mesh, command: StdinCommand, printer: Printer) {
             }
             Err(e) => printer.print(&Out::error(format!("status: {e}"))),
         },
+        StdinCommand::Services => printer.print(&Out::Services {
+            names: mesh.known_services(),
+        }),
         // Handled by the run loop (it ends the loop).
         StdinCommand::Leave => {}
     }
@@ -346,14 +406,40 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
     receiver
 }
 
-/// Resolves `--join HOST:PORT` values to socket addresses.
-async fn resolve_join(join: &[String]) -> Result<Vec<SocketAddr>, String> {
+/// Resolves `--join HOST:PORT` values to socket addresses this node can dial: those of the
+/// IP family it listens on (a socket bound to an IPv4 address cannot reach IPv6 ones, nor one
+/// bound to an IPv6 address other than `[::]` IPv4 ones). A value with no such address is an
+/// error at once rather than a dial that can only time out.
+async fn resolve_join(join: &[String], listen: SocketAddr) -> Result<Vec<SocketAddr>, String> {
+    let dialable = |addr: &SocketAddr| match listen {
+        SocketAddr::V4(_) => addr.is_ipv4(),
+        SocketAddr::V6(v6) => v6.ip().is_unspecified() || addr.is_ipv6(),
+    };
     let mut addrs = Vec::new();
     for text in join {
-        let found = tokio::net::lookup_host(text.as_str())
+        let found: Vec<SocketAddr> = tokio::net::lookup_host(text.as_str())
             .await
-            .map_err(|e| format!("cannot resolve --join {text:?}: {e} (expected HOST:PORT)"))?;
-        addrs.extend(found);
+            .map_err(|e| format!("cannot resolve --join {text:?}: {e} (expected HOST:PORT)"))?
+            .collect();
+        let usable: Vec<SocketAddr> = found.iter().copied().filter(dialable).collect();
+        if usable.is_empty() {
+            let (theirs, ours, example) = if listen.is_ipv4() {
+                ("IPv6", "IPv4", "[::]:0")
+            } else {
+                ("IPv4", "IPv6", "0.0.0.0:0 or [::]:0")
+            };
+            let found = found
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(format!(
+                "cannot join {text} ({found}): it is an {theirs} address and this node listens \
+                 on {ours} ({listen}); listen on an address of its family (e.g. --listen \
+                 {example}) or join through an {ours} address"
+            ));
+        }
+        addrs.extend(usable);
     }
     Ok(addrs)
 }
@@ -368,18 +454,30 @@ fn spawn_error(e: NodeError, listen: SocketAddr) -> String {
     }
 }
 
-fn join_error(e: NodeError, options: &NodeOptions) -> String {
+fn join_error(e: NodeError, me: NodeId, options: &NodeOptions) -> String {
     match e {
         NodeError::NoBootstrapReachable {
             tried,
             last_addr,
             last_error,
-        } => format!(
-            "cannot join: no bootstrap node reachable at {tried} (connect timeout {}): \
-             {last_addr}: {last_error}; check the --join addresses, that a node runs there, and that it \
-             admits this node",
-            seconds(options.config.limits.connect_timeout)
-        ),
+        } => match *last_error {
+            ConnectError::Auth(_) | ConnectError::RefusedByPeer(_) => format!(
+                "cannot join through {tried}: {last_addr}: {last_error} (this node's id: {me})"
+            ),
+            ConnectError::Timeout(_) => format!(
+                "cannot join: no bootstrap node reachable at {tried} (connect timeout {}): \
+                 {last_addr}: {last_error}; check the --join addresses and that a node runs \
+                 there",
+                seconds(options.config.limits.connect_timeout)
+            ),
+            _ => format!(
+                "cannot join: no bootstrap node reachable at {tried}: {last_addr}: \
+                 {last_error}; check the --join addresses and that a node runs there"
+            ),
+        },
+        NodeError::JoinRefused { addr, reason } => {
+            format!("cannot join: a member at {addr} refused this node ({me}): {reason}")
+        }
         NodeError::JoinTimeout(limit) => format!(
             "cannot join: the overlay did not accept this node within {}; check the bootstrap \
              nodes or raise [timeouts] join_ms in the config file",

@@ -66,7 +66,8 @@ impl Inner {
                 }
             }
             Err(error) => {
-                warn!(%addr, %error, "refused incoming link");
+                // The node reports it once, as an event the application shows or logs.
+                debug!(%addr, %error, "refused incoming link");
                 self.emit(TransportEvent::HandshakeFailed { addr, error })
                     .await;
             }

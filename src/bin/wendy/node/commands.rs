@@ -11,12 +11,15 @@ pub(crate) enum StdinCommand {
     Send { to: NodeId, text: String },
     /// `status`: print the status object.
     Status,
+    /// `services`: print the service names known to this node.
+    Services,
     /// `leave`: leave gracefully and exit.
     Leave,
 }
 
 /// The usage line shown with every command error.
-pub(crate) const USAGE: &str = "commands: route KEY_HEX TEXT | send NODE_HEX TEXT | status | leave";
+pub(crate) const USAGE: &str =
+    "commands: route KEY_HEX TEXT | send NODE_HEX TEXT | status | services | leave";
 
 /// Parses one line; `Ok(None)` for a blank line.
 pub(crate) fn parse(line: &str) -> Result<Option<StdinCommand>, String> {
@@ -48,8 +51,11 @@ pub(crate) fn parse(line: &str) -> Result<Option<StdinCommand>, String> {
             }
         }
         "status" if rest.trim().is_empty() => StdinCommand::Status,
+        "services" if rest.trim().is_empty() => StdinCommand::Services,
         "leave" if rest.trim().is_empty() => StdinCommand::Leave,
-        "status" | "leave" => return Err(format!("{word} takes no arguments; {USAGE}")),
+        "status" | "services" | "leave" => {
+            return Err(format!("{word} takes no arguments; {USAGE}"))
+        }
         other => return Err(format!("unknown command {other:?}; {USAGE}")),
     };
     Ok(Some(command))

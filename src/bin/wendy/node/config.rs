@@ -21,13 +21,14 @@ use crate::admin::AdminOptions;
 /// a flag overrides the file.
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
-    /// UDP address to listen on, e.g. 127.0.0.1:4000 (port 0 picks a free port).
+    /// UDP address to listen on, e.g. 127.0.0.1:4000 or localhost:4000 (port 0 picks a free
+    /// port).
     #[arg(long, value_name = "ADDR")]
-    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) listen: Option<String>,
     /// Address other nodes are told to dial (default: the bound address); needed when
     /// listening on 0.0.0.0.
     #[arg(long, value_name = "ADDR")]
-    pub(crate) advertise: Option<SocketAddr>,
+    pub(crate) advertise: Option<String>,
     /// This node's private key (from `wendy keygen`).
     #[arg(long, value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
@@ -61,7 +62,7 @@ pub(crate) struct NodeArgs {
     /// Serve the admin endpoint (/metrics, /status, a status page) on this TCP address, e.g.
     /// 127.0.0.1:8484; a non-loopback address needs --admin-token.
     #[arg(long, value_name = "ADDR")]
-    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) admin: Option<String>,
     /// A file holding the admin endpoint's bearer token; every request but the page must then
     /// send `Authorization: Bearer TOKEN`.
     #[arg(long, value_name = "FILE")]
@@ -83,8 +84,8 @@ pub(crate) enum EventFormat {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
-    listen: Option<SocketAddr>,
-    advertise: Option<SocketAddr>,
+    listen: Option<String>,
+    advertise: Option<String>,
     key: Option<PathBuf>,
     cert: Option<PathBuf>,
     ca: Option<PathBuf>,
@@ -109,7 +110,7 @@ pub(crate) struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdminTable {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     token_file: Option<PathBuf>,
 }
 
@@ -196,6 +197,11 @@ impl NodeOptions {
             "no listen address: pass --listen ADDR (e.g. 127.0.0.1:4000) or set `listen` in the \
              config file",
         )?;
+        let listen = resolve_addr("--listen", &listen)?;
+        let advertise = match args.advertise.or(file.advertise) {
+            Some(text) => Some(resolve_addr("--advertise", &text)?),
+            None => None,
+        };
         let key = args.key.or_else(|| in_file(file.key)).ok_or(
             "no key file: pass --key FILE (create one with `wendy keygen --out FILE`) or set `key` \
              in the config file",
@@ -234,7 +240,10 @@ impl NodeOptions {
         let mesh = mesh_config(&file.mesh)?;
         let admin_token = args.admin_token.or_else(|| in_file(file.admin.token_file));
         let admin = match (args.admin.or(file.admin.listen), admin_token) {
-            (Some(listen), token_file) => Some(AdminOptions { listen, token_file }),
+            (Some(listen), token_file) => Some(AdminOptions {
+                listen: resolve_addr("--admin", &listen)?,
+                token_file,
+            }),
             (None, None) => None,
             (None, Some(path)) => {
                 return Err(format!(
@@ -246,7 +255,7 @@ impl NodeOptions {
         };
         Ok(Self {
             listen,
-            advertise: args.advertise.or(file.advertise),
+            advertise,
             key,
             cert: args.cert.or_else(|| in_file(file.cert)),
             ca: args.ca.or_else(|| in_file(file.ca)),
@@ -260,6 +269,20 @@ impl NodeOptions {
             admin,
         })
     }
+}
+
+/// Resolves an `IP:PORT` or `HOST:PORT` address (`localhost:4000`) as `--join` does; a
+/// hostname with several addresses gives the first the resolver lists.
+pub(crate) fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:4000 or localhost:4000";
+    let mut found = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("cannot resolve {what} {text:?}: {e} ({expected})"))?;
+    found
+        .next()
+        .ok_or_else(|| format!("{what} {text:?} resolves to no address ({expected})"))
 }
 
 /// Parses `--expose NAME=HOST:PORT` values; a name may be exposed once.
@@ -298,9 +321,11 @@ fn parse_forwards(values: &[String]) -> Result<Vec<(SocketAddr, String)>, String
         let (addr, name) = value
             .split_once('=')
             .ok_or_else(|| bad("no '='".to_owned()))?;
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|_| bad(format!("{addr:?} is not an IP:PORT address")))?;
+        let addr = resolve_addr("--forward", addr).map_err(|_| {
+            bad(format!(
+                "{addr:?} is not an address (IP:PORT or HOST:PORT) that resolves"
+            ))
+        })?;
         validate_name(name).map_err(|e| bad(e.to_string()))?;
         if addr.port() != 0 && forwards.iter().any(|(a, _)| *a == addr) {
             return Err(bad(format!("{addr} is used twice")));
@@ -517,8 +542,10 @@ mod tests {
         assert!(err.contains("twice"), "{err}");
         let forwards = parse_forwards(&["127.0.0.1:9000=web".into()]).unwrap();
         assert_eq!(forwards[0].0, "127.0.0.1:9000".parse().unwrap());
-        let err = parse_forwards(&["localhost:9000=web".into()]).unwrap_err();
+        let err = parse_forwards(&["localhost=web".into()]).unwrap_err();
         assert!(err.contains("LOCAL_ADDR=NAME"), "{err}");
+        let forwards = parse_forwards(&["localhost:9000=web".into()]).unwrap();
+        assert!(forwards[0].0.ip().is_loopback(), "{forwards:?}");
         let file = parse_file("expose = [\"web=127.0.0.1:80\"]\nforward = [\"127.0.0.1:1=db\"]\n[mesh]\nreplicas = 5\nrecord_ttl_ms = 9000\n").unwrap();
         assert_eq!(file.expose.unwrap().len(), 1);
         let mesh = mesh_config(&file.mesh).unwrap();

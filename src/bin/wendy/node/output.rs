@@ -62,11 +62,17 @@ pub(crate) enum Out {
         message: String,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         fatal: bool,
+        /// Reported by the node (a refused peer, a bad frame), not an answer to a command:
+        /// the node is fine, so the text line is a warning.
+        #[serde(skip)]
+        from_node: bool,
     },
     /// The answer to `status`.
     Status(Box<StatusOut>),
     /// The admin endpoint (`--admin`) serves at `addr`.
     Admin { addr: String },
+    /// The answer to `services`: the service names this node knows of, sorted.
+    Services { names: Vec<String> },
 }
 
 /// The `status` object: `id`, `addr`, `leaf_set`, `routing_table`, `connections`, and more.
@@ -88,6 +94,8 @@ pub(crate) struct StatusOut {
     forwarded: Vec<ForwardStatus>,
     /// Service records this node holds as a registry root or replica.
     records_held: usize,
+    /// The service names this node knows of (service mesh), sorted.
+    services: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,6 +187,7 @@ impl StatusOut {
             exposed: Vec::new(),
             forwarded: Vec::new(),
             records_held: 0,
+            services: Vec::new(),
         }
     }
 
@@ -187,6 +196,7 @@ impl StatusOut {
         self.exposed = mesh.exposed;
         self.forwarded = mesh.forwarded;
         self.records_held = mesh.records_held;
+        self.services = mesh.services;
         self
     }
 }
@@ -221,7 +231,11 @@ impl Out {
                 key: key_hex(*key),
                 msg_id: *id,
             },
-            NodeEvent::Error(message) => Self::error(message.clone()),
+            NodeEvent::Error(message) => Self::Error {
+                message: message.clone(),
+                fatal: false,
+                from_node: true,
+            },
             // Raw streams are consumed by the service mesh; `NodeEvent` is
             // non-exhaustive, so future events are skipped until they get a line here.
             _ => return None,
@@ -233,6 +247,7 @@ impl Out {
         Self::Error {
             message,
             fatal: false,
+            from_node: false,
         }
     }
 
@@ -272,6 +287,17 @@ impl Out {
             }
             Self::Left { id } => format!("left the overlay ({id}); exiting"),
             Self::Admin { addr } => format!("admin endpoint on http://{addr}/"),
+            Self::Services { names } if names.is_empty() => {
+                "services known to this node: none".to_owned()
+            }
+            Self::Services { names } => {
+                format!("services known to this node: {}", names.join(" "))
+            }
+            Self::Error {
+                message,
+                fatal: false,
+                from_node: true,
+            } => format!("warning: {message}"),
             Self::Error { message, .. } => format!("error: {message}"),
             // `status` is JSON in both formats: it is meant for tools and `jq`.
             Self::Status(_) => return serde_json::to_string(self).ok(),

@@ -140,7 +140,29 @@ fn load_node_cert(path: &Path, identity: &Identity, key: &Path) -> Result<Certif
             days_between(now, validity.not_before) + 1
         ));
     }
+    let left = validity.not_after.duration_since(now).unwrap_or_default();
+    if left < EXPIRY_WARNING {
+        tracing::warn!(
+            "certificate {} expires in {}; issue a new one with `wendy ca issue` before then \
+             (other nodes refuse this one once it has expired)",
+            path.display(),
+            remaining(left)
+        );
+    }
     Ok(cert)
+}
+
+/// A certificate with less than this left gets a warning at start.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// A time left, in days, or hours below two days.
+fn remaining(left: std::time::Duration) -> String {
+    let hours = left.as_secs() / 3600;
+    if hours >= 48 {
+        format!("{} days", hours / 24)
+    } else {
+        format!("{hours} hours")
+    }
 }
 
 fn days_between(earlier: SystemTime, later: SystemTime) -> u64 {
