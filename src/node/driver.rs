@@ -874,9 +874,13 @@ fn is_peer_failure(error: &SendError) -> bool {
     }
 }
 
-/// Whether a failed dial means the peer is unreachable (as opposed to a local limit).
+/// Whether a failed dial means the peer is unreachable (as opposed to a local limit: a full
+/// pool, or the bounds on dials, which refuse without dialling).
 fn is_unreachable(error: &ConnectError) -> bool {
-    !matches!(error, ConnectError::TooManyConnections { .. })
+    !matches!(
+        error,
+        ConnectError::TooManyConnections { .. } | ConnectError::DialRefused(_)
+    )
 }
 
 /// Dials the bootstrap addresses in order (`first`, then `rest`); the first that completes a

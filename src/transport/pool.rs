@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget::LinkBudget;
 use crate::id::NodeId;
 
 /// One established, verified link.
@@ -18,6 +19,8 @@ pub(crate) struct Link {
     pub(crate) conn: quinn::Connection,
     pub(crate) peer: NodeId,
     pub(crate) inbound: bool,
+    /// What the link's unfinished incoming frames hold.
+    pub(crate) budget: Arc<LinkBudget>,
     /// Streams in progress (ours and the peer's); the link is idle at zero.
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Uses so far, bumped once per stream: no clock read on the hot path.
@@ -37,11 +40,13 @@ impl Link {
         peer: NodeId,
         inbound: bool,
         epoch: Instant,
+        budget: LinkBudget,
     ) -> Self {
         let link = Self {
             conn,
             peer,
             inbound,
+            budget: Arc::new(budget),
             in_flight: Arc::new(AtomicUsize::new(0)),
             uses: AtomicU64::new(0),
             seen_uses: AtomicU64::new(0),
