@@ -1167,3 +1167,97 @@ fn rand_id() -> [u8; 16] {
     id[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
     id
 }
+
+#[tokio::test]
+async fn links_from_unprotected_peers_are_capped_and_protected_peers_keep_theirs() {
+    const CAP: usize = 2;
+    let mut server = Node::with_limits(Limits {
+        max_unprotected_links: CAP,
+        ..Limits::default()
+    })
+    .await;
+    let member = Node::open().await;
+    server.transport.protect([member.id()]);
+    member
+        .transport
+        .send(server.id(), server.addr(), &direct(b"member"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut server).await.0, member.id());
+    let mut strangers = Vec::new();
+    for i in 0..5u8 {
+        let stranger = Node::open().await;
+        stranger
+            .transport
+            .send(server.id(), server.addr(), &direct(&[i]))
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut server).await.0, stranger.id());
+        strangers.push(stranger);
+        let links = server.transport.links();
+        let unprotected = links.iter().filter(|l| l.peer != member.id()).count();
+        assert!(unprotected <= CAP, "{unprotected} unprotected links");
+        assert!(
+            links.iter().any(|l| l.peer == member.id()),
+            "the protected peer lost its link"
+        );
+    }
+    // The most recent strangers are the ones kept.
+    let last = strangers.last().unwrap().id();
+    assert!(server.transport.links().iter().any(|l| l.peer == last));
+}
+
+#[tokio::test]
+async fn a_handshake_flood_is_bounded_and_a_member_still_gets_through() {
+    const FLOOD: usize = 300;
+    let limits = Limits {
+        max_unprotected_links: 16,
+        max_handshakes: 8,
+        ..Limits::default()
+    };
+    let mut server = Node::with_limits(limits).await;
+    let member = Node::open().await;
+    server.transport.protect([member.id()]);
+    // The member is linked already, as a leaf-set neighbour is.
+    member
+        .transport
+        .send(server.id(), server.addr(), &direct(b"before"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut server).await.0, member.id());
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD {
+        let (id, addr) = (server.id(), server.addr());
+        flood.spawn(async move {
+            let config = open_config();
+            let client_config = tls::quinn_client_config(&config, Some(id)).unwrap();
+            let endpoint = quinn::Endpoint::client(common::loopback()).unwrap();
+            let connecting = endpoint.connect_with(client_config, addr, "wendy").unwrap();
+            if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(5), connecting).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                conn.close(0u32.into(), b"");
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    member
+        .transport
+        .send(server.id(), server.addr(), &direct(b"during"))
+        .await
+        .unwrap();
+    let from = server
+        .next_matching(|event| match event {
+            TransportEvent::Message { from, .. } => Some(from),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, member.id());
+    while flood.join_next().await.is_some() {
+        assert!(server.transport.links().len() <= 16 + 1);
+    }
+    assert!(server
+        .transport
+        .links()
+        .iter()
+        .any(|l| l.peer == member.id()));
+}

@@ -11,7 +11,7 @@ mod serve;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ struct Inner {
     limits: Limits,
     quic: Arc<quinn::TransportConfig>,
     pool: Mutex<Pool>,
+    /// Incoming handshakes in progress.
+    handshakes: AtomicUsize,
     /// What all links' unfinished incoming frames hold.
     read_budget: Arc<Budget>,
     dial_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
@@ -174,8 +176,10 @@ impl Transport {
             pool: Mutex::new(Pool::new(
                 local_id,
                 limits.max_connections,
+                limits.max_unprotected_links,
                 limits.connect_timeout,
             )),
+            handshakes: AtomicUsize::new(0),
             read_budget: Arc::new(Budget::new(limits.node_read_budget)),
             quic,
             dial_locks: Mutex::new(HashMap::new()),
@@ -341,6 +345,14 @@ impl Transport {
             node_max: self.inner.read_budget.max(),
             largest_link_held,
         }
+    }
+
+    /// Tells the pool which peers the node's routing state holds (its leaf set and routing
+    /// table): their links are evicted last and never count against
+    /// [`Limits::max_unprotected_links`]. Replaces the previous set.
+    pub fn protect(&self, peers: impl IntoIterator<Item = NodeId>) {
+        let peers = peers.into_iter().collect();
+        lock(&self.inner.pool).protect(peers);
     }
 
     /// Dials in flight now (at most [`Limits::max_dials_in_flight`]).

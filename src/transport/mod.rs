@@ -153,6 +153,15 @@ pub struct Limits {
     /// The most incoming handshakes quinn holds before refusing new ones (quinn `max_incoming`):
     /// bounds the memory a connection flood can take. Default 256.
     pub max_incoming: usize,
+    /// The most incoming handshakes in progress at once; beyond it new ones are refused, and
+    /// past half of it a client whose address is not validated yet is asked for a stateless
+    /// retry first (so a flood from spoofed addresses costs no handshake state). Default 64.
+    pub max_handshakes: usize,
+    /// The most links to peers the node's routing state does not hold (see
+    /// [`Transport::protect`]): past it, a new link evicts the least recently used idle
+    /// unprotected link, or is refused if every one is busy. Links to protected peers (leaf
+    /// set, routing table) never count against it and are evicted last. Default 256.
+    pub max_unprotected_links: usize,
     /// How many uni streams (one-way messages) a peer may have open at once on one busy link
     /// (quinn `max_concurrent_uni_streams`). High enough for one RTT of small messages at full
     /// speed; the peer waits for credit beyond it. Default 256: quinn keeps a slot for every
@@ -266,6 +275,8 @@ impl Default for Limits {
             max_message_size: wire::DEFAULT_MAX_FRAME_SIZE,
             max_connections: 1024,
             max_incoming: 256,
+            max_handshakes: 64,
+            max_unprotected_links: 256,
             max_concurrent_uni_streams: 256,
             initial_concurrent_uni_streams: 256,
             max_concurrent_bi_streams: 64,
@@ -343,6 +354,8 @@ impl Limits {
         let positive = [
             ("max_connections", self.max_connections > 0),
             ("max_incoming", self.max_incoming > 0),
+            ("max_handshakes", self.max_handshakes > 0),
+            ("max_unprotected_links", self.max_unprotected_links > 0),
             (
                 "max_concurrent_uni_streams",
                 self.max_concurrent_uni_streams > 0,
