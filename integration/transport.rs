@@ -961,3 +961,303 @@ async fn after_the_peer_closes_the_link_the_next_send_dials_again() {
     assert_eq!(next_message(&mut b).await.1, direct(b"two"));
     assert_eq!(a.transport.links().len(), 1);
 }
+
+/// Opens `count` uni streams on `conn` and writes `bytes` on each without ever finishing them;
+/// each task ends with the code the receiver stopped its stream with, if it does.
+fn unfinished_streams(
+    conn: &quinn::Connection,
+    count: usize,
+    bytes: usize,
+) -> Vec<tokio::task::JoinHandle<Option<u64>>> {
+    (0..count)
+        .map(|_| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let mut stream = conn.open_uni().await.unwrap();
+                // A frame header's worth of valid version, then filler that never ends.
+                let mut data = vec![0u8; bytes];
+                data[0] = VERSION;
+                // Never finished: the stream stays open until the receiver stops it.
+                match stream.write_all(&data).await {
+                    Err(quinn::WriteError::Stopped(code)) => Some(code.into_inner()),
+                    Err(error) => panic!("writing failed: {error}"),
+                    Ok(()) => match stream.stopped().await {
+                        Ok(Some(code)) => Some(code.into_inner()),
+                        other => panic!("the stream ended with {other:?}"),
+                    },
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn unfinished_streams_hold_no_more_than_the_read_budgets_and_others_still_get_through() {
+    const STREAMS: usize = 48;
+    let limits = Limits {
+        // Nothing is reset for slowness while the test looks.
+        stream_read_timeout: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let mut server = Node::with_limits(limits.clone()).await;
+    let (_endpoint, conn, hostile) = raw_client(&server).await;
+    let writers = unfinished_streams(&conn, STREAMS, (1 << 20) - 1024);
+    // The peer's streams are taken up to what the budgets allow; the frames that cannot wait
+    // for the link's large-frame slot without risking its flow control are stopped.
+    // (4 MiB window - 1 MiB frame) / 1 MiB per stream = 3 frames wait, one holds the slot.
+    const REFUSED_AT_LEAST: usize = STREAMS - 3 - 1;
+    eventually(|| writers.iter().filter(|w| w.is_finished()).count() >= REFUSED_AT_LEAST).await;
+    // Give any further refusal a moment to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut overloaded = 0;
+    let mut waiting = 0;
+    for writer in writers {
+        if !writer.is_finished() {
+            // Waiting unfinished, its bytes in QUIC's window (or blocked by flow control).
+            waiting += 1;
+            writer.abort();
+            continue;
+        }
+        let code = writer.await.unwrap().and_then(StreamErrorCode::from_u64);
+        assert_eq!(code, Some(StreamErrorCode::Overloaded));
+        overloaded += 1;
+    }
+    assert_eq!(overloaded + waiting, STREAMS);
+    let status = server.transport.read_budget();
+    assert!(
+        status.largest_link_held <= limits.link_read_budget,
+        "{status:?}"
+    );
+    assert!(status.node_held <= limits.link_read_budget, "{status:?}");
+    assert!(
+        status.node_held > 0,
+        "the slot holder's frame is being read"
+    );
+    assert!(
+        overloaded >= REFUSED_AT_LEAST,
+        "only {overloaded} of {STREAMS} frames refused"
+    );
+    // Another peer's maximum-size message still arrives meanwhile.
+    let other = Node::with_limits(limits.clone()).await;
+    let big = direct(&vec![7u8; limits.max_message_size - 64]);
+    other
+        .transport
+        .send(server.id(), server.addr(), &big)
+        .await
+        .unwrap();
+    let (from, body) = server
+        .next_matching(|event| match event {
+            TransportEvent::Message { from, body, .. } if from != hostile => Some((from, body)),
+            _ => None,
+        })
+        .await;
+    assert_eq!((from, body), (other.id(), big));
+    // Closing the hostile link gives every byte back.
+    conn.close(0u32.into(), b"done");
+    eventually(|| server.transport.read_budget().node_held == 0).await;
+}
+
+/// A UDP socket that answers nothing and counts what it receives: (datagrams, bytes).
+async fn silent_sink() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<(usize, usize)>>,
+) {
+    let socket = tokio::net::UdpSocket::bind(common::loopback())
+        .await
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let counts = std::sync::Arc::new(std::sync::Mutex::new((0, 0)));
+    let tally = counts.clone();
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65536];
+        while let Ok(n) = socket.recv(&mut buffer).await {
+            let mut tally = tally.lock().unwrap();
+            tally.0 += 1;
+            tally.1 += n;
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test]
+async fn many_ids_named_at_one_silent_address_cost_one_dial() {
+    const IDS: usize = 2_000;
+    let limits = Limits {
+        connect_timeout: Duration::from_millis(1500),
+        ..Limits::default()
+    };
+    let node = Node::with_limits(limits.clone()).await;
+    let (sink, received) = silent_sink().await;
+    let mut dials = tokio::task::JoinSet::new();
+    for i in 0..IDS {
+        let transport = node.transport.clone();
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+        dials.spawn(async move { transport.connect(sink, Some(NodeId::from_bytes(id))).await });
+    }
+    let (mut timed_out, mut refused) = (0, 0);
+    while let Some(result) = dials.join_next().await {
+        match result.unwrap() {
+            Err(ConnectError::Timeout(addr)) => {
+                assert_eq!(addr, sink);
+                timed_out += 1;
+            }
+            Err(ConnectError::DialRefused(wendy::transport::DialRefused::BackingOff {
+                addr,
+                ..
+            })) => {
+                assert_eq!(addr, sink);
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // One dial found the address silent; every other id there was refused without a dial.
+    assert_eq!((timed_out, refused), (1, IDS - 1));
+    assert_eq!(node.transport.dials_in_flight(), 0);
+    let (datagrams, bytes) = *received.lock().unwrap();
+    // One dial's Initial and its retransmissions (about 1,200 bytes each).
+    assert!(datagrams <= 8, "{datagrams} datagrams, {bytes} bytes");
+}
+
+#[tokio::test]
+async fn dials_in_flight_are_capped_node_wide() {
+    const ADDRESSES: usize = 100;
+    const CAP: usize = 8;
+    let limits = Limits {
+        connect_timeout: Duration::from_millis(1500),
+        max_dials_in_flight: CAP,
+        ..Limits::default()
+    };
+    let node = Node::with_limits(limits).await;
+    let mut sinks = Vec::new();
+    for _ in 0..ADDRESSES {
+        sinks.push(silent_sink().await);
+    }
+    let mut dials = tokio::task::JoinSet::new();
+    for (addr, _) in &sinks {
+        let (transport, addr) = (node.transport.clone(), *addr);
+        let id = NodeId::from_bytes(rand_id());
+        dials.spawn(async move { transport.connect(addr, Some(id)).await });
+    }
+    let (mut timed_out, mut limited) = (0, 0);
+    while let Some(result) = dials.join_next().await {
+        match result.unwrap() {
+            Err(ConnectError::Timeout(_)) => timed_out += 1,
+            Err(ConnectError::DialRefused(wendy::transport::DialRefused::Limit { max })) => {
+                assert_eq!(max, CAP);
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(timed_out, CAP, "as many dials as the cap went out");
+    assert_eq!(limited, ADDRESSES - CAP);
+    let contacted = sinks
+        .iter()
+        .filter(|(_, counts)| counts.lock().unwrap().0 > 0)
+        .count();
+    assert_eq!(contacted, CAP);
+}
+
+fn rand_id() -> [u8; 16] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let mut id = [0xaa; 16];
+    id[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    id
+}
+
+#[tokio::test]
+async fn links_from_unprotected_peers_are_capped_and_protected_peers_keep_theirs() {
+    const CAP: usize = 2;
+    let mut server = Node::with_limits(Limits {
+        max_unprotected_links: CAP,
+        ..Limits::default()
+    })
+    .await;
+    let member = Node::open().await;
+    server.transport.protect([member.id()]);
+    member
+        .transport
+        .send(server.id(), server.addr(), &direct(b"member"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut server).await.0, member.id());
+    let mut strangers = Vec::new();
+    for i in 0..5u8 {
+        let stranger = Node::open().await;
+        stranger
+            .transport
+            .send(server.id(), server.addr(), &direct(&[i]))
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut server).await.0, stranger.id());
+        strangers.push(stranger);
+        let links = server.transport.links();
+        let unprotected = links.iter().filter(|l| l.peer != member.id()).count();
+        assert!(unprotected <= CAP, "{unprotected} unprotected links");
+        assert!(
+            links.iter().any(|l| l.peer == member.id()),
+            "the protected peer lost its link"
+        );
+    }
+    // The most recent strangers are the ones kept.
+    let last = strangers.last().unwrap().id();
+    assert!(server.transport.links().iter().any(|l| l.peer == last));
+}
+
+#[tokio::test]
+async fn a_handshake_flood_is_bounded_and_a_member_still_gets_through() {
+    const FLOOD: usize = 300;
+    let limits = Limits {
+        max_unprotected_links: 16,
+        max_handshakes: 8,
+        ..Limits::default()
+    };
+    let mut server = Node::with_limits(limits).await;
+    let member = Node::open().await;
+    server.transport.protect([member.id()]);
+    // The member is linked already, as a leaf-set neighbour is.
+    member
+        .transport
+        .send(server.id(), server.addr(), &direct(b"before"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut server).await.0, member.id());
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD {
+        let (id, addr) = (server.id(), server.addr());
+        flood.spawn(async move {
+            let config = open_config();
+            let client_config = tls::quinn_client_config(&config, Some(id)).unwrap();
+            let endpoint = quinn::Endpoint::client(common::loopback()).unwrap();
+            let connecting = endpoint.connect_with(client_config, addr, "wendy").unwrap();
+            if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(5), connecting).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                conn.close(0u32.into(), b"");
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    member
+        .transport
+        .send(server.id(), server.addr(), &direct(b"during"))
+        .await
+        .unwrap();
+    let from = server
+        .next_matching(|event| match event {
+            TransportEvent::Message { from, .. } => Some(from),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, member.id());
+    while flood.join_next().await.is_some() {
+        assert!(server.transport.links().len() <= 16 + 1);
+    }
+    assert!(server
+        .transport
+        .links()
+        .iter()
+        .any(|l| l.peer == member.id()));
+}

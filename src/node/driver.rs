@@ -124,6 +124,8 @@ struct Driver<L> {
     deferred: Deferred,
     /// Where routed and direct payloads of kinds other than the application's go.
     subscribers: Vec<(PayloadKind, mpsc::Sender<NodeEvent>)>,
+    /// The peers last told to the transport as protected (sorted), and when.
+    protected: (Vec<NodeId>, Instant),
 }
 
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
@@ -157,6 +159,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
         armed: now,
         deferred: Deferred::new(),
         subscribers: Vec::new(),
+        protected: (Vec::new(), now),
     };
     let runtime = Arc::new(Runtime {
         driver: Mutex::new(driver),
@@ -406,6 +409,7 @@ impl<L: Links> Driver<L> {
         if self.pastry.poll_timeout().is_some_and(|t| t <= now) {
             self.pastry.handle_timeout(now);
         }
+        self.protect_routing_state(false);
         if self
             .join
             .as_ref()
@@ -514,6 +518,25 @@ impl<L: Links> Driver<L> {
             if is_refusal(error) {
                 join.refused = Some((addr, error.to_string()));
             }
+        }
+    }
+
+    /// Tells the transport which peers the leaf set and routing table hold, so that their
+    /// links are kept first when links are capped: at most once a second unless `now`, and
+    /// only when the set changed.
+    fn protect_routing_state(&mut self, now: bool) {
+        const PERIOD: Duration = Duration::from_secs(1);
+        if !now && self.protected.1.elapsed() < PERIOD {
+            return;
+        }
+        let mut peers = self.leaf_ids();
+        peers.extend(self.pastry.routing_table().iter().map(|slot| slot.id()));
+        peers.sort_unstable();
+        peers.dedup();
+        self.protected.1 = Instant::now();
+        if peers != self.protected.0 {
+            self.transport.protect(peers.clone());
+            self.protected.0 = peers;
         }
     }
 
@@ -727,6 +750,7 @@ impl<L: Links> Driver<L> {
                 self.on_forward(token, info, payload);
             }
             Event::Joined => {
+                self.protect_routing_state(true);
                 let leaf_set = self.leaf_ids();
                 info!(leaves = leaf_set.len(), "joined the overlay");
                 if let Some(join) = self.join.take() {
@@ -970,9 +994,13 @@ fn is_refusal(error: &ConnectError) -> bool {
     )
 }
 
-/// Whether a failed dial means the peer is unreachable (as opposed to a local limit).
+/// Whether a failed dial means the peer is unreachable (as opposed to a local limit: a full
+/// pool, or the bounds on dials, which refuse without dialling).
 fn is_unreachable(error: &ConnectError) -> bool {
-    !matches!(error, ConnectError::TooManyConnections { .. })
+    !matches!(
+        error,
+        ConnectError::TooManyConnections { .. } | ConnectError::DialRefused(_)
+    )
 }
 
 /// Dials the bootstrap addresses in order (`first`, then `rest`); the first that completes a

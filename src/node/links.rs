@@ -44,6 +44,10 @@ pub(crate) trait Links: Clone + Send + Sync + 'static {
 
     /// Closes every link; the event channel ends.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
+
+    /// Tells the links which peers the node's routing state holds (they keep their links
+    /// first when links are capped). Replaces the previous set.
+    fn protect(&self, _peers: Vec<NodeId>) {}
 }
 
 impl Links for Transport {
@@ -78,5 +82,9 @@ impl Links for Transport {
 
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         Self::shutdown(self)
+    }
+
+    fn protect(&self, peers: Vec<NodeId>) {
+        Self::protect(self, peers);
     }
 }

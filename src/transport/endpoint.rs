@@ -11,7 +11,7 @@ mod serve;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -20,12 +20,14 @@ use tokio::sync::mpsc;
 use tracing::{info, Instrument};
 
 use self::serve::UniCredit;
+use super::budget::Budget;
+use super::dials::Dials;
 use super::pool::Pool;
 use super::stream::{write_header, RawStream};
 use super::tls::TlsContext;
 use super::{
     BindError, CloseCode, ConfigError, ConnectError, Inbox, Limits, LinkInfo, LinkLostReason,
-    RequestError, SendError, StreamError, TransportConfig, TransportEvent,
+    ReadBudgetStatus, RequestError, SendError, StreamError, TransportConfig, TransportEvent,
 };
 use crate::id::NodeId;
 use crate::task::{step_aside, OnDrop};
@@ -60,7 +62,15 @@ struct Inner {
     limits: Limits,
     quic: Arc<quinn::TransportConfig>,
     pool: Mutex<Pool>,
+    /// Incoming handshakes in progress.
+    handshakes: AtomicUsize,
+    /// What all links' unfinished incoming frames hold.
+    read_budget: Arc<Budget>,
     dial_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// One dial per address at a time (canonical addresses).
+    addr_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// The cap on dials in flight and the failed addresses' back-offs.
+    dials: Mutex<Dials>,
     events: mpsc::Sender<TransportEvent>,
     /// Where one-way messages go instead of `events`, once set ([`Transport::set_inbox`]).
     inbox: OnceLock<Weak<dyn Inbox>>,
@@ -166,11 +176,20 @@ impl Transport {
             pool: Mutex::new(Pool::new(
                 local_id,
                 limits.max_connections,
+                limits.max_unprotected_links,
                 limits.connect_timeout,
             )),
-            limits,
+            handshakes: AtomicUsize::new(0),
+            read_budget: Arc::new(Budget::new(limits.node_read_budget)),
             quic,
             dial_locks: Mutex::new(HashMap::new()),
+            addr_locks: Mutex::new(HashMap::new()),
+            dials: Mutex::new(Dials::new(
+                limits.max_dials_in_flight,
+                limits.dial_backoff,
+                limits.max_dial_backoff,
+            )),
+            limits,
             events,
             inbox: OnceLock::new(),
             closing: AtomicBool::new(false),
@@ -311,6 +330,38 @@ impl Transport {
     /// diagnostic: [`Self::links`] shows only established links in the pool).
     pub fn connection_count(&self) -> usize {
         self.inner.endpoint.open_connections()
+    }
+
+    /// What unfinished incoming frames hold now, node-wide and on the link that holds most
+    /// (see [`Limits::link_read_budget`] and [`Limits::node_read_budget`]).
+    pub fn read_budget(&self) -> ReadBudgetStatus {
+        let largest_link_held = lock(&self.inner.pool)
+            .links()
+            .map(|link| link.budget.held())
+            .max()
+            .unwrap_or(0);
+        ReadBudgetStatus {
+            node_held: self.inner.read_budget.held(),
+            node_max: self.inner.read_budget.max(),
+            largest_link_held,
+        }
+    }
+
+    /// Tells the pool which peers the node's routing state holds (its leaf set and routing
+    /// table): their links are evicted last and never count against
+    /// [`Limits::max_unprotected_links`]. Replaces the previous set.
+    pub fn protect(&self, peers: impl IntoIterator<Item = NodeId>) {
+        let peers = peers.into_iter().collect();
+        lock(&self.inner.pool).protect(peers);
+    }
+
+    /// Dials in flight now (at most [`Limits::max_dials_in_flight`]).
+    pub fn dials_in_flight(&self) -> usize {
+        self.inner
+            .dials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_flight()
     }
 
     /// A snapshot of every link.

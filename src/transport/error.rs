@@ -93,6 +93,10 @@ pub enum ConnectError {
         /// The pool's cap.
         max: usize,
     },
+    /// The dial was not attempted: this node's own bound on dials (in flight, or a recent
+    /// failure at the address). Says nothing new about the peer.
+    #[error("dial not attempted: {0}")]
+    DialRefused(#[from] super::DialRefused),
     /// The address (or the key presented there) is this node's own.
     #[error("{0} is this node itself")]
     SelfConnection(SocketAddr),

@@ -20,6 +20,16 @@
 //! [`StreamErrorCode`], is logged once and reported as [`TransportEvent::StreamRejected`]; the
 //! connection and its other streams continue.
 //!
+//! # Read budgets
+//! A frame is copied out of QUIC only once its bytes are charged to its link's budget
+//! ([`Limits::link_read_budget`]) and the node's ([`Limits::node_read_budget`]), so unfinished
+//! streams cost at most those plus QUIC's receive windows, which then flow-control the peer.
+//! A frame's first 16 KiB come from the link's small-frame pool; a longer frame waits for the
+//! link's one large-frame slot with its data unread. A frame that cannot be charged, or cannot
+//! wait without risking the link's flow control (too many large frames at once, see
+//! `budget.rs`), is reset with [`StreamErrorCode::Overloaded`]; one that holds the slot longer
+//! than [`Limits::stream_read_timeout`] with [`StreamErrorCode::Timeout`].
+//!
 //! # Events and backpressure
 //! Events go out on a bounded channel of [`Limits::event_capacity`]. A stream reader first
 //! reserves a slot in that channel and only then reads its stream, so when the consumer falls
@@ -48,6 +58,8 @@
 //! ```
 
 mod admission;
+mod budget;
+mod dials;
 mod endpoint;
 mod error;
 pub(crate) mod heap;
@@ -61,6 +73,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use admission::{Admission, AuthError};
+pub use dials::DialRefused;
 pub use endpoint::Transport;
 pub use error::{
     BindError, ConfigError, ConnectError, ReplyError, RequestError, SendError, StreamError,
@@ -140,6 +153,15 @@ pub struct Limits {
     /// The most incoming handshakes quinn holds before refusing new ones (quinn `max_incoming`):
     /// bounds the memory a connection flood can take. Default 256.
     pub max_incoming: usize,
+    /// The most incoming handshakes in progress at once; beyond it new ones are refused, and
+    /// past half of it a client whose address is not validated yet is asked for a stateless
+    /// retry first (so a flood from spoofed addresses costs no handshake state). Default 64.
+    pub max_handshakes: usize,
+    /// The most links to peers the node's routing state does not hold (see
+    /// [`Transport::protect`]): past it, a new link evicts the least recently used idle
+    /// unprotected link, or is refused if every one is busy. Links to protected peers (leaf
+    /// set, routing table) never count against it and are evicted last. Default 256.
+    pub max_unprotected_links: usize,
     /// How many uni streams (one-way messages) a peer may have open at once on one busy link
     /// (quinn `max_concurrent_uni_streams`). High enough for one RTT of small messages at full
     /// speed; the peer waits for credit beyond it. Default 256: quinn keeps a slot for every
@@ -162,7 +184,12 @@ pub struct Limits {
     /// so a maximum-size message never waits for a window update.
     pub stream_receive_window: u32,
     /// Unread bytes a peer may send on one link, all streams together (quinn `receive_window`).
-    /// Bounds the memory one link takes while the consumer is behind. Default 8 MiB.
+    /// Bounds the memory one link takes while the consumer is behind, and what a peer that
+    /// never finishes its streams costs beyond [`Self::link_read_budget`]. Default 4 MiB: one
+    /// link then carries at most 4 MiB per round trip (about 40 MiB/s at 100 ms, far more than
+    /// Pastry's messages need), and up to three large frames may wait for the link's
+    /// large-frame slot (see the module docs on read budgets); a bulk-transfer deployment may
+    /// raise it, with that much more memory per link.
     pub connection_receive_window: u32,
     /// Unacknowledged bytes we buffer for one link (quinn `send_window`). Default 8 MiB.
     pub send_window: u64,
@@ -215,6 +242,28 @@ pub struct Limits {
     /// How long an incoming stream may take to deliver its frame once we start reading it.
     /// Default 10 s.
     pub stream_read_timeout: Duration,
+    /// Bytes of frames not yet complete that one link may make this node hold (see the module
+    /// docs on read budgets): one maximum-size frame read at a time, plus small frames' first
+    /// bytes. Must be at least [`Self::max_message_size`] + 16 KiB. Default 2 MiB: a peer that
+    /// opens streams and never finishes them costs this plus the link's receive window
+    /// ([`Self::connection_receive_window`]), however many streams it opens.
+    pub link_read_budget: usize,
+    /// Bytes of frames not yet complete that all links together may make this node hold. A
+    /// large frame waits for room (its data stays in QUIC's windows, flow-controlling its
+    /// sender); a small frame's first bytes without room reset its stream with
+    /// [`StreamErrorCode::Overloaded`]. Must be at least [`Self::link_read_budget`]. Default
+    /// 64 MiB.
+    pub node_read_budget: usize,
+    /// The most dials in flight at once, node-wide (each sends QUIC Initial packets until it
+    /// completes or times out). A dial beyond them fails at once with
+    /// [`ConnectError::DialLimit`]. Default 32.
+    pub max_dials_in_flight: usize,
+    /// How long an address whose dial failed is not dialled again (doubling on each further
+    /// failure, up to [`Self::max_dial_backoff`]); a link from that address clears it. Default
+    /// 30 s.
+    pub dial_backoff: Duration,
+    /// The longest back-off of a failed address. Default 5 minutes.
+    pub max_dial_backoff: Duration,
     /// Capacity of each bounded event channel: the transport's to its owner, and a node's to
     /// its application. Default 4096.
     pub event_capacity: usize,
@@ -226,11 +275,13 @@ impl Default for Limits {
             max_message_size: wire::DEFAULT_MAX_FRAME_SIZE,
             max_connections: 1024,
             max_incoming: 256,
+            max_handshakes: 64,
+            max_unprotected_links: 256,
             max_concurrent_uni_streams: 256,
             initial_concurrent_uni_streams: 256,
             max_concurrent_bi_streams: 64,
             stream_receive_window: 1 << 20,
-            connection_receive_window: 8 << 20,
+            connection_receive_window: 4 << 20,
             send_window: 8 << 20,
             keep_alive: Duration::from_secs(25),
             max_idle_timeout: Duration::from_secs(60),
@@ -242,6 +293,11 @@ impl Default for Limits {
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             stream_read_timeout: Duration::from_secs(10),
+            link_read_budget: 2 << 20,
+            node_read_budget: 64 << 20,
+            max_dials_in_flight: 32,
+            dial_backoff: Duration::from_secs(30),
+            max_dial_backoff: Duration::from_secs(300),
             event_capacity: 4096,
         }
     }
@@ -257,6 +313,16 @@ pub enum LimitsError {
     /// A frame must hold at least the largest control message.
     #[error("max_message_size must be at least {min} bytes (got {got})")]
     MessageSize {
+        /// The configured size.
+        got: usize,
+        /// The smallest usable size.
+        min: usize,
+    },
+    /// A read budget cannot hold what it must.
+    #[error("{field} must be at least {min} bytes (got {got})")]
+    ReadBudget {
+        /// The field.
+        field: &'static str,
         /// The configured size.
         got: usize,
         /// The smallest usable size.
@@ -288,6 +354,8 @@ impl Limits {
         let positive = [
             ("max_connections", self.max_connections > 0),
             ("max_incoming", self.max_incoming > 0),
+            ("max_handshakes", self.max_handshakes > 0),
+            ("max_unprotected_links", self.max_unprotected_links > 0),
             (
                 "max_concurrent_uni_streams",
                 self.max_concurrent_uni_streams > 0,
@@ -308,9 +376,26 @@ impl Limits {
             ("request_timeout", !self.request_timeout.is_zero()),
             ("stream_read_timeout", !self.stream_read_timeout.is_zero()),
             ("event_capacity", self.event_capacity > 0),
+            ("max_dials_in_flight", self.max_dials_in_flight > 0),
+            ("dial_backoff", !self.dial_backoff.is_zero()),
         ];
         if let Some((field, _)) = positive.into_iter().find(|(_, ok)| !ok) {
             return Err(LimitsError::Zero(field));
+        }
+        let link_min = self.max_message_size + budget::SMALL_FRAME;
+        if self.link_read_budget < link_min {
+            return Err(LimitsError::ReadBudget {
+                field: "link_read_budget",
+                got: self.link_read_budget,
+                min: link_min,
+            });
+        }
+        if self.node_read_budget < self.link_read_budget {
+            return Err(LimitsError::ReadBudget {
+                field: "node_read_budget",
+                got: self.node_read_budget,
+                min: self.link_read_budget,
+            });
         }
         if self.keep_alive >= self.max_idle_timeout {
             return Err(LimitsError::KeepAlive {
@@ -454,6 +539,18 @@ impl StreamErrorCode {
     pub fn to_varint(self) -> quinn::VarInt {
         quinn::VarInt::from_u32(self.value())
     }
+}
+
+/// What unfinished incoming frames hold ([`Transport::read_budget`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadBudgetStatus {
+    /// Bytes held node-wide (at most [`Self::node_max`]).
+    pub node_held: usize,
+    /// [`Limits::node_read_budget`].
+    pub node_max: usize,
+    /// Bytes held by the link that holds most (at most [`Limits::link_read_budget`]).
+    pub largest_link_held: usize,
 }
 
 /// A snapshot of one link.

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget::LinkBudget;
 use crate::id::NodeId;
 
 /// One established, verified link.
@@ -18,6 +19,8 @@ pub(crate) struct Link {
     pub(crate) conn: quinn::Connection,
     pub(crate) peer: NodeId,
     pub(crate) inbound: bool,
+    /// What the link's unfinished incoming frames hold.
+    pub(crate) budget: Arc<LinkBudget>,
     /// Streams in progress (ours and the peer's); the link is idle at zero.
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Uses so far, bumped once per stream: no clock read on the hot path.
@@ -37,11 +40,13 @@ impl Link {
         peer: NodeId,
         inbound: bool,
         epoch: Instant,
+        budget: LinkBudget,
     ) -> Self {
         let link = Self {
             conn,
             peer,
             inbound,
+            budget: Arc::new(budget),
             in_flight: Arc::new(AtomicUsize::new(0)),
             uses: AtomicU64::new(0),
             seen_uses: AtomicU64::new(0),
@@ -136,12 +141,22 @@ pub(crate) struct Pool {
     epoch: Instant,
     links: HashMap<NodeId, Arc<Link>>,
     announced: HashSet<NodeId>,
+    /// Peers the node's routing state holds ([`Pool::protect`]): their links are evicted last
+    /// and never count against `max_unprotected`.
+    protected: HashSet<NodeId>,
+    /// The most links to peers that are not protected.
+    max_unprotected: usize,
 }
 
 impl Pool {
     /// An empty pool of at most `max` links; `race_window` is the longest a dial can take (the
     /// connect timeout).
-    pub(crate) fn new(local: NodeId, max: usize, race_window: Duration) -> Self {
+    pub(crate) fn new(
+        local: NodeId,
+        max: usize,
+        max_unprotected: usize,
+        race_window: Duration,
+    ) -> Self {
         Self {
             local,
             max,
@@ -149,7 +164,37 @@ impl Pool {
             epoch: Instant::now(),
             links: HashMap::new(),
             announced: HashSet::new(),
+            protected: HashSet::new(),
+            max_unprotected: max_unprotected.min(max),
         }
+    }
+
+    /// Replaces the set of protected peers.
+    pub(crate) fn protect(&mut self, peers: HashSet<NodeId>) {
+        self.protected = peers;
+    }
+
+    fn is_protected(&self, peer: NodeId) -> bool {
+        self.protected.contains(&peer)
+    }
+
+    /// Links to peers that are not protected.
+    pub(crate) fn unprotected(&self) -> usize {
+        self.links
+            .keys()
+            .filter(|peer| !self.is_protected(**peer))
+            .count()
+    }
+
+    /// The least recently used idle link, unprotected ones first (only those if
+    /// `unprotected_only`).
+    fn eviction_candidate(&self, unprotected_only: bool) -> Option<NodeId> {
+        self.links
+            .values()
+            .filter(|link| !link.is_busy())
+            .filter(|link| !unprotected_only || !self.is_protected(link.peer))
+            .max_by_key(|link| (!self.is_protected(link.peer), link.idle_for()))
+            .map(|link| link.peer)
     }
 
     pub(crate) fn epoch(&self) -> Instant {
@@ -201,14 +246,10 @@ impl Pool {
             };
         }
         let mut evicted = None;
-        if self.links.len() >= self.max {
-            let lru = self
-                .links
-                .values()
-                .filter(|candidate| !candidate.is_busy())
-                .max_by_key(|candidate| candidate.idle_for())
-                .map(|candidate| candidate.peer);
-            let Some(lru) = lru else {
+        let over_unprotected =
+            !self.is_protected(peer) && self.unprotected() >= self.max_unprotected;
+        if self.links.len() >= self.max || over_unprotected {
+            let Some(lru) = self.eviction_candidate(over_unprotected) else {
                 return Insert::Full;
             };
             evicted = self.links.remove(&lru);

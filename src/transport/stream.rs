@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{ReadError, ReadExactError, ReadToEndError, RecvStream, SendStream, WriteError};
+use quinn::{ReadError, ReadExactError, RecvStream, SendStream, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::budget::{Charge, ReadBudgets, LARGE_CHUNK, SMALL_FRAME};
 use super::{ReplyError, SendError, StreamError, StreamErrorCode};
 use crate::wire::{self, Body, WireError};
 
@@ -202,91 +203,207 @@ pub(crate) enum ReadFrameError {
     Wire(WireError),
     /// The frame did not arrive in time.
     Timeout,
+    /// The frame does not fit the link's or the node's read budget.
+    Overloaded,
     /// The stream or link broke.
     Stream(String),
 }
 
-/// Reads whatever of a whole-stream frame is already buffered, without waiting: `Ready` once the
-/// stream's end was reached (or on an error), `Pending` if more data must arrive first (then
-/// the stream's task is woken when it does; `buf` keeps what was read).
+/// What [`poll_read_available`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Available {
+    /// The stream ended: the buffer holds the whole frame.
+    Ended,
+    /// The frame is longer than [`SMALL_FRAME`]: the buffer holds its first bytes.
+    More,
+}
+
+/// Reads whatever of a whole-stream frame is already buffered, without waiting, up to
+/// [`SMALL_FRAME`] bytes: `Ready` once the stream's end was reached, the small-frame bytes were
+/// read, or on an error; `Pending` if more data must arrive first (then the stream's task is
+/// woken when it does; `buf` keeps what was read).
+///
+/// The bytes read here are not charged to a budget: the caller decodes them at once or hands
+/// them to [`read_rest_of_frame`], which charges them before it waits.
 pub(crate) fn poll_read_available(
     recv: &mut RecvStream,
     cx: &mut std::task::Context<'_>,
     buf: &mut Vec<u8>,
-    max: usize,
-) -> std::task::Poll<Result<(), ReadFrameError>> {
+) -> std::task::Poll<Result<Available, ReadFrameError>> {
     use std::mem::MaybeUninit;
     use std::task::Poll;
     // Uninitialised scratch space: nothing to zero per message.
     let mut scratch = [const { MaybeUninit::<u8>::uninit() }; 4096];
     loop {
-        let mut chunk = tokio::io::ReadBuf::uninit(&mut scratch);
+        let room = SMALL_FRAME.saturating_sub(buf.len());
+        if room == 0 {
+            return Poll::Ready(Ok(Available::More));
+        }
+        let size = room.min(scratch.len());
+        let mut chunk = tokio::io::ReadBuf::uninit(&mut scratch[..size]);
         match recv.poll_read_buf(cx, &mut chunk) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(error)) => {
                 return Poll::Ready(Err(ReadFrameError::Stream(error.to_string())))
             }
-            Poll::Ready(Ok(())) if chunk.filled().is_empty() => return Poll::Ready(Ok(())),
-            Poll::Ready(Ok(())) => {
-                let read = chunk.filled();
-                if buf.len() + read.len() > max {
-                    return Poll::Ready(Err(ReadFrameError::Wire(WireError::Oversized {
-                        len: buf.len() + read.len(),
-                        max,
-                    })));
-                }
-                buf.extend_from_slice(read);
+            Poll::Ready(Ok(())) if chunk.filled().is_empty() => {
+                return Poll::Ready(Ok(Available::Ended))
             }
+            Poll::Ready(Ok(())) => buf.extend_from_slice(chunk.filled()),
         }
     }
 }
 
-/// Reads the rest of a whole-stream frame after `partial` and decodes it (see
-/// [`poll_read_available`]).
+/// Reads the rest of a whole-stream frame after `partial` (see [`poll_read_available`]) and
+/// decodes it, charging what it holds to `budgets` (the rule is in [`super::budget`]).
 pub(crate) async fn read_rest_of_frame(
     recv: &mut RecvStream,
-    mut partial: Vec<u8>,
+    partial: Vec<u8>,
+    budgets: &ReadBudgets,
     max: usize,
     timeout: Duration,
 ) -> Result<Body, ReadFrameError> {
-    let budget = max.saturating_sub(partial.len());
-    let rest = match tokio::time::timeout(timeout, recv.read_to_end(budget)).await {
-        Err(_) => return Err(ReadFrameError::Timeout),
-        Ok(Err(ReadToEndError::TooLong)) => {
-            return Err(ReadFrameError::Wire(WireError::Oversized {
-                len: max + 1,
-                max,
-            }))
-        }
-        Ok(Err(ReadToEndError::Read(error))) => {
-            return Err(ReadFrameError::Stream(error.to_string()))
-        }
-        Ok(Ok(rest)) => rest,
-    };
-    partial.extend_from_slice(&rest);
-    wire::decode(&partial, max).map_err(ReadFrameError::Wire)
+    FrameReader::new(budgets, max, timeout, None)
+        .read(recv, partial)
+        .await
 }
 
-/// Reads a length-prefixed header frame (bi streams) of at most `max` bytes and decodes it.
+/// Reads a length-prefixed header frame (bi streams) of at most `max` bytes and decodes it. An
+/// announced length above `max` is refused before anything else is read, and nothing is
+/// allocated for the announced length: the frame grows as its bytes are charged and arrive.
 pub(crate) async fn read_header(
     recv: &mut RecvStream,
+    budgets: &ReadBudgets,
     max: usize,
     timeout: Duration,
 ) -> Result<Body, ReadFrameError> {
-    let read = async {
-        let mut len = [0u8; 4];
-        recv.read_exact(&mut len).await.map_err(exact_error)?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > max {
-            return Err(ReadFrameError::Wire(WireError::Oversized { len, max }));
-        }
-        let mut frame = vec![0u8; len];
-        recv.read_exact(&mut frame).await.map_err(exact_error)?;
-        wire::decode(&frame, max).map_err(ReadFrameError::Wire)
-    };
-    tokio::time::timeout(timeout, read)
+    let mut len = [0u8; 4];
+    tokio::time::timeout(timeout, recv.read_exact(&mut len))
         .await
-        .unwrap_or(Err(ReadFrameError::Timeout))
+        .map_err(|_| ReadFrameError::Timeout)?
+        .map_err(exact_error)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(ReadFrameError::Wire(WireError::Oversized { len, max }));
+    }
+    FrameReader::new(budgets, max, timeout, Some(len))
+        .read(recv, Vec::new())
+        .await
+}
+
+/// Reads one frame (to the stream's end, or of a known length) under the read budgets.
+struct FrameReader<'a> {
+    budgets: &'a ReadBudgets,
+    max: usize,
+    timeout: Duration,
+    /// The frame's length if announced (bi streams); else it ends with the stream.
+    len: Option<usize>,
+}
+
+impl<'a> FrameReader<'a> {
+    fn new(budgets: &'a ReadBudgets, max: usize, timeout: Duration, len: Option<usize>) -> Self {
+        Self {
+            budgets,
+            max,
+            timeout,
+            len,
+        }
+    }
+
+    async fn read(self, recv: &mut RecvStream, mut frame: Vec<u8>) -> Result<Body, ReadFrameError> {
+        let budgets = self.budgets;
+        let mut node = Charge::none(&budgets.node);
+        let mut small = Charge::none(&budgets.link.small);
+        if !charge_both(&mut small, &mut node, frame.len()) {
+            return Err(ReadFrameError::Overloaded);
+        }
+        // The first bytes, from the link's small-frame pool, never waiting for room.
+        let small_end = self.len.map_or(SMALL_FRAME, |len| len.min(SMALL_FRAME));
+        let small_phase = async {
+            while frame.len() < small_end {
+                match recv.read_chunk(small_end - frame.len(), true).await {
+                    Ok(Some(chunk)) => {
+                        if !charge_both(&mut small, &mut node, chunk.bytes.len()) {
+                            return Err(ReadFrameError::Overloaded);
+                        }
+                        frame.extend_from_slice(&chunk.bytes);
+                    }
+                    Ok(None) => return self.ended(frame.len()),
+                    Err(error) => return Err(ReadFrameError::Stream(error.to_string())),
+                }
+            }
+            Ok(self.len == Some(frame.len()))
+        };
+        let ended = tokio::time::timeout(self.timeout, small_phase)
+            .await
+            .unwrap_or(Err(ReadFrameError::Timeout))?;
+        if !ended {
+            // A large frame: one at a time per link, each chunk charged to the node first.
+            let Some(slot) = budgets.link.large_slot().await else {
+                return Err(ReadFrameError::Overloaded);
+            };
+            let mut chunks: Vec<Bytes> = Vec::new();
+            let mut total = frame.len();
+            let large_phase = async {
+                loop {
+                    let end = self.len.unwrap_or(self.max + 1);
+                    let want = LARGE_CHUNK.min(end - total);
+                    if want == 0 {
+                        return Ok(());
+                    }
+                    node.grow(want).await;
+                    match recv.read_chunk(want, true).await {
+                        Ok(Some(chunk)) => {
+                            node.shrink(want - chunk.bytes.len());
+                            total += chunk.bytes.len();
+                            if total > self.max {
+                                return Err(ReadFrameError::Wire(WireError::Oversized {
+                                    len: total,
+                                    max: self.max,
+                                }));
+                            }
+                            chunks.push(chunk.bytes);
+                            slot.set_held(total);
+                        }
+                        Ok(None) => {
+                            self.ended(total)?;
+                            return Ok(());
+                        }
+                        Err(error) => return Err(ReadFrameError::Stream(error.to_string())),
+                    }
+                }
+            };
+            tokio::time::timeout(self.timeout, large_phase)
+                .await
+                .unwrap_or(Err(ReadFrameError::Timeout))?;
+            frame.reserve_exact(total - frame.len());
+            for chunk in chunks {
+                frame.extend_from_slice(&chunk);
+            }
+        }
+        wire::decode(&frame, self.max).map_err(ReadFrameError::Wire)
+    }
+
+    /// The stream ended after `read` bytes: the frame's end, or early if its length was
+    /// announced. Returns that the frame is complete.
+    fn ended(&self, read: usize) -> Result<bool, ReadFrameError> {
+        match self.len {
+            Some(len) if read < len => Err(ReadFrameError::Wire(WireError::Truncated)),
+            _ => Ok(true),
+        }
+    }
+}
+
+/// Charges `bytes` to the link's small-frame pool and the node's budget, or to neither.
+fn charge_both(small: &mut Charge<'_>, node: &mut Charge<'_>, bytes: usize) -> bool {
+    if !small.try_grow(bytes) {
+        return false;
+    }
+    if !node.try_grow(bytes) {
+        small.shrink(bytes);
+        return false;
+    }
+    true
 }
 
 fn exact_error(error: ReadExactError) -> ReadFrameError {

@@ -90,6 +90,9 @@ codes! {
         TooManyConnections = 0x006,
         /// The peer is this node itself.
         SelfConnection = 0x007,
+        /// The peer's identity is already linked from another address, and that link still
+        /// answers; the close reason names that address.
+        IdentityInUse = 0x008,
     }
 }
 
@@ -113,6 +116,9 @@ codes! {
         Timeout = 0x107,
         /// The node is shutting down.
         Shutdown = 0x108,
+        /// The frame did not fit the link's or the node's read budget (too many unfinished
+        /// frames at once); send it again later.
+        Overloaded = 0x109,
         /// Tunnel refused: the provider does not expose the service asked for.
         NoSuchService = 0x180,
         /// Tunnel refused: the provider cannot reach its service (connection refused or no

@@ -1,6 +1,6 @@
 //! Incoming links: the accept loop and the admission checks after the handshake.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tracing::{debug, warn, Instrument};
@@ -27,6 +27,22 @@ impl Inner {
             incoming.refuse();
             return;
         }
+        // Handshakes in progress are bounded: past half the cap, a client must first prove its
+        // address with a stateless retry (no state kept here until it does); at the cap, new
+        // ones are refused.
+        let in_progress = self.handshakes.load(Ordering::Acquire);
+        if in_progress >= self.limits.max_handshakes {
+            incoming.refuse();
+            debug!(%addr, in_progress, "refused incoming link: too many handshakes in progress");
+            return;
+        }
+        if in_progress >= self.limits.max_handshakes / 2 && !incoming.remote_address_validated() {
+            if let Err(error) = incoming.retry() {
+                error.into_incoming().ignore();
+            }
+            return;
+        }
+        let _handshake = Handshake::enter(&self.handshakes);
         if !lock(&self.pool).has_room() {
             incoming.refuse();
             warn!(%addr, "refused incoming link: pool full of busy links");
@@ -97,5 +113,21 @@ impl Inner {
             return Err(ConnectError::SelfConnection(conn.remote_address()));
         }
         Ok((conn, peer))
+    }
+}
+
+/// Counts an incoming handshake in progress until it ends.
+struct Handshake<'a>(&'a AtomicUsize);
+
+impl<'a> Handshake<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Handshake<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

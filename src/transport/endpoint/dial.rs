@@ -1,10 +1,11 @@
 //! Outgoing links: dialling a peer (one dial per peer at a time), waiting for the server to
 //! accept us, classifying a failed handshake, and opening streams on pooled links.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use quinn::{ConnectionError, TransportErrorCode};
 use tracing::{debug, info};
@@ -12,6 +13,7 @@ use tracing::{debug, info};
 use super::serve::lost_reason;
 use super::{lock, Inner};
 use crate::id::NodeId;
+use crate::transport::dials::{canonical, Outcome};
 use crate::transport::pool::{Link, Removed};
 use crate::transport::stream::LinkGuard;
 use crate::transport::verifier::Verdict;
@@ -125,6 +127,10 @@ impl Inner {
         self.dial(addr, None).await
     }
 
+    /// Dials `addr` within the node's dial bounds (see `transport/dials.rs`): one dial per
+    /// address at a time (a second waits for the first), at most
+    /// [`Limits::max_dials_in_flight`](crate::transport::Limits::max_dials_in_flight) in all,
+    /// and none to an address backing off after a failure.
     pub(super) async fn dial(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -133,6 +139,60 @@ impl Inner {
         if addr == self.local_addr {
             return Err(ConnectError::SelfConnection(addr));
         }
+        let key = canonical(addr);
+        let addr_lock = lock_map(&self.addr_locks).entry(key).or_default().clone();
+        let result = {
+            let _one_at_a_time = addr_lock.lock().await;
+            self.bounded_dial(addr, expected).await
+        };
+        let mut locks = lock_map(&self.addr_locks);
+        // Forget the lock unless another dial waits for it (the map's and ours: two).
+        if Arc::strong_count(&addr_lock) <= 2 {
+            locks.remove(&key);
+        }
+        result
+    }
+
+    async fn bounded_dial(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> Result<Arc<Link>, ConnectError> {
+        if let Some(link) = expected.and_then(|peer| lock(&self.pool).get(peer)) {
+            // Dialled by another task while this one waited for the address.
+            return Ok(link);
+        }
+        self.dials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .begin(addr, expected, Instant::now())?;
+        let result = self.handshake(addr, expected).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Linked,
+            Err(ConnectError::Auth(AuthError::NodeIdMismatch { presented, .. })) => {
+                Outcome::HeldBy(*presented)
+            }
+            Err(
+                ConnectError::Timeout(_)
+                | ConnectError::RefusedByPeer(_)
+                | ConnectError::Connection(_)
+                | ConnectError::Auth(_),
+            ) => Outcome::Failed,
+            Err(_) => Outcome::Neutral,
+        };
+        self.dials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .end(addr, outcome, Instant::now());
+        result
+    }
+
+    /// One dial: the handshake, the checks after it, and the pool.
+    async fn handshake(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> Result<Arc<Link>, ConnectError> {
         if !lock(&self.pool).has_room() {
             return Err(ConnectError::TooManyConnections {
                 max: self.limits.max_connections,
@@ -176,6 +236,12 @@ impl Inner {
         }
         self.register(conn, peer, false).await
     }
+}
+
+type AddrLocks = HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>;
+
+fn lock_map(map: &Mutex<AddrLocks>) -> MutexGuard<'_, AddrLocks> {
+    map.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Waits until the server has accepted us: in TLS 1.3 the client finishes its handshake first

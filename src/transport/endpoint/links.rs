@@ -9,6 +9,7 @@ use tracing::{debug, info, Instrument};
 
 use super::{lock, Inner};
 use crate::id::NodeId;
+use crate::transport::budget::LinkBudget;
 use crate::transport::pool::{Insert, Link};
 use crate::transport::{CloseCode, ConnectError, LinkLostReason, TransportEvent};
 
@@ -22,7 +23,13 @@ impl Inner {
         inbound: bool,
     ) -> Result<Arc<Link>, ConnectError> {
         let epoch = lock(&self.pool).epoch();
-        let link = Arc::new(Link::new(conn, peer, inbound, epoch));
+        // Whoever is at the address answers: it is no longer a failed address.
+        self.dials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .link_up(conn.remote_address());
+        let budget = LinkBudget::new(&self.limits);
+        let link = Arc::new(Link::new(conn, peer, inbound, epoch, budget));
         let outcome = lock(&self.pool).insert(link.clone());
         match outcome {
             Insert::Full => {

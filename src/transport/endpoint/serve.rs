@@ -10,10 +10,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{lock, Inner};
+use crate::transport::budget::ReadBudgets;
 use crate::transport::pool::{Link, Removed};
 use crate::transport::stream::{
-    poll_read_available, read_header, read_rest_of_frame, LinkGuard, RawStream, ReadFrameError,
-    Responder,
+    poll_read_available, read_header, read_rest_of_frame, Available, LinkGuard, RawStream,
+    ReadFrameError, Responder,
 };
 use crate::transport::{CloseCode, Limits, LinkLostReason, StreamErrorCode, TransportEvent};
 use crate::wire::{self, Body, WireError};
@@ -37,18 +38,26 @@ impl Inner {
             // already buffered right here; only a stream still waiting for data gets a task.
             let mut frame = Vec::new();
             let available = std::future::poll_fn(|cx| {
-                Poll::Ready(poll_read_available(&mut recv, cx, &mut frame, max))
+                Poll::Ready(poll_read_available(&mut recv, cx, &mut frame))
             })
             .await;
-            let Poll::Ready(result) = available else {
-                tokio::spawn(self.clone().incoming_uni(link.clone(), recv, frame));
-                continue;
+            let result = match available {
+                Poll::Ready(Ok(Available::Ended)) => {
+                    wire::decode(&frame, max).map_err(ReadFrameError::Wire)
+                }
+                Poll::Ready(Err(error)) => Err(error),
+                Poll::Pending | Poll::Ready(Ok(Available::More)) => {
+                    tokio::spawn(self.clone().incoming_uni(link.clone(), recv, frame));
+                    continue;
+                }
             };
-            let result =
-                result.and_then(|()| wire::decode(&frame, max).map_err(ReadFrameError::Wire));
             self.finish_uni(&link, None, result, &mut recv).await;
         };
         bi_loop.abort();
+        if self.limits.release_freed_memory {
+            // What the link held (its QUIC state, frames it left unfinished) is freed now.
+            crate::transport::heap::links_closed();
+        }
         let duplicate = matches!(
             &error,
             ConnectionError::ApplicationClosed(close)
@@ -105,8 +114,9 @@ impl Inner {
             Some(permit)
         };
         let max = self.limits.max_message_size;
-        let result =
-            read_rest_of_frame(&mut recv, partial, max, self.limits.stream_read_timeout).await;
+        let budgets = self.budgets(&link);
+        let timeout = self.limits.stream_read_timeout;
+        let result = read_rest_of_frame(&mut recv, partial, &budgets, max, timeout).await;
         self.finish_uni(&link, permit, result, &mut recv).await;
     }
 
@@ -160,7 +170,9 @@ impl Inner {
             return;
         };
         let max = self.limits.max_message_size;
-        match read_header(&mut recv, max, self.limits.stream_read_timeout).await {
+        let budgets = self.budgets(&link);
+        let timeout = self.limits.stream_read_timeout;
+        match read_header(&mut recv, &budgets, max, timeout).await {
             Ok(header @ Body::Tunnel { .. }) => permit.send(TransportEvent::Stream {
                 from: link.peer,
                 from_addr: link.addr(),
@@ -186,6 +198,13 @@ impl Inner {
         }
     }
 
+    fn budgets(&self, link: &Link) -> ReadBudgets {
+        ReadBudgets {
+            node: self.read_budget.clone(),
+            link: link.budget.clone(),
+        }
+    }
+
     /// Stops (and resets) a stream that brought a bad frame; logs one line. Returns the wire
     /// error to report, if the frame itself was bad.
     fn reject_stream(
@@ -198,6 +217,7 @@ impl Inner {
         let (code, wire_error) = match error {
             ReadFrameError::Wire(error) => (StreamErrorCode::for_wire_error(&error), Some(error)),
             ReadFrameError::Timeout => (StreamErrorCode::Timeout, None),
+            ReadFrameError::Overloaded => (StreamErrorCode::Overloaded, None),
             ReadFrameError::Stream(message) => {
                 debug!(peer = %link.peer, %message, "incoming stream broke");
                 return None;
@@ -212,6 +232,9 @@ impl Inner {
         match &wire_error {
             Some(error) => {
                 warn!(peer = %link.peer, addr = %link.addr(), %error, ?code, "rejected stream with a bad frame")
+            }
+            None if code == StreamErrorCode::Overloaded => {
+                warn!(peer = %link.peer, addr = %link.addr(), held = link.budget.held(), ?code, "rejected stream: unfinished frames over the read budget")
             }
             None => {
                 warn!(peer = %link.peer, addr = %link.addr(), ?code, "rejected stream: frame too slow")

@@ -448,6 +448,10 @@ fn apply_tables(
         &mut l.event_capacity,
         at_least("[limits] event_capacity", limits.event_capacity, 1)?,
     );
+    // A larger frame needs read budgets that hold one such frame besides the small ones.
+    let frame_budget = l.max_message_size.saturating_add(1 << 20);
+    l.link_read_budget = l.link_read_budget.max(frame_budget);
+    l.node_read_budget = l.node_read_budget.max(l.link_read_budget);
     if l.keep_alive >= l.max_idle_timeout {
         return Err(format!(
             "[timeouts] keep_alive_ms ({} ms) must be below idle_ms ({} ms)",
