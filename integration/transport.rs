@@ -1140,24 +1140,23 @@ async fn dials_in_flight_are_capped_node_wide() {
         let id = NodeId::from_bytes(rand_id());
         dials.spawn(async move { transport.connect(addr, Some(id)).await });
     }
-    let (mut timed_out, mut limited) = (0, 0);
-    while let Some(result) = dials.join_next().await {
-        match result.unwrap() {
-            Err(ConnectError::Timeout(_)) => timed_out += 1,
-            Err(ConnectError::DialRefused(wendy::transport::DialRefused::Limit { max })) => {
-                assert_eq!(max, CAP);
-                limited += 1;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    let mut most_in_flight = 0;
+    while !dials.is_empty() {
+        most_in_flight = most_in_flight.max(node.transport.dials_in_flight());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while dials.try_join_next().is_some() {}
     }
-    assert_eq!(timed_out, CAP, "as many dials as the cap went out");
-    assert_eq!(limited, ADDRESSES - CAP);
+    assert_eq!(most_in_flight, CAP, "the cap is reached, never passed");
+    // Dials beyond the cap waited for a slot as long as a dial may take; silent addresses
+    // freed none in time, so at most one more round went out and the rest were refused.
     let contacted = sinks
         .iter()
         .filter(|(_, counts)| counts.lock().unwrap().0 > 0)
         .count();
-    assert_eq!(contacted, CAP);
+    assert!(
+        (CAP..=2 * CAP).contains(&contacted),
+        "{contacted} addresses dialled"
+    );
 }
 
 fn rand_id() -> [u8; 16] {

@@ -5,7 +5,9 @@
 //! handshake completes or times out, so what peers say must not decide how many dials run: a
 //! message naming 2,000 made-up ids at one address must cost a handful of dials, not 2,000.
 //! - At most [`Limits::max_dials_in_flight`](super::Limits::max_dials_in_flight) dials run at
-//!   once; one beyond them fails at once with [`DialRefused::Limit`].
+//!   once; one beyond them waits for a slot for at most the connect timeout (dials to live
+//!   peers take a few round trips), then fails with [`DialRefused::Limit`]. The transport's
+//!   semaphore does the waiting; this table's count is the backstop.
 //! - One dial per address at a time (an address holds one node): the transport makes a second
 //!   dial to the same address wait for the first (see `endpoint/dial.rs`).
 //! - An address whose dial failed (timed out, refused, failed the handshake, or presented

@@ -71,6 +71,8 @@ struct Inner {
     addr_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     /// The cap on dials in flight and the failed addresses' back-offs.
     dials: Mutex<Dials>,
+    /// One permit per dial in flight ([`Limits::max_dials_in_flight`]).
+    dial_slots: tokio::sync::Semaphore,
     events: mpsc::Sender<TransportEvent>,
     /// Where one-way messages go instead of `events`, once set ([`Transport::set_inbox`]).
     inbox: OnceLock<Weak<dyn Inbox>>,
@@ -189,6 +191,7 @@ impl Transport {
                 limits.dial_backoff,
                 limits.max_dial_backoff,
             )),
+            dial_slots: tokio::sync::Semaphore::new(limits.max_dials_in_flight),
             limits,
             events,
             inbox: OnceLock::new(),

@@ -155,7 +155,8 @@ pub struct Limits {
     pub max_incoming: usize,
     /// The most incoming handshakes in progress at once; beyond it new ones are refused, and
     /// past half of it a client whose address is not validated yet is asked for a stateless
-    /// retry first (so a flood from spoofed addresses costs no handshake state). Default 64.
+    /// retry first (so a flood from spoofed addresses costs no handshake state). Default 128:
+    /// a node that many others join through at once (a cluster's bootstrap) still takes them.
     pub max_handshakes: usize,
     /// The most links to peers the node's routing state does not hold (see
     /// [`Transport::protect`]): past it, a new link evicts the least recently used idle
@@ -255,8 +256,9 @@ pub struct Limits {
     /// 64 MiB.
     pub node_read_budget: usize,
     /// The most dials in flight at once, node-wide (each sends QUIC Initial packets until it
-    /// completes or times out). A dial beyond them fails at once with
-    /// [`ConnectError::DialLimit`]. Default 32.
+    /// completes or times out). A dial beyond them waits for one to end, at most
+    /// [`Self::connect_timeout`], then fails with
+    /// [`DialRefused::Limit`](crate::transport::DialRefused::Limit). Default 32.
     pub max_dials_in_flight: usize,
     /// How long an address whose dial failed is not dialled again (doubling on each further
     /// failure, up to [`Self::max_dial_backoff`]); a link from that address clears it. Default
@@ -275,7 +277,7 @@ impl Default for Limits {
             max_message_size: wire::DEFAULT_MAX_FRAME_SIZE,
             max_connections: 1024,
             max_incoming: 256,
-            max_handshakes: 64,
+            max_handshakes: 128,
             max_unprotected_links: 256,
             max_concurrent_uni_streams: 256,
             initial_concurrent_uni_streams: 256,

@@ -17,7 +17,9 @@ use crate::transport::dials::{canonical, Outcome};
 use crate::transport::pool::{Link, Removed};
 use crate::transport::stream::LinkGuard;
 use crate::transport::verifier::Verdict;
-use crate::transport::{AuthError, CloseCode, ConnectError, SendError, TransportEvent};
+use crate::transport::{
+    AuthError, CloseCode, ConnectError, DialRefused, SendError, TransportEvent,
+};
 
 /// The server name put in every ClientHello; Wendy's verifiers ignore names (peers are
 /// identified by key).
@@ -162,6 +164,16 @@ impl Inner {
             // Dialled by another task while this one waited for the address.
             return Ok(link);
         }
+        // A dial beyond the cap waits for a slot as long as a dial may take: dials to live
+        // peers free theirs within a few round trips, so only a backlog of silent addresses
+        // makes one give up.
+        let slot =
+            tokio::time::timeout(self.limits.connect_timeout, self.dial_slots.acquire()).await;
+        let Ok(Ok(_slot)) = slot else {
+            return Err(ConnectError::DialRefused(DialRefused::Limit {
+                max: self.limits.max_dials_in_flight,
+            }));
+        };
         self.dials
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -169,6 +181,12 @@ impl Inner {
         let result = self.handshake(addr, expected).await;
         let outcome = match &result {
             Ok(_) => Outcome::Linked,
+            // A live node too busy for another handshake now: not a failed address.
+            Err(ConnectError::RefusedByPeer(ConnectionError::ConnectionClosed(close)))
+                if close.error_code == TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                Outcome::Neutral
+            }
             Err(ConnectError::Auth(AuthError::NodeIdMismatch { presented, .. })) => {
                 Outcome::HeldBy(*presented)
             }
