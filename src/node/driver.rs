@@ -67,6 +67,10 @@ enum Internal {
     Unreachable(NodeId),
     /// A handshake with the peer at this address was refused, by it or by this node (why).
     Refused(SocketAddr, String),
+    /// A peer says this node's identity is already live at this address (a claim to verify).
+    IdentityClaim(SocketAddr),
+    /// A handshake at this address proved this node's own key: another process holds it.
+    IdentityProven(SocketAddr),
 }
 
 /// Sends held back until the tasks a delivery woke have run (see [`Driver::drain_outputs`]).
@@ -81,7 +85,13 @@ struct BootstrapFailed {
     tried: Vec<SocketAddr>,
     last_addr: SocketAddr,
     last_error: ConnectError,
+    /// Where a bootstrap's claim that this node's identity is live elsewhere was verified.
+    identity_in_use: Option<SocketAddr>,
 }
+
+/// At most this many claims that this node's identity is live elsewhere are verified per join
+/// (each costs a dial).
+const MAX_IDENTITY_CHECKS: usize = 4;
 
 struct PendingJoin {
     reply: oneshot::Sender<Result<(), NodeError>>,
@@ -90,6 +100,9 @@ struct PendingJoin {
     /// stopped by it (a member whose allow-list or CA excludes this node), so it is the
     /// join's error rather than the timeout.
     refused: Option<(SocketAddr, String)>,
+    /// Addresses named by claims that this node's identity is live there, checked or being
+    /// checked.
+    identity_checks: Vec<SocketAddr>,
 }
 
 /// A node's runtime state, shared by the node's task, its transport's reading tasks and the
@@ -499,6 +512,15 @@ impl<L: Links> Driver<L> {
                 bump(&self.counters.frames_rejected);
                 self.emit(NodeEvent::Error(format!("bad frame from {from}: {error}")));
             }
+            TransportEvent::IdentityInUse {
+                live_at,
+                reported_by,
+                reported_from,
+            } => match live_at {
+                Some(addr) => self.check_identity_claim(addr),
+                None => debug!(%reported_by, %reported_from,
+                    "a peer refused our link as a second holder of our identity, naming no address"),
+            },
             TransportEvent::HandshakeFailed { addr, error } => {
                 self.counters.handshake_failures.count(&error);
                 let message = match &error {
@@ -563,6 +585,7 @@ impl<L: Links> Driver<L> {
             reply,
             deadline: Instant::now() + self.join_timeout,
             refused: None,
+            identity_checks: Vec::new(),
         });
         let Some((&first, rest)) = bootstrap.split_first() else {
             info!("starting a new overlay");
@@ -573,9 +596,10 @@ impl<L: Links> Driver<L> {
         let rest = rest.to_vec();
         let transport = self.transport.clone();
         let internal = self.internal.clone();
+        let me = self.pastry.id();
         tokio::spawn(
             async move {
-                let result = dial_first(&transport, first, &rest).await;
+                let result = dial_first(&transport, me, first, &rest).await;
                 let _ = internal.send(Internal::Bootstrapped(result));
             }
             .in_current_span(),
@@ -607,7 +631,9 @@ impl<L: Links> Driver<L> {
                 }
             }
             Internal::Bootstrapped(Err(failed)) => {
-                if let Some(join) = self.join.take() {
+                if let Some(addr) = failed.identity_in_use {
+                    self.identity_in_use(addr);
+                } else if let Some(join) = self.join.take() {
                     let tried = failed
                         .tried
                         .iter()
@@ -628,7 +654,49 @@ impl<L: Links> Driver<L> {
                 }
             }
             Internal::Unreachable(peer) => self.pastry.handle_link_down(now, peer),
+            Internal::IdentityClaim(addr) => self.check_identity_claim(addr),
+            Internal::IdentityProven(addr) => self.identity_in_use(addr),
         }
+    }
+
+    /// A peer says this node's identity is live at `addr`. Believed only once a handshake
+    /// there proves this node's own key, and only while a join is pending (a member that is
+    /// already in keeps its place; the newcomer is the one that stops).
+    fn check_identity_claim(&mut self, addr: SocketAddr) {
+        let Some(join) = self.join.as_mut() else {
+            debug!(%addr, "ignored a claim that this node's identity is live elsewhere: not joining");
+            return;
+        };
+        if join.identity_checks.contains(&addr) || join.identity_checks.len() >= MAX_IDENTITY_CHECKS
+        {
+            debug!(%addr, "ignored a claim that this node's identity is live elsewhere: checked already");
+            return;
+        }
+        join.identity_checks.push(addr);
+        let transport = self.transport.clone();
+        let internal = self.internal.clone();
+        let me = self.pastry.id();
+        tokio::spawn(
+            async move {
+                if let Some(addr) = holds_own_key(&transport, me, addr).await {
+                    let _ = internal.send(Internal::IdentityProven(addr));
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Another process proved this node's key at `addr`: a pending join fails with
+    /// [`NodeError::IdentityInUse`] and the node stops without a word to the overlay.
+    fn identity_in_use(&mut self, addr: SocketAddr) {
+        let Some(join) = self.join.take() else {
+            return;
+        };
+        warn!(%addr, "another process runs this node's key; abandoning the join");
+        let _ = join.reply.send(Err(NodeError::IdentityInUse { addr }));
+        self.stop();
+        let transport = self.transport.clone();
+        tokio::spawn(async move { transport.shutdown().await }.in_current_span());
     }
 
     /// Carries out everything the core asked for since the last call: first its events (which
@@ -807,6 +875,9 @@ impl<L: Links> Driver<L> {
                     bump(&counters.send_failures);
                     if let SendError::Connect(error) = &error {
                         counters.dial_failures.count(error);
+                        if let ConnectError::IdentityInUse { live_at } = error {
+                            let _ = internal.send(Internal::IdentityClaim(*live_at));
+                        }
                         if is_refusal(error) {
                             let _ = internal.send(Internal::Refused(to.addr, error.to_string()));
                         }
@@ -839,6 +910,9 @@ impl<L: Links> Driver<L> {
                         // it) and forgets a mere candidate. A local limit is not the peer's fault.
                         debug!(peer = %peer.id, %error, "measurement failed");
                         counters.dial_failures.count(&error);
+                        if let ConnectError::IdentityInUse { live_at } = error {
+                            let _ = internal.send(Internal::IdentityClaim(live_at));
+                        }
                         if is_refusal(&error) {
                             let _ = internal.send(Internal::Refused(peer.addr, error.to_string()));
                         }
@@ -1007,6 +1081,7 @@ fn is_unreachable(error: &ConnectError) -> bool {
 /// handshake is the one.
 async fn dial_first<L: Links>(
     transport: &L,
+    me: NodeId,
     first: SocketAddr,
     rest: &[SocketAddr],
 ) -> Result<PeerInfo, BootstrapFailed> {
@@ -1017,6 +1092,16 @@ async fn dial_first<L: Links>(
             Ok(id) => return Ok(PeerInfo { id, addr }),
             Err(error) => error,
         };
+        if let ConnectError::IdentityInUse { live_at } = error {
+            if let Some(proven) = holds_own_key(transport, me, live_at).await {
+                return Err(BootstrapFailed {
+                    tried: std::iter::once(first).chain(rest.iter().copied()).collect(),
+                    last_addr: addr,
+                    last_error: error,
+                    identity_in_use: Some(proven),
+                });
+            }
+        }
         // The join's error reports the last failure; earlier ones are worth a line at -v.
         info!(%addr, %error, "bootstrap unreachable");
         match others.next() {
@@ -1026,8 +1111,28 @@ async fn dial_first<L: Links>(
                     tried: std::iter::once(first).chain(rest.iter().copied()).collect(),
                     last_addr: addr,
                     last_error: error,
+                    identity_in_use: None,
                 })
             }
+        }
+    }
+}
+
+/// Whether the node at `addr` proves this node's own key `me` in a handshake (and is not this
+/// process): then another process holds this node's identity there.
+async fn holds_own_key<L: Links>(
+    transport: &L,
+    me: NodeId,
+    addr: SocketAddr,
+) -> Option<SocketAddr> {
+    match transport.connect(addr, Some(me)).await {
+        Err(ConnectError::SameIdentity(at)) => {
+            info!(%at, "verified: another process runs this node's key");
+            Some(at)
+        }
+        outcome => {
+            debug!(%addr, ?outcome, "a claim that this node's identity is live there did not hold");
+            None
         }
     }
 }

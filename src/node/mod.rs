@@ -147,6 +147,17 @@ pub enum NodeError {
         /// Why (the handshake error).
         reason: String,
     },
+    /// Another process already runs this node's key (its NodeId) at `addr`: a handshake
+    /// there proved the key. The join is abandoned and the node stopped, so the live node keeps
+    /// its place.
+    #[error(
+        "another process already runs this node's key at {addr}: stop it, or start this node \
+         with its own key"
+    )]
+    IdentityInUse {
+        /// Where the other process runs.
+        addr: SocketAddr,
+    },
     /// A bootstrap answered but the join did not complete in time.
     #[error("join did not complete within {0:?}")]
     JoinTimeout(Duration),

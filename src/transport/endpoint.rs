@@ -69,6 +69,13 @@ struct Inner {
     dial_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     /// One dial per address at a time (canonical addresses).
     addr_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Addresses (canonical) at which a second link for a peer was refused while its pooled
+    /// link answered, with that link's id: a send to the peer at such an address uses the
+    /// live link instead of dialling again, as long as that link is pooled.
+    aliases: Mutex<HashMap<(NodeId, SocketAddr), usize>>,
+    /// TLS exporter values of the latest incoming links that presented this node's own key:
+    /// a dial that reaches its own process finds its link here (see `dial::is_own_process`).
+    own_key_links: Mutex<std::collections::VecDeque<[u8; 32]>>,
     /// The cap on dials in flight and the failed addresses' back-offs.
     dials: Mutex<Dials>,
     /// One permit per dial in flight ([`Limits::max_dials_in_flight`]).
@@ -186,6 +193,8 @@ impl Transport {
             quic,
             dial_locks: Mutex::new(HashMap::new()),
             addr_locks: Mutex::new(HashMap::new()),
+            aliases: Mutex::new(HashMap::new()),
+            own_key_links: Mutex::new(std::collections::VecDeque::new()),
             dials: Mutex::new(Dials::new(
                 limits.max_dials_in_flight,
                 limits.dial_backoff,
@@ -248,12 +257,9 @@ impl Transport {
         addr: SocketAddr,
         expected: Option<NodeId>,
     ) -> Result<NodeId, ConnectError> {
-        let existing = {
-            let pool = lock(&self.inner.pool);
-            match expected {
-                Some(peer) => pool.get(peer).map(|link| link.peer),
-                None => pool.by_addr(addr),
-            }
+        let existing = match expected {
+            Some(peer) => self.inner.pooled_at(peer, addr).map(|link| link.peer),
+            None => lock(&self.inner.pool).by_addr(addr),
         };
         if let Some(peer) = existing {
             return Ok(peer);

@@ -97,12 +97,43 @@ pub enum ConnectError {
     /// failure at the address). Says nothing new about the peer.
     #[error("dial not attempted: {0}")]
     DialRefused(#[from] super::DialRefused),
-    /// The address (or the key presented there) is this node's own.
+    /// The address is this node's own (the dial reached this very process).
     #[error("{0} is this node itself")]
     SelfConnection(SocketAddr),
+    /// The node at the address proved this node's own key in its handshake and is not this
+    /// process: another process runs with the same key there.
+    #[error("{0} runs with this node's own key (another process holds this identity)")]
+    SameIdentity(SocketAddr),
+    /// The peer refused the link because the identity presented is already linked there from
+    /// another address, and that link still answers (close code
+    /// [`CloseCode::IdentityInUse`](super::CloseCode::IdentityInUse)).
+    #[error("the peer already has a live link to this node's identity at {live_at}")]
+    IdentityInUse {
+        /// Where the peer says the live holder of the identity is (not verified).
+        live_at: SocketAddr,
+    },
+    /// As [`Self::IdentityInUse`], but the peer's close reason did not name an address.
+    #[error(
+        "the peer already has a live link to this node's identity (at an address it did not name)"
+    )]
+    IdentityInUseUnnamed,
     /// The transport was shut down.
     #[error("transport is shut down")]
     Shutdown,
+}
+
+impl ConnectError {
+    /// The refusal a peer's `IdentityInUse` close means, from its reason (the live address as
+    /// text).
+    pub(crate) fn identity_in_use(reason: &[u8]) -> Self {
+        match std::str::from_utf8(reason)
+            .ok()
+            .and_then(|text| text.trim().parse::<SocketAddr>().ok())
+        {
+            Some(live_at) => Self::IdentityInUse { live_at },
+            None => Self::IdentityInUseUnnamed,
+        }
+    }
 }
 
 /// Why the peer closed a handshake, from its TLS alert: Wendy's verifiers send one alert per

@@ -483,6 +483,18 @@ pub enum TransportEvent {
         /// What was wrong.
         error: WireError,
     },
+    /// A peer closed our link to it with
+    /// [`CloseCode::IdentityInUse`]: it already holds a live link to this node's identity at
+    /// another address. A claim, not a proof: another process may run with this node's key
+    /// there, which only a handshake with that address can show.
+    IdentityInUse {
+        /// The address the peer names (`None` if its close reason named none).
+        live_at: Option<SocketAddr>,
+        /// The peer that refused the link.
+        reported_by: NodeId,
+        /// The peer's address.
+        reported_from: SocketAddr,
+    },
     /// An incoming handshake failed (the peer was refused or the handshake broke).
     HandshakeFailed {
         /// The address the attempt came from.

@@ -153,6 +153,8 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         tokio::pin!(join);
         loop {
             tokio::select! {
+                // The join's own error first: a failed join may also end the event stream.
+                biased;
                 result = &mut join => break result.map_err(|e| join_error(e, me, &options)),
                 event = events.recv() => match event {
                     Some(event) => {
@@ -477,6 +479,9 @@ fn join_error(e: NodeError, me: NodeId, options: &NodeOptions) -> String {
         },
         NodeError::JoinRefused { addr, reason } => {
             format!("cannot join: a member at {addr} refused this node ({me}): {reason}")
+        }
+        error @ NodeError::IdentityInUse { .. } => {
+            format!("cannot join as {me}: {error}")
         }
         NodeError::JoinTimeout(limit) => format!(
             "cannot join: the overlay did not accept this node within {}; check the bootstrap \

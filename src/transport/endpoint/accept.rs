@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tracing::{debug, warn, Instrument};
 
-use super::dial::handshake_error;
+use super::dial::{exporter, handshake_error};
 use super::{lock, Inner};
 use crate::id::NodeId;
+use crate::transport::dials::canonical;
 use crate::transport::tls::ALPN;
 use crate::transport::verifier::Verdict;
 use crate::transport::{AuthError, CloseCode, ConnectError, TransportEvent};
@@ -109,12 +110,36 @@ impl Inner {
             return Err(ConnectError::Auth(AuthError::NoCertificate));
         };
         if peer == self.local_id {
+            let addr = conn.remote_address();
+            // Recorded before the close, which the dialler waits for: if the dialler is this
+            // process, it finds its link here (`dial::own_key_at`).
+            if let Some(value) = exporter(&conn) {
+                let mut own = self
+                    .own_key_links
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if own.len() >= OWN_KEY_LINKS_KEPT {
+                    own.pop_front();
+                }
+                own.push_back(value);
+            }
             conn.close(CloseCode::SelfConnection.to_varint(), b"self");
-            return Err(ConnectError::SelfConnection(conn.remote_address()));
+            let local = self.local_addr;
+            let maybe_self = addr.port() == local.port()
+                && (local.ip().is_unspecified() || canonical(addr).ip() == canonical(local).ip());
+            return Err(if maybe_self {
+                ConnectError::SelfConnection(addr)
+            } else {
+                ConnectError::SameIdentity(addr)
+            });
         }
         Ok((conn, peer))
     }
 }
+
+/// How many own-key links `Inner::own_key_links` remembers: a dialler looks within one
+/// round trip of the record, so a few suffice.
+const OWN_KEY_LINKS_KEPT: usize = 16;
 
 /// Counts an incoming handshake in progress until it ends.
 struct Handshake<'a>(&'a AtomicUsize);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quinn::{ConnectionError, TransportErrorCode};
 use tracing::{debug, info};
 
-use super::serve::lost_reason;
+use super::serve::{identity_in_use, lost_reason};
 use super::{lock, Inner};
 use crate::id::NodeId;
 use crate::transport::dials::{canonical, Outcome};
@@ -68,6 +68,11 @@ impl Inner {
             {
                 Err(_) => return Err(SendError::OpenStreamTimeout),
                 Ok(Ok(stream)) => return Ok((guard, stream)),
+                Ok(Err(error)) if identity_in_use(&error).is_some() => {
+                    self.forget(&link, &error).await;
+                    let reason = identity_in_use(&error).unwrap_or_default();
+                    return Err(ConnectError::identity_in_use(reason).into());
+                }
                 Ok(Err(error)) if !retried => {
                     debug!(%peer, %error, "pooled link was closed; dialling again");
                     drop(guard);
@@ -104,7 +109,7 @@ impl Inner {
             return Err(ConnectError::Shutdown);
         }
         if let Some(peer) = peer {
-            if let Some(link) = lock(&self.pool).get(peer) {
+            if let Some(link) = self.pooled_at(peer, addr) {
                 return Ok(link);
             }
             // One dial per peer at a time: concurrent senders wait for the first dial.
@@ -116,7 +121,7 @@ impl Inner {
                 locks.entry(peer).or_default().clone()
             };
             let _dialling = dial_lock.lock().await;
-            if let Some(link) = lock(&self.pool).get(peer) {
+            if let Some(link) = self.pooled_at(peer, addr) {
                 return Ok(link);
             }
             let result = self.dial(addr, Some(peer)).await;
@@ -124,9 +129,27 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&peer);
+            if let Err(ConnectError::IdentityInUse { .. }) = &result {
+                // Refused here because the peer's pooled link answers: that live link is the
+                // peer (the one at `addr` holds its key but is not it).
+                if let Some(link) = self.alias(peer, addr) {
+                    return Ok(link);
+                }
+            }
             return result;
         }
         self.dial(addr, None).await
+    }
+
+    /// The pooled link to `peer` if it is at `addr` (canonically), or stands for the peer
+    /// there (see [`Self::alias`]). A link at another address is not used: a dial to `addr`
+    /// finds out who is there (one identity, one address: see `links.rs`).
+    pub(super) fn pooled_at(&self, peer: NodeId, addr: SocketAddr) -> Option<Arc<Link>> {
+        let link = lock(&self.pool).get(peer)?;
+        if canonical(link.addr()) == canonical(addr) {
+            return Some(link);
+        }
+        self.alias(peer, addr)
     }
 
     /// Dials `addr` within the node's dial bounds (see `transport/dials.rs`): one dial per
@@ -160,7 +183,7 @@ impl Inner {
         addr: SocketAddr,
         expected: Option<NodeId>,
     ) -> Result<Arc<Link>, ConnectError> {
-        if let Some(link) = expected.and_then(|peer| lock(&self.pool).get(peer)) {
+        if let Some(link) = expected.and_then(|peer| self.pooled_at(peer, addr)) {
             // Dialled by another task while this one waited for the address.
             return Ok(link);
         }
@@ -237,8 +260,7 @@ impl Inner {
             return Err(ConnectError::Auth(AuthError::NoCertificate));
         };
         if peer == self.local_id {
-            conn.close(CloseCode::SelfConnection.to_varint(), b"self");
-            return Err(ConnectError::SelfConnection(addr));
+            return Err(self.own_key_at(&conn, addr, deadline).await);
         }
         match tokio::time::timeout_at(deadline, confirmed(&conn)).await {
             Err(_) => {
@@ -254,6 +276,42 @@ impl Inner {
         }
         self.register(conn, peer, false).await
     }
+}
+
+impl Inner {
+    /// The handshake at `addr` proved this node's own key: this process (another address of
+    /// its own socket) or another process running with the same key. The other side refuses a
+    /// link presenting its own key, and when that side is this process it first records the
+    /// link's TLS exporter value (`accept.rs`), so after the refusal the two cases differ.
+    async fn own_key_at(
+        &self,
+        conn: &quinn::Connection,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> ConnectError {
+        let _ = tokio::time::timeout_at(deadline, conn.closed()).await;
+        conn.close(CloseCode::SelfConnection.to_varint(), b"self");
+        let own = exporter(conn).is_some_and(|value| {
+            self.own_key_links
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&value)
+        });
+        if own {
+            ConnectError::SelfConnection(addr)
+        } else {
+            info!(%addr, "another process runs with this node's key");
+            ConnectError::SameIdentity(addr)
+        }
+    }
+}
+
+/// A value both ends of one TLS session derive alike, and no other session does.
+pub(super) fn exporter(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let mut value = [0; 32];
+    conn.export_keying_material(&mut value, b"wendy own key link", b"")
+        .ok()?;
+    Some(value)
 }
 
 type AddrLocks = HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>;
@@ -301,6 +359,11 @@ pub(super) fn handshake_error(
         }
         ConnectionError::ConnectionClosed(close) => {
             ConnectError::RefusedByPeer(ConnectionError::ConnectionClosed(close))
+        }
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code == CloseCode::IdentityInUse.to_varint() =>
+        {
+            ConnectError::identity_in_use(&close.reason)
         }
         ConnectionError::ApplicationClosed(close) => {
             ConnectError::RefusedByPeer(ConnectionError::ApplicationClosed(close))

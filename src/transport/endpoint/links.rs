@@ -5,13 +5,20 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tracing::{debug, info, Instrument};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tracing::{debug, info, warn, Instrument};
 
 use super::{lock, Inner};
 use crate::id::NodeId;
 use crate::transport::budget::LinkBudget;
+use crate::transport::dials::canonical;
 use crate::transport::pool::{Insert, Link};
+use crate::transport::stream::{write_header, LinkGuard};
 use crate::transport::{CloseCode, ConnectError, LinkLostReason, TransportEvent};
+use crate::wire::{self, Body};
 
 impl Inner {
     /// Puts a verified link in the pool (applying the simultaneous-dial rule and the cap),
@@ -22,6 +29,7 @@ impl Inner {
         peer: NodeId,
         inbound: bool,
     ) -> Result<Arc<Link>, ConnectError> {
+        self.one_address_per_identity(&conn, peer).await?;
         let epoch = lock(&self.pool).epoch();
         // Whoever is at the address answers: it is no longer a failed address.
         self.dials
@@ -94,6 +102,91 @@ impl Inner {
         }
     }
 
+    /// One live link address per identity: a new link for `peer` from another address than
+    /// its pooled link's is refused with [`CloseCode::IdentityInUse`] (the reason names the
+    /// live address) while the pooled link answers a ping; if it does not, the peer is taken
+    /// to have restarted elsewhere and the pooled link is closed (its loss reported).
+    ///
+    /// Runs before the new link is pooled or served, so a refused link never carries a frame.
+    async fn one_address_per_identity(
+        self: &Arc<Self>,
+        conn: &quinn::Connection,
+        peer: NodeId,
+    ) -> Result<(), ConnectError> {
+        let new_addr = canonical(conn.remote_address());
+        let Some(old) = lock(&self.pool).get(peer) else {
+            return Ok(());
+        };
+        let live_at = canonical(old.addr());
+        if live_at == new_addr {
+            return Ok(());
+        }
+        if self.answers_ping(&old).await {
+            warn!(%peer, %live_at, refused = %new_addr,
+                "refused a second link for an identity that is live at another address");
+            conn.close(
+                CloseCode::IdentityInUse.to_varint(),
+                live_at.to_string().as_bytes(),
+            );
+            let mut aliases = lock_aliases(&self.aliases);
+            let pool = lock(&self.pool);
+            // Only aliases of links still pooled are worth keeping: bounded by the pool.
+            aliases.retain(|(peer, _), id| pool.get(*peer).is_some_and(|link| link.id() == *id));
+            aliases.insert((peer, new_addr), old.id());
+            return Err(ConnectError::IdentityInUse { live_at });
+        }
+        let removed = {
+            let mut pool = lock(&self.pool);
+            match pool.get(peer) {
+                Some(link) if link.id() == old.id() => pool.remove(peer),
+                _ => None,
+            }
+        };
+        if let Some(old) = removed {
+            info!(%peer, old = %live_at, new = %new_addr,
+                "the old link of a peer linking from a new address does not answer; replacing it");
+            old.conn
+                .close(CloseCode::Closed.to_varint(), b"unresponsive");
+            self.emit(TransportEvent::LinkLost {
+                peer,
+                reason: LinkLostReason::ClosedLocally(CloseCode::Closed),
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Whether `link` answers a ping within a few of its round trips (at most a second).
+    async fn answers_ping(&self, link: &Link) -> bool {
+        let timeout =
+            (link.conn.rtt() * 3 + Duration::from_millis(250)).min(Duration::from_secs(1));
+        let _busy = LinkGuard::new(&link.in_flight);
+        let nonce: u64 = rand::random();
+        let max = self.limits.max_message_size;
+        let exchange = async {
+            let frame = wire::encode_bounded(&Body::Ping { nonce }, max).ok()?;
+            let (mut send, recv) = link.conn.open_bi().await.ok()?;
+            write_header(&mut send, frame).await.ok()?;
+            send.finish().ok()?;
+            let mut recv = recv;
+            let answer = recv.read_to_end(max).await.ok()?;
+            match wire::decode(&answer, max).ok()? {
+                Body::Pong { nonce: echoed } => Some(echoed == nonce),
+                _ => Some(false),
+            }
+        };
+        let answered = tokio::time::timeout(timeout, exchange).await;
+        debug!(peer = %link.peer, ?answered, "liveness ping of a pooled link");
+        matches!(answered, Ok(Some(true)))
+    }
+
+    /// The live link standing for `peer` at `addr`, if a link from `addr` was refused because
+    /// that link answered (see [`Self::one_address_per_identity`]).
+    pub(super) fn alias(&self, peer: NodeId, addr: SocketAddr) -> Option<Arc<Link>> {
+        let id = *lock_aliases(&self.aliases).get(&(peer, canonical(addr)))?;
+        lock(&self.pool).get(peer).filter(|link| link.id() == id)
+    }
+
     pub(super) async fn idle_reaper(inner: Weak<Self>) {
         // Looks several times per timeout: a link's idle time is counted from the first look
         // that sees it unused (see `Link::idle_for`), so each look adds at most one period.
@@ -164,4 +257,10 @@ async fn drain_and_close(link: Arc<Link>) {
     }
     link.conn
         .close(CloseCode::Duplicate.to_varint(), b"duplicate link");
+}
+
+type Aliases = HashMap<(NodeId, SocketAddr), usize>;
+
+fn lock_aliases(aliases: &Mutex<Aliases>) -> MutexGuard<'_, Aliases> {
+    aliases.lock().unwrap_or_else(PoisonError::into_inner)
 }

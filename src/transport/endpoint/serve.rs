@@ -16,7 +16,9 @@ use crate::transport::stream::{
     poll_read_available, read_header, read_rest_of_frame, Available, LinkGuard, RawStream,
     ReadFrameError, Responder,
 };
-use crate::transport::{CloseCode, Limits, LinkLostReason, StreamErrorCode, TransportEvent};
+use crate::transport::{
+    CloseCode, ConnectError, Limits, LinkLostReason, StreamErrorCode, TransportEvent,
+};
 use crate::wire::{self, Body, WireError};
 
 impl Inner {
@@ -57,6 +59,19 @@ impl Inner {
         if self.limits.release_freed_memory {
             // What the link held (its QUIC state, frames it left unfinished) is freed now.
             crate::transport::heap::links_closed();
+        }
+        if let Some(reason) = identity_in_use(&error) {
+            let live_at = match ConnectError::identity_in_use(reason) {
+                ConnectError::IdentityInUse { live_at } => Some(live_at),
+                _ => None,
+            };
+            warn!(peer = %link.peer, ?live_at, "peer refused our link: it holds a live link to our identity elsewhere");
+            self.emit(TransportEvent::IdentityInUse {
+                live_at,
+                reported_by: link.peer,
+                reported_from: link.addr(),
+            })
+            .await;
         }
         let duplicate = matches!(
             &error,
@@ -292,6 +307,18 @@ impl UniCredit {
             self.counted = 0;
             self.since = Instant::now();
         }
+    }
+}
+
+/// The close reason of a link the peer closed with [`CloseCode::IdentityInUse`].
+pub(super) fn identity_in_use(error: &ConnectionError) -> Option<&[u8]> {
+    match error {
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code == CloseCode::IdentityInUse.to_varint() =>
+        {
+            Some(&close.reason)
+        }
+        _ => None,
     }
 }
 
