@@ -1260,3 +1260,141 @@ async fn a_handshake_flood_is_bounded_and_a_member_still_gets_through() {
         .iter()
         .any(|l| l.peer == member.id()));
 }
+
+/// One identity, one node: a second transport running a live node's key is refused by a
+/// third node with `IdentityInUse` naming the live node's address, the live node's link stays
+/// up, and a send addressed to the second's address reaches the live node (the second learns
+/// of the refusal too).
+#[tokio::test]
+async fn a_second_link_for_a_live_identity_is_refused_naming_the_live_address() {
+    let (hub, mut hub_events) = Node::open().await.serve();
+    let config = common::open_config();
+    let (first, mut first_events) = Node::bind(config.clone()).await.serve();
+    let third_config = config.clone();
+    let mut twin = Node::bind(config).await;
+    assert_eq!(first.local_id(), twin.id());
+    let id = first.local_id();
+    first
+        .connect(hub.local_addr(), Some(hub.local_id()))
+        .await
+        .unwrap();
+
+    // The twin's handshake completes before the hub checks the first link; the refusal
+    // closes the twin's link at once (or, if it comes first, fails the dial itself).
+    match twin
+        .transport
+        .connect(hub.local_addr(), Some(hub.local_id()))
+        .await
+    {
+        Err(ConnectError::IdentityInUse { live_at }) => assert_eq!(live_at, first.local_addr()),
+        Err(other) => panic!("unexpected dial error: {other}"),
+        Ok(_) => {
+            let (live_at, reported_by) = twin
+                .next_matching(|event| match event {
+                    TransportEvent::IdentityInUse {
+                        live_at,
+                        reported_by,
+                        ..
+                    } => Some((live_at, reported_by)),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(live_at, Some(first.local_addr()));
+            assert_eq!(reported_by, hub.local_id());
+        }
+    }
+    // The hub keeps the first link, at the first address.
+    let links = hub.links();
+    let link = links
+        .iter()
+        .find(|link| link.peer == id)
+        .expect("hub link to the live id");
+    assert_eq!(link.addr, first.local_addr());
+    assert!(first.links().iter().any(|link| link.peer == hub.local_id()));
+    // A send naming a third holder's address (one the hub has not heard from): the hub dials
+    // it, finds the identity live elsewhere, refuses that link and delivers over the live one.
+    let mut third = Node::bind(third_config).await;
+    hub.send(id, third.addr(), &direct(b"to the live one"))
+        .await
+        .unwrap();
+    let (from, body) = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if let Some(TransportEvent::Message { from, body, .. }) = first_events.recv().await {
+                return (from, body);
+            }
+        }
+    })
+    .await
+    .expect("the live node got the message");
+    assert_eq!((from, body), (hub.local_id(), direct(b"to the live one")));
+    let live_at = third
+        .next_matching(|event| match event {
+            TransportEvent::IdentityInUse { live_at, .. } => Some(live_at),
+            _ => None,
+        })
+        .await;
+    assert_eq!(live_at, Some(first.local_addr()));
+    let links = hub.links();
+    let to_id: Vec<_> = links.iter().filter(|link| link.peer == id).collect();
+    assert_eq!(to_id.len(), 1, "{to_id:?}");
+    assert_eq!(to_id[0].addr, first.local_addr());
+    // The hub never reported the live node's link lost.
+    while let Ok(event) = hub_events.try_recv() {
+        if let TransportEvent::LinkLost { peer, reason } = event {
+            assert_ne!(peer, id, "hub lost the live link: {reason:?}");
+        }
+    }
+}
+
+/// A restarted process: when the pooled link of an identity no longer answers (its process
+/// hangs or died and the link has not timed out yet), a link from the same key at a new
+/// address replaces it.
+#[tokio::test]
+async fn a_new_link_for_an_identity_whose_old_link_is_dead_replaces_it() {
+    let (hub, mut hub_events) = Node::open().await.serve();
+    let config = common::open_config();
+    // The old process: its events are never read, so it answers no request.
+    let old = Node::bind(config.clone()).await;
+    let id = old.id();
+    old.transport
+        .connect(hub.local_addr(), Some(hub.local_id()))
+        .await
+        .unwrap();
+    let (new, mut new_events) = Node::bind(config).await.serve();
+    new.connect(hub.local_addr(), Some(hub.local_id()))
+        .await
+        .unwrap();
+    // The hub reports the old link gone, then the new one up at the new address.
+    let lost = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            match hub_events.recv().await {
+                Some(TransportEvent::LinkLost { peer, reason }) if peer == id => return reason,
+                Some(_) => {}
+                None => panic!("hub events ended"),
+            }
+        }
+    })
+    .await
+    .expect("the old link reported lost");
+    assert_eq!(lost, LinkLostReason::ClosedLocally(CloseCode::Closed));
+    eventually(|| {
+        hub.links()
+            .iter()
+            .any(|link| link.peer == id && link.addr == new.local_addr())
+    })
+    .await;
+    hub.send(id, new.local_addr(), &direct(b"welcome back"))
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if let Some(TransportEvent::Message { body, .. }) = new_events.recv().await {
+                return body;
+            }
+        }
+    })
+    .await
+    .expect("the restarted node got the message");
+    assert_eq!(body, direct(b"welcome back"));
+    drop(old);
+}

@@ -129,12 +129,26 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&peer);
-            if let Err(ConnectError::IdentityInUse { .. }) = &result {
-                // Refused here because the peer's pooled link answers: that live link is the
-                // peer (the one at `addr` holds its key but is not it).
-                if let Some(link) = self.alias(peer, addr) {
-                    return Ok(link);
+            match &result {
+                Err(ConnectError::IdentityInUse { .. }) => {
+                    // Refused here because the peer's pooled link answers: that live link is
+                    // the peer (the one at `addr` holds its key but is not it).
+                    if let Some(link) = self.alias(peer, addr) {
+                        return Ok(link);
+                    }
                 }
+                Err(error) => {
+                    // Nobody (or nobody else) answers at `addr`, but the peer has a link from
+                    // another address (it restarted there, or has several): that link serves.
+                    let pooled = lock(&self.pool).get(peer);
+                    if let Some(link) = pooled {
+                        debug!(%peer, %addr, live_at = %link.addr(), %error,
+                            "no link at the address given; using the peer's link elsewhere");
+                        self.add_alias(peer, addr, &link);
+                        return Ok(link);
+                    }
+                }
+                Ok(_) => {}
             }
             return result;
         }

@@ -128,11 +128,7 @@ impl Inner {
                 CloseCode::IdentityInUse.to_varint(),
                 live_at.to_string().as_bytes(),
             );
-            let mut aliases = lock_aliases(&self.aliases);
-            let pool = lock(&self.pool);
-            // Only aliases of links still pooled are worth keeping: bounded by the pool.
-            aliases.retain(|(peer, _), id| pool.get(*peer).is_some_and(|link| link.id() == *id));
-            aliases.insert((peer, new_addr), old.id());
+            self.add_alias(peer, new_addr, &old);
             return Err(ConnectError::IdentityInUse { live_at });
         }
         let removed = {
@@ -178,6 +174,15 @@ impl Inner {
         let answered = tokio::time::timeout(timeout, exchange).await;
         debug!(peer = %link.peer, ?answered, "liveness ping of a pooled link");
         matches!(answered, Ok(Some(true)))
+    }
+
+    /// Lets `link` stand for `peer` at `addr` while it is pooled.
+    pub(super) fn add_alias(&self, peer: NodeId, addr: SocketAddr, link: &Link) {
+        let mut aliases = lock_aliases(&self.aliases);
+        let pool = lock(&self.pool);
+        // Only aliases of links still pooled are worth keeping: bounded by the pool.
+        aliases.retain(|(peer, _), id| pool.get(*peer).is_some_and(|link| link.id() == *id));
+        aliases.insert((peer, canonical(addr)), link.id());
     }
 
     /// The live link standing for `peer` at `addr`, if a link from `addr` was refused because
