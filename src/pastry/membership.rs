@@ -14,10 +14,10 @@ pub(super) const ANNOUNCED_MEMORY: usize = 8;
 
 impl Pastry {
     /// A [`Message::NodeFailed`] from `from`: it found `node` dead (or, if it is us, suspects
-    /// us). Not believed on its word: a node we heard from within a probe timeout is kept as
-    /// it is; otherwise we probe it ourselves (as a member: routing parks messages for its keys
-    /// meanwhile) and drop it only if our probe fails, spreading the news then as the notice
-    /// would have. The sender's leaf set is merged as candidates either way.
+    /// us). Not believed on its word: we probe the node ourselves and drop it only if our probe
+    /// fails, spreading the news then as the notice would have. A node we heard from within a
+    /// probe timeout stays usable for routing meanwhile; any other is probed as a suspect
+    /// member (routing parks messages for its keys until the probe settles). The sender's leaf set is merged as candidates either way.
     pub(super) fn on_node_failed(
         &mut self,
         now: Time,
@@ -31,24 +31,27 @@ impl Pastry {
                 self.start_probe(now, from, ProbeKind::Member);
             }
         } else if let Some(peer) = self.known_peer(node) {
+            // The sender told its own leaf set: if our probe confirms, we tell only the members
+            // it lacks.
+            let told: Vec<NodeId> = leaf_set
+                .iter()
+                .map(|p| p.id)
+                .chain(std::iter::once(from.id))
+                .collect();
             let window = self.hop_timeout(node, self.config.probe_timeout);
-            if self.heard_within(now, node, window) {
-                // It spoke to us more recently than a probe could tell: the notice is stale
-                // or false.
+            let kind = if self.heard_within(now, node, window) {
+                // It spoke to us more recently than a probe could tell, so the notice is stale
+                // or false, or the node died just after: check it without holding its keys
+                // (it stays usable for routing until our own probe fails).
                 self.stats.notices_contradicted += 1;
+                ProbeKind::Verify
             } else {
                 self.stats.notices_verified += 1;
-                // The sender told its own leaf set: if our probe confirms, we tell only the
-                // members it lacks.
-                let told: Vec<NodeId> = leaf_set
-                    .iter()
-                    .map(|p| p.id)
-                    .chain(std::iter::once(from.id))
-                    .collect();
-                self.start_probe(now, peer, ProbeKind::Member);
-                if let Some(probe) = self.probes.iter_mut().find(|p| p.peer.id == node) {
-                    probe.notice.get_or_insert(told);
-                }
+                ProbeKind::Member
+            };
+            self.start_probe(now, peer, kind);
+            if let Some(probe) = self.probes.iter_mut().find(|p| p.peer.id == node) {
+                probe.notice.get_or_insert(told);
             }
         }
         self.merge_candidates(now, from.id, leaf_set);

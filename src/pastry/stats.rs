@@ -56,9 +56,10 @@ pub struct Stats {
     /// Candidates named by peers that were worth measuring or probing but were dropped: the
     /// in-flight caps and the queue were full (the per-message bound trims lists silently).
     pub candidates_dropped: u64,
-    /// Failure notices about a node this node had heard from within a probe timeout: ignored.
+    /// Failure notices about a node this node had heard from within a probe timeout: checked by
+    /// a probe that leaves the node usable for routing meanwhile.
     pub notices_contradicted: u64,
-    /// Failure notices that made this node probe the named node itself.
+    /// Failure notices about a node not heard from lately: probed as a suspect.
     pub notices_verified: u64,
     /// Routed messages dropped on arrival because their origin could not be verified
     /// ([`Event::OriginRejected`]).
