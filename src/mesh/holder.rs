@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use super::message::MeshMessage;
@@ -14,6 +16,13 @@ use super::{millis, service_key, unix_ms_now, Inner, SignedRecord};
 use crate::id::{Key, NodeId};
 use crate::node::NodeError;
 use crate::wire::PayloadKind;
+
+/// Most hand-overs a node keeps while it is not (yet) among the closest to their name, and how
+/// long it keeps each: a failure's news reaches the holders and the new replica at slightly
+/// different times (each checks the dead node with its own probe), so a hand-over can arrive
+/// a probe timeout early. Bounded, so a peer cannot make a node store names it does not hold.
+pub(super) const DEFERRED_HANDOVERS: usize = 16;
+const DEFERRED_FOR: Duration = Duration::from_secs(30);
 
 impl Inner {
     fn limits(&self) -> StoreLimits {
@@ -187,20 +196,65 @@ impl Inner {
             self.config.replicas,
         );
         if !set.contains(&me) {
-            debug!(%from, name, "refused records for a name this node does not hold");
-            drop(state);
-            self.records_refused
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            debug!(%from, name, "deferred records for a name this node does not hold (yet)");
+            if state.deferred.len() >= DEFERRED_HANDOVERS {
+                if let Some((_, _, dropped)) = state.deferred.pop_front() {
+                    self.records_refused
+                        .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                }
+            }
+            state.deferred.push_back((Instant::now(), from, records));
             return;
         }
+        Self::store_handed_over(&mut state, from, records, now, &limits, self);
+    }
+
+    fn store_handed_over(
+        state: &mut super::State,
+        from: NodeId,
+        records: Vec<SignedRecord>,
+        now: u64,
+        limits: &StoreLimits,
+        inner: &Inner,
+    ) {
         for record in records {
-            match state.registry.offer(record, now, &limits) {
+            match state.registry.offer(record, now, limits) {
                 Ok(Offer::Stored | Offer::Stale) => {}
-                Ok(Offer::Full) => self.refused(),
+                Ok(Offer::Full) => inner.refused(),
                 Err(error) => {
                     warn!(%from, %error, "refused a replicated service record");
-                    self.refused();
+                    inner.refused();
                 }
+            }
+        }
+    }
+
+    /// Takes the deferred hand-overs this node is now among the closest for; forgets the old.
+    fn take_deferred(&self, state: &mut super::State) {
+        let me = self.node.id();
+        let limits = self.limits();
+        let now = unix_ms_now();
+        let deferred = std::mem::take(&mut state.deferred);
+        for (at, from, records) in deferred {
+            if at.elapsed() > DEFERRED_FOR {
+                self.records_refused
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                continue;
+            }
+            let Some(name) = records.first().map(|r| r.record.name.clone()) else {
+                continue;
+            };
+            let set = replica_set(
+                service_key(&name),
+                me,
+                &state.leaf_set,
+                self.config.replicas,
+            );
+            if set.contains(&me) {
+                debug!(%from, name, "took records handed over before this node held the name");
+                Self::store_handed_over(state, from, records, now, &limits, self);
+            } else {
+                state.deferred.push_back((at, from, records));
             }
         }
     }
@@ -292,6 +346,7 @@ impl Inner {
         {
             let mut state = self.lock();
             state.leaf_set = leaf_set;
+            self.take_deferred(&mut state);
             for name in state.registry.names() {
                 let set = replica_set(
                     service_key(&name),

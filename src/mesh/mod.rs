@@ -147,6 +147,10 @@ struct State {
     cache: HashMap<String, (Instant, Vec<ServiceRecord>)>,
     failed: HashMap<NodeId, Instant>,
     probed: HashMap<NodeId, Instant>,
+    /// Hand-overs that arrived before this node's leaf set put it among the closest to their
+    /// name (a holder learned of a failure before this node's own probe confirmed it): looked
+    /// at again when the leaf set changes, for a while (see [`holder::DEFERRED_HANDOVERS`]).
+    deferred: std::collections::VecDeque<(Instant, NodeId, Vec<SignedRecord>)>,
     last_sequence: u64,
     closed: bool,
 }

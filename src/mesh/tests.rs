@@ -54,7 +54,15 @@ async fn replications_for_names_this_node_does_not_hold_are_refused() {
     );
     let status = mesh.status();
     assert_eq!(status.records_held, 0);
-    assert_eq!(status.records_refused, 50);
+    // Kept aside only in case this node's leaf set catches up (a bounded, expiring buffer).
+    assert_eq!(mesh.inner.lock().deferred.len(), 1);
+    let leaf_set = mesh.inner.lock().leaf_set.clone();
+    mesh.inner.on_leaf_set(leaf_set);
+    assert_eq!(
+        mesh.status().records_held,
+        0,
+        "still no replica: still not stored"
+    );
 }
 
 #[tokio::test]
@@ -240,4 +248,41 @@ async fn an_application_cannot_publish_a_record_by_routing_a_mesh_message() {
     })
     .await
     .expect("hang guard");
+}
+
+#[tokio::test]
+async fn a_hand_over_that_arrives_early_is_taken_once_the_leaf_set_agrees_and_the_wait_is_bounded()
+{
+    let (mesh, _events) = lone_mesh(6).await;
+    let key = service_key("web").as_u128();
+    // Three peers closer to the name's key than anyone else: this node is no replica of it.
+    let closer: Vec<NodeId> = (0..3u128)
+        .map(|i| NodeId::from_u128(key.wrapping_add(i)))
+        .collect();
+    mesh.inner.on_leaf_set(closer.clone());
+    let from = closer[0];
+    mesh.inner.on_direct(
+        from,
+        MeshMessage::Replicate {
+            records: vec![record(1, "web", soon())],
+        },
+    );
+    assert_eq!(mesh.status().records_held, 0, "not a replica yet");
+    // More early hand-overs than are kept: the oldest go, counted as refused.
+    for seed in 2..=(super::holder::DEFERRED_HANDOVERS as u8 + 1) {
+        mesh.inner.on_direct(
+            from,
+            MeshMessage::Replicate {
+                records: vec![record(seed, "web", soon())],
+            },
+        );
+    }
+    assert_eq!(mesh.status().records_refused, 1);
+    // One of the closer peers is found dead: this node is now among the closest and takes
+    // what was handed to it early.
+    mesh.inner.on_leaf_set(closer[1..].to_vec());
+    assert_eq!(
+        mesh.status().records_held,
+        super::holder::DEFERRED_HANDOVERS
+    );
 }
