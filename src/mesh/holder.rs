@@ -206,24 +206,24 @@ impl Inner {
             state.deferred.push_back((Instant::now(), from, records));
             return;
         }
-        Self::store_handed_over(&mut state, from, records, now, &limits, self);
+        self.store_handed_over(&mut state, from, records, now, &limits);
     }
 
     fn store_handed_over(
+        &self,
         state: &mut super::State,
         from: NodeId,
         records: Vec<SignedRecord>,
         now: u64,
         limits: &StoreLimits,
-        inner: &Inner,
     ) {
         for record in records {
             match state.registry.offer(record, now, limits) {
                 Ok(Offer::Stored | Offer::Stale) => {}
-                Ok(Offer::Full) => inner.refused(),
+                Ok(Offer::Full) => self.refused(),
                 Err(error) => {
                     warn!(%from, %error, "refused a replicated service record");
-                    inner.refused();
+                    self.refused();
                 }
             }
         }
@@ -252,7 +252,7 @@ impl Inner {
             );
             if set.contains(&me) {
                 debug!(%from, name, "took records handed over before this node held the name");
-                Self::store_handed_over(state, from, records, now, &limits, self);
+                self.store_handed_over(state, from, records, now, &limits);
             } else {
                 state.deferred.push_back((at, from, records));
             }
