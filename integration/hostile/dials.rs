@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use wendy::pastry::Message;
+use wendy::pastry::{Message, PeerInfo};
 
 use super::{assert_within_bounds, measuring, runtime};
 use crate::common::hostile::{
@@ -159,4 +159,122 @@ fn a_peer_list_of_two_thousand_made_up_ids_costs_a_bounded_number_of_dials() {
     }
     drop(links);
     assert_within_bounds("dial amplification", &broken);
+}
+
+/// Lists a node cannot tell from honest ones by their shape: the same 2,000 made-up ids, cut
+/// into heartbeats of a leaf set's size and routing-table rows of one entry per column, sent one
+/// after the other on one link. What bounds the cost here is the node's caps on candidates
+/// (per message, per naming peer, node-wide) and its dial limits (one dial at a time per
+/// address, no dial again soon to an address that failed).
+#[test]
+fn well_shaped_lists_naming_two_thousand_made_up_ids_cost_a_bounded_number_of_dials() {
+    let _serial = measuring();
+    let rt = runtime();
+    let mut cluster = ProcCluster::start(2);
+    let window = Duration::from_secs(scaled(6, 10));
+    let sinks = DialSinks::bind(4);
+    let attacker = rt.block_on(async { Attacker::new() });
+    let own_digit = attacker.id().digit(0);
+
+    let mut messages = Vec::new();
+    let mut named = 0;
+    let mut pool = made_up_peers(MADE_UP, &sinks.addrs).into_iter();
+    while named < MADE_UP {
+        // A leaf set's worth (16) in a heartbeat...
+        let leaf_set: Vec<PeerInfo> = pool.by_ref().take(16).collect();
+        named += leaf_set.len();
+        messages.push(Message::Heartbeat { leaf_set });
+        // ...and row 0 of a routing table: one made-up id per column but the sender's own.
+        let entries: Vec<PeerInfo> = (0..16u8)
+            .filter(|&column| column != own_digit)
+            .filter_map(|column| {
+                pool.next().map(|peer| PeerInfo {
+                    id: peer.id.with_digit(0, column),
+                    addr: peer.addr,
+                })
+            })
+            .collect();
+        named += entries.len();
+        messages.push(Message::RowReply { row: 0, entries });
+    }
+    let count = messages.len();
+
+    let member = &cluster.members[0];
+    let link = rt.block_on(attacker.connect(member));
+    let before = member.rss_kib();
+    let peak = RssPeak::start(member.pid());
+    rt.block_on(async {
+        for message in messages {
+            send_pastry(&link, message).await;
+        }
+    });
+
+    // Meanwhile the two members route to each other.
+    let end = Instant::now() + window;
+    let mut sent: Vec<(usize, String)> = Vec::new();
+    let mut round = 0;
+    while Instant::now() < end {
+        for i in 0..2 {
+            let to = 1 - i;
+            let text = format!("legit {round} {i}");
+            let key = cluster.members[to].key();
+            cluster.members[i].route(key, &text);
+            sent.push((to, text));
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivered = sent
+        .iter()
+        .filter(|(to, text)| {
+            cluster.members[*to].proc.wait_for(deadline, |v| {
+                v["event"] == "deliver" && v["payload"] == **text
+            })
+        })
+        .count();
+
+    let member = &cluster.members[0];
+    let arrivals = sinks.from(member.addr);
+    let peak_growth = peak.finish() as i64 - before as i64;
+    println!(
+        "hostile dials: kind=well_shaped ids={named} messages={count} window_s={} dials={} \
+         datagrams={} bytes={} rss_before_mib={:.1} rss_peak_growth_mib={:.1} legit_routes={} \
+         delivered={delivered}",
+        window.as_secs(),
+        arrivals.dials.len(),
+        arrivals.datagrams,
+        arrivals.bytes,
+        mib(before as i64),
+        mib(peak_growth),
+        sent.len(),
+    );
+    let mut broken = Vec::new();
+    if arrivals.dials.len() > MAX_DIALS {
+        broken.push(format!(
+            "{} dials to the named addresses (at most {MAX_DIALS})",
+            arrivals.dials.len()
+        ));
+    }
+    if arrivals.bytes > MAX_BYTES {
+        broken.push(format!(
+            "{} bytes sent to the named addresses (at most {MAX_BYTES})",
+            arrivals.bytes
+        ));
+    }
+    if peak_growth >= MAX_RSS_GROWTH_KIB {
+        broken.push(format!(
+            "RSS grew {:.1} MiB (under 5 MiB)",
+            mib(peak_growth)
+        ));
+    }
+    if delivered != sent.len() {
+        broken.push(format!(
+            "{} of {} member routes were not delivered during the attack",
+            sent.len() - delivered,
+            sent.len()
+        ));
+    }
+    drop(link);
+    assert_within_bounds("dial amplification, well-shaped lists", &broken);
 }
