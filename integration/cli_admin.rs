@@ -14,23 +14,8 @@ use serde_json::Value;
 use wendy::id::NodeId;
 
 use crate::common;
-use common::process::{wendy, NodeProc};
+use common::process::{keygen, s, wendy, NodeProc};
 use common::HANG_GUARD;
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-fn keygen(dir: &Path, name: &str) -> (PathBuf, NodeId) {
-    let path = dir.join(format!("{name}.key"));
-    let out = wendy()
-        .args(["keygen", "--out", s(&path)])
-        .output()
-        .expect("run wendy keygen");
-    assert!(out.status.success(), "keygen failed: {out:?}");
-    let id = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (path, id)
-}
 
 /// One GET over a fresh connection; returns the status code and the body.
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {

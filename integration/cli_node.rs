@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -16,24 +15,8 @@ use wendy::id::{Key, NodeId};
 use wendy::identity::test_fixtures;
 
 use crate::common;
-use common::process::{wendy, NodeProc};
+use common::process::{keygen, s, wendy, NodeProc};
 use common::HANG_GUARD;
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-/// Writes a fresh key with `wendy keygen` and returns its path and NodeId.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, NodeId) {
-    let path = dir.join(format!("{name}.key"));
-    let out = wendy()
-        .args(["keygen", "--out", s(&path)])
-        .output()
-        .expect("run wendy keygen");
-    assert!(out.status.success(), "keygen failed: {out:?}");
-    let id = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (path, id)
-}
 
 fn ids(value: &Value) -> HashSet<NodeId> {
     value

@@ -6,31 +6,14 @@
 
 use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wendy::id::NodeId;
 use wendy::identity::test_fixtures;
 
-use crate::common::process::{wendy, NodeProc};
+use crate::common::process::{keygen, s, wendy, NodeProc};
 use crate::common::HANG_GUARD;
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-fn keygen(dir: &Path, name: &str) -> (PathBuf, NodeId) {
-    let path = dir.join(format!("{name}.key"));
-    let out = wendy()
-        .args(["keygen", "--out", s(&path)])
-        .output()
-        .expect("run wendy keygen");
-    assert!(out.status.success(), "keygen failed: {out:?}");
-    let id = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (path, id)
-}
 
 fn fixture(name: &str) -> String {
     test_fixtures::path(name).to_str().unwrap().to_owned()

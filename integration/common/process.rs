@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -251,4 +252,21 @@ impl Drop for NodeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A temporary path as a command-line argument.
+pub fn s(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// Writes a fresh key with `wendy keygen` into `dir` and returns its path and NodeId.
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, NodeId) {
+    let path = dir.join(format!("{name}.key"));
+    let out = wendy()
+        .args(["keygen", "--out", s(&path)])
+        .output()
+        .expect("run wendy keygen");
+    assert!(out.status.success(), "keygen failed: {out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (path, id)
 }

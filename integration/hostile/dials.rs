@@ -81,31 +81,7 @@ fn a_peer_list_of_two_thousand_made_up_ids_costs_a_bounded_number_of_dials() {
         join_all(sends).await;
     });
 
-    // Meanwhile every member routes to the next one's id, twice a second.
-    let end = Instant::now() + window;
-    let mut sent: Vec<(usize, String)> = Vec::new();
-    let mut round = 0;
-    while Instant::now() < end {
-        for i in 0..3 {
-            let to = (i + 1) % 3;
-            let text = format!("legit {round} {i}");
-            let key = cluster.members[to].key();
-            cluster.members[i].route(key, &text);
-            sent.push((to, text));
-        }
-        round += 1;
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let delivered = sent
-        .iter()
-        .filter(|(to, text)| {
-            cluster.members[*to].proc.wait_for(deadline, |v| {
-                v["event"] == "deliver" && v["payload"] == **text
-            })
-        })
-        .count();
-
+    let (sent, delivered) = route_meanwhile(&mut cluster, window);
     let mut broken = Vec::new();
     for (i, peak) in peaks.into_iter().enumerate() {
         let member = &cluster.members[i];
@@ -146,15 +122,11 @@ fn a_peer_list_of_two_thousand_made_up_ids_costs_a_bounded_number_of_dials() {
             ));
         }
     }
-    println!(
-        "hostile dials: legit_routes={} delivered={delivered}",
-        sent.len()
-    );
-    if delivered != sent.len() {
+    println!("hostile dials: legit_routes={sent} delivered={delivered}");
+    if delivered != sent {
         broken.push(format!(
-            "{} of {} member routes were not delivered during the attack",
-            sent.len() - delivered,
-            sent.len()
+            "{} of {sent} member routes were not delivered during the attack",
+            sent - delivered
         ));
     }
     drop(links);
@@ -209,37 +181,13 @@ fn well_shaped_lists_naming_two_thousand_made_up_ids_cost_a_bounded_number_of_di
         }
     });
 
-    // Meanwhile the two members route to each other.
-    let end = Instant::now() + window;
-    let mut sent: Vec<(usize, String)> = Vec::new();
-    let mut round = 0;
-    while Instant::now() < end {
-        for i in 0..2 {
-            let to = 1 - i;
-            let text = format!("legit {round} {i}");
-            let key = cluster.members[to].key();
-            cluster.members[i].route(key, &text);
-            sent.push((to, text));
-        }
-        round += 1;
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let delivered = sent
-        .iter()
-        .filter(|(to, text)| {
-            cluster.members[*to].proc.wait_for(deadline, |v| {
-                v["event"] == "deliver" && v["payload"] == **text
-            })
-        })
-        .count();
-
+    let (sent, delivered) = route_meanwhile(&mut cluster, window);
     let member = &cluster.members[0];
     let arrivals = sinks.from(member.addr);
     let peak_growth = peak.finish() as i64 - before as i64;
     println!(
         "hostile dials: kind=well_shaped ids={named} messages={count} window_s={} dials={} \
-         datagrams={} bytes={} rss_before_mib={:.1} rss_peak_growth_mib={:.1} legit_routes={} \
+         datagrams={} bytes={} rss_before_mib={:.1} rss_peak_growth_mib={:.1} legit_routes={sent} \
          delivered={delivered}",
         window.as_secs(),
         arrivals.dials.len(),
@@ -247,7 +195,6 @@ fn well_shaped_lists_naming_two_thousand_made_up_ids_cost_a_bounded_number_of_di
         arrivals.bytes,
         mib(before as i64),
         mib(peak_growth),
-        sent.len(),
     );
     let mut broken = Vec::new();
     if arrivals.dials.len() > MAX_DIALS {
@@ -268,13 +215,42 @@ fn well_shaped_lists_naming_two_thousand_made_up_ids_cost_a_bounded_number_of_di
             mib(peak_growth)
         ));
     }
-    if delivered != sent.len() {
+    if delivered != sent {
         broken.push(format!(
-            "{} of {} member routes were not delivered during the attack",
-            sent.len() - delivered,
-            sent.len()
+            "{} of {sent} member routes were not delivered during the attack",
+            sent - delivered
         ));
     }
     drop(link);
     assert_within_bounds("dial amplification, well-shaped lists", &broken);
+}
+
+/// For `window`, every member routes to the next one's id twice a second; returns how many
+/// routes were sent and how many of them were delivered (waiting up to 10 s for the last).
+fn route_meanwhile(cluster: &mut ProcCluster, window: Duration) -> (usize, usize) {
+    let n = cluster.members.len();
+    let end = Instant::now() + window;
+    let mut sent: Vec<(usize, String)> = Vec::new();
+    let mut round = 0;
+    while Instant::now() < end {
+        for i in 0..n {
+            let to = (i + 1) % n;
+            let text = format!("legit {round} {i}");
+            let key = cluster.members[to].key();
+            cluster.members[i].route(key, &text);
+            sent.push((to, text));
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivered = sent
+        .iter()
+        .filter(|(to, text)| {
+            cluster.members[*to].proc.wait_for(deadline, |v| {
+                v["event"] == "deliver" && v["payload"] == **text
+            })
+        })
+        .count();
+    (sent.len(), delivered)
 }
