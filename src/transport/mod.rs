@@ -258,7 +258,7 @@ pub struct Limits {
     /// The most dials in flight at once, node-wide (each sends QUIC Initial packets until it
     /// completes or times out). A dial beyond them waits for one to end, at most
     /// [`Self::connect_timeout`], then fails with
-    /// [`DialRefused::Limit`](crate::transport::DialRefused::Limit). Default 32.
+    /// [`DialRefused::Limit`]. Default 32.
     pub max_dials_in_flight: usize,
     /// How long an address whose dial failed is not dialled again (doubling on each further
     /// failure, up to [`Self::max_dial_backoff`]); a link from that address clears it. Default

@@ -155,6 +155,11 @@ struct LimitsTable {
     max_connections: Option<usize>,
     max_message_size: Option<usize>,
     event_capacity: Option<usize>,
+    max_handshakes: Option<usize>,
+    max_unprotected_links: Option<usize>,
+    max_dials_in_flight: Option<usize>,
+    link_read_budget: Option<usize>,
+    node_read_budget: Option<usize>,
 }
 
 /// Everything `wendy node` runs with, flags and file merged and checked.
@@ -448,10 +453,35 @@ fn apply_tables(
         &mut l.event_capacity,
         at_least("[limits] event_capacity", limits.event_capacity, 1)?,
     );
-    // A larger frame needs read budgets that hold one such frame besides the small ones.
+    set(
+        &mut l.max_handshakes,
+        at_least("[limits] max_handshakes", limits.max_handshakes, 1)?,
+    );
+    set(
+        &mut l.max_unprotected_links,
+        at_least(
+            "[limits] max_unprotected_links",
+            limits.max_unprotected_links,
+            1,
+        )?,
+    );
+    set(
+        &mut l.max_dials_in_flight,
+        at_least(
+            "[limits] max_dials_in_flight",
+            limits.max_dials_in_flight,
+            1,
+        )?,
+    );
+    // A larger frame needs read budgets that hold one such frame besides the small ones (the
+    // transport's own validation says what is missing when a budget given here is too small).
     let frame_budget = l.max_message_size.saturating_add(1 << 20);
-    l.link_read_budget = l.link_read_budget.max(frame_budget);
-    l.node_read_budget = l.node_read_budget.max(l.link_read_budget);
+    l.link_read_budget = limits
+        .link_read_budget
+        .unwrap_or_else(|| l.link_read_budget.max(frame_budget));
+    l.node_read_budget = limits
+        .node_read_budget
+        .unwrap_or_else(|| l.node_read_budget.max(l.link_read_budget));
     if l.keep_alive >= l.max_idle_timeout {
         return Err(format!(
             "[timeouts] keep_alive_ms ({} ms) must be below idle_ms ({} ms)",
