@@ -224,6 +224,18 @@ async fn fifty_concurrent_connections_carry_one_mib_each_intact() {
     let exposed = provider.mesh.status().exposed;
     assert_eq!(exposed[0].name, "echo");
     assert_eq!(exposed[0].tunnels, 50);
+    // Each tunnel carried 1 MiB each way; the counts land when both ends have closed.
+    until("both ends count every tunnel's bytes", || {
+        let forwarded = &consumer.mesh.status().forwarded[0];
+        let exposed = &provider.mesh.status().exposed[0];
+        [
+            forwarded.bytes_sent,
+            forwarded.bytes_received,
+            exposed.bytes_sent,
+            exposed.bytes_received,
+        ] == [50 << 20; 4]
+    })
+    .await;
     for peer in &peers {
         peer.stop().await;
     }

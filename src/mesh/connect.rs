@@ -219,8 +219,14 @@ impl Inner {
                 let mut stop = self.stop.subscribe();
                 tokio::select! {
                     result = tunnel::splice(tcp, stream) => match result {
-                        Ok(carried) => debug!(%client, up = carried.to_stream,
-                            down = carried.to_tcp, "tunnel closed"),
+                        Ok(carried) => {
+                            debug!(%client, up = carried.to_stream,
+                                down = carried.to_tcp, "tunnel closed");
+                            if let Some(forward) = self.lock().forwarded.get_mut(index) {
+                                forward.bytes_sent += carried.to_stream;
+                                forward.bytes_received += carried.to_tcp;
+                            }
+                        }
                         Err(error) => debug!(%client, %error, "tunnel broken"),
                     },
                     _ = stop.wait_for(|stopped| *stopped) => {

@@ -212,6 +212,8 @@ impl Mesh {
                 target: target.to_owned(),
                 tunnels: 0,
                 target_failures: 0,
+                bytes_sent: 0,
+                bytes_received: 0,
             },
         );
         let expires = unix_ms_now().saturating_add(millis(self.inner.config.record_ttl));
@@ -256,6 +258,8 @@ impl Mesh {
                 failures: 0,
                 last_error: None,
                 provider_failures: 0,
+                bytes_sent: 0,
+                bytes_received: 0,
             });
             state.forwarded.len() - 1
         };

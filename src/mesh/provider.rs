@@ -81,8 +81,14 @@ impl Inner {
                 let mut stop = inner.stop.subscribe();
                 tokio::select! {
                     result = tunnel::splice(tcp, stream) => match result {
-                        Ok(carried) => debug!(%from, service, up = carried.to_stream,
-                            down = carried.to_tcp, "tunnel closed"),
+                        Ok(carried) => {
+                            debug!(%from, service, up = carried.to_stream,
+                                down = carried.to_tcp, "tunnel closed");
+                            if let Some(exposed) = inner.lock().exposed.get_mut(&service) {
+                                exposed.bytes_sent += carried.to_stream;
+                                exposed.bytes_received += carried.to_tcp;
+                            }
+                        }
                         Err(error) => debug!(%from, service, %error, "tunnel broken"),
                     },
                     _ = stop.wait_for(|stopped| *stopped) => {

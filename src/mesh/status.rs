@@ -14,6 +14,10 @@ pub struct ExposedStatus {
     /// Tunnels refused because the target could not be reached (or too many tunnels were
     /// open, see [`MeshConfig::max_provider_tunnels`](super::MeshConfig::max_provider_tunnels)).
     pub target_failures: u64,
+    /// Bytes sent to the consumers by tunnels that have ended cleanly.
+    pub bytes_sent: u64,
+    /// Bytes received from the consumers by tunnels that have ended cleanly.
+    pub bytes_received: u64,
 }
 
 /// A local listener of [`Mesh::forward`](super::Mesh::forward), in [`MeshStatus`].
@@ -32,6 +36,10 @@ pub struct ForwardStatus {
     /// Attempts on a provider that failed (the connection may then have gone to the next
     /// provider; see `failures` for connections that found none).
     pub provider_failures: u64,
+    /// Bytes sent to the providers by tunnels that have ended cleanly.
+    pub bytes_sent: u64,
+    /// Bytes received from the providers by tunnels that have ended cleanly.
+    pub bytes_received: u64,
 }
 
 /// A snapshot of a mesh's services and registry.

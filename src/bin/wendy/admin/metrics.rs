@@ -290,15 +290,26 @@ impl Collector for SnapshotMetrics {
         // Service mesh.
         let mut tunnels: Vec<([(&str, &str); 2], u64)> = Vec::new();
         let mut tunnel_failures: Vec<([(&str, &str); 2], u64)> = Vec::new();
+        let mut tunnel_bytes: Vec<([(&str, &str); 3], u64)> = Vec::new();
         for x in &s.mesh.exposed {
             let labels = [("service", x.name.as_str()), ("role", "exposed")];
             tunnels.push((labels, x.tunnels));
             tunnel_failures.push((labels, x.target_failures));
+            tunnel_bytes.push(([labels[0], labels[1], ("direction", "sent")], x.bytes_sent));
+            tunnel_bytes.push((
+                [labels[0], labels[1], ("direction", "received")],
+                x.bytes_received,
+            ));
         }
         for f in &s.mesh.forwarded {
             let labels = [("service", f.name.as_str()), ("role", "forwarded")];
             tunnels.push((labels, f.connections));
             tunnel_failures.push((labels, f.failures));
+            tunnel_bytes.push(([labels[0], labels[1], ("direction", "sent")], f.bytes_sent));
+            tunnel_bytes.push((
+                [labels[0], labels[1], ("direction", "received")],
+                f.bytes_received,
+            ));
         }
         counter(
             &mut e,
@@ -311,6 +322,12 @@ impl Collector for SnapshotMetrics {
             "mesh_tunnel_failures",
             "Service-mesh tunnels that failed (no provider reached, target down)",
             &tunnel_failures,
+        )?;
+        counter(
+            &mut e,
+            "mesh_tunnel_bytes",
+            "Bytes carried by service-mesh tunnels that ended cleanly, by direction",
+            &tunnel_bytes,
         )?;
         gauge1(
             &mut e,
