@@ -25,7 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
@@ -41,6 +41,10 @@ use crate::pastry::{
 use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
 use crate::transport::{ConnectError, Inbox, SendError, TransportEvent};
 use crate::wire::{envelope, Body, PayloadKind};
+
+mod join;
+
+use join::{BootstrapFailed, PendingJoin};
 
 pub(super) struct Setup<L> {
     pub(super) me: PeerInfo,
@@ -79,31 +83,6 @@ enum Internal {
 /// ack, and whatever else the same batch produced (forwards of other messages included), kept
 /// in the core's order.
 type Deferred = Vec<(PeerInfo, Message)>;
-
-/// Every bootstrap address failed.
-struct BootstrapFailed {
-    tried: Vec<SocketAddr>,
-    last_addr: SocketAddr,
-    last_error: ConnectError,
-    /// Where a bootstrap's claim that this node's identity is live elsewhere was verified.
-    identity_in_use: Option<SocketAddr>,
-}
-
-/// At most this many claims that this node's identity is live elsewhere are verified per join
-/// (each costs a dial).
-const MAX_IDENTITY_CHECKS: usize = 4;
-
-struct PendingJoin {
-    reply: oneshot::Sender<Result<(), NodeError>>,
-    deadline: Instant,
-    /// The last handshake refused while joining: a join that then times out was most likely
-    /// stopped by it (a member whose allow-list or CA excludes this node), so it is the
-    /// join's error rather than the timeout.
-    refused: Option<(SocketAddr, String)>,
-    /// Addresses named by claims that this node's identity is live there, checked or being
-    /// checked.
-    identity_checks: Vec<SocketAddr>,
-}
 
 /// A node's runtime state, shared by the node's task, its transport's reading tasks and the
 /// application's [`Node`](super::Node) handles: the [`Driver`] (the Pastry core and what the
@@ -572,40 +551,6 @@ impl<L: Links> Driver<L> {
         }
     }
 
-    fn join(&mut self, bootstrap: Vec<SocketAddr>, reply: oneshot::Sender<Result<(), NodeError>>) {
-        if self.stopping {
-            let _ = reply.send(Err(NodeError::Closed));
-            return;
-        }
-        if self.pastry.is_active() {
-            let _ = reply.send(Ok(()));
-            return;
-        }
-        self.join = Some(PendingJoin {
-            reply,
-            deadline: Instant::now() + self.join_timeout,
-            refused: None,
-            identity_checks: Vec::new(),
-        });
-        let Some((&first, rest)) = bootstrap.split_first() else {
-            info!("starting a new overlay");
-            let now = self.now();
-            self.pastry.bootstrap_alone(now);
-            return;
-        };
-        let rest = rest.to_vec();
-        let transport = self.transport.clone();
-        let internal = self.internal.clone();
-        let me = self.pastry.id();
-        tokio::spawn(
-            async move {
-                let result = dial_first(&transport, me, first, &rest).await;
-                let _ = internal.send(Internal::Bootstrapped(result));
-            }
-            .in_current_span(),
-        );
-    }
-
     fn route(&mut self, key: Key, kind: PayloadKind, payload: &[u8]) -> Result<u64, NodeError> {
         if self.stopping {
             return Err(NodeError::Closed);
@@ -657,46 +602,6 @@ impl<L: Links> Driver<L> {
             Internal::IdentityClaim(addr) => self.check_identity_claim(addr),
             Internal::IdentityProven(addr) => self.identity_in_use(addr),
         }
-    }
-
-    /// A peer says this node's identity is live at `addr`. Believed only once a handshake
-    /// there proves this node's own key, and only while a join is pending (a member that is
-    /// already in keeps its place; the newcomer is the one that stops).
-    fn check_identity_claim(&mut self, addr: SocketAddr) {
-        let Some(join) = self.join.as_mut() else {
-            debug!(%addr, "ignored a claim that this node's identity is live elsewhere: not joining");
-            return;
-        };
-        if join.identity_checks.contains(&addr) || join.identity_checks.len() >= MAX_IDENTITY_CHECKS
-        {
-            debug!(%addr, "ignored a claim that this node's identity is live elsewhere: checked already");
-            return;
-        }
-        join.identity_checks.push(addr);
-        let transport = self.transport.clone();
-        let internal = self.internal.clone();
-        let me = self.pastry.id();
-        tokio::spawn(
-            async move {
-                if let Some(addr) = holds_own_key(&transport, me, addr).await {
-                    let _ = internal.send(Internal::IdentityProven(addr));
-                }
-            }
-            .in_current_span(),
-        );
-    }
-
-    /// Another process proved this node's key at `addr`: a pending join fails with
-    /// [`NodeError::IdentityInUse`] and the node stops without a word to the overlay.
-    fn identity_in_use(&mut self, addr: SocketAddr) {
-        let Some(join) = self.join.take() else {
-            return;
-        };
-        warn!(%addr, "another process runs this node's key; abandoning the join");
-        let _ = join.reply.send(Err(NodeError::IdentityInUse { addr }));
-        self.stop();
-        let transport = self.transport.clone();
-        tokio::spawn(async move { transport.shutdown().await }.in_current_span());
     }
 
     /// Carries out everything the core asked for since the last call: first its events (which
@@ -1075,64 +980,4 @@ fn is_unreachable(error: &ConnectError) -> bool {
         error,
         ConnectError::TooManyConnections { .. } | ConnectError::DialRefused(_)
     )
-}
-
-/// Dials the bootstrap addresses in order (`first`, then `rest`); the first that completes a
-/// handshake is the one.
-async fn dial_first<L: Links>(
-    transport: &L,
-    me: NodeId,
-    first: SocketAddr,
-    rest: &[SocketAddr],
-) -> Result<PeerInfo, BootstrapFailed> {
-    let mut addr = first;
-    let mut others = rest.iter().copied();
-    loop {
-        let error = match transport.connect(addr, None).await {
-            Ok(id) => return Ok(PeerInfo { id, addr }),
-            Err(error) => error,
-        };
-        if let ConnectError::IdentityInUse { live_at } = error {
-            if let Some(proven) = holds_own_key(transport, me, live_at).await {
-                return Err(BootstrapFailed {
-                    tried: std::iter::once(first).chain(rest.iter().copied()).collect(),
-                    last_addr: addr,
-                    last_error: error,
-                    identity_in_use: Some(proven),
-                });
-            }
-        }
-        // The join's error reports the last failure; earlier ones are worth a line at -v.
-        info!(%addr, %error, "bootstrap unreachable");
-        match others.next() {
-            Some(next) => addr = next,
-            None => {
-                return Err(BootstrapFailed {
-                    tried: std::iter::once(first).chain(rest.iter().copied()).collect(),
-                    last_addr: addr,
-                    last_error: error,
-                    identity_in_use: None,
-                })
-            }
-        }
-    }
-}
-
-/// Whether the node at `addr` proves this node's own key `me` in a handshake (and is not this
-/// process): then another process holds this node's identity there.
-async fn holds_own_key<L: Links>(
-    transport: &L,
-    me: NodeId,
-    addr: SocketAddr,
-) -> Option<SocketAddr> {
-    match transport.connect(addr, Some(me)).await {
-        Err(ConnectError::SameIdentity(at)) => {
-            info!(%at, "verified: another process runs this node's key");
-            Some(at)
-        }
-        outcome => {
-            debug!(%addr, ?outcome, "a claim that this node's identity is live there did not hold");
-            None
-        }
-    }
 }
