@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// The fields issue 6 names, per suite (a contract for tools), plus a few more we rely on.
+/// The fields of the benchmark JSON contract, per suite (tools read them), plus a few more we rely on.
 const FIELDS: [(&str, &[&str]); 6] = [
     (
         "link",

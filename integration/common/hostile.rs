@@ -20,8 +20,8 @@ use wendy::wire::{envelope, Body, PayloadKind};
 
 use super::process::NodeProc;
 
-/// Whether the run asks for the closing note's figures (`WENDY_HOSTILE_SCALE=full`) instead of
-/// the CI-sized ones.
+/// Whether the run asks for the full-size attacks (`WENDY_HOSTILE_SCALE=full`, the sizes
+/// BENCHMARKS.md reports) instead of the CI-sized ones.
 pub fn full_scale() -> bool {
     std::env::var("WENDY_HOSTILE_SCALE").is_ok_and(|v| v == "full")
 }

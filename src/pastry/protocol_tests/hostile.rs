@@ -371,7 +371,7 @@ fn legitimate_joins_drop_no_candidate_and_fill_tables() {
     check_lookups(&mut net, 100);
 }
 
-/// The attack of issue 13: a peer tells a live node's neighbours it failed.
+/// A forged failure notice: a peer tells a live node's neighbours it failed.
 #[test]
 fn a_forged_failure_notice_for_a_live_node_removes_nothing_and_misdelivers_nothing() {
     let mut net = Net::build(Config::default(), 60, 8);
