@@ -96,6 +96,7 @@ enum Command {
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -188,4 +189,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .collect();
     eprintln!("{} (see --help)", message.join(" "));
     ExitCode::from(2)
+}
+
+/// Caps glibc's malloc arenas at two. By default glibc gives busy threads arenas of their own,
+/// up to eight per core; each keeps its freed memory, so a burst handled by several tokio
+/// workers (one peer's unfinished streams, a handshake flood) leaves the node's resident size
+/// well above what the read budgets bound. A node's allocations are small and short-lived, so
+/// two arenas cost little contention. Without glibc it does nothing.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two plain integers and changes only the allocator's own settings;
+    // it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
