@@ -130,6 +130,44 @@ struct Closest {
     timed_out: bool,
 }
 
+/// Counts over every node of the cluster.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Identify messages sent (answers and pushes).
+    identify_msgs: AtomicU64,
+    /// Connections established (each counted at both ends).
+    connections: AtomicU64,
+    /// Connections that failed to be set up, either way.
+    dial_errors: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CounterSnapshot {
+    identify_msgs: u64,
+    connections: u64,
+    dial_errors: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            identify_msgs: self.identify_msgs.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+            dial_errors: self.dial_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl CounterSnapshot {
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            identify_msgs: self.identify_msgs - earlier.identify_msgs,
+            connections: self.connections - earlier.connections,
+            dial_errors: self.dial_errors - earlier.dial_errors,
+        }
+    }
+}
+
 /// A request that arrived at `at` with sequence number `seq`, when it was read.
 struct Arrival {
     at: PeerId,
@@ -155,7 +193,7 @@ impl Peer {
 /// Starts a node listening on a free loopback port.
 async fn spawn(
     arrivals: mpsc::UnboundedSender<Arrival>,
-    identify_msgs: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 ) -> Result<Peer, String> {
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -195,7 +233,7 @@ async fn spawn(
     };
     let id = *swarm.local_peer_id();
     let (commands, inbox) = mpsc::unbounded_channel();
-    tokio::spawn(drive(swarm, inbox, arrivals, identify_msgs));
+    tokio::spawn(drive(swarm, inbox, arrivals, counters));
     Ok(Peer { id, addr, commands })
 }
 
@@ -205,7 +243,7 @@ async fn drive(
     mut swarm: Swarm<Behaviour>,
     mut inbox: mpsc::UnboundedReceiver<Command>,
     arrivals: mpsc::UnboundedSender<Arrival>,
-    identify_msgs: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 ) {
     let me = *swarm.local_peer_id();
     let mut bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>> = HashMap::new();
@@ -266,6 +304,21 @@ async fn drive(
                     }
                     _ => {}
                 },
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    counters.connections.fetch_add(1, Ordering::Relaxed);
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    counters.dial_errors.fetch_add(1, Ordering::Relaxed);
+                    if std::env::var_os("PEERS_DEBUG").is_some() {
+                        eprintln!("dial error: {error}");
+                    }
+                }
+                SwarmEvent::IncomingConnectionError { error, .. } => {
+                    counters.dial_errors.fetch_add(1, Ordering::Relaxed);
+                    if std::env::var_os("PEERS_DEBUG").is_some() {
+                        eprintln!("incoming connection error: {error}");
+                    }
+                }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => match event {
                     identify::Event::Received { peer_id, info, .. } => {
                         for addr in info.listen_addrs {
@@ -273,7 +326,7 @@ async fn drive(
                         }
                     }
                     identify::Event::Sent { .. } | identify::Event::Pushed { .. } => {
-                        identify_msgs.fetch_add(1, Ordering::Relaxed);
+                        counters.identify_msgs.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {}
                 },
@@ -327,13 +380,13 @@ pub async fn run(config: RunConfig) -> Result<Figures, String> {
     let rss_before = baseline_rss()?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let identify_msgs = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
 
     progress(NAME, &format!("building {} nodes", config.nodes));
     let mut peers: Vec<Peer> = Vec::with_capacity(config.nodes + config.joins);
     let mut build_joins = Vec::new();
     while peers.len() < config.nodes {
-        let peer = spawn(arrivals_tx.clone(), identify_msgs.clone()).await?;
+        let peer = spawn(arrivals_tx.clone(), counters.clone()).await?;
         let via = (!peers.is_empty()).then(|| &peers[rng.gen_range(0..peers.len())]);
         let took = join(&peer, via).await?;
         if via.is_some() {
@@ -341,20 +394,20 @@ pub async fn run(config: RunConfig) -> Result<Figures, String> {
         }
         peers.push(peer);
     }
-    // Kademlia's own periodic bootstrap (every 5 minutes) would let the early nodes learn of
-    // the later ones; one round of it on every node, at once, stands for it.
-    let settle_started = Instant::now();
-    let rounds: Vec<_> = peers
-        .iter()
-        .map(|peer| peer.ask(|reply| Command::Bootstrap { via: None, reply }))
-        .collect();
-    for outcome in futures::future::join_all(rounds).await {
-        if let Some(Err(e)) = outcome {
-            progress(NAME, &format!("a settling bootstrap failed: {e}"));
-        }
-    }
-    let settle = settle_started.elapsed();
-    progress(NAME, &format!("settled in {settle:?}; warming up"));
+    // Settled: every node has finished its bootstrap, and the nodes it asked have learnt of it
+    // (identify gives them its address). A round of bootstraps on every node at once, standing
+    // in for Kademlia's periodic one (every 5 minutes), was tried: on two shared cores its
+    // thousands of handshakes timed out, peers were dropped from routing tables, and the
+    // automatic re-bootstraps kept the storm going for minutes.
+    let settle = Duration::ZERO;
+    let built = counters.snapshot();
+    progress(
+        NAME,
+        &format!(
+            "built ({} connections established, {} failed so far); warming up",
+            built.connections, built.dial_errors
+        ),
+    );
     tokio::time::sleep(config.warmup).await;
 
     progress(NAME, &format!("idle window of {:?}", config.idle_window));
@@ -370,7 +423,7 @@ pub async fn run(config: RunConfig) -> Result<Figures, String> {
     let mut latencies = Vec::with_capacity(config.lookups);
     let (mut correct, mut failed, mut local) = (0, 0, 0);
     let (mut requests, mut msgs) = (0u64, 0u64);
-    let identify_before = identify_msgs.load(Ordering::Relaxed);
+    let before = counters.snapshot();
     let wire_before = Wire::read();
     let cpu_before = cpu_time();
     let phase_started = Instant::now();
@@ -450,14 +503,21 @@ pub async fn run(config: RunConfig) -> Result<Figures, String> {
     let busy_wire = Wire::read()
         .zip(wire_before)
         .map(|(after, before)| after.since(before));
-    let identify_during = identify_msgs.load(Ordering::Relaxed) - identify_before;
+    let during = counters.snapshot().since(before);
+    progress(
+        NAME,
+        &format!(
+            "lookup phase: {} connections established, {} failed, {} identify messages",
+            during.connections, during.dial_errors, during.identify_msgs
+        ),
+    );
 
     progress(NAME, &format!("{} timed joins", config.joins));
     let mut joins = Vec::with_capacity(config.joins);
     let mut joins_failed = 0;
     for _ in 0..config.joins {
         tokio::time::sleep(JOIN_PAUSE).await;
-        let peer = spawn(arrivals_tx.clone(), identify_msgs.clone()).await?;
+        let peer = spawn(arrivals_tx.clone(), counters.clone()).await?;
         let via = &peers[rng.gen_range(0..peers.len())];
         match join(&peer, Some(via)).await {
             Ok(took) => joins.push(took),
@@ -502,7 +562,7 @@ pub async fn run(config: RunConfig) -> Result<Figures, String> {
             datagrams_per_lookup: wire.datagrams_per_lookup,
             bytes_per_lookup: wire.bytes_per_lookup,
             hops_or_requests_per_lookup: requests as f64 / lookups,
-            side_msgs_per_lookup: identify_during as f64 / lookups,
+            side_msgs_per_lookup: during.identify_msgs as f64 / lookups,
             lookup_phase_s: phase.as_secs_f64(),
             joins: config.joins,
             joins_failed,
