@@ -244,3 +244,62 @@ pub fn seq_of(payload: &[u8]) -> Option<u64> {
 pub fn progress(system: &str, what: &str) {
     eprintln!("[{system}] {what}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(values: &[u64]) -> Vec<Duration> {
+        values.iter().map(|&v| Duration::from_millis(v)).collect()
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank_over_sorted_samples() {
+        let samples = ms(&[9, 1, 5, 3, 7]);
+        assert_eq!(quantile_ms(&samples, 0.5), 5.0);
+        assert_eq!(quantile_ms(&samples, 0.99), 9.0);
+        assert_eq!(quantile_ms(&samples, 0.0), 1.0);
+        assert_eq!(quantile_ms(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn lookup_traffic_has_the_idle_rate_over_the_same_time_taken_off() {
+        // 10 nodes sent 600 datagrams in a 60 s idle window (10 per s); 200 lookups over 2 s
+        // sent 420: 20 of them were upkeep, 400 were the lookups'.
+        let idle = Wire {
+            datagrams: 600,
+            bytes: 60_000,
+        };
+        let busy = Wire {
+            datagrams: 420,
+            bytes: 42_000,
+        };
+        let figures = WireFigures::new(
+            10,
+            Some(idle),
+            Duration::from_secs(60),
+            Some(busy),
+            Duration::from_secs(2),
+            200,
+        );
+        assert_eq!(figures.idle_datagrams_per_node_per_s, Some(1.0));
+        assert_eq!(figures.idle_bytes_per_node_per_s, Some(100.0));
+        assert_eq!(figures.datagrams_per_lookup, Some(2.0));
+        assert_eq!(figures.bytes_per_lookup, Some(200.0));
+    }
+
+    #[test]
+    fn without_kernel_counters_the_wire_figures_are_absent() {
+        let figures = WireFigures::new(10, None, Duration::from_secs(60), None, Duration::ZERO, 1);
+        assert_eq!(figures.idle_bytes_per_node_per_s, None);
+        assert_eq!(figures.datagrams_per_lookup, None);
+    }
+
+    #[test]
+    fn a_payload_is_200_bytes_and_carries_its_sequence_number() {
+        let message = payload(42);
+        assert_eq!(message.len(), 200);
+        assert_eq!(seq_of(&message), Some(42));
+        assert_eq!(seq_of(&message[..7]), None);
+    }
+}
