@@ -356,7 +356,7 @@ fn print_table(
         _ => "-".to_owned(),
     };
     println!(
-        "{:<28} {:>12} {:>12} {:>10}  ahead",
+        "{:<32} {:>12} {:>12} {:>10}  ahead",
         "figure", "wendy", "libp2p", "w/l"
     );
     for row in rows(w, l) {
@@ -373,7 +373,7 @@ fn print_table(
             format!("{} ({})", row.name, row.unit)
         };
         println!(
-            "{:<28} {:>12} {:>12} {:>10}  {ahead}",
+            "{:<32} {:>12} {:>12} {:>10}  {ahead}",
             name,
             cell(wendy.is_some(), row.wendy),
             cell(libp2p.is_some(), row.libp2p),
