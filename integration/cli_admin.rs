@@ -246,6 +246,17 @@ fn metrics_and_status_show_a_routed_message_and_the_peers() {
         sender["wendy_routed_messages_total{outcome=\"originated\"}"],
         1.0
     );
+    // The root's answer times the route at its origin (it follows the delivery).
+    let mut timed = sender;
+    for _ in 0..200 {
+        if timed["wendy_route_latency_seconds_count"] >= 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        timed = parse_metrics(&get(admin_b, "/metrics", None).1);
+    }
+    assert_eq!(timed["wendy_route_latency_seconds_count"], 1.0);
+    assert!(timed["wendy_route_latency_seconds_sum"] > 0.0);
 
     let doc = status_doc(admin_a);
     assert_eq!(doc["id"], id_a.to_string());

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use wendy::node::NodeConfig;
 use wendy::pastry::Pastry;
-use wendy::sim::{Report, Scenario, SimConfig, SimNode, Simulation};
+use wendy::sim::{KeyPopularity, Report, Scenario, SimConfig, SimNode, Simulation};
 
 fn run(config: SimConfig) -> Report {
     Simulation::new(config).run(&mut |_| {})
@@ -344,4 +344,47 @@ fn oracle_tables_give_perfect_proximity_below_row_0() {
         .proximity_ratio_by_row;
     // The flag is what made the tables perfect: the protocol's own are measurably farther.
     assert!(ratios[1] > perfect[1], "{built}");
+}
+
+#[test]
+fn repeated_zipf_keys_go_straight_to_their_root() {
+    let config = SimConfig {
+        key_popularity: KeyPopularity::Zipf { keys: 50, s: 1.0 },
+        ..steady(500, 3_000, 5)
+    };
+    let report = run(config);
+    assert_all_correct(&report);
+    assert_eq!(report.key_popularity, "zipf keys=50 s=1");
+    assert!(report.repeat_lookups > 300, "{report}");
+    // A cached route takes one hop; first routes keep the overlay's usual stretch.
+    assert!(report.stretch_repeat_mean < 1.05, "{report}");
+    assert!(report.stretch_first_mean > 1.2, "{report}");
+    assert!(report.stretch_p95 >= report.stretch_median, "{report}");
+    assert_eq!(report.stretch_ratio_of_means, report.stretch_of_means);
+    assert_eq!(
+        report.stretch_below_one_fraction, None,
+        "only with a matrix"
+    );
+}
+
+#[test]
+fn cli_rejects_a_bad_zipf_popularity_and_idle_window() {
+    let out = wendy()
+        .args(["sim", "--nodes", "10", "--lookups", "1"])
+        .args(["--key-popularity", "zipf", "--zipf-s=-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--zipf-s"), "{err}");
+    let out = wendy()
+        .args(["bench", "idle", "--no-netns", "--window-s", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--window-s must be a positive number"),
+        "{err}"
+    );
 }

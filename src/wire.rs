@@ -31,8 +31,9 @@ pub use codes::{ErrorCode, PayloadKind};
 
 /// The frame format version this build writes and reads (2: routed and direct payloads are in
 /// an [`envelope`]; 3: a routed message carries its origin's signature, see
-/// [`crate::pastry::origin`]).
-pub const VERSION: u8 = 3;
+/// [`crate::pastry::origin`]; 4: a root answers a routed message's origin,
+/// [`crate::pastry::Message::RootAnswer`]).
+pub const VERSION: u8 = 4;
 
 /// The default bound on an encoded frame (version byte included): 1 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;

@@ -44,16 +44,36 @@ pub struct IdleBenchConfig {
 }
 
 impl Default for IdleBenchConfig {
-    /// 100 nodes; the window is one routing-table maintenance period and opens half a period
-    /// after the last join, so it holds exactly one maintenance round of every node (the first
-    /// round comes 0.5 to 1.5 periods after a node starts, then one per period) and every
-    /// heartbeat: the steady state, not a quiet stretch between rounds.
+    /// 100 nodes and a window of [`DEFAULT_WINDOW`], so that `wendy bench all` fits in a
+    /// quarter of an hour (see [`Self::with_window`]).
     fn default() -> Self {
+        Self::with_window(DEFAULT_WINDOW)
+    }
+}
+
+/// The default measurement window: every node's heartbeats and leaf-set probes many times
+/// over, but (in expectation) only `window / maintenance_period` of a routing-table
+/// maintenance round per node; a window of one maintenance period holds exactly one.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(180);
+
+impl IdleBenchConfig {
+    /// 100 nodes and a measurement window of `window`. A window of at least one
+    /// routing-table maintenance period opens half a period after the last join, so it holds
+    /// exactly one maintenance round of every node (the first round comes 0.5 to 1.5 periods
+    /// after a node starts, then one per period) and every heartbeat: the steady state, not a
+    /// quiet stretch between rounds. A shorter one opens 30 s after the last join, once the
+    /// joins' own traffic (row refreshes, announcements) is over.
+    pub fn with_window(window: Duration) -> Self {
         let period = NodeConfig::default().pastry.maintenance_period;
+        let warmup = if window >= period {
+            period / 2 + Duration::from_secs(5)
+        } else {
+            Duration::from_secs(30)
+        };
         Self {
             nodes: 100,
-            warmup: period / 2 + Duration::from_secs(5),
-            window: period,
+            warmup,
+            window,
             seed: 1,
             private_netns: false,
         }

@@ -748,6 +748,7 @@ impl<L: Links> Driver<L> {
                 warn!(id, %key, "routed message given up");
                 self.emit(NodeEvent::RouteFailed { id, key });
             }
+            Event::RouteAnswered { elapsed, .. } => self.counters.route_answered(elapsed),
             Event::Misbehaved { peer, reason } => {
                 warn!(%peer, %reason, "peer misbehaved");
                 self.emit(NodeEvent::Error(format!(
@@ -950,6 +951,9 @@ impl<L: Links> Driver<L> {
             reroutes: stats.reroutes,
             duplicates_suppressed: stats.duplicates_suppressed,
             in_custody: self.pastry.in_custody(),
+            route_cache_roots: self.pastry.route_cache_len(),
+            route_cache_hits: stats.route_cache_hits,
+            route_cache_stale: stats.route_cache_stale,
         }
     }
 }

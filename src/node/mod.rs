@@ -308,7 +308,21 @@ pub struct NodeStats {
     /// Routed messages dropped because their origin could not be verified (each also an
     /// [`NodeEvent::Error`] naming the peer that sent it).
     pub origins_rejected: u64,
+    /// Routes of messages originated here, timed from the first send to the root's answer (the
+    /// route plus one direct hop back): entry `i` counts those of at most
+    /// [`ROUTE_LATENCY_BOUNDS_S`]`[i]` seconds; the last entry counts the longer ones.
+    pub route_latency_buckets: [u64; ROUTE_LATENCY_BUCKETS],
+    /// Those routes' times added up, in microseconds.
+    pub route_latency_sum_us: u64,
 }
+
+/// Upper bounds, in seconds, of the first buckets of [`NodeStats::route_latency_buckets`].
+pub const ROUTE_LATENCY_BOUNDS_S: [f64; ROUTE_LATENCY_BUCKETS - 1] = [
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+];
+
+/// How many buckets [`NodeStats::route_latency_buckets`] has (the last one unbounded).
+pub const ROUTE_LATENCY_BUCKETS: usize = 12;
 
 /// How many hop counts [`NodeStats::delivered_by_hops`] tells apart.
 pub const HOP_BUCKETS: usize = 9;
@@ -381,6 +395,8 @@ struct Counters {
     dial_failures: LinkFailureCounters,
     handshake_failures: LinkFailureCounters,
     origins_rejected: AtomicU64,
+    route_latency_buckets: [AtomicU64; ROUTE_LATENCY_BUCKETS],
+    route_latency_sum_us: AtomicU64,
 }
 
 impl Counters {
@@ -403,7 +419,22 @@ impl Counters {
             dial_failures: self.dial_failures.snapshot(),
             handshake_failures: self.handshake_failures.snapshot(),
             origins_rejected: get(&self.origins_rejected),
+            route_latency_buckets: std::array::from_fn(|i| get(&self.route_latency_buckets[i])),
+            route_latency_sum_us: get(&self.route_latency_sum_us),
         }
+    }
+
+    /// Counts one route's time, from the first send to the root's answer.
+    fn route_answered(&self, elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = ROUTE_LATENCY_BOUNDS_S
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(ROUTE_LATENCY_BUCKETS - 1);
+        bump(&self.route_latency_buckets[bucket]);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.route_latency_sum_us
+            .fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Counts a delivery's hops (the delivery itself is counted in `delivered`).
@@ -485,6 +516,13 @@ pub struct Status {
     /// Routed messages this node passed on and holds until the next hop acknowledges that it
     /// passed them on in turn (0 once an idle overlay has settled).
     pub in_custody: usize,
+    /// Roots held in the route cache.
+    pub route_cache_roots: usize,
+    /// Own messages sent straight to a cached root.
+    pub route_cache_hits: u64,
+    /// Of those, the ones another node answered for (the entry was stale; the message took a
+    /// detour, never a wrong delivery).
+    pub route_cache_stale: u64,
 }
 
 /// Builds and starts a [`Node`].

@@ -67,6 +67,13 @@ pub struct Config {
     /// How many recently delivered `(origin, id)` pairs are remembered to drop duplicates.
     /// Default 128.
     pub dedup_capacity: usize,
+    /// Roots (with their leaf sets) remembered from their answers, so that later messages for
+    /// keys in their ranges go straight to the root; least recently used first out. 0 turns
+    /// the route cache off (and roots no longer answer). Default 128.
+    pub route_cache_size: usize,
+    /// A cached root is forgotten this long after its answer (or a confirmation). Default
+    /// 120 s.
+    pub route_cache_ttl: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +96,8 @@ impl Default for Config {
             join_timeout: Duration::from_secs(10),
             join_row_refresh: 3,
             dedup_capacity: 128,
+            route_cache_size: 128,
+            route_cache_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -129,6 +138,7 @@ impl Config {
             ("maintenance_period", !self.maintenance_period.is_zero()),
             ("join_timeout", !self.join_timeout.is_zero()),
             ("dedup_capacity", self.dedup_capacity > 0),
+            ("route_cache_ttl", !self.route_cache_ttl.is_zero()),
         ];
         match positive.into_iter().find(|(_, ok)| !ok) {
             Some((field, _)) => Err(ConfigError::Zero(field)),

@@ -95,8 +95,10 @@ impl Pastry {
             // who sent it), so it is signed only if `next` may pass it on: unless it is, by our
             // leaf set, the key's root. If that guess is wrong, `next` asks for the proof
             // (`ProofWanted`) instead of passing the message on.
-            let to_root =
-                attempts == 0 && self.leaf_set.covers(msg.key) && self.leaf_set.contains(next.id);
+            // A member of a cached root's leaf set counts as the root too.
+            let to_root = attempts == 0
+                && ((self.leaf_set.covers(msg.key) && self.leaf_set.contains(next.id))
+                    || self.sent_via_cache(msg.id, next.id));
             if !to_root {
                 msg.proof = self.sign_own(&msg);
             }

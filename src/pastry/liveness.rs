@@ -227,6 +227,7 @@ impl Pastry {
         }
         self.neighbourhood.remove(id);
         self.rtt_cache.retain(|(cached, _)| *cached != id);
+        self.route_cache.forget(id);
         if let Some((row, _)) = self.table.remove(id) {
             self.repair_table_row(row);
         }

@@ -310,6 +310,7 @@ impl Pastry {
 
     pub(super) fn note_dead(&mut self, now: Time, id: NodeId) {
         self.rtt_cache.retain(|(cached, _)| *cached != id);
+        self.route_cache.forget(id);
         if self.dead.len() >= DEAD_MEMORY {
             self.dead.pop_front();
         }

@@ -141,6 +141,18 @@ pub enum Message {
         /// The message's id (its origin is the receiver of this answer).
         id: u64,
     },
+    /// The root of a [`Message::Route`] tells its origin that it delivered it, so that the
+    /// origin can time the route and send later messages for keys in the sender's range
+    /// straight to it (see the core's route cache).
+    RootAnswer {
+        /// The delivered message's id.
+        id: u64,
+        /// Its key.
+        key: Key,
+        /// The sender's leaf set (at most the leaf-set size, without the sender); empty when
+        /// the message came straight from its origin.
+        leaf_set: Vec<PeerInfo>,
+    },
 }
 
 /// Most node ids a [`Message::Route`] carries in `avoid`.
@@ -175,11 +187,13 @@ pub enum MessageKind {
     Leave,
     /// [`Message::ProofWanted`]
     ProofWanted,
+    /// [`Message::RootAnswer`]
+    RootAnswer,
 }
 
 impl MessageKind {
     /// Number of kinds.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every kind, in declaration order (`kind as usize` indexes this array).
     pub const ALL: [Self; Self::COUNT] = [
@@ -196,6 +210,7 @@ impl MessageKind {
         Self::RouteAck,
         Self::Leave,
         Self::ProofWanted,
+        Self::RootAnswer,
     ];
 
     /// A short lower-case name, for reports.
@@ -214,13 +229,17 @@ impl MessageKind {
             Self::RouteAck => "route_ack",
             Self::Leave => "leave",
             Self::ProofWanted => "proof_wanted",
+            Self::RootAnswer => "root_answer",
         }
     }
 
     /// Whether this is overlay maintenance traffic, as opposed to carrying application
-    /// messages (`Route`, its per-hop `RouteAck` and `ProofWanted`).
+    /// messages (`Route`, its per-hop `RouteAck`, `ProofWanted` and the root's `RootAnswer`).
     pub const fn is_control(self) -> bool {
-        !matches!(self, Self::Route | Self::RouteAck | Self::ProofWanted)
+        !matches!(
+            self,
+            Self::Route | Self::RouteAck | Self::ProofWanted | Self::RootAnswer
+        )
     }
 }
 
@@ -241,6 +260,7 @@ impl Message {
             Self::RouteAck { .. } => MessageKind::RouteAck,
             Self::Leave { .. } => MessageKind::Leave,
             Self::ProofWanted { .. } => MessageKind::ProofWanted,
+            Self::RootAnswer { .. } => MessageKind::RootAnswer,
         }
     }
 
@@ -400,6 +420,13 @@ pub(crate) mod strategy {
                 .prop_map(|(origin, id, done)| Message::RouteAck { origin, id, done }),
             peers().prop_map(|leaf_set| Message::Leave { leaf_set }),
             any::<u64>().prop_map(|id| Message::ProofWanted { id }),
+            (any::<u64>(), any::<u128>(), peers()).prop_map(|(id, key, leaf_set)| {
+                Message::RootAnswer {
+                    id,
+                    key: Key::from_u128(key),
+                    leaf_set,
+                }
+            }),
         ]
     }
 }

@@ -51,7 +51,7 @@
 //!
 //! The core's code is split by sub-protocol: `state` (the struct and its entry points),
 //! `routing`, `custody`, `origin`, `join`, `membership`, `candidates`, `validate`, `liveness`,
-//! `maintenance`, `timers`, `config`, `stats` and `output`.
+//! `maintenance`, `route_cache`, `timers`, `config`, `stats` and `output`.
 //!
 //! # What this module owns
 //!
@@ -140,6 +140,7 @@ pub mod message;
 mod neighbourhood;
 pub mod origin;
 mod output;
+mod route_cache;
 mod routing;
 mod routing_table;
 mod state;

@@ -2,6 +2,8 @@
 //! [`Transmit`]s for the network ([`Pastry::poll_transmit`]) and [`Event`]s for the
 //! application ([`Pastry::poll_event`]).
 
+use std::time::Duration;
+
 use crate::id::{Key, NodeId};
 
 use super::{Message, Misbehaviour, PeerInfo, ProofError};
@@ -114,5 +116,18 @@ pub enum Event {
         id: u64,
         /// The destination key.
         key: Key,
+    },
+    /// The root of a message this node originated answered ([`Message::RootAnswer`]):
+    /// `elapsed` is the time from sending it to the answer, the route plus one direct hop
+    /// back.
+    RouteAnswered {
+        /// The origin's message id.
+        id: u64,
+        /// The destination key.
+        key: Key,
+        /// The node that answered as root.
+        root: NodeId,
+        /// From the first send to the answer.
+        elapsed: Duration,
     },
 }

@@ -251,7 +251,18 @@ impl Pastry {
             self.waiting.push(msg);
             return Released::No;
         }
-        match self.choose(msg.key, skip, self.is_active()) {
+        // Our own message, first try: a cached root's leaf set may know the key's root.
+        let own_first = msg.prev.is_none() && msg.origin.id == self.me.id && attempts == 0;
+        let cached = if own_first && self.is_active() {
+            self.cached_route(now, msg.key, skip)
+        } else {
+            None
+        };
+        let choice = match cached {
+            Some(target) => Choice::Peer(target),
+            None => self.choose(msg.key, skip, self.is_active()),
+        };
+        match choice {
             Choice::Local => {
                 // Deliver as root only if no closer leaf-set member is merely suspected: an
                 // ack that timed out under load or a missed heartbeat does not make it dead,
@@ -273,7 +284,12 @@ impl Pastry {
                 }
             }
             Choice::Peer(next) => {
-                self.note_hole(msg.key, next);
+                if cached.is_none() {
+                    self.note_hole(msg.key, next);
+                }
+                if own_first && self.config.route_cache_size > 0 {
+                    self.await_answer(now, msg.id, msg.key, cached.map(|c| c.id));
+                }
                 if self.config.intercept_forwards && attempts == 0 {
                     let token = self.fresh_id();
                     let mut held = msg;
@@ -363,6 +379,7 @@ impl Pastry {
         }
         self.delivered.push_back(ident);
         self.stats.delivered += 1;
+        self.answer_origin(msg.origin, msg.prev, msg.id, msg.key);
         self.emit(Event::Deliver {
             key: msg.key,
             origin: msg.origin.id,

@@ -14,6 +14,7 @@ use super::custody::InFlight;
 use super::join::{JoinMsg, Joining};
 use super::liveness::{PendingProbe, ProbeKind, RTT_CACHE};
 use super::origin::OriginAuth;
+use super::route_cache::RouteCache;
 use super::routing::{HeldForward, Parked, RouteMsg};
 #[cfg(doc)]
 use super::timers::Timer;
@@ -103,6 +104,8 @@ pub struct Pastry {
     pub(super) announced: VecDeque<(NodeId, Time)>,
     /// Hole-filling passes done as the overlay grew, by row (see `Pastry::fill_as_grown`).
     pub(super) growth_passes: [u8; DIGITS],
+    /// Roots that answered our messages, and our messages awaiting an answer.
+    pub(super) route_cache: RouteCache,
 }
 
 impl Pastry {
@@ -145,6 +148,7 @@ impl Pastry {
             parked: Vec::new(),
             announced: VecDeque::new(),
             growth_passes: [0; DIGITS],
+            route_cache: RouteCache::default(),
         }
     }
 
@@ -326,6 +330,7 @@ impl Pastry {
         self.probes.clear();
         self.measuring.clear();
         self.measure_queue.clear();
+        self.route_cache.clear();
     }
 
     /// Answers an [`Event::Forward`].
@@ -449,6 +454,11 @@ impl Pastry {
                 if !self.on_proof_wanted(now, from, id) {
                     return;
                 }
+            }
+            Message::RootAnswer { id, key, leaf_set } => {
+                // Changes no membership state: nothing to re-check.
+                self.on_root_answer(now, from, id, key, leaf_set);
+                return;
             }
         }
         // The sender may have just entered our state.

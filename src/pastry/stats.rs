@@ -69,6 +69,15 @@ pub struct Stats {
     /// Own messages sent unsigned to what this node took for the key's root, which asked for
     /// the signature because it had to pass them on ([`Message::ProofWanted`]).
     pub proofs_wanted: u64,
+    /// Own messages sent straight to a cached root's leaf-set member (the route cache).
+    pub route_cache_hits: u64,
+    /// Of those, the ones whose answer came from another node: the entry was stale (the
+    /// receiver routed the message on).
+    pub route_cache_stale: u64,
+    /// Roots' answers ([`Message::RootAnswer`]) accepted.
+    pub root_answers: u64,
+    /// Roots' answers ignored: for no message of ours, or with a claim that does not hold.
+    pub root_answers_rejected: u64,
 }
 
 impl Stats {

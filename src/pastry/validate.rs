@@ -145,7 +145,8 @@ impl Pastry {
             | Message::Probe { leaf_set, .. }
             | Message::ProbeReply { leaf_set, .. }
             | Message::Heartbeat { leaf_set }
-            | Message::Leave { leaf_set } => {
+            | Message::Leave { leaf_set }
+            | Message::RootAnswer { leaf_set, .. } => {
                 at_most(kind, leaf_set, leaf_max)?;
                 distinct_and_allowed(kind, leaf_set, &[from])
             }

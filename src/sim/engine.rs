@@ -159,7 +159,7 @@ impl<P: SimNode> Simulation<P> {
             live_active: Vec::with_capacity(config.nodes),
             tally: Tally::default(),
             build: BuildState::default(),
-            lookups: Lookups::with_capacity(config.lookups),
+            lookups: Lookups::new(config.lookups, config.key_popularity, config.seed),
             failure: FailureState::default(),
             churn: ChurnState::default(),
             holes_at_start: Vec::new(),

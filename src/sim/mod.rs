@@ -109,6 +109,21 @@ impl Scenario {
     }
 }
 
+/// Which keys the lookups go to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeyPopularity {
+    /// A fresh random key for every lookup.
+    Uniform,
+    /// `keys` random keys, the one of rank `r` (from 1) drawn with probability proportional to
+    /// `1 / r^s` (Zipf's law, as the popularity of objects in a DHT is).
+    Zipf {
+        /// How many distinct keys.
+        keys: usize,
+        /// The exponent.
+        s: f64,
+    },
+}
+
 /// A simulation's parameters. [`Default`] is a small steady run on the plane model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
@@ -154,6 +169,8 @@ pub struct SimConfig {
     /// `1..` the nearest live active node that qualifies for it (perfect proximity neighbour
     /// selection below row 0), to measure what better tables would buy. Off by default.
     pub oracle_tables: bool,
+    /// Which keys the lookups go to. Default: uniform.
+    pub key_popularity: KeyPopularity,
 }
 
 impl Default for SimConfig {
@@ -177,6 +194,7 @@ impl Default for SimConfig {
             overhead_bytes: 60,
             trace_routes: false,
             oracle_tables: false,
+            key_popularity: KeyPopularity::Uniform,
         }
     }
 }

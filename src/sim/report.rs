@@ -73,6 +73,21 @@ pub struct Report {
     /// Sum of route latencies over sum of direct latencies (lookups with >= 1 hop): the stretch
     /// of the average route, which tiny direct distances cannot dominate.
     pub stretch_of_means: f64,
+    /// The same figure as `stretch_of_means`, under the name the other stretch fields share.
+    pub stretch_ratio_of_means: f64,
+    /// 95th percentile of the per-lookup stretch.
+    pub stretch_p95: f64,
+    /// Mean stretch of the lookups that were the first from their origin to their key.
+    pub stretch_first_mean: f64,
+    /// Mean stretch of the later ones (0 without any: uniform keys are rarely repeated).
+    pub stretch_repeat_mean: f64,
+    /// Lookups that repeated an earlier one's origin and key.
+    pub repeat_lookups: u64,
+    /// With a measured latency matrix: the fraction of lookups whose route was faster than the
+    /// direct delay (the matrix violates the triangle inequality).
+    pub stretch_below_one_fraction: Option<f64>,
+    /// How the lookups' keys were drawn (`uniform`, or `zipf` with `keys` and `zipf_s`).
+    pub key_popularity: String,
     /// With `trace_routes`: up to 10 each of the routes longer than `ceil(log16 N)` hops, the
     /// lost lookups and the misdelivered ones.
     pub long_routes: Vec<RouteTrace>,
@@ -265,9 +280,23 @@ impl fmt::Display for Report {
         if self.stretch_mean > 0.0 {
             writeln!(
                 f,
-                "stretch: mean {:.3}, median {:.3}, of means {:.3}",
-                self.stretch_mean, self.stretch_median, self.stretch_of_means
+                "stretch: mean {:.3}, median {:.3}, of means {:.3}, p95 {:.3}",
+                self.stretch_mean, self.stretch_median, self.stretch_of_means, self.stretch_p95
             )?;
+            writeln!(
+                f,
+                "stretch by key ({}): first routes {:.3}, repeated {:.3} ({} lookups)",
+                self.key_popularity,
+                self.stretch_first_mean,
+                self.stretch_repeat_mean,
+                self.repeat_lookups
+            )?;
+            if let Some(below) = self.stretch_below_one_fraction {
+                writeln!(
+                    f,
+                    "stretch below 1 (triangle inequality violated): {below:.4}"
+                )?;
+            }
         } else {
             writeln!(f, "stretch: no sample (no lookup took a hop)")?;
         }

@@ -1,13 +1,14 @@
 //! The scenarios on top of the network: the build by joins, the lookup windows, the silent
 //! failure and churn, and the check of every delivery against the oracle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use super::engine::{Phase, Simulation, NOBODY, SECOND};
 use super::node::SimNode;
-use super::Scenario;
+use super::{KeyPopularity, Scenario};
 use crate::id::{Key, NodeId};
 
 /// The simulation's own events, queued on the network beside messages and timers.
@@ -85,6 +86,8 @@ pub(super) struct LookupRec {
     pub(super) hops: u8,
     pub(super) correct: bool,
     pub(super) failed: bool,
+    /// Its origin routed to this key before.
+    pub(super) repeat: bool,
 }
 
 /// Lookups spread evenly over a window.
@@ -103,6 +106,16 @@ pub(super) struct Lookups {
     segments: Vec<Segment>,
     /// Route delay over direct delay, per delivered lookup with at least one hop.
     pub(super) stretches: Vec<f32>,
+    /// The same, split by whether the lookup repeated its origin's earlier key.
+    pub(super) first_sum: f64,
+    pub(super) first_count: u64,
+    pub(super) repeat_sum: f64,
+    pub(super) repeat_count: u64,
+    /// The keys of a Zipf popularity, by rank, and the cumulative weights of the ranks.
+    popular: Vec<Key>,
+    cumulative: Vec<f64>,
+    /// `(origin, key)` pairs looked up so far.
+    seen: HashSet<(u32, u128)>,
     pub(super) route_us: u64,
     pub(super) direct_us: u64,
     /// With `trace_routes`: every lookup hop `(lookup, from, to, sent at)`.
@@ -113,17 +126,48 @@ pub(super) struct Lookups {
 }
 
 impl Lookups {
-    pub(super) fn with_capacity(lookups: usize) -> Self {
+    pub(super) fn new(lookups: usize, popularity: KeyPopularity, seed: u64) -> Self {
+        let (mut popular, mut cumulative) = (Vec::new(), Vec::new());
+        if let KeyPopularity::Zipf { keys, s } = popularity {
+            // A stream of its own: the key set does not depend on anything else drawn.
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(7);
+            let mut total = 0.0;
+            for rank in 1..=keys.max(1) {
+                popular.push(Key::from_u128(rng.gen()));
+                total += 1.0 / (rank as f64).powf(s);
+                cumulative.push(total);
+            }
+        }
         Self {
             recs: Vec::with_capacity(lookups),
             route_ids: HashMap::new(),
             segments: Vec::new(),
             stretches: Vec::with_capacity(lookups),
+            first_sum: 0.0,
+            first_count: 0,
+            repeat_sum: 0.0,
+            repeat_count: 0,
+            popular,
+            cumulative,
+            seen: HashSet::new(),
             route_us: 0,
             direct_us: 0,
             paths: Vec::new(),
             stretch_by_direct: Vec::new(),
             duplicates: 0,
+        }
+    }
+
+    /// The key of the next lookup.
+    fn draw_key(&self, rng: &mut ChaCha8Rng) -> Key {
+        match self.cumulative.last() {
+            None => Key::from_u128(rng.gen()),
+            Some(&total) => {
+                let u = rng.gen::<f64>() * total;
+                let rank = self.cumulative.partition_point(|&c| c <= u);
+                self.popular[rank.min(self.popular.len() - 1)]
+            }
         }
     }
 
@@ -292,7 +336,7 @@ impl<P: SimNode> Simulation<P> {
             let at = seg.start + seg.len * u64::from(k + 1) / u64::from(seg.count);
             self.net.schedule(at, Ev::Lookup { segment, k: k + 1 });
         }
-        let key = Key::from_u128(self.rng.lookup.gen());
+        let key = self.lookups.draw_key(&mut self.rng.lookup);
         let count = self.live_active.len();
         let index = self.lookups.len() as u32;
         let origin = if count == 0 {
@@ -301,7 +345,9 @@ impl<P: SimNode> Simulation<P> {
             self.live_active[self.rng.lookup.gen_range(0..count)]
         };
         let root_at_issue = self.net.oracle().root(key).unwrap_or(NodeId::from_u128(0));
+        let repeat = origin != NOBODY && !self.lookups.seen.insert((origin, key.as_u128()));
         self.lookups.recs.push(LookupRec {
+            repeat,
             key,
             origin,
             issued: now,
@@ -359,9 +405,15 @@ impl<P: SimNode> Simulation<P> {
             let route = now - rec.issued;
             lookups.route_us += route;
             lookups.direct_us += direct;
-            lookups
-                .stretches
-                .push((route as f64 / direct as f64) as f32);
+            let stretch = route as f64 / direct as f64;
+            lookups.stretches.push(stretch as f32);
+            if rec.repeat {
+                lookups.repeat_sum += stretch;
+                lookups.repeat_count += 1;
+            } else {
+                lookups.first_sum += stretch;
+                lookups.first_count += 1;
+            }
             if self.config.trace_routes {
                 lookups
                     .stretch_by_direct

@@ -7,7 +7,7 @@ use super::diagnostics::ORIGIN_DEATH_WINDOW_US;
 use super::engine::{Simulation, NEVER, NOBODY, SECOND};
 use super::node::SimNode;
 use super::report::{ChurnReport, FailureReport, KindCount, Report};
-use super::Scenario;
+use super::{KeyPopularity, ModelSpec, Scenario};
 use crate::pastry::{Message, MessageKind};
 
 /// Message counters.
@@ -179,6 +179,11 @@ impl<P: SimNode> Simulation<P> {
         } else {
             stretches.iter().map(|&s| f64::from(s)).sum::<f64>() / stretches.len() as f64
         };
+        let ratio_of_means = if self.lookups.direct_us == 0 {
+            0.0
+        } else {
+            self.lookups.route_us as f64 / self.lookups.direct_us as f64
+        };
         let stretch_median = stretches
             .get(stretches.len() / 2)
             .map_or(0.0, |&s| f64::from(s));
@@ -304,10 +309,23 @@ impl<P: SimNode> Simulation<P> {
             hops_histogram: histogram,
             stretch_mean,
             stretch_median,
-            stretch_of_means: if self.lookups.direct_us == 0 {
-                0.0
-            } else {
-                self.lookups.route_us as f64 / self.lookups.direct_us as f64
+            stretch_of_means: ratio_of_means,
+            stretch_ratio_of_means: ratio_of_means,
+            stretch_p95: stretches
+                .get((stretches.len() * 95 / 100).min(stretches.len().saturating_sub(1)))
+                .map_or(0.0, |&s| f64::from(s)),
+            stretch_first_mean: self.lookups.first_sum / self.lookups.first_count.max(1) as f64,
+            stretch_repeat_mean: self.lookups.repeat_sum / self.lookups.repeat_count.max(1) as f64,
+            repeat_lookups: self.lookups.recs.iter().filter(|r| r.repeat).count() as u64,
+            stretch_below_one_fraction: matches!(self.config.model, ModelSpec::Matrix(_)).then(
+                || {
+                    stretches.iter().filter(|&&s| s < 1.0).count() as f64
+                        / stretches.len().max(1) as f64
+                },
+            ),
+            key_popularity: match self.config.key_popularity {
+                KeyPopularity::Uniform => "uniform".to_string(),
+                KeyPopularity::Zipf { keys, s } => format!("zipf keys={keys} s={s}"),
             },
             long_routes: self.long_routes(),
             tables: self.tables(),

@@ -56,6 +56,10 @@ pub(crate) struct IdleArgs {
     /// Set when `wendy bench idle` re-runs itself under `unshare --net`.
     #[arg(long, hide = true)]
     in_private_netns: bool,
+    /// Length of the measurement window in seconds [default: 180, 3 with --quick]; one
+    /// routing-table maintenance period (1200) holds exactly one maintenance round per node.
+    #[arg(long, value_name = "S")]
+    window_s: Option<f64>,
     #[command(flatten)]
     common: SuiteArgs,
 }
@@ -85,7 +89,7 @@ pub(crate) fn run(command: BenchCommand) -> crate::CmdResult {
         BenchCommand::Memory(args) => ("memory", args),
         BenchCommand::Idle(args) => {
             if !args.in_private_netns && !args.no_netns {
-                if let Some(result) = idle_in_private_netns(&args.common) {
+                if let Some(result) = idle_in_private_netns(&args.common, args.window_s) {
                     return result;
                 }
             }
@@ -162,6 +166,22 @@ fn run_suite(command: &BenchCommand, quick: bool) -> Result<Value, Box<dyn std::
             } else {
                 idle::IdleBenchConfig::default()
             };
+            if let Some(window_s) = args.window_s {
+                if !(window_s > 0.0 && window_s.is_finite()) {
+                    return Err(
+                        format!("--window-s must be a positive number, got {window_s}").into(),
+                    );
+                }
+                let window = std::time::Duration::from_secs_f64(window_s);
+                config = if quick {
+                    idle::IdleBenchConfig {
+                        window,
+                        ..idle::IdleBenchConfig::quick()
+                    }
+                } else {
+                    idle::IdleBenchConfig::with_window(window)
+                };
+            }
             if args.in_private_netns {
                 // A new network namespace has only `lo`, and it is down.
                 let up = Command::new("ip")
@@ -192,7 +212,7 @@ fn run_suite(command: &BenchCommand, quick: bool) -> Result<Value, Box<dyn std::
 /// Re-runs `wendy bench idle` under `unshare --net` (a private network namespace, so the
 /// kernel's UDP counters count these nodes only). `None` when that is not possible here (not
 /// root, no `unshare`): the caller then counts with QUIC statistics in this process.
-fn idle_in_private_netns(args: &SuiteArgs) -> Option<crate::CmdResult> {
+fn idle_in_private_netns(args: &SuiteArgs, window_s: Option<f64>) -> Option<crate::CmdResult> {
     let possible = Command::new("unshare")
         .args(["--net", "true"])
         .stdout(Stdio::null())
@@ -216,6 +236,9 @@ fn idle_in_private_netns(args: &SuiteArgs) -> Option<crate::CmdResult> {
         }
         if args.quick {
             command.arg("--quick");
+        }
+        if let Some(window_s) = window_s {
+            command.args(["--window-s", &window_s.to_string()]);
         }
         let status = command.status()?;
         if status.success() {

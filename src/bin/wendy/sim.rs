@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use wendy::sim::{ModelSpec, Phase, Progress, RttMatrix, Scenario, SimConfig, Simulation};
+use wendy::sim::{
+    KeyPopularity, ModelSpec, Phase, Progress, RttMatrix, Scenario, SimConfig, Simulation,
+};
 
 /// Latency models built into the simulator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +84,25 @@ pub(crate) struct SimArgs {
     /// the nearest node that qualifies (perfect proximity), to see what better tables buy.
     #[arg(long)]
     oracle_tables: bool,
+    /// Which keys the lookups go to: a fresh random key each (uniform), or `--keys` random
+    /// keys drawn by Zipf's law with exponent `--zipf-s`.
+    #[arg(long, value_enum, default_value_t = Popularity::Uniform)]
+    key_popularity: Popularity,
+    /// Zipf popularity: how many distinct keys.
+    #[arg(long, value_name = "K", default_value_t = 1000)]
+    keys: usize,
+    /// Zipf popularity: the exponent s (rank r drawn with probability proportional to 1/r^s).
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    zipf_s: f64,
+}
+
+/// How the lookups' keys are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Popularity {
+    /// A fresh random key for every lookup.
+    Uniform,
+    /// `--keys` random keys, by Zipf's law.
+    Zipf,
 }
 
 impl SimArgs {
@@ -117,7 +138,22 @@ impl SimArgs {
         if !(0.0..1.0).contains(&self.loss) || self.jitter < 0.0 {
             return Err("--loss must be in [0, 1) and --jitter non-negative".into());
         }
+        let key_popularity = match self.key_popularity {
+            Popularity::Uniform => KeyPopularity::Uniform,
+            Popularity::Zipf => {
+                if self.keys == 0 || !(self.zipf_s >= 0.0 && self.zipf_s.is_finite()) {
+                    return Err(
+                        "--keys must be at least 1 and --zipf-s a non-negative number".into(),
+                    );
+                }
+                KeyPopularity::Zipf {
+                    keys: self.keys,
+                    s: self.zipf_s,
+                }
+            }
+        };
         let mut config = SimConfig {
+            key_popularity,
             nodes: self.nodes,
             lookups: self.lookups,
             seed: self.seed,

@@ -20,6 +20,7 @@ mod liveness;
 mod maintenance;
 mod membership;
 mod origin;
+mod route_cache;
 mod routing;
 mod stats;
 

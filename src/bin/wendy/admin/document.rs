@@ -103,6 +103,11 @@ pub(crate) struct Document {
     reroutes: u64,
     duplicates_suppressed: u64,
     in_custody: usize,
+    /// Roots held in the route cache.
+    route_cache_roots: usize,
+    /// Own messages sent straight to a cached root, and those another node answered for.
+    route_cache_hits: u64,
+    route_cache_stale: u64,
     /// Events the service mesh dropped because the run loop did not keep up.
     mesh_events_dropped: u64,
     /// Records the service mesh refused.
@@ -174,6 +179,9 @@ impl Document {
             reroutes: status.reroutes,
             duplicates_suppressed: status.duplicates_suppressed,
             in_custody: status.in_custody,
+            route_cache_roots: status.route_cache_roots,
+            route_cache_hits: status.route_cache_hits,
+            route_cache_stale: status.route_cache_stale,
             mesh_events_dropped: snapshot.mesh.events_dropped,
             records_refused: snapshot.mesh.records_refused,
             output_dropped: snapshot.output_dropped,

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use wendy::node::LinkFailures;
+use wendy::node::{LinkFailures, ROUTE_LATENCY_BOUNDS_S};
 
 use super::document::Snapshot;
 
@@ -214,6 +214,46 @@ impl Collector for SnapshotMetrics {
             count,
             &buckets,
             None,
+        )?;
+        let mut latency = e.encode_descriptor(
+            "route_latency_seconds",
+            "Routes of messages originated here, from the first send to the root's answer \
+             (the route plus one direct hop back)",
+            None,
+            MetricType::Histogram,
+        )?;
+        let buckets: Vec<(f64, u64)> = stats
+            .route_latency_buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let bound = ROUTE_LATENCY_BOUNDS_S.get(i).copied().unwrap_or(f64::MAX);
+                (bound, *n)
+            })
+            .collect();
+        latency.encode_histogram::<Vec<(&str, &str)>>(
+            stats.route_latency_sum_us as f64 / 1e6,
+            stats.route_latency_buckets.iter().sum(),
+            &buckets,
+            None,
+        )?;
+        counter1(
+            &mut e,
+            "route_cache_sends",
+            "Own messages sent straight to a cached root",
+            status.route_cache_hits,
+        )?;
+        counter1(
+            &mut e,
+            "route_cache_stale",
+            "Of those, the ones another node answered for (a detour, never a wrong delivery)",
+            status.route_cache_stale,
+        )?;
+        gauge1(
+            &mut e,
+            "route_cache_roots",
+            "Roots held in the route cache",
+            int(status.route_cache_roots),
         )?;
         gauge1(
             &mut e,

@@ -1,0 +1,227 @@
+//! The route cache: repeated keys take one hop, stale entries and false answers cost a detour
+//! and never a wrong delivery.
+
+use super::*;
+
+/// Routes `key` from `from` and runs the network until it settles; returns the delivery's
+/// node and hops.
+fn route_once(net: &mut Net, from: usize, key: Key) -> (NodeId, u8) {
+    let origin = net.nodes[from].id();
+    let id = net.route(from, key, b"cached".to_vec());
+    net.run_for(Duration::from_secs(10));
+    let got: Vec<_> = net
+        .delivered
+        .iter()
+        .filter(|d| d.origin == origin && d.id == id)
+        .collect();
+    assert_eq!(got.len(), 1, "delivered {} times", got.len());
+    (net.nodes[got[0].at].id(), got[0].hops)
+}
+
+/// A node and a key its leaf set does not cover, whose route takes more than one hop.
+fn far_key(net: &mut Net) -> (usize, Key) {
+    loop {
+        let from = net.random_live();
+        let key = net.random_key();
+        if !net.nodes[from].leaf_set().covers(key)
+            && net.nodes[from].next_hop(key).map(|p| p.id) != Some(net.oracle_root(key))
+        {
+            return (from, key);
+        }
+    }
+}
+
+#[test]
+fn a_repeated_key_goes_straight_to_its_root_after_the_first_answer() {
+    let mut net = Net::build(Config::default(), 80, 3);
+    let (from, key) = far_key(&mut net);
+    let root = net.oracle_root(key);
+    let (at, hops) = route_once(&mut net, from, key);
+    assert_eq!(at, root);
+    assert!(hops > 1);
+    assert_eq!(net.nodes[from].route_cache_len(), 1);
+    let answered = net.events.iter().any(|(i, e, _)| {
+        *i == from
+            && matches!(e, Event::RouteAnswered { key: k, root: r, .. } if *k == key && *r == root)
+    });
+    assert!(answered, "the origin timed its route");
+
+    let (at, hops) = route_once(&mut net, from, key);
+    assert_eq!((at, hops), (root, 1), "the second route takes one hop");
+    assert_eq!(net.nodes[from].stats().route_cache_hits, 1);
+    assert_eq!(net.nodes[from].stats().route_cache_stale, 0);
+}
+
+#[test]
+fn with_the_cache_off_roots_do_not_answer_and_routes_are_unchanged() {
+    let config = Config {
+        route_cache_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 60, 4);
+    let (from, key) = far_key(&mut net);
+    route_once(&mut net, from, key);
+    route_once(&mut net, from, key);
+    let answers: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.stats().sent_of(MessageKind::RootAnswer).msgs)
+        .sum();
+    assert_eq!(answers, 0);
+    assert_eq!(net.nodes[from].stats().route_cache_hits, 0);
+}
+
+#[test]
+fn a_false_claim_costs_a_detour_and_never_a_wrong_delivery() {
+    let mut net = Net::build(Config::default(), 60, 5);
+    let (from, key) = far_key(&mut net);
+    let root = net.oracle_root(key);
+    // A live node that is not the root answers first, claiming a leaf set of made-up ids all
+    // farther from the key than itself (it leaves the true root out).
+    let liar = (0..net.nodes.len())
+        .filter(|&i| i != from && net.nodes[i].id() != root)
+        .min_by_key(|&i| key.to_node_id().ring_distance(net.nodes[i].id()))
+        .expect("a node other than the root");
+    let gap = key.to_node_id().ring_distance(net.nodes[liar].id()).max(1);
+    let made_up: Vec<PeerInfo> = (1..=8u128)
+        .flat_map(|i| {
+            let k = key.as_u128();
+            [k.wrapping_add(gap * (i + 1)), k.wrapping_sub(gap * (i + 1))]
+        })
+        .map(peer)
+        .collect();
+    let origin = net.nodes[from].id();
+    let id = net.route(from, key, b"first".to_vec());
+    let (now, liar_peer) = (net.now, net.peer(liar));
+    net.nodes[from].handle_message(
+        now,
+        liar_peer,
+        Message::RootAnswer {
+            id,
+            key,
+            leaf_set: made_up,
+        },
+    );
+    net.flush(from);
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(
+        net.nodes[from].stats().root_answers,
+        1,
+        "the lie was believed"
+    );
+    assert_eq!(
+        net.nodes[from].stats().root_answers_rejected,
+        1,
+        "the true answer came late"
+    );
+    let first: Vec<_> = net
+        .delivered
+        .iter()
+        .filter(|d| d.origin == origin && d.id == id)
+        .collect();
+    assert_eq!(first.len(), 1);
+    assert_eq!(net.nodes[first[0].at].id(), root);
+
+    // The cache now sends the key to the liar, which routes it on to the true root.
+    let (at, hops) = route_once(&mut net, from, key);
+    assert_eq!(at, root, "misdelivered");
+    assert_eq!(hops, 2, "one hop of detour");
+    assert_eq!(net.nodes[from].stats().route_cache_stale, 1);
+}
+
+#[test]
+fn answers_for_no_message_of_ours_or_with_a_closer_member_are_ignored() {
+    let mut net = Net::build(Config::default(), 60, 6);
+    let (from, key) = far_key(&mut net);
+    let root = net.oracle_root(key);
+    let root_index = net.index_of(root);
+    let not_root = (0..net.nodes.len())
+        .find(|&i| i != from && i != root_index)
+        .expect("another node");
+    // Unsolicited: nothing was routed.
+    let honest_leaf_set = net.nodes[root_index].leaf_set().peers();
+    let (now, root_peer) = (net.now, net.peer(root_index));
+    net.nodes[from].handle_message(
+        now,
+        root_peer,
+        Message::RootAnswer {
+            id: 77,
+            key,
+            leaf_set: honest_leaf_set,
+        },
+    );
+    // A real leaf set that holds a node closer to the key than its sender.
+    let id = net.route(from, key, b"x".to_vec());
+    let claim = net.nodes[not_root].leaf_set().peers();
+    let mut with_root = claim.clone();
+    if !with_root.iter().any(|p| p.id == root) {
+        with_root.pop();
+        with_root.push(net.peer(root_index));
+    }
+    let (now, not_root_peer) = (net.now, net.peer(not_root));
+    net.nodes[from].handle_message(
+        now,
+        not_root_peer,
+        Message::RootAnswer {
+            id,
+            key,
+            leaf_set: with_root,
+        },
+    );
+    net.flush(from);
+    let stats = net.nodes[from].stats();
+    assert_eq!(stats.root_answers_rejected, 2);
+    assert_eq!(stats.root_answers, 0);
+    assert_eq!(net.nodes[from].route_cache_len(), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// Warm caches, then change who the roots are (silent failures and joins of nodes whose
+    /// ids are the cached keys): every lookup is still delivered once, at the oracle's root.
+    #[test]
+    fn cached_routes_never_misdeliver(n in 30usize..70, seed in any::<u64>()) {
+        let mut net = Net::build(Config::default(), n, seed);
+        let newcomers: Vec<usize> = (0..3).map(|_| net.add(None)).collect();
+        let mut keys: Vec<Key> = newcomers.iter().map(|&i| net.nodes[i].id().to_key()).collect();
+        for _ in 0..5 {
+            keys.push(net.random_key());
+        }
+        let origins: Vec<usize> = (0..8).map(|_| net.random_live()).collect();
+        let mut sent = Vec::new();
+        let route_all = |net: &mut Net, sent: &mut Vec<(NodeId, u64, Key)>| {
+            for &from in &origins {
+                if !net.alive[from] {
+                    continue;
+                }
+                for &key in &keys {
+                    let id = net.route(from, key, b"p".to_vec());
+                    sent.push((net.nodes[from].id(), id, key));
+                }
+            }
+            net.run_for(Duration::from_secs(30));
+        };
+        route_all(&mut net, &mut sent);
+        for &i in &newcomers {
+            net.join(i);
+        }
+        for _ in 0..2 {
+            let victim = net.random_live();
+            if !origins.contains(&victim) {
+                net.kill(victim);
+            }
+        }
+        net.run_for(Duration::from_secs(60));
+        let check_from = sent.len();
+        route_all(&mut net, &mut sent);
+        route_all(&mut net, &mut sent);
+        let hits: u64 = origins.iter().map(|&i| net.nodes[i].stats().route_cache_hits).sum();
+        prop_assert!(hits > 0, "the cache was never used");
+        for &(origin, id, key) in &sent[check_from..] {
+            let got: Vec<_> = net.delivered.iter().filter(|d| d.origin == origin && d.id == id).collect();
+            prop_assert_eq!(got.len(), 1, "lookup for {} delivered {} times", key, got.len());
+            prop_assert_eq!(net.nodes[got[0].at].id(), net.oracle_root(key), "lookup for {} misdelivered", key);
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The route cache: the roots that answered for keys this node routed to, and their leaf
+//! sets, so that later messages for keys in a cached root's range go straight to the member
+//! closest to the key (one hop) instead of through the routing table.
+//!
+//! The root of a message from another node answers its origin ([`Message::RootAnswer`]) with
+//! the message's id and, when the message took more than one hop, its leaf set. The origin
+//! keeps an answer only if it answers a message it sent (by id and key), if the sender is the
+//! closest to the key among the ids it claims, and if the claimed range is plausible (a full
+//! leaf set spanning at most [`MAX_SPAN_RATIO`] times our own). The receiver of a message sent
+//! from the cache routes it like any other (its own leaf set decides whether it is the root),
+//! so a stale or false entry costs at most a detour, never a misdelivery.
+//!
+//! Bounded: at most [`Config::route_cache_size`] entries, least recently used first out, each
+//! forgotten [`Config::route_cache_ttl`] after it was learned or confirmed, and at once when a
+//! member stops acknowledging. This module owns the cache and the answers' bookkeeping; the
+//! route decision that consults it is in `routing`.
+
+use std::collections::VecDeque;
+
+use crate::id::{Key, NodeId};
+
+use super::state::Pastry;
+use super::{Event, Message, PeerInfo, Time};
+
+#[cfg(doc)]
+use super::Config;
+
+/// A claimed range may span at most this many times our own leaf set's range: ids are
+/// uniform, so an honest root's leaf set spans about as much as ours, and a peer cannot claim
+/// a large part of the ring.
+pub(super) const MAX_SPAN_RATIO: u128 = 4;
+
+/// Most of this node's own messages awaiting their root's answer.
+const MAX_AWAITED: usize = 256;
+
+/// A root and its leaf set, as it told us.
+#[derive(Debug, Clone)]
+pub(super) struct CachedRoot {
+    root: PeerInfo,
+    /// The root and its leaf set.
+    members: Vec<PeerInfo>,
+    /// The farthest members counter-clockwise and clockwise of the root.
+    lo: NodeId,
+    hi: NodeId,
+    learned: Time,
+    used: u64,
+}
+
+impl CachedRoot {
+    /// Whether `key` lies strictly between the farthest members: then the member closest to it
+    /// is its root by the root's own leaf set.
+    fn covers(&self, key: Key) -> bool {
+        let k = key.to_node_id();
+        k != self.lo
+            && k != self.hi
+            && self.lo.clockwise_distance(k) < self.lo.clockwise_distance(self.hi)
+    }
+
+    fn closest(&self, key: Key) -> PeerInfo {
+        let mut best = self.root;
+        for m in &self.members {
+            if key.is_closer(m.id, best.id) {
+                best = *m;
+            }
+        }
+        best
+    }
+}
+
+/// One of this node's messages, waiting for its root's answer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Awaited {
+    id: u64,
+    key: Key,
+    sent: Time,
+    /// The member the cache sent it to, if it did.
+    via_cache: Option<NodeId>,
+}
+
+/// The cache and the answers this node awaits.
+#[derive(Debug, Default)]
+pub(super) struct RouteCache {
+    entries: Vec<CachedRoot>,
+    awaited: VecDeque<Awaited>,
+    tick: u64,
+}
+
+impl RouteCache {
+    /// Cached roots.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Forgets every entry that names `id` (it stopped answering, or died).
+    pub(super) fn forget(&mut self, id: NodeId) {
+        self.entries
+            .retain(|e| e.root.id != id && e.members.iter().all(|m| m.id != id));
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+        self.awaited.clear();
+    }
+}
+
+impl Pastry {
+    /// The member of a cached root's leaf set closest to `key`, if a fresh entry covers it and
+    /// that member is usable.
+    pub(super) fn cached_route(
+        &mut self,
+        now: Time,
+        key: Key,
+        skip: &[NodeId],
+    ) -> Option<PeerInfo> {
+        if self.config.route_cache_size == 0 || self.leaf_set.covers(key) {
+            return None;
+        }
+        let ttl = self.config.route_cache_ttl;
+        self.route_cache.entries.retain(|e| now - e.learned < ttl);
+        let index = self
+            .route_cache
+            .entries
+            .iter()
+            .position(|e| e.covers(key))?;
+        let target = self.route_cache.entries[index].closest(key);
+        if target.id == self.me.id || skip.contains(&target.id) || self.is_suspect(target.id) {
+            return None;
+        }
+        self.route_cache.tick += 1;
+        self.route_cache.entries[index].used = self.route_cache.tick;
+        self.stats.route_cache_hits += 1;
+        Some(target)
+    }
+
+    /// Remembers that our message `id` for `key` left at `now` (through the cache to `via`),
+    /// to time its root's answer.
+    pub(super) fn await_answer(&mut self, now: Time, id: u64, key: Key, via: Option<NodeId>) {
+        let awaited = &mut self.route_cache.awaited;
+        if awaited.len() >= MAX_AWAITED {
+            awaited.pop_front();
+        }
+        awaited.push_back(Awaited {
+            id,
+            key,
+            sent: now,
+            via_cache: via,
+        });
+    }
+
+    /// Whether our message `id` is being sent to `next` from the cache.
+    pub(super) fn sent_via_cache(&self, id: u64, next: NodeId) -> bool {
+        self.route_cache
+            .awaited
+            .iter()
+            .rev()
+            .any(|a| a.id == id && a.via_cache == Some(next))
+    }
+
+    /// Delivering `id` for `key` from `origin` here as root: tells the origin, with our leaf
+    /// set if the message came by another node (the origin did not reach us directly, so a
+    /// later one can).
+    pub(super) fn answer_origin(
+        &mut self,
+        origin: PeerInfo,
+        prev: Option<PeerInfo>,
+        id: u64,
+        key: Key,
+    ) {
+        if origin.id == self.me.id || self.config.route_cache_size == 0 {
+            return;
+        }
+        let leaf_set = if prev.map_or(true, |p| p.id == origin.id) {
+            Vec::new()
+        } else {
+            self.leaf_set.peers()
+        };
+        self.send(origin, Message::RootAnswer { id, key, leaf_set });
+    }
+
+    /// A [`Message::RootAnswer`] from `from`: times the message it answers and, if the claim
+    /// holds up, caches `from` as the root of its range.
+    pub(super) fn on_root_answer(
+        &mut self,
+        now: Time,
+        from: PeerInfo,
+        id: u64,
+        key: Key,
+        leaf_set: Vec<PeerInfo>,
+    ) {
+        let Some(index) = self
+            .route_cache
+            .awaited
+            .iter()
+            .position(|a| a.id == id && a.key == key)
+        else {
+            // Not ours, or answered already: a stray or replayed answer changes nothing.
+            self.stats.root_answers_rejected += 1;
+            return;
+        };
+        let awaited = self.route_cache.awaited.remove(index).unwrap_or(Awaited {
+            id,
+            key,
+            sent: now,
+            via_cache: None,
+        });
+        if let Some(via) = awaited.via_cache.filter(|v| *v != from.id) {
+            // The entry that sent it to `via` is stale (a node joined near the key) or false.
+            self.stats.route_cache_stale += 1;
+            self.route_cache.forget(via);
+        }
+        self.emit(Event::RouteAnswered {
+            id,
+            key,
+            root: from.id,
+            elapsed: now - awaited.sent,
+        });
+        if leaf_set.is_empty() {
+            // Reached directly: confirm the entry that sent it there, if any.
+            if let Some(e) = self
+                .route_cache
+                .entries
+                .iter_mut()
+                .find(|e| e.root.id == from.id || e.members.iter().any(|m| m.id == from.id))
+            {
+                if e.covers(key) && e.closest(key).id == from.id {
+                    e.learned = now;
+                }
+            }
+            self.stats.root_answers += 1;
+            return;
+        }
+        match self.check_claim(from, key, &leaf_set) {
+            Some((lo, hi)) => {
+                self.stats.root_answers += 1;
+                self.cache_root(now, from, leaf_set, lo, hi);
+            }
+            None => {
+                tracing::debug!(peer = %from.id, "ignoring a root answer whose claim does not hold");
+                self.stats.root_answers_rejected += 1;
+            }
+        }
+    }
+
+    /// The range `(lo, hi)` `from` claims with `leaf_set`, if the claim is plausible: a full
+    /// leaf set of distinct ids without `from`, `from` the closest of them to `key`, and a span
+    /// at most [`MAX_SPAN_RATIO`] times our own leaf set's.
+    fn check_claim(
+        &self,
+        from: PeerInfo,
+        key: Key,
+        leaf_set: &[PeerInfo],
+    ) -> Option<(NodeId, NodeId)> {
+        let full = self.config.leaf_set_size;
+        if leaf_set.len() != full {
+            return None;
+        }
+        let mut ids: Vec<NodeId> = leaf_set.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != full || ids.contains(&from.id) {
+            return None;
+        }
+        if ids.iter().any(|id| key.is_closer(*id, from.id)) {
+            return None;
+        }
+        // Counter-clockwise members are those less than half the ring behind the root.
+        let half = 1u128 << 127;
+        let behind = |id: NodeId| id.clockwise_distance(from.id);
+        let ahead = |id: NodeId| from.id.clockwise_distance(id);
+        let lo = ids
+            .iter()
+            .copied()
+            .filter(|id| behind(*id) < half)
+            .max_by_key(|id| behind(*id))?;
+        let hi = ids
+            .iter()
+            .copied()
+            .filter(|id| ahead(*id) < half)
+            .max_by_key(|id| ahead(*id))?;
+        let span = lo.clockwise_distance(hi);
+        let own = {
+            let far_left = self.leaf_set.side_slots(super::Side::Left).last()?.peer.id;
+            let far_right = self.leaf_set.side_slots(super::Side::Right).last()?.peer.id;
+            far_left.clockwise_distance(far_right)
+        };
+        if span > own.saturating_mul(MAX_SPAN_RATIO) {
+            return None;
+        }
+        let k = key.to_node_id();
+        if lo.clockwise_distance(k) >= span {
+            return None;
+        }
+        Some((lo, hi))
+    }
+
+    fn cache_root(
+        &mut self,
+        now: Time,
+        root: PeerInfo,
+        members: Vec<PeerInfo>,
+        lo: NodeId,
+        hi: NodeId,
+    ) {
+        let cache = &mut self.route_cache;
+        cache.tick += 1;
+        cache.entries.retain(|e| e.root.id != root.id);
+        if cache.entries.len() >= self.config.route_cache_size {
+            if let Some(oldest) = cache
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(i, _)| i)
+            {
+                cache.entries.swap_remove(oldest);
+            }
+        }
+        cache.entries.push(CachedRoot {
+            root,
+            members,
+            lo,
+            hi,
+            learned: now,
+            used: cache.tick,
+        });
+    }
+
+    /// Roots in the route cache.
+    pub fn route_cache_len(&self) -> usize {
+        self.route_cache.len()
+    }
+}
