@@ -283,7 +283,23 @@ impl Service {
             tokio::spawn(async move {
                 let body = Body::Reach(ReachMessage::Check);
                 let answered_before = transport.dial_backs_answered();
-                let answer = match transport.request(peer, addr, &body).await {
+                let result = transport.request(peer, addr, &body).await;
+                if matches!(
+                    result,
+                    Ok(Body::Reach(ReachMessage::CheckResult {
+                        reachable: true,
+                        ..
+                    }))
+                ) {
+                    // The accept task counting the dial-back may not have run yet.
+                    for _ in 0..20 {
+                        if transport.dial_backs_answered() != answered_before {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                let answer = match result {
                     // "Reachable" is believed only if a dial-back really arrived meanwhile: a
                     // peer that lies cannot make this node think it is public.
                     Ok(Body::Reach(ReachMessage::CheckResult {

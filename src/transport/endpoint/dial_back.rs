@@ -50,6 +50,10 @@ impl Inner {
         let result = match outcome {
             Err(_) => Err(DialBackError::Connect(ConnectError::Timeout(addr))),
             Ok(Ok(conn)) => {
+                // Our side completes first; the node counts the dial-back when its side does,
+                // then closes. Waiting for that close means the node has counted it before
+                // anyone is told it succeeded (it believes no success it did not count).
+                let _ = tokio::time::timeout(self.limits.connect_timeout, conn.closed()).await;
                 conn.close(0u32.into(), b"dial-back done");
                 Ok(())
             }
