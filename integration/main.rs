@@ -22,6 +22,8 @@ mod cluster_failure;
 mod cluster_proximity;
 mod hostile;
 mod mesh;
+mod netns;
 mod origin;
+mod reach;
 mod sim;
 mod transport;

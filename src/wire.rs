@@ -75,12 +75,14 @@ pub enum Body {
         /// The name of the service the opener wants to reach.
         service: String,
     },
+    /// Address discovery and reachability (requests and their answers, see [`crate::reach`]).
+    Reach(crate::reach::ReachMessage),
 }
 
 impl Body {
     /// The number of [`Body`] variants this build knows; indexes at or above it are
     /// [`WireError::UnknownKind`].
-    pub const KINDS: u32 = 6;
+    pub const KINDS: u32 = 7;
 
     /// A short name of the frame's kind, for logs.
     pub fn kind_name(&self) -> &'static str {
@@ -91,6 +93,7 @@ impl Body {
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
             Self::Tunnel { .. } => "tunnel",
+            Self::Reach(_) => "reach",
         }
     }
 }
@@ -231,6 +234,7 @@ fn kind_name_of(kind: u32) -> &'static str {
         3 => "ping",
         4 => "pong",
         5 => "tunnel",
+        6 => "reach",
         _ => "unknown",
     }
 }
@@ -266,6 +270,7 @@ pub(crate) mod strategy {
             any::<u64>().prop_map(|nonce| Body::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Body::Pong { nonce }),
             "[a-z0-9:_-]{0,32}".prop_map(|service| Body::Tunnel { service }),
+            crate::reach::message::strategy::message().prop_map(Body::Reach),
         ]
     }
 }
@@ -298,12 +303,9 @@ mod tests {
     #[test]
     fn kinds_constant_matches_the_enum() {
         // The last variant's index must be KINDS - 1: encoding it yields that index.
-        let frame = encode(&Body::Tunnel {
-            service: "x".into(),
-        })
-        .unwrap();
+        let frame = encode(&Body::Reach(crate::reach::ReachMessage::Observe)).unwrap();
         assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
-        assert_eq!(kind_name_of(Body::KINDS - 1), "tunnel");
+        assert_eq!(kind_name_of(Body::KINDS - 1), "reach");
         assert_eq!(kind_name_of(Body::KINDS), "unknown");
     }
 
@@ -347,9 +349,10 @@ mod tests {
 
     #[test]
     fn unknown_kind_from_a_newer_peer_is_its_own_error() {
+        let next = u8::try_from(Body::KINDS).unwrap();
         assert_eq!(
-            decode(&[VERSION, 6, 1, 2, 3], MAX),
-            Err(WireError::UnknownKind(6))
+            decode(&[VERSION, next, 1, 2, 3], MAX),
+            Err(WireError::UnknownKind(Body::KINDS))
         );
         // A multi-byte varint index (300 = 0xac 0x02).
         assert_eq!(

@@ -24,7 +24,7 @@ pub fn wendy() -> Command {
 
 /// A running `wendy node --events json`; killed on drop.
 pub struct NodeProc {
-    name: &'static str,
+    name: String,
     pub child: Child,
     /// The node's stdin; `take` it to close the node's input.
     pub stdin: Option<ChildStdin>,
@@ -38,14 +38,20 @@ pub struct NodeProc {
 
 impl NodeProc {
     /// Starts `wendy node ARGS --events json` with piped stdin, stdout and stderr.
-    pub fn start<I>(name: &'static str, args: I) -> Self
+    pub fn start<I>(name: &str, args: I) -> Self
     where
         I: IntoIterator,
         I::Item: AsRef<OsStr>,
     {
-        let mut child = wendy()
-            .arg("node")
-            .args(args)
+        let mut command = wendy();
+        command.arg("node").args(args);
+        Self::start_command(name, command)
+    }
+
+    /// Starts `command` (a `wendy node ...` command line, possibly wrapped, e.g. in
+    /// `ip netns exec`) with `--events json` added and stdin, stdout and stderr piped.
+    pub fn start_command(name: &str, mut command: Command) -> Self {
+        let mut child = command
             .args(["--events", "json"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -77,7 +83,7 @@ impl NodeProc {
             }
         });
         Self {
-            name,
+            name: name.to_owned(),
             stdin: child.stdin.take(),
             child,
             lines,

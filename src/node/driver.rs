@@ -59,6 +59,8 @@ pub(super) struct Setup<L> {
     /// Signs and checks the origins of routed messages (the node's key); `None` runs the core
     /// unauthenticated (unit tests whose nodes have no keys).
     pub(super) origin_auth: Option<Box<dyn OriginAuth>>,
+    /// Where reachability requests go (`None`: refused as unsupported, in unit tests).
+    pub(super) reach: Option<mpsc::Sender<crate::reach::Request>>,
 }
 
 /// Results of background work, fed back into the core.
@@ -118,6 +120,8 @@ struct Driver<L> {
     subscribers: Vec<(PayloadKind, mpsc::Sender<NodeEvent>)>,
     /// The peers last told to the transport as protected (sorted), and when.
     protected: (Vec<NodeId>, Instant),
+    /// Where reachability requests go.
+    reach: Option<mpsc::Sender<crate::reach::Request>>,
 }
 
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
@@ -152,6 +156,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
         deferred: Deferred::new(),
         subscribers: Vec::new(),
         protected: (Vec::new(), now),
+        reach: setup.reach,
     };
     let runtime = Arc::new(Runtime {
         driver: Mutex::new(driver),
@@ -459,6 +464,26 @@ impl<L: Links> Driver<L> {
                 }
                 other => debug!(%from, kind = other.kind_name(), "ignored one-way frame"),
             },
+            TransportEvent::Request {
+                from,
+                from_addr,
+                body: Body::Reach(message),
+                reply,
+            } if self.reach.is_some() => {
+                let request = crate::reach::Request {
+                    from,
+                    from_addr,
+                    message,
+                    reply,
+                };
+                // A full queue drops the request (its stream is reset unanswered): the cost of
+                // a flood stays bounded by the queue.
+                if let Some(reach) = &self.reach {
+                    if reach.try_send(request).is_err() {
+                        debug!(%from, "reachability request dropped: queue full");
+                    }
+                }
+            }
             TransportEvent::Request {
                 from, body, reply, ..
             } => {
@@ -954,6 +979,9 @@ impl<L: Links> Driver<L> {
             route_cache_roots: self.pastry.route_cache_len(),
             route_cache_hits: stats.route_cache_hits,
             route_cache_stale: stats.route_cache_stale,
+            // Filled in by the node handle, which holds the reachability service's channel.
+            reachability: crate::reach::Reachability::Unknown,
+            observed_addrs: Vec::new(),
         }
     }
 }

@@ -55,6 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::id::{Key, NodeId};
 use crate::identity::{Certificate, Identity, Validity};
 use crate::pastry::{self, PeerInfo};
+use crate::reach::{self, ReachStatus, Reachability};
 use crate::transport::{
     Admission, BindError, ConnectError, Limits, LimitsError, RawStream, SendError, Transport,
     TransportConfig,
@@ -523,6 +524,19 @@ pub struct Status {
     /// Of those, the ones another node answered for (the entry was stale; the message took a
     /// detour, never a wrong delivery).
     pub route_cache_stale: u64,
+    /// Whether nodes this node never sent to can dial it (see [`crate::reach`]); serialised
+    /// as `"public"` or `"private"` (unknown counts as private).
+    #[serde(serialize_with = "serialize_reachability")]
+    pub reachability: Reachability,
+    /// Addresses at least two distinct peers see this node at.
+    pub observed_addrs: Vec<SocketAddr>,
+}
+
+fn serialize_reachability<S: serde::Serializer>(
+    reachability: &Reachability,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(reachability.as_str())
 }
 
 /// Builds and starts a [`Node`].
@@ -563,7 +577,8 @@ impl NodeBuilder {
     }
 
     /// Sets the address other nodes are told to dial (default: the bound address). Needed
-    /// when listening on an unspecified address such as `0.0.0.0`.
+    /// when listening on an unspecified address such as `0.0.0.0`. A port of 0 stands for the
+    /// port bound.
     pub fn advertise(mut self, addr: SocketAddr) -> Self {
         self.advertise = Some(addr);
         self
@@ -636,12 +651,19 @@ impl NodeBuilder {
         let (transport, transport_events) = Transport::bind(transport_config).await?;
         let me = PeerInfo {
             id,
-            addr: self.advertise.unwrap_or_else(|| transport.local_addr()),
+            addr: match self.advertise {
+                Some(addr) if addr.port() == 0 => {
+                    SocketAddr::new(addr.ip(), transport.local_addr().port())
+                }
+                Some(addr) => addr,
+                None => transport.local_addr(),
+            },
         };
         let seed = self.seed.unwrap_or_else(rand::random);
         let (commands, command_rx) = mpsc::channel(1024);
         let (events_tx, events_rx) = mpsc::channel(self.config.limits.event_capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let (reach_requests, reach) = reach::spawn(transport.clone());
         let runtime = driver::spawn(driver::Setup {
             me,
             config: self.config,
@@ -653,12 +675,14 @@ impl NodeBuilder {
             counters: counters.clone(),
             forward: self.forward,
             origin_auth: Some(Box::new(origin_auth)),
+            reach: Some(reach_requests),
         });
         let shared = Arc::new(Shared {
             me,
             transport,
             counters,
             runtime,
+            reach,
         });
         Ok((Node { commands, shared }, Events(events_rx)))
     }
@@ -669,6 +693,7 @@ struct Shared {
     transport: Transport,
     counters: Arc<Counters>,
     runtime: Arc<driver::Runtime<Transport>>,
+    reach: tokio::sync::watch::Receiver<ReachStatus>,
 }
 
 /// The receiving end of a node's [`NodeEvent`]s.
@@ -820,7 +845,33 @@ impl Node {
 
     /// A snapshot of the routing state, links and counters.
     pub async fn status(&self) -> Result<Status, NodeError> {
-        self.shared.runtime.status()
+        let mut status = self.shared.runtime.status()?;
+        let reach = self.shared.reach.borrow();
+        status.reachability = reach.reachability;
+        status.observed_addrs = reach.observed_addrs.clone();
+        Ok(status)
+    }
+
+    /// This node's reachability and observed addresses, as a watch channel that changes when
+    /// they do (see [`crate::reach`]): [`Reachability::Unknown`] until the first dial-back
+    /// answers, then [`Reachability::Public`] or [`Reachability::Private`], checked again
+    /// periodically and whenever the observed addresses change. A private node is one others
+    /// cannot dial: it needs relays (or hole punching) to be reached.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: wendy::node::Node) {
+    /// use wendy::reach::Reachability;
+    /// let mut reach = node.reachability();
+    /// while reach.borrow_and_update().reachability == Reachability::Unknown {
+    ///     if reach.changed().await.is_err() {
+    ///         return; // the node stopped
+    ///     }
+    /// }
+    /// println!("{:?}", reach.borrow().reachability);
+    /// # }
+    /// ```
+    pub fn reachability(&self) -> tokio::sync::watch::Receiver<ReachStatus> {
+        self.shared.reach.clone()
     }
 
     /// The runtime counters.

@@ -6,6 +6,7 @@
 
 mod accept;
 mod dial;
+mod dial_back;
 mod links;
 mod serve;
 
@@ -19,6 +20,7 @@ use quinn::VarInt;
 use tokio::sync::mpsc;
 use tracing::{info, Instrument};
 
+pub use self::dial_back::DialBackError;
 use self::serve::UniCredit;
 use super::budget::Budget;
 use super::dials::Dials;
@@ -64,6 +66,8 @@ struct Inner {
     pool: Mutex<Pool>,
     /// Incoming handshakes in progress.
     handshakes: AtomicUsize,
+    /// Dial-back handshakes this node answered ([`Transport::dial_backs_answered`]).
+    dial_backs_answered: std::sync::atomic::AtomicU64,
     /// What all links' unfinished incoming frames hold.
     read_budget: Arc<Budget>,
     dial_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
@@ -189,6 +193,7 @@ impl Transport {
                 limits.connect_timeout,
             )),
             handshakes: AtomicUsize::new(0),
+            dial_backs_answered: std::sync::atomic::AtomicU64::new(0),
             read_budget: Arc::new(Budget::new(limits.node_read_budget)),
             quic,
             dial_locks: Mutex::new(HashMap::new()),
@@ -328,6 +333,21 @@ impl Transport {
             .await?;
         write_header(&mut send, frame).await?;
         Ok(RawStream::new(send, recv, guard))
+    }
+
+    /// Dials `peer` at `addr` from a fresh UDP socket, outside the pool, and returns once the
+    /// handshake completes: proof that a host `peer` never sent to can dial it there. The peer
+    /// closes such a handshake at once ([`tls::DIAL_BACK_ALPN`](super::tls::DIAL_BACK_ALPN));
+    /// it never becomes a link. Fails after [`Limits::connect_timeout`] if nobody answers.
+    pub async fn dial_back(&self, peer: NodeId, addr: SocketAddr) -> Result<(), DialBackError> {
+        self.inner.dial_back(peer, addr).await
+    }
+
+    /// How many dial-back handshakes other nodes completed with this node: the node's own
+    /// evidence that it can be dialled, so a peer's claim that a dial-back succeeded is
+    /// believed only if this count moved meanwhile.
+    pub fn dial_backs_answered(&self) -> u64 {
+        self.inner.dial_backs_answered.load(Ordering::Relaxed)
     }
 
     /// The link's smoothed RTT, if there is a link to `peer`.

@@ -120,6 +120,10 @@ pub enum ConnectError {
     /// The transport was shut down.
     #[error("transport is shut down")]
     Shutdown,
+    /// An incoming handshake was a reachability dial-back: answered by completing it, then
+    /// closed (never a link).
+    #[error("the handshake was a dial-back, closed once complete")]
+    DialBack,
 }
 
 impl ConnectError {

@@ -74,7 +74,7 @@ use std::time::Duration;
 
 pub use admission::{Admission, AuthError};
 pub use dials::DialRefused;
-pub use endpoint::Transport;
+pub use endpoint::{DialBackError, Transport};
 pub use error::{
     BindError, ConfigError, ConnectError, ReplyError, RequestError, SendError, StreamError,
 };

@@ -20,6 +20,11 @@ use crate::id::NodeId;
 /// The application protocol Wendy links negotiate.
 pub const ALPN: &[u8] = b"wendy/1";
 
+/// The application protocol of a reachability dial-back: a handshake that proves a node can be
+/// dialled at an address, then closes at once without becoming a link
+/// ([`Transport::dial_back`](super::Transport::dial_back)).
+pub const DIAL_BACK_ALPN: &[u8] = b"wendy-dialback/1";
+
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -77,9 +82,19 @@ impl TlsContext {
 
     /// A rustls client config for one dial; the returned verdict reports the handshake's
     /// outcome.
+    #[cfg(test)]
     pub(crate) fn rustls_client_config(
         &self,
         expected: Option<NodeId>,
+    ) -> Result<(rustls::ClientConfig, Verdict), TlsError> {
+        self.rustls_client_config_for(expected, ALPN)
+    }
+
+    /// A rustls client config that offers `alpn` only (see [`DIAL_BACK_ALPN`]).
+    pub(crate) fn rustls_client_config_for(
+        &self,
+        expected: Option<NodeId>,
+        alpn: &[u8],
     ) -> Result<(rustls::ClientConfig, Verdict), TlsError> {
         let verdict = Verdict::default();
         let verifier = ServerVerifier::new(self.admission.clone(), expected, verdict.clone());
@@ -88,7 +103,7 @@ impl TlsContext {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(FixedKey(self.certified_key.clone())));
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         // Every handshake presents and verifies full certificates: a resumed session would skip
         // the verifiers, and with them the key -> NodeId binding and the admission check.
         config.resumption = rustls::client::Resumption::disabled();
@@ -101,7 +116,16 @@ impl TlsContext {
         &self,
         expected: Option<NodeId>,
     ) -> Result<(quinn::crypto::rustls::QuicClientConfig, Verdict), TlsError> {
-        let (config, verdict) = self.rustls_client_config(expected)?;
+        self.client_config_for(expected, ALPN)
+    }
+
+    /// A quinn client crypto config offering `alpn` only.
+    pub(crate) fn client_config_for(
+        &self,
+        expected: Option<NodeId>,
+        alpn: &[u8],
+    ) -> Result<(quinn::crypto::rustls::QuicClientConfig, Verdict), TlsError> {
+        let (config, verdict) = self.rustls_client_config_for(expected, alpn)?;
         let config =
             quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(TlsError::Quic)?;
         Ok((config, verdict))
@@ -115,7 +139,8 @@ impl TlsContext {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(FixedKey(self.certified_key.clone())));
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        // Links negotiate `wendy/1`; a dial-back handshake is told apart by its own protocol.
+        config.alpn_protocols = vec![ALPN.to_vec(), DIAL_BACK_ALPN.to_vec()];
         // 0-RTT would let a peer send before it is authenticated; never accept early data. No
         // resumption either (see `rustls_client_config`).
         config.max_early_data_size = 0;

@@ -92,7 +92,10 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
         .listen(options.listen)
         .admission(trust.admission)
         .config(options.config.clone());
-    if let Some(addr) = options.advertise {
+    if let Some(addr) = options
+        .advertise
+        .or_else(|| address_towards(options.listen, &bootstrap))
+    {
         builder = builder.advertise(addr);
     }
     if let Some(certificate) = trust.certificate {
@@ -115,6 +118,20 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     printer.print(&Out::Listening {
         id: me.to_string(),
         addr: node.addr().to_string(),
+    });
+    // A `reachability` line whenever it becomes known or changes (before and after the join).
+    let mut reach = node.reachability();
+    tokio::spawn(async move {
+        let mut shown = (wendy::reach::Reachability::Unknown, Vec::new());
+        while reach.changed().await.is_ok() {
+            let status = reach.borrow_and_update().clone();
+            let now = (status.reachability, status.observed_addrs.clone());
+            // The channel also changes with counters; print only what the line shows.
+            if status.reachability != wendy::reach::Reachability::Unknown && now != shown {
+                printer.print(&Out::reachability(&status));
+                shown = now;
+            }
+        }
     });
     let observed = Observed::default();
     if let Some(admin) = admin {
@@ -406,6 +423,22 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
         }
     });
     receiver
+}
+
+/// The address to advertise when listening on an unspecified address with no `--advertise`:
+/// the local address the kernel would send from towards the first bootstrap node (no packet is
+/// sent), with the listening port (0: the port bound). Never `0.0.0.0`, which other nodes would
+/// dial as themselves. Behind a NAT this is the LAN address; what others see is learned by
+/// address discovery (`observed_addrs`).
+fn address_towards(listen: SocketAddr, bootstrap: &[SocketAddr]) -> Option<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return None;
+    }
+    let first = bootstrap.first()?;
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(listen.ip(), 0)).ok()?;
+    probe.connect(first).ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(SocketAddr::new(ip, listen.port()))
 }
 
 /// Resolves `--join HOST:PORT` values to socket addresses this node can dial: those of the

@@ -99,6 +99,20 @@ pub(crate) fn render(doc: &Value) -> String {
         s(&doc["version"]),
         duration(n(&doc["uptime_s"]))
     );
+    let observed: Vec<String> = doc["observed_addrs"]
+        .as_array()
+        .map(|addrs| addrs.iter().map(s).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "reachability {}, observed at {}",
+        s(&doc["reachability"]),
+        if observed.is_empty() {
+            "-".to_owned()
+        } else {
+            observed.join(" ")
+        }
+    );
     let cert = &doc["certificate"];
     let left = cert["expires_in_s"].as_i64().unwrap_or(0);
     let _ = writeln!(
@@ -309,10 +323,15 @@ mod tests {
                        "last_heard_ms": 1500}],
             "exposed": [{"name": "web", "target": "127.0.0.1:80", "tunnels": 2,
                          "target_failures": 0}],
-            "forwarded": []
+            "forwarded": [],
+            "reachability": "public", "observed_addrs": ["198.18.0.10:7000"]
         });
         let text = render(&doc);
         assert!(text.contains("up 1m15s"), "{text}");
+        assert!(
+            text.contains("reachability public, observed at 198.18.0.10:7000"),
+            "{text}"
+        );
         assert!(text.contains("renew it soon"), "{text}");
         let row = text
             .lines()

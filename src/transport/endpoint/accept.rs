@@ -9,7 +9,7 @@ use super::dial::{exporter, handshake_error};
 use super::{lock, Inner};
 use crate::id::NodeId;
 use crate::transport::dials::canonical;
-use crate::transport::tls::ALPN;
+use crate::transport::tls::{ALPN, DIAL_BACK_ALPN};
 use crate::transport::verifier::Verdict;
 use crate::transport::{AuthError, CloseCode, ConnectError, TransportEvent};
 
@@ -82,6 +82,7 @@ impl Inner {
                     debug!(%addr, %error, "incoming link not registered");
                 }
             }
+            Err(ConnectError::DialBack) => {}
             Err(error) => {
                 // The node reports it once, as an event the application shows or logs.
                 debug!(%addr, %error, "refused incoming link");
@@ -101,6 +102,14 @@ impl Inner {
             .handshake_data()
             .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
             .and_then(|data| data.protocol);
+        if protocol.as_deref() == Some(DIAL_BACK_ALPN) {
+            // The handshake itself was the answer: the dialler now knows this node can be
+            // dialled at the address it used. The connection never becomes a link.
+            debug!(addr = %conn.remote_address(), peer = ?verdict.peer(), "answered a dial-back");
+            self.dial_backs_answered.fetch_add(1, Ordering::Relaxed);
+            conn.close(CloseCode::Closed.to_varint(), b"dial-back");
+            return Err(ConnectError::DialBack);
+        }
         if protocol.as_deref() != Some(ALPN) {
             conn.close(CloseCode::WrongAlpn.to_varint(), b"alpn wendy/1 required");
             return Err(ConnectError::Auth(AuthError::WrongAlpn));

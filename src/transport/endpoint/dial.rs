@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use quinn::{ConnectionError, TransportErrorCode};
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
 use super::serve::{identity_in_use, lost_reason};
 use super::{lock, Inner};
@@ -112,6 +112,42 @@ impl Inner {
             if let Some(link) = self.pooled_at(peer, addr) {
                 return Ok(link);
             }
+            // A link the peer dialled is the peer's (its handshake proved it), and for a peer
+            // behind a NAT the only way to it: the address it advertises (its LAN address)
+            // cannot be dialled, and waiting for that dial would cost a connect timeout. Use
+            // the link now; the dial that finds out who is at `addr` (an alias for this link
+            // if nobody, or the same key in another process) runs meanwhile, once.
+            let inbound = lock(&self.pool).get(peer).filter(|link| link.inbound);
+            if let Some(link) = inbound {
+                let dialling = self
+                    .dial_locks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&peer);
+                if !dialling {
+                    let inner = self.clone();
+                    tokio::spawn(
+                        async move {
+                            let _ = inner.dial_peer(peer, addr).await;
+                        }
+                        .instrument(self.span.clone()),
+                    );
+                }
+                return Ok(link);
+            }
+            return self.dial_peer(peer, addr).await;
+        }
+        self.dial(addr, None).await
+    }
+
+    /// Dials `peer` at `addr` (one dial per peer at a time) unless a link there appeared
+    /// meanwhile; on failure, the peer's link from another address serves.
+    async fn dial_peer(
+        self: &Arc<Self>,
+        peer: NodeId,
+        addr: SocketAddr,
+    ) -> Result<Arc<Link>, ConnectError> {
+        {
             // One dial per peer at a time: concurrent senders wait for the first dial.
             let dial_lock = {
                 let mut locks = self
@@ -150,9 +186,8 @@ impl Inner {
                 }
                 Ok(_) => {}
             }
-            return result;
+            result
         }
-        self.dial(addr, None).await
     }
 
     /// The pooled link to `peer` if it is at `addr` (canonically), or stands for the peer

@@ -257,6 +257,12 @@ impl Collector for SnapshotMetrics {
         )?;
         gauge1(
             &mut e,
+            "reachable_public",
+            "1 if another node dialled this node back (public), 0 if not or not yet known",
+            i64::from(status.reachability == wendy::reach::Reachability::Public),
+        )?;
+        gauge1(
+            &mut e,
             "in_custody",
             "Routed messages passed on and not yet acknowledged onwards",
             int(status.in_custody),

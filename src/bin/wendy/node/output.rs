@@ -19,6 +19,23 @@ use wendy::node::{NodeEvent, PeerStatus, Status};
 
 use super::config::EventFormat;
 
+impl Out {
+    /// The `reachability` event for a reachability status.
+    pub(crate) fn reachability(status: &wendy::reach::ReachStatus) -> Self {
+        Self::Reachability {
+            reachability: status.reachability.as_str(),
+            observed_addrs: status
+                .observed_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            learned_after_ms: status
+                .learned_after
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
 /// One line of output. `event` is the JSON tag; the field names are the contract.
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -73,6 +90,13 @@ pub(crate) enum Out {
     Admin { addr: String },
     /// The answer to `services`: the service names this node knows of, sorted.
     Services { names: Vec<String> },
+    /// This node's reachability became known or changed (`public` or `private`), with the
+    /// addresses peers see it at and how long after start it was first known.
+    Reachability {
+        reachability: &'static str,
+        observed_addrs: Vec<String>,
+        learned_after_ms: Option<u64>,
+    },
 }
 
 /// The `status` object: `id`, `addr`, `leaf_set`, `routing_table`, `connections`, and more.
@@ -96,6 +120,10 @@ pub(crate) struct StatusOut {
     records_held: usize,
     /// The service names this node knows of (service mesh), sorted.
     services: Vec<String>,
+    /// `public` (another node dialled this one back) or `private`.
+    reachability: &'static str,
+    /// The addresses at least two peers see this node at (`ip:port`).
+    observed_addrs: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -188,6 +216,12 @@ impl StatusOut {
             forwarded: Vec::new(),
             records_held: 0,
             services: Vec::new(),
+            reachability: status.reachability.as_str(),
+            observed_addrs: status
+                .observed_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -293,6 +327,14 @@ impl Out {
             Self::Services { names } => {
                 format!("services known to this node: {}", names.join(" "))
             }
+            Self::Reachability {
+                reachability,
+                observed_addrs,
+                ..
+            } => format!(
+                "reachability: {reachability}; observed at: {}",
+                list_or_none(observed_addrs)
+            ),
             Self::Error {
                 message,
                 fatal: false,
