@@ -24,4 +24,5 @@ mod hostile;
 mod mesh;
 mod origin;
 mod sim;
+mod topics;
 mod transport;
