@@ -267,8 +267,11 @@ async fn killing_the_root_and_two_forwarders_mid_stream_loses_no_accepted_messag
                     .await
                     .expect("publish");
                 if seq == kill_at {
+                    // Killed at once, all three (a shutdown may take a while to close its
+                    // links; the publisher does not wait for it).
                     for victim in &victims {
-                        victim.shutdown().await;
+                        let victim = victim.clone();
+                        tokio::spawn(async move { victim.shutdown().await });
                     }
                     if let Some(tx) = killed_tx.take() {
                         let _ = tx.send(Instant::now());
