@@ -26,4 +26,5 @@ mod netns;
 mod origin;
 mod reach;
 mod sim;
+mod topics;
 mod transport;

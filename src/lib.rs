@@ -64,6 +64,7 @@ pub mod sim;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod topics;
 pub mod transport;
 pub mod wire;
 

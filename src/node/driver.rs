@@ -245,6 +245,39 @@ impl<L: Links> Runtime<L> {
         Ok(())
     }
 
+    /// The next hop this node would choose for `key` (`None`: this node is its root), or
+    /// `None` too while the node is not active.
+    pub(super) fn next_hop(&self, key: Key) -> Result<Option<PeerInfo>, NodeError> {
+        let driver = self.lock_running()?;
+        if !driver.pastry.is_active() {
+            return Err(NodeError::NotJoined);
+        }
+        Ok(driver.pastry.next_hop(key))
+    }
+
+    /// Up to `n` leaf-set members, closest to `key` first.
+    pub(super) fn closest_leaves(&self, key: Key, n: usize) -> Vec<PeerInfo> {
+        let driver = self.lock();
+        let mut leaves = driver.pastry.leaf_set().peers();
+        leaves.sort_by(|a, b| key.cmp_closeness(a.id, b.id));
+        leaves.truncate(n);
+        leaves
+    }
+
+    /// A layer above the node could not reach `peer`: the core treats it as a link failure
+    /// (it probes the peer, and routes around it meanwhile).
+    pub(super) fn link_down(&self, peer: NodeId) {
+        let (_, follow_up) = self.with(|driver| {
+            if !driver.stopping {
+                let now = driver.now();
+                driver.pastry.handle_link_down(now, peer);
+            }
+        });
+        if follow_up {
+            self.settle();
+        }
+    }
+
     /// The address of a peer this node knows.
     pub(super) fn address_of(&self, id: NodeId) -> Result<SocketAddr, NodeError> {
         self.lock_running()?
@@ -766,6 +799,8 @@ impl<L: Links> Driver<L> {
             }
             Event::NodeLeft(id) => {
                 bump(&self.counters.nodes_left);
+                // Topic trees repair at once when a parent leaves the leaf set.
+                self.tell_kind(PayloadKind::Topic, NodeEvent::NodeLeft(id));
                 self.emit(NodeEvent::NodeLeft(id));
             }
             Event::RouteFailed { id, key } => {
@@ -892,6 +927,15 @@ impl<L: Links> Driver<L> {
         }
     }
 
+    /// Hands an event to the subscriber of `kind`, if any (dropped when it is behind).
+    fn tell_kind(&self, kind: PayloadKind, event: NodeEvent) {
+        if let Some((_, to)) = self.subscribers.iter().find(|(k, _)| *k == kind) {
+            if to.try_send(event).is_err() {
+                bump(&self.counters.events_dropped);
+            }
+        }
+    }
+
     /// Hands an event to the application, or drops and counts it if the application is behind.
     fn emit(&self, event: NodeEvent) {
         let Some(events) = &self.events else {
@@ -988,7 +1032,7 @@ impl<L: Links> Driver<L> {
 
 /// Whether a failed send means the peer is unreachable (as opposed to a local limit or a frame
 /// this node could not encode).
-fn is_peer_failure(error: &SendError) -> bool {
+pub(super) fn is_peer_failure(error: &SendError) -> bool {
     match error {
         SendError::Encode(_) => false,
         SendError::Connect(error) => is_unreachable(error),

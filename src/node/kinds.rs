@@ -64,3 +64,60 @@ impl Node {
         Ok(from)
     }
 }
+
+/// The topics layer's view of its node, held weakly: the node's handles own the node, and the
+/// topics task must not keep it running once they are gone.
+pub(super) struct TopicPort(pub(super) std::sync::Weak<super::Shared>);
+
+type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl crate::topics::Port for TopicPort {
+    fn next_hop(&self, key: Key) -> Option<Option<crate::pastry::PeerInfo>> {
+        self.0.upgrade()?.runtime.next_hop(key).ok()
+    }
+
+    fn closest_leaves(&self, key: Key, n: usize) -> Vec<crate::pastry::PeerInfo> {
+        self.0
+            .upgrade()
+            .map(|shared| shared.runtime.closest_leaves(key, n))
+            .unwrap_or_default()
+    }
+
+    fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
+        self.0.upgrade()?.runtime.address_of(id).ok()
+    }
+
+    fn route(&self, key: Key, payload: Vec<u8>) -> Boxed<Result<(), String>> {
+        let shared = self.0.upgrade();
+        Box::pin(async move {
+            let shared = shared.ok_or_else(|| "the node is shut down".to_owned())?;
+            shared
+                .runtime
+                .route(key, PayloadKind::Topic, &payload)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn send(&self, to: crate::pastry::PeerInfo, payload: Vec<u8>) -> Boxed<Result<(), bool>> {
+        let shared = self.0.upgrade();
+        Box::pin(async move {
+            let shared = shared.ok_or(false)?;
+            let body = Body::Direct {
+                payload: envelope::wrap(PayloadKind::Topic, &payload),
+            };
+            shared
+                .transport
+                .send(to.id, to.addr, &body)
+                .await
+                .map_err(|error| super::driver::is_peer_failure(&error))
+        })
+    }
+
+    fn link_down(&self, peer: NodeId) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.runtime.link_down(peer);
+        }
+    }
+}

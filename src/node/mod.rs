@@ -71,6 +71,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Validity of the self-signed certificate made when none is given. Default 365 days.
     pub self_signed_days: u32,
+    /// The bounds and timers of the topics every node serves ([`crate::topics`]).
+    pub topics: crate::topics::TopicsConfig,
 }
 
 impl Default for NodeConfig {
@@ -79,6 +81,7 @@ impl Default for NodeConfig {
             pastry: pastry::Config::default(),
             limits: Limits::default(),
             self_signed_days: 365,
+            topics: crate::topics::TopicsConfig::default(),
         }
     }
 }
@@ -92,6 +95,7 @@ impl NodeConfig {
         if self.self_signed_days == 0 {
             return Err(NodeConfigError::SelfSignedDays);
         }
+        self.topics.validate()?;
         Ok(())
     }
 }
@@ -109,6 +113,9 @@ pub enum NodeConfigError {
     /// A self-signed certificate must be valid for at least a day.
     #[error("self_signed_days must be above zero")]
     SelfSignedDays,
+    /// A topics setting is unusable.
+    #[error("{0}")]
+    Topics(#[from] crate::topics::TopicsConfigError),
 }
 
 /// Why a node operation failed.
@@ -242,6 +249,8 @@ pub enum NodeEvent {
     /// Something went wrong that the application may want to show (a refused peer, a bad
     /// frame); the node keeps running.
     Error(String),
+    /// A message of a topic this node subscribes to ([`Node::topics`]).
+    Topic(crate::topics::TopicMessage),
 }
 
 /// What a forward interceptor sees: a routed message about to leave this node.
@@ -640,6 +649,7 @@ impl NodeBuilder {
         };
         let id = self.identity.node_id();
         let origin_auth = origin::KeyAuth::new(&self.identity);
+        let topic_signer = self.identity.origin_signer();
         let transport_config = TransportConfig {
             listen: self.listen,
             identity: self.identity,
@@ -662,6 +672,8 @@ impl NodeBuilder {
         let seed = self.seed.unwrap_or_else(rand::random);
         let (commands, command_rx) = mpsc::channel(1024);
         let (events_tx, events_rx) = mpsc::channel(self.config.limits.event_capacity.max(1));
+        let topics_config = self.config.topics.clone();
+        let topic_events = events_tx.clone();
         let counters = Arc::new(Counters::default());
         let (reach_requests, reach) = reach::spawn(transport.clone());
         let runtime = driver::spawn(driver::Setup {
@@ -677,12 +689,21 @@ impl NodeBuilder {
             origin_auth: Some(Box::new(origin_auth)),
             reach: Some(reach_requests),
         });
-        let shared = Arc::new(Shared {
+        let (topic_tx, topic_rx) = mpsc::channel(topics_config.delivery_queue.max(1024));
+        runtime.subscribe(PayloadKind::Topic, topic_tx)?;
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {
             me,
             transport,
             counters,
             runtime,
             reach,
+            topics: crate::topics::spawn(
+                Box::new(kinds::TopicPort(weak.clone())),
+                topic_signer,
+                topics_config,
+                topic_rx,
+                topic_events,
+            ),
         });
         Ok((Node { commands, shared }, Events(events_rx)))
     }
@@ -694,6 +715,7 @@ struct Shared {
     counters: Arc<Counters>,
     runtime: Arc<driver::Runtime<Transport>>,
     reach: tokio::sync::watch::Receiver<ReachStatus>,
+    topics: crate::topics::Topics,
 }
 
 /// The receiving end of a node's [`NodeEvent`]s.
@@ -879,9 +901,17 @@ impl Node {
         self.shared.counters.snapshot()
     }
 
-    /// Leaves gracefully: the leaf set is told at once, then the node shuts down.
+    /// Leaves gracefully: the leaf set is told at once, and so are this node's children and
+    /// parents in topic trees (the topics it is root of go to the nodes next in line), then
+    /// the node shuts down.
     pub async fn leave(&self) -> Result<(), NodeError> {
+        self.shared.topics.leave().await;
         self.ask(|reply| Command::Leave { reply }).await?
+    }
+
+    /// The node's topics: publish/subscribe on Scribe-style trees ([`crate::topics`]).
+    pub fn topics(&self) -> &crate::topics::Topics {
+        &self.shared.topics
     }
 
     /// Stops at once, without telling anyone (peers detect the failure).

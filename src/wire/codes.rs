@@ -159,6 +159,8 @@ codes! {
         Application = 0x300,
         /// A service-mesh message ([`crate::mesh`]); applications can neither send nor see one.
         Mesh = 0x301,
+        /// A topics (publish/subscribe) message ([`crate::topics`]), served by every node.
+        Topic = 0x302,
     }
 }
 

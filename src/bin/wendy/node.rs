@@ -376,6 +376,24 @@ async fn on_command(mesh: &Mesh, command: StdinCommand, printer: Printer) {
         StdinCommand::Services => printer.print(&Out::Services {
             names: mesh.known_services(),
         }),
+        StdinCommand::Subscribe { topic } => match node.topics().subscribe(&topic).await {
+            Ok(()) => printer.print(&Out::Subscribed { topic }),
+            Err(e) => printer.print(&Out::error(format!("subscribe: {e}"))),
+        },
+        StdinCommand::Unsubscribe { topic } => match node.topics().unsubscribe(&topic).await {
+            Ok(()) => printer.print(&Out::Unsubscribed { topic }),
+            Err(e) => printer.print(&Out::error(format!("unsubscribe: {e}"))),
+        },
+        StdinCommand::Publish { topic, text } => {
+            // A publish may wait for the root's acknowledgements: aside, so events keep flowing.
+            let node = node.clone();
+            tokio::spawn(async move {
+                match node.topics().publish(&topic, text.into_bytes()).await {
+                    Ok(seq) => printer.print(&Out::Published { topic, seq }),
+                    Err(e) => printer.print(&Out::error(format!("publish: {e}"))),
+                }
+            });
+        }
         // Handled by the run loop (it ends the loop).
         StdinCommand::Leave => {}
     }

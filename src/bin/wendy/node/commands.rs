@@ -15,11 +15,18 @@ pub(crate) enum StdinCommand {
     Services,
     /// `leave`: leave gracefully and exit.
     Leave,
+    /// `subscribe TOPIC`: deliver the topic's messages as `topic_message` events.
+    Subscribe { topic: String },
+    /// `unsubscribe TOPIC`: stop delivering them.
+    Unsubscribe { topic: String },
+    /// `publish TOPIC TEXT`: publish TEXT on the topic.
+    Publish { topic: String, text: String },
 }
 
 /// The usage line shown with every command error.
 pub(crate) const USAGE: &str =
-    "commands: route KEY_HEX TEXT | send NODE_HEX TEXT | status | services | leave";
+    "commands: route KEY_HEX TEXT | send NODE_HEX TEXT | subscribe TOPIC | unsubscribe TOPIC | \
+     publish TOPIC TEXT | status | services | leave";
 
 /// Parses one line; `Ok(None)` for a blank line.
 pub(crate) fn parse(line: &str) -> Result<Option<StdinCommand>, String> {
@@ -47,6 +54,24 @@ pub(crate) fn parse(line: &str) -> Result<Option<StdinCommand>, String> {
                 .map_err(|e| format!("send: bad node id {to:?}: {e}; {USAGE}"))?;
             StdinCommand::Send {
                 to,
+                text: text.to_owned(),
+            }
+        }
+        "subscribe" | "unsubscribe" => {
+            let topic = rest.trim();
+            wendy::topics::check_name(topic).map_err(|e| format!("{word}: {e}; {USAGE}"))?;
+            let topic = topic.to_owned();
+            if word == "subscribe" {
+                StdinCommand::Subscribe { topic }
+            } else {
+                StdinCommand::Unsubscribe { topic }
+            }
+        }
+        "publish" => {
+            let (topic, text) = split_word(rest);
+            wendy::topics::check_name(topic).map_err(|e| format!("publish: {e}; {USAGE}"))?;
+            StdinCommand::Publish {
+                topic: topic.to_owned(),
                 text: text.to_owned(),
             }
         }
@@ -95,6 +120,19 @@ mod tests {
         assert_eq!(parse("status").unwrap(), Some(StdinCommand::Status));
         assert_eq!(parse("leave\r\n").unwrap(), Some(StdinCommand::Leave));
         assert_eq!(parse("   ").unwrap(), None);
+        assert_eq!(
+            parse("subscribe lobby").unwrap(),
+            Some(StdinCommand::Subscribe {
+                topic: "lobby".into()
+            })
+        );
+        assert_eq!(
+            parse("publish lobby hi  there").unwrap(),
+            Some(StdinCommand::Publish {
+                topic: "lobby".into(),
+                text: "hi  there".into()
+            })
+        );
     }
 
     #[test]
@@ -105,5 +143,7 @@ mod tests {
         assert!(parse("route xyz hi").unwrap_err().contains("bad key"));
         assert!(parse("send 12 hi").unwrap_err().contains("bad node id"));
         assert!(parse("status now").unwrap_err().contains("no arguments"));
+        assert!(parse("subscribe").unwrap_err().contains("cannot be empty"));
+        assert!(parse("subscribe a b").unwrap_err().contains("whitespace"));
     }
 }

@@ -97,6 +97,20 @@ pub(crate) enum Out {
         observed_addrs: Vec<String>,
         learned_after_ms: Option<u64>,
     },
+    /// A message of a topic this node subscribes to: the publisher (`from`, verified by its
+    /// signature) and its sequence number (per publisher, each once and in order).
+    TopicMessage {
+        topic: String,
+        from: String,
+        seq: u64,
+        text: String,
+    },
+    /// A `subscribe` command was carried out.
+    Subscribed { topic: String },
+    /// An `unsubscribe` command was carried out.
+    Unsubscribed { topic: String },
+    /// A `publish` command was accepted (numbered `seq`; the root acknowledges it later).
+    Published { topic: String, seq: u64 },
 }
 
 /// The `status` object: `id`, `addr`, `leaf_set`, `routing_table`, `connections`, and more.
@@ -270,6 +284,12 @@ impl Out {
                 fatal: false,
                 from_node: true,
             },
+            NodeEvent::Topic(msg) => Self::TopicMessage {
+                topic: msg.topic.clone(),
+                from: hex(msg.from),
+                seq: msg.seq,
+                text: text(&msg.payload),
+            },
             // Raw streams are consumed by the service mesh; `NodeEvent` is
             // non-exhaustive, so future events are skipped until they get a line here.
             _ => return None,
@@ -335,6 +355,15 @@ impl Out {
                 "reachability: {reachability}; observed at: {}",
                 list_or_none(observed_addrs)
             ),
+            Self::TopicMessage {
+                topic,
+                from,
+                seq,
+                text,
+            } => format!("topic {topic} #{seq} from {from}: {text}"),
+            Self::Subscribed { topic } => format!("subscribed to topic {topic}"),
+            Self::Unsubscribed { topic } => format!("unsubscribed from topic {topic}"),
+            Self::Published { topic, seq } => format!("published #{seq} on topic {topic}"),
             Self::Error {
                 message,
                 fatal: false,
@@ -486,6 +515,16 @@ mod tests {
         );
         let line = serde_json::to_string(&Out::error("bad".into())).unwrap();
         assert_eq!(line, r#"{"event":"error","message":"bad"}"#);
+        let topic = Out::TopicMessage {
+            topic: "lobby".into(),
+            from: "ab".into(),
+            seq: 3,
+            text: "hi".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&topic).unwrap(),
+            r#"{"event":"topic_message","topic":"lobby","from":"ab","seq":3,"text":"hi"}"#
+        );
         let line = serde_json::to_string(&Out::NodeLeft { id: hex(id) }).unwrap();
         assert_eq!(
             line,

@@ -1,0 +1,280 @@
+//! The topics state driven by hand: one node's [`Tree`] with a made-up overlay view.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::message::{Published, TopicWire};
+use super::tree::{Action, Tree, View};
+use super::{topic_key, TopicsConfig};
+use crate::id::{Key, NodeId};
+use crate::identity::Identity;
+use crate::pastry::PeerInfo;
+
+struct FakeView {
+    /// What `next_hop` answers for every key.
+    next: Option<Option<PeerInfo>>,
+}
+
+impl View for FakeView {
+    fn next_hop(&self, _key: Key) -> Option<Option<PeerInfo>> {
+        self.next
+    }
+    fn closest_leaves(&self, _key: Key, _n: usize) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+    fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
+        Some(addr_of(id))
+    }
+}
+
+fn addr_of(id: NodeId) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], (id.as_u128() % 60_000) as u16 + 1024))
+}
+
+fn peer(n: u128) -> PeerInfo {
+    let id = NodeId::from_u128(n);
+    PeerInfo {
+        id,
+        addr: addr_of(id),
+    }
+}
+
+fn tree(identity: &Identity) -> Tree {
+    Tree::new(TopicsConfig::default(), identity.origin_signer(), 1)
+}
+
+fn root_view() -> FakeView {
+    FakeView { next: Some(None) }
+}
+
+fn sends(tree: &mut Tree) -> Vec<(NodeId, TopicWire)> {
+    std::mem::take(&mut tree.out)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg } => Some((to.id, msg)),
+            Action::Route { .. } | Action::Suspect(_) => None,
+        })
+        .collect()
+}
+
+fn join(topic: &str) -> TopicWire {
+    TopicWire::Join {
+        topic: topic.into(),
+        redirects: 0,
+    }
+}
+
+#[test]
+fn a_node_with_max_children_pushes_a_newcomer_down_to_one_of_them() {
+    let me = Identity::generate();
+    let mut tree = tree(&me);
+    let now = Instant::now();
+    for n in 1..=16 {
+        tree.on_tree(now, NodeId::from_u128(n), join("t"), &root_view());
+    }
+    let accepted = sends(&mut tree)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, TopicWire::Accepted { .. }))
+        .count();
+    assert_eq!(accepted, 16);
+    tree.on_tree(now, NodeId::from_u128(17), join("t"), &root_view());
+    let answer = sends(&mut tree);
+    match &answer[..] {
+        [(to, TopicWire::Redirect { to: under, .. })] => {
+            assert_eq!(*to, NodeId::from_u128(17));
+            assert!((1..=16).contains(&under.as_u128()));
+        }
+        other => panic!("expected a redirect, got {other:?}"),
+    }
+    assert_eq!(tree.place("t").map(|p| p.children.len()), Some(16));
+}
+
+#[test]
+fn a_join_past_max_topics_is_refused_with_the_reason() {
+    let me = Identity::generate();
+    let config = TopicsConfig {
+        max_topics: 1,
+        ..TopicsConfig::default()
+    };
+    let mut tree = Tree::new(config, me.origin_signer(), 1);
+    let now = Instant::now();
+    tree.on_tree(now, NodeId::from_u128(1), join("a"), &root_view());
+    tree.on_tree(now, NodeId::from_u128(1), join("b"), &root_view());
+    let answers = sends(&mut tree);
+    assert!(matches!(&answers[0].1, TopicWire::Accepted { .. }));
+    match &answers[1].1 {
+        TopicWire::Refused { reason, .. } => assert!(reason.contains("1 topics"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(tree.stats.refused, 1);
+}
+
+/// A subscriber attached under `parent`.
+fn subscriber(identity: &Identity, parent: PeerInfo) -> Tree {
+    let mut tree = tree(identity);
+    let now = Instant::now();
+    let via = FakeView {
+        next: Some(Some(parent)),
+    };
+    assert!(tree.subscribe(now, "t", &via));
+    tree.on_tree(
+        now,
+        parent.id,
+        TopicWire::Accepted {
+            topic: "t".into(),
+            path: vec![parent.id],
+            heads: Vec::new(),
+        },
+        &via,
+    );
+    tree.out.clear();
+    tree
+}
+
+#[test]
+fn a_subscriber_delivers_each_message_once_and_in_order_whatever_the_arrival_order() {
+    let me = Identity::generate();
+    let parent = peer(5);
+    let mut tree = subscriber(&me, parent);
+    let publisher = Identity::generate().origin_signer();
+    let msg = |seq| Published::sign(&publisher, "t", 9, seq, vec![seq as u8]);
+    let view = FakeView {
+        next: Some(Some(parent)),
+    };
+    let now = Instant::now();
+    for seq in [1, 3, 2, 2, 1, 5, 4, 3] {
+        tree.on_data(now, parent.id, msg(seq), &view);
+    }
+    let delivered: Vec<u64> = tree.delivered.iter().map(|m| m.seq).collect();
+    assert_eq!(delivered, vec![1, 2, 3, 4, 5]);
+    assert!(tree.delivered.iter().all(|m| m.from == publisher.node_id()));
+    assert_eq!(tree.stats.duplicates, 3);
+}
+
+#[test]
+fn a_message_from_a_node_that_is_not_the_parent_or_badly_signed_is_not_delivered() {
+    let me = Identity::generate();
+    let parent = peer(5);
+    let mut tree = subscriber(&me, parent);
+    let view = FakeView {
+        next: Some(Some(parent)),
+    };
+    let publisher = Identity::generate().origin_signer();
+    let now = Instant::now();
+    // From a stranger: refused, and the stranger is told to let go.
+    let stranger = NodeId::from_u128(6);
+    tree.on_data(
+        now,
+        stranger,
+        Published::sign(&publisher, "t", 9, 1, b"x".to_vec()),
+        &view,
+    );
+    assert!(tree.delivered.is_empty());
+    assert!(sends(&mut tree)
+        .iter()
+        .any(|(to, m)| *to == stranger && matches!(m, TopicWire::Leave { .. })));
+    // From the parent, but changed on the way (or forged in the publisher's name).
+    let mut changed = Published::sign(&publisher, "t", 9, 1, b"x".to_vec());
+    changed.payload = b"y".to_vec();
+    tree.on_data(now, parent.id, changed, &view);
+    assert!(tree.delivered.is_empty());
+    assert_eq!(tree.stats.refused, 2);
+}
+
+#[test]
+fn the_root_accepts_a_publishers_messages_in_order_and_acknowledges_the_highest() {
+    let me = Identity::generate();
+    let mut tree = tree(&me);
+    let now = Instant::now();
+    let publisher = Identity::generate().origin_signer();
+    let key = topic_key("t");
+    let publish = |seq| TopicWire::Publish {
+        msg: Published::sign(&publisher, "t", 9, seq, vec![]),
+        first_unacked: 1,
+    };
+    let acks = |tree: &mut Tree| -> Vec<u64> {
+        std::mem::take(&mut tree.out)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Route {
+                    msg: TopicWire::Ack { seq, .. },
+                    ..
+                } => Some(seq),
+                _ => None,
+            })
+            .collect()
+    };
+    tree.on_routed(now, publisher.node_id(), key, publish(2), &root_view());
+    assert_eq!(acks(&mut tree), vec![0], "2 waits for 1");
+    tree.on_routed(now, publisher.node_id(), key, publish(1), &root_view());
+    assert_eq!(acks(&mut tree), vec![2]);
+    tree.on_routed(now, publisher.node_id(), key, publish(1), &root_view());
+    assert_eq!(
+        acks(&mut tree),
+        vec![2],
+        "a retry is acknowledged again, not taken twice"
+    );
+    assert_eq!(tree.stats.accepted_as_root, 2);
+    // Only the publisher itself can publish its stream.
+    let forger = NodeId::from_u128(77);
+    tree.on_routed(now, forger, key, publish(3), &root_view());
+    assert_eq!(tree.stats.accepted_as_root, 2);
+    assert_eq!(tree.stats.refused, 1);
+}
+
+#[test]
+fn a_parent_that_leaves_makes_its_child_join_again_at_once_around_it() {
+    let me = Identity::generate();
+    let parent = peer(5);
+    let other = peer(6);
+    let mut tree = subscriber(&me, parent);
+    let now = Instant::now();
+    // Routing still leads to the leaving parent: the child waits for it to be forgotten.
+    let stale = FakeView {
+        next: Some(Some(parent)),
+    };
+    tree.on_tree(
+        now,
+        parent.id,
+        TopicWire::Leave { topic: "t".into() },
+        &stale,
+    );
+    assert!(sends(&mut tree).is_empty());
+    let place = tree.place("t").expect("still subscribed");
+    assert_eq!(place.parent, None);
+    // Routing moved on: the next tick joins the new next hop, without waiting for a timeout.
+    let moved = FakeView {
+        next: Some(Some(other)),
+    };
+    tree.tick_tree(now + Duration::from_millis(1), &moved);
+    let joins = sends(&mut tree);
+    assert!(
+        joins
+            .iter()
+            .any(|(to, m)| *to == other.id && matches!(m, TopicWire::Join { .. })),
+        "{joins:?}"
+    );
+}
+
+#[test]
+fn a_silent_parent_is_replaced_after_the_parent_timeout() {
+    let me = Identity::generate();
+    let parent = peer(5);
+    let other = peer(6);
+    let mut tree = subscriber(&me, parent);
+    let timeout = TopicsConfig::default().parent_timeout;
+    let now = Instant::now();
+    let moved = FakeView {
+        next: Some(Some(other)),
+    };
+    tree.tick_tree(now + timeout / 2, &moved);
+    assert!(
+        sends(&mut tree).iter().all(|(to, _)| *to == parent.id),
+        "a refresh to the parent only"
+    );
+    tree.tick_tree(now + timeout + Duration::from_millis(1), &moved);
+    assert!(sends(&mut tree)
+        .iter()
+        .any(|(to, m)| *to == other.id && matches!(m, TopicWire::Join { .. })));
+    assert_eq!(tree.stats.repairs, 1);
+}
