@@ -23,5 +23,6 @@ mod cluster_proximity;
 mod hostile;
 mod mesh;
 mod origin;
+mod relay;
 mod sim;
 mod transport;

@@ -58,6 +58,7 @@ pub mod identity;
 pub mod mesh;
 pub mod node;
 pub mod pastry;
+pub mod relay;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod task;

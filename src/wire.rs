@@ -31,8 +31,9 @@ pub use codes::{ErrorCode, PayloadKind};
 
 /// The frame format version this build writes and reads (2: routed and direct payloads are in
 /// an [`envelope`]; 3: a routed message carries its origin's signature, see
-/// [`crate::pastry::origin`]).
-pub const VERSION: u8 = 3;
+/// [`crate::pastry::origin`]; 4: relays, whose frames an older build cannot serve, and private
+/// nodes advertised at synthetic addresses an older build cannot dial, see [`crate::relay`]).
+pub const VERSION: u8 = 4;
 
 /// The default bound on an encoded frame (version byte included): 1 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
@@ -74,12 +75,46 @@ pub enum Body {
         /// The name of the service the opener wants to reach.
         service: String,
     },
+    /// The header of a raw bi stream with which a private node homes on a relay: the relay
+    /// answers one byte (0: accepted) or resets the stream, then both sides send keep-alives
+    /// for as long as the node stays homed (see [`crate::relay`]).
+    RelayHome,
+    /// The header of a raw bi stream asking a relay to carry datagrams to `target`, a node
+    /// homed on it: the relay answers one byte (0: accepted) or resets the stream, then copies
+    /// bytes between this stream and one it opens to the target.
+    RelayConnect {
+        /// The homed node to reach.
+        target: crate::id::NodeId,
+        /// The address the opener says it listens on (a synthetic one if it is private itself).
+        advertised: std::net::SocketAddr,
+    },
+    /// The header of a raw bi stream a relay opens to a node homed on it, carrying the
+    /// datagrams of `from`, which asked for it with [`Body::RelayConnect`].
+    RelayIncoming {
+        /// The node at the other end (authenticated by the relay's link to it).
+        from: crate::id::NodeId,
+        /// The address `from` says it listens on.
+        advertised: std::net::SocketAddr,
+    },
+    /// A signed relay record ([`crate::relay::SignedRelayRecord`]), one-way: which relays reach
+    /// a private node.
+    RelayRecord {
+        /// The record's encoding.
+        #[serde(with = "byte_buf")]
+        record: Vec<u8>,
+    },
+    /// A request for the relay record of `node`: answered with [`Body::RelayRecord`], or an
+    /// [`Body::Error`] when the peer holds none.
+    RelayRecordQuery {
+        /// The private node whose record is wanted.
+        node: crate::id::NodeId,
+    },
 }
 
 impl Body {
     /// The number of [`Body`] variants this build knows; indexes at or above it are
     /// [`WireError::UnknownKind`].
-    pub const KINDS: u32 = 6;
+    pub const KINDS: u32 = 11;
 
     /// A short name of the frame's kind, for logs.
     pub fn kind_name(&self) -> &'static str {
@@ -90,6 +125,11 @@ impl Body {
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
             Self::Tunnel { .. } => "tunnel",
+            Self::RelayHome => "relay-home",
+            Self::RelayConnect { .. } => "relay-connect",
+            Self::RelayIncoming { .. } => "relay-incoming",
+            Self::RelayRecord { .. } => "relay-record",
+            Self::RelayRecordQuery { .. } => "relay-record-query",
         }
     }
 }
@@ -230,6 +270,11 @@ fn kind_name_of(kind: u32) -> &'static str {
         3 => "ping",
         4 => "pong",
         5 => "tunnel",
+        6 => "relay-home",
+        7 => "relay-connect",
+        8 => "relay-incoming",
+        9 => "relay-record",
+        10 => "relay-record-query",
         _ => "unknown",
     }
 }
@@ -297,12 +342,12 @@ mod tests {
     #[test]
     fn kinds_constant_matches_the_enum() {
         // The last variant's index must be KINDS - 1: encoding it yields that index.
-        let frame = encode(&Body::Tunnel {
-            service: "x".into(),
+        let frame = encode(&Body::RelayRecordQuery {
+            node: crate::id::NodeId::from_u128(1),
         })
         .unwrap();
         assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
-        assert_eq!(kind_name_of(Body::KINDS - 1), "tunnel");
+        assert_eq!(kind_name_of(Body::KINDS - 1), "relay-record-query");
         assert_eq!(kind_name_of(Body::KINDS), "unknown");
     }
 
@@ -347,8 +392,8 @@ mod tests {
     #[test]
     fn unknown_kind_from_a_newer_peer_is_its_own_error() {
         assert_eq!(
-            decode(&[VERSION, 6, 1, 2, 3], MAX),
-            Err(WireError::UnknownKind(6))
+            decode(&[VERSION, 11, 1, 2, 3], MAX),
+            Err(WireError::UnknownKind(11))
         );
         // A multi-byte varint index (300 = 0xac 0x02).
         assert_eq!(

@@ -241,6 +241,7 @@ fn start_with_hook(net: &Arc<Net>, n: u8, forward: Option<Arc<ForwardHook>>) -> 
         counters: counters.clone(),
         forward,
         origin_auth: None,
+        relays: None,
     });
     TestNode {
         me,
