@@ -469,3 +469,68 @@ async fn figures() {
         results[0].1 / results[1].1
     );
 }
+
+/// `wendy node --relay` and `--private` as an operator runs them: the private node listens on
+/// 0.0.0.0 with no --advertise, homes on both relays, and the status (stdin JSON) shows
+/// `relays`, each connection's `path` and `via`, and the relay's counts.
+#[test]
+fn wendy_node_relay_and_private_flags_show_in_the_status() {
+    use crate::common::process::{keygen, s, NodeProc};
+    let dir = tempfile::tempdir().unwrap();
+    let (key_r1, id_r1) = keygen(dir.path(), "r1");
+    let (key_r2, id_r2) = keygen(dir.path(), "r2");
+    let (key_x, _) = keygen(dir.path(), "x");
+    let listen = ["--listen", "127.0.0.1:0"];
+    let mut r1 = NodeProc::start(
+        "r1",
+        [&listen[..], &["--key", s(&key_r1), "--relay"]].concat(),
+    );
+    let (_, addr_r1) = r1.listening();
+    let mut r2 = NodeProc::start(
+        "r2",
+        [
+            &listen[..],
+            &["--key", s(&key_r2), "--relay", "--join", &addr_r1],
+        ]
+        .concat(),
+    );
+    let (_, addr_r2) = r2.listening();
+    r2.next_event("joined");
+    let mut x = NodeProc::start(
+        "x",
+        [
+            "--listen",
+            "0.0.0.0:0",
+            "--key",
+            s(&key_x),
+            "--private",
+            "--join",
+            &addr_r1,
+            "--relay-via",
+            &addr_r2,
+        ],
+    );
+    x.next_event("joined");
+    let status = x.status_until("homed on both relays", |status| {
+        status["relays"].as_array().is_some_and(|r| r.len() == 2)
+    });
+    let relays: Vec<&str> = status["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(relays.contains(&id_r1.to_string().as_str()), "{status}");
+    assert!(relays.contains(&id_r2.to_string().as_str()), "{status}");
+    for connection in status["connections"].as_array().unwrap() {
+        assert!(
+            matches!(connection["path"].as_str(), Some("direct" | "relay")),
+            "{connection}"
+        );
+        assert!(connection.get("via").is_some(), "{connection}");
+    }
+    let relay = r1.status_until("the relay counts its homed node", |status| {
+        status["relay"]["homed"].as_u64() == Some(1)
+    });
+    assert!(relay["relays"].as_array().unwrap().is_empty(), "{relay}");
+}
