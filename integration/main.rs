@@ -25,6 +25,7 @@ mod mesh;
 mod netns;
 mod origin;
 mod reach;
+mod relay;
 mod sim;
 mod topics;
 mod transport;

@@ -59,6 +59,7 @@ pub mod mesh;
 pub mod node;
 pub mod pastry;
 pub mod reach;
+pub mod relay;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod task;

@@ -32,7 +32,9 @@ pub use codes::{ErrorCode, PayloadKind};
 /// The frame format version this build writes and reads (2: routed and direct payloads are in
 /// an [`envelope`]; 3: a routed message carries its origin's signature, see
 /// [`crate::pastry::origin`]; 4: a root answers a routed message's origin,
-/// [`crate::pastry::Message::RootAnswer`]).
+/// [`crate::pastry::Message::RootAnswer`], and relays, whose frames an older build cannot
+/// serve, and private nodes advertised at synthetic addresses an older build cannot dial, see
+/// [`crate::relay`]).
 pub const VERSION: u8 = 4;
 
 /// The default bound on an encoded frame (version byte included): 1 MiB.
@@ -77,12 +79,46 @@ pub enum Body {
     },
     /// Address discovery and reachability (requests and their answers, see [`crate::reach`]).
     Reach(crate::reach::ReachMessage),
+    /// The header of a raw bi stream with which a private node homes on a relay: the relay
+    /// answers one byte (0: accepted) or resets the stream, then both sides send keep-alives
+    /// for as long as the node stays homed (see [`crate::relay`]).
+    RelayHome,
+    /// The header of a raw bi stream asking a relay to carry datagrams to `target`, a node
+    /// homed on it: the relay answers one byte (0: accepted) or resets the stream, then copies
+    /// bytes between this stream and one it opens to the target.
+    RelayConnect {
+        /// The homed node to reach.
+        target: crate::id::NodeId,
+        /// The address the opener says it listens on (a synthetic one if it is private itself).
+        advertised: std::net::SocketAddr,
+    },
+    /// The header of a raw bi stream a relay opens to a node homed on it, carrying the
+    /// datagrams of `from`, which asked for it with [`Body::RelayConnect`].
+    RelayIncoming {
+        /// The node at the other end (authenticated by the relay's link to it).
+        from: crate::id::NodeId,
+        /// The address `from` says it listens on.
+        advertised: std::net::SocketAddr,
+    },
+    /// A signed relay record ([`crate::relay::SignedRelayRecord`]), one-way: which relays reach
+    /// a private node.
+    RelayRecord {
+        /// The record's encoding.
+        #[serde(with = "byte_buf")]
+        record: Vec<u8>,
+    },
+    /// A request for the relay record of `node`: answered with [`Body::RelayRecord`], or an
+    /// [`Body::Error`] when the peer holds none.
+    RelayRecordQuery {
+        /// The private node whose record is wanted.
+        node: crate::id::NodeId,
+    },
 }
 
 impl Body {
     /// The number of [`Body`] variants this build knows; indexes at or above it are
     /// [`WireError::UnknownKind`].
-    pub const KINDS: u32 = 7;
+    pub const KINDS: u32 = 12;
 
     /// A short name of the frame's kind, for logs.
     pub fn kind_name(&self) -> &'static str {
@@ -94,6 +130,11 @@ impl Body {
             Self::Pong { .. } => "pong",
             Self::Tunnel { .. } => "tunnel",
             Self::Reach(_) => "reach",
+            Self::RelayHome => "relay-home",
+            Self::RelayConnect { .. } => "relay-connect",
+            Self::RelayIncoming { .. } => "relay-incoming",
+            Self::RelayRecord { .. } => "relay-record",
+            Self::RelayRecordQuery { .. } => "relay-record-query",
         }
     }
 }
@@ -235,6 +276,11 @@ fn kind_name_of(kind: u32) -> &'static str {
         4 => "pong",
         5 => "tunnel",
         6 => "reach",
+        7 => "relay-home",
+        8 => "relay-connect",
+        9 => "relay-incoming",
+        10 => "relay-record",
+        11 => "relay-record-query",
         _ => "unknown",
     }
 }
@@ -303,9 +349,12 @@ mod tests {
     #[test]
     fn kinds_constant_matches_the_enum() {
         // The last variant's index must be KINDS - 1: encoding it yields that index.
-        let frame = encode(&Body::Reach(crate::reach::ReachMessage::Observe)).unwrap();
+        let frame = encode(&Body::RelayRecordQuery {
+            node: crate::id::NodeId::from_u128(1),
+        })
+        .unwrap();
         assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
-        assert_eq!(kind_name_of(Body::KINDS - 1), "reach");
+        assert_eq!(kind_name_of(Body::KINDS - 1), "relay-record-query");
         assert_eq!(kind_name_of(Body::KINDS), "unknown");
     }
 

@@ -32,12 +32,13 @@ use tracing::{debug, info, warn, Instrument};
 use super::links::Links;
 use super::{
     bump, Command, ConnectionStatus, Counters, Delivery, ForwardAction, ForwardHook, Forwarded,
-    NodeConfig, NodeError, NodeEvent, PeerStatus, Status,
+    LinkPath, NodeConfig, NodeError, NodeEvent, PeerStatus, Status,
 };
 use crate::id::{Key, NodeId};
 use crate::pastry::{
     self, Event, ForwardVerdict, Message, OriginAuth, Pastry, PeerInfo, Time, Transmit,
 };
+use crate::relay::Relays;
 use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
 use crate::transport::{ConnectError, Inbox, SendError, TransportEvent};
 use crate::wire::{envelope, Body, PayloadKind};
@@ -61,6 +62,8 @@ pub(super) struct Setup<L> {
     pub(super) origin_auth: Option<Box<dyn OriginAuth>>,
     /// Where reachability requests go (`None`: refused as unsupported, in unit tests).
     pub(super) reach: Option<mpsc::Sender<crate::reach::Request>>,
+    /// The node's relaying (`None` in unit tests on in-memory links).
+    pub(super) relays: Option<Arc<Relays>>,
 }
 
 /// Results of background work, fed back into the core.
@@ -122,6 +125,7 @@ struct Driver<L> {
     protected: (Vec<NodeId>, Instant),
     /// Where reachability requests go.
     reach: Option<mpsc::Sender<crate::reach::Request>>,
+    relays: Option<Arc<Relays>>,
 }
 
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
@@ -157,6 +161,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
         subscribers: Vec::new(),
         protected: (Vec::new(), now),
         reach: setup.reach,
+        relays: setup.relays,
     };
     let runtime = Arc::new(Runtime {
         driver: Mutex::new(driver),
@@ -175,6 +180,11 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
 }
 
 impl<L: Links> Runtime<L> {
+    /// How long a join may take.
+    pub(super) fn join_timeout(&self) -> Duration {
+        self.lock().join_timeout
+    }
+
     fn lock(&self) -> MutexGuard<'_, Driver<L>> {
         // Every critical section leaves the driver consistent between core calls, so a panic
         // in one (a bug) does not make the state unusable for the others.
@@ -464,6 +474,13 @@ impl<L: Links> Driver<L> {
             TransportEvent::LinkUp {
                 peer, addr, rtt, ..
             } => {
+                let addr = match &self.relays {
+                    Some(relays) => {
+                        relays.on_link_up(peer, addr);
+                        relays.dialable(peer, addr)
+                    }
+                    None => addr,
+                };
                 // A fresh handshake is a free proximity sample.
                 self.pastry
                     .handle_proximity(now, PeerInfo { id: peer, addr }, rtt);
@@ -483,10 +500,11 @@ impl<L: Links> Driver<L> {
                     if matches!(msg, Message::Heartbeat { .. }) {
                         self.emit(NodeEvent::Heartbeat { from });
                     }
-                    let peer = PeerInfo {
-                        id: from,
-                        addr: from_addr,
+                    let addr = match &self.relays {
+                        Some(relays) => relays.dialable(from, from_addr),
+                        None => from_addr,
                     };
+                    let peer = PeerInfo { id: from, addr };
                     self.pastry.handle_message(now, peer, msg);
                 }
                 Body::Direct { payload } => {
@@ -494,6 +512,17 @@ impl<L: Links> Driver<L> {
                     self.hand_over(from, "direct message", payload, |payload| {
                         NodeEvent::Direct { from, payload }
                     });
+                }
+                Body::RelayRecord { record } => {
+                    let refused = self
+                        .relays
+                        .as_ref()
+                        .and_then(|relays| relays.on_record(from, &record).err());
+                    if let Some(error) = refused {
+                        self.emit(NodeEvent::Error(format!(
+                            "refused a relay record from {from}: {error}"
+                        )));
+                    }
                 }
                 other => debug!(%from, kind = other.kind_name(), "ignored one-way frame"),
             },
@@ -522,6 +551,17 @@ impl<L: Links> Driver<L> {
             } => {
                 let answer = match body {
                     Body::Ping { nonce } => Body::Pong { nonce },
+                    Body::RelayRecordQuery { node } => self
+                        .relays
+                        .as_ref()
+                        .and_then(|relays| relays.record_for(node))
+                        .map_or_else(
+                            || Body::Error {
+                                code: crate::wire::ErrorCode::Unavailable as u16,
+                                message: format!("no relay record for {node}"),
+                            },
+                            |record| Body::RelayRecord { record },
+                        ),
                     other => Body::Error {
                         code: crate::wire::ErrorCode::Unsupported as u16,
                         message: format!("{} is not a request", other.kind_name()),
@@ -534,17 +574,24 @@ impl<L: Links> Driver<L> {
             }
             TransportEvent::Stream {
                 from,
+                from_addr,
                 header,
                 stream,
-                ..
-            } => match header {
-                Body::Tunnel { service } => self.emit(NodeEvent::Stream {
-                    from,
-                    service,
-                    stream,
-                }),
-                other => debug!(%from, kind = other.kind_name(), "ignored stream"),
-            },
+            } => {
+                let unclaimed = match &self.relays {
+                    Some(relays) => relays.on_stream(from, from_addr, header, stream),
+                    None => Some((header, stream)),
+                };
+                match unclaimed {
+                    None => {}
+                    Some((Body::Tunnel { service }, stream)) => self.emit(NodeEvent::Stream {
+                        from,
+                        service,
+                        stream,
+                    }),
+                    Some((other, _)) => debug!(%from, kind = other.kind_name(), "ignored stream"),
+                }
+            }
             TransportEvent::StreamRejected { from, error } => {
                 bump(&self.counters.frames_rejected);
                 self.emit(NodeEvent::Error(format!("bad frame from {from}: {error}")));
@@ -981,6 +1028,16 @@ impl<L: Links> Driver<L> {
         };
         let stats = self.pastry.stats();
         let control = stats.control();
+        let relay_status = self
+            .relays
+            .as_ref()
+            .map(|relays| relays.status())
+            .unwrap_or_default();
+        let relayed = |peer, addr| {
+            self.relays
+                .as_ref()
+                .and_then(|relays| relays.relayed_via(peer, addr))
+        };
         Status {
             id: self.pastry.id(),
             addr: self.pastry.me().addr,
@@ -1012,8 +1069,16 @@ impl<L: Links> Driver<L> {
                     packets_sent: link.packets_sent,
                     packets_received: link.packets_received,
                     idle_ms: u64::try_from(link.idle.as_millis()).unwrap_or(u64::MAX),
+                    path: if relayed(link.peer, link.addr).is_some() {
+                        LinkPath::Relay
+                    } else {
+                        LinkPath::Direct
+                    },
+                    via: relayed(link.peer, link.addr).flatten(),
                 })
                 .collect(),
+            relays: relay_status.homes.iter().map(|home| home.id).collect(),
+            relay: relay_status.server,
             stats: self.counters.snapshot(),
             control_msgs_sent: control.msgs,
             control_bytes_sent: control.bytes,

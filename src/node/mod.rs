@@ -56,11 +56,20 @@ use crate::id::{Key, NodeId};
 use crate::identity::{Certificate, Identity, Validity};
 use crate::pastry::{self, PeerInfo};
 use crate::reach::{self, ReachStatus, Reachability};
+use crate::relay::{RelayConfig, RelayStatus, Relays};
 use crate::transport::{
     Admission, BindError, ConnectError, Limits, LimitsError, RawStream, SendError, Transport,
     TransportConfig,
 };
 use crate::wire::{Body, PayloadKind};
+
+/// Binds a plain UDP socket for quinn at `addr`.
+fn bind_udp(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, BindError> {
+    use quinn::Runtime as _;
+    let socket = std::net::UdpSocket::bind(addr)
+        .and_then(|socket| quinn::TokioRuntime.wrap_udp_socket(socket));
+    socket.map_err(|source| BindError::Socket { addr, source })
+}
 
 /// Runtime settings of a node. `Default` suits a LAN or loopback cluster.
 #[derive(Debug, Clone)]
@@ -166,6 +175,10 @@ pub enum NodeError {
         /// Where the other process runs.
         addr: SocketAddr,
     },
+    /// A private node found no relay to home on (among its configured relays and the join's
+    /// bootstrap nodes) in time, so nobody could reach it.
+    #[error("no relay accepted this private node within {0:?}")]
+    NoRelay(Duration),
     /// A bootstrap answered but the join did not complete in time.
     #[error("join did not complete within {0:?}")]
     JoinTimeout(Duration),
@@ -493,6 +506,21 @@ pub struct ConnectionStatus {
     /// Milliseconds since the link last carried a stream (noticed at the pool's periodic
     /// looks, so it may lag by a fraction of the idle-link timeout).
     pub idle_ms: u64,
+    /// How the link's datagrams travel: straight to the peer, or through a relay.
+    pub path: LinkPath,
+    /// The relay carrying a relayed link now (`None` for a direct link, or while a relayed
+    /// link moves to another relay).
+    pub via: Option<NodeId>,
+}
+
+/// How a link's datagrams travel (`"direct"` or `"relay"` in the status JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkPath {
+    /// Straight between the two nodes' sockets.
+    Direct,
+    /// Through a relay, end-to-end encrypted (see [`crate::relay`]).
+    Relay,
 }
 
 /// A snapshot of a node's routing state and links.
@@ -512,6 +540,10 @@ pub struct Status {
     pub neighbourhood: Vec<PeerStatus>,
     /// Open QUIC links.
     pub connections: Vec<ConnectionStatus>,
+    /// The relays this node is homed on (empty unless the node is private).
+    pub relays: Vec<NodeId>,
+    /// What this node carries as a relay (`None` unless it serves as one).
+    pub relay: Option<crate::relay::RelayServerStatus>,
     /// Runtime counters.
     pub stats: NodeStats,
     /// Control messages sent by the Pastry core (all kinds but routed payloads).
@@ -559,6 +591,7 @@ pub struct NodeBuilder {
     forward: Option<Arc<ForwardHook>>,
     seed: Option<u64>,
     socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    relay: RelayConfig,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -590,6 +623,13 @@ impl NodeBuilder {
     /// port bound.
     pub fn advertise(mut self, addr: SocketAddr) -> Self {
         self.advertise = Some(addr);
+        self
+    }
+
+    /// Sets the node's relaying: whether it serves as a relay, whether it is private (reached
+    /// only through relays), and relays to home on (see [`crate::relay`]). Default: neither.
+    pub fn relay(mut self, config: RelayConfig) -> Self {
+        self.relay = config;
         self
     }
 
@@ -650,25 +690,38 @@ impl NodeBuilder {
         let id = self.identity.node_id();
         let origin_auth = origin::KeyAuth::new(&self.identity);
         let topic_signer = self.identity.origin_signer();
+        let inner_socket = match self.socket {
+            Some(socket) => socket,
+            None => bind_udp(self.listen)?,
+        };
+        let (socket, paths, wanted) =
+            crate::relay::wrap(inner_socket).map_err(|source| BindError::Socket {
+                addr: self.listen,
+                source,
+            })?;
+        let relays = Arc::new(Relays::new(self.identity.clone(), &self.relay, paths));
         let transport_config = TransportConfig {
             listen: self.listen,
             identity: self.identity,
             certificate_chain,
             admission: self.admission,
             limits: self.config.limits.clone(),
-            socket: self.socket,
+            socket: Some(socket),
         };
         let (transport, transport_events) = Transport::bind(transport_config).await?;
-        let me = PeerInfo {
-            id,
-            addr: match self.advertise {
+        let addr = if self.relay.private {
+            crate::relay::synthetic_addr(id)
+        } else {
+            match self.advertise {
                 Some(addr) if addr.port() == 0 => {
                     SocketAddr::new(addr.ip(), transport.local_addr().port())
                 }
                 Some(addr) => addr,
                 None => transport.local_addr(),
-            },
+            }
         };
+        let me = PeerInfo { id, addr };
+        relays.start(transport.clone(), addr, wanted);
         let seed = self.seed.unwrap_or_else(rand::random);
         let (commands, command_rx) = mpsc::channel(1024);
         let (events_tx, events_rx) = mpsc::channel(self.config.limits.event_capacity.max(1));
@@ -688,11 +741,13 @@ impl NodeBuilder {
             forward: self.forward,
             origin_auth: Some(Box::new(origin_auth)),
             reach: Some(reach_requests),
+            relays: Some(relays.clone()),
         });
         let (topic_tx, topic_rx) = mpsc::channel(topics_config.delivery_queue.max(1024));
         runtime.subscribe(PayloadKind::Topic, topic_tx)?;
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {
             me,
+            relays,
             transport,
             counters,
             runtime,
@@ -711,6 +766,7 @@ impl NodeBuilder {
 
 struct Shared {
     me: PeerInfo,
+    relays: Arc<Relays>,
     transport: Transport,
     counters: Arc<Counters>,
     runtime: Arc<driver::Runtime<Transport>>,
@@ -779,6 +835,7 @@ impl Node {
             forward: None,
             seed: None,
             socket: None,
+            relay: RelayConfig::default(),
         }
     }
 
@@ -804,6 +861,15 @@ impl Node {
     /// [`NodeError::JoinTimeout`] if the join does not complete within
     /// [`pastry::Config::join_timeout`](crate::pastry::Config::join_timeout).
     pub async fn join(&self, bootstrap: &[SocketAddr]) -> Result<(), NodeError> {
+        let relays = &self.shared.relays;
+        if relays.is_private() {
+            relays.add_candidates(bootstrap);
+            // Others dial a private node through its relays: it must have one before it asks
+            // to be let in.
+            relays
+                .wait_homed(self.shared.runtime.join_timeout())
+                .await?;
+        }
         self.ask(|reply| Command::Join {
             bootstrap: bootstrap.to_vec(),
             reply,
@@ -894,6 +960,11 @@ impl Node {
     /// ```
     pub fn reachability(&self) -> tokio::sync::watch::Receiver<ReachStatus> {
         self.shared.reach.clone()
+    }
+
+    /// The relays this node is homed on, and what it carries as a relay.
+    pub fn relay_status(&self) -> RelayStatus {
+        self.shared.relays.status()
     }
 
     /// The runtime counters.

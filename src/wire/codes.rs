@@ -9,7 +9,7 @@
 //! | `0x300..=0x3ff` | [`PayloadKind`]      | the envelope of a routed or direct payload ([`super::envelope`]) |
 //!
 //! Inside the stream range, `0x100..=0x17f` are the transport's framing codes and
-//! `0x180..=0x1ff` the service mesh's tunnel codes. A new code takes the next free value of its
+//! `0x180..=0x1bf` the service mesh's tunnel codes and `0x1c0..=0x1ff` the relays' refusals. A new code takes the next free value of its
 //! range; a value is never reused for another meaning.
 //!
 //! Compatibility: these values differ from Wendy builds that had no registry (they reused
@@ -128,6 +128,15 @@ codes! {
         ProviderBusy = 0x182,
         /// An open tunnel broke on the other side (its TCP connection or stream failed).
         TunnelBroken = 0x183,
+        /// Relay refused: this node does not serve as a relay.
+        RelayNotARelay = 0x1c0,
+        /// Relay refused: the target node is not homed on this relay.
+        RelayNotHomed = 0x1c1,
+        /// Relay refused: the relay carries as many relayed links (or homes as many nodes) as
+        /// its limits allow.
+        RelayFull = 0x1c2,
+        /// Relay refused, or a relayed link ended: the relay could not reach the target node.
+        RelayTargetUnreachable = 0x1c3,
     }
 }
 

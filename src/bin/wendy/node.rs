@@ -91,7 +91,8 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     let mut builder = Node::builder(trust.identity)
         .listen(options.listen)
         .admission(trust.admission)
-        .config(options.config.clone());
+        .config(options.config.clone())
+        .relay(options.relay.clone());
     if let Some(addr) = options
         .advertise
         .or_else(|| address_towards(options.listen, &bootstrap))

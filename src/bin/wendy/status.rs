@@ -185,9 +185,16 @@ pub(crate) fn render(doc: &Value) -> String {
                 peer["rtt_ms"]
                     .as_f64()
                     .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2} ms")),
-                link["direction"]
-                    .as_str()
-                    .map_or_else(|| "-".to_owned(), |d| format!("direct {d}")),
+                link["direction"].as_str().map_or_else(
+                    || "-".to_owned(),
+                    |d| match (link["path"].as_str(), link["via"].as_str()) {
+                        (Some("relay"), Some(via)) => {
+                            format!("relay {d} via {}", via.get(..8).unwrap_or(via))
+                        }
+                        (Some("relay"), None) => format!("relay {d}"),
+                        _ => format!("direct {d}"),
+                    },
+                ),
                 last_heard(peer),
                 link["bytes_sent"]
                     .as_u64()

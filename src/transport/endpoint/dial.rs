@@ -195,7 +195,9 @@ impl Inner {
     /// finds out who is there (one identity, one address: see `links.rs`).
     pub(super) fn pooled_at(&self, peer: NodeId, addr: SocketAddr) -> Option<Arc<Link>> {
         let link = lock(&self.pool).get(peer)?;
-        if canonical(link.addr()) == canonical(addr) {
+        // A synthetic address (a relayed peer's) names the peer, not a path: any live link to
+        // it will do, and a direct one is better than a relayed one.
+        if canonical(link.addr()) == canonical(addr) || crate::relay::is_synthetic(addr) {
             return Some(link);
         }
         self.alias(peer, addr)

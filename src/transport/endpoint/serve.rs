@@ -188,7 +188,12 @@ impl Inner {
         let budgets = self.budgets(&link);
         let timeout = self.limits.stream_read_timeout;
         match read_header(&mut recv, &budgets, max, timeout).await {
-            Ok(header @ Body::Tunnel { .. }) => permit.send(TransportEvent::Stream {
+            Ok(
+                header @ (Body::Tunnel { .. }
+                | Body::RelayHome
+                | Body::RelayConnect { .. }
+                | Body::RelayIncoming { .. }),
+            ) => permit.send(TransportEvent::Stream {
                 from: link.peer,
                 from_addr: link.addr(),
                 header,

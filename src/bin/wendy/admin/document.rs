@@ -158,6 +158,10 @@ struct LinkDoc {
     bytes_sent: u64,
     bytes_received: u64,
     idle_ms: u64,
+    /// `direct` or `relay`.
+    path: wendy::node::LinkPath,
+    /// The relay carrying a relayed link, or null.
+    via: Option<String>,
 }
 
 impl Document {
@@ -260,6 +264,8 @@ fn link_doc(c: &ConnectionStatus) -> LinkDoc {
         bytes_sent: c.bytes_sent,
         bytes_received: c.bytes_received,
         idle_ms: c.idle_ms,
+        path: c.path,
+        via: c.via.map(|id| id.to_string()),
     }
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use wendy::id::NodeId;
 use wendy::mesh::{validate_name, validate_target, MeshConfig};
 use wendy::node::NodeConfig;
+use wendy::relay::{RelayConfig, RelayLimits};
 
 use crate::admin::AdminOptions;
 
@@ -67,6 +68,17 @@ pub(crate) struct NodeArgs {
     /// send `Authorization: Bearer TOKEN`.
     #[arg(long, value_name = "FILE")]
     pub(crate) admin_token: Option<PathBuf>,
+    /// Serve as a relay for private nodes (only useful on a node with a public address);
+    /// limits in the config file's `[relay_limits]` table.
+    #[arg(long)]
+    pub(crate) relay: bool,
+    /// This node cannot be dialled (behind a NAT or firewall): it homes on two relays (the
+    /// --join nodes and --relay-via), and other nodes reach it through them.
+    #[arg(long)]
+    pub(crate) private: bool,
+    /// A relay to home on when private (HOST:PORT); repeat for each.
+    #[arg(long = "relay-via", value_name = "ADDR")]
+    pub(crate) relay_via: Vec<String>,
 }
 
 /// How events are printed on stdout.
@@ -104,6 +116,21 @@ pub(crate) struct FileConfig {
     limits: LimitsTable,
     #[serde(default)]
     admin: AdminTable,
+    relay: Option<bool>,
+    private: Option<bool>,
+    relay_via: Option<Vec<String>>,
+    #[serde(default)]
+    relay_limits: RelayLimitsTable,
+}
+
+/// `[relay_limits]`: what a relay (`relay = true`) carries at most.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayLimitsTable {
+    max_links: Option<usize>,
+    max_homed: Option<usize>,
+    link_bytes_per_sec: Option<u64>,
+    total_bytes_per_sec: Option<u64>,
 }
 
 /// `[admin]`: the admin endpoint (`--admin`, `--admin-token`).
@@ -181,6 +208,8 @@ pub(crate) struct NodeOptions {
     pub(crate) mesh: MeshConfig,
     /// The admin endpoint, if one is asked for.
     pub(crate) admin: Option<AdminOptions>,
+    /// Relaying: serving as a relay, being private, relays to home on.
+    pub(crate) relay: RelayConfig,
 }
 
 impl NodeOptions {
@@ -258,7 +287,39 @@ impl NodeOptions {
                 ))
             }
         };
+        let limits = &file.relay_limits;
+        let defaults = RelayLimits::default();
+        let relay_limits = RelayLimits {
+            max_links: limits.max_links.unwrap_or(defaults.max_links),
+            max_homed: limits.max_homed.unwrap_or(defaults.max_homed),
+            link_bytes_per_sec: limits
+                .link_bytes_per_sec
+                .unwrap_or(defaults.link_bytes_per_sec),
+            total_bytes_per_sec: limits
+                .total_bytes_per_sec
+                .unwrap_or(defaults.total_bytes_per_sec),
+        };
+        let relay_via = if args.relay_via.is_empty() {
+            file.relay_via.unwrap_or_default()
+        } else {
+            args.relay_via
+        };
+        let relay = RelayConfig {
+            serve: (args.relay || file.relay.unwrap_or(false)).then_some(relay_limits),
+            private: args.private || file.private.unwrap_or(false),
+            relays: relay_via
+                .iter()
+                .map(|text| resolve_addr("--relay-via", text))
+                .collect::<Result<_, _>>()?,
+        };
+        if relay.serve.is_some() && relay.private {
+            return Err(
+                "--relay and --private exclude each other: a relay must be reachable by others"
+                    .into(),
+            );
+        }
         Ok(Self {
+            relay,
             listen,
             advertise,
             key,

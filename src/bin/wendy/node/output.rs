@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use wendy::id::{Key, NodeId};
 use wendy::mesh::{ExposedStatus, ForwardStatus, MeshStatus};
-use wendy::node::{NodeEvent, PeerStatus, Status};
+use wendy::node::{LinkPath, NodeEvent, PeerStatus, Status};
 
 use super::config::EventFormat;
 
@@ -123,6 +123,10 @@ pub(crate) struct StatusOut {
     routing_table: Vec<RouteEntryOut>,
     neighbourhood: Vec<PeerOut>,
     connections: Vec<ConnectionOut>,
+    /// The relays this node is homed on (empty unless it is private).
+    relays: Vec<String>,
+    /// What this node carries as a relay (null unless it serves as one).
+    relay: Option<wendy::relay::RelayServerStatus>,
     stats: wendy::node::NodeStats,
     control_msgs_sent: u64,
     control_bytes_sent: u64,
@@ -164,6 +168,10 @@ struct ConnectionOut {
     inbound: bool,
     bytes_sent: u64,
     bytes_received: u64,
+    /// `direct` or `relay`.
+    path: LinkPath,
+    /// The relay carrying a relayed link, or null.
+    via: Option<String>,
 }
 
 fn hex(id: NodeId) -> String {
@@ -221,8 +229,12 @@ impl StatusOut {
                     inbound: c.inbound,
                     bytes_sent: c.bytes_sent,
                     bytes_received: c.bytes_received,
+                    path: c.path,
+                    via: c.via.map(hex),
                 })
                 .collect(),
+            relays: hexes(&status.relays),
+            relay: status.relay,
             stats: status.stats,
             control_msgs_sent: status.control_msgs_sent,
             control_bytes_sent: status.control_bytes_sent,

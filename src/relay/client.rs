@@ -1,0 +1,592 @@
+//! [`Relays`]: a node's side of relaying: homing on relays when private, publishing its relay
+//! record, keeping the records of relayed peers, and opening the sessions quinn wants.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn, Instrument};
+
+use super::record::{RelayEntry, RelayRecord, RelayRecordError, SignedRelayRecord, MAX_TTL_MS};
+use super::server::{keep_alive, RelayServer, RelayServerStatus, ACCEPTED};
+use super::session::{self, SessionEnd};
+use super::socket::{Paths, WantedSession};
+use super::{is_synthetic, unmap, RelayConfig};
+use crate::id::NodeId;
+use crate::identity::Identity;
+use crate::mesh::unix_ms_now;
+use crate::transport::{RawStream, StreamErrorCode, Transport};
+use crate::wire::Body;
+
+/// How many relays a private node keeps.
+pub const HOMES: usize = 2;
+
+/// How long a dial waits for the relay record of a relayed peer it has none for.
+const RECORD_WAIT: Duration = Duration::from_secs(3);
+
+/// The most records a node passes on to a peer when their link comes up.
+const RECORDS_PER_LINK: usize = 32;
+
+/// How long a relay that went silent is not tried again as a home.
+const LOST_RELAY_PAUSE: Duration = Duration::from_secs(60);
+
+/// How long a private node waits for a candidate relay's handshake.
+const CANDIDATE_DIAL: Duration = Duration::from_secs(2);
+
+/// How many linked peers a node asks for a relayed peer's record it lacks.
+const QUERY_FANOUT: usize = 8;
+
+/// The most relay records a node keeps.
+const MAX_RECORDS: usize = 4096;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // One map operation per critical section: a poisoned lock still guards consistent data.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The relays a node is homed on and what it relays, for the status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// Whether the node is private (reached through relays).
+    pub private: bool,
+    /// The relays this node is homed on.
+    pub homes: Vec<RelayEntry>,
+    /// The relay role's figures, if this node serves as a relay.
+    pub server: Option<RelayServerStatus>,
+    /// Relay records refused (forged, expired, oversized, malformed).
+    pub records_rejected: u64,
+    /// Datagrams the node's socket dropped (a relay session's queue full, an unknown synthetic
+    /// address, or a private node's filter).
+    pub datagrams_dropped: u64,
+}
+
+/// A node's relaying: see the [module docs](self).
+pub(crate) struct Relays {
+    me: NodeId,
+    identity: Identity,
+    paths: Arc<Paths>,
+    transport: OnceLock<Transport>,
+    advertised_addr: OnceLock<SocketAddr>,
+    server: Option<RelayServer>,
+    directory: Mutex<HashMap<NodeId, SignedRelayRecord>>,
+    record_arrived: Notify,
+    homes: Mutex<Vec<RelayEntry>>,
+    candidates: Mutex<Vec<SocketAddr>>,
+    own: Mutex<Option<SignedRelayRecord>>,
+    sequence: AtomicU64,
+    /// The addresses relayed peers say they listen on (from their connect streams).
+    claimed: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// The relay carrying each relayed peer's session now.
+    via: Mutex<HashMap<NodeId, NodeId>>,
+    home_lost: Arc<Notify>,
+    /// Relays lost lately, by address: not tried again for [`LOST_RELAY_PAUSE`].
+    lost: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    records_rejected: AtomicU64,
+}
+
+impl std::fmt::Debug for Relays {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relays")
+            .field("me", &self.me)
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relays {
+    pub(crate) fn new(identity: Identity, config: &RelayConfig, paths: Arc<Paths>) -> Self {
+        paths.set_private(config.private);
+        Self {
+            me: identity.node_id(),
+            identity,
+            paths,
+            transport: OnceLock::new(),
+            advertised_addr: OnceLock::new(),
+            server: config.serve.map(RelayServer::new),
+            directory: Mutex::new(HashMap::new()),
+            record_arrived: Notify::new(),
+            homes: Mutex::new(Vec::new()),
+            candidates: Mutex::new(config.relays.clone()),
+            own: Mutex::new(None),
+            sequence: AtomicU64::new(unix_ms_now()),
+            claimed: Mutex::new(HashMap::new()),
+            via: Mutex::new(HashMap::new()),
+            home_lost: Arc::new(Notify::new()),
+            lost: Mutex::new(HashMap::new()),
+            records_rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts the session opener and, on a private node, the homing loop.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        transport: Transport,
+        advertised: SocketAddr,
+        mut wanted: mpsc::UnboundedReceiver<WantedSession>,
+    ) {
+        let _ = self.transport.set(transport);
+        let _ = self.advertised_addr.set(advertised);
+        let span = tracing::info_span!("relay", node = %self.me);
+        let relays = Arc::downgrade(self);
+        tokio::spawn(
+            async move {
+                while let Some(session) = wanted.recv().await {
+                    let Some(relays) = relays.upgrade() else {
+                        return;
+                    };
+                    tokio::spawn(async move { relays.open_outbound(session).await });
+                }
+            }
+            .instrument(span.clone()),
+        );
+        if self.paths.is_private() {
+            let relays = Arc::downgrade(self);
+            tokio::spawn(Self::keep_homes(relays).instrument(span));
+        }
+    }
+
+    /// Whether the node is private.
+    pub(crate) fn is_private(&self) -> bool {
+        self.paths.is_private()
+    }
+
+    /// Waits until the node is homed on a relay, at most `timeout`.
+    pub(crate) async fn wait_homed(&self, timeout: Duration) -> Result<(), crate::node::NodeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if lock(&self.own).is_some() {
+                return Ok(());
+            }
+            self.home_lost.notify_one();
+            if tokio::time::Instant::now() >= deadline {
+                return Err(crate::node::NodeError::NoRelay(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Adds addresses at which to look for relays (the bootstrap nodes of a join).
+    pub(crate) fn add_candidates(&self, addrs: &[SocketAddr]) {
+        let mut candidates = lock(&self.candidates);
+        for addr in addrs {
+            if !candidates.contains(addr) {
+                candidates.push(*addr);
+            }
+        }
+    }
+
+    pub(crate) fn status(&self) -> RelayStatus {
+        RelayStatus {
+            private: self.is_private(),
+            homes: lock(&self.homes).clone(),
+            server: self.server.as_ref().map(RelayServer::status),
+            records_rejected: self.records_rejected.load(Ordering::Relaxed),
+            datagrams_dropped: self.paths.dropped(),
+        }
+    }
+
+    /// The path of the link to `peer` at `addr`: `Some(relay)` if it is relayed.
+    pub(crate) fn relayed_via(&self, peer: NodeId, addr: SocketAddr) -> Option<Option<NodeId>> {
+        if !is_synthetic(unmap(addr)) {
+            return None;
+        }
+        Some(lock(&self.via).get(&peer).copied())
+    }
+
+    /// The address to tell Pastry for `peer` seen at `addr`: for a relayed peer, the address
+    /// it says it listens on (it may be public and dialled directly); otherwise `addr`.
+    pub(crate) fn dialable(&self, peer: NodeId, addr: SocketAddr) -> SocketAddr {
+        if !is_synthetic(unmap(addr)) {
+            return addr;
+        }
+        lock(&self.claimed).get(&peer).copied().unwrap_or(addr)
+    }
+
+    /// Checks and keeps a relay record a peer sent.
+    pub(crate) fn on_record(&self, from: NodeId, bytes: &[u8]) -> Result<(), RelayRecordError> {
+        let signed = match SignedRelayRecord::decode_verified(bytes, unix_ms_now()) {
+            Ok(signed) => signed,
+            Err(error) => {
+                self.records_rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(%from, %error, "refused a relay record");
+                return Err(error);
+            }
+        };
+        self.keep_record(signed);
+        Ok(())
+    }
+
+    fn keep_record(&self, signed: SignedRelayRecord) {
+        let node = signed.record.node;
+        if node == self.me {
+            return;
+        }
+        let mut directory = lock(&self.directory);
+        let newer = directory
+            .get(&node)
+            .map_or(true, |old| old.record.sequence < signed.record.sequence);
+        if newer && (directory.len() < MAX_RECORDS || directory.contains_key(&node)) {
+            directory.insert(node, signed);
+            self.paths.learn(node);
+            drop(directory);
+            self.record_arrived.notify_waiters();
+        }
+    }
+
+    /// Tells a peer whose link just came up the relay records it may need to dial relayed
+    /// nodes this node tells it about: this node's own, then others it holds.
+    pub(crate) fn on_link_up(&self, peer: NodeId, addr: SocketAddr) {
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        let mut records: Vec<Vec<u8>> = lock(&self.own).iter().map(|r| r.encode()).collect();
+        let now = unix_ms_now();
+        records.extend(
+            lock(&self.directory)
+                .values()
+                .filter(|r| r.record.node != peer && r.record.expires_unix_ms > now)
+                .take(RECORDS_PER_LINK)
+                .map(SignedRelayRecord::encode),
+        );
+        if records.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for record in records {
+                if transport
+                    .send(peer, addr, &Body::RelayRecord { record })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Takes a relay stream a peer opened; gives back any other stream.
+    pub(crate) fn on_stream(
+        self: &Arc<Self>,
+        from: NodeId,
+        from_addr: SocketAddr,
+        header: Body,
+        mut stream: RawStream,
+    ) -> Option<(Body, RawStream)> {
+        match header {
+            Body::RelayHome => match &self.server {
+                Some(_) => {
+                    let relays = self.clone();
+                    tokio::spawn(async move {
+                        if let Some(server) = &relays.server {
+                            server.serve_home(from, from_addr, stream).await;
+                        }
+                    });
+                }
+                None => stream.reset(StreamErrorCode::RelayNotARelay),
+            },
+            Body::RelayConnect { target, advertised } => {
+                match (&self.server, self.transport.get()) {
+                    (Some(_), Some(transport)) => {
+                        let relays = self.clone();
+                        let transport = transport.clone();
+                        tokio::spawn(async move {
+                            if let Some(server) = &relays.server {
+                                server
+                                    .serve_connect(&transport, from, target, advertised, stream)
+                                    .await;
+                            }
+                        });
+                    }
+                    _ => stream.reset(StreamErrorCode::RelayNotARelay),
+                }
+            }
+            Body::RelayIncoming {
+                from: peer,
+                advertised,
+            } => {
+                if !lock(&self.homes).iter().any(|home| home.id == from) {
+                    stream.reset(StreamErrorCode::RelayNotHomed);
+                    return None;
+                }
+                lock(&self.claimed).insert(peer, advertised);
+                lock(&self.via).insert(peer, from);
+                let paths = self.paths.clone();
+                let relays = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    session::install_and_run(paths, peer, &mut stream).await;
+                    if let Some(relays) = relays.upgrade() {
+                        let mut via = lock(&relays.via);
+                        if via.get(&peer) == Some(&from) {
+                            via.remove(&peer);
+                        }
+                    }
+                });
+            }
+            other => return Some((other, stream)),
+        }
+        None
+    }
+
+    /// The encoded record of `node` (this node's own, or one it holds), to answer a query.
+    pub(crate) fn record_for(&self, node: NodeId) -> Option<Vec<u8>> {
+        if node == self.me {
+            return lock(&self.own).as_ref().map(SignedRelayRecord::encode);
+        }
+        lock(&self.directory)
+            .get(&node)
+            .map(SignedRelayRecord::encode)
+    }
+
+    /// Asks up to [`QUERY_FANOUT`] linked peers for `node`'s record (the peers that told this
+    /// node about it are linked to it, and so hold its record); keeps the answers that verify.
+    fn query_record(self: &Arc<Self>, node: NodeId) {
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        let relays = Arc::downgrade(self);
+        {
+            let links = transport.links();
+            let asks = links
+                .iter()
+                .filter(|link| link.peer != node && !is_synthetic(unmap(link.addr)))
+                .take(QUERY_FANOUT)
+                .map(|link| {
+                    let transport = transport.clone();
+                    let relays = relays.clone();
+                    let (peer, addr) = (link.peer, link.addr);
+                    async move {
+                        let query = Body::RelayRecordQuery { node };
+                        if let Ok(Body::RelayRecord { record }) =
+                            transport.request(peer, addr, &query).await
+                        {
+                            if let Some(relays) = relays.upgrade() {
+                                let _ = relays.on_record(peer, &record);
+                            }
+                        }
+                    }
+                });
+            for ask in asks {
+                tokio::spawn(ask);
+            }
+        }
+    }
+
+    async fn record_of(self: &Arc<Self>, peer: NodeId) -> Option<SignedRelayRecord> {
+        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+        let mut asked = false;
+        loop {
+            let arrived = self.record_arrived.notified();
+            if let Some(record) = lock(&self.directory).get(&peer) {
+                if record.record.expires_unix_ms > unix_ms_now() {
+                    return Some(record.clone());
+                }
+            }
+            if !asked {
+                asked = true;
+                self.query_record(peer);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Carries the datagrams quinn sends to a relayed peer through one of its relays, moving
+    /// to another of its relays when the one in use breaks.
+    async fn open_outbound(self: Arc<Self>, wanted: WantedSession) {
+        let WantedSession { peer, mut outgoing } = wanted;
+        let mut failures = 0;
+        let mut broken: Option<NodeId> = None;
+        while failures < 3 {
+            let Some(record) = self.record_of(peer).await else {
+                debug!(%peer, "no relay record for a relayed peer");
+                break;
+            };
+            let mut carried = false;
+            // The relay that just broke goes last: it is probably dead.
+            let mut order = record.record.relays.clone();
+            order.sort_by_key(|relay| Some(relay.id) == broken);
+            for relay in &order {
+                let attempt =
+                    tokio::time::timeout(session::SILENCE, self.connect_via(*relay, peer)).await;
+                let Ok(Ok(mut stream)) = attempt else {
+                    continue;
+                };
+                lock(&self.via).insert(peer, relay.id);
+                let end = session::run(self.paths.clone(), peer, &mut outgoing, &mut stream).await;
+                lock(&self.via).remove(&peer);
+                if end == SessionEnd::Closed {
+                    return;
+                }
+                debug!(%peer, relay = %relay.id, "relayed session broke; trying another relay");
+                broken = Some(relay.id);
+                carried = true;
+                break;
+            }
+            if carried {
+                failures = 0;
+            } else {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        self.paths.drop_session(peer);
+    }
+
+    async fn connect_via(&self, relay: RelayEntry, target: NodeId) -> Result<RawStream, String> {
+        let transport = self.transport.get().ok_or("not started")?;
+        let advertised = self.advertised_addr.get().copied().ok_or("not started")?;
+        let header = Body::RelayConnect { target, advertised };
+        let mut stream = transport
+            .open_stream(relay.id, relay.addr, &header)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = [0u8; 1];
+        stream
+            .recv
+            .read_exact(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer[0] != ACCEPTED {
+            return Err(format!("relay answered {}", answer[0]));
+        }
+        Ok(stream)
+    }
+
+    /// Keeps a private node homed on [`HOMES`] relays, lowest RTT first.
+    async fn keep_homes(relays: std::sync::Weak<Self>) {
+        loop {
+            let Some(this) = relays.upgrade() else {
+                return;
+            };
+            let wake = this.home_lost.clone();
+            let lost = wake.notified();
+            if lock(&this.homes).len() < HOMES {
+                this.home_on_more().await;
+            }
+            let refresh = lock(&this.own)
+                .as_ref()
+                .is_some_and(|own| own.record.expires_unix_ms < unix_ms_now() + MAX_TTL_MS / 2);
+            if refresh {
+                this.publish().await;
+            }
+            let idle = if lock(&this.homes).len() < HOMES {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(30)
+            };
+            drop(this);
+            tokio::select! {
+                () = lost => {}
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    async fn home_on_more(self: &Arc<Self>) {
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        let candidates: Vec<SocketAddr> = {
+            let mut lost = lock(&self.lost);
+            lost.retain(|_, since| since.elapsed() < LOST_RELAY_PAUSE);
+            lock(&self.candidates)
+                .iter()
+                .filter(|addr| !lost.contains_key(addr))
+                .copied()
+                .collect()
+        };
+        // All candidates at once, each within a short bound: a dead one must not hold up the
+        // others (a dial to it would wait for the whole connect timeout).
+        let dials = candidates.into_iter().map(|addr| {
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                let dialled = tokio::time::timeout(CANDIDATE_DIAL, transport.connect(addr, None));
+                match dialled.await {
+                    Ok(Ok(id)) => Some((transport.rtt(id).unwrap_or(Duration::MAX), id, addr)),
+                    _ => None,
+                }
+            })
+        });
+        let mut measured = Vec::new();
+        for dial in dials.collect::<Vec<_>>() {
+            if let Ok(Some((rtt, id, addr))) = dial.await {
+                let homed = lock(&self.homes).iter().any(|home| home.id == id);
+                if id != self.me && !homed {
+                    measured.push((rtt, id, addr));
+                }
+            }
+        }
+        measured.sort();
+        let mut changed = false;
+        for (_, id, addr) in measured {
+            if lock(&self.homes).len() >= HOMES {
+                break;
+            }
+            let Ok(mut stream) = transport.open_stream(id, addr, &Body::RelayHome).await else {
+                continue;
+            };
+            let mut answer = [0u8; 1];
+            match stream.recv.read_exact(&mut answer).await {
+                Ok(()) if answer[0] == ACCEPTED => {}
+                _ => continue,
+            }
+            info!(relay = %id, %addr, "homed on a relay");
+            let entry = RelayEntry { id, addr };
+            lock(&self.homes).push(entry);
+            changed = true;
+            let relays = Arc::downgrade(self);
+            tokio::spawn(async move {
+                keep_alive(&mut stream).await;
+                let Some(relays) = relays.upgrade() else {
+                    return;
+                };
+                warn!(relay = %id, "lost a relay; homing elsewhere");
+                lock(&relays.homes).retain(|home| home.id != id);
+                lock(&relays.lost).insert(addr, std::time::Instant::now());
+                // Its sessions die with the link, so their peers move to another relay.
+                if let Some(transport) = relays.transport.get() {
+                    transport.close(id).await;
+                }
+                relays.publish().await;
+                relays.home_lost.notify_one();
+            });
+        }
+        if changed {
+            self.publish().await;
+        }
+    }
+
+    /// Signs a record naming the current homes and sends it to every linked peer.
+    async fn publish(&self) {
+        let homes = lock(&self.homes).clone();
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        if homes.is_empty() {
+            return;
+        }
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let record = RelayRecord::new(
+            &self.identity,
+            homes,
+            sequence,
+            unix_ms_now() + MAX_TTL_MS - 60_000,
+        )
+        .sign(&self.identity);
+        let bytes = record.encode();
+        *lock(&self.own) = Some(record);
+        for link in transport.links() {
+            let body = Body::RelayRecord {
+                record: bytes.clone(),
+            };
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                let _ = transport.send(link.peer, link.addr, &body).await;
+            });
+        }
+    }
+}
