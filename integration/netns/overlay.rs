@@ -65,6 +65,7 @@ impl Overlay {
                 host.v4(PORT).to_string(),
                 "--key".to_owned(),
                 key.to_str().unwrap().to_owned(),
+                "--relay".to_owned(),
             ];
             if i > 0 {
                 args.extend(["--join".to_owned(), bootstrap.clone()]);

@@ -42,6 +42,10 @@ const QUERY_FANOUT: usize = 8;
 /// The most relay records a node keeps.
 const MAX_RECORDS: usize = 4096;
 
+/// Addresses a private node keeps to look for relays at: its bootstrap nodes and `--relay-via`
+/// first, then peers whose links came up (each asked once per [`LOST_RELAY_PAUSE`]).
+const MAX_CANDIDATES: usize = 16;
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // One map operation per critical section: a poisoned lock still guards consistent data.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -172,7 +176,7 @@ impl Relays {
     pub(crate) fn add_candidates(&self, addrs: &[SocketAddr]) {
         let mut candidates = lock(&self.candidates);
         for addr in addrs {
-            if !candidates.contains(addr) {
+            if !candidates.contains(addr) && !super::is_synthetic(*addr) {
                 candidates.push(*addr);
             }
         }
@@ -242,6 +246,16 @@ impl Relays {
         let Some(transport) = self.transport.get().cloned() else {
             return;
         };
+        // A private node short of relays looks for them among the peers the overlay links it
+        // to: a peer that is no relay refuses the home stream and is not asked again for a
+        // while; the list is bounded, so the overlay's size does not matter.
+        if self.is_private()
+            && lock(&self.homes).len() < HOMES
+            && lock(&self.candidates).len() < MAX_CANDIDATES
+        {
+            self.add_candidates(&[addr]);
+            self.home_lost.notify_one();
+        }
         let mut records: Vec<Vec<u8>> = lock(&self.own).iter().map(|r| r.encode()).collect();
         let now = unix_ms_now();
         records.extend(
@@ -532,7 +546,11 @@ impl Relays {
             let mut answer = [0u8; 1];
             match stream.recv.read_exact(&mut answer).await {
                 Ok(()) if answer[0] == ACCEPTED => {}
-                _ => continue,
+                _ => {
+                    // Not a relay, or a full one: asked again after the pause.
+                    lock(&self.lost).insert(addr, std::time::Instant::now());
+                    continue;
+                }
             }
             info!(relay = %id, %addr, "homed on a relay");
             let entry = RelayEntry { id, addr };

@@ -14,7 +14,7 @@ mod config;
 mod output;
 mod trust;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -88,15 +88,17 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
     };
     let certificate = certificate_info(&trust, &options);
     let identity = trust.identity.clone();
+    let towards = address_towards(options.listen, &bootstrap);
+    let mut relay = options.relay.clone();
+    if options.private_auto && options.advertise.is_none() {
+        relay.private = towards.is_some_and(|own| behind_nat(own.ip(), &bootstrap));
+    }
     let mut builder = Node::builder(trust.identity)
         .listen(options.listen)
         .admission(trust.admission)
         .config(options.config.clone())
-        .relay(options.relay.clone());
-    if let Some(addr) = options
-        .advertise
-        .or_else(|| address_towards(options.listen, &bootstrap))
-    {
+        .relay(relay);
+    if let Some(addr) = options.advertise.or(towards) {
         builder = builder.advertise(addr);
     }
     if let Some(certificate) = trust.certificate {
@@ -460,6 +462,25 @@ fn address_towards(listen: SocketAddr, bootstrap: &[SocketAddr]) -> Option<Socke
     (!ip.is_unspecified()).then_some(SocketAddr::new(ip, listen.port()))
 }
 
+/// Whether a node whose own address is `own` sits behind a NAT as seen from `bootstrap`: its
+/// address is one the Internet does not route (RFC 1918, CGNAT 100.64/10, IPv6 ULA) while the
+/// node it joins through has one that it does. Nodes of one LAN joining each other stay direct.
+fn behind_nat(own: IpAddr, bootstrap: &[SocketAddr]) -> bool {
+    fn unroutable(ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                v4.is_private() || (a == 100 && (64..128).contains(&b))
+            }
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+        }
+    }
+    fn routable(ip: IpAddr) -> bool {
+        !unroutable(ip) && !ip.is_loopback() && !ip.is_unspecified()
+    }
+    unroutable(own) && bootstrap.first().is_some_and(|first| routable(first.ip()))
+}
+
 /// Resolves `--join HOST:PORT` values to socket addresses this node can dial: those of the
 /// IP family it listens on (a socket bound to an IPv4 address cannot reach IPv6 ones, nor one
 /// bound to an IPv6 address other than `[::]` IPv4 ones). A value with no such address is an
@@ -546,4 +567,36 @@ fn join_error(e: NodeError, me: NodeId, options: &NodeOptions) -> String {
 
 fn seconds(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_lan_address_joining_a_routable_one_is_behind_nat() {
+        let public = addrs(&["198.18.0.1:7000"]);
+        assert!(behind_nat("10.15.0.2".parse().unwrap(), &public));
+        assert!(behind_nat("192.168.1.5".parse().unwrap(), &public));
+        assert!(behind_nat("100.64.3.4".parse().unwrap(), &public));
+        assert!(behind_nat(
+            "fd00::5".parse().unwrap(),
+            &addrs(&["[2001:db8::1]:7000"])
+        ));
+    }
+
+    #[test]
+    fn nodes_of_one_lan_or_one_host_stay_direct() {
+        let lan = addrs(&["10.15.0.1:7000"]);
+        assert!(!behind_nat("10.15.0.2".parse().unwrap(), &lan));
+        let loopback = addrs(&["127.0.0.1:7000"]);
+        assert!(!behind_nat("127.0.0.1".parse().unwrap(), &loopback));
+        let public = addrs(&["198.18.0.1:7000"]);
+        assert!(!behind_nat("198.18.0.2".parse().unwrap(), &public));
+        assert!(!behind_nat("10.15.0.2".parse().unwrap(), &[]));
+    }
 }

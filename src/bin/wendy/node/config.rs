@@ -73,7 +73,10 @@ pub(crate) struct NodeArgs {
     #[arg(long)]
     pub(crate) relay: bool,
     /// This node cannot be dialled (behind a NAT or firewall): it homes on two relays (the
-    /// --join nodes and --relay-via), and other nodes reach it through them.
+    /// --join nodes, --relay-via, then relays among its peers), and other nodes reach it
+    /// through them. Without it (and without `private` in the config file), a node that
+    /// listens on an unspecified address with no --advertise is private when its own address
+    /// is a private one (RFC 1918, CGNAT, IPv6 ULA) and its --join node's is not.
     #[arg(long)]
     pub(crate) private: bool,
     /// A relay to home on when private (HOST:PORT); repeat for each.
@@ -210,6 +213,9 @@ pub(crate) struct NodeOptions {
     pub(crate) admin: Option<AdminOptions>,
     /// Relaying: serving as a relay, being private, relays to home on.
     pub(crate) relay: RelayConfig,
+    /// Whether `relay.private` is still to be decided from the addresses (neither --private
+    /// nor `private` in the config file said it).
+    pub(crate) private_auto: bool,
 }
 
 impl NodeOptions {
@@ -318,8 +324,10 @@ impl NodeOptions {
                     .into(),
             );
         }
+        let private_auto = !args.private && file.private.is_none() && relay.serve.is_none();
         Ok(Self {
             relay,
+            private_auto,
             listen,
             advertise,
             key,
