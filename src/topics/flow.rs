@@ -18,15 +18,25 @@ impl Tree {
     /// A new message of this node's in `name`: numbered, signed and routed to the root. The
     /// caller checked [`Tree::can_publish`].
     pub(crate) fn publish(&mut self, now: Instant, name: &str, payload: Vec<u8>) -> Option<u64> {
-        let session = self.session;
+        let fresh_session = self.session;
         let signer = self.signer.clone();
+        let retain_for = self.config.retain_for;
         let t = self.topic_mut(name)?;
+        let started = t.publisher.next_seq == 1;
+        if started {
+            t.publisher.session = fresh_session;
+        }
+        let session = t.publisher.session;
         let seq = t.publisher.next_seq;
         t.publisher.next_seq += 1;
+        t.publisher.kept_until = Some(now + retain_for);
         let msg = Published::sign(&signer, name, session, seq, payload);
         let first_unacked = t.publisher.unacked.keys().next().copied().unwrap_or(seq);
         t.publisher.unacked.insert(seq, (msg.clone(), now));
         let key = t.key;
+        if started {
+            self.session = self.session.wrapping_add(1);
+        }
         self.out.push(Action::Route {
             key,
             msg: TopicWire::Publish { msg, first_unacked },
@@ -76,10 +86,12 @@ impl Tree {
                 topic,
                 session,
                 seq,
-            } if key == Key::from(self.me) && session == self.session => {
+            } if key == Key::from(self.me) => {
                 if let Some(t) = self.topics.get_mut(&topic) {
                     let p = &mut t.publisher;
-                    p.unacked = p.unacked.split_off(&seq.saturating_add(1));
+                    if session == p.session {
+                        p.unacked = p.unacked.split_off(&seq.saturating_add(1));
+                    }
                 }
             }
             TopicWire::Replay { topic, msgs, heads } if key == Key::from(self.me) => {

@@ -278,3 +278,51 @@ fn a_silent_parent_is_replaced_after_the_parent_timeout() {
         .any(|(to, m)| *to == other.id && matches!(m, TopicWire::Join { .. })));
     assert_eq!(tree.stats.repairs, 1);
 }
+
+/// The session of the routed publish the tree last queued.
+fn routed_session(tree: &mut Tree) -> u64 {
+    std::mem::take(&mut tree.out)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Route {
+                msg: TopicWire::Publish { msg, .. },
+                ..
+            } => Some(msg.stream.session),
+            _ => None,
+        })
+        .expect("a routed publish")
+}
+
+#[test]
+fn a_publisher_keeps_its_numbers_and_a_forgotten_one_starts_a_new_stream() {
+    let me = Identity::generate();
+    let mut tree = tree(&me);
+    let root = NodeId::from_u128(7);
+    let mine = Key::from(me.node_id());
+    let ack = |session, seq| TopicWire::Ack {
+        topic: "news".to_owned(),
+        session,
+        seq,
+    };
+    let t0 = Instant::now();
+    assert_eq!(tree.publish(t0, "news", b"one".to_vec()), Some(1));
+    let first = routed_session(&mut tree);
+    tree.on_routed(t0, root, mine, ack(first, 1), &root_view());
+    assert_eq!(tree.accepted("news"), 1);
+
+    // Acknowledged and idle for a minute: the numbers go on in the same stream.
+    let later = t0 + Duration::from_secs(60);
+    tree.tick_tree(later, &root_view());
+    assert_eq!(tree.accepted("news"), 1);
+    assert_eq!(tree.publish(later, "news", b"two".to_vec()), Some(2));
+    assert_eq!(routed_session(&mut tree), first);
+    tree.on_routed(later, root, mine, ack(first, 2), &root_view());
+
+    // Past the retention the state is forgotten: numbers start again, in a new stream, so
+    // subscribers do not take the new messages for copies of the old ones.
+    let much_later = later + TopicsConfig::default().retain_for + Duration::from_secs(1);
+    tree.tick_tree(much_later, &root_view());
+    assert_eq!(tree.accepted("news"), 0);
+    assert_eq!(tree.publish(much_later, "news", b"three".to_vec()), Some(1));
+    assert_ne!(routed_session(&mut tree), first);
+}

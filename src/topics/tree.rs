@@ -98,8 +98,14 @@ pub(super) struct Reader {
 
 #[derive(Debug)]
 pub(super) struct Publisher {
+    /// The stream's session: fresh for each run of numbers, so that numbers starting again at
+    /// 1 (after this state was forgotten) are a new stream to subscribers, not old copies.
+    pub(super) session: u64,
     pub(super) next_seq: u64,
     pub(super) unacked: BTreeMap<u64, (Published, Instant)>,
+    /// Until when the numbers are kept after the last message ([`TopicsConfig::retain_for`],
+    /// as long as the root keeps its window).
+    pub(super) kept_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -151,8 +157,10 @@ impl Topic {
             fetched_at: None,
             lagging_since: None,
             publisher: Publisher {
+                session: 0,
                 next_seq: 1,
                 unacked: BTreeMap::new(),
+                kept_until: None,
             },
             kept_until: None,
             next_redirect: 0,
@@ -169,6 +177,7 @@ impl Topic {
     fn idle(&self, now: Instant) -> bool {
         !self.in_tree()
             && self.publisher.unacked.is_empty()
+            && self.publisher.kept_until.map_or(true, |until| now >= until)
             && (self.window.is_empty() || self.kept_until.map_or(true, |until| now >= until))
     }
 
@@ -222,7 +231,8 @@ pub(crate) struct Tree {
     pub(super) topics: HashMap<String, Topic>,
     pub(super) signer: OriginSigner,
     pub(super) verifier: OriginVerifier,
-    /// This run's publisher session (random): a restarted publisher's numbers start afresh.
+    /// The session the next new publisher stream takes (random at start, then counting): a
+    /// restarted publisher's numbers start afresh, and so do a forgotten topic's.
     pub(super) session: u64,
     pub(crate) out: Vec<Action>,
     pub(crate) delivered: VecDeque<TopicMessage>,
