@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Type a line to say it in the current room; messages show as `[room] name: text` and status
-//! lines start with `***`. Commands: `/join ROOM`, `/leave`, `/who`, `/quit` (also on end of
+//! lines start with `***`. Commands: `/join ROOM`, `/leave`, `/who`, `/help`, `/quit` (also on end of
 //! input or Ctrl-C). Plain stdin/stdout: it can be scripted and piped.
 //!
 //! # How it works
