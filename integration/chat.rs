@@ -1,11 +1,12 @@
 //! The chat example as its users run it: real `chat` processes over real QUIC on loopback,
 //! talking through their stdin and stdout.
 //!
-//! Three members in room `lobby` and a fourth node that is not in the room but is its root
-//! (its key is chosen to be the closest of the four to `Key::from_name("room:lobby")`; it is
-//! a chat process sitting in another room). Messages reach every member exactly once; then the
-//! root is killed with SIGKILL and messages written around that moment still reach every
-//! member exactly once, without anyone doing anything.
+//! Three members in room `lobby` and a plain `wendy node` that runs no chat code but is the
+//! root of the room's topic (its key is chosen to be the closest of the four to the topic's
+//! key). Messages reach every member exactly once; then the root is killed with SIGKILL and
+//! messages written around that moment still reach every member exactly once, without anyone
+//! doing anything. Two members sharing a display name are shown with short ids, and a root
+//! that quits gracefully is replaced at once.
 //!
 //! Also runs `examples/embed.rs` (the library tour) and checks what it reports.
 //!
@@ -19,8 +20,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wendy::id::Key;
+use wendy::id::NodeId;
 use wendy::identity::Identity;
+use wendy::topics::topic_key;
 
 /// Hang guard for every wait: generous, never a speed assertion.
 const HANG_GUARD: Duration = Duration::from_secs(90);
@@ -111,13 +113,28 @@ impl Chat {
         command
             .args(["--name", name, "--room", room, "--key"])
             .arg(key)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(addr) = join {
             command.args(["--join", addr]);
         }
+        Self::spawn(name, command)
+    }
+
+    /// A plain `wendy node` (no chat code), starting a new overlay.
+    fn plain_node(key: &Path) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wendy"));
+        command
+            .args(["node", "--listen", "127.0.0.1:0", "--key"])
+            .arg(key)
+            .stderr(Stdio::null());
+        Self::spawn("plain node", command)
+    }
+
+    fn spawn(name: &str, mut command: Command) -> Self {
+        command
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         let mut child = command.spawn().expect("start chat");
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take();
@@ -171,14 +188,49 @@ impl Chat {
         }
     }
 
-    /// The address printed at startup (`... listening on ADDR`).
+    /// The address printed at startup (`... listening on ADDR`, or `listening as ID on ADDR`
+    /// for `wendy node`).
     fn address(&self) -> String {
-        self.wait_for("its address", |out| {
-            out.iter().any(|l| l.contains(" listening on "))
-        });
+        let is_it = |l: &String| l.contains("listening ") && l.contains(" on ");
+        self.wait_for("its address", |out| out.iter().any(is_it));
         let out = self.output();
-        let line = out.iter().find(|l| l.contains(" listening on ")).unwrap();
+        let line = out.iter().find(|l| is_it(l)).unwrap();
         line.rsplit(' ').next().unwrap().to_owned()
+    }
+
+    /// Asks `/who` until the answer satisfies `done` (as a user would); returns the answer.
+    fn who_until(&mut self, done: impl Fn(&str) -> bool) -> String {
+        let answers = |out: &[String]| out.iter().filter(|l| l.starts_with("*** in ")).count();
+        let start = Instant::now();
+        loop {
+            let before = answers(&self.output());
+            self.say("/who");
+            self.wait_for("an answer to /who", |out| answers(out) > before);
+            let out = self.output();
+            let answer = out.iter().rev().find(|l| l.starts_with("*** in ")).unwrap();
+            if done(answer) {
+                return answer.clone();
+            }
+            assert!(
+                start.elapsed() < HANG_GUARD,
+                "hang guard: {} never got the /who answer; last: {answer}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the program to exit by itself with success.
+    fn wait_exit(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status}", self.name);
+                return;
+            }
+            assert!(start.elapsed() < HANG_GUARD, "{} did not quit", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -216,6 +268,33 @@ fn assert_each_once(members: &[Chat], expected: &[String]) {
     }
 }
 
+/// Key files for `count` new identities, sorted by closeness to the room's topic key (the
+/// first is the room's root while it lives); also returns the node ids in that order.
+fn keys_by_closeness(dir: &Path, room: &str, count: usize) -> (Vec<PathBuf>, Vec<NodeId>) {
+    let key = topic_key(&format!("chat:{room}"));
+    let mut identities: Vec<Identity> = (0..count).map(|_| Identity::generate()).collect();
+    identities.sort_by(|a, b| key.cmp_closeness(a.node_id(), b.node_id()));
+    let paths = identities
+        .iter()
+        .enumerate()
+        .map(|(i, identity)| {
+            let path = dir.join(format!("node{i}.key"));
+            identity.save(&path, false).unwrap();
+            path
+        })
+        .collect();
+    (paths, identities.iter().map(Identity::node_id).collect())
+}
+
+fn wait_welcomed(members: &[Chat]) {
+    for member in members {
+        member.wait_for("its welcome to lobby", |out| {
+            out.iter()
+                .any(|l| l.starts_with("*** you are in lobby with"))
+        });
+    }
+}
+
 /// Lines each member writes, and the `[lobby] name: text` lines every member must show.
 fn write_round(members: &mut [Chat], tag: &str, count: usize) -> Vec<String> {
     let mut expected = Vec::new();
@@ -230,70 +309,29 @@ fn write_round(members: &mut [Chat], tag: &str, count: usize) -> Vec<String> {
 }
 
 #[test]
-fn room_survives_its_root_and_delivers_each_message_once() {
+fn a_room_rooted_at_a_plain_node_survives_its_death_and_delivers_each_message_once() {
     let binary = example("chat");
     let dir = tempfile::tempdir().unwrap();
 
-    // Four keys; the one closest to the room's key goes to the node that is not in the room,
-    // so that it is the room's root while it lives.
-    let room_key = Key::from_name("room:lobby");
-    let mut identities: Vec<Identity> = (0..4).map(|_| Identity::generate()).collect();
-    identities.sort_by(|a, b| room_key.cmp_closeness(a.node_id(), b.node_id()));
-    let keys: Vec<PathBuf> = identities
-        .iter()
-        .enumerate()
-        .map(|(i, identity)| {
-            let path = dir.path().join(format!("node{i}.key"));
-            identity.save(&path, false).unwrap();
-            path
-        })
-        .collect();
-
-    let mut root = Chat::start(&binary, "root", &keys[0], "elsewhere", None);
+    // Four keys; the one closest to the room's topic key goes to a plain `wendy node`, so
+    // that a node with no chat code is the room's root while it lives.
+    let (keys, ids) = keys_by_closeness(dir.path(), "lobby", 4);
+    let mut root = Chat::plain_node(&keys[0]);
     let bootstrap = root.address();
-    root.wait_for("the new overlay", |out| {
-        out.iter().any(|l| l == "*** started a new overlay")
-    });
     let names = ["alice", "bob", "carol"];
     let mut members: Vec<Chat> = names
         .iter()
         .zip(&keys[1..])
         .map(|(name, key)| Chat::start(&binary, name, key, "lobby", Some(&bootstrap)))
         .collect();
-    for member in &members {
-        member.wait_for("its welcome to lobby", |out| {
-            out.iter()
-                .any(|l| l.starts_with("*** you are in lobby with"))
-        });
-    }
-    // Each welcome comes from the root after it added the member, and the root is the same
-    // node throughout (the closest of all four is there from the start): the root knows all
-    // three now. `/who` shows it (asked until the answer lists everyone, as a user would),
-    // and names the root.
-    let whos = |out: &[String]| {
-        out.iter()
-            .filter(|l| l.starts_with("*** in lobby: "))
-            .count()
-    };
-    loop {
-        let before = whos(&members[0].output());
-        members[0].say("/who");
-        members[0].wait_for("an answer to /who", |out| whos(out) > before);
-        let out = members[0].output();
-        let answer = out
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("*** in lobby: "))
-            .unwrap();
-        if answer.starts_with("*** in lobby: alice, bob, carol ") {
-            let root_id = identities[0].node_id();
-            assert!(
-                answer.ends_with(&format!("(root: node {root_id}, not in the room)")),
-                "{answer}"
-            );
-            break;
-        }
-    }
+    wait_welcomed(&members);
+    // `/who` lists the members (once their announcements went round) and names the root, a
+    // node that is not in the room.
+    let answer = members[0].who_until(|a| a.starts_with("*** in lobby: alice, bob, carol "));
+    assert!(
+        answer.ends_with(&format!("(root: node {}, not in the room)", ids[0])),
+        "{answer}"
+    );
 
     // Round 1: the root is alive.
     let round1 = write_round(&mut members, "before", 3);
@@ -305,10 +343,16 @@ fn room_survives_its_root_and_delivers_each_message_once() {
     root.child.kill().unwrap();
     root.child.wait().unwrap();
     let killed = Instant::now();
-    round2.extend(write_round(&mut members, "after", 2));
+    let after = write_round(&mut members, "after", 1);
+    let took = wait_all_seen(&members, &after);
+    eprintln!(
+        "after the plain root's SIGKILL: lines written then reached all 3 members in {took:?}"
+    );
+    round2.extend(after);
+    round2.extend(write_round(&mut members, "after more", 1));
     wait_all_seen(&members, &round2);
     eprintln!(
-        "round 2: 12 messages around the root's death at 3 members {:?} after the kill",
+        "round 2: 12 messages around the root's death at 3 members, all seen {:?} after the kill",
         killed.elapsed()
     );
 
@@ -333,23 +377,88 @@ fn room_survives_its_root_and_delivers_each_message_once() {
             out.join("\n")
         );
     }
+    // The new root is the next closest node, alice, a member: `/who` names her.
+    let answer = members[0].who_until(|a| a.contains(&ids[1].to_string()));
+    assert!(
+        answer.ends_with(&format!("(root: alice, node {})", ids[1])),
+        "{answer}"
+    );
 
     // /quit ends each program cleanly.
     for member in &mut members {
         member.say("/quit");
     }
     for member in &mut members {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = member.child.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", member.name);
-                break;
-            }
-            assert!(start.elapsed() < HANG_GUARD, "{} did not quit", member.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        member.wait_exit();
         assert!(member.output().iter().any(|l| l == "*** bye"));
     }
+}
+
+#[test]
+fn members_sharing_a_name_show_short_ids_and_a_quitting_root_is_replaced_at_once() {
+    let binary = example("chat");
+    let dir = tempfile::tempdir().unwrap();
+    // bob is the root; the two alices are next.
+    let (keys, ids) = keys_by_closeness(dir.path(), "lobby", 3);
+    let mut bob = Chat::start(&binary, "bob", &keys[0], "lobby", None);
+    let bootstrap = bob.address();
+    let mut members = vec![
+        Chat::start(&binary, "alice", &keys[1], "lobby", Some(&bootstrap)),
+        Chat::start(&binary, "alice", &keys[2], "lobby", Some(&bootstrap)),
+    ];
+    wait_welcomed(&members);
+    wait_welcomed(std::slice::from_ref(&bob));
+    let short = |id: &NodeId| id.to_string()[..4].to_owned();
+    let (a1, a2) = (
+        format!("alice#{}", short(&ids[1])),
+        format!("alice#{}", short(&ids[2])),
+    );
+    let mut sorted = [a1.clone(), a2.clone()];
+    sorted.sort();
+    let listed = format!("*** in lobby: {}, {}, bob ", sorted[0], sorted[1]);
+    let answer = bob.who_until(|a| a.starts_with(&listed));
+    assert!(
+        answer.ends_with(&format!("(root: bob, node {})", ids[0])),
+        "{answer}"
+    );
+    // Every member knows both alices once each has heard the other's announcement; wait
+    // for it through /who, then each alice writes.
+    for member in &mut members {
+        member.who_until(|a| a.starts_with(&listed));
+    }
+    members[0].say("hello from the first");
+    members[1].say("hello from the second");
+    let expected = vec![
+        format!("[lobby] {a1}: hello from the first"),
+        format!("[lobby] {a2}: hello from the second"),
+    ];
+    let everyone: Vec<&Chat> = members.iter().chain([&bob]).collect();
+    for member in everyone {
+        member.wait_for("both lines with short ids", |out| {
+            expected.iter().all(|e| out.iter().any(|l| l == e))
+        });
+        for line in &expected {
+            assert_eq!(member.count(line), 1, "{}", member.output().join("\n"));
+        }
+    }
+
+    // The root quits gracefully: the others see it leave, and `/who` names the new root
+    // (the first alice, next closest) promptly.
+    bob.say("/quit");
+    let quit = Instant::now();
+    members[0].wait_for("bob leaving", |out| {
+        out.iter().any(|l| l == "*** bob left lobby")
+    });
+    let expected = format!(
+        "*** in lobby: {}, {} (root: {a1}, node {})",
+        sorted[0], sorted[1], ids[1]
+    );
+    members[1].who_until(|a| a == expected);
+    eprintln!(
+        "graceful quit of the root: /who names the new root {:?} after /quit",
+        quit.elapsed()
+    );
+    bob.wait_exit();
 }
 
 #[test]

@@ -1,40 +1,43 @@
-//! One user's chat program, as a state machine: the rooms the user is in, the messages they
-//! write, and the rooms this node hosts because it is their root.
+//! One user's chat program, as a state machine: the rooms the user is in, who is in them, and
+//! what to show.
 //!
-//! Inputs come in as method calls with the current time (a typed line, a routed delivery, a
-//! direct message, a timer tick); effects go out as [`Action`]s that `main.rs` carries out
-//! with the Wendy node. Keeping the network out of this file keeps the chat rules in one
-//! readable place.
+//! Inputs come in as method calls with the current time (a typed line, a topic message, a
+//! timer tick); effects go out as [`Action`]s that `main.rs` carries out with the Wendy node's
+//! topics. Keeping the network out of this file keeps the chat rules in one readable place.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use wendy::id::{Key, NodeId};
+use wendy::id::NodeId;
+use wendy::topics::TopicMessage;
 
-use crate::protocol::{room_key, Change, MsgId, Post, Wire, MAX_LINE, MAX_NAME, MAX_ROOMS};
-use crate::room::{Recent, RoomHost, MEMBER_TTL, REFRESH};
+use crate::protocol::{room_topic, topic_room, Presence, Wire, MAX_LINE, MAX_MEMBERS, MAX_NAME};
 
-/// A writer sends a post again if no root acknowledged it within this time.
-const POST_RETRY: Duration = Duration::from_secs(1);
-/// ... and gives up (telling the user) after this long.
-const POST_GIVE_UP: Duration = Duration::from_secs(30);
+/// How often a member announces that it is still in a room.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(3);
+/// A member not heard from (announcement or line) for this long is taken as gone: a few
+/// announcements may be late while the room's tree repairs.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(10);
 
 /// Something for `main.rs` to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Route `msg` to the live node closest to `key`.
-    Route {
-        /// The destination key (a room's key).
-        key: Key,
+    /// Subscribe to a topic.
+    Subscribe(String),
+    /// Unsubscribe from a topic.
+    Unsubscribe(String),
+    /// Publish `msg` on `topic`.
+    Publish {
+        /// The room's topic.
+        topic: String,
         /// The message.
         msg: Wire,
     },
-    /// Send `msg` directly to the node `to`.
-    Send {
-        /// The destination node.
-        to: NodeId,
-        /// The message.
-        msg: Wire,
+    /// Answer `/who` for `room`: `main.rs` asks the topics for the room's root and calls
+    /// [`Client::who`].
+    Who {
+        /// The room.
+        room: String,
     },
     /// Show a line to the user.
     Print(String),
@@ -49,88 +52,50 @@ pub enum Flow {
     Quit,
 }
 
+/// A member of a room as this node last heard of it.
+struct Member {
+    /// The display name it announced last.
+    name: String,
+    /// When it is taken as gone unless heard from again.
+    expires: Instant,
+}
+
 /// A room the user is in.
-struct Joined {
-    /// Whether the root has welcomed our subscription yet.
+struct Room {
+    /// Whether our own `Joined` came back: what came before it is the room's past (the root's
+    /// replay), shown as lines but not as arrivals.
     welcomed: bool,
-    /// When to subscribe again.
-    next_refresh: Instant,
-}
-
-/// A room's state copied here by its root, used if this node becomes the root.
-struct Standby {
-    received: Instant,
-    members: Vec<(NodeId, String)>,
-    history: Vec<Post>,
-}
-
-/// A post sent to its room's root and not yet acknowledged.
-struct InFlight {
-    post: Post,
-    first_sent: Instant,
-    last_sent: Instant,
+    /// When to announce our presence next.
+    next_presence: Instant,
+    /// Who is in the room (us included, once our own announcement came back).
+    members: BTreeMap<NodeId, Member>,
 }
 
 /// The state of one user's chat program.
 pub struct Client {
     me: NodeId,
     name: String,
-    incarnation: u64,
-    next_seq: u64,
     /// Rooms the user is in; typed lines go to `current`.
-    joined: BTreeMap<String, Joined>,
+    rooms: BTreeMap<String, Room>,
     current: Option<String>,
-    /// The user's posts, sent one at a time so that each room shows them in the order typed.
-    outbox: VecDeque<Post>,
-    in_flight: Option<InFlight>,
-    /// Messages already shown (retries and replays arrive more than once).
-    shown: Recent<MsgId>,
-    /// Rooms whose root this node is (it may not be a member of them).
-    hosted: HashMap<String, RoomHost>,
-    /// Copies of rooms whose root would be this node if their root died.
-    standby: HashMap<String, Standby>,
-    /// The overlay's leaf set of this node: tells whether this node is still a room's root.
-    leaf_set: Vec<NodeId>,
-    /// When to copy the hosted rooms' state to their successors next.
-    next_copy: Option<Instant>,
-    /// Messages this node sends to itself (when it is the root of a room it is in).
-    to_self: VecDeque<Wire>,
     actions: Vec<Action>,
 }
 
 impl Client {
-    /// A client for the user `name` on node `me`; `incarnation` must differ between runs.
-    pub fn new(me: NodeId, name: String, incarnation: u64) -> Self {
+    /// A client for the user `name` on node `me`.
+    pub fn new(me: NodeId, name: String) -> Self {
         Self {
             me,
             name,
-            incarnation,
-            next_seq: 0,
-            joined: BTreeMap::new(),
+            rooms: BTreeMap::new(),
             current: None,
-            outbox: VecDeque::new(),
-            in_flight: None,
-            shown: Recent::new(65_536),
-            hosted: HashMap::new(),
-            standby: HashMap::new(),
-            leaf_set: Vec::new(),
-            next_copy: None,
-            to_self: VecDeque::new(),
             actions: Vec::new(),
         }
     }
 
-    /// The actions decided since the last call, after handling what this node sent itself.
-    pub fn take_actions(&mut self, now: Instant) -> Vec<Action> {
-        while let Some(msg) = self.to_self.pop_front() {
-            self.direct(now, self.me, msg);
-        }
+    /// The actions decided since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
-    }
-
-    /// Whether some of the user's posts are not acknowledged yet.
-    pub fn has_unsent_posts(&self) -> bool {
-        self.in_flight.is_some() || !self.outbox.is_empty()
     }
 
     /// A line the user typed: a command or a message for the current room.
@@ -146,50 +111,65 @@ impl Client {
             "/join" => self.join(now, arg),
             "/leave" => self.leave_current(),
             "/who" => match &self.current {
-                Some(room) => self.route(room_key(room), Wire::Who { room: room.clone() }),
+                Some(room) => {
+                    let room = room.clone();
+                    self.actions.push(Action::Who { room });
+                }
                 None => self.print("*** you are not in a room: /join ROOM"),
             },
             "/help" => self.print("*** commands: /join ROOM, /leave, /who, /help, /quit"),
             _ if command.starts_with('/') => {
                 self.print(&format!("*** unknown command {command}; try /help"));
             }
-            _ => self.write(now, line),
+            _ => self.write(line),
         }
         Flow::Continue
     }
 
     /// Joins `room` (or makes it the current room if already in it).
     pub fn join(&mut self, now: Instant, room: &str) {
-        if room.is_empty() || room.contains(char::is_whitespace) || room.len() > MAX_NAME {
+        if room.is_empty()
+            || room.contains(|c: char| c.is_whitespace() || c.is_control())
+            || room.len() > MAX_NAME
+        {
             self.print(&format!(
                 "*** usage: /join ROOM (one word, at most {MAX_NAME} bytes)"
             ));
             return;
         }
         self.current = Some(room.to_owned());
-        if self.joined.contains_key(room) {
+        if self.rooms.contains_key(room) {
             self.print(&format!("*** now talking in {room}"));
             return;
         }
-        self.joined.insert(
+        self.rooms.insert(
             room.to_owned(),
-            Joined {
+            Room {
                 welcomed: false,
-                next_refresh: now + REFRESH,
+                next_presence: now + PRESENCE_EVERY,
+                members: BTreeMap::new(),
             },
         );
-        self.subscribe(room, true);
+        let topic = room_topic(room);
+        self.actions.push(Action::Subscribe(topic.clone()));
+        self.announce(topic, Presence::Joined);
         self.print(&format!("*** joining {room} ..."));
     }
 
     /// Leaves every room (before quitting).
     pub fn leave_all(&mut self) {
-        let rooms: Vec<String> = self.joined.keys().cloned().collect();
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for room in rooms {
-            self.route(room_key(&room), Wire::Unsubscribe { room });
+            self.leave(&room);
         }
-        self.joined.clear();
         self.current = None;
+    }
+
+    fn leave(&mut self, room: &str) {
+        self.rooms.remove(room);
+        let topic = room_topic(room);
+        self.announce(topic.clone(), Presence::Left);
+        self.actions.push(Action::Unsubscribe(topic));
     }
 
     fn leave_current(&mut self) {
@@ -197,10 +177,9 @@ impl Client {
             self.print("*** you are not in a room");
             return;
         };
-        self.joined.remove(&room);
-        self.route(room_key(&room), Wire::Unsubscribe { room: room.clone() });
+        self.leave(&room);
         self.print(&format!("*** you left {room}"));
-        self.current = self.joined.keys().next().cloned();
+        self.current = self.rooms.keys().next().cloned();
         match self.current.clone() {
             Some(next) => self.print(&format!("*** now talking in {next}")),
             None => self.print("*** you are not in a room: /join ROOM"),
@@ -208,7 +187,7 @@ impl Client {
     }
 
     /// The user wrote a line for the current room.
-    fn write(&mut self, now: Instant, text: &str) {
+    fn write(&mut self, text: &str) {
         let Some(room) = self.current.clone() else {
             self.print("*** you are not in a room: /join ROOM first");
             return;
@@ -219,296 +198,140 @@ impl Client {
             ));
             return;
         }
-        let id = MsgId {
-            sender: self.me,
-            incarnation: self.incarnation,
-            seq: self.next_seq,
-        };
-        self.next_seq += 1;
-        self.outbox.push_back(Post {
-            room,
-            id,
+        let msg = Wire::Line {
             name: self.name.clone(),
             text: text.to_owned(),
+        };
+        self.actions.push(Action::Publish {
+            topic: room_topic(&room),
+            msg,
         });
-        self.send_next_post(now);
     }
 
-    /// Sends the oldest queued post if none is waiting for its acknowledgement.
-    fn send_next_post(&mut self, now: Instant) {
-        if self.in_flight.is_some() {
-            return;
-        }
-        if let Some(post) = self.outbox.pop_front() {
-            self.route(room_key(&post.room), Wire::Post(post.clone()));
-            self.in_flight = Some(InFlight {
-                post,
-                first_sent: now,
-                last_sent: now,
-            });
-        }
+    fn announce(&mut self, topic: String, presence: Presence) {
+        let msg = Wire::Presence {
+            name: self.name.clone(),
+            presence,
+        };
+        self.actions.push(Action::Publish { topic, msg });
     }
 
-    /// A routed message arrived here, at the root of `key`.
-    pub fn routed(&mut self, now: Instant, key: Key, origin: NodeId, msg: Wire) {
-        if !msg.is_within_limits() {
-            return;
-        }
-        let Some(room) = msg.room_bound().map(str::to_owned) else {
-            // A message for this node that was routed to its id because the sender did not
-            // know our address (see main.rs): treat it as direct.
-            if key == self.me.to_key() {
-                self.direct(now, origin, msg);
-            }
+    /// A message of a room's topic (its sender verified by the topics).
+    pub fn topic_message(&mut self, now: Instant, msg: TopicMessage) {
+        let Some(room) = topic_room(&msg.topic).map(str::to_owned) else {
             return;
         };
-        if key != room_key(&room) {
-            return; // routed to some other key: not a message for the room's root
-        }
-        if !self.hosted.contains_key(&room) && self.hosted.len() >= MAX_ROOMS {
-            return; // a peer inventing rooms: host no more
-        }
-        let standby = &mut self.standby;
-        let host = self.hosted.entry(room.clone()).or_insert_with(|| {
-            // We are the room's root now. If the previous root copied its state here, carry
-            // on with its members at once.
-            let mut host = RoomHost::new(&room, now);
-            if let Some(copy) = standby.remove(&room) {
-                host.merge(now, copy.members, copy.history);
-            }
-            host
-        });
-        host.routed_here(now);
-        let sends = match msg {
-            Wire::Subscribe { name, fresh, .. } => host.subscribe(now, origin, name, fresh),
-            Wire::Unsubscribe { .. } => host.unsubscribe(origin),
-            Wire::Who { .. } => host.who(origin, self.me),
-            // A post must come from the node its id names. `origin` is what the overlay
-            // says (only the last hop is authenticated), so this keeps honest mistakes out,
-            // not a malicious node: display names are not authenticated (see main.rs).
-            Wire::Post(post) if post.id.sender == origin => host.post(now, origin, post),
-            _ => Vec::new(),
+        let Some(wire) = Wire::decode(&msg.payload) else {
+            return; // not chat, or past the limits: nothing to show
         };
-        for (to, msg) in sends {
-            self.send(to, msg);
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return; // a room we left: its last messages may still come
+        };
+        let from = msg.from;
+        let (name, presence) = match &wire {
+            Wire::Presence { name, presence } => (name.clone(), Some(*presence)),
+            Wire::Line { name, .. } => (name.clone(), None),
+        };
+        // Whatever a node sends announces its name and that it is here (bounded table: a
+        // node inventing members stops being heard once it is full).
+        if presence != Some(Presence::Left)
+            && (state.members.contains_key(&from) || state.members.len() < MAX_MEMBERS)
+        {
+            state.members.insert(
+                from,
+                Member {
+                    name: name.clone(),
+                    expires: now + PRESENCE_TTL,
+                },
+            );
         }
-    }
-
-    /// A message sent directly to this node by `from` (authenticated by its certificate).
-    pub fn direct(&mut self, now: Instant, from: NodeId, msg: Wire) {
-        if !msg.is_within_limits() {
-            return;
-        }
-        match msg {
-            Wire::PostAck { id } => {
-                if self.in_flight.as_ref().is_some_and(|f| f.post.id == id) {
-                    self.in_flight = None;
-                    self.send_next_post(now);
-                }
-            }
-            Wire::Message(post) => {
-                // Acknowledge every copy: the root may have missed our previous answer.
-                self.send(
-                    from,
-                    Wire::MessageAck {
-                        room: post.room.clone(),
-                        id: post.id,
-                    },
-                );
-                if self.joined.contains_key(&post.room) && self.shown.insert(post.id) {
-                    self.print(&format!("[{}] {}: {}", post.room, post.name, post.text));
-                }
-            }
-            Wire::MessageAck { room, id } => {
-                if let Some(host) = self.hosted.get_mut(&room) {
-                    for (to, msg) in host.message_ack(from, id) {
-                        self.send(to, msg);
-                    }
-                }
-            }
-            Wire::Presence { room, name, change } => {
-                if self.joined.contains_key(&room) {
-                    let line = match change {
-                        Change::Joined => format!("*** {name} joined {room}"),
-                        Change::Left => format!("*** {name} left {room}"),
-                        Change::TimedOut => format!("*** {name} left {room} (timed out)"),
-                    };
-                    self.print(&line);
-                }
-            }
-            Wire::Members {
-                room,
-                names,
-                welcome,
-                root_name,
-            } => {
-                let others: Vec<&String> = names.iter().filter(|n| **n != self.name).collect();
+        let shown = display(&state.members, from, &name);
+        let welcomed = state.welcomed;
+        let line = match (wire, presence) {
+            (Wire::Line { text, .. }, _) => Some(format!("[{room}] {shown}: {text}")),
+            (_, Some(Presence::Joined)) if from == self.me && !welcomed => {
+                state.welcomed = true;
+                let others: Vec<String> = state
+                    .members
+                    .iter()
+                    .filter(|(id, _)| **id != self.me)
+                    .map(|(id, m)| display(&state.members, *id, &m.name))
+                    .collect();
                 let list = match others.is_empty() {
                     true => "nobody else".to_owned(),
-                    false => others
-                        .iter()
-                        .map(|n| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    false => others.join(", "),
                 };
-                match self.joined.get_mut(&room) {
-                    Some(joined) if welcome && !joined.welcomed => {
-                        joined.welcomed = true;
-                        self.print(&format!("*** you are in {room} with {list}"));
-                    }
-                    Some(_) if !welcome => {
-                        // `from` is the room's root: worth showing, it is the node whose loss the
-                        // room survives (try it: kill that program).
-                        let names = names.join(", ");
-                        let root = match root_name {
-                            Some(name) => format!("{name}, node {from}"),
-                            None => format!("node {from}, not in the room"),
-                        };
-                        self.print(&format!("*** in {room}: {names} (root: {root})"));
-                    }
-                    _ => {}
-                }
+                Some(format!("*** you are in {room} with {list}"))
             }
-            Wire::RoomState {
-                room,
-                members,
-                history,
-            } => {
-                // Only a leaf-set neighbour has a reason to send this (a room's successor and
-                // a hand-over target are neighbours of the root): anyone else is ignored.
-                if from != self.me && !self.leaf_set.contains(&from) {
-                    return;
-                }
-                match self.hosted.get_mut(&room) {
-                    Some(host) => host.merge(now, members, history),
-                    None if self.standby.contains_key(&room) || self.standby.len() < MAX_ROOMS => {
-                        let copy = Standby {
-                            received: now,
-                            members,
-                            history,
-                        };
-                        self.standby.insert(room, copy);
-                    }
-                    None => {}
-                }
+            (_, Some(Presence::Joined)) if from != self.me && welcomed => {
+                Some(format!("*** {shown} joined {room}"))
             }
-            // Room-bound messages are routed, never sent directly.
-            Wire::Subscribe { .. }
-            | Wire::Unsubscribe { .. }
-            | Wire::Post(_)
-            | Wire::Who { .. } => {}
-        }
-    }
-
-    /// Time passes: refresh subscriptions, retry the post in flight, run the hosted rooms.
-    pub fn tick(&mut self, now: Instant) {
-        let due: Vec<(String, bool)> = self
-            .joined
-            .iter_mut()
-            .filter(|(_, j)| j.next_refresh <= now)
-            .map(|(room, j)| {
-                j.next_refresh = now + REFRESH;
-                (room.clone(), !j.welcomed)
-            })
-            .collect();
-        for (room, fresh) in due {
-            self.subscribe(&room, fresh);
-        }
-
-        if let Some(flight) = &mut self.in_flight {
-            if now.duration_since(flight.first_sent) >= POST_GIVE_UP {
-                let post = flight.post.clone();
-                self.in_flight = None;
-                self.print(&format!(
-                    "*** error: could not deliver to {}: {}",
-                    post.room, post.text
-                ));
-                self.send_next_post(now);
-            } else if now.duration_since(flight.last_sent) >= POST_RETRY {
-                flight.last_sent = now;
-                let post = flight.post.clone();
-                self.route(room_key(&post.room), Wire::Post(post));
+            (_, Some(Presence::Left)) => {
+                let known = state.members.remove(&from).is_some();
+                (known && from != self.me && welcomed).then(|| format!("*** {shown} left {room}"))
             }
-        }
-
-        let mut sends = Vec::new();
-        for host in self.hosted.values_mut() {
-            sends.extend(host.tick(now));
-        }
-        self.hosted.retain(|_, host| !host.is_idle());
-        for (to, msg) in sends {
-            self.send(to, msg);
-        }
-
-        if self.next_copy.map_or(true, |t| t <= now) {
-            self.next_copy = Some(now + REFRESH);
-            self.copy_rooms(now);
-        }
-        self.standby
-            .retain(|_, copy| now.duration_since(copy.received) < MEMBER_TTL);
-    }
-
-    /// The overlay's leaf set changed (a node joined or left near us).
-    pub fn leaf_set_changed(&mut self, leaf_set: Vec<NodeId>) {
-        self.leaf_set = leaf_set;
-        // A newcomer may be closer to one of our rooms: hand it over now rather than later.
-        self.next_copy = None;
-    }
-
-    /// For each hosted room: if a node in our leaf set is closer to the room's key and the
-    /// room's messages stopped coming here (a closer node joined: the overlay routes to it
-    /// now), hand the room over to it; otherwise copy the room's state to the node that would
-    /// be its root if we died. Both follow the rule Pastry routes by: the live node closest to
-    /// a key is in the leaf set of any node near the key. (A closer node that still receives
-    /// nothing may be dead and not yet out of the leaf set: the overlay routes around it, to
-    /// us, so we keep the room.)
-    fn copy_rooms(&mut self, now: Instant) {
-        let mut handed_over = Vec::new();
-        let mut sends = Vec::new();
-        for (room, host) in &self.hosted {
-            let key = room_key(room);
-            let mut nodes: Vec<NodeId> = self.leaf_set.clone();
-            nodes.push(self.me);
-            nodes.sort_by(|a, b| key.cmp_closeness(*a, *b));
-            let closest = nodes[0]; // never empty: it holds this node
-            if closest != self.me && !host.is_routed_here(now) {
-                sends.push((closest, host.state()));
-                handed_over.push(room.clone());
-                continue;
-            }
-            // We act as the root: our successor is the next closest after us (nodes closer
-            // than us are dead ones the overlay routes around, see above).
-            let me = nodes.iter().position(|&id| id == self.me);
-            if let Some(&successor) = me.and_then(|i| nodes.get(i + 1)) {
-                sends.push((successor, host.state()));
-            }
-        }
-        for room in handed_over {
-            self.hosted.remove(&room);
-        }
-        for (to, msg) in sends {
-            self.send(to, msg);
-        }
-    }
-
-    fn subscribe(&mut self, room: &str, fresh: bool) {
-        let msg = Wire::Subscribe {
-            room: room.to_owned(),
-            name: self.name.clone(),
-            fresh,
+            _ => None,
         };
-        self.route(room_key(room), msg);
-    }
-
-    fn route(&mut self, key: Key, msg: Wire) {
-        self.actions.push(Action::Route { key, msg });
-    }
-
-    fn send(&mut self, to: NodeId, msg: Wire) {
-        match to == self.me {
-            true => self.to_self.push_back(msg),
-            false => self.actions.push(Action::Send { to, msg }),
+        if let Some(line) = line {
+            self.print(&line);
         }
+    }
+
+    /// Time passes: announce our presence, forget members not heard from.
+    pub fn tick(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        let mut lines = Vec::new();
+        for (room, state) in &mut self.rooms {
+            if state.next_presence <= now {
+                state.next_presence = now + PRESENCE_EVERY;
+                due.push(room_topic(room));
+            }
+            let gone: Vec<NodeId> = state
+                .members
+                .iter()
+                .filter(|(id, m)| **id != self.me && m.expires <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in gone {
+                let shown = state
+                    .members
+                    .get(&id)
+                    .map(|m| display(&state.members, id, &m.name));
+                state.members.remove(&id);
+                if let (Some(shown), true) = (shown, state.welcomed) {
+                    lines.push(format!("*** {shown} left {room} (timed out)"));
+                }
+            }
+        }
+        for topic in due {
+            self.announce(topic, Presence::Here);
+        }
+        for line in lines {
+            self.print(&line);
+        }
+    }
+
+    /// The answer to `/who` in `room`, given the room's root as this node's place in the
+    /// topic's tree says (`None` while detached).
+    pub fn who(&mut self, room: &str, root: Option<NodeId>) {
+        let Some(state) = self.rooms.get(room) else {
+            return;
+        };
+        let mut names: Vec<String> = state
+            .members
+            .iter()
+            .map(|(id, m)| display(&state.members, *id, &m.name))
+            .collect();
+        names.sort();
+        let root = match root {
+            Some(id) => match state.members.get(&id) {
+                Some(m) => format!("{}, node {id}", display(&state.members, id, &m.name)),
+                None => format!("node {id}, not in the room"),
+            },
+            None => "not known yet".to_owned(),
+        };
+        let line = format!("*** in {room}: {} (root: {root})", names.join(", "));
+        self.print(&line);
     }
 
     /// Shows a line. Names and texts come from peers: control characters (terminal escape
@@ -522,9 +345,28 @@ impl Client {
     }
 }
 
+/// How the node `id` that announced `name` is shown: its name, with a short id when another
+/// member of the room announced the same name.
+fn display(members: &BTreeMap<NodeId, Member>, id: NodeId, name: &str) -> String {
+    let shared = members
+        .iter()
+        .any(|(other, m)| *other != id && m.name == name);
+    match shared {
+        true => format!("{name}#{}", short_id(id)),
+        false => name.to_owned(),
+    }
+}
+
+/// The first four hex digits of a node id.
+pub fn short_id(id: NodeId) -> String {
+    id.to_string().chars().take(4).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ROOM: &str = "lobby";
 
     fn prints(actions: &[Action]) -> Vec<&str> {
         actions
@@ -536,129 +378,172 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_message_arriving_twice_shows_once_and_is_acknowledged_twice() {
-        let t0 = Instant::now();
-        let (me, root, writer) = (
-            NodeId::from_u128(1),
-            NodeId::from_u128(2),
-            NodeId::from_u128(3),
-        );
-        let mut client = Client::new(me, "me".into(), 7);
-        client.join(t0, "lobby");
-        client.take_actions(t0);
-        let post = Post {
-            room: "lobby".into(),
-            id: MsgId {
-                sender: writer,
-                incarnation: 1,
-                seq: 0,
-            },
-            name: "w".into(),
-            text: "hi".into(),
-        };
-        client.direct(t0, root, Wire::Message(post.clone()));
-        client.direct(t0, root, Wire::Message(post.clone()));
-        let actions = client.take_actions(t0);
-        assert_eq!(prints(&actions), vec!["[lobby] w: hi"]);
-        let ack = Action::Send {
-            to: root,
-            msg: Wire::MessageAck {
-                room: "lobby".into(),
-                id: post.id,
-            },
-        };
-        assert_eq!(actions.iter().filter(|a| **a == ack).count(), 2);
+    fn message(from: NodeId, wire: Wire) -> TopicMessage {
+        TopicMessage {
+            topic: room_topic(ROOM),
+            from,
+            seq: 1,
+            payload: wire.encode(),
+        }
+    }
+
+    fn presence(name: &str, presence: Presence) -> Wire {
+        Wire::Presence {
+            name: name.into(),
+            presence,
+        }
+    }
+
+    fn line(name: &str, text: &str) -> Wire {
+        Wire::Line {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+
+    /// A client of "me" in `ROOM`, welcomed (its own `Joined` came back).
+    fn joined(t0: Instant) -> Client {
+        let me = NodeId::from_u128(1);
+        let mut client = Client::new(me, "me".into());
+        client.join(t0, ROOM);
+        client.topic_message(t0, message(me, presence("me", Presence::Joined)));
+        client.take_actions();
+        client
     }
 
     #[test]
-    fn posts_go_one_at_a_time_and_are_repeated_until_acknowledged() {
+    fn joining_subscribes_announces_and_welcomes_with_the_replayed_members() {
         let t0 = Instant::now();
         let me = NodeId::from_u128(1);
-        let mut client = Client::new(me, "me".into(), 7);
-        client.join(t0, "lobby");
-        client.typed(t0, "one");
-        client.typed(t0, "two");
-        let posts = |actions: &[Action]| -> Vec<String> {
-            actions
-                .iter()
-                .filter_map(|a| match a {
-                    Action::Route {
-                        msg: Wire::Post(p), ..
-                    } => Some(p.text.clone()),
-                    _ => None,
-                })
-                .collect()
-        };
-        let first = client.take_actions(t0);
-        assert_eq!(posts(&first), vec!["one"]);
-        client.tick(t0 + POST_RETRY);
-        assert_eq!(posts(&client.take_actions(t0 + POST_RETRY)), vec!["one"]);
-        let id = MsgId {
-            sender: me,
-            incarnation: 7,
-            seq: 0,
-        };
-        client.direct(t0 + POST_RETRY, NodeId::from_u128(2), Wire::PostAck { id });
-        assert_eq!(posts(&client.take_actions(t0 + POST_RETRY)), vec!["two"]);
-        assert!(client.has_unsent_posts());
+        let bob = NodeId::from_u128(2);
+        let mut client = Client::new(me, "me".into());
+        client.join(t0, ROOM);
+        let actions = client.take_actions();
+        assert!(actions.contains(&Action::Subscribe(room_topic(ROOM))));
+        assert!(actions.contains(&Action::Publish {
+            topic: room_topic(ROOM),
+            msg: presence("me", Presence::Joined),
+        }));
+        // The replay: bob's past arrival and line come before our own announcement.
+        client.topic_message(t0, message(bob, presence("bob", Presence::Joined)));
+        client.topic_message(t0, message(bob, line("bob", "earlier")));
+        client.topic_message(t0, message(me, presence("me", Presence::Joined)));
+        assert_eq!(
+            prints(&client.take_actions()),
+            vec!["[lobby] bob: earlier", "*** you are in lobby with bob"]
+        );
     }
-}
 
-#[cfg(test)]
-mod peer_input_tests {
-    use super::*;
+    #[test]
+    fn members_who_share_a_name_are_shown_with_a_short_id() {
+        let t0 = Instant::now();
+        let mut client = joined(t0);
+        let a1 = NodeId::from_u128(0x3fa2 << 112);
+        let a2 = NodeId::from_u128(0x91c0 << 112);
+        client.topic_message(t0, message(a1, presence("alice", Presence::Joined)));
+        client.topic_message(t0, message(a1, line("alice", "one")));
+        client.topic_message(t0, message(a2, presence("alice", Presence::Joined)));
+        client.topic_message(t0, message(a1, line("alice", "two")));
+        client.topic_message(t0, message(a2, line("alice", "three")));
+        client.who(ROOM, Some(a2));
+        assert_eq!(
+            prints(&client.take_actions()),
+            vec![
+                "*** alice joined lobby",
+                "[lobby] alice: one",
+                "*** alice#91c0 joined lobby",
+                "[lobby] alice#3fa2: two",
+                "[lobby] alice#91c0: three",
+                &format!("*** in lobby: alice#3fa2, alice#91c0, me (root: alice#91c0, node {a2})"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_sender_shown_is_the_verified_node_not_a_claimed_one() {
+        let t0 = Instant::now();
+        let mut client = joined(t0);
+        let alice = NodeId::from_u128(0x3fa2 << 112);
+        let mallory = NodeId::from_u128(0x0bad << 112);
+        client.topic_message(t0, message(alice, presence("alice", Presence::Joined)));
+        // Mallory claims alice's name: both are shown with their ids from then on.
+        client.topic_message(t0, message(mallory, line("alice", "send money")));
+        assert_eq!(
+            prints(&client.take_actions()),
+            vec!["*** alice joined lobby", "[lobby] alice#0bad: send money"]
+        );
+    }
+
+    #[test]
+    fn members_leave_by_saying_so_or_by_going_silent() {
+        let t0 = Instant::now();
+        let mut client = joined(t0);
+        let (bob, carol) = (NodeId::from_u128(2), NodeId::from_u128(3));
+        client.topic_message(t0, message(bob, presence("bob", Presence::Joined)));
+        client.topic_message(t0, message(carol, presence("carol", Presence::Joined)));
+        client.topic_message(t0, message(bob, presence("bob", Presence::Left)));
+        // Carol goes silent; we keep announcing ourselves and never time ourselves out.
+        let later = t0 + PRESENCE_TTL;
+        client.tick(later);
+        let actions = client.take_actions();
+        assert_eq!(
+            prints(&actions),
+            vec![
+                "*** bob joined lobby",
+                "*** carol joined lobby",
+                "*** bob left lobby",
+                "*** carol left lobby (timed out)",
+            ]
+        );
+        assert!(actions.contains(&Action::Publish {
+            topic: room_topic(ROOM),
+            msg: presence("me", Presence::Here),
+        }));
+        client.who(ROOM, None);
+        assert_eq!(
+            prints(&client.take_actions()),
+            vec!["*** in lobby: me (root: not known yet)"]
+        );
+    }
+
+    #[test]
+    fn a_room_holds_a_bounded_number_of_members() {
+        let t0 = Instant::now();
+        let mut client = joined(t0);
+        for i in 0..2 * MAX_MEMBERS as u128 {
+            let id = NodeId::from_u128(1000 + i);
+            client.topic_message(t0, message(id, presence("x", Presence::Here)));
+        }
+        assert_eq!(client.rooms[ROOM].members.len(), MAX_MEMBERS);
+    }
 
     #[test]
     fn control_characters_from_peers_do_not_reach_the_terminal() {
         let t0 = Instant::now();
-        let me = NodeId::from_u128(1);
-        let mut client = Client::new(me, "me".into(), 7);
-        client.join(t0, "lobby");
-        client.take_actions(t0);
-        let post = Post {
-            room: "lobby".into(),
-            id: MsgId {
-                sender: NodeId::from_u128(3),
-                incarnation: 1,
-                seq: 0,
-            },
-            name: "\u{1b}[2Jevil".into(),
-            text: "hi\u{7}".into(),
-        };
-        client.direct(t0, NodeId::from_u128(2), Wire::Message(post));
-        let shown: Vec<Action> = client
-            .take_actions(t0)
-            .into_iter()
-            .filter(|a| matches!(a, Action::Print(_)))
-            .collect();
+        let mut client = joined(t0);
+        let evil = NodeId::from_u128(3);
+        client.topic_message(t0, message(evil, line("\u{1b}[2Jevil", "hi\u{7}")));
         assert_eq!(
-            shown,
-            vec![Action::Print("[lobby] \u{fffd}[2Jevil: hi\u{fffd}".into())]
+            prints(&client.take_actions()),
+            vec!["[lobby] \u{fffd}[2Jevil: hi\u{fffd}"]
         );
     }
 
     #[test]
-    fn room_state_is_taken_only_from_leaf_set_neighbours() {
+    fn typed_lines_are_published_on_the_current_room() {
         let t0 = Instant::now();
-        let (me, neighbour, stranger) = (
-            NodeId::from_u128(1),
-            NodeId::from_u128(2),
-            NodeId::from_u128(3),
+        let mut client = joined(t0);
+        client.typed(t0, "hello");
+        client.typed(t0, &"x".repeat(MAX_LINE + 1));
+        let actions = client.take_actions();
+        assert_eq!(
+            actions[0],
+            Action::Publish {
+                topic: room_topic(ROOM),
+                msg: line("me", "hello"),
+            }
         );
-        let mut client = Client::new(me, "me".into(), 7);
-        client.leaf_set_changed(vec![neighbour]);
-        let state = |room: &str| Wire::RoomState {
-            room: room.into(),
-            members: vec![(stranger, "x".into())],
-            history: Vec::new(),
-        };
-        client.direct(t0, stranger, state("a"));
-        client.direct(t0, neighbour, state("b"));
-        assert!(!client.standby.contains_key("a"));
-        assert!(client.standby.contains_key("b"));
-        // Oversized fields are dropped whole.
-        client.direct(t0, neighbour, state(&"r".repeat(MAX_NAME + 1)));
-        assert_eq!(client.standby.len(), 1);
+        assert_eq!(actions.len(), 2);
+        assert!(prints(&actions)[0].starts_with("*** line too long"));
     }
 }

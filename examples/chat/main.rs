@@ -7,32 +7,34 @@
 //! ```
 //!
 //! Type a line to say it in the current room; messages show as `[room] name: text` and status
-//! lines start with `***`. Commands: `/join ROOM`, `/leave`, `/who`, `/quit` (also on end of
+//! lines start with `***`. Commands: `/join ROOM`, `/leave`, `/who`, `/help`, `/quit` (also on end of
 //! input or Ctrl-C). Plain stdin/stdout: it can be scripted and piped.
 //!
 //! # How it works
 //!
-//! - Every program is a Wendy node ([`wendy::node::Node`]). A room has no fixed server: its
-//!   rendezvous is the **root** of `Key::from_name("room:NAME")`, the live node whose id is
-//!   closest to that key. Any node can be a room's root, including one not in the room.
-//! - Members **route** a subscription to the room's key every two seconds (soft state: the root
-//!   forgets members it stops hearing from). Writers route their messages to the key too.
-//! - The root **sends** each message directly to every member, collects their
-//!   acknowledgements, then acknowledges the message to its writer, who repeats it until then.
-//! - The root copies the room (members, recent messages) to the next closest node. If the root
-//!   dies, the overlay routes to that node, which carries on as the root at once; members'
-//!   re-subscriptions reach it within a refresh anyway, and nobody has to do anything.
+//! - Every program is a Wendy node ([`wendy::node::Node`]). A room is a **topic**
+//!   ([`wendy::topics`], `chat:ROOM`): members subscribe to it and publish their lines on it.
+//!   The topic's root (the live node closest to the topic's key) orders and fans the lines out
+//!   down a tree; any Wendy node serves as root or forwarder, a plain `wendy node` included.
+//! - A newcomer first gets the lines the root still holds (the topic's replay), so it sees what
+//!   was said just before it came. If the root dies or leaves, the next node in line takes over
+//!   with those lines, and nobody has to do anything.
+//! - Members announce themselves on the room every few seconds (`Presence`, with their display
+//!   name); a member not heard from for a while is taken as gone. `/who` lists them and names
+//!   the root.
 //!
-//! Display names are not authenticated: the overlay authenticates nodes, and any node can
-//! claim any name, so this is a demo of the overlay, not a secure messenger.
+//! The sender shown is the topic message's publisher, verified by its signature; its display
+//! name is whatever that node announced (two nodes announcing the same name are shown with a
+//! short id, `alice#3fa2`). Display names are not unique or registered: this is a demo of the
+//! overlay, not a secure messenger.
 //!
-//! Files: `protocol.rs` (the messages), `room.rs` (a room as its root keeps it), `client.rs`
-//! (one user's program as a state machine) and this file (the command line and the IO loop).
+//! Files: `protocol.rs` (the messages), `client.rs` (one user's program as a state machine)
+//! and this file (the command line and the IO loop).
 
 mod client;
 mod protocol;
-mod room;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,14 +45,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 use wendy::identity::Identity;
-use wendy::node::{Node, NodeError, NodeEvent};
+use wendy::node::{Node, NodeConfig, NodeEvent};
 
 use client::{Action, Client, Flow};
-use protocol::Wire;
+use protocol::{room_topic, topic_room};
 
-/// How often the chat's timers run (subscription refresh, retries, expiry).
+/// How often the chat's timers run (presence announcements, expiry).
 const TICK: Duration = Duration::from_millis(100);
-/// On quit, how long to wait for unacknowledged posts before leaving anyway.
+/// On quit, how long to wait for the root to acknowledge our last messages before leaving
+/// anyway.
 const QUIT_FLUSH: Duration = Duration::from_secs(5);
 
 /// A chat over a Wendy overlay.
@@ -108,6 +111,7 @@ async fn run(args: Args) -> Result<(), String> {
         None => Identity::generate(),
     };
     let (node, mut events) = Node::builder(identity)
+        .config(chat_config())
         .listen(args.listen)
         .spawn()
         .await
@@ -133,13 +137,16 @@ async fn run(args: Args) -> Result<(), String> {
         false => say("*** joined the overlay"),
     }
     say(&format!(
-        "*** others can join with: --join {}   (commands: /join ROOM, /leave, /who, /quit)",
+        "*** others can join with: --join {}   (commands: /join ROOM, /leave, /who, /help, /quit)",
         node.addr()
     ));
 
-    let mut client = Client::new(node.id(), args.name.clone(), rand::random());
+    let mut client = Client::new(node.id(), args.name.clone());
+    // The last sequence number published on each topic: what the root must acknowledge
+    // before quitting.
+    let mut published = HashMap::new();
     client.join(Instant::now().into_std(), &args.room);
-    perform(&node, &mut client).await;
+    perform(&node, &mut client, &mut published).await;
 
     let mut lines = stdin_lines();
     let mut ticker = tokio::time::interval(TICK);
@@ -165,25 +172,28 @@ async fn run(args: Args) -> Result<(), String> {
             _ = ticker.tick() => client.tick(Instant::now().into_std()),
             _ = &mut ctrl_c => break,
         }
-        perform(&node, &mut client).await;
+        perform(&node, &mut client, &mut published).await;
     }
 
-    // Quit: say goodbye to the rooms, give unacknowledged posts a few seconds, then leave the
-    // overlay gracefully (our leaf-set neighbours are told at once).
+    // Quit: say goodbye to the rooms, give the root a few seconds to acknowledge what we
+    // published, then leave the overlay gracefully (the topics hand over what this node
+    // roots, and our tree neighbours and leaf-set neighbours are told at once).
     client.leave_all();
-    perform(&node, &mut client).await;
+    perform(&node, &mut client, &mut published).await;
     let deadline = Instant::now() + QUIT_FLUSH;
-    while client.has_unsent_posts() && Instant::now() < deadline {
+    let unacknowledged = |published: &HashMap<String, u64>| {
+        published
+            .iter()
+            .any(|(topic, seq)| node.topics().accepted(topic) < *seq)
+    };
+    while unacknowledged(&published) && Instant::now() < deadline {
         tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => on_event(&mut client, event),
-                None => break,
-            },
-            _ = ticker.tick() => client.tick(Instant::now().into_std()),
+            // Topic messages keep arriving until the node leaves: take them, show nothing.
+            event = events.recv() => if event.is_none() { break },
+            _ = ticker.tick() => {}
         }
-        perform(&node, &mut client).await;
     }
-    if client.has_unsent_posts() {
+    if unacknowledged(&published) {
         say("*** some messages were not delivered");
     }
     // Leaving fails only if the node has already stopped: nothing left to do then.
@@ -192,58 +202,71 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Hands an overlay event to the client: routed deliveries and direct messages carry chat
-/// messages; the rest (leaf-set changes, heartbeats, ...) is not the chat's business.
+/// The node's settings: the defaults, with topic timers halved so that a room whose root dies
+/// carries on sooner (people notice a pause of a few seconds; the cost is a refresh every
+/// 250 ms per room).
+fn chat_config() -> NodeConfig {
+    let mut config = NodeConfig::default();
+    config.topics.heartbeat = Duration::from_millis(250);
+    config.topics.parent_timeout = Duration::from_millis(750);
+    config.topics.retry = Duration::from_millis(500);
+    config.topics.gap_wait = Duration::from_millis(250);
+    config
+}
+
+/// Hands an overlay event to the client: the messages of the rooms' topics; the rest
+/// (leaf-set changes, heartbeats, ...) is not the chat's business.
 fn on_event(client: &mut Client, event: NodeEvent) {
-    let now = Instant::now().into_std();
     match event {
-        NodeEvent::Deliver(delivery) => match Wire::decode(&delivery.payload) {
-            Some(msg) => client.routed(now, delivery.key, delivery.origin, msg),
-            None => debug!(origin = %delivery.origin, "ignored a routed message that is not chat"),
-        },
-        NodeEvent::Direct { from, payload } => match Wire::decode(&payload) {
-            Some(msg) => client.direct(now, from, msg),
-            None => debug!(%from, "ignored a direct message that is not chat"),
-        },
-        NodeEvent::Joined { leaf_set } | NodeEvent::LeafSetChanged { leaf_set } => {
-            client.leaf_set_changed(leaf_set);
-        }
+        NodeEvent::Topic(msg) => client.topic_message(Instant::now().into_std(), msg),
         other => debug!(?other, "overlay event"),
     }
 }
 
-/// Carries out the client's actions.
-async fn perform(node: &Node, client: &mut Client) {
-    for action in client.take_actions(Instant::now().into_std()) {
-        match action {
-            Action::Print(line) => say(&line),
-            Action::Route { key, msg } => {
-                // Hands the message to the node's routing loop; it fails only once the node
-                // has stopped, which the event loop notices.
-                if let Err(error) = node.route(key, msg.encode()).await {
-                    debug!(%error, "route failed");
-                }
-            }
-            Action::Send { to, msg } => {
-                // Sending may dial the peer: do it in the background so that a slow or dead
-                // peer never holds up the chat. Lost sends are repeated by the chat's own
-                // acknowledgements and refreshes.
-                let node = node.clone();
-                tokio::spawn(async move {
-                    let payload = msg.encode();
-                    match node.send(to, payload.clone()).await {
-                        Ok(()) => {}
-                        // `send` needs an address; a node that is in none of our tables (in
-                        // a large overlay, most members of a big room) is reached by routing
-                        // to its id instead: the live node closest to an id is that node.
-                        Err(NodeError::UnknownPeer(_)) => {
-                            if let Err(error) = node.route(to.to_key(), payload).await {
-                                debug!(%to, %error, "route to node failed");
-                            }
-                        }
-                        Err(error) => debug!(%to, %error, "send failed"),
+/// Carries out the client's actions; `published` keeps the last sequence number published on
+/// each topic.
+async fn perform(node: &Node, client: &mut Client, published: &mut HashMap<String, u64>) {
+    // Answering `/who` makes more actions (the answer to print): loop until none is left.
+    loop {
+        let actions = client.take_actions();
+        if actions.is_empty() {
+            return;
+        }
+        for action in actions {
+            match action {
+                Action::Print(line) => say(&line),
+                Action::Subscribe(topic) => {
+                    if let Err(error) = node.topics().subscribe(&topic).await {
+                        let room = topic_room(&topic).unwrap_or(&topic);
+                        say(&format!("*** error: cannot join {room}: {error}"));
                     }
-                });
+                }
+                Action::Unsubscribe(topic) => {
+                    // Fails only for a bad name, which `subscribe` refused already.
+                    if let Err(error) = node.topics().unsubscribe(&topic).await {
+                        debug!(%error, "unsubscribe failed");
+                    }
+                }
+                Action::Publish { topic, msg } => {
+                    // Waits only while many of our messages wait for the root's
+                    // acknowledgement; the topics send them again until it comes.
+                    match node.topics().publish(&topic, msg.encode()).await {
+                        Ok(seq) => {
+                            published.insert(topic, seq);
+                        }
+                        Err(error) => {
+                            let room = topic_room(&topic).unwrap_or(&topic);
+                            say(&format!("*** error: could not send to {room}: {error}"));
+                        }
+                    }
+                }
+                Action::Who { room } => {
+                    let root = node
+                        .topics()
+                        .place(&room_topic(&room))
+                        .and_then(|place| place.root_node);
+                    client.who(&room, root);
+                }
             }
         }
     }

@@ -244,4 +244,7 @@ pub struct TopicPlace {
     pub children: Vec<NodeId>,
     /// Hops from the root (as its parent last said).
     pub depth: usize,
+    /// The root: this node if it is the root, else the first node of the path its parent last
+    /// sent (`None` while detached).
+    pub root_node: Option<NodeId>,
 }

@@ -297,6 +297,10 @@ impl Tree {
             parent: t.parent.as_ref().map(|p| p.peer.id),
             children: t.children.keys().copied().collect(),
             depth: if t.root { 0 } else { t.path.len() },
+            root_node: match t.root {
+                true => Some(self.me),
+                false => t.path.first().copied(),
+            },
         })
     }
 
