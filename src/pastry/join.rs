@@ -244,6 +244,7 @@ impl Pastry {
         self.timers.stop(Timer::Join);
         self.skip_growth_passes();
         self.start_timers(now);
+        self.probe_hints(now, false);
         self.announce_until = now + self.config.join_timeout;
         tracing::debug!(me = ?self.me.id, leaves = self.leaf_set.len(), "joined");
         self.emit(Event::Joined);

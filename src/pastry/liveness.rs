@@ -17,6 +17,9 @@ pub(super) enum ProbeKind {
     /// A member whose liveness is merely in doubt (a neighbour's leaf set lacks it): silence
     /// declares it dead, but it stays usable for routing meanwhile (it may be the root).
     Verify,
+    /// An entry of a sparse routing-table row, asked for its leaf set (see `hints`): silence
+    /// only drops its hint.
+    Hint,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +94,7 @@ impl Pastry {
         }
         self.merge_candidates(now, from.id, leaf_set);
         if active && self.is_active() {
+            self.learn_hint(now, from, leaf_set);
             self.check_against(now, from, leaf_set);
         }
     }
@@ -151,8 +155,9 @@ impl Pastry {
         self.dead.retain(|(dead, _)| *dead != id);
         // Any message proves it alive: a suspicion (a late ack, a missed heartbeat) is over.
         // A candidate's probe still waits for its reply (which says whether it is active).
-        self.probes
-            .retain(|p| p.peer.id != id || p.kind == ProbeKind::Candidate);
+        self.probes.retain(|p| {
+            p.peer.id != id || matches!(p.kind, ProbeKind::Candidate | ProbeKind::Hint)
+        });
     }
 
     pub(super) fn refresh_watches(&mut self, now: Time) {
@@ -201,11 +206,12 @@ impl Pastry {
                 }
                 self.stats.candidate_probes += 1;
             }
+            ProbeKind::Hint => self.stats.hint_probes += 1,
         }
         let retries_left = match kind {
             ProbeKind::Member | ProbeKind::Verify => self.config.probe_retries,
             // A candidate that does not answer is simply not admitted.
-            ProbeKind::Candidate => 0,
+            ProbeKind::Candidate | ProbeKind::Hint => 0,
         };
         self.probes.push(PendingProbe {
             peer,
@@ -228,6 +234,7 @@ impl Pastry {
         self.neighbourhood.remove(id);
         self.rtt_cache.retain(|(cached, _)| *cached != id);
         self.route_cache.forget(id);
+        self.hints.forget(id);
         if let Some((row, _)) = self.table.remove(id) {
             self.repair_table_row(row);
         }
@@ -306,6 +313,7 @@ impl Pastry {
                 }
                 (ProbeKind::Member | ProbeKind::Verify, None) => self.declare_dead(now, peer),
                 (ProbeKind::Candidate, _) => self.note_dead(now, peer.id),
+                (ProbeKind::Hint, _) => self.hints.forget(peer.id),
             }
         }
     }

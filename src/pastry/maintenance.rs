@@ -145,8 +145,9 @@ impl Pastry {
     /// Periodic routing-table maintenance. Rounds alternate between improving proximity (rows
     /// in turn: ask a random entry of row r for its row r and measure the candidates) and
     /// filling holes (the shallowest row with an empty slot: only empty slots are measured).
-    pub(super) fn maintain_table(&mut self, _now: Time) {
+    pub(super) fn maintain_table(&mut self, now: Time) {
         self.holes_asked = 0;
+        self.probe_hints(now, true);
         let rows = self.table.row_count();
         if rows == 0 {
             return;

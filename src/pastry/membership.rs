@@ -83,6 +83,7 @@ impl Pastry {
             self.emit(Event::LeafSetChanged);
             self.refresh_watches(now);
             self.fill_as_grown();
+            self.probe_hints(now, false);
         }
     }
 
@@ -98,6 +99,7 @@ impl Pastry {
             self.emit(Event::LeafSetChanged);
             self.refresh_watches(now);
             self.fill_as_grown();
+            self.probe_hints(now, false);
         }
         self.consider(now, peer, improve);
     }
@@ -150,6 +152,10 @@ impl Pastry {
                     );
                 }
             }
+        }
+        if entered {
+            // A new entry of a sparse row: learn its neighbours (see `hints`).
+            self.probe_for_hint(now, peer);
         }
         if let Some(rtt) = rtt {
             self.neighbourhood.insert(peer, rtt);
@@ -311,6 +317,7 @@ impl Pastry {
     pub(super) fn note_dead(&mut self, now: Time, id: NodeId) {
         self.rtt_cache.retain(|(cached, _)| *cached != id);
         self.route_cache.forget(id);
+        self.hints.forget(id);
         if self.dead.len() >= DEAD_MEMORY {
             self.dead.pop_front();
         }

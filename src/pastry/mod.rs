@@ -131,6 +131,7 @@
 mod candidates;
 mod config;
 mod custody;
+mod hints;
 mod join;
 mod leaf_set;
 mod liveness;

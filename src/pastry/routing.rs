@@ -176,6 +176,11 @@ impl Pastry {
         if row < DIGITS {
             if let Some(slot) = self.table.get(row, usize::from(key.digit(row))) {
                 if usable(slot.peer.id) {
+                    // A sparse row's entry whose neighbours we know: straight to the one
+                    // closest to the key (it routes on if it is not the root after all).
+                    if let Some(root) = self.hinted(key, slot.peer.id, usable) {
+                        return Choice::Peer(root);
+                    }
                     return Choice::Peer(slot.peer);
                 }
             }
@@ -327,10 +332,9 @@ impl Pastry {
             let id = slot.peer.id;
             if key.is_closer(id, self.me.id)
                 && best.map_or(true, |b| key.is_closer(id, b))
-                && self
-                    .probes
-                    .iter()
-                    .any(|p| p.peer.id == id && p.kind != ProbeKind::Candidate)
+                && self.probes.iter().any(|p| {
+                    p.peer.id == id && matches!(p.kind, ProbeKind::Member | ProbeKind::Verify)
+                })
             {
                 best = Some(id);
             }

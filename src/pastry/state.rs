@@ -11,6 +11,7 @@ use crate::id::{Key, NodeId, DIGITS};
 
 use super::candidates::{Measuring, Queued};
 use super::custody::InFlight;
+use super::hints::Hints;
 use super::join::{JoinMsg, Joining};
 use super::liveness::{PendingProbe, ProbeKind, RTT_CACHE};
 use super::origin::OriginAuth;
@@ -106,6 +107,8 @@ pub struct Pastry {
     pub(super) growth_passes: [u8; DIGITS],
     /// Roots that answered our messages, and our messages awaiting an answer.
     pub(super) route_cache: RouteCache,
+    /// The nearest neighbours of our sparse rows' entries (see [`super::hints`]).
+    pub(super) hints: Hints,
 }
 
 impl Pastry {
@@ -149,6 +152,7 @@ impl Pastry {
             announced: VecDeque::new(),
             growth_passes: [0; DIGITS],
             route_cache: RouteCache::default(),
+            hints: Hints::default(),
         }
     }
 
@@ -331,6 +335,7 @@ impl Pastry {
         self.measuring.clear();
         self.measure_queue.clear();
         self.route_cache.clear();
+        self.hints.clear();
     }
 
     /// Answers an [`Event::Forward`].

@@ -78,6 +78,12 @@ pub struct Stats {
     pub root_answers: u64,
     /// Roots' answers ignored: for no message of ours, or with a claim that does not hold.
     pub root_answers_rejected: u64,
+    /// Probes of sparse rows' entries for their leaf sets (neighbour hints).
+    pub hint_probes: u64,
+    /// Neighbour hints kept.
+    pub hints_learned: u64,
+    /// Neighbour hints refused: the listed neighbours span more than our own leaf set.
+    pub hints_refused: u64,
 }
 
 impl Stats {

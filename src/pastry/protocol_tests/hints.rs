@@ -1,0 +1,95 @@
+//! Neighbour hints: a sparse row's entry's neighbours send a first route straight to the key's
+//! root, and a stale hint costs a detour, never a wrong delivery.
+
+use super::*;
+
+#[test]
+fn hints_send_first_routes_straight_to_the_root() {
+    // Route cache off: only the hints can skip hops here.
+    let config = Config {
+        route_cache_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 300, 7);
+    net.run_for(Duration::from_secs(30));
+    let learned: u64 = (0..net.nodes.len())
+        .map(|i| net.nodes[i].stats().hints_learned)
+        .sum();
+    assert!(learned > 0, "no hint was learned");
+    // Pairs where the routing table alone would not reach the root in one hop.
+    let (mut far, mut straight) = (0, 0);
+    for _ in 0..400 {
+        let from = net.random_live();
+        let key = net.random_key();
+        let node = &net.nodes[from];
+        let me = node.id();
+        let row = me.shared_prefix_len(key);
+        if node.leaf_set().covers(key) || row >= crate::id::DIGITS {
+            continue;
+        }
+        let Some(entry) = node.routing_table().get(row, usize::from(key.digit(row))) else {
+            continue;
+        };
+        let root = net.oracle_root(key);
+        if entry.peer.id == root {
+            continue;
+        }
+        far += 1;
+        if node.next_hop(key).map(|p| p.id) == Some(root) {
+            straight += 1;
+        }
+    }
+    assert!(far > 50, "too few far keys: {far}");
+    assert!(
+        straight * 2 > far,
+        "only {straight} of {far} far keys went straight to their root"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// Learn hints, then change who the roots are (joins of nodes whose ids are the keys, and
+    /// silent failures) so that hints are stale: every lookup is still delivered once, at the
+    /// oracle's root.
+    #[test]
+    fn hinted_routes_never_misdeliver(n in 40usize..90, seed in any::<u64>()) {
+        let config = Config { route_cache_size: 0, ..Config::default() };
+        let mut net = Net::build(config, n, seed);
+        net.run_for(Duration::from_secs(30));
+        let newcomers: Vec<usize> = (0..4).map(|_| net.add(None)).collect();
+        let mut keys: Vec<Key> = newcomers.iter().map(|&i| net.nodes[i].id().to_key()).collect();
+        for _ in 0..6 {
+            keys.push(net.random_key());
+        }
+        for &i in &newcomers {
+            net.join(i);
+        }
+        let origins: Vec<usize> = (0..8).map(|_| net.random_live()).collect();
+        for _ in 0..3 {
+            let victim = net.random_live();
+            if !origins.contains(&victim) && !newcomers.contains(&victim) {
+                net.kill(victim);
+            }
+        }
+        net.run_for(Duration::from_secs(60));
+        let learned: u64 = (0..net.nodes.len()).map(|i| net.nodes[i].stats().hints_learned).sum();
+        prop_assert!(learned > 0, "no hint was learned");
+        let mut sent = Vec::new();
+        for &from in &origins {
+            if !net.alive[from] {
+                continue;
+            }
+            for &key in &keys {
+                let id = net.route(from, key, b"h".to_vec());
+                sent.push((net.nodes[from].id(), id, key));
+            }
+        }
+        net.run_for(Duration::from_secs(30));
+        for &(origin, id, key) in &sent {
+            let got: Vec<_> = net.delivered.iter().filter(|d| d.origin == origin && d.id == id).collect();
+            prop_assert_eq!(got.len(), 1, "lookup for {} delivered {} times", key, got.len());
+            prop_assert_eq!(net.nodes[got[0].at].id(), net.oracle_root(key), "lookup for {} misdelivered", key);
+        }
+    }
+}
