@@ -165,6 +165,92 @@ async fn a_private_node_is_reached_through_a_relay_with_end_to_end_tls() {
     assert!(carried > 0);
 }
 
+/// UDP bytes both ways on all of `node`'s links.
+async fn link_bytes(node: &Node) -> u64 {
+    node.status()
+        .await
+        .unwrap()
+        .connections
+        .iter()
+        .map(|c| c.bytes_sent + c.bytes_received)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_private_nodes_exchange_messages_and_routes_through_a_relay_and_idle_quietly() {
+    let Net {
+        relays,
+        private: (first, mut first_events),
+        ..
+    } = start(RelayLimits::default()).await;
+    let relay_addrs: Vec<SocketAddr> = relays.iter().map(|(n, _, _)| n.addr()).collect();
+    let (second, mut second_events) = Node::builder(Identity::from_seed([163; 32]))
+        .relay(RelayConfig {
+            private: true,
+            relays: relay_addrs.clone(),
+            ..RelayConfig::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    second.join(&relay_addrs[1..2]).await.unwrap();
+
+    // Neither can be dialled: each reaches the other by id, through a relay.
+    second
+        .send_to(first.id(), first.addr(), b"private to private".to_vec())
+        .await
+        .unwrap();
+    let (from, payload) = next_direct(&mut first_events, Duration::from_secs(10))
+        .await
+        .expect("the direct message arrives");
+    assert_eq!(
+        (from, payload.as_slice()),
+        (second.id(), &b"private to private"[..])
+    );
+    first
+        .send_to(second.id(), second.addr(), b"and back".to_vec())
+        .await
+        .unwrap();
+    let (from, payload) = next_direct(&mut second_events, Duration::from_secs(10))
+        .await
+        .expect("the answer arrives");
+    assert_eq!((from, payload.as_slice()), (first.id(), &b"and back"[..]));
+    let link = first
+        .status()
+        .await
+        .unwrap()
+        .connections
+        .into_iter()
+        .find(|c| c.id == second.id())
+        .expect("a link between the private nodes");
+    assert_eq!(link.path, LinkPath::Relay, "{link:?}");
+
+    // Routes to each one's id are delivered to it.
+    for (from, to, events) in [
+        (&first, &second, &mut second_events),
+        (&second, &first, &mut first_events),
+    ] {
+        let key = to.id().to_key();
+        from.route(key, b"to the private root".to_vec())
+            .await
+            .unwrap();
+        assert!(
+            next_delivery(events, key, Duration::from_secs(10)).await,
+            "a route to {} arrives",
+            to.id()
+        );
+    }
+
+    // Idle, a private node's links carry keep-alives only (relay home streams, relayed
+    // sessions, QUIC and Pastry's heartbeats): a few hundred bytes a second, not a loop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = link_bytes(&first).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = link_bytes(&first).await.saturating_sub(before);
+    println!("relay: a private node's links carried {idle} bytes in 10 s of idling");
+    assert!(idle < 64 << 10, "{idle} bytes in 10 s of idling");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_node_rehomes_when_its_relay_dies_and_is_reached_again() {
     let Net {

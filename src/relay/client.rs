@@ -131,6 +131,13 @@ impl Relays {
         advertised: SocketAddr,
         mut wanted: mpsc::UnboundedReceiver<WantedSession>,
     ) {
+        // A dial of a relayed peer this node has no relay record for yet (it heard of the
+        // peer from a third node) must still reach the socket's session opener, which then
+        // asks linked peers for the record: the synthetic address alone does not name the id.
+        let paths = self.paths.clone();
+        transport.set_relayed_dial_hook(crate::transport::RelayedDialHook(Box::new(move |peer| {
+            paths.learn(peer)
+        })));
         let _ = self.transport.set(transport);
         let _ = self.advertised_addr.set(advertised);
         let span = tracing::info_span!("relay", node = %self.me);
@@ -200,10 +207,17 @@ impl Relays {
         Some(lock(&self.via).get(&peer).copied())
     }
 
-    /// The address to tell Pastry for `peer` seen at `addr`: for a relayed peer, the address
+    /// The address to tell Pastry for `peer` seen at `addr`: for a private peer, its synthetic
+    /// address; for a relayed peer, the address
     /// it says it listens on (it may be public and dialled directly); otherwise `addr`.
     pub(crate) fn dialable(&self, peer: NodeId, addr: SocketAddr) -> SocketAddr {
         if !is_synthetic(unmap(addr)) {
+            // A private node's direct links come from its NAT's mapping, which only the peer
+            // it dialled can use: everyone else reaches it at its synthetic address (where a
+            // link to it exists, that address uses the link).
+            if lock(&self.directory).contains_key(&peer) {
+                return super::synthetic_addr(peer);
+            }
             return addr;
         }
         lock(&self.claimed).get(&peer).copied().unwrap_or(addr)

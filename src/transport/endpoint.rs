@@ -55,6 +55,15 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// See [`Transport::set_relayed_dial_hook`].
+pub(crate) struct RelayedDialHook(pub(crate) Box<dyn Fn(NodeId) + Send + Sync>);
+
+impl std::fmt::Debug for RelayedDialHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayedDialHook")
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     endpoint: quinn::Endpoint,
@@ -87,6 +96,9 @@ struct Inner {
     events: mpsc::Sender<TransportEvent>,
     /// Where one-way messages go instead of `events`, once set ([`Transport::set_inbox`]).
     inbox: OnceLock<Weak<dyn Inbox>>,
+    /// Told of every dial of a known peer at a relayed (synthetic) address, before the
+    /// handshake's first datagram is sent ([`Transport::set_relayed_dial_hook`]).
+    relayed_dial_hook: OnceLock<RelayedDialHook>,
     closing: AtomicBool,
     span: tracing::Span,
 }
@@ -209,6 +221,7 @@ impl Transport {
             limits,
             events,
             inbox: OnceLock::new(),
+            relayed_dial_hook: OnceLock::new(),
             closing: AtomicBool::new(false),
             span: span.clone(),
         });
@@ -250,6 +263,13 @@ impl Transport {
     /// frames being read.
     pub(crate) fn set_inbox(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inner.inbox.set(inbox);
+    }
+
+    /// Calls `hook` with the peer of every dial to a synthetic (relayed) address for an
+    /// expected peer, before its first datagram: the socket only sees the address, and
+    /// needs the peer's id to find a relay session for it.
+    pub(crate) fn set_relayed_dial_hook(&self, hook: RelayedDialHook) {
+        let _ = self.inner.relayed_dial_hook.set(hook);
     }
 
     /// Ensures a link to `addr` and returns the peer's verified node id.

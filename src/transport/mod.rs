@@ -74,6 +74,7 @@ use std::time::Duration;
 
 pub use admission::{Admission, AuthError};
 pub use dials::DialRefused;
+pub(crate) use endpoint::RelayedDialHook;
 pub use endpoint::{DialBackError, Transport};
 pub use error::{
     BindError, ConfigError, ConnectError, ReplyError, RequestError, SendError, StreamError,

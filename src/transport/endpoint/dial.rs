@@ -172,6 +172,13 @@ impl Inner {
                     if let Some(link) = self.alias(peer, addr) {
                         return Ok(link);
                     }
+                    // A relayed dial refused because the peer's direct link (which came up
+                    // meanwhile) answers: that link is the peer, and the better path.
+                    if crate::relay::is_synthetic(addr) {
+                        if let Some(link) = self.pooled_at(peer, addr) {
+                            return Ok(link);
+                        }
+                    }
                 }
                 Err(error) => {
                     // Nobody (or nobody else) answers at `addr`, but the peer has a link from
@@ -214,6 +221,11 @@ impl Inner {
     ) -> Result<Arc<Link>, ConnectError> {
         if addr == self.local_addr {
             return Err(ConnectError::SelfConnection(addr));
+        }
+        if let (Some(peer), Some(hook)) = (expected, self.relayed_dial_hook.get()) {
+            if crate::relay::is_synthetic(addr) {
+                (hook.0)(peer);
+            }
         }
         let key = canonical(addr);
         let addr_lock = lock_map(&self.addr_locks).entry(key).or_default().clone();

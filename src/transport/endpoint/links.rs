@@ -121,6 +121,24 @@ impl Inner {
         if live_at == new_addr {
             return Ok(());
         }
+        if crate::relay::is_synthetic(live_at) && !crate::relay::is_synthetic(new_addr) {
+            // A direct link replaces a relayed one: it is the better path, and the only one a
+            // relay may carry relayed traffic on (relaying over a relayed link would send the
+            // relay's datagrams through another relay, possibly back through itself).
+            let replaced = {
+                let mut pool = lock(&self.pool);
+                match pool.get(peer) {
+                    Some(link) if link.id() == old.id() => pool.remove(peer),
+                    _ => None,
+                }
+            };
+            if let Some(old) = replaced {
+                debug!(%peer, relayed = %live_at, direct = %new_addr,
+                    "a direct link replaces the relayed one");
+                tokio::spawn(drain_and_close(old));
+            }
+            return Ok(());
+        }
         if self.answers_ping(&old).await {
             warn!(%peer, %live_at, refused = %new_addr,
                 "refused a second link for an identity that is live at another address");
