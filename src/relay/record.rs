@@ -1,7 +1,7 @@
 //! Relay records: the signed statement of a private node saying which relays reach it.
 //!
-//! A private node cannot be dialled at an address of its own, so its [`PeerInfo`]
-//! (crate::pastry::PeerInfo) carries a synthetic address ([`super::synthetic_addr`]) and the
+//! A private node cannot be dialled at an address of its own, so its
+//! [`PeerInfo`](crate::pastry::PeerInfo) carries a synthetic address ([`super::synthetic_addr`]) and the
 //! node hands out a [`RelayRecord`] naming the relays it is homed on. The record is signed by
 //! the node's ed25519 key under a context no other Wendy signature uses, carries the key (which
 //! must hash to the node's id), a sequence number (a reader keeps the highest) and an expiry,

@@ -181,7 +181,8 @@ impl Paths {
     }
 }
 
-/// The node's socket: see the [module docs](self).
+/// The node's socket: it sends datagrams for synthetic addresses (relayed peers) over relay
+/// sessions and everything else over the UDP socket it wraps.
 pub struct RelaySocket {
     inner: Arc<dyn AsyncUdpSocket>,
     paths: Arc<Paths>,

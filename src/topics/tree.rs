@@ -68,7 +68,7 @@ pub struct TopicStats {
     /// Topic messages dropped because the application did not take them in time
     /// ([`TopicsConfig::delivery_queue`]).
     pub dropped: u64,
-    /// Sends not made because [`MAX_PENDING_SENDS`](super::service) were in flight (the
+    /// Sends not made because 4,096 were already in flight (the
     /// trees' repairs make up for them).
     pub sends_dropped: u64,
 }
