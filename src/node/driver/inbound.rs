@@ -1,0 +1,166 @@
+//! What the transport hands the runtime: link events, one-way frames, requests and raw
+//! streams, each passed to the core, a subscriber, the relays or the reachability service.
+
+use tracing::debug;
+
+use super::Driver;
+use crate::node::links::Links;
+use crate::node::{bump, NodeEvent};
+use crate::pastry::{Message, PeerInfo};
+use crate::transport::{ConnectError, TransportEvent};
+use crate::wire::Body;
+
+impl<L: Links> Driver<L> {
+    pub(super) fn on_transport(&mut self, event: TransportEvent) {
+        if self.stopping {
+            return;
+        }
+        let now = self.now();
+        match event {
+            TransportEvent::LinkUp {
+                peer, addr, rtt, ..
+            } => {
+                let addr = match &self.relays {
+                    Some(relays) => {
+                        relays.on_link_up(peer, addr);
+                        relays.dialable(peer, addr)
+                    }
+                    None => addr,
+                };
+                // A fresh handshake is a free proximity sample.
+                self.pastry
+                    .handle_proximity(now, PeerInfo { id: peer, addr }, rtt);
+            }
+            TransportEvent::LinkLost { peer, reason } => {
+                if reason.is_failure() {
+                    debug!(%peer, ?reason, "link lost");
+                    self.pastry.handle_link_down(now, peer);
+                }
+            }
+            TransportEvent::Message {
+                from,
+                from_addr,
+                body,
+            } => match body {
+                Body::Pastry(msg) => {
+                    if matches!(msg, Message::Heartbeat { .. }) {
+                        self.emit(NodeEvent::Heartbeat { from });
+                    }
+                    let addr = match &self.relays {
+                        Some(relays) => relays.dialable(from, from_addr),
+                        None => from_addr,
+                    };
+                    let peer = PeerInfo { id: from, addr };
+                    self.pastry.handle_message(now, peer, msg);
+                }
+                Body::Direct { payload } => {
+                    bump(&self.counters.direct_received);
+                    self.hand_over(from, "direct message", payload, |payload| {
+                        NodeEvent::Direct { from, payload }
+                    });
+                }
+                Body::RelayRecord { record } => {
+                    let refused = self
+                        .relays
+                        .as_ref()
+                        .and_then(|relays| relays.on_record(from, &record).err());
+                    if let Some(error) = refused {
+                        self.emit(NodeEvent::Error(format!(
+                            "refused a relay record from {from}: {error}"
+                        )));
+                    }
+                }
+                other => debug!(%from, kind = other.kind_name(), "ignored one-way frame"),
+            },
+            TransportEvent::Request {
+                from,
+                from_addr,
+                body: Body::Reach(message),
+                reply,
+            } if self.reach.is_some() => {
+                let request = crate::reach::Request {
+                    from,
+                    from_addr,
+                    message,
+                    reply,
+                };
+                // A full queue drops the request (its stream is reset unanswered): the cost of
+                // a flood stays bounded by the queue.
+                if let Some(reach) = &self.reach {
+                    if reach.try_send(request).is_err() {
+                        debug!(%from, "reachability request dropped: queue full");
+                    }
+                }
+            }
+            TransportEvent::Request {
+                from, body, reply, ..
+            } => {
+                let answer = match body {
+                    Body::Ping { nonce } => Body::Pong { nonce },
+                    Body::RelayRecordQuery { node } => self
+                        .relays
+                        .as_ref()
+                        .and_then(|relays| relays.record_for(node))
+                        .map_or_else(
+                            || Body::Error {
+                                code: crate::wire::ErrorCode::Unavailable as u16,
+                                message: format!("no relay record for {node}"),
+                            },
+                            |record| Body::RelayRecord { record },
+                        ),
+                    other => Body::Error {
+                        code: crate::wire::ErrorCode::Unsupported as u16,
+                        message: format!("{} is not a request", other.kind_name()),
+                    },
+                };
+                debug!(%from, "answering request");
+                tokio::spawn(async move {
+                    let _ = reply.reply(&answer).await;
+                });
+            }
+            TransportEvent::Stream {
+                from,
+                from_addr,
+                header,
+                stream,
+            } => {
+                let unclaimed = match &self.relays {
+                    Some(relays) => relays.on_stream(from, from_addr, header, stream),
+                    None => Some((header, stream)),
+                };
+                match unclaimed {
+                    None => {}
+                    Some((Body::Tunnel { service }, stream)) => self.emit(NodeEvent::Stream {
+                        from,
+                        service,
+                        stream,
+                    }),
+                    Some((other, _)) => debug!(%from, kind = other.kind_name(), "ignored stream"),
+                }
+            }
+            TransportEvent::StreamRejected { from, error } => {
+                bump(&self.counters.frames_rejected);
+                self.emit(NodeEvent::Error(format!("bad frame from {from}: {error}")));
+            }
+            TransportEvent::IdentityInUse {
+                live_at,
+                reported_by,
+                reported_from,
+            } => match live_at {
+                Some(addr) => self.check_identity_claim(addr),
+                None => debug!(%reported_by, %reported_from,
+                    "a peer refused our link as a second holder of our identity, naming no address"),
+            },
+            TransportEvent::HandshakeFailed { addr, error } => {
+                self.counters.handshake_failures.count(&error);
+                let message = match &error {
+                    ConnectError::Auth(why) => format!("refused a link from {addr}: {why}"),
+                    ConnectError::RefusedByPeer(_) => format!("{addr} refused a link: {error}"),
+                    other => format!("incoming link from {addr} failed: {other}"),
+                };
+                self.note_refusal(addr, &error);
+                self.emit(NodeEvent::Error(message));
+            }
+        }
+    }
+}

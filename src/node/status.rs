@@ -1,0 +1,115 @@
+//! The snapshot [`Node::status`](super::Node::status) returns: routing state, links and the
+//! node's counters.
+
+use std::net::SocketAddr;
+
+use super::NodeStats;
+use crate::id::NodeId;
+use crate::reach::Reachability;
+
+/// A peer in a [`Status`] snapshot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PeerStatus {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The proximity (RTT) the routing state holds for it, in milliseconds, if measured.
+    pub rtt_ms: Option<f64>,
+}
+
+/// A link in a [`Status`] snapshot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConnectionStatus {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// QUIC smoothed RTT in milliseconds.
+    pub rtt_ms: f64,
+    /// Whether the peer dialled us.
+    pub inbound: bool,
+    /// UDP bytes sent on the link.
+    pub bytes_sent: u64,
+    /// UDP bytes received on the link.
+    pub bytes_received: u64,
+    /// UDP datagrams sent.
+    pub packets_sent: u64,
+    /// UDP datagrams received.
+    pub packets_received: u64,
+    /// Milliseconds since the link last carried a stream (noticed at the pool's periodic
+    /// looks, so it may lag by a fraction of the idle-link timeout).
+    pub idle_ms: u64,
+    /// How the link's datagrams travel: straight to the peer, or through a relay.
+    pub path: LinkPath,
+    /// The relay carrying a relayed link now (`None` for a direct link, or while a relayed
+    /// link moves to another relay).
+    pub via: Option<NodeId>,
+}
+
+/// How a link's datagrams travel (`"direct"` or `"relay"` in the status JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkPath {
+    /// Straight between the two nodes' sockets.
+    Direct,
+    /// Through a relay, end-to-end encrypted (see [`crate::relay`]).
+    Relay,
+}
+
+/// A snapshot of a node's routing state and links.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Whether it is part of an overlay.
+    pub active: bool,
+    /// The leaf set, counter-clockwise side first.
+    pub leaf_set: Vec<NodeId>,
+    /// Routing-table entries.
+    pub routing_table: Vec<PeerStatus>,
+    /// Neighbourhood set (nearest by RTT).
+    pub neighbourhood: Vec<PeerStatus>,
+    /// Open QUIC links.
+    pub connections: Vec<ConnectionStatus>,
+    /// The relays this node is homed on (empty unless the node is private).
+    pub relays: Vec<NodeId>,
+    /// What this node carries as a relay (`None` unless it serves as one).
+    pub relay: Option<crate::relay::RelayServerStatus>,
+    /// Runtime counters.
+    pub stats: NodeStats,
+    /// Control messages sent by the Pastry core (all kinds but routed payloads).
+    pub control_msgs_sent: u64,
+    /// Estimated bytes of those control messages.
+    pub control_bytes_sent: u64,
+    /// Routed messages this node sent again another way because a next hop did not
+    /// acknowledge in time (0 in a healthy overlay).
+    pub reroutes: u64,
+    /// Second copies of routed messages this node received as root and did not deliver again.
+    pub duplicates_suppressed: u64,
+    /// Routed messages this node passed on and holds until the next hop acknowledges that it
+    /// passed them on in turn (0 once an idle overlay has settled).
+    pub in_custody: usize,
+    /// Roots held in the route cache.
+    pub route_cache_roots: usize,
+    /// Own messages sent straight to a cached root.
+    pub route_cache_hits: u64,
+    /// Of those, the ones another node answered for (the entry was stale; the message took a
+    /// detour, never a wrong delivery).
+    pub route_cache_stale: u64,
+    /// Whether nodes this node never sent to can dial it (see [`crate::reach`]); serialised
+    /// as `"public"` or `"private"` (unknown counts as private).
+    #[serde(serialize_with = "serialize_reachability")]
+    pub reachability: Reachability,
+    /// Addresses at least two distinct peers see this node at.
+    pub observed_addrs: Vec<SocketAddr>,
+}
+
+fn serialize_reachability<S: serde::Serializer>(
+    reachability: &Reachability,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(reachability.as_str())
+}
