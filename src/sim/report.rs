@@ -426,10 +426,14 @@ mod tests {
 
     #[test]
     fn peak_rss_is_read_from_proc() {
-        let before = peak_rss_mib();
-        assert!(before > 1.0, "{before}");
+        // Other tests in this process allocate and free concurrently, so the peak before this
+        // test is unknown; what holds regardless is that 64 MiB written and still live are
+        // resident, and the peak is at least the current resident size.
         let big = vec![1u8; 64 << 20];
         assert!(big.iter().map(|&b| u64::from(b)).sum::<u64>() > 0);
-        assert!(peak_rss_mib() >= before + 50.0);
+        let rss = proc_status_kib("VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0);
+        let peak = peak_rss_mib();
+        assert!(rss >= 64.0, "resident {rss} MiB with 64 MiB live");
+        assert!(peak >= rss, "peak {peak} MiB below resident {rss} MiB");
     }
 }
