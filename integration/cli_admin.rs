@@ -277,6 +277,20 @@ fn metrics_and_status_show_a_routed_message_and_the_peers() {
         .unwrap()
         .ends_with('Z'));
     assert_eq!(doc["stats"]["delivered"], 1);
+    // Neighbour hints: the status and /metrics report the same counters.
+    let metrics = parse_metrics(&get(admin_a, "/metrics", None).1);
+    for (field, metric) in [
+        ("hints_held", "wendy_hints_held"),
+        ("hint_probes", "wendy_hint_probes_total"),
+        ("hints_learned", "wendy_hints_learned_total"),
+        ("hints_refused", "wendy_hints_refused_total"),
+    ] {
+        let value = doc[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} missing: {doc}"));
+        assert!(metrics.contains_key(metric), "{metric} missing");
+        assert!(metrics[metric] >= value as f64, "{metric} below {field}");
+    }
     // The stdin `status` object's fields are all there too.
     for field in [
         "leaf_set",

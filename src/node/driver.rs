@@ -936,6 +936,10 @@ impl<L: Links> Driver<L> {
             route_cache_roots: self.pastry.route_cache_len(),
             route_cache_hits: stats.route_cache_hits,
             route_cache_stale: stats.route_cache_stale,
+            hints_held: self.pastry.hints_len(),
+            hint_probes: stats.hint_probes,
+            hints_learned: stats.hints_learned,
+            hints_refused: stats.hints_refused,
             // Filled in by the node handle, which holds the reachability service's channel.
             reachability: crate::reach::Reachability::Unknown,
             observed_addrs: Vec::new(),

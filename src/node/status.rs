@@ -99,6 +99,16 @@ pub struct Status {
     /// Of those, the ones another node answered for (the entry was stale; the message took a
     /// detour, never a wrong delivery).
     pub route_cache_stale: u64,
+    /// Sparse routing-table rows' entries whose nearest neighbours this node holds, so that
+    /// a route through one of them can skip its final hops (see [`crate::pastry`]'s hints).
+    pub hints_held: usize,
+    /// Probes this node sent to such entries for their neighbours.
+    pub hint_probes: u64,
+    /// Answers to those probes kept as hints.
+    pub hints_learned: u64,
+    /// Answers refused because the listed neighbours spanned more than this node's own leaf
+    /// set.
+    pub hints_refused: u64,
     /// Whether nodes this node never sent to can dial it (see [`crate::reach`]); serialised
     /// as `"public"` or `"private"` (unknown counts as private).
     #[serde(serialize_with = "serialize_reachability")]

@@ -95,6 +95,11 @@ impl Hints {
         }
     }
 
+    /// Entries whose neighbours are held.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub(super) fn clear(&mut self) {
         self.entries.clear();
     }

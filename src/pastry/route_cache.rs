@@ -329,4 +329,9 @@ impl Pastry {
     pub fn route_cache_len(&self) -> usize {
         self.route_cache.len()
     }
+
+    /// Routing-table entries whose nearest neighbours this node holds (neighbour hints).
+    pub fn hints_len(&self) -> usize {
+        self.hints.len()
+    }
 }

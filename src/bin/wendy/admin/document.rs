@@ -108,6 +108,11 @@ pub(crate) struct Document {
     /// Own messages sent straight to a cached root, and those another node answered for.
     route_cache_hits: u64,
     route_cache_stale: u64,
+    /// Neighbour hints held, probes sent for them, and answers kept and refused.
+    hints_held: usize,
+    hint_probes: u64,
+    hints_learned: u64,
+    hints_refused: u64,
     /// Events the service mesh dropped because the run loop did not keep up.
     mesh_events_dropped: u64,
     /// Records the service mesh refused.
@@ -186,6 +191,10 @@ impl Document {
             route_cache_roots: status.route_cache_roots,
             route_cache_hits: status.route_cache_hits,
             route_cache_stale: status.route_cache_stale,
+            hints_held: status.hints_held,
+            hint_probes: status.hint_probes,
+            hints_learned: status.hints_learned,
+            hints_refused: status.hints_refused,
             mesh_events_dropped: snapshot.mesh.events_dropped,
             records_refused: snapshot.mesh.records_refused,
             output_dropped: snapshot.output_dropped,

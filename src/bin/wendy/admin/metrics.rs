@@ -257,6 +257,30 @@ impl Collector for SnapshotMetrics {
         )?;
         gauge1(
             &mut e,
+            "hints_held",
+            "Sparse rows' entries whose nearest neighbours are held (neighbour hints)",
+            int(status.hints_held),
+        )?;
+        counter1(
+            &mut e,
+            "hint_probes",
+            "Probes sent to sparse rows' entries for their neighbours",
+            status.hint_probes,
+        )?;
+        counter1(
+            &mut e,
+            "hints_learned",
+            "Neighbour hints kept",
+            status.hints_learned,
+        )?;
+        counter1(
+            &mut e,
+            "hints_refused",
+            "Neighbour hints refused: the neighbours spanned more than this node's leaf set",
+            status.hints_refused,
+        )?;
+        gauge1(
+            &mut e,
             "reachable_public",
             "1 if another node dialled this node back (public), 0 if not or not yet known",
             i64::from(status.reachability == wendy::reach::Reachability::Public),
