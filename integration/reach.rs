@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use wendy::identity::Identity;
@@ -162,4 +163,52 @@ async fn a_peer_that_floods_reachability_requests_is_rate_limited() {
         answer,
         Body::Reach(ReachMessage::Observed { addr: good.addr() })
     );
+}
+
+/// How long a node that drops unsolicited datagrams (forced private, as behind a NAT) takes to
+/// learn it is private, when the nodes that dial it back give up after `dial_back_timeout`.
+async fn learns_private_after(dial_back_timeout: Duration) -> Duration {
+    let config = || wendy::node::NodeConfig {
+        limits: wendy::transport::Limits {
+            dial_back_timeout,
+            ..wendy::transport::Limits::default()
+        },
+        ..wendy::node::NodeConfig::default()
+    };
+    let builders = (0..3)
+        .map(|_| Node::builder(Identity::generate()).config(config()))
+        .collect();
+    let (nodes, _) = start(builders).await;
+    let (private, _events) = Node::builder(Identity::generate())
+        .config(config())
+        .relay(wendy::relay::RelayConfig {
+            private: true,
+            ..wendy::relay::RelayConfig::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    // One link out, as a node behind a NAT has after dialling its bootstrap.
+    private
+        .send_to(nodes[0].id(), nodes[0].addr(), b"hello".to_vec())
+        .await
+        .unwrap();
+    let status = wait_for(&private, "private", |s| {
+        s.reachability == Reachability::Private
+    })
+    .await;
+    status.learned_after.expect("known, so timed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_nat_learns_it_is_private_once_the_dial_back_gives_up() {
+    let connect_timeout = wendy::transport::Limits::default().connect_timeout;
+    let slow = learns_private_after(connect_timeout).await;
+    let fast = learns_private_after(wendy::transport::Limits::default().dial_back_timeout).await;
+    println!(
+        "reach: a private node learned it is private after {fast:?} (dial-back timeout {:?}); \
+         {slow:?} with the connect timeout ({connect_timeout:?})",
+        wendy::transport::Limits::default().dial_back_timeout
+    );
+    assert!(fast < slow, "{fast:?} vs {slow:?}");
 }

@@ -4,16 +4,19 @@
 //! relay records are checked.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wendy::id::Key;
 use wendy::identity::Identity;
-use wendy::node::{Events, LinkPath, Node, NodeEvent};
+use wendy::node::{Events, LinkPath, Node, NodeConfig, NodeEvent};
 use wendy::relay::{
     synthetic_addr, RelayConfig, RelayEntry, RelayLimits, RelayRecord, SignedRelayRecord,
 };
 use wendy::testing::{DelaySocket, RegionMap};
-use wendy::transport::{Admission, RawStreamError, StreamErrorCode, Transport, TransportConfig};
+use wendy::transport::{
+    Admission, Limits, RawStreamError, StreamErrorCode, Transport, TransportConfig,
+};
 use wendy::wire::Body;
 
 fn relay_config(limits: RelayLimits) -> RelayConfig {
@@ -23,8 +26,26 @@ fn relay_config(limits: RelayLimits) -> RelayConfig {
     }
 }
 
+/// Spawns a node that is private (as behind a NAT) and homes on `relays`, with `config` for the
+/// rest of its relay settings.
+async fn private_node(
+    identity: Identity,
+    relays: &[SocketAddr],
+    config: RelayConfig,
+) -> (Node, Events) {
+    Node::builder(identity)
+        .relay(RelayConfig {
+            private: true,
+            relays: relays.to_vec(),
+            ..config
+        })
+        .spawn()
+        .await
+        .unwrap()
+}
+
 struct Net {
-    relays: Vec<(Node, Events, std::sync::Arc<DelaySocket>)>,
+    relays: Vec<(Node, Events, Arc<DelaySocket>)>,
     public: (Node, Events),
     private: (Node, Events),
     /// A node outside the overlay, linked to the first relay only: it can reach the private
@@ -33,8 +54,9 @@ struct Net {
     outsider: Node,
 }
 
-/// Three relays, one public node, one private node homed on two of the relays.
-async fn start(limits: RelayLimits) -> Net {
+/// Three relays, one public node, one private node homed on two of the relays (with `private`
+/// for the rest of its relay settings).
+async fn start_with(limits: RelayLimits, private: RelayConfig) -> Net {
     let map = RegionMap::new(vec![vec![Duration::ZERO]]);
     let mut relays = Vec::new();
     for i in 0..3u8 {
@@ -58,15 +80,8 @@ async fn start(limits: RelayLimits) -> Net {
         .await
         .unwrap();
     public.join(&relay_addrs[..1]).await.unwrap();
-    let (private, private_events) = Node::builder(Identity::from_seed([161; 32]))
-        .relay(RelayConfig {
-            private: true,
-            relays: relay_addrs.clone(),
-            ..RelayConfig::default()
-        })
-        .spawn()
-        .await
-        .unwrap();
+    let (private, private_events) =
+        private_node(Identity::from_seed([161; 32]), &relay_addrs, private).await;
     private.join(&relay_addrs[..1]).await.unwrap();
     let (outsider, _) = Node::builder(Identity::from_seed([162; 32]))
         .spawn()
@@ -85,6 +100,11 @@ async fn start(limits: RelayLimits) -> Net {
     }
 }
 
+/// [`start_with`] with the default settings of the private node.
+async fn start(limits: RelayLimits) -> Net {
+    start_with(limits, RelayConfig::default()).await
+}
+
 async fn next_direct(
     events: &mut Events,
     within: Duration,
@@ -97,6 +117,17 @@ async fn next_direct(
             _ => return None,
         }
     }
+}
+
+/// Sends `payload` from `from` to `to` by id and address, and waits for it to arrive.
+async fn send_and_see_it_arrive(from: &Node, to: &Node, to_events: &mut Events, payload: &[u8]) {
+    from.send_to(to.id(), to.addr(), payload.to_vec())
+        .await
+        .unwrap();
+    let (sender, arrived) = next_direct(to_events, Duration::from_secs(10))
+        .await
+        .expect("the direct message arrives");
+    assert_eq!((sender, arrived.as_slice()), (from.id(), payload));
 }
 
 async fn next_delivery(events: &mut Events, key: Key, within: Duration) -> bool {
@@ -184,15 +215,12 @@ async fn two_private_nodes_exchange_messages_and_routes_through_a_relay_and_idle
         ..
     } = start(RelayLimits::default()).await;
     let relay_addrs: Vec<SocketAddr> = relays.iter().map(|(n, _, _)| n.addr()).collect();
-    let (second, mut second_events) = Node::builder(Identity::from_seed([163; 32]))
-        .relay(RelayConfig {
-            private: true,
-            relays: relay_addrs.clone(),
-            ..RelayConfig::default()
-        })
-        .spawn()
-        .await
-        .unwrap();
+    let (second, mut second_events) = private_node(
+        Identity::from_seed([163; 32]),
+        &relay_addrs,
+        RelayConfig::default(),
+    )
+    .await;
     second.join(&relay_addrs[1..2]).await.unwrap();
 
     // Neither can be dialled: each reaches the other by id, through a relay.
@@ -259,13 +287,7 @@ async fn a_private_node_rehomes_when_its_relay_dies_and_is_reached_again() {
         private: (private, mut private_events),
         outsider,
     } = start(RelayLimits::default()).await;
-    outsider
-        .send_to(private.id(), private.addr(), b"before".to_vec())
-        .await
-        .unwrap();
-    assert!(next_direct(&mut private_events, Duration::from_secs(10))
-        .await
-        .is_some());
+    send_and_see_it_arrive(&outsider, &private, &mut private_events, b"before").await;
     let via = outsider
         .status()
         .await
@@ -326,6 +348,161 @@ async fn a_private_node_rehomes_when_its_relay_dies_and_is_reached_again() {
     assert!(reached < Duration::from_secs(10), "took {reached:?}");
 }
 
+/// Waits until `done` holds, at most `within`; returns how long it took.
+async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// A node outside the overlay whose unused links close after a second, linked to `relay`.
+async fn outsider_with_short_links(relay: &Node) -> (Node, Events) {
+    let config = NodeConfig {
+        limits: Limits {
+            idle_link_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        ..NodeConfig::default()
+    };
+    let (node, events) = Node::builder(Identity::generate())
+        .config(config)
+        .spawn()
+        .await
+        .unwrap();
+    node.send_to(relay.id(), relay.addr(), b"hello".to_vec())
+        .await
+        .unwrap();
+    (node, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_sessions_end_with_their_connection_or_an_end_and_free_the_relays_slot() {
+    // One relay and one private node homed on it, and no overlay: every relayed link is the
+    // test's own.
+    let (relay, _relay_events) = Node::builder(Identity::generate())
+        .relay(relay_config(RelayLimits::default()))
+        .spawn()
+        .await
+        .unwrap();
+    let (private, mut private_events) = private_node(
+        Identity::generate(),
+        &[relay.addr()],
+        RelayConfig::default(),
+    )
+    .await;
+    let server = |relay: &Node| relay.relay_status().server.unwrap();
+    until("homed", Duration::from_secs(10), || {
+        server(&relay).homed == 1
+    })
+    .await;
+    let sessions = |node: &Node| node.relay_status().sessions;
+
+    // The connection inside the session closes (unused for a second) while both ends stay up:
+    // the session ends on both nodes and the relay's slot is free.
+    let (outsider, _outsider_events) = outsider_with_short_links(&relay).await;
+    send_and_see_it_arrive(&outsider, &private, &mut private_events, b"relayed").await;
+    assert_eq!(server(&relay).links, 1);
+    assert_eq!((sessions(&outsider), sessions(&private)), (1, 1));
+    let closed = until(
+        "sessions end with their connection",
+        Duration::from_secs(15),
+        || server(&relay).links == 0 && sessions(&outsider) == 0 && sessions(&private) == 0,
+    )
+    .await;
+    println!("relay: sessions ended {closed:?} after the relayed message (link idle timeout 1 s)");
+
+    // A new connection gets a new session; then the dialer goes away.
+    send_and_see_it_arrive(&outsider, &private, &mut private_events, b"relayed").await;
+    assert_eq!(server(&relay).links, 1);
+    outsider.shutdown().await;
+    let gone = until(
+        "sessions end when the dialer goes",
+        Duration::from_secs(15),
+        || server(&relay).links == 0 && sessions(&private) == 0,
+    )
+    .await;
+    println!("relay: sessions ended {gone:?} after the dialer shut down");
+
+    // The private node goes away: the dialer's session ends and the relay forgets the node.
+    let (outsider, _outsider_events) = outsider_with_short_links(&relay).await;
+    send_and_see_it_arrive(&outsider, &private, &mut private_events, b"relayed").await;
+    private.shutdown().await;
+    let gone = until(
+        "sessions end when the private node goes",
+        Duration::from_secs(15),
+        || server(&relay).links == 0 && server(&relay).homed == 0 && sessions(&outsider) == 0,
+    )
+    .await;
+    println!("relay: sessions ended {gone:?} after the private node shut down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_node_refreshes_its_record_and_holders_drop_it_once_expired() {
+    const TTL: Duration = Duration::from_secs(3);
+    let Net {
+        relays,
+        public: (public, _public_events),
+        private: (private, mut private_events),
+        ..
+    } = start_with(
+        RelayLimits::default(),
+        RelayConfig {
+            record_ttl: TTL,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    until(
+        "the public node holds the record",
+        Duration::from_secs(10),
+        || public.relay_status().records == 1,
+    )
+    .await;
+
+    // Three lifetimes later the record is still held, and a node that asks for it now gets
+    // a valid one: the private node signed and sent new ones.
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(public.relay_status().records, 1);
+    let (outsider, _outsider_events) = outsider_with_short_links(&relays[0].0).await;
+    send_and_see_it_arrive(&outsider, &private, &mut private_events, b"late").await;
+
+    // The private node goes away and nobody signs its record again: holders drop it once it
+    // expires, and a node that dials the private node's address dials no relay on its word.
+    private.shutdown().await;
+    let dropped = until("holders drop the expired record", TTL * 3, || {
+        public.relay_status().records == 0
+            && relays.iter().all(|(n, _, _)| n.relay_status().records == 0)
+            && outsider.relay_status().sessions == 0
+    })
+    .await;
+    println!("relay: holders dropped the record {dropped:?} after its node stopped (ttl {TTL:?})");
+    let refused = |relays: &[(Node, Events, Arc<DelaySocket>)]| -> u64 {
+        relays
+            .iter()
+            .filter_map(|(n, _, _)| n.relay_status().server)
+            .map(|s| s.refused)
+            .sum()
+    };
+    // A dial that took the record just before it expired has been refused by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = refused(&relays);
+    let (late, _late_events) = outsider_with_short_links(&relays[0].0).await;
+    let dial = tokio::time::timeout(
+        Duration::from_secs(15),
+        late.send_to(private.id(), private.addr(), b"too late".to_vec()),
+    )
+    .await;
+    assert!(!matches!(dial, Ok(Ok(()))), "{dial:?}");
+    assert_eq!(
+        refused(&relays),
+        before,
+        "a relay was asked on an expired record"
+    );
+}
+
 /// A raw QUIC client that speaks the relay protocol.
 async fn client() -> Transport {
     let identity = Identity::generate();
@@ -380,15 +557,12 @@ async fn a_relay_refuses_beyond_its_limits_and_unknown_targets_with_their_codes(
         .spawn()
         .await
         .unwrap();
-    let (private, _private_events) = Node::builder(Identity::generate())
-        .relay(RelayConfig {
-            private: true,
-            relays: vec![relay.addr()],
-            ..RelayConfig::default()
-        })
-        .spawn()
-        .await
-        .unwrap();
+    let (private, _private_events) = private_node(
+        Identity::generate(),
+        &[relay.addr()],
+        RelayConfig::default(),
+    )
+    .await;
     let started = Instant::now();
     while relay.relay_status().server.unwrap().homed == 0 {
         assert!(started.elapsed() < Duration::from_secs(10), "never homed");

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::record::{RelayEntry, RelayRecord, RelayRecordError, SignedRelayRecord, MAX_TTL_MS};
 use super::server::{keep_alive, RelayServer, RelayServerStatus, ACCEPTED};
-use super::session::{self, SessionEnd};
+use super::session::{self, SessionEnd, Stop};
 use super::socket::{Paths, WantedSession};
 use super::{is_synthetic, unmap, RelayConfig};
 use crate::id::NodeId;
@@ -32,6 +32,13 @@ const RECORDS_PER_LINK: usize = 32;
 
 /// How long a relay that went silent is not tried again as a home.
 const LOST_RELAY_PAUSE: Duration = Duration::from_secs(60);
+
+/// How long a session whose connection closed stays up, so that the connection's last packets
+/// (its close) still get through.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// The shortest relay record lifetime a node signs.
+const MIN_RECORD_TTL: Duration = Duration::from_secs(1);
 
 /// How long a private node waits for a candidate relay's handshake.
 const CANDIDATE_DIAL: Duration = Duration::from_secs(2);
@@ -65,6 +72,11 @@ pub struct RelayStatus {
     /// Datagrams the node's socket dropped (a relay session's queue full, an unknown synthetic
     /// address, or a private node's filter).
     pub datagrams_dropped: u64,
+    /// Relay sessions open now on this node (to relayed peers, or from them to this private
+    /// node): each ends with the connection inside it, its relay link, or when idle.
+    pub sessions: usize,
+    /// Relay records of other nodes held now (expired ones are dropped).
+    pub records: usize,
 }
 
 /// A node's relaying: see the [module docs](self).
@@ -89,6 +101,11 @@ pub(crate) struct Relays {
     /// Relays lost lately, by address: not tried again for [`LOST_RELAY_PAUSE`].
     lost: Mutex<HashMap<SocketAddr, std::time::Instant>>,
     records_rejected: AtomicU64,
+    /// The running sessions, by peer, with the handle that ends each.
+    sessions: Mutex<HashMap<NodeId, (u64, Arc<Stop>)>>,
+    next_session: AtomicU64,
+    session_idle: Duration,
+    record_ttl: Duration,
 }
 
 impl std::fmt::Debug for Relays {
@@ -121,6 +138,14 @@ impl Relays {
             home_lost: Arc::new(Notify::new()),
             lost: Mutex::new(HashMap::new()),
             records_rejected: AtomicU64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(0),
+            session_idle: config.session_idle,
+            // A record must outlive the time it takes to reach its holders; the refresh loop
+            // wakes at a quarter of it.
+            record_ttl: config
+                .record_ttl
+                .clamp(MIN_RECORD_TTL, Duration::from_millis(MAX_TTL_MS)),
         }
     }
 
@@ -196,7 +221,58 @@ impl Relays {
             server: self.server.as_ref().map(RelayServer::status),
             records_rejected: self.records_rejected.load(Ordering::Relaxed),
             datagrams_dropped: self.paths.dropped(),
+            sessions: lock(&self.sessions).len(),
+            records: {
+                self.drop_expired(unix_ms_now());
+                lock(&self.directory).len()
+            },
         }
+    }
+
+    /// Forgets the records that expired by `now_ms`: their relays are not dialled on their word.
+    fn drop_expired(&self, now_ms: u64) {
+        lock(&self.directory).retain(|_, signed| signed.record.expires_unix_ms > now_ms);
+    }
+
+    /// Registers a session with `peer`; it stays listed until the guard is dropped.
+    fn session_started(
+        self: &Arc<Self>,
+        peer: NodeId,
+    ) -> (Arc<Stop>, crate::task::OnDrop<impl FnOnce()>) {
+        let ticket = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let stop = Arc::new(Stop::default());
+        lock(&self.sessions).insert(peer, (ticket, stop.clone()));
+        let relays = Arc::downgrade(self);
+        let guard = crate::task::OnDrop::new(move || {
+            if let Some(relays) = relays.upgrade() {
+                let mut sessions = lock(&relays.sessions);
+                if sessions.get(&peer).is_some_and(|(t, _)| *t == ticket) {
+                    sessions.remove(&peer);
+                }
+            }
+        });
+        (stop, guard)
+    }
+
+    /// The link to `peer` is gone: if it ran inside a relay session, the session ends once
+    /// the connection's last packets are through, unless a new connection took it over.
+    pub(crate) fn on_link_lost(&self, peer: NodeId) {
+        let Some(stop) = lock(&self.sessions)
+            .get(&peer)
+            .map(|(_, stop)| stop.clone())
+        else {
+            return;
+        };
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_LINGER).await;
+            if transport.rtt(peer).is_none() {
+                debug!(%peer, "relayed connection closed; ending its session");
+                stop.stop();
+            }
+        });
     }
 
     /// The path of the link to `peer` at `addr`: `Some(relay)` if it is relayed.
@@ -215,7 +291,11 @@ impl Relays {
             // A private node's direct links come from its NAT's mapping, which only the peer
             // it dialled can use: everyone else reaches it at its synthetic address (where a
             // link to it exists, that address uses the link).
-            if lock(&self.directory).contains_key(&peer) {
+            let now = unix_ms_now();
+            let relayed = lock(&self.directory)
+                .get(&peer)
+                .is_some_and(|signed| signed.record.expires_unix_ms > now);
+            if relayed {
                 return super::synthetic_addr(peer);
             }
             return addr;
@@ -242,6 +322,7 @@ impl Relays {
         if node == self.me {
             return;
         }
+        self.drop_expired(unix_ms_now());
         let mut directory = lock(&self.directory);
         let newer = directory
             .get(&node)
@@ -342,9 +423,13 @@ impl Relays {
                 lock(&self.claimed).insert(peer, advertised);
                 lock(&self.via).insert(peer, from);
                 let paths = self.paths.clone();
+                let (stop, registered) = self.session_started(peer);
+                let idle = self.session_idle;
                 let relays = Arc::downgrade(self);
                 tokio::spawn(async move {
-                    session::install_and_run(paths, peer, &mut stream).await;
+                    let end = session::install_and_run(paths, peer, &mut stream, &stop, idle).await;
+                    drop(registered);
+                    debug!(%peer, relay = %from, ?end, "incoming relay session ended");
                     if let Some(relays) = relays.upgrade() {
                         let mut via = lock(&relays.via);
                         if via.get(&peer) == Some(&from) {
@@ -363,8 +448,10 @@ impl Relays {
         if node == self.me {
             return lock(&self.own).as_ref().map(SignedRelayRecord::encode);
         }
+        let now = unix_ms_now();
         lock(&self.directory)
             .get(&node)
+            .filter(|signed| signed.record.expires_unix_ms > now)
             .map(SignedRelayRecord::encode)
     }
 
@@ -426,6 +513,7 @@ impl Relays {
     /// to another of its relays when the one in use breaks.
     async fn open_outbound(self: Arc<Self>, wanted: WantedSession) {
         let WantedSession { peer, mut outgoing } = wanted;
+        let (stop, _registered) = self.session_started(peer);
         let mut failures = 0;
         let mut broken: Option<NodeId> = None;
         while failures < 3 {
@@ -444,10 +532,25 @@ impl Relays {
                     continue;
                 };
                 lock(&self.via).insert(peer, relay.id);
-                let end = session::run(self.paths.clone(), peer, &mut outgoing, &mut stream).await;
+                let end = session::run(
+                    self.paths.clone(),
+                    peer,
+                    &mut outgoing,
+                    &mut stream,
+                    &stop,
+                    self.session_idle,
+                )
+                .await;
                 lock(&self.via).remove(&peer);
-                if end == SessionEnd::Closed {
-                    return;
+                match end {
+                    SessionEnd::Closed => return,
+                    SessionEnd::Stopped | SessionEnd::Idle => {
+                        debug!(%peer, relay = %relay.id, ?end, "relayed session ended");
+                        // A datagram quinn sends later asks for a new session.
+                        self.paths.drop_session(peer);
+                        return;
+                    }
+                    SessionEnd::Broken => {}
                 }
                 debug!(%peer, relay = %relay.id, "relayed session broke; trying another relay");
                 broken = Some(relay.id);
@@ -495,16 +598,21 @@ impl Relays {
             if lock(&this.homes).len() < HOMES {
                 this.home_on_more().await;
             }
+            // The record is signed again (a higher sequence number, a new expiry) and sent out
+            // when half its lifetime is gone, so holders never see it expire while the node
+            // lives.
+            let ttl_ms = u64::try_from(this.record_ttl.as_millis()).unwrap_or(MAX_TTL_MS);
             let refresh = lock(&this.own)
                 .as_ref()
-                .is_some_and(|own| own.record.expires_unix_ms < unix_ms_now() + MAX_TTL_MS / 2);
+                .is_some_and(|own| own.record.expires_unix_ms < unix_ms_now() + ttl_ms / 2);
             if refresh {
                 this.publish().await;
             }
             let idle = if lock(&this.homes).len() < HOMES {
                 Duration::from_millis(500)
             } else {
-                Duration::from_secs(30)
+                // Often enough to refresh the record at half its lifetime.
+                Duration::from_secs(30).min(this.record_ttl / 4)
             };
             drop(this);
             tokio::select! {
@@ -602,13 +710,9 @@ impl Relays {
             return;
         }
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let record = RelayRecord::new(
-            &self.identity,
-            homes,
-            sequence,
-            unix_ms_now() + MAX_TTL_MS - 60_000,
-        )
-        .sign(&self.identity);
+        let ttl_ms = u64::try_from(self.record_ttl.as_millis()).unwrap_or(MAX_TTL_MS);
+        let record = RelayRecord::new(&self.identity, homes, sequence, unix_ms_now() + ttl_ms)
+            .sign(&self.identity);
         let bytes = record.encode();
         *lock(&self.own) = Some(record);
         for link in transport.links() {

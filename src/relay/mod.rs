@@ -23,6 +23,7 @@ mod socket;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub(crate) use client::Relays;
 pub use client::{RelayStatus, HOMES};
@@ -34,7 +35,7 @@ pub(crate) use socket::{Paths, WantedSession};
 use crate::id::NodeId;
 
 /// A node's relay settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
     /// Serve as a relay, with these limits (`None`: do not relay). Only a node with a public
     /// address is useful as one.
@@ -46,6 +47,26 @@ pub struct RelayConfig {
     /// Addresses of relays to home on when private (the join's bootstrap addresses are tried
     /// as well).
     pub relays: Vec<SocketAddr>,
+    /// How long a relay session may carry only keep-alives before this node ends it. Default
+    /// 90 s: longer than the QUIC keep-alive interval of the connection inside, so only a
+    /// session whose connection is gone idles that long.
+    pub session_idle: Duration,
+    /// The lifetime of the relay record a private node signs (a second to
+    /// [`record::MAX_TTL_MS`]); the node signs and sends a new one when half of it is gone.
+    /// Default 59 minutes.
+    pub record_ttl: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            serve: None,
+            private: false,
+            relays: Vec::new(),
+            session_idle: Duration::from_secs(90),
+            record_ttl: Duration::from_millis(record::MAX_TTL_MS) - Duration::from_secs(60),
+        }
+    }
 }
 
 /// The synthetic address of a relayed node: in `240.0.0.0/5` (reserved, never a host's, and

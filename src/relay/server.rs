@@ -11,6 +11,11 @@
 //! A refusal resets the stream with a [`StreamErrorCode`]: `RelayNotARelay` (this node does not
 //! relay), `RelayNotHomed` (the target is not homed here), `RelayFull` (no room for another
 //! relayed link or homed node), `RelayTargetUnreachable` (the target's link failed).
+//!
+//! A relayed link ends when either stream ends (an end's link closed, or the end finished its
+//! session) and when it carried nothing but keep-alives for [`RelayLimits::idle`]: the relay
+//! follows the frames' lengths (never their contents) to tell the two apart. Its slot is free
+//! again at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
-use super::session::{KEEPALIVE, SILENCE};
+use super::session::{Activity, KEEPALIVE, SILENCE};
 use crate::id::NodeId;
 use crate::transport::{RawStream, StreamErrorCode, Transport};
 use crate::wire::Body;
@@ -43,6 +48,10 @@ pub struct RelayLimits {
     pub link_bytes_per_sec: u64,
     /// Bytes per second all relayed links together may carry (0: no limit). Default 256 MiB/s.
     pub total_bytes_per_sec: u64,
+    /// How long a relayed link may carry only keep-alives before the relay ends it. Default
+    /// 90 s: longer than the QUIC keep-alive interval of the connection inside, so only a
+    /// link whose connection is gone idles that long.
+    pub idle: Duration,
 }
 
 impl Default for RelayLimits {
@@ -52,6 +61,7 @@ impl Default for RelayLimits {
             max_homed: 1024,
             link_bytes_per_sec: 64 << 20,
             total_bytes_per_sec: 256 << 20,
+            idle: Duration::from_secs(90),
         }
     }
 }
@@ -216,23 +226,15 @@ impl RelayServer {
         debug!(%from, %target, "relaying");
         let (a_write, a_read) = stream.io();
         let (b_write, b_read) = other.io();
-        let a_to_b = copy(
-            a_read,
-            b_write,
-            self.limits.link_bytes_per_sec,
-            &self.total,
-            &self.bytes,
-        );
-        let b_to_a = copy(
-            b_read,
-            a_write,
-            self.limits.link_bytes_per_sec,
-            &self.total,
-            &self.bytes,
-        );
+        let activity = Activity::new();
+        let a_to_b = copy(a_read, b_write, self, &activity);
+        let b_to_a = copy(b_read, a_write, self, &activity);
         tokio::select! {
             () = a_to_b => {}
             () = b_to_a => {}
+            () = activity.idle(self.limits.idle) => {
+                debug!(%from, %target, "relayed link idle; ended");
+            }
         }
         other.reset(StreamErrorCode::RelayTargetUnreachable);
         stream.reset(StreamErrorCode::RelayTargetUnreachable);
@@ -266,26 +268,83 @@ pub(crate) async fn keep_alive(stream: &mut RawStream) {
     }
 }
 
-/// Copies bytes from `reader` to `writer` within the link's and the relay's rates, counting them.
+/// Copies bytes from `reader` to `writer` within the link's and the relay's rates, counting them
+/// and noting when datagrams (not keep-alives) cross.
 async fn copy(
     mut reader: impl AsyncRead + Unpin,
     mut writer: impl AsyncWrite + Unpin,
-    link_rate: u64,
-    total: &Bucket,
-    counted: &AtomicU64,
+    relay: &RelayServer,
+    activity: &Activity,
 ) {
-    let link = Bucket::new(link_rate);
+    let link = Bucket::new(relay.limits.link_bytes_per_sec);
+    let mut frames = Frames::default();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if frames.carries_data(&buf[..n]) {
+            activity.touch();
+        }
         link.take(n).await;
-        total.take(n).await;
+        relay.total.take(n).await;
         if writer.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        counted.fetch_add(n as u64, Ordering::Relaxed);
+        relay.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Follows the frame boundaries of one direction of a relayed link (see `session.rs`) without
+/// reading what the frames carry: only the 2-byte lengths.
+#[derive(Debug, Default)]
+struct Frames {
+    /// The first byte of a length whose second byte has not arrived.
+    half: Option<u8>,
+    /// Bytes of the current frame's datagram still to come.
+    left: usize,
+}
+
+impl Frames {
+    /// Whether `bytes`, the next bytes of the direction, carry any part of a datagram.
+    fn carries_data(&mut self, mut bytes: &[u8]) -> bool {
+        let mut data = false;
+        while let Some((&first, rest)) = bytes.split_first() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                bytes = &bytes[n..];
+                data = true;
+                continue;
+            }
+            match self.half.take() {
+                None => self.half = Some(first),
+                Some(high) => self.left = usize::from(u16::from_be_bytes([high, first])),
+            }
+            bytes = rest;
+        }
+        data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_tell_datagrams_from_keep_alives_across_any_split() {
+        let mut frames = Frames::default();
+        assert!(!frames.carries_data(&[0, 0, 0, 0]));
+        assert!(!frames.carries_data(&[0]));
+        assert!(!frames.carries_data(&[0]));
+        // A 3-byte datagram whose length and body arrive in pieces.
+        assert!(!frames.carries_data(&[0]));
+        assert!(frames.carries_data(&[3, 9]));
+        assert!(frames.carries_data(&[9, 9]));
+        // Then keep-alives only: a datagram of zeros ended exactly before them.
+        assert!(!frames.carries_data(&[0, 0]));
+        assert!(frames.carries_data(&[0, 0, 0, 1, 0, 0, 0]));
+        assert!(!frames.carries_data(&[0, 0]));
     }
 }

@@ -6,13 +6,21 @@
 //! zero is a keep-alive: each end sends one every [`KEEPALIVE`], and an end that hears nothing
 //! for [`SILENCE`] declares the session dead, so a relay that died is noticed in seconds (the
 //! QUIC idle timeout of the link to it is a minute).
+//!
+//! A session lives only as long as the connection inside it needs it: it ends when its stream
+//! breaks (the link to the relay is gone), when the node stops it ([`Stop`]: the inner
+//! connection closed), and when no datagram crossed it either way for its idle time (only
+//! keep-alives: the inner connection, whose own keep-alives are far more frequent than that,
+//! is gone). An ended session finishes its stream, so the relay frees the link's slot too.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 use super::socket::{Paths, SessionSender};
 use crate::id::NodeId;
@@ -31,25 +39,96 @@ pub(crate) enum SessionEnd {
     Closed,
     /// The stream failed or went silent: the relay or the peer is gone.
     Broken,
+    /// The node stopped it: the connection inside it closed.
+    Stopped,
+    /// No datagram crossed it for its idle time, only keep-alives.
+    Idle,
 }
 
-/// Carries datagrams both ways until the stream breaks or goes silent.
+/// The node's handle to end a running session (a stop sent before the session waits for it
+/// still counts).
+#[derive(Debug, Default)]
+pub(crate) struct Stop(Notify);
+
+impl Stop {
+    pub(crate) fn stop(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// When a datagram last crossed a session, either way.
+pub(super) struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once no datagram has crossed for `idle`.
+    pub(super) async fn idle(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.start + last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Carries datagrams both ways until the stream breaks or goes silent, the node stops the
+/// session, or it idles for `idle`; then finishes this end of the stream.
 pub(crate) async fn run(
     paths: Arc<Paths>,
     peer: NodeId,
     outgoing: &mut mpsc::Receiver<Bytes>,
     stream: &mut RawStream,
+    stop: &Stop,
+    idle: Duration,
 ) -> SessionEnd {
-    let (writer, reader) = stream.io();
+    let end = {
+        let (writer, reader) = stream.io();
+        carry(writer, reader, &paths, peer, outgoing, stop, idle).await
+    };
+    // The relay sees the finish and frees the relayed link (a broken stream is gone already).
+    let _ = stream.send.finish();
+    end
+}
+
+async fn carry(
+    writer: impl AsyncWrite + Unpin,
+    reader: impl AsyncRead + Unpin,
+    paths: &Paths,
+    peer: NodeId,
+    outgoing: &mut mpsc::Receiver<Bytes>,
+    stop: &Stop,
+    idle: Duration,
+) -> SessionEnd {
+    let activity = Activity::new();
     tokio::select! {
-        end = pump_out(writer, outgoing) => end,
-        () = pump_in(reader, &paths, peer) => SessionEnd::Broken,
+        end = pump_out(writer, outgoing, &activity) => end,
+        () = pump_in(reader, paths, peer, &activity) => SessionEnd::Broken,
+        () = stop.0.notified() => SessionEnd::Stopped,
+        () = activity.idle(idle) => SessionEnd::Idle,
     }
 }
 
 async fn pump_out(
     mut writer: impl AsyncWrite + Unpin,
     outgoing: &mut mpsc::Receiver<Bytes>,
+    activity: &Activity,
 ) -> SessionEnd {
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
@@ -64,6 +143,7 @@ async fn pump_out(
                         Err(_) => break,
                     }
                 }
+                activity.touch();
             }
             Ok(None) => return SessionEnd::Closed,
             Err(_) => buf.extend_from_slice(&[0, 0]),
@@ -86,7 +166,7 @@ fn push_frame(buf: &mut Vec<u8>, datagram: &[u8]) {
     buf.extend_from_slice(datagram);
 }
 
-async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId) {
+async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId, activity: &Activity) {
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     loop {
         let mut len = [0u8; 2];
@@ -103,6 +183,7 @@ async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId) {
             Ok(Ok(_)) => {}
             _ => return,
         }
+        activity.touch();
         if !paths.deliver(peer, datagram.freeze()).await {
             return;
         }
@@ -115,10 +196,12 @@ pub(crate) async fn install_and_run(
     paths: Arc<Paths>,
     peer: NodeId,
     stream: &mut RawStream,
+    stop: &Stop,
+    idle: Duration,
 ) -> SessionEnd {
     let (sender, mut outgoing) = mpsc::channel(super::socket::SESSION_QUEUE);
     paths.open_session(peer, sender.clone());
-    let end = run(paths.clone(), peer, &mut outgoing, stream).await;
+    let end = run(paths.clone(), peer, &mut outgoing, stream, stop, idle).await;
     close(&paths, peer, &sender);
     end
 }
@@ -126,4 +209,66 @@ pub(crate) async fn install_and_run(
 /// Forgets a session in the socket.
 pub(crate) fn close(paths: &Paths, peer: NodeId, sender: &SessionSender) {
     paths.close_session(peer, sender);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    /// The far end of a session as the relay would carry it: a keep-alive, or a datagram if
+    /// `data`, every `every`; it reads what the session sends.
+    async fn far_end(io: tokio::io::DuplexStream, every: Duration, data: bool) {
+        let (mut reader, mut writer) = tokio::io::split(io);
+        tokio::spawn(async move {
+            let mut sink = vec![0u8; 4096];
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let frame: &[u8] = if data { &[0, 3, 1, 2, 3] } else { &[0, 0] };
+        while writer.write_all(frame).await.is_ok() {
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn session(every: Duration, data: bool, idle: Duration, stop: &Stop) -> SessionEnd {
+        let (paths, _wanted) = Paths::new();
+        let peer = Identity::generate().node_id();
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        tokio::spawn(far_end(theirs, every, data));
+        let (_sender, mut outgoing) = mpsc::channel(8);
+        let (reader, writer) = tokio::io::split(ours);
+        carry(writer, reader, &paths, peer, &mut outgoing, stop, idle).await
+    }
+
+    #[tokio::test]
+    async fn a_session_that_carries_only_keep_alives_ends_once_idle() {
+        let idle = Duration::from_millis(500);
+        let started = Instant::now();
+        let end = session(Duration::from_millis(100), false, idle, &Stop::default()).await;
+        assert_eq!(end, SessionEnd::Idle);
+        assert!(started.elapsed() >= idle);
+    }
+
+    #[tokio::test]
+    async fn datagrams_keep_a_session_open_until_the_node_stops_it() {
+        let stop = Arc::new(Stop::default());
+        let stopper = stop.clone();
+        let idle = Duration::from_secs(2);
+        tokio::spawn(async move {
+            tokio::time::sleep(idle * 2).await;
+            stopper.stop();
+        });
+        let started = Instant::now();
+        let end = session(Duration::from_millis(100), true, idle, &stop).await;
+        assert_eq!(end, SessionEnd::Stopped);
+        assert!(started.elapsed() >= idle * 2);
+    }
+
+    #[tokio::test]
+    async fn a_stop_sent_before_the_session_runs_still_ends_it() {
+        let stop = Stop::default();
+        stop.stop();
+        let end = session(KEEPALIVE, false, Duration::from_secs(3600), &stop).await;
+        assert_eq!(end, SessionEnd::Stopped);
+    }
 }

@@ -358,7 +358,7 @@ impl Transport {
     /// Dials `peer` at `addr` from a fresh UDP socket, outside the pool, and returns once the
     /// handshake completes: proof that a host `peer` never sent to can dial it there. The peer
     /// closes such a handshake at once ([`tls::DIAL_BACK_ALPN`](super::tls::DIAL_BACK_ALPN));
-    /// it never becomes a link. Fails after [`Limits::connect_timeout`] if nobody answers.
+    /// it never becomes a link. Fails after [`Limits::dial_back_timeout`] if nobody answers.
     pub async fn dial_back(&self, peer: NodeId, addr: SocketAddr) -> Result<(), DialBackError> {
         self.inner.dial_back(peer, addr).await
     }

@@ -237,6 +237,11 @@ pub struct Limits {
     pub release_freed_memory: bool,
     /// How long a dial (QUIC + TLS handshake) may take. Default 5 s.
     pub connect_timeout: Duration,
+    /// How long a reachability dial-back (a handshake from a fresh socket, see
+    /// [`Transport::dial_back`]) may take before the node dialled counts as unreachable.
+    /// Shorter than [`Self::connect_timeout`]: the node waits for this answer to learn whether
+    /// it is private. Default 2 s.
+    pub dial_back_timeout: Duration,
     /// How long opening a stream may wait for stream credit from the peer. Default 5 s.
     pub open_stream_timeout: Duration,
     /// How long a request may wait for its answer. Default 10 s.
@@ -293,6 +298,7 @@ impl Default for Limits {
             excess_idle_link_timeout: Duration::from_secs(1),
             release_freed_memory: false,
             connect_timeout: Duration::from_secs(5),
+            dial_back_timeout: Duration::from_secs(2),
             open_stream_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             stream_read_timeout: Duration::from_secs(10),
@@ -375,6 +381,7 @@ impl Limits {
             ("send_window", self.send_window > 0),
             ("max_idle_timeout", !self.max_idle_timeout.is_zero()),
             ("connect_timeout", !self.connect_timeout.is_zero()),
+            ("dial_back_timeout", !self.dial_back_timeout.is_zero()),
             ("open_stream_timeout", !self.open_stream_timeout.is_zero()),
             ("request_timeout", !self.request_timeout.is_zero()),
             ("stream_read_timeout", !self.stream_read_timeout.is_zero()),

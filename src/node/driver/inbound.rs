@@ -32,6 +32,9 @@ impl<L: Links> Driver<L> {
                     .handle_proximity(now, PeerInfo { id: peer, addr }, rtt);
             }
             TransportEvent::LinkLost { peer, reason } => {
+                if let Some(relays) = &self.relays {
+                    relays.on_link_lost(peer);
+                }
                 if reason.is_failure() {
                     debug!(%peer, ?reason, "link lost");
                     self.pastry.handle_link_down(now, peer);

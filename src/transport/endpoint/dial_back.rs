@@ -46,14 +46,14 @@ impl Inner {
         let connecting = endpoint
             .connect_with(config, addr, "wendy")
             .map_err(|source| DialBackError::Connect(ConnectError::Start { addr, source }))?;
-        let outcome = tokio::time::timeout(self.limits.connect_timeout, connecting).await;
+        let outcome = tokio::time::timeout(self.limits.dial_back_timeout, connecting).await;
         let result = match outcome {
             Err(_) => Err(DialBackError::Connect(ConnectError::Timeout(addr))),
             Ok(Ok(conn)) => {
                 // Our side completes first; the node counts the dial-back when its side does,
                 // then closes. Waiting for that close means the node has counted it before
                 // anyone is told it succeeded (it believes no success it did not count).
-                let _ = tokio::time::timeout(self.limits.connect_timeout, conn.closed()).await;
+                let _ = tokio::time::timeout(self.limits.dial_back_timeout, conn.closed()).await;
                 conn.close(0u32.into(), b"dial-back done");
                 Ok(())
             }

@@ -304,6 +304,7 @@ impl NodeOptions {
             total_bytes_per_sec: limits
                 .total_bytes_per_sec
                 .unwrap_or(defaults.total_bytes_per_sec),
+            ..defaults
         };
         let relay_via = if args.relay_via.is_empty() {
             file.relay_via.unwrap_or_default()
@@ -317,6 +318,7 @@ impl NodeOptions {
                 .iter()
                 .map(|text| resolve_addr("--relay-via", text))
                 .collect::<Result<_, _>>()?,
+            ..RelayConfig::default()
         };
         if relay.serve.is_some() && relay.private {
             return Err(
