@@ -336,6 +336,12 @@ impl LeafSet {
         self.side(side).last()
     }
 
+    /// Whether the overlay was seen to be larger than the leaf set (see the `big` field): a
+    /// side short of `L/2` members then has a hole, it does not mean the overlay is that small.
+    pub fn overlay_exceeds(&self) -> bool {
+        self.big
+    }
+
     /// Whether `side` holds fewer than `L/2` nodes although the overlay is larger than the
     /// leaf set: a hole to repair from the farthest member's leaf set.
     pub fn needs_repair(&self, side: Side) -> bool {

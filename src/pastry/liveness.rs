@@ -32,9 +32,15 @@ pub(super) struct PendingProbe {
     /// If the probe fails, the news spreads as a received notice would (only to the members
     /// the sender did not tell), not as a new detection.
     pub(super) notice: Option<Vec<NodeId>>,
+    /// Not sent yet: a candidate's probe waits until `deadline` in case the candidate probes us
+    /// first (see [`Pastry::hold_candidate`]), then is sent only if still needed.
+    pub(super) held: bool,
 }
 
 pub(super) const RTT_CACHE: usize = 16;
+/// A held candidate probe waits `probe_timeout / CANDIDATE_HOLD_DIVISOR` (1 s by default):
+/// long enough for the other side's probe, sent on the same news, to arrive.
+pub(super) const CANDIDATE_HOLD_DIVISOR: u32 = 3;
 
 impl Pastry {
     /// A [`Message::Probe`] from `from`: answered with our leaf set.
@@ -219,8 +225,37 @@ impl Pastry {
             retries_left,
             kind,
             notice: None,
+            held: false,
         });
         self.send_probe(peer);
+    }
+
+    /// Starts a candidate's probe held back for a while (`CANDIDATE_HOLD`), for a candidate on
+    /// our left. When a node between two others fails, each of the two is the other's new
+    /// leaf-set member and both learn it from the same notice: the left one's probe admits it
+    /// to the right one's leaf set too (a probe from an active node proves it alive), so the
+    /// right one waits for that probe rather than sending its own. If none came, it probes.
+    pub(super) fn hold_candidate(&mut self, now: Time, peer: PeerInfo) {
+        if self.probes.iter().any(|p| p.peer.id == peer.id) {
+            return;
+        }
+        let in_flight = self
+            .probes
+            .iter()
+            .filter(|p| p.kind == ProbeKind::Candidate)
+            .count();
+        if in_flight >= 2 * self.config.leaf_set_size {
+            self.stats.candidates_dropped += 1;
+            return;
+        }
+        self.probes.push(PendingProbe {
+            peer,
+            deadline: now + self.config.probe_timeout / CANDIDATE_HOLD_DIVISOR,
+            retries_left: 0,
+            kind: ProbeKind::Candidate,
+            notice: None,
+            held: true,
+        });
     }
 
     /// `id` did not acknowledge a message (here or at an earlier hop): drop it from the
@@ -284,12 +319,17 @@ impl Pastry {
             .map(|p| self.hop_timeout(p.peer.id, self.config.probe_timeout))
             .collect();
         let probe_cap = self.config.probe_timeout;
+        let mut release = Vec::new();
         let mut index = 0;
         self.probes.retain_mut(|p| {
             let timeout = timeouts[index];
             index += 1;
             if p.deadline > now {
                 return true;
+            }
+            if p.held {
+                release.push(p.peer);
+                return false;
             }
             if p.retries_left > 0 {
                 p.retries_left -= 1;
@@ -304,6 +344,17 @@ impl Pastry {
         });
         for peer in resend {
             self.send_probe(peer);
+        }
+        // A held candidate's probe is sent only if the candidate did not probe us meanwhile
+        // and would still enter the leaf set.
+        for peer in release {
+            if self.is_active()
+                && !self.leaf_set.contains(peer.id)
+                && self.leaf_set.would_accept(peer.id)
+                && !self.is_dead(peer.id)
+            {
+                self.start_probe(now, peer, ProbeKind::Candidate);
+            }
         }
         for (peer, kind, notice) in failed {
             match (kind, notice) {

@@ -52,6 +52,12 @@ impl Pastry {
             self.start_probe(now, peer, kind);
             if let Some(probe) = self.probes.iter_mut().find(|p| p.peer.id == node) {
                 probe.notice.get_or_insert(told);
+                // The notice's sender found it silent to a first try and a retry: one
+                // unanswered try of our own confirms it (a live node answers it, so a false
+                // notice still evicts nothing). A node heard from lately gets its retry.
+                if probe.kind == ProbeKind::Member {
+                    probe.retries_left = 0;
+                }
             }
         }
         self.merge_candidates(now, from.id, leaf_set);
@@ -171,24 +177,35 @@ impl Pastry {
         }
     }
 
-    /// The overlay's size estimated from the leaf set's span (exact count if it is not full).
+    /// The overlay's size estimated from the leaf set's span: its members over the share of
+    /// the ring from the farthest left member to the farthest right one (exact count if the
+    /// overlay is no larger than the leaf set). A leaf set with holes (members found dead, not
+    /// yet replaced) is read by the members it still has over the span they still cover: the
+    /// overlay did not shrink to the size of the leaf set, and an estimate that dropped to it
+    /// would make every routing-table row look sparse for the time the hole lasts.
     pub(super) fn estimated_size(&self) -> f64 {
         let half = self.leaf_set.half();
+        let exact = (self.leaf_set.len() + 1) as f64;
         // In an overlay of at most L nodes the two sides share members: count them.
-        if self.leaf_set.len() < 2 * half {
-            return (self.leaf_set.len() + 1) as f64;
+        if self.leaf_set.len() < 2 * half && !self.leaf_set.overlay_exceeds() {
+            return exact;
         }
-        let (Some(left), Some(right)) = (
-            self.leaf_set.side_slots(Side::Left).get(half - 1),
-            self.leaf_set.side_slots(Side::Right).get(half - 1),
-        ) else {
-            return (self.leaf_set.len() + 1) as f64;
+        let members = |side: Side| self.leaf_set.side_slots(side).len();
+        let far = |side: Side| self.leaf_set.side_slots(side).last().map(|s| s.peer.id);
+        let (count, span) = match (far(Side::Left), far(Side::Right)) {
+            (Some(left), Some(right)) => (
+                members(Side::Left) + members(Side::Right),
+                left.clockwise_distance(right),
+            ),
+            // One side emptied by failures: the other side alone, from us to its far end.
+            (Some(left), None) => (members(Side::Left), left.clockwise_distance(self.me.id)),
+            (None, Some(right)) => (members(Side::Right), self.me.id.clockwise_distance(right)),
+            (None, None) => return exact,
         };
-        let span = left.peer.id.clockwise_distance(right.peer.id) as f64;
-        if span <= 0.0 {
-            return (self.leaf_set.len() + 1) as f64;
+        if span == 0 {
+            return exact;
         }
-        (2.0 * half as f64) * 2f64.powi(128) / span
+        count as f64 * 2f64.powi(128) / span as f64
     }
 
     /// Probes second-hand leaf-set candidates, named by `source`, that would enter our leaf
@@ -221,12 +238,19 @@ impl Pastry {
         for peer in peers.iter().filter(|p| fits(self, p)) {
             hypothetical.insert(*peer, None);
         }
+        // An active node whose leaf set has a hole holds back the probes of candidates on its
+        // left (see `hold_candidate`); a joiner and a node of a small overlay probe at once.
+        let hold = self.is_active() && self.leaf_set.overlay_exceeds();
         for peer in peers {
             if fits(self, peer)
                 && hypothetical.contains(peer.id)
                 && !self.probes.iter().any(|p| p.peer.id == peer.id)
             {
-                self.start_probe(now, *peer, ProbeKind::Candidate);
+                if hold && peer.id.precedes(self.me.id) {
+                    self.hold_candidate(now, *peer);
+                } else {
+                    self.start_probe(now, *peer, ProbeKind::Candidate);
+                }
             }
         }
     }

@@ -189,3 +189,70 @@ fn link_down_suspects_the_peer_and_reroutes_at_once() {
     assert_eq!(got.len(), 1);
     assert!(got[0].correct);
 }
+
+/// A leaf set with a hole (a member found dead, not yet replaced) still estimates the overlay's
+/// size from the members it has: the estimate must not fall to the leaf set's own size, which
+/// would make every routing-table row look sparse and start a probe of each entry.
+#[test]
+fn a_leaf_set_with_a_hole_keeps_the_size_estimate() {
+    let mut net = Net::build(Config::default(), 120, 21);
+    net.run_for(Duration::from_secs(20));
+    let node = 7;
+    let before = net.nodes[node].estimated_size();
+    let member = net.nodes[node].leaf_set().side_slots(Side::Left)[2].peer.id;
+    assert!(net.nodes[node].leaf_set.remove(member));
+    let with_hole = net.nodes[node].estimated_size();
+    assert!(
+        with_hole > before * 0.6 && with_hole < before * 1.4,
+        "estimate {before:.0} became {with_hole:.0} with one member missing"
+    );
+}
+
+/// A failure notice from a node that found the failed node silent is confirmed by one
+/// unanswered probe of each holder's own, not a try and a retry.
+#[test]
+fn a_true_failure_notice_costs_each_holder_one_probe() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut net = Net::build(Config::default(), 60, 9);
+    net.run_for(Duration::from_secs(20));
+    let victim = 23;
+    let c = net.nodes[victim].id();
+    let holders: Vec<usize> = (0..net.nodes.len())
+        .filter(|&i| i != victim && net.nodes[i].leaf_set().contains(c))
+        .collect();
+    net.kill(victim);
+    let probes = Rc::new(Cell::new(0usize));
+    let seen = Rc::clone(&probes);
+    net.drop_if = Some(Box::new(move |to, m| {
+        if to == victim && matches!(m, Message::Probe { .. }) {
+            seen.set(seen.get() + 1);
+        }
+        false
+    }));
+    let teller = net.peer(holders[0]);
+    for &i in &holders[1..] {
+        let now = net.now;
+        net.nodes[i].handle_message(
+            now,
+            teller,
+            Message::NodeFailed {
+                node: c,
+                leaf_set: vec![],
+            },
+        );
+        net.flush(i);
+    }
+    net.run_for(Duration::from_secs(7));
+    for &i in &holders[1..] {
+        assert!(!net.nodes[i].knows(c), "node {i} still holds the dead node");
+    }
+    // One probe per told holder, plus at most a try and a retry from each of the dead node's
+    // two neighbours if their heartbeat watch fires meanwhile.
+    let told = holders.len() - 1;
+    assert!(
+        probes.get() <= told + 4,
+        "{} probes of the dead node for {told} told holders",
+        probes.get()
+    );
+}
