@@ -112,7 +112,10 @@ async fn collect(
                 .map(|id| log.get(id).map_or(0, Vec::len))
                 .filter(|n| (*n as u64) < count)
                 .collect();
-            panic!("subscribers still short of {count}: {short:?}");
+            panic!(
+                "subscribers still short of {count}: {short:?}\n{}",
+                tree_dump(cluster, log)
+            );
         };
         if let NodeEvent::Topic(msg) = observed.event {
             assert_eq!(msg.topic, TOPIC);
@@ -126,6 +129,30 @@ async fn collect(
                 .push((msg.seq, observed.when));
         }
     }
+}
+
+/// Every node's place in the tree and counters, for a failure message.
+fn tree_dump(cluster: &Cluster, log: &Log) -> String {
+    let mut out = String::new();
+    for node in &cluster.nodes {
+        let got = log.get(&node.id()).map_or(0, Vec::len);
+        let stats = node.topics().stats();
+        let place = node.topics().place(TOPIC);
+        out.push_str(&format!(
+            "{} got {got} place {place:?} fetches {} repairs {} joins {} refused {} dup {} \
+             dropped {} sends_dropped {} accepted_as_root {}\n",
+            node.id(),
+            stats.fetches,
+            stats.repairs,
+            stats.joins,
+            stats.refused,
+            stats.duplicates,
+            stats.dropped,
+            stats.sends_dropped,
+            stats.accepted_as_root,
+        ));
+    }
+    out
 }
 
 fn assert_exactly_once_in_order(log: &Log, expect: &[NodeId], count: u64) {
@@ -213,7 +240,7 @@ async fn every_subscriber_gets_every_message_once_in_order_and_no_node_sends_to_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: in one CI run a subtree of 7 subscribers stopped at message 448 after the kills and never caught up; passes in most runs, run it with --ignored"]
+#[ignore = "known defect, partly fixed: under load the old root's direct children far from the topic key keep routing their re-join to the dead root (43 repairs in a minute) and never re-attach; their subtrees (14 subscribers) stop at 454-469. Run with --ignored"]
 async fn killing_the_root_and_two_forwarders_mid_stream_loses_no_accepted_message() {
     let Setup {
         mut cluster,

@@ -68,6 +68,7 @@ mod scenario;
 mod summary;
 #[cfg(test)]
 mod tests;
+mod topics;
 
 pub use engine::{Phase, Progress, Simulation};
 pub use latency::{
@@ -78,6 +79,7 @@ pub use report::{
     peak_rss_mib, proc_status_kib, ChurnReport, FailureReport, KindCount, Report, RouteTrace,
     StretchBucket, TableReport,
 };
+pub use topics::{topic_figure, TopicFigure, TopicFigureConfig};
 
 /// What happens after the overlay is built.
 #[derive(Debug, Clone, Copy, PartialEq)]

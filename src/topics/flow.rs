@@ -14,6 +14,10 @@ use crate::pastry::PeerInfo;
 /// Bytes of retained messages one replay carries at most (a larger window goes in several).
 const REPLAY_CHUNK: usize = 256 * 1024;
 
+/// A publisher keeps this many times `max_in_flight` of its acknowledged messages, for a new
+/// root whose copies stop short of what the old root acknowledged.
+const ACKED_KEPT: usize = 4;
+
 impl Tree {
     /// A new message of this node's in `name`: numbered, signed and routed to the root. The
     /// caller checked [`Tree::can_publish`].
@@ -86,18 +90,52 @@ impl Tree {
                 topic,
                 session,
                 seq,
-            } if key == Key::from(self.me) => {
-                if let Some(t) = self.topics.get_mut(&topic) {
-                    let p = &mut t.publisher;
-                    if session == p.session {
-                        p.unacked = p.unacked.split_off(&seq.saturating_add(1));
-                    }
-                }
-            }
+            } if key == Key::from(self.me) => self.on_ack(now, &topic, session, seq),
             TopicWire::Replay { topic, msgs, heads } if key == Key::from(self.me) => {
                 self.on_replay(now, &topic, msgs, &heads);
             }
             _ => self.stats.refused += 1,
+        }
+    }
+
+    /// The root has every message of the stream up to `seq`.
+    fn on_ack(&mut self, now: Instant, name: &str, session: u64, seq: u64) {
+        let max_kept = self.config.max_in_flight * ACKED_KEPT;
+        let retry = self.config.retry;
+        let Some(t) = self.topics.get_mut(name) else {
+            return;
+        };
+        let p = &mut t.publisher;
+        if session != p.session {
+            return;
+        }
+        let rest = p.unacked.split_off(&seq.saturating_add(1));
+        for (_, (msg, _)) in std::mem::replace(&mut p.unacked, rest) {
+            p.acked.push_back(msg);
+        }
+        while p.acked.len() > max_kept {
+            p.acked.pop_front();
+        }
+        let first_unacked = p.unacked.keys().next().copied().unwrap_or(p.next_seq);
+        let resent_lately = p
+            .resent_at
+            .is_some_and(|at| now.saturating_duration_since(at) < retry);
+        if seq.saturating_add(1) >= first_unacked || resent_lately {
+            return;
+        }
+        // This root stands behind what an earlier root acknowledged: the copies of the last
+        // messages were lost with that root. It gets them again (and can then take the rest).
+        p.resent_at = Some(now);
+        let key = t.key;
+        for msg in p.acked.iter().filter(|m| m.seq > seq) {
+            self.stats.retries += 1;
+            self.out.push(Action::Route {
+                key,
+                msg: TopicWire::Publish {
+                    msg: msg.clone(),
+                    first_unacked: seq.saturating_add(1),
+                },
+            });
         }
     }
 
@@ -152,6 +190,16 @@ impl Tree {
             // A stream this root has not seen starts where the publisher's unacknowledged
             // messages do: everything before was acknowledged by a root before this one.
             t.heads.insert(stream, first_unacked.clamp(1, msg.seq));
+        } else {
+            let head = t.heads.get(&stream).copied().unwrap_or(1);
+            if first_unacked > head.saturating_add(max_in_flight * ACKED_KEPT as u64) {
+                // Behind by more than the publisher keeps of what earlier roots acknowledged:
+                // those cannot come again; the stream goes on from where the publisher stands.
+                t.heads.insert(stream, first_unacked);
+                if let Some(queue) = t.pending.get_mut(&stream) {
+                    *queue = queue.split_off(&first_unacked);
+                }
+            }
         }
         let next = t.heads.get(&stream).copied().unwrap_or(1);
         if msg.seq >= next {
@@ -194,19 +242,12 @@ impl Tree {
     /// The root takes a message in: into the window, down the tree, to the nodes next in line.
     fn commit(&mut self, now: Instant, msg: Published, view: &dyn View) {
         let name = msg.topic.clone();
-        let (max_retained, max_bytes) = (self.config.max_retained, self.config.max_retained_bytes);
         let Some(t) = self.topics.get_mut(&name) else {
             return;
         };
         t.heads.insert(msg.stream, msg.seq + 1);
-        t.window_bytes += msg.size();
-        t.window.push_back(msg.clone());
-        while t.window.len() > max_retained || t.window_bytes > max_bytes {
-            match t.window.pop_front() {
-                Some(old) => t.window_bytes = t.window_bytes.saturating_sub(old.size()),
-                None => break,
-            }
-        }
+        t.retain(now, msg.clone());
+        t.trim_window(now, &self.config);
         t.kept_until = Some(now + self.config.retain_for);
         self.stats.accepted_as_root += 1;
         for to in view.closest_leaves(t.key, REPLICAS) {
@@ -297,32 +338,51 @@ impl Tree {
                 self.stats.refused += 1;
             }
         }
-        let (max_retained, max_bytes) = (self.config.max_retained, self.config.max_retained_bytes);
         let retain_for = self.config.retain_for;
+        let config = self.config.clone();
         let Some(t) = self.topic_mut(name) else {
             self.stats.refused += 1;
             return;
         };
-        t.merge_heads(heads, max_publishers);
+        // A stream seen here already goes on only as far as the messages held reach (below):
+        // heads from a node's data (a root handing over) can run ahead of its window, and a
+        // head past a hole would make this node, once root, skip messages it never had.
+        let unknown: Vec<Cursor> = heads
+            .iter()
+            .filter(|h| !t.heads.contains_key(&h.stream))
+            .copied()
+            .collect();
+        t.merge_heads(&unknown, max_publishers);
+        let mut added = false;
         for msg in checked {
             let known = t
                 .window
                 .iter()
                 .any(|m| m.stream == msg.stream && m.seq == msg.seq);
             if !known {
-                t.window_bytes += msg.size();
+                added = true;
+                t.retain(now, msg);
+            }
+        }
+        if added {
+            // In each stream's order (copies can come out of order); arrival times go with
+            // their messages.
+            let mut both: Vec<(Published, Instant)> =
+                t.window.drain(..).zip(t.window_at.drain(..)).collect();
+            both.sort_by_key(|(m, _)| (m.stream, m.seq));
+            for (msg, at) in both {
                 t.window.push_back(msg);
+                t.window_at.push_back(at);
             }
         }
-        t.window
-            .make_contiguous()
-            .sort_by_key(|m| (m.stream, m.seq));
-        while t.window.len() > max_retained || t.window_bytes > max_bytes {
-            match t.window.pop_front() {
-                Some(old) => t.window_bytes = t.window_bytes.saturating_sub(old.size()),
-                None => break,
+        let held: std::collections::HashSet<(Stream, u64)> =
+            t.window.iter().map(|m| (m.stream, m.seq)).collect();
+        for (stream, next) in t.heads.iter_mut() {
+            while held.contains(&(*stream, *next)) {
+                *next += 1;
             }
         }
+        t.trim_window(now, &config);
         t.kept_until = Some(now + retain_for);
     }
 
@@ -343,29 +403,38 @@ impl Tree {
             }
             None => (Vec::new(), Vec::new()),
         };
+        // In chunks; the one with the heads, sent last, holds the oldest messages, so that it
+        // tells the subscriber where the window starts in each stream it lists.
         let key = Key::from(origin);
-        let mut chunk = Vec::new();
+        let mut chunks: Vec<Vec<Published>> = vec![Vec::new()];
         let mut bytes = 0;
         for msg in msgs {
-            bytes += msg.size();
-            chunk.push(msg);
             if bytes >= REPLAY_CHUNK {
-                self.out.push(Action::Route {
-                    key,
-                    msg: TopicWire::Replay {
-                        topic: name.to_owned(),
-                        msgs: std::mem::take(&mut chunk),
-                        heads: Vec::new(),
-                    },
-                });
+                chunks.push(Vec::new());
                 bytes = 0;
             }
+            bytes += msg.size();
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(msg);
+            }
+        }
+        let mut chunks = chunks.into_iter();
+        let oldest = chunks.next().unwrap_or_default();
+        for msgs in chunks {
+            self.out.push(Action::Route {
+                key,
+                msg: TopicWire::Replay {
+                    topic: name.to_owned(),
+                    msgs,
+                    heads: Vec::new(),
+                },
+            });
         }
         self.out.push(Action::Route {
             key,
             msg: TopicWire::Replay {
                 topic: name.to_owned(),
-                msgs: chunk,
+                msgs: oldest,
                 heads,
             },
         });
@@ -391,6 +460,27 @@ impl Tree {
         let Some(t) = self.topics.get_mut(name) else {
             return;
         };
+        if !heads.is_empty() {
+            // The chunk with the heads holds the window's oldest messages: a stream whose
+            // oldest there is past this subscriber's cursor lost the messages between (cut off
+            // longer than the window lasts). The subscriber goes on from the window rather
+            // than wait forever for them.
+            let mut oldest: HashMap<Stream, u64> = HashMap::new();
+            for msg in &checked {
+                oldest.entry(msg.stream).or_insert(msg.seq);
+            }
+            for (stream, first) in oldest {
+                if let Some(reader) = t.readers.get_mut(&stream) {
+                    if let Some(next) = reader.next.filter(|next| *next < first) {
+                        tracing::warn!(topic = name, publisher = %stream.publisher, missed = first - next,
+                            "messages older than the root's window are lost to this subscriber");
+                        self.stats.lost += first - next;
+                        reader.next = Some(first);
+                        reader.held = reader.held.split_off(&first);
+                    }
+                }
+            }
+        }
         // A stream this subscriber had no place in starts at the oldest message replayed, or
         // at the root's head when the window holds none of it.
         for msg in &checked {
@@ -533,7 +623,22 @@ impl Tree {
                     });
                 }
             }
-            if !t.subscribed || t.root {
+            if !t.subscribed {
+                continue;
+            }
+            if t.root {
+                // A subscriber that became root (through routing, or a take-over) may lag
+                // behind its own window (copies of messages it never had as data): it
+                // delivers from there.
+                let due = t
+                    .fetched_at
+                    .map_or(true, |at| now.saturating_duration_since(at) >= gap_wait);
+                if due && lags(t) {
+                    t.fetched_at = Some(now);
+                    start_at_held(&mut t.readers);
+                    self.catch_up_from_window(&name);
+                    self.release_held(now, &name);
+                }
                 continue;
             }
             if lags(t) {

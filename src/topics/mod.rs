@@ -32,7 +32,8 @@
 //! A publisher numbers its messages per topic (a random session per start, sequence numbers
 //! from 1) and signs each with its node key; the message is routed to the root. The root
 //! accepts each publisher's messages in order, keeps the last [`TopicsConfig::max_retained`]
-//! (and [`TopicsConfig::max_retained_bytes`]), copies each to the two leaf-set members next in
+//! and those younger than [`TopicsConfig::repair_window`] (within
+//! [`TopicsConfig::max_retained_bytes`]), copies each to the two leaf-set members next in
 //! line to be root, sends it down the tree and acknowledges the publisher (routed to the
 //! publisher's id). A publisher sends again what is not acknowledged within
 //! [`TopicsConfig::retry`], with at most [`TopicsConfig::max_in_flight`] unacknowledged
@@ -71,10 +72,14 @@
 //! ```
 
 mod flow;
+#[cfg(any(test, feature = "sim"))]
+pub(crate) mod harness;
 mod message;
 mod service;
 mod tree;
 
+#[cfg(test)]
+mod net_tests;
 #[cfg(test)]
 mod tests;
 
@@ -101,10 +106,15 @@ pub struct TopicsConfig {
     /// The most children a node sends each message to; more joins are pushed down the tree.
     /// Default 16.
     pub max_children: usize,
-    /// Messages a root keeps for replay (per topic). Default 256.
+    /// Messages a root keeps for replay (per topic); more while they are younger than
+    /// `repair_window`. Default 256.
     pub max_retained: usize,
     /// Bytes a root keeps for replay (per topic). Default 1 MiB.
     pub max_retained_bytes: usize,
+    /// A root keeps every message at least this long (within `max_retained_bytes`), even past
+    /// `max_retained`: a subtree cut off by a failed forwarder fetches what it missed from the
+    /// window once it is attached again, however fast the publisher went meanwhile. Default 30 s.
+    pub repair_window: Duration,
     /// The largest payload of one message ([`TopicError::PayloadTooLarge`]). Default 64 KiB.
     pub max_payload: usize,
     /// A publisher's unacknowledged messages per topic; also the most a root holds past a gap
@@ -135,6 +145,7 @@ impl Default for TopicsConfig {
             max_children: 16,
             max_retained: 256,
             max_retained_bytes: 1 << 20,
+            repair_window: Duration::from_secs(30),
             max_payload: 64 * 1024,
             max_in_flight: 64,
             max_publishers: 256,

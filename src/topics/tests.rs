@@ -326,3 +326,107 @@ fn a_publisher_keeps_its_numbers_and_a_forgotten_one_starts_a_new_stream() {
     assert_eq!(tree.publish(much_later, "news", b"three".to_vec()), Some(1));
     assert_ne!(routed_session(&mut tree), first);
 }
+
+/// What a root answers a subscriber's fetch with: the sequence numbers of the replayed
+/// messages.
+fn replayed(tree: &mut Tree) -> Vec<u64> {
+    std::mem::take(&mut tree.out)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Route {
+                msg: TopicWire::Replay { msgs, .. },
+                ..
+            } => Some(msgs.into_iter().map(|m| m.seq)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_subtree_cut_off_while_more_than_max_retained_messages_went_by_gets_them_all() {
+    // The defect this guards against: a subtree under a forwarder that died detects it after
+    // the parent timeout; meanwhile the new root took more than `max_retained` messages, its
+    // window moved past what the subtree had, and the subtree's fetch could never fill the gap.
+    let me = Identity::generate();
+    let mut root = tree(&me);
+    let start = Instant::now();
+    let publisher = Identity::generate().origin_signer();
+    let key = topic_key("t");
+    let config = TopicsConfig::default();
+    let count = config.max_retained as u64 * 3;
+    for seq in 1..=count {
+        let now = start + Duration::from_millis(seq);
+        let msg = TopicWire::Publish {
+            msg: Published::sign(&publisher, "t", 9, seq, vec![0; 16]),
+            first_unacked: seq,
+        };
+        root.on_routed(now, publisher.node_id(), key, msg, &root_view());
+    }
+    root.out.clear();
+    // A subscriber that had the first 100 asks, within the repair window: every later one.
+    let subscriber = NodeId::from_u128(42);
+    let fetch = TopicWire::Fetch {
+        topic: "t".into(),
+        cursors: vec![super::message::Cursor {
+            stream: super::message::Stream {
+                publisher: publisher.node_id(),
+                session: 9,
+            },
+            next: 101,
+        }],
+    };
+    let soon = start + Duration::from_secs(3);
+    root.on_routed(soon, subscriber, key, fetch.clone(), &root_view());
+    assert_eq!(replayed(&mut root), (101..=count).collect::<Vec<_>>());
+    // Past the repair window, the window is back to `max_retained` at the next message.
+    let late = start + config.repair_window + Duration::from_secs(1);
+    let msg = TopicWire::Publish {
+        msg: Published::sign(&publisher, "t", 9, count + 1, vec![0; 16]),
+        first_unacked: count + 1,
+    };
+    root.on_routed(late, publisher.node_id(), key, msg, &root_view());
+    root.out.clear();
+    root.on_routed(late, subscriber, key, fetch, &root_view());
+    assert_eq!(replayed(&mut root).len(), config.max_retained);
+}
+
+#[test]
+fn a_publisher_sends_acknowledged_messages_again_to_a_root_that_lacks_them() {
+    // A root acknowledged 1..=5 and died before its copies reached the next root, which has
+    // 1..=3: the new root's answer says so, and the publisher sends 4 and 5 again.
+    let me = Identity::generate();
+    let mut tree = tree(&me);
+    let root = peer(7);
+    let via = FakeView {
+        next: Some(Some(root)),
+    };
+    let now = Instant::now();
+    for n in 1..=6u8 {
+        tree.publish(now, "t", vec![n]).expect("room");
+    }
+    let session = routed_session(&mut tree);
+    tree.out.clear();
+    let ack = |seq| TopicWire::Ack {
+        topic: "t".into(),
+        session,
+        seq,
+    };
+    let mine = Key::from(me.node_id());
+    tree.on_routed(now, root.id, mine, ack(5), &via);
+    assert!(tree.out.is_empty());
+    assert_eq!(tree.accepted("t"), 5);
+    let later = now + Duration::from_secs(2);
+    tree.on_routed(later, NodeId::from_u128(8), mine, ack(3), &via);
+    let again: Vec<u64> = std::mem::take(&mut tree.out)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Route {
+                msg: TopicWire::Publish { msg, .. },
+                ..
+            } => Some(msg.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, vec![4, 5]);
+}

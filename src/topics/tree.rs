@@ -68,6 +68,9 @@ pub struct TopicStats {
     /// Topic messages dropped because the application did not take them in time
     /// ([`TopicsConfig::delivery_queue`]).
     pub dropped: u64,
+    /// Messages a subscriber never got: the root's window no longer held them when it asked
+    /// (it was cut off longer than the window lasts, [`TopicsConfig::repair_window`]).
+    pub lost: u64,
     /// Sends not made because 4,096 were already in flight (the
     /// trees' repairs make up for them).
     pub sends_dropped: u64,
@@ -103,6 +106,11 @@ pub(super) struct Publisher {
     pub(super) session: u64,
     pub(super) next_seq: u64,
     pub(super) unacked: BTreeMap<u64, (Published, Instant)>,
+    /// The last `max_in_flight` acknowledged messages: a new root that lacks some of them
+    /// (its copies were lost with the root that acknowledged them) gets them again.
+    pub(super) acked: VecDeque<Published>,
+    /// When acknowledged messages were last sent again.
+    pub(super) resent_at: Option<Instant>,
     /// Until when the numbers are kept after the last message ([`TopicsConfig::retain_for`],
     /// as long as the root keeps its window).
     pub(super) kept_until: Option<Instant>,
@@ -123,6 +131,8 @@ pub(super) struct Topic {
     /// Each stream's next sequence number, as far as this node knows (the root's are exact).
     pub(super) heads: HashMap<Stream, u64>,
     pub(super) window: VecDeque<Published>,
+    /// When each message of `window` came in here (same order).
+    pub(super) window_at: VecDeque<Instant>,
     pub(super) window_bytes: usize,
     /// At the root: messages past a gap in their stream, until the publisher fills it.
     pub(super) pending: HashMap<Stream, BTreeMap<u64, Published>>,
@@ -150,6 +160,7 @@ impl Topic {
             path: Vec::new(),
             heads: HashMap::new(),
             window: VecDeque::new(),
+            window_at: VecDeque::new(),
             window_bytes: 0,
             pending: HashMap::new(),
             readers: HashMap::new(),
@@ -160,6 +171,8 @@ impl Topic {
                 session: 0,
                 next_seq: 1,
                 unacked: BTreeMap::new(),
+                acked: VecDeque::new(),
+                resent_at: None,
                 kept_until: None,
             },
             kept_until: None,
@@ -207,6 +220,35 @@ impl Topic {
             .collect();
         heads.truncate(MAX_CURSORS);
         heads
+    }
+
+    /// Takes `msg` into the window.
+    pub(super) fn retain(&mut self, now: Instant, msg: Published) {
+        self.window_bytes += msg.size();
+        self.window.push_back(msg);
+        self.window_at.push_back(now);
+    }
+
+    /// Lets the oldest messages go: past [`TopicsConfig::max_retained_bytes`] always, past
+    /// [`TopicsConfig::max_retained`] once they are older than
+    /// [`TopicsConfig::repair_window`] (a subtree cut off by a failure fetches what it missed
+    /// from here once it is attached again).
+    pub(super) fn trim_window(&mut self, now: Instant, config: &TopicsConfig) {
+        loop {
+            let old_enough = self
+                .window_at
+                .front()
+                .is_some_and(|at| now.saturating_duration_since(*at) >= config.repair_window);
+            let over_count = self.window.len() > config.max_retained && old_enough;
+            if !over_count && self.window_bytes <= config.max_retained_bytes {
+                break;
+            }
+            self.window_at.pop_front();
+            match self.window.pop_front() {
+                Some(old) => self.window_bytes = self.window_bytes.saturating_sub(old.size()),
+                None => break,
+            }
+        }
     }
 
     /// Raises the known heads (never lowers them); new streams only while there is room.

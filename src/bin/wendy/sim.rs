@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use wendy::sim::{
-    KeyPopularity, ModelSpec, Phase, Progress, RttMatrix, Scenario, SimConfig, Simulation,
+    topic_figure, KeyPopularity, ModelSpec, Phase, Progress, RttMatrix, Scenario, SimConfig,
+    Simulation, TopicFigureConfig,
 };
 
 /// Latency models built into the simulator.
@@ -94,6 +95,13 @@ pub(crate) struct SimArgs {
     /// Zipf popularity: the exponent s (rank r drawn with probability proportional to 1/r^s).
     #[arg(long, value_name = "S", default_value_t = 1.0)]
     zipf_s: f64,
+    /// Topics figure instead of lookups: this many subscribers of one topic, its tree built
+    /// and fed by the topics code over the nodes' Pastry routing.
+    #[arg(long, value_name = "N")]
+    topic_subscribers: Option<usize>,
+    /// Topics figure: messages the publisher sends.
+    #[arg(long, value_name = "M", default_value_t = 10)]
+    topic_messages: usize,
 }
 
 /// How the lookups' keys are drawn.
@@ -178,6 +186,25 @@ impl SimArgs {
 
 /// Runs `wendy sim`; `quiet` (the global `-q` / `--quiet`) also leaves out the progress lines.
 pub(crate) fn run(args: SimArgs, quiet: bool) -> crate::CmdResult {
+    if let Some(subscribers) = args.topic_subscribers {
+        let config = TopicFigureConfig {
+            nodes: args.nodes,
+            subscribers,
+            messages: args.topic_messages,
+            seed: args.seed,
+        };
+        let figure = topic_figure(&config, &mut |what| {
+            if !quiet {
+                eprintln!("{what}");
+            }
+        });
+        if args.json {
+            println!("{}", serde_json::to_string(&figure)?);
+        } else {
+            println!("{figure}");
+        }
+        return Ok(());
+    }
     let config = args.config()?;
     let started = Instant::now();
     let mut last = started;
