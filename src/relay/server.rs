@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::session::{KEEPALIVE, SILENCE};
@@ -214,18 +216,16 @@ impl RelayServer {
             return;
         }
         debug!(%from, %target, "relaying");
-        let (a_write, a_read) = stream.io();
-        let (b_write, b_read) = other.io();
         let a_to_b = copy(
-            a_read,
-            b_write,
+            &mut stream.recv,
+            &mut other.send,
             self.limits.link_bytes_per_sec,
             &self.total,
             &self.bytes,
         );
         let b_to_a = copy(
-            b_read,
-            a_write,
+            &mut other.recv,
+            &mut stream.send,
             self.limits.link_bytes_per_sec,
             &self.total,
             &self.bytes,
@@ -267,23 +267,25 @@ pub(crate) async fn keep_alive(stream: &mut RawStream) {
 }
 
 /// Copies bytes from `reader` to `writer` within the link's and the relay's rates, counting them.
+/// The chunks quinn received are handed on as they are (no copy), several per write.
 async fn copy(
-    mut reader: impl AsyncRead + Unpin,
-    mut writer: impl AsyncWrite + Unpin,
+    reader: &mut RecvStream,
+    writer: &mut SendStream,
     link_rate: u64,
     total: &Bucket,
     counted: &AtomicU64,
 ) {
     let link = Bucket::new(link_rate);
-    let mut buf = vec![0u8; 64 << 10];
+    let mut chunks = vec![Bytes::new(); 32];
     loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let count = match reader.read_chunks(&mut chunks).await {
+            Ok(Some(count)) => count,
+            Ok(None) | Err(_) => return,
         };
+        let n: usize = chunks[..count].iter().map(Bytes::len).sum();
         link.take(n).await;
         total.take(n).await;
-        if writer.write_all(&buf[..n]).await.is_err() {
+        if writer.write_all_chunks(&mut chunks[..count]).await.is_err() {
             return;
         }
         counted.fetch_add(n as u64, Ordering::Relaxed);

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use super::socket::{Paths, SessionSender};
@@ -40,71 +40,101 @@ pub(crate) async fn run(
     outgoing: &mut mpsc::Receiver<Bytes>,
     stream: &mut RawStream,
 ) -> SessionEnd {
-    let (writer, reader) = stream.io();
     tokio::select! {
-        end = pump_out(writer, outgoing) => end,
-        () = pump_in(reader, &paths, peer) => SessionEnd::Broken,
+        end = pump_out(&mut stream.send, outgoing) => end,
+        () = pump_in(&mut stream.recv, &paths, peer) => SessionEnd::Broken,
     }
 }
 
-async fn pump_out(
-    mut writer: impl AsyncWrite + Unpin,
-    outgoing: &mut mpsc::Receiver<Bytes>,
-) -> SessionEnd {
-    let mut buf = Vec::with_capacity(64 << 10);
+/// Framed transmits written at once by one stream write.
+const WRITE_BATCH: usize = 64;
+
+/// A keep-alive frame (a zero length).
+static KEEPALIVE_FRAME: [u8; 2] = [0, 0];
+
+/// Writes what the socket queued (already framed, see [`push_frame`]), several transmits per
+/// write, handing quinn the buffers themselves rather than copies.
+async fn pump_out(writer: &mut SendStream, outgoing: &mut mpsc::Receiver<Bytes>) -> SessionEnd {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
     loop {
-        buf.clear();
+        batch.clear();
         match tokio::time::timeout(KEEPALIVE, outgoing.recv()).await {
-            Ok(Some(datagram)) => {
-                push_frame(&mut buf, &datagram);
-                // Batch what is already queued into one write.
-                while buf.len() < 48 << 10 {
+            Ok(Some(framed)) => {
+                batch.push(framed);
+                while batch.len() < WRITE_BATCH {
                     match outgoing.try_recv() {
-                        Ok(datagram) => push_frame(&mut buf, &datagram),
+                        Ok(framed) => batch.push(framed),
                         Err(_) => break,
                     }
                 }
             }
             Ok(None) => return SessionEnd::Closed,
-            Err(_) => buf.extend_from_slice(&[0, 0]),
+            Err(_) => batch.push(Bytes::from_static(&KEEPALIVE_FRAME)),
         }
-        if writer.write_all(&buf).await.is_err() {
+        if writer.write_all_chunks(&mut batch).await.is_err() {
             return SessionEnd::Broken;
         }
     }
 }
 
-fn push_frame(buf: &mut Vec<u8>, datagram: &[u8]) {
-    // Datagrams longer than a frame can say are not QUIC's (its packets are far smaller).
+/// Appends `datagram` to `buf` as one frame. Datagrams longer than a frame can say, or empty,
+/// are left out (QUIC's packets are far smaller, and never empty).
+pub(crate) fn push_frame(buf: &mut BytesMut, datagram: &[u8]) {
     let Ok(len) = u16::try_from(datagram.len()) else {
         return;
     };
     if len == 0 {
         return;
     }
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(datagram);
+    buf.put_u16(len);
+    buf.put_slice(datagram);
 }
 
-async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId) {
-    let mut reader = BufReader::with_capacity(64 << 10, reader);
+/// Cuts a session's byte stream back into datagrams. A frame inside one received chunk is
+/// handed on as a slice of it (no copy); only a frame split across chunks is copied together.
+#[derive(Debug, Default)]
+pub(crate) struct Deframer {
+    /// The start of a frame whose end has not arrived yet.
+    partial: BytesMut,
+}
+
+impl Deframer {
+    /// Takes the next chunk of the stream and appends the datagrams it completes to `out`
+    /// (keep-alives are not datagrams and are dropped).
+    pub(crate) fn push(&mut self, chunk: Bytes, out: &mut Vec<Bytes>) {
+        let mut data = if self.partial.is_empty() {
+            chunk
+        } else {
+            self.partial.extend_from_slice(&chunk);
+            self.partial.split().freeze()
+        };
+        while data.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
+            if data.len() < 2 + len {
+                break;
+            }
+            if len > 0 {
+                out.push(data.slice(2..2 + len));
+            }
+            data.advance(2 + len);
+        }
+        self.partial.extend_from_slice(&data);
+    }
+}
+
+async fn pump_in(reader: &mut RecvStream, paths: &Paths, peer: NodeId) {
+    let mut deframer = Deframer::default();
+    let mut datagrams = Vec::new();
     loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(SILENCE, reader.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
+        let chunk = match tokio::time::timeout(SILENCE, reader.read_chunk(64 << 10, true)).await {
+            Ok(Ok(Some(chunk))) => chunk.bytes,
             _ => return,
-        }
-        let len = usize::from(u16::from_be_bytes(len));
-        if len == 0 {
-            continue;
-        }
-        let mut datagram = BytesMut::zeroed(len);
-        match tokio::time::timeout(SILENCE, reader.read_exact(&mut datagram)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        if !paths.deliver(peer, datagram.freeze()).await {
-            return;
+        };
+        deframer.push(chunk, &mut datagrams);
+        for datagram in datagrams.drain(..) {
+            if !paths.deliver(peer, datagram).await {
+                return;
+            }
         }
     }
 }
@@ -126,4 +156,50 @@ pub(crate) async fn install_and_run(
 /// Forgets a session in the socket.
 pub(crate) fn close(paths: &Paths, peer: NodeId, sender: &SessionSender) {
     paths.close_session(peer, sender);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(datagrams: &[&[u8]]) -> Bytes {
+        let mut buf = BytesMut::new();
+        for datagram in datagrams {
+            push_frame(&mut buf, datagram);
+            buf.extend_from_slice(&KEEPALIVE_FRAME);
+        }
+        buf.freeze()
+    }
+
+    #[test]
+    fn datagrams_come_out_whole_however_the_stream_is_cut() {
+        let big = [9u8; 1400];
+        let datagrams: [&[u8]; 4] = [b"a", &big, b"", b"last one"];
+        let stream = framed(&datagrams);
+        let sent: Vec<&[u8]> = datagrams
+            .iter()
+            .copied()
+            .filter(|d| !d.is_empty())
+            .collect();
+        for cut in [1, 2, 3, 7, 1401, stream.len()] {
+            let mut deframer = Deframer::default();
+            let mut out = Vec::new();
+            for chunk in stream.chunks(cut) {
+                deframer.push(Bytes::copy_from_slice(chunk), &mut out);
+            }
+            let out: Vec<&[u8]> = out.iter().map(|d| &d[..]).collect();
+            assert_eq!(out, sent, "cut every {cut} bytes");
+            assert!(deframer.partial.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_oversized_datagram_is_left_out_rather_than_misframed() {
+        let mut buf = BytesMut::new();
+        push_frame(&mut buf, &[1u8; 70_000]);
+        push_frame(&mut buf, b"next");
+        let mut out = Vec::new();
+        Deframer::default().push(buf.freeze(), &mut out);
+        assert_eq!(out, vec![Bytes::from_static(b"next")]);
+    }
 }

@@ -22,21 +22,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
+use super::session::push_frame;
 use super::{is_synthetic, synthetic_addr, unmap};
 use crate::id::NodeId;
 
-/// Datagrams a session may queue before the socket drops more (as a full link would).
+/// Transmits (each one datagram, or a GSO batch of them) a session may queue before the socket
+/// drops more (as a full link would).
 pub(crate) const SESSION_QUEUE: usize = 512;
 
 /// Relayed datagrams waiting for quinn to read them.
 const INBOUND_QUEUE: usize = 2048;
 
-/// A session's outgoing side: the datagrams quinn sends to the peer go here.
+/// A session's outgoing side: the datagrams quinn sends to the peer go here, already framed
+/// for the session's stream (`session::push_frame`), one buffer per transmit.
 pub(crate) type SessionSender = mpsc::Sender<Bytes>;
 
 /// A session wanted by quinn (a datagram went to a relayed peer with no session yet): the
@@ -157,22 +160,23 @@ impl Paths {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Queues a datagram for the relayed peer at `addr`, asking for a session if there is none.
-    fn send_relayed(&self, addr: SocketAddr, datagram: Bytes) {
+    /// Queues framed datagrams for the relayed peer at `addr`, asking for a session if there is
+    /// none.
+    fn send_relayed(&self, addr: SocketAddr, framed: Bytes) {
         let Some(peer) = self.peer_at(addr) else {
             self.drop_one();
             return;
         };
         let mut sessions = lock(&self.sessions);
         if let Some(sender) = sessions.get(&peer) {
-            if sender.try_send(datagram).is_err() {
+            if sender.try_send(framed).is_err() {
                 self.drop_one();
             }
             return;
         }
         let (sender, outgoing) = mpsc::channel(SESSION_QUEUE);
         // A fresh channel has room for one.
-        let _ = sender.try_send(datagram);
+        let _ = sender.try_send(framed);
         if self.wanted.send(WantedSession { peer, outgoing }).is_ok() {
             sessions.insert(peer, sender);
         } else {
@@ -272,9 +276,16 @@ impl AsyncUdpSocket for RelaySocket {
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
+        // One buffer for the whole transmit (a GSO batch is several datagrams), framed here so
+        // that the session hands it to its stream without another copy.
+        let mut framed = BytesMut::with_capacity(
+            transmit.contents.len() + 2 * transmit.contents.len().div_ceil(segment),
+        );
         for datagram in transmit.contents.chunks(segment) {
-            self.paths
-                .send_relayed(destination, Bytes::copy_from_slice(datagram));
+            push_frame(&mut framed, datagram);
+        }
+        if !framed.is_empty() {
+            self.paths.send_relayed(destination, framed.freeze());
         }
         Ok(())
     }
