@@ -4,7 +4,11 @@
 // The harness is shared with tests that are turned on as features land.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod inside;
 pub mod overlay;
 pub mod testbed;
 
+mod figures;
+mod mesh;
 mod reachability;
+mod relay_kill;

@@ -49,6 +49,15 @@ impl Overlay {
     /// then every private one at once. Private nodes get `join_timeout` (`[timeouts] join_ms`)
     /// so that a node whose join fails keeps running to be observed.
     pub fn start(bed: &Testbed, join_timeout: Duration) -> Self {
+        Self::start_with(bed, join_timeout, |_| Vec::new())
+    }
+
+    /// [`Self::start`], with `extra(host)` added to the arguments of the node on `host`.
+    pub fn start_with(
+        bed: &Testbed,
+        join_timeout: Duration,
+        extra: impl Fn(&Host) -> Vec<String>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("private.toml");
         std::fs::write(
@@ -70,6 +79,7 @@ impl Overlay {
             if i > 0 {
                 args.extend(["--join".to_owned(), bootstrap.clone()]);
             }
+            args.extend(extra(host));
             let started = Instant::now();
             let mut proc = host.spawn_node(&args);
             proc.next_event("joined");
@@ -83,7 +93,7 @@ impl Overlay {
         }
         for host in bed.lans.iter().flat_map(|lan| &lan.hosts) {
             let (key, id) = key_file(&dir, &host.name);
-            let args = [
+            let mut args = vec![
                 "--listen".to_owned(),
                 format!("0.0.0.0:{PORT}"),
                 "--join".to_owned(),
@@ -93,6 +103,7 @@ impl Overlay {
                 "--config".to_owned(),
                 config.to_str().unwrap().to_owned(),
             ];
+            args.extend(extra(host));
             members.push(Member {
                 host: host.clone(),
                 id,

@@ -76,7 +76,8 @@ impl Inner {
                 .filter(|r| !tried.contains(&(r.provider, r.addr)))
                 .collect();
             let ranked = rank_providers(untried, |p| self.node.rtt(p), |p| self.failed_recently(p));
-            for record in ranked {
+            let candidates = ranked.len();
+            for (rank, record) in ranked.into_iter().enumerate() {
                 if tried.len() >= self.config.max_tunnel_attempts.max(1) {
                     break;
                 }
@@ -92,7 +93,15 @@ impl Inner {
                     last_error = "the only provider left is this node itself".to_owned();
                     continue;
                 }
-                let per_provider = self.tunnel_timeout(record.provider);
+                // The short, RTT-based wait is for failing over; the one provider there is
+                // has nobody to fail over to, so a busy link to it (its queues full of other
+                // tunnels' bytes) gets the full timeout.
+                let alone = candidates == 1 && rank == 0 && tried.len() == 1;
+                let per_provider = if alone {
+                    self.config.connect_timeout
+                } else {
+                    self.tunnel_timeout(record.provider)
+                };
                 let limit = per_provider.min(left);
                 match self.open_tunnel(&record, limit).await {
                     Ok(stream) => {
