@@ -34,8 +34,12 @@ pub use codes::{ErrorCode, PayloadKind};
 /// [`crate::pastry::origin`]; 4: a root answers a routed message's origin,
 /// [`crate::pastry::Message::RootAnswer`], and relays, whose frames an older build cannot
 /// serve, and private nodes advertised at synthetic addresses an older build cannot dial, see
-/// [`crate::relay`]).
-pub const VERSION: u8 = 4;
+/// [`crate::relay`]; 5: the control messages a node sends one peer at once share a frame,
+/// [`Body::PastryBatch`], which an older build would drop, losing acknowledgements).
+pub const VERSION: u8 = 5;
+
+/// Most messages one [`Body::PastryBatch`] frame may carry; a frame with more is malformed.
+pub const MAX_PASTRY_BATCH: usize = 64;
 
 /// The default bound on an encoded frame (version byte included): 1 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
@@ -113,12 +117,17 @@ pub enum Body {
         /// The private node whose record is wanted.
         node: crate::id::NodeId,
     },
+    /// Several Pastry messages for the same peer, made at the same moment (a root's
+    /// acknowledgement of a routed message and its answer to the message's origin, for
+    /// example): one stream instead of one each. Each means what it means alone, in this
+    /// order. At most [`MAX_PASTRY_BATCH`] of them.
+    PastryBatch(Vec<pastry::Message>),
 }
 
 impl Body {
     /// The number of [`Body`] variants this build knows; indexes at or above it are
     /// [`WireError::UnknownKind`].
-    pub const KINDS: u32 = 12;
+    pub const KINDS: u32 = 13;
 
     /// A short name of the frame's kind, for logs.
     pub fn kind_name(&self) -> &'static str {
@@ -135,6 +144,7 @@ impl Body {
             Self::RelayIncoming { .. } => "relay-incoming",
             Self::RelayRecord { .. } => "relay-record",
             Self::RelayRecordQuery { .. } => "relay-record-query",
+            Self::PastryBatch(_) => "pastry-batch",
         }
     }
 }
@@ -230,6 +240,12 @@ pub fn decode(frame: &[u8], max_size: usize) -> Result<Body, WireError> {
         return Err(WireError::UnknownKind(kind));
     }
     match postcard::take_from_bytes::<Body>(rest) {
+        Ok((Body::PastryBatch(messages), [])) if messages.len() > MAX_PASTRY_BATCH => {
+            Err(WireError::Malformed(format!(
+                "a pastry batch of {} messages (at most {MAX_PASTRY_BATCH})",
+                messages.len()
+            )))
+        }
         Ok((body, [])) => Ok(body),
         Ok((_, trailing)) => Err(WireError::TrailingBytes(trailing.len())),
         Err(error) => Err(classify(error, kind)),
@@ -281,6 +297,7 @@ fn kind_name_of(kind: u32) -> &'static str {
         9 => "relay-incoming",
         10 => "relay-record",
         11 => "relay-record-query",
+        12 => "pastry-batch",
         _ => "unknown",
     }
 }
@@ -317,6 +334,8 @@ pub(crate) mod strategy {
             any::<u64>().prop_map(|nonce| Body::Pong { nonce }),
             "[a-z0-9:_-]{0,32}".prop_map(|service| Body::Tunnel { service }),
             crate::reach::message::strategy::message().prop_map(Body::Reach),
+            proptest::collection::vec(crate::pastry::message::strategy::message(), 0..4)
+                .prop_map(Body::PastryBatch),
         ]
     }
 }
@@ -349,12 +368,9 @@ mod tests {
     #[test]
     fn kinds_constant_matches_the_enum() {
         // The last variant's index must be KINDS - 1: encoding it yields that index.
-        let frame = encode(&Body::RelayRecordQuery {
-            node: crate::id::NodeId::from_u128(1),
-        })
-        .unwrap();
+        let frame = encode(&Body::PastryBatch(Vec::new())).unwrap();
         assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
-        assert_eq!(kind_name_of(Body::KINDS - 1), "relay-record-query");
+        assert_eq!(kind_name_of(Body::KINDS - 1), "pastry-batch");
         assert_eq!(kind_name_of(Body::KINDS), "unknown");
     }
 
@@ -417,6 +433,36 @@ mod tests {
             decode(&[VERSION, 0, 0x7f, 0, 0], MAX),
             Err(WireError::UnknownVariant("pastry"))
         );
+    }
+
+    #[test]
+    fn a_batch_keeps_its_messages_in_order() {
+        let messages = vec![
+            Message::RouteAck {
+                origin: NodeId::from_u128(1),
+                id: 7,
+                done: true,
+            },
+            Message::RootAnswer {
+                id: 7,
+                key: Key::from_u128(9),
+                leaf_set: vec![peer(3)],
+            },
+        ];
+        let frame = encode(&Body::PastryBatch(messages.clone())).unwrap();
+        assert_eq!(decode(&frame, MAX), Ok(Body::PastryBatch(messages)));
+    }
+
+    #[test]
+    fn a_batch_of_too_many_messages_is_malformed() {
+        let ack = Message::ProofWanted { id: 1 };
+        let full = encode(&Body::PastryBatch(vec![ack.clone(); MAX_PASTRY_BATCH])).unwrap();
+        assert!(decode(&full, MAX).is_ok());
+        let over = encode(&Body::PastryBatch(vec![ack; MAX_PASTRY_BATCH + 1])).unwrap();
+        assert!(matches!(
+            decode(&over, MAX),
+            Err(WireError::Malformed(why)) if why.contains("pastry batch of 65 messages")
+        ));
     }
 
     #[test]

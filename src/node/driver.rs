@@ -43,6 +43,7 @@ use crate::task::{run_inline_or_spawn, step_aside, OnDrop};
 use crate::transport::{ConnectError, Inbox, SendError, TransportEvent};
 use crate::wire::{envelope, Body, PayloadKind};
 
+mod batch;
 mod inbound;
 mod join;
 
@@ -584,8 +585,8 @@ impl<L: Links> Driver<L> {
 
     /// Makes the sends [`Self::drain_outputs`] held back (or has just queued).
     fn finish_deferred(&mut self) {
-        for (to, msg) in std::mem::take(&mut self.deferred) {
-            self.send(to, msg);
+        for (to, body) in batch::frames(std::mem::take(&mut self.deferred)) {
+            self.send(to, body);
         }
     }
 
@@ -726,13 +727,13 @@ impl<L: Links> Driver<L> {
         }
     }
 
-    fn send(&self, to: PeerInfo, msg: Message) {
+    fn send(&self, to: PeerInfo, body: Body) {
         let transport = self.transport.clone();
         let internal = self.internal.clone();
         let counters = self.counters.clone();
         run_inline_or_spawn(
             async move {
-                if let Err(error) = transport.send(to.id, to.addr, &Body::Pastry(msg)).await {
+                if let Err(error) = transport.send(to.id, to.addr, &body).await {
                     bump(&counters.send_failures);
                     if let SendError::Connect(error) = &error {
                         counters.dial_failures.count(error);

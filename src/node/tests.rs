@@ -480,7 +480,11 @@ async fn a_link_lost_while_sends_are_deferred_settles_them_and_the_peer_is_decla
         .any(|(from, to, body)| {
             *from == b.me.id
                 && *to == a.me.id
-                && matches!(body, Body::Pastry(Message::RouteAck { id: acked, .. }) if *acked == id)
+                && match body {
+                    Body::Pastry(msg) => is_ack_of(msg, id),
+                    Body::PastryBatch(messages) => messages.iter().any(|msg| is_ack_of(msg, id)),
+                    _ => false,
+                }
         });
     assert!(ack_attempted, "the held-back ack was not sent");
     assert!(b.counters.snapshot().send_failures >= 1);
@@ -708,4 +712,8 @@ async fn the_forward_hook_sees_and_changes_only_application_payloads() {
         .await;
     assert_eq!(delivery.payload, b"app (seen)");
     assert_eq!(*seen.lock().unwrap(), vec![b"app".to_vec()]);
+}
+
+fn is_ack_of(msg: &Message, id: u64) -> bool {
+    matches!(msg, Message::RouteAck { id: acked, .. } if *acked == id)
 }

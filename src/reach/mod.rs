@@ -235,7 +235,7 @@ impl Service {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.observed.expire(now.into_std());
-        let links = self.transport.links();
+        let links = self.transport.linked_peers();
         if links.is_empty() {
             return;
         }
@@ -401,7 +401,7 @@ impl Service {
         // behind the same NAT could reach it through the NAT and make it look public.
         let helpers: Vec<_> = self
             .transport
-            .links()
+            .linked_peers()
             .into_iter()
             .filter(|link| {
                 link.peer != from

@@ -29,7 +29,8 @@ use super::stream::{write_header, RawStream};
 use super::tls::TlsContext;
 use super::{
     BindError, CloseCode, ConfigError, ConnectError, Inbox, Limits, LinkInfo, LinkLostReason,
-    ReadBudgetStatus, RequestError, SendError, StreamError, TransportConfig, TransportEvent,
+    LinkedPeer, ReadBudgetStatus, RequestError, SendError, StreamError, TransportConfig,
+    TransportEvent,
 };
 use crate::id::NodeId;
 use crate::task::{step_aside, OnDrop};
@@ -411,6 +412,22 @@ impl Transport {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .in_flight()
+    }
+
+    /// The peer and address of every link, sorted by peer. Unlike [`Self::links`] it reads no
+    /// connection's statistics (each a lock on the connection and a copy of its counters), so
+    /// it stays cheap for callers that only pick peers, every tick and on every node.
+    pub fn linked_peers(&self) -> Vec<LinkedPeer> {
+        let pool = lock(&self.inner.pool);
+        let mut peers: Vec<LinkedPeer> = pool
+            .links()
+            .map(|link| LinkedPeer {
+                peer: link.peer,
+                addr: link.addr(),
+            })
+            .collect();
+        peers.sort_by_key(|link| link.peer);
+        peers
     }
 
     /// A snapshot of every link.

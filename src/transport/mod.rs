@@ -575,6 +575,15 @@ pub struct ReadBudgetStatus {
     pub largest_link_held: usize,
 }
 
+/// Who a link is to and where, without the statistics of a [`LinkInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkedPeer {
+    /// The peer.
+    pub peer: NodeId,
+    /// The peer's address.
+    pub addr: SocketAddr,
+}
+
 /// A snapshot of one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {

@@ -1,16 +1,31 @@
 //! What the transport hands the runtime: link events, one-way frames, requests and raw
 //! streams, each passed to the core, a subscriber, the relays or the reachability service.
 
+use std::net::SocketAddr;
+
 use tracing::debug;
 
 use super::Driver;
+use crate::id::NodeId;
 use crate::node::links::Links;
 use crate::node::{bump, NodeEvent};
-use crate::pastry::{Message, PeerInfo};
+use crate::pastry::{Message, PeerInfo, Time};
 use crate::transport::{ConnectError, TransportEvent};
 use crate::wire::Body;
 
 impl<L: Links> Driver<L> {
+    fn on_pastry(&mut self, now: Time, from: NodeId, from_addr: SocketAddr, msg: Message) {
+        if matches!(msg, Message::Heartbeat { .. }) {
+            self.emit(NodeEvent::Heartbeat { from });
+        }
+        let addr = match &self.relays {
+            Some(relays) => relays.dialable(from, from_addr),
+            None => from_addr,
+        };
+        let peer = PeerInfo { id: from, addr };
+        self.pastry.handle_message(now, peer, msg);
+    }
+
     pub(super) fn on_transport(&mut self, event: TransportEvent) {
         if self.stopping {
             return;
@@ -45,16 +60,11 @@ impl<L: Links> Driver<L> {
                 from_addr,
                 body,
             } => match body {
-                Body::Pastry(msg) => {
-                    if matches!(msg, Message::Heartbeat { .. }) {
-                        self.emit(NodeEvent::Heartbeat { from });
+                Body::Pastry(msg) => self.on_pastry(now, from, from_addr, msg),
+                Body::PastryBatch(messages) => {
+                    for msg in messages {
+                        self.on_pastry(now, from, from_addr, msg);
                     }
-                    let addr = match &self.relays {
-                        Some(relays) => relays.dialable(from, from_addr),
-                        None => from_addr,
-                    };
-                    let peer = PeerInfo { id: from, addr };
-                    self.pastry.handle_message(now, peer, msg);
                 }
                 Body::Direct { payload } => {
                     bump(&self.counters.direct_received);
