@@ -564,7 +564,8 @@ fn print_regions(r: &Value) {
         let s = &r[key];
         println!(
             "  {label:<8} {:>7} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>6.2}",
-            s["samples"],
+            // A JSON value's Display ignores the width: print the number.
+            s["samples"].as_u64().unwrap_or_default(),
             num(s, &["mean"]),
             num(s, &["median"]),
             num(s, &["p95"]),
