@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::Value;
 
 /// The fields of the benchmark JSON contract, per suite (tools read them), plus a few more we rely on.
-const FIELDS: [(&str, &[&str]); 6] = [
+const FIELDS: [(&str, &[&str]); 7] = [
     (
         "link",
         &["ours_msgs_per_s", "raw_quinn_msgs_per_s", "ratio"],
@@ -30,6 +30,7 @@ const FIELDS: [(&str, &[&str]); 6] = [
             "control_bytes_per_node_per_s",
         ],
     ),
+    ("regions", &["nodes", "routes", "delivered_at_root"]),
     (
         "sim",
         &["mean_hops", "max_hops", "stretch_mean", "wall_seconds"],
@@ -78,6 +79,10 @@ fn bench_all_quick_json_reports_every_suite_with_finite_figures() {
     }
     assert_eq!(report["route"]["one_hop"]["samples"], 100);
     assert!(report["sim"]["delivered_correct"].as_u64().unwrap() > 0);
+    assert_eq!(
+        report["regions"]["delivered_at_root"],
+        report["regions"]["routes"]
+    );
     // Progress went to stderr, one section per suite.
     for (suite, _) in FIELDS {
         assert!(stderr.contains(&format!("== {suite}")), "stderr: {stderr}");

@@ -10,6 +10,7 @@
 //! | [`join`] | time for a node to join settled clusters of 32 and 100 nodes | — |
 //! | [`memory`] | RSS per idle node (100 nodes in one process) and per connection | — |
 //! | [`idle`] | UDP datagrams and bytes per node per second in an idle cluster | MSPastry 0.5 msg/s, Bamboo 900 B/s |
+//! | [`regions`] | route latency over direct latency, 48 nodes in three emulated regions, end to end | the direct one-way latency origin -> root |
 //! | [`sim`] | the simulator at 100,000 nodes: hops, stretch, wall time | Pastry 2001: 3.98 / 5 / 1.3 |
 //!
 //! The suites report progress through a callback (the CLI prints it on stderr); the library
@@ -19,6 +20,7 @@ pub mod idle;
 pub mod join;
 pub mod link;
 pub mod memory;
+pub mod regions;
 pub mod route;
 pub mod sim;
 
