@@ -113,12 +113,15 @@ pub enum Body {
         /// The private node whose record is wanted.
         node: crate::id::NodeId,
     },
+    /// Hole punching between two nodes linked through a relay (requests and their answers,
+    /// see [`crate::punch`]).
+    Punch(crate::punch::PunchMessage),
 }
 
 impl Body {
     /// The number of [`Body`] variants this build knows; indexes at or above it are
     /// [`WireError::UnknownKind`].
-    pub const KINDS: u32 = 12;
+    pub const KINDS: u32 = 13;
 
     /// A short name of the frame's kind, for logs.
     pub fn kind_name(&self) -> &'static str {
@@ -135,6 +138,7 @@ impl Body {
             Self::RelayIncoming { .. } => "relay-incoming",
             Self::RelayRecord { .. } => "relay-record",
             Self::RelayRecordQuery { .. } => "relay-record-query",
+            Self::Punch(_) => "punch",
         }
     }
 }
@@ -281,6 +285,7 @@ fn kind_name_of(kind: u32) -> &'static str {
         9 => "relay-incoming",
         10 => "relay-record",
         11 => "relay-record-query",
+        12 => "punch",
         _ => "unknown",
     }
 }
@@ -317,6 +322,7 @@ pub(crate) mod strategy {
             any::<u64>().prop_map(|nonce| Body::Pong { nonce }),
             "[a-z0-9:_-]{0,32}".prop_map(|service| Body::Tunnel { service }),
             crate::reach::message::strategy::message().prop_map(Body::Reach),
+            crate::punch::message::strategy::message().prop_map(Body::Punch),
         ]
     }
 }
@@ -349,12 +355,14 @@ mod tests {
     #[test]
     fn kinds_constant_matches_the_enum() {
         // The last variant's index must be KINDS - 1: encoding it yields that index.
-        let frame = encode(&Body::RelayRecordQuery {
-            node: crate::id::NodeId::from_u128(1),
-        })
+        let frame = encode(&Body::Punch(crate::punch::PunchMessage::Offer {
+            token: 1,
+            advertised: "127.0.0.1:4000".parse().unwrap(),
+            addrs: Vec::new(),
+        }))
         .unwrap();
         assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
-        assert_eq!(kind_name_of(Body::KINDS - 1), "relay-record-query");
+        assert_eq!(kind_name_of(Body::KINDS - 1), "punch");
         assert_eq!(kind_name_of(Body::KINDS), "unknown");
     }
 

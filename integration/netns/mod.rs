@@ -7,4 +7,5 @@
 pub mod overlay;
 pub mod testbed;
 
+mod punch;
 mod reachability;
