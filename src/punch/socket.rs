@@ -296,15 +296,29 @@ mod tests {
         (socket, directs, probes, addr)
     }
 
-    fn send(socket: &PunchSocket, to: SocketAddr, contents: &[u8]) {
-        socket
-            .try_send(&Transmit {
+    /// Sends as quinn does: waits until the socket is writable, then tries.
+    async fn send(socket: &Arc<PunchSocket>, to: SocketAddr, contents: &[u8]) {
+        loop {
+            writable(socket).await;
+            let sent = socket.try_send(&Transmit {
                 destination: to,
                 ecn: None,
                 contents,
                 segment_size: None,
                 src_ip: None,
-            })
+            });
+            match sent {
+                Ok(()) => return,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+
+    async fn writable(socket: &Arc<PunchSocket>) {
+        let mut poller = socket.clone().create_io_poller();
+        std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+            .await
             .unwrap();
     }
 
@@ -337,11 +351,15 @@ mod tests {
         let a_synthetic: SocketAddr = "241.3.2.1:40001".parse().unwrap();
         a_directs.send_via(b_synthetic, b_addr);
         b_directs.receive_from(a_addr, a_synthetic);
-        send(&a, b_synthetic, b"quic packet");
+        send(&a, b_synthetic, b"quic packet").await;
         assert_eq!(recv(&b).await, (a_synthetic, b"quic packet".to_vec()));
-        // Unmapped sources pass as they are.
-        send(&b, a_addr, b"plain");
-        assert_eq!(recv(&a).await, (b_addr, b"plain".to_vec()));
+        // The path works both ways: what comes back from there is the peer's too.
+        send(&b, a_addr, b"answer").await;
+        assert_eq!(recv(&a).await, (b_synthetic, b"answer".to_vec()));
+        // Sources with no route pass as they are.
+        let (c, _c_directs, _c_probes, c_addr) = socket();
+        send(&c, a_addr, b"plain").await;
+        assert_eq!(recv(&a).await, (c_addr, b"plain".to_vec()));
         a_directs.forget(b_synthetic);
         assert_eq!(a_directs.sending_to(b_synthetic), None);
     }
@@ -355,12 +373,15 @@ mod tests {
             token: 42,
             tx: 7,
         };
+        // Probes are best effort: the service repeats them; here, one must leave.
+        writable(&a).await;
         a_directs.send_probe(b_addr, probe);
+        assert_eq!(a_directs.dropped(), 0);
         // A malformed probe (unknown kind) is dropped: neither quinn nor the service gets it.
         let mut bad = probe.encode();
         bad[8] = 9;
-        send(&a, b_addr, &bad);
-        send(&a, b_addr, b"after");
+        send(&a, b_addr, &bad).await;
+        send(&a, b_addr, b"after").await;
         let (_, bytes) = recv(&b).await;
         assert_eq!(bytes, b"after".to_vec());
         let (_, got) = b_probes.recv().await.unwrap();
