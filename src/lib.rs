@@ -58,6 +58,7 @@ pub mod identity;
 pub mod mesh;
 pub mod node;
 pub mod pastry;
+pub mod punch;
 pub mod reach;
 pub mod relay;
 #[cfg(feature = "sim")]

@@ -122,12 +122,15 @@ pub enum Body {
     /// example): one stream instead of one each. Each means what it means alone, in this
     /// order. At most [`MAX_PASTRY_BATCH`] of them.
     PastryBatch(Vec<pastry::Message>),
+    /// Hole punching between two nodes linked through a relay (requests and their answers,
+    /// see [`crate::punch`]).
+    Punch(crate::punch::PunchMessage),
 }
 
 impl Body {
     /// The number of [`Body`] variants this build knows; indexes at or above it are
     /// [`WireError::UnknownKind`].
-    pub const KINDS: u32 = 13;
+    pub const KINDS: u32 = 14;
 
     /// A short name of the frame's kind, for logs.
     pub fn kind_name(&self) -> &'static str {
@@ -145,6 +148,7 @@ impl Body {
             Self::RelayRecord { .. } => "relay-record",
             Self::RelayRecordQuery { .. } => "relay-record-query",
             Self::PastryBatch(_) => "pastry-batch",
+            Self::Punch(_) => "punch",
         }
     }
 }
@@ -298,6 +302,7 @@ fn kind_name_of(kind: u32) -> &'static str {
         10 => "relay-record",
         11 => "relay-record-query",
         12 => "pastry-batch",
+        13 => "punch",
         _ => "unknown",
     }
 }
@@ -336,6 +341,7 @@ pub(crate) mod strategy {
             crate::reach::message::strategy::message().prop_map(Body::Reach),
             proptest::collection::vec(crate::pastry::message::strategy::message(), 0..4)
                 .prop_map(Body::PastryBatch),
+            crate::punch::message::strategy::message().prop_map(Body::Punch),
         ]
     }
 }
@@ -368,9 +374,14 @@ mod tests {
     #[test]
     fn kinds_constant_matches_the_enum() {
         // The last variant's index must be KINDS - 1: encoding it yields that index.
-        let frame = encode(&Body::PastryBatch(Vec::new())).unwrap();
+        let frame = encode(&Body::Punch(crate::punch::PunchMessage::Offer {
+            token: 1,
+            advertised: "127.0.0.1:4000".parse().unwrap(),
+            addrs: Vec::new(),
+        }))
+        .unwrap();
         assert_eq!(u32::from(frame[1]), Body::KINDS - 1);
-        assert_eq!(kind_name_of(Body::KINDS - 1), "pastry-batch");
+        assert_eq!(kind_name_of(Body::KINDS - 1), "punch");
         assert_eq!(kind_name_of(Body::KINDS), "unknown");
     }
 

@@ -10,5 +10,6 @@ pub mod testbed;
 
 mod figures;
 mod mesh;
+mod punch;
 mod reachability;
 mod relay_kill;

@@ -66,6 +66,8 @@ pub(super) struct Setup<L> {
     pub(super) reach: Option<mpsc::Sender<crate::reach::Request>>,
     /// The node's relaying (`None` in unit tests on in-memory links).
     pub(super) relays: Option<Arc<Relays>>,
+    /// Where hole-punching requests go (`None`: refused as unsupported, in unit tests).
+    pub(super) punch: Option<mpsc::Sender<crate::punch::Request>>,
 }
 
 /// Results of background work, fed back into the core.
@@ -128,6 +130,7 @@ struct Driver<L> {
     /// Where reachability requests go.
     reach: Option<mpsc::Sender<crate::reach::Request>>,
     relays: Option<Arc<Relays>>,
+    punch: Option<mpsc::Sender<crate::punch::Request>>,
 }
 
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
@@ -164,6 +167,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
         protected: (Vec::new(), now),
         reach: setup.reach,
         relays: setup.relays,
+        punch: setup.punch,
     };
     let runtime = Arc::new(Runtime {
         driver: Mutex::new(driver),
@@ -944,6 +948,7 @@ impl<L: Links> Driver<L> {
             // Filled in by the node handle, which holds the reachability service's channel.
             reachability: crate::reach::Reachability::Unknown,
             observed_addrs: Vec::new(),
+            punch: crate::punch::PunchStatus::default(),
         }
     }
 }

@@ -595,6 +595,11 @@ impl NodeBuilder {
                 source,
             })?;
         let relays = Arc::new(Relays::new(self.identity.clone(), &self.relay, paths));
+        let (socket, directs, probes) =
+            crate::punch::socket::wrap(socket).map_err(|source| BindError::Socket {
+                addr: self.listen,
+                source,
+            })?;
         let transport_config = TransportConfig {
             listen: self.listen,
             identity: self.identity,
@@ -624,6 +629,8 @@ impl NodeBuilder {
         let topic_events = events_tx.clone();
         let counters = Arc::new(Counters::default());
         let (reach_requests, reach) = reach::spawn(transport.clone());
+        let (punch_requests, punch) =
+            crate::punch::spawn(transport.clone(), directs, probes, id, addr, reach.clone());
         let runtime = driver::spawn(driver::Setup {
             me,
             config: self.config,
@@ -637,6 +644,7 @@ impl NodeBuilder {
             origin_auth: Some(Box::new(origin_auth)),
             reach: Some(reach_requests),
             relays: Some(relays.clone()),
+            punch: Some(punch_requests),
         });
         let (topic_tx, topic_rx) = mpsc::channel(topics_config.delivery_queue.max(1024));
         runtime.subscribe(PayloadKind::Topic, topic_tx)?;
@@ -647,6 +655,7 @@ impl NodeBuilder {
             counters,
             runtime,
             reach,
+            punch,
             topics: crate::topics::spawn(
                 Box::new(kinds::TopicPort(weak.clone())),
                 topic_signer,
@@ -666,6 +675,7 @@ struct Shared {
     counters: Arc<Counters>,
     runtime: Arc<driver::Runtime<Transport>>,
     reach: tokio::sync::watch::Receiver<ReachStatus>,
+    punch: Arc<crate::punch::Shared>,
     topics: crate::topics::Topics,
 }
 
@@ -832,6 +842,15 @@ impl Node {
         let reach = self.shared.reach.borrow();
         status.reachability = reach.reachability;
         status.observed_addrs = reach.observed_addrs.clone();
+        let punch = &self.shared.punch;
+        for link in &mut status.connections {
+            // A punched link keeps its relayed address; its datagrams take the direct path.
+            if punch.is_direct(link.id) {
+                link.path = status::LinkPath::Direct;
+                link.via = None;
+            }
+        }
+        status.punch = punch.status();
         Ok(status)
     }
 

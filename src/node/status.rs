@@ -115,6 +115,8 @@ pub struct Status {
     pub reachability: Reachability,
     /// Addresses at least two distinct peers see this node at.
     pub observed_addrs: Vec<SocketAddr>,
+    /// Hole punching: direct links, attempts, successes, time to direct, fallbacks.
+    pub punch: crate::punch::PunchStatus,
 }
 
 fn serialize_reachability<S: serde::Serializer>(

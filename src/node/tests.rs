@@ -242,6 +242,7 @@ fn start_with_hook(net: &Arc<Net>, n: u8, forward: Option<Arc<ForwardHook>>) -> 
         forward,
         origin_auth: None,
         reach: None,
+        punch: None,
         relays: None,
     });
     TestNode {

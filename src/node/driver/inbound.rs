@@ -106,6 +106,25 @@ impl<L: Links> Driver<L> {
                 }
             }
             TransportEvent::Request {
+                from,
+                from_addr,
+                body: Body::Punch(message),
+                reply,
+            } if self.punch.is_some() => {
+                let request = crate::punch::Request {
+                    from,
+                    from_addr,
+                    message,
+                    reply,
+                };
+                // A full queue drops the request (its stream is reset unanswered).
+                if let Some(punch) = &self.punch {
+                    if punch.try_send(request).is_err() {
+                        debug!(%from, "punch request dropped: queue full");
+                    }
+                }
+            }
+            TransportEvent::Request {
                 from, body, reply, ..
             } => {
                 let answer = match body {

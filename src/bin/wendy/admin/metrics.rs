@@ -255,6 +255,47 @@ impl Collector for SnapshotMetrics {
             "Roots held in the route cache",
             int(status.route_cache_roots),
         )?;
+        let by_path = |path| int(status.connections.iter().filter(|c| c.path == path).count());
+        gauge(
+            &mut e,
+            "links_by_path",
+            "Open QUIC links, by the path their datagrams take now (a punched link counts as direct)",
+            &[
+                ([("path", "direct")], by_path(wendy::node::LinkPath::Direct)),
+                ([("path", "relay")], by_path(wendy::node::LinkPath::Relay)),
+            ],
+        )?;
+        let punch = &status.punch;
+        counter1(
+            &mut e,
+            "punch_attempts",
+            "Hole-punch attempts this node probed in",
+            punch.attempts,
+        )?;
+        counter1(
+            &mut e,
+            "punch_successes",
+            "Hole-punch attempts that found a direct path",
+            punch.successes,
+        )?;
+        counter1(
+            &mut e,
+            "punch_failures",
+            "Hole-punch attempts that found none (the link stays relayed)",
+            punch.failures,
+        )?;
+        counter1(
+            &mut e,
+            "punch_fallbacks",
+            "Punched direct paths that stopped answering (the link went back to its relay)",
+            punch.fallbacks,
+        )?;
+        gauge1(
+            &mut e,
+            "punch_time_to_direct_median_ms",
+            "Median time from a relayed link's first sight to its direct path (-1: none yet)",
+            punch.median_time_to_direct_ms.map_or(-1, int),
+        )?;
         gauge1(
             &mut e,
             "hints_held",

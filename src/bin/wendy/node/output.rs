@@ -142,6 +142,8 @@ pub(crate) struct StatusOut {
     reachability: &'static str,
     /// The addresses at least two peers see this node at (`ip:port`).
     observed_addrs: Vec<String>,
+    /// Hole punching: direct links, attempts, successes, time to direct, fallbacks.
+    punch: wendy::punch::PunchStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +250,7 @@ impl StatusOut {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            punch: status.punch.clone(),
         }
     }
 
