@@ -243,15 +243,19 @@ async fn two_private_nodes_exchange_messages_and_routes_through_a_relay_and_idle
         .await
         .expect("the answer arrives");
     assert_eq!((from, payload.as_slice()), (first.id(), &b"and back"[..]));
-    let link = first
-        .status()
-        .await
-        .unwrap()
+    let status = first.status().await.unwrap();
+    let link = status
         .connections
-        .into_iter()
+        .iter()
         .find(|c| c.id == second.id())
         .expect("a link between the private nodes");
-    assert_eq!(link.path, LinkPath::Relay, "{link:?}");
+    // The link starts relayed; on one loopback the two can also punch through to each other,
+    // and then it is direct on the same connection (see `crate::punch`).
+    assert!(
+        link.path == LinkPath::Relay || status.punch.successes >= 1,
+        "{link:?} {:?}",
+        status.punch
+    );
 
     // Routes to each one's id are delivered to it.
     for (from, to, events) in [
