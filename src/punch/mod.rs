@@ -9,7 +9,7 @@
 //!   now, and the addresses reachability confirmed). The other end answers
 //!   [`PunchMessage::Ready`] with its own. The frames travel inside the end-to-end encrypted
 //!   connection, so only the two nodes learn the tokens.
-//! - **Probes.** Both ends then send pings ([`probe`]) from the node's own UDP socket, the one
+//! - **Probes.** Both ends then send pings (`probe.rs`) from the node's own UDP socket, the one
 //!   quinn uses, to each other's candidates every 100 ms for up to 3 s. Behind
 //!   endpoint-independent NATs the first ping of each side opens its own NAT for the other's
 //!   address, so a later ping gets through. A ping carries the receiver's token; the receiver
@@ -31,8 +31,8 @@
 //!   candidates per frame. A probe is 25 bytes; an attempt sends at most 30 per candidate.
 //!
 //! This module owns the protocol's state and the socket layer that moves datagrams; it reaches
-//! the network through the node's [`Transport`] (requests on the relayed link, dials) and the
-//! socket, and knows nothing of Pastry.
+//! the network through the node's [`Transport`](crate::transport::Transport) (requests on the
+//! relayed link, dials) and the socket, and knows nothing of Pastry.
 
 pub mod message;
 mod probe;
