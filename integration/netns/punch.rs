@@ -222,9 +222,6 @@ fn a_private_node_and_a_public_node_end_up_direct() {
 }
 
 #[test]
-#[ignore = "on main after the merges, 1-2 of the 5 sends to nodes behind the symmetric NAT were \
-            not delivered within 10 s in 4 of 6 runs, with no error at the sender (the branch \
-            alone passed 4 of 4); the cause is not found yet"]
 fn links_across_a_symmetric_nat_all_connect_through_the_relay() {
     netns_or_skip!("links_across_a_symmetric_nat_all_connect_through_the_relay");
     let bed = testbed(&Spec {
@@ -232,6 +229,16 @@ fn links_across_a_symmetric_nat_all_connect_through_the_relay() {
         lans: vec![(Nat::EndpointIndependent, 2), (Nat::Symmetric, 2)],
     });
     let mut overlay = overlay(&bed);
+    // Six nodes: wait until each leaf set holds every other node, so that each send names a
+    // node its sender already knows.
+    let others = overlay.members.len() - 1;
+    for member in &mut overlay.members {
+        member
+            .proc
+            .status_until("every other node in its leaf set", |s| {
+                s["leaf_set"].as_array().map(Vec::len) == Some(others)
+            });
+    }
     // A-C pairs (2 x 2) and the C-C pair.
     let pairs = [(2, 4), (2, 5), (3, 4), (3, 5), (4, 5)];
     for (n, &(from, to)) in pairs.iter().enumerate() {
@@ -254,7 +261,20 @@ fn links_across_a_symmetric_nat_all_connect_through_the_relay() {
                 .filter(|v| v["event"] == "error")
                 .map(Value::to_string)
                 .collect();
-            missing.push(format!("sym-{n} {from}->{to}: sender's errors {errors:?}"));
+            let to_id = overlay.members[to].id;
+            let status = overlay.members[from].proc.status();
+            let link = link_to(&status, to_id).map(ToString::to_string);
+            let sent: Vec<String> = overlay.members[from]
+                .proc
+                .seen
+                .iter()
+                .filter(|v| v["payload"].as_str().is_some_and(|p| p.starts_with("sym-")))
+                .map(Value::to_string)
+                .collect();
+            missing.push(format!(
+                "sym-{n} {from}->{to}: sender's errors {errors:?}, link {link:?}, punch {}, seen {sent:?}",
+                status["punch"]
+            ));
         }
     }
     // Let punching run its first attempts, then read the paths.
