@@ -135,6 +135,18 @@ pub(crate) async fn grow(
     Ok(joins.iter().map(|d| d.as_secs_f64() * 1e3).collect())
 }
 
+/// A duration in milliseconds.
+pub(crate) fn ms(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// A payload of `size` bytes that starts with `seq`.
+pub(crate) fn payload(seq: u64, size: usize) -> Vec<u8> {
+    let mut payload = vec![0x5a; size.max(8)];
+    payload[..8].copy_from_slice(&seq.to_be_bytes());
+    payload
+}
+
 /// The `q` quantile (nearest rank) of sorted, non-empty `values`.
 pub(crate) fn percentile_sorted(values: &[f64], q: f64) -> f64 {
     let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::{BenchError, Progress};
+use super::{ms, payload, BenchError, Progress};
 use crate::id::{Key, NodeId};
 use crate::identity::Identity;
 use crate::node::{ForwardAction, Node, NodeEvent};
@@ -560,17 +560,6 @@ async fn await_event(
             }
         }
     }
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
-}
-
-/// A payload of `size` bytes that starts with `seq`.
-fn payload(seq: u64, size: usize) -> Vec<u8> {
-    let mut payload = vec![0x5a; size.max(8)];
-    payload[..8].copy_from_slice(&seq.to_be_bytes());
-    payload
 }
 
 #[cfg(test)]

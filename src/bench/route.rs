@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{BenchError, Latency, Progress};
+use super::{ms, payload, BenchError, Latency, Progress};
 use crate::id::{Key, NodeId};
 use crate::identity::{Identity, Validity};
 use crate::node::Node;
@@ -384,17 +384,6 @@ async fn timed_route(node: &Node, key: Key, payload: Vec<u8>) -> Result<Instant,
     })
     .await
     .map_err(|e| BenchError::Incomplete(format!("the routing task failed: {e}")))?
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
-}
-
-/// A payload of `size` bytes that starts with `seq`.
-fn payload(seq: u64, size: usize) -> Vec<u8> {
-    let mut payload = vec![0x5a; size.max(8)];
-    payload[..8].copy_from_slice(&seq.to_be_bytes());
-    payload
 }
 
 /// Waits for the delivery of message `seq`: where, in how many hops, when.
