@@ -200,14 +200,7 @@ impl Pastry {
         match kind {
             ProbeKind::Member | ProbeKind::Verify => self.stats.suspect_probes += 1,
             ProbeKind::Candidate => {
-                // Candidates are hearsay: their probes in flight are capped node-wide.
-                let in_flight = self
-                    .probes
-                    .iter()
-                    .filter(|p| p.kind == ProbeKind::Candidate)
-                    .count();
-                if in_flight >= 2 * self.config.leaf_set_size {
-                    self.stats.candidates_dropped += 1;
+                if self.candidate_probes_full() {
                     return;
                 }
                 self.stats.candidate_probes += 1;
@@ -230,6 +223,21 @@ impl Pastry {
         self.send_probe(peer);
     }
 
+    /// Whether candidates' probes in flight (held back ones included) are at their node-wide
+    /// cap, counting the candidate dropped if so: candidates are hearsay.
+    fn candidate_probes_full(&mut self) -> bool {
+        let in_flight = self
+            .probes
+            .iter()
+            .filter(|p| p.kind == ProbeKind::Candidate)
+            .count();
+        let full = in_flight >= 2 * self.config.leaf_set_size;
+        if full {
+            self.stats.candidates_dropped += 1;
+        }
+        full
+    }
+
     /// Starts a candidate's probe held back for a while (`CANDIDATE_HOLD`), for a candidate on
     /// our left. When a node between two others fails, each of the two is the other's new
     /// leaf-set member and both learn it from the same notice: the left one's probe admits it
@@ -239,13 +247,7 @@ impl Pastry {
         if self.probes.iter().any(|p| p.peer.id == peer.id) {
             return;
         }
-        let in_flight = self
-            .probes
-            .iter()
-            .filter(|p| p.kind == ProbeKind::Candidate)
-            .count();
-        if in_flight >= 2 * self.config.leaf_set_size {
-            self.stats.candidates_dropped += 1;
+        if self.candidate_probes_full() {
             return;
         }
         self.probes.push(PendingProbe {
