@@ -127,6 +127,19 @@ impl Overlay {
         joined
     }
 
+    /// Waits until each member's leaf set holds every other member (overlays of at most 17
+    /// nodes, where a leaf set of 8 a side holds them all).
+    pub fn wait_full_leaf_sets(&mut self) {
+        let others = self.members.len() - 1;
+        for member in &mut self.members {
+            member
+                .proc
+                .status_until("every other node in its leaf set", |s| {
+                    s["leaf_set"].as_array().map(Vec::len) == Some(others)
+                });
+        }
+    }
+
     /// The live node whose id is closest to `key` among `ids` (the true root).
     pub fn root_of(ids: &[NodeId], key: Key) -> NodeId {
         key.closest(ids.iter().copied()).unwrap()

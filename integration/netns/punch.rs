@@ -231,14 +231,7 @@ fn links_across_a_symmetric_nat_all_connect_through_the_relay() {
     let mut overlay = overlay(&bed);
     // Six nodes: wait until each leaf set holds every other node, so that each send names a
     // node its sender already knows.
-    let others = overlay.members.len() - 1;
-    for member in &mut overlay.members {
-        member
-            .proc
-            .status_until("every other node in its leaf set", |s| {
-                s["leaf_set"].as_array().map(Vec::len) == Some(others)
-            });
-    }
+    overlay.wait_full_leaf_sets();
     // A-C pairs (2 x 2) and the C-C pair.
     let pairs = [(2, 4), (2, 5), (3, 4), (3, 5), (4, 5)];
     for (n, &(from, to)) in pairs.iter().enumerate() {

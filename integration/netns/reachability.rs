@@ -102,14 +102,7 @@ fn every_node_joins_and_routes_reach_their_true_roots_across_nat() {
     }
     // Nine nodes: each leaf set (eight a side) holds every other node once the joins settle.
     let settling = Instant::now();
-    let others = overlay.members.len() - 1;
-    for member in &mut overlay.members {
-        member
-            .proc
-            .status_until("every other node in its leaf set", |s| {
-                s["leaf_set"].as_array().map(Vec::len) == Some(others)
-            });
-    }
+    overlay.wait_full_leaf_sets();
     println!(
         "netns overlay: all 9 joined within {} ms of the first private node's start",
         all_joined.as_millis()
