@@ -421,13 +421,22 @@ impl Relays {
                     return None;
                 }
                 lock(&self.claimed).insert(peer, advertised);
-                lock(&self.via).insert(peer, from);
+                let session = session::Incoming::install(&self.paths, peer, self.me < peer);
+                if session.installed {
+                    lock(&self.via).insert(peer, from);
+                }
                 let paths = self.paths.clone();
-                let (stop, registered) = self.session_started(peer);
+                // Only the installed session is this link's, for the node to stop.
+                let (stop, registered) = if session.installed {
+                    let (stop, registered) = self.session_started(peer);
+                    (stop, Some(registered))
+                } else {
+                    (Arc::new(Stop::default()), None)
+                };
                 let idle = self.session_idle;
                 let relays = Arc::downgrade(self);
                 tokio::spawn(async move {
-                    let end = session::install_and_run(paths, peer, &mut stream, &stop, idle).await;
+                    let end = session.run(paths, peer, &mut stream, &stop, idle).await;
                     drop(registered);
                     debug!(%peer, relay = %from, ?end, "incoming relay session ended");
                     if let Some(relays) = relays.upgrade() {
@@ -541,13 +550,19 @@ impl Relays {
                     self.session_idle,
                 )
                 .await;
-                lock(&self.via).remove(&peer);
+                {
+                    // A session the peer opened meanwhile may carry the link now.
+                    let mut via = lock(&self.via);
+                    if via.get(&peer) == Some(&relay.id) {
+                        via.remove(&peer);
+                    }
+                }
                 match end {
                     SessionEnd::Closed => return,
                     SessionEnd::Stopped | SessionEnd::Idle => {
                         debug!(%peer, relay = %relay.id, ?end, "relayed session ended");
                         // A datagram quinn sends later asks for a new session.
-                        self.paths.drop_session(peer);
+                        self.paths.drop_outbound(peer);
                         return;
                     }
                     SessionEnd::Broken => {}
@@ -564,7 +579,7 @@ impl Relays {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-        self.paths.drop_session(peer);
+        self.paths.drop_outbound(peer);
     }
 
     async fn connect_via(&self, relay: RelayEntry, target: NodeId) -> Result<RawStream, String> {

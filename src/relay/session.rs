@@ -190,20 +190,39 @@ async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId, ac
     }
 }
 
-/// Installs a session for `peer` in the socket and runs it on `stream`; returns how it ended
-/// (the session is gone from the socket by then).
-pub(crate) async fn install_and_run(
-    paths: Arc<Paths>,
-    peer: NodeId,
-    stream: &mut RawStream,
-    stop: &Stop,
-    idle: Duration,
-) -> SessionEnd {
-    let (sender, mut outgoing) = mpsc::channel(super::socket::SESSION_QUEUE);
-    paths.open_session(peer, sender.clone());
-    let end = run(paths.clone(), peer, &mut outgoing, stream, stop, idle).await;
-    close(&paths, peer, &sender);
-    end
+/// A session `peer` opened, installed in the socket (or not: see [`Paths::open_session`]
+/// for `keep_outbound`) and ready to [`Incoming::run`].
+pub(crate) struct Incoming {
+    sender: SessionSender,
+    outgoing: mpsc::Receiver<Bytes>,
+    /// Whether it carries this node's datagrams to the peer.
+    pub(crate) installed: bool,
+}
+
+impl Incoming {
+    pub(crate) fn install(paths: &Paths, peer: NodeId, keep_outbound: bool) -> Self {
+        let (sender, outgoing) = mpsc::channel(super::socket::SESSION_QUEUE);
+        let installed = paths.open_session(peer, sender.clone(), keep_outbound);
+        Self {
+            sender,
+            outgoing,
+            installed,
+        }
+    }
+
+    /// Runs the session on `stream`; returns how it ended (it is gone from the socket by then).
+    pub(crate) async fn run(
+        mut self,
+        paths: Arc<Paths>,
+        peer: NodeId,
+        stream: &mut RawStream,
+        stop: &Stop,
+        idle: Duration,
+    ) -> SessionEnd {
+        let end = run(paths.clone(), peer, &mut self.outgoing, stream, stop, idle).await;
+        close(&paths, peer, &self.sender);
+        end
+    }
 }
 
 /// Forgets a session in the socket.

@@ -39,6 +39,14 @@ const INBOUND_QUEUE: usize = 2048;
 /// A session's outgoing side: the datagrams quinn sends to the peer go here.
 pub(crate) type SessionSender = mpsc::Sender<Bytes>;
 
+/// The session that carries a peer's datagrams.
+struct Session {
+    sender: SessionSender,
+    /// This node opened it (quinn sent to the peer first); otherwise the peer did, through a
+    /// relay.
+    outbound: bool,
+}
+
 /// A session wanted by quinn (a datagram went to a relayed peer with no session yet): the
 /// relay client opens one and drains `outgoing`.
 pub(crate) struct WantedSession {
@@ -54,7 +62,7 @@ pub(crate) struct Paths {
     /// Relayed peers by synthetic address (from verified relay records and incoming sessions).
     peers: Mutex<HashMap<SocketAddr, NodeId>>,
     /// Open sessions, by peer.
-    sessions: Mutex<HashMap<NodeId, SessionSender>>,
+    sessions: Mutex<HashMap<NodeId, Session>>,
     inbound_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     inbound_rx: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
     wanted: mpsc::UnboundedSender<WantedSession>,
@@ -119,23 +127,57 @@ impl Paths {
         lock(&self.peers).get(&unmap(addr)).copied()
     }
 
-    /// Installs a session's sender for `peer` (replacing an older one).
-    pub(crate) fn open_session(&self, peer: NodeId, sender: SessionSender) {
+    /// Installs the sender of a session `peer` opened, replacing an older one, unless this
+    /// node's own live session to `peer` is to stay (`keep_outbound`).
+    ///
+    /// When both ends dial each other through relays at once, each gets the other's session
+    /// while opening its own. Both ends keep the same one of the two, the session opened by the
+    /// lower id (`keep_outbound` on that node): the other closes, and nothing is left carrying
+    /// datagrams at one end that the other end has dropped. The session that is not installed
+    /// still hands quinn what arrives on it until it ends.
+    ///
+    /// Returns whether it was installed.
+    pub(crate) fn open_session(
+        &self,
+        peer: NodeId,
+        sender: SessionSender,
+        keep_outbound: bool,
+    ) -> bool {
         self.learn(peer);
-        lock(&self.sessions).insert(peer, sender);
+        let mut sessions = lock(&self.sessions);
+        let keep = sessions
+            .get(&peer)
+            .is_some_and(|s| keep_outbound && s.outbound && !s.sender.is_closed());
+        if !keep {
+            sessions.insert(
+                peer,
+                Session {
+                    sender,
+                    outbound: false,
+                },
+            );
+        }
+        !keep
     }
 
     /// Forgets `peer`'s session if it is still the one given (a newer one stays).
     pub(crate) fn close_session(&self, peer: NodeId, sender: &SessionSender) {
         let mut sessions = lock(&self.sessions);
-        if sessions.get(&peer).is_some_and(|s| s.same_channel(sender)) {
+        if sessions
+            .get(&peer)
+            .is_some_and(|s| s.sender.same_channel(sender))
+        {
             sessions.remove(&peer);
         }
     }
 
-    /// Forgets `peer`'s session, whichever it is (its opener gave up).
-    pub(crate) fn drop_session(&self, peer: NodeId) {
-        lock(&self.sessions).remove(&peer);
+    /// Forgets the session this node opened to `peer` (its opener gave up or ended it); one
+    /// the peer opened stays.
+    pub(crate) fn drop_outbound(&self, peer: NodeId) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(&peer).is_some_and(|s| s.outbound) {
+            sessions.remove(&peer);
+        }
     }
 
     /// Hands a datagram that came out of `peer`'s session to quinn. Waits while quinn is
@@ -164,8 +206,8 @@ impl Paths {
             return;
         };
         let mut sessions = lock(&self.sessions);
-        if let Some(sender) = sessions.get(&peer) {
-            if sender.try_send(datagram).is_err() {
+        if let Some(session) = sessions.get(&peer).filter(|s| !s.sender.is_closed()) {
+            if session.sender.try_send(datagram).is_err() {
                 self.drop_one();
             }
             return;
@@ -174,7 +216,13 @@ impl Paths {
         // A fresh channel has room for one.
         let _ = sender.try_send(datagram);
         if self.wanted.send(WantedSession { peer, outgoing }).is_ok() {
-            sessions.insert(peer, sender);
+            sessions.insert(
+                peer,
+                Session {
+                    sender,
+                    outbound: true,
+                },
+            );
         } else {
             self.drop_one();
         }
@@ -327,5 +375,70 @@ impl AsyncUdpSocket for RelaySocket {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    /// A node that has asked for a session to `peer` (quinn sent it a datagram) and the
+    /// receiver its opener drains.
+    fn with_outbound() -> (Arc<Paths>, NodeId, mpsc::Receiver<Bytes>) {
+        let (paths, mut wanted) = Paths::new();
+        let peer = Identity::generate().node_id();
+        paths.learn(peer);
+        paths.send_relayed(synthetic_addr(peer), Bytes::from_static(b"first"));
+        let mut session = wanted.try_recv().expect("a session was asked for");
+        assert_eq!(session.peer, peer);
+        assert_eq!(
+            session.outgoing.try_recv().unwrap(),
+            Bytes::from_static(b"first")
+        );
+        (paths, peer, session.outgoing)
+    }
+
+    #[test]
+    fn the_lower_id_keeps_its_own_session_when_both_ends_dial_at_once() {
+        let (paths, peer, mut outbound) = with_outbound();
+        let (sender, mut incoming) = mpsc::channel(8);
+        assert!(!paths.open_session(peer, sender, true));
+        paths.send_relayed(synthetic_addr(peer), Bytes::from_static(b"second"));
+        assert_eq!(outbound.try_recv().unwrap(), Bytes::from_static(b"second"));
+        assert!(incoming.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_higher_id_moves_to_the_peers_session_and_its_own_closes() {
+        let (paths, peer, mut outbound) = with_outbound();
+        let (sender, mut incoming) = mpsc::channel(8);
+        assert!(paths.open_session(peer, sender, false));
+        paths.send_relayed(synthetic_addr(peer), Bytes::from_static(b"second"));
+        assert_eq!(incoming.try_recv().unwrap(), Bytes::from_static(b"second"));
+        // Its opener sees the channel closed and finishes the stream.
+        assert!(matches!(
+            outbound.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        // The opener's clean-up leaves the installed session alone.
+        paths.drop_outbound(peer);
+        paths.send_relayed(synthetic_addr(peer), Bytes::from_static(b"third"));
+        assert_eq!(incoming.try_recv().unwrap(), Bytes::from_static(b"third"));
+    }
+
+    #[test]
+    fn a_closed_session_is_replaced_by_a_new_one_on_the_next_datagram() {
+        let (paths, mut wanted) = Paths::new();
+        let peer = Identity::generate().node_id();
+        let (sender, incoming) = mpsc::channel(8);
+        assert!(paths.open_session(peer, sender, true));
+        drop(incoming);
+        paths.send_relayed(synthetic_addr(peer), Bytes::from_static(b"again"));
+        let mut session = wanted.try_recv().expect("a new session was asked for");
+        assert_eq!(
+            session.outgoing.try_recv().unwrap(),
+            Bytes::from_static(b"again")
+        );
     }
 }
