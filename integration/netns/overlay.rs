@@ -127,6 +127,22 @@ impl Overlay {
         joined
     }
 
+    /// [`Self::joined_by`], failing the test unless every node joined: the message names each
+    /// node that did not, with its output so far.
+    pub fn all_joined_by(&mut self, until: Instant) {
+        let joined = self.joined_by(until);
+        if joined.len() == self.members.len() {
+            return;
+        }
+        let missing: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| !joined.contains(&m.host.name))
+            .map(|m| format!("{}:\n{}", m.host.name, m.proc.context()))
+            .collect();
+        panic!("joined: {joined:?}; the others:\n{}", missing.join("\n"));
+    }
+
     /// Waits until each member's leaf set holds every other member (overlays of at most 17
     /// nodes, where a leaf set of 8 a side holds them all).
     pub fn wait_full_leaf_sets(&mut self) {

@@ -349,10 +349,15 @@ impl Host {
         command
     }
 
-    /// The `wendy` binary inside this host's namespace (without the caller's log settings).
+    /// The `wendy` binary inside this host's namespace, without the caller's log settings:
+    /// `WENDY_NODE_LOG` (a `RUST_LOG` filter) sets the nodes' own, whose lines a failing test
+    /// shows with each node's output.
     pub fn wendy(&self) -> Command {
         let mut command = self.command(env!("CARGO_BIN_EXE_wendy"));
         command.env_remove("RUST_LOG").env_remove("RUST_BACKTRACE");
+        if let Ok(filter) = std::env::var("WENDY_NODE_LOG") {
+            command.env("RUST_LOG", filter);
+        }
         command
     }
 
