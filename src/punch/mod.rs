@@ -34,6 +34,7 @@
 //! the network through the node's [`Transport`](crate::transport::Transport) (requests on the
 //! relayed link, dials) and the socket, and knows nothing of Pastry.
 
+mod machine;
 pub mod message;
 mod probe;
 mod service;
