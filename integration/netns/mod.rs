@@ -11,5 +11,7 @@ pub mod testbed;
 mod figures;
 mod mesh;
 mod punch;
+mod punch_mixed;
+mod punch_paths;
 mod reachability;
 mod relay_kill;

@@ -128,7 +128,7 @@ impl Overlay {
     }
 
     /// [`Self::joined_by`], failing the test unless every node joined: the message names each
-    /// node that did not, with its output so far.
+    /// node that did not, with its status and its output so far.
     pub fn all_joined_by(&mut self, until: Instant) {
         let joined = self.joined_by(until);
         if joined.len() == self.members.len() {
@@ -136,11 +136,28 @@ impl Overlay {
         }
         let missing: Vec<String> = self
             .members
-            .iter()
+            .iter_mut()
             .filter(|m| !joined.contains(&m.host.name))
-            .map(|m| format!("{}:\n{}", m.host.name, m.proc.context()))
+            .map(|m| {
+                // A node whose join failed for good has exited: it answers no status.
+                let fatal = m.proc.seen.iter().any(|v| v["fatal"] == true);
+                let status = if fatal {
+                    serde_json::Value::Null
+                } else {
+                    m.proc.status()
+                };
+                format!(
+                    "{} ({}): status {status}\n{}",
+                    m.host.name,
+                    m.id,
+                    m.proc.context()
+                )
+            })
             .collect();
-        panic!("joined: {joined:?}; the others:\n{}", missing.join("\n"));
+        panic!(
+            "not every node joined: joined {joined:?}; the others:\n{}",
+            missing.join("\n")
+        );
     }
 
     /// Waits until each member's leaf set holds every other member (overlays of at most 17

@@ -13,12 +13,12 @@ use serde_json::Value;
 use wendy::id::NodeId;
 
 use super::overlay::{Member, Overlay};
-use super::testbed::{Nat, Router, Spec, Testbed};
+use super::testbed::{Host, Nat, Router, Spec, Testbed};
 use crate::netns_or_skip;
 
 /// Drops packets addressed to the router itself unless they belong to a flow it knows, as a
 /// home router's firewall does.
-fn home_firewall(router: &Router) {
+pub(super) fn home_firewall(router: &Router) {
     let rules = "table inet wendy_home {\n\
                    chain input { type filter hook input priority filter; policy drop;\n\
                      ct state established,related accept\n\
@@ -40,7 +40,7 @@ fn home_firewall(router: &Router) {
     assert!(child.wait().unwrap().success(), "nft refused the firewall");
 }
 
-fn testbed(spec: &Spec) -> Testbed {
+pub(super) fn testbed(spec: &Spec) -> Testbed {
     let bed = Testbed::new(spec).unwrap();
     for lan in &bed.lans {
         home_firewall(&lan.router);
@@ -49,27 +49,32 @@ fn testbed(spec: &Spec) -> Testbed {
 }
 
 /// Starts the overlay and waits for every node's join.
-fn overlay(bed: &Testbed) -> Overlay {
-    let mut overlay = Overlay::start(bed, Duration::from_secs(30));
+pub(super) fn overlay(bed: &Testbed) -> Overlay {
+    overlay_with(bed, |_| Vec::new())
+}
+
+/// [`overlay`], with `extra(host)` added to the arguments of the node on `host`.
+pub(super) fn overlay_with(bed: &Testbed, extra: impl Fn(&Host) -> Vec<String>) -> Overlay {
+    let mut overlay = Overlay::start_with(bed, Duration::from_secs(30), extra);
     overlay.all_joined_by(Instant::now() + Duration::from_secs(30));
     overlay
 }
 
 /// The connection to `peer` in a status, if any.
-fn link_to(status: &Value, peer: NodeId) -> Option<&Value> {
+pub(super) fn link_to(status: &Value, peer: NodeId) -> Option<&Value> {
     status["connections"]
         .as_array()?
         .iter()
         .find(|c| c["id"] == peer.to_string())
 }
 
-fn is_direct(status: &Value, peer: NodeId) -> bool {
+pub(super) fn is_direct(status: &Value, peer: NodeId) -> bool {
     link_to(status, peer).is_some_and(|c| c["path"] == "direct")
 }
 
 /// Polls `member`'s status until `pred` holds or `within` passes; the last status and whether
 /// it held.
-fn status_within(
+pub(super) fn status_within(
     member: &mut Member,
     within: Duration,
     pred: impl Fn(&Value) -> bool,
@@ -88,7 +93,7 @@ fn status_within(
 }
 
 /// Messages from `sender` that `receiver` printed as `direct` events with `prefix`.
-fn received(receiver: &mut Member, prefix: &str, until: Instant) -> HashSet<String> {
+pub(super) fn received(receiver: &mut Member, prefix: &str, until: Instant) -> HashSet<String> {
     receiver.proc.gather(until);
     receiver
         .proc
@@ -101,12 +106,12 @@ fn received(receiver: &mut Member, prefix: &str, until: Instant) -> HashSet<Stri
         .collect()
 }
 
-fn median(values: &mut [u64]) -> Option<u64> {
+pub(super) fn median(values: &mut [u64]) -> Option<u64> {
     values.sort_unstable();
     values.get(values.len() / 2).copied()
 }
 
-fn left_events(member: &Member) -> Vec<String> {
+pub(super) fn left_events(member: &Member) -> Vec<String> {
     member
         .proc
         .seen
@@ -287,7 +292,7 @@ fn links_across_a_symmetric_nat_all_connect_through_the_relay() {
 }
 
 /// Two private nodes (one per endpoint-independent LAN), direct to each other.
-fn direct_pair() -> (Testbed, Overlay, usize, usize) {
+pub(super) fn direct_pair() -> (Testbed, Overlay, usize, usize) {
     let bed = testbed(&Spec {
         public_hosts: 2,
         lans: vec![(Nat::EndpointIndependent, 1), (Nat::EndpointIndependent, 1)],
@@ -306,7 +311,14 @@ fn direct_pair() -> (Testbed, Overlay, usize, usize) {
 }
 
 /// Sends `count` messages from `a` to `b`, one every `gap`, calling `during(i)` before each.
-fn stream(overlay: &mut Overlay, a: usize, b: usize, prefix: &str, count: usize, gap: Duration) {
+pub(super) fn stream(
+    overlay: &mut Overlay,
+    a: usize,
+    b: usize,
+    prefix: &str,
+    count: usize,
+    gap: Duration,
+) {
     let b_id = overlay.members[b].id;
     for i in 0..count {
         overlay.members[a]

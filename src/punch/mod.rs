@@ -30,10 +30,14 @@
 //!   [`MAX_BACKOFF`]), offers from one peer at most one per second, at most [`MAX_ADDRS`]
 //!   candidates per frame. A probe is 25 bytes; an attempt sends at most 30 per candidate.
 //!
+//! The protocol's decisions live in a state machine with no IO and no clock (`machine.rs`);
+//! the service task (`service.rs`) feeds it and carries out its effects.
+//!
 //! This module owns the protocol's state and the socket layer that moves datagrams; it reaches
 //! the network through the node's [`Transport`](crate::transport::Transport) (requests on the
 //! relayed link, dials) and the socket, and knows nothing of Pastry.
 
+mod machine;
 pub mod message;
 mod probe;
 mod service;
