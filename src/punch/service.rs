@@ -246,9 +246,10 @@ impl Service {
     /// linked through a relay loses its state and routes.
     fn scan(&mut self, now: Instant) {
         self.last_scan = Some(now);
+        // Every node scans several times a second: the links' statistics are not needed here.
         let relayed: HashMap<NodeId, SocketAddr> = self
             .transport
-            .links()
+            .linked_peers()
             .into_iter()
             .filter(|link| is_synthetic(link.addr))
             .map(|link| (link.peer, link.addr))

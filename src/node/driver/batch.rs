@@ -31,7 +31,14 @@ fn batchable_size(msg: &Message) -> Option<usize> {
 
 /// Turns the core's sends, in order, into frames: each batch of control messages for one peer
 /// goes where its first message was, every other message alone where it was.
-pub(super) fn frames(sends: Vec<(PeerInfo, Message)>) -> Vec<(PeerInfo, Body)> {
+pub(super) fn frames(mut sends: Vec<(PeerInfo, Message)>) -> Vec<(PeerInfo, Body)> {
+    // The common case (one message forwarded, or one routed) needs no grouping.
+    if sends.len() == 1 {
+        return sends
+            .pop()
+            .map(|(to, msg)| vec![(to, Body::Pastry(msg))])
+            .unwrap_or_default();
+    }
     // (peer, messages, estimated bytes; None for a message that goes alone)
     let mut slots: Vec<(PeerInfo, Vec<Message>, Option<usize>)> = Vec::with_capacity(sends.len());
     for (to, msg) in sends {
