@@ -110,6 +110,15 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_message_goes_in_a_plain_frame() {
+        assert_eq!(
+            frames(vec![(peer(1), ack(7))]),
+            vec![(peer(1), Body::Pastry(ack(7)))]
+        );
+        assert_eq!(frames(Vec::new()), Vec::new());
+    }
+
+    #[test]
     fn other_messages_keep_their_own_frames_in_order() {
         let leave = Message::Leave {
             leaf_set: Vec::new(),
