@@ -864,13 +864,7 @@ impl<L: Links> Driver<L> {
                     .find(|s| s.id() == id)
                     .map(|s| s.peer.addr)
             })
-            .or_else(|| {
-                self.transport
-                    .links()
-                    .into_iter()
-                    .find(|l| l.peer == id)
-                    .map(|l| l.addr)
-            })
+            .or_else(|| self.transport.link_addr(id))
     }
 
     fn status(&self) -> Status {

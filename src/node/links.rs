@@ -39,6 +39,15 @@ pub(crate) trait Links: Clone + Send + Sync + 'static {
     /// A snapshot of every link.
     fn links(&self) -> Vec<LinkInfo>;
 
+    /// The address of the link to `peer`, if there is one (without the statistics of
+    /// [`Self::links`]).
+    fn link_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.links()
+            .into_iter()
+            .find(|link| link.peer == peer)
+            .map(|link| link.addr)
+    }
+
     /// Hands every one-way message read from now on to `inbox`.
     fn set_inbox(&self, inbox: Weak<dyn Inbox>);
 
@@ -74,6 +83,10 @@ impl Links for Transport {
 
     fn links(&self) -> Vec<LinkInfo> {
         Self::links(self)
+    }
+
+    fn link_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        Self::link_addr(self, peer)
     }
 
     fn set_inbox(&self, inbox: Weak<dyn Inbox>) {

@@ -106,10 +106,11 @@ impl Service {
         }
     }
 
-    /// The transport's relayed links: peer -> synthetic address.
+    /// The transport's relayed links: peer -> synthetic address. Every node scans several
+    /// times a second, so the links' statistics are not read here.
     fn relayed(&self) -> HashMap<NodeId, SocketAddr> {
         self.transport
-            .links()
+            .linked_peers()
             .into_iter()
             .filter(|link| is_synthetic(link.addr))
             .map(|link| (link.peer, link.addr))

@@ -430,6 +430,12 @@ impl Transport {
         peers
     }
 
+    /// The address of the link to `peer`, if there is one (reads no statistics, see
+    /// [`Self::linked_peers`]).
+    pub fn link_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        lock(&self.inner.pool).get(peer).map(|link| link.addr())
+    }
+
     /// A snapshot of every link.
     pub fn links(&self) -> Vec<LinkInfo> {
         let pool = lock(&self.inner.pool);

@@ -31,7 +31,14 @@ fn batchable_size(msg: &Message) -> Option<usize> {
 
 /// Turns the core's sends, in order, into frames: each batch of control messages for one peer
 /// goes where its first message was, every other message alone where it was.
-pub(super) fn frames(sends: Vec<(PeerInfo, Message)>) -> Vec<(PeerInfo, Body)> {
+pub(super) fn frames(mut sends: Vec<(PeerInfo, Message)>) -> Vec<(PeerInfo, Body)> {
+    // The common case (one message forwarded, or one routed) needs no grouping.
+    if sends.len() == 1 {
+        return sends
+            .pop()
+            .map(|(to, msg)| vec![(to, Body::Pastry(msg))])
+            .unwrap_or_default();
+    }
     // (peer, messages, estimated bytes; None for a message that goes alone)
     let mut slots: Vec<(PeerInfo, Vec<Message>, Option<usize>)> = Vec::with_capacity(sends.len());
     for (to, msg) in sends {
@@ -100,6 +107,15 @@ mod tests {
             frames,
             vec![(peer(1), Body::PastryBatch(vec![ack(7), answer(7, 0)]))]
         );
+    }
+
+    #[test]
+    fn a_lone_message_goes_in_a_plain_frame() {
+        assert_eq!(
+            frames(vec![(peer(1), ack(7))]),
+            vec![(peer(1), Body::Pastry(ack(7)))]
+        );
+        assert_eq!(frames(Vec::new()), Vec::new());
     }
 
     #[test]
