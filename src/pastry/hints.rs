@@ -76,6 +76,11 @@ impl Hint {
 #[derive(Debug, Default)]
 pub(super) struct Hints {
     entries: Vec<Hint>,
+    /// Entries asked for their neighbours, with the estimated size when asked: one whose reply
+    /// gave no hint (refused, or not wanted by then) is not asked again until the overlay has
+    /// grown by [`REFRESH_GROWTH`] or the next maintenance round, so the many leaf-set changes
+    /// of a failure cost no hint probes.
+    asked: Vec<(NodeId, f64)>,
 }
 
 impl Hints {
@@ -84,12 +89,27 @@ impl Hints {
         self.entries
             .iter()
             .any(|h| h.entry.id == entry && h.size * REFRESH_GROWTH >= size)
+            || self
+                .asked
+                .iter()
+                .any(|(id, at)| *id == entry && at * REFRESH_GROWTH >= size)
+    }
+
+    /// Notes that `entry` was asked at estimated size `size`, the oldest note out past the
+    /// bound.
+    fn note_asked(&mut self, entry: NodeId, size: f64) {
+        self.asked.retain(|(id, _)| *id != entry);
+        if self.asked.len() >= 2 * MAX_HINTED {
+            self.asked.remove(0);
+        }
+        self.asked.push((entry, size));
     }
 
     /// Forgets the hint of entry `id`, and `id` in every hint naming it (it died or left: the
     /// rest of the hint still lists the entry's nearest live neighbours).
     pub(super) fn forget(&mut self, id: NodeId) {
         self.entries.retain(|h| h.entry.id != id);
+        self.asked.retain(|(asked, _)| *asked != id);
         for hint in &mut self.entries {
             hint.near.remove(id);
         }
@@ -102,6 +122,7 @@ impl Hints {
 
     pub(super) fn clear(&mut self) {
         self.entries.clear();
+        self.asked.clear();
     }
 }
 
@@ -197,6 +218,8 @@ impl Pastry {
         if in_flight >= MAX_HINT_PROBES {
             return;
         }
+        let size = self.estimated_size();
+        self.hints.note_asked(peer.id, size);
         self.start_probe(now, peer, super::liveness::ProbeKind::Hint);
     }
 
@@ -212,6 +235,9 @@ impl Pastry {
             .filter(|id| self.wants_hint(*id))
             .collect();
         self.hints.entries.retain(|h| keep.contains(&h.entry.id));
+        if refresh {
+            self.hints.asked.clear();
+        }
         let size = self.estimated_size();
         let wanted: Vec<PeerInfo> = self
             .table
