@@ -43,6 +43,14 @@ const MIN_RECORD_TTL: Duration = Duration::from_secs(1);
 /// How long a private node waits for a candidate relay's handshake.
 const CANDIDATE_DIAL: Duration = Duration::from_secs(2);
 
+/// How long a relay that broke a session of this node goes last when this node picks a relay
+/// for any session (it is probably dead, and a connect through it would wait in vain).
+const BROKEN_RELAY_PAUSE: Duration = Duration::from_secs(10);
+
+/// How long a connect through a relay may take when the record names another relay to try
+/// after it (the last one gets [`session::SILENCE`]).
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
 /// How many linked peers a node asks for a relayed peer's record it lacks.
 const QUERY_FANOUT: usize = 8;
 
@@ -100,6 +108,9 @@ pub(crate) struct Relays {
     home_lost: Arc<Notify>,
     /// Relays lost lately, by address: not tried again for [`LOST_RELAY_PAUSE`].
     lost: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    /// Relays under a session of this node that broke lately: tried last for
+    /// [`BROKEN_RELAY_PAUSE`].
+    broken: Mutex<HashMap<NodeId, std::time::Instant>>,
     records_rejected: AtomicU64,
     /// The running sessions, by peer, with the handle that ends each.
     sessions: Mutex<HashMap<NodeId, (u64, Arc<Stop>)>>,
@@ -137,6 +148,7 @@ impl Relays {
             via: Mutex::new(HashMap::new()),
             home_lost: Arc::new(Notify::new()),
             lost: Mutex::new(HashMap::new()),
+            broken: Mutex::new(HashMap::new()),
             records_rejected: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
@@ -531,12 +543,14 @@ impl Relays {
                 break;
             };
             let mut carried = false;
-            // The relay that just broke goes last: it is probably dead.
-            let mut order = record.record.relays.clone();
-            order.sort_by_key(|relay| Some(relay.id) == broken);
-            for relay in &order {
-                let attempt =
-                    tokio::time::timeout(session::SILENCE, self.connect_via(*relay, peer)).await;
+            let order = self.relay_order(&record.record.relays, broken);
+            for (i, relay) in order.iter().enumerate() {
+                let wait = if i + 1 < order.len() {
+                    CONNECT_WAIT
+                } else {
+                    session::SILENCE
+                };
+                let attempt = tokio::time::timeout(wait, self.connect_via(*relay, peer)).await;
                 let Ok(Ok(mut stream)) = attempt else {
                     continue;
                 };
@@ -568,6 +582,7 @@ impl Relays {
                     SessionEnd::Broken => {}
                 }
                 debug!(%peer, relay = %relay.id, "relayed session broke; trying another relay");
+                lock(&self.broken).insert(relay.id, std::time::Instant::now());
                 broken = Some(relay.id);
                 carried = true;
                 break;
@@ -580,6 +595,20 @@ impl Relays {
             }
         }
         self.paths.drop_outbound(peer);
+    }
+
+    /// The order in which to try a record's relays: the one that just broke this session
+    /// last, before it those that broke any session of this node lately (both are probably
+    /// dead), the others in the record's order (its node's, lowest RTT first).
+    fn relay_order(&self, relays: &[RelayEntry], just_broken: Option<NodeId>) -> Vec<RelayEntry> {
+        let recently: Vec<NodeId> = {
+            let mut broken = lock(&self.broken);
+            broken.retain(|_, since| since.elapsed() < BROKEN_RELAY_PAUSE);
+            broken.keys().copied().collect()
+        };
+        let mut order = relays.to_vec();
+        order.sort_by_key(|relay| (Some(relay.id) == just_broken, recently.contains(&relay.id)));
+        order
     }
 
     async fn connect_via(&self, relay: RelayEntry, target: NodeId) -> Result<RawStream, String> {
@@ -644,11 +673,30 @@ impl Relays {
         let candidates: Vec<SocketAddr> = {
             let mut lost = lock(&self.lost);
             lost.retain(|_, since| since.elapsed() < LOST_RELAY_PAUSE);
-            lock(&self.candidates)
+            let homes: Vec<SocketAddr> = lock(&self.homes).iter().map(|h| h.addr).collect();
+            let mut candidates: Vec<SocketAddr> = lock(&self.candidates)
                 .iter()
-                .filter(|addr| !lost.contains_key(addr))
+                .filter(|addr| !lost.contains_key(addr) && !homes.contains(addr))
                 .copied()
-                .collect()
+                .collect();
+            // Public peers the node is linked to may be relays too: a node that lost a relay
+            // looks among them, not only among the configured and bootstrap addresses (those
+            // may be the relay that died). Each that refuses rests in `lost` for the pause.
+            for link in transport.links() {
+                if candidates.len() >= MAX_CANDIDATES {
+                    break;
+                }
+                let addr = link.addr;
+                if link.peer != self.me
+                    && !is_synthetic(unmap(addr))
+                    && !lost.contains_key(&addr)
+                    && !homes.contains(&addr)
+                    && !candidates.contains(&addr)
+                {
+                    candidates.push(addr);
+                }
+            }
+            candidates
         };
         // All candidates at once, each within a short bound: a dead one must not hold up the
         // others (a dial to it would wait for the whole connect timeout).

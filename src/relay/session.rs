@@ -3,9 +3,14 @@
 //!
 //! Framing, the same on every leg (the relay copies the bytes as they are): a 2-byte big-endian
 //! length, then that many bytes of one QUIC datagram of the end-to-end connection. A length of
-//! zero is a keep-alive: each end sends one every [`KEEPALIVE`], and an end that hears nothing
-//! for [`SILENCE`] declares the session dead, so a relay that died is noticed in seconds (the
-//! QUIC idle timeout of the link to it is a minute).
+//! zero is a keep-alive. An idle session sends one every [`KEEPALIVE`] and counts as dead after
+//! [`SILENCE`] with nothing heard. A session that carried a datagram within [`ACTIVE_FOR`] is
+//! *active*: each end then sends a keep-alive every [`ACTIVE_KEEPALIVE`] it sends nothing
+//! else, and [`ACTIVE_SILENCE`] without a byte from the far end ends it (its silence counted
+//! from the datagram that woke it, at the earliest). So a relay that dies under a session in use
+//! is noticed well before the Pastry core, whose probes ride that session, would take the
+//! peer behind it for dead; the dialer then moves the session to another relay. (The QUIC idle
+//! timeout of the link to the relay is a minute.)
 //!
 //! A session lives only as long as the connection inside it needs it: it ends when its stream
 //! breaks (the link to the relay is gone), when the node stops it ([`Stop`]: the inner
@@ -26,11 +31,26 @@ use super::socket::{Paths, SessionSender};
 use crate::id::NodeId;
 use crate::transport::RawStream;
 
-/// How often a session (and a home stream) sends a keep-alive.
+/// How often an idle session (and a home stream) sends a keep-alive.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(1);
 
-/// How long a session (or a home stream) may stay silent before it counts as dead.
+/// How long an idle session (or a home stream) may stay silent before it counts as dead.
 pub(crate) const SILENCE: Duration = Duration::from_secs(3);
+
+/// How long after a datagram crossed it (either way) a session counts as active.
+pub(crate) const ACTIVE_FOR: Duration = Duration::from_secs(2);
+
+/// How often an active session sends a keep-alive when it has nothing else to send.
+pub(crate) const ACTIVE_KEEPALIVE: Duration = Duration::from_millis(100);
+
+/// How long an active session may stay silent before it counts as dead: four keep-alive
+/// periods, so a far end late by a few scheduling hiccups on a loaded host is not cut off, and
+/// well under the core's probe timeout on a fast link (three RTTs plus 250 ms, then twice
+/// that), so the session moves to another relay before the peer is declared dead.
+pub(crate) const ACTIVE_SILENCE: Duration = Duration::from_millis(400);
+
+/// How often the silence watch looks.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,10 +76,12 @@ impl Stop {
     }
 }
 
-/// When a datagram last crossed a session, either way.
+/// When a datagram last crossed a session (either way), and when this end last heard from the
+/// far end.
 pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    heard_ms: AtomicU64,
 }
 
 impl Activity {
@@ -67,12 +89,51 @@ impl Activity {
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            heard_ms: AtomicU64::new(0),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A datagram crossed.
     pub(super) fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+        let now = self.now_ms();
+        let before = self.last_ms.fetch_max(now, Ordering::Relaxed);
+        if now.saturating_sub(before) >= ACTIVE_FOR.as_millis() as u64 {
+            // Waking from idle: the far end still sends keep-alives at the idle pace until it
+            // sees this datagram, so the active silence counts from now.
+            self.heard_ms.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes came from the far end.
+    fn hear(&self) {
+        self.heard_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a datagram crossed within [`ACTIVE_FOR`].
+    fn active(&self) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        self.now_ms().saturating_sub(last) < ACTIVE_FOR.as_millis() as u64
+    }
+
+    /// Returns once the far end has been silent for [`ACTIVE_SILENCE`] while the session is
+    /// active, or for [`SILENCE`].
+    async fn silent(&self) {
+        loop {
+            let limit = if self.active() {
+                ACTIVE_SILENCE
+            } else {
+                SILENCE
+            };
+            let heard = self.heard_ms.load(Ordering::Relaxed);
+            if self.now_ms().saturating_sub(heard) >= limit.as_millis() as u64 {
+                return;
+            }
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
     }
 
     /// Returns once no datagram has crossed for `idle`.
@@ -120,6 +181,7 @@ async fn carry(
     tokio::select! {
         end = pump_out(writer, outgoing, &activity) => end,
         () = pump_in(reader, paths, peer, &activity) => SessionEnd::Broken,
+        () = activity.silent() => SessionEnd::Broken,
         () = stop.0.notified() => SessionEnd::Stopped,
         () = activity.idle(idle) => SessionEnd::Idle,
     }
@@ -133,7 +195,12 @@ async fn pump_out(
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
         buf.clear();
-        match tokio::time::timeout(KEEPALIVE, outgoing.recv()).await {
+        let keepalive = if activity.active() {
+            ACTIVE_KEEPALIVE
+        } else {
+            KEEPALIVE
+        };
+        match tokio::time::timeout(keepalive, outgoing.recv()).await {
             Ok(Some(datagram)) => {
                 push_frame(&mut buf, &datagram);
                 // Batch what is already queued into one write.
@@ -167,22 +234,23 @@ fn push_frame(buf: &mut Vec<u8>, datagram: &[u8]) {
 }
 
 async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId, activity: &Activity) {
+    // The silence watch (`Activity::silent`) ends a session whose far end went quiet.
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(SILENCE, reader.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+        if reader.read_exact(&mut len).await.is_err() {
+            return;
         }
+        activity.hear();
         let len = usize::from(u16::from_be_bytes(len));
         if len == 0 {
             continue;
         }
         let mut datagram = BytesMut::zeroed(len);
-        match tokio::time::timeout(SILENCE, reader.read_exact(&mut datagram)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+        if reader.read_exact(&mut datagram).await.is_err() {
+            return;
         }
+        activity.hear();
         activity.touch();
         if !paths.deliver(peer, datagram.freeze()).await {
             return;
@@ -281,6 +349,21 @@ mod tests {
         let end = session(Duration::from_millis(100), true, idle, &stop).await;
         assert_eq!(end, SessionEnd::Stopped);
         assert!(started.elapsed() >= idle * 2);
+    }
+
+    #[tokio::test]
+    async fn an_active_session_whose_far_end_goes_silent_breaks_before_the_idle_silence() {
+        // The far end sends one datagram, then nothing (its relay died). The node stops the
+        // session at ACTIVE_FOR, short of SILENCE: only the active watch ends it before that.
+        let stop = Arc::new(Stop::default());
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ACTIVE_FOR).await;
+            stopper.stop();
+        });
+        let hour = Duration::from_secs(3600);
+        let end = session(hour, true, hour, &stop).await;
+        assert_eq!(end, SessionEnd::Broken);
     }
 
     #[tokio::test]
