@@ -343,7 +343,12 @@ fn a_nat_that_changes_the_external_port_during_traffic_loses_no_node_or_message(
     let router = &bed.lans[0].router;
     let a_host = bed.lans[0].hosts[0].clone();
     let before = external_ports(router, &a_host);
-    assert_eq!(before, vec![PORT], "A's mapping before the change");
+    // The node's own port, and now and then a second one: masquerade picks another port for a
+    // flow that clashes with one already mapped.
+    assert!(
+        before.contains(&PORT),
+        "A's mapping before the change: {before:?}"
+    );
     stream(&mut overlay, a, b, "pre", 20, Duration::from_millis(50));
     let fallbacks_before = overlay.members[a].proc.status()["punch"]["fallbacks"].clone();
     // The router forgets its mappings and, for the flows that follow, picks ports from
@@ -400,8 +405,10 @@ fn a_nat_that_changes_the_external_port_during_traffic_loses_no_node_or_message(
         b_status["punch"]["fallbacks"]
     );
     assert!(
-        !after.is_empty() && after.iter().all(|p| (20000..30000).contains(p)),
-        "the router did not move A to the new range: {after:?}"
+        !after.is_empty()
+            && after.iter().all(|p| (20000..30000).contains(p))
+            && after.iter().any(|p| !before.contains(p)),
+        "the router did not move A to new ports in the new range: {before:?} -> {after:?}"
     );
     assert_eq!(sends, sent, "lost sends across the port change");
     assert_eq!(

@@ -42,8 +42,8 @@ pub(crate) struct Held {
     pub(crate) payload: Vec<u8>,
 }
 
-/// Decides whether a message to node `to` is lost.
-pub(crate) type DropRule = Box<dyn Fn(usize, &Message) -> bool>;
+/// Decides whether a message from node `from` to node `to` is lost (`from`, `to`, message).
+pub(crate) type DropRule = Box<dyn Fn(usize, usize, &Message) -> bool>;
 
 /// The harness's latency: points of a 1000 × 1000 plane, 1 ms plus 50 µs per unit of
 /// distance (at most about 72 ms one way).
@@ -142,7 +142,11 @@ impl Net {
                     let Some(j) = self.network.resolve(&to) else {
                         continue;
                     };
-                    if self.drop_if.as_ref().is_some_and(|f| f(j as usize, &msg)) {
+                    if self
+                        .drop_if
+                        .as_ref()
+                        .is_some_and(|f| f(i, j as usize, &msg))
+                    {
                         continue;
                     }
                     // A message to a dead node is lost, as on a real network.

@@ -107,7 +107,10 @@ impl Pastry {
 
     /// Compares our leaf set with a live neighbour's: a member of ours that lies within the
     /// neighbour's range but is missing from its leaf set is probably dead (its failure notice
-    /// did not reach us, e.g. when it sat at the far end of our leaf set). Probe it.
+    /// did not reach us, e.g. when it sat at the far end of our leaf set). Probe it, unless it
+    /// spoke to us within a probe timeout: then a probe would tell nothing new. Two members that
+    /// cannot reach each other (behind NATs) disagree with everyone's leaf sets for good, and
+    /// without that bound each probe's reply would start the next one.
     pub(super) fn check_against(&mut self, now: Time, from: PeerInfo, theirs: &[PeerInfo]) {
         if theirs.is_empty() {
             return;
@@ -125,6 +128,7 @@ impl Pastry {
                     && !their_set.contains(p.id)
                     && their_set.covers(p.id.to_key())
                     && !self.probes.iter().any(|probe| probe.peer.id == p.id)
+                    && !self.heard_within(now, p.id, self.config.probe_timeout)
             })
             .collect();
         for peer in doubtful {

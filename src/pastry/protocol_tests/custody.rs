@@ -50,7 +50,7 @@ fn a_lost_ack_causes_a_duplicate_that_the_root_suppresses() {
     // the root gets two copies.
     let dropped = std::rc::Rc::new(std::cell::Cell::new(0u8));
     let count = dropped.clone();
-    net.drop_if = Some(Box::new(move |to, m| {
+    net.drop_if = Some(Box::new(move |_, to, m| {
         let drop = to == from && matches!(m, Message::RouteAck { .. }) && count.get() < 2;
         if drop {
             count.set(count.get() + 1);
@@ -89,7 +89,7 @@ fn a_hop_that_dies_holding_a_message_does_not_lose_it() {
     // The hop receives and acknowledges the message, but its forward is lost and it dies.
     let lost = std::rc::Rc::new(std::cell::Cell::new(false));
     let flag = lost.clone();
-    net.drop_if = Some(Box::new(move |to, m| {
+    net.drop_if = Some(Box::new(move |_, to, m| {
         let drop = !flag.get()
             && to != hop
             && matches!(m, Message::Route { origin: o, .. } if o.id == origin);

@@ -59,7 +59,7 @@ fn an_inactive_joiner_never_delivers_as_root() {
     let i = net.add(None);
     let joiner_id = net.nodes[i].id();
     // Hold back the joiner's probes so it stays inactive.
-    net.drop_if = Some(Box::new(move |_, m| {
+    net.drop_if = Some(Box::new(move |_, _, m| {
         matches!(m, Message::Probe { active: false, .. })
     }));
     net.start_join(i, 0);
