@@ -447,6 +447,7 @@ impl Tree {
         if !t.subscribed {
             return;
         }
+        let msgs_empty = msgs.is_empty();
         let mut checked: Vec<Published> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             if self.verified(&msg) {
@@ -489,8 +490,13 @@ impl Tree {
                 reader.next = Some(msg.seq);
             }
         }
-        if !heads.is_empty() {
+        // The last chunk of a replay carries the root's heads; a root with no stream yet
+        // sends one chunk with neither heads nor messages (every earlier chunk holds
+        // messages). Either way the replay is complete.
+        if !heads.is_empty() || msgs_empty {
             t.replayed = true;
+        }
+        if !heads.is_empty() {
             for head in heads {
                 if t.readers.len() >= max_publishers && !t.readers.contains_key(&head.stream) {
                     continue;
@@ -647,15 +653,11 @@ impl Tree {
                     .fetched_at
                     .map_or(true, |at| now.saturating_duration_since(at) >= gap_wait);
                 if now.saturating_duration_since(since) >= gap_wait && fetched_long_ago {
-                    if t.replayed {
-                        self.fetch(now, &name);
-                    } else {
-                        // No replay came (the root was lost meanwhile): start the streams
-                        // this subscriber has no place in at what it holds, and ask again.
-                        start_at_held(&mut t.readers);
-                        self.release_held(now, &name);
-                        self.fetch(now, &name);
-                    }
+                    // Without a replay yet (the fetch or its answer was lost, or the root
+                    // with it) the subscriber asks again rather than start a stream at the
+                    // first message it holds: messages come out of order, and an earlier
+                    // one may still be on its way.
+                    self.fetch(now, &name);
                 }
             } else {
                 t.lagging_since = None;

@@ -226,7 +226,6 @@ fn assert_all_delivered(net: &TopicNet<Model>, live: &[usize], messages: u64, se
 }
 
 #[test]
-#[ignore = "open: on this model (delays jittered up to 4x) one subscriber misses one message and counts a duplicate, without failures; run with --ignored"]
 fn a_stream_without_failures_reaches_every_subscriber_once_in_order() {
     let (net, live, _) = stream_with_kills(1, 300, u64::MAX, 0);
     assert_all_delivered(&net, &live, 300, 1);
