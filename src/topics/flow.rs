@@ -330,8 +330,19 @@ impl Tree {
         heads: &[Cursor],
     ) {
         let max_publishers = self.config.max_publishers;
+        // Messages held already were checked when they came: a root handing its window over
+        // again (routing that disagrees for a while about who is root) costs no second check
+        // of each signature.
+        let held: std::collections::HashSet<(Stream, u64)> = self
+            .topics
+            .get(name)
+            .map(|t| t.window.iter().map(|m| (m.stream, m.seq)).collect())
+            .unwrap_or_default();
         let mut checked = Vec::with_capacity(msgs.len());
         for msg in msgs {
+            if held.contains(&(msg.stream, msg.seq)) {
+                continue;
+            }
             if self.verified(&msg) {
                 checked.push(msg);
             } else {
