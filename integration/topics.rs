@@ -240,10 +240,6 @@ async fn every_subscriber_gets_every_message_once_in_order_and_no_node_sends_to_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes most runs, not yet reliable under load (4 of 17 runs at load average 2.5-10 \
-            failed): once 28 subscribers stopped at 998 of 1,000; once every live subscriber \
-            stopped at 997 and the new root's own delivery as a subscriber at 467; twice the \
-            run hung with both workers busy. Run with --ignored"]
 async fn killing_the_root_and_two_forwarders_mid_stream_loses_no_accepted_message() {
     let Setup {
         mut cluster,

@@ -163,6 +163,27 @@ impl Tree {
                 },
             });
         }
+        // A subscriber's heads are what its parents told it; a root's are what it accepted. Each
+        // stream goes on only as far as the window holds it without a hole (the publisher sends
+        // the rest again), and one it holds nothing of starts where the publisher says.
+        let held: std::collections::HashSet<(Stream, u64)> =
+            t.window.iter().map(|m| (m.stream, m.seq)).collect();
+        let mut first: HashMap<Stream, u64> = HashMap::new();
+        for m in &t.window {
+            let seq = first.entry(m.stream).or_insert(m.seq);
+            *seq = (*seq).min(m.seq);
+        }
+        t.heads.retain(|stream, head| {
+            let Some(start) = first.get(stream) else {
+                return false;
+            };
+            let mut reach = *start;
+            while held.contains(&(*stream, reach)) {
+                reach += 1;
+            }
+            *head = (*head).min(reach);
+            true
+        });
         t.kept_until = Some(now + self.config.retain_for);
         if t.subscribed {
             self.catch_up_from_window(name);
