@@ -240,7 +240,6 @@ async fn every_subscriber_gets_every_message_once_in_order_and_no_node_sends_to_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect, partly fixed: under load the old root's direct children far from the topic key keep routing their re-join to the dead root (43 repairs in a minute) and never re-attach; their subtrees (14 subscribers) stop at 454-469. Run with --ignored"]
 async fn killing_the_root_and_two_forwarders_mid_stream_loses_no_accepted_message() {
     let Setup {
         mut cluster,

@@ -524,8 +524,12 @@ impl Pastry {
             .or_else(|| self.table.find(peer))
             .or_else(|| self.neighbourhood.iter().find(|s| s.peer.id == peer))
             .map(|s| s.peer);
-        if let Some(info) = info {
-            self.start_probe(now, info, ProbeKind::Member);
+        match info {
+            Some(info) => self.start_probe(now, info, ProbeKind::Member),
+            // Named only in a neighbour hint: nothing here probes it, so without this a route
+            // (and `next_hop`) would go on choosing it from the hint until the hint is
+            // refreshed. The entry's next probe relearns the hint if the node lives.
+            None => self.hints.forget(peer),
         }
         for f in &mut self.in_flight {
             if f.next.id == peer {

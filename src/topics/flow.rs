@@ -163,6 +163,27 @@ impl Tree {
                 },
             });
         }
+        // A subscriber's heads are what its parents told it; a root's are what it accepted. Each
+        // stream goes on only as far as the window holds it without a hole (the publisher sends
+        // the rest again), and one it holds nothing of starts where the publisher says.
+        let held: std::collections::HashSet<(Stream, u64)> =
+            t.window.iter().map(|m| (m.stream, m.seq)).collect();
+        let mut first: HashMap<Stream, u64> = HashMap::new();
+        for m in &t.window {
+            let seq = first.entry(m.stream).or_insert(m.seq);
+            *seq = (*seq).min(m.seq);
+        }
+        t.heads.retain(|stream, head| {
+            let Some(start) = first.get(stream) else {
+                return false;
+            };
+            let mut reach = *start;
+            while held.contains(&(*stream, reach)) {
+                reach += 1;
+            }
+            *head = (*head).min(reach);
+            true
+        });
         t.kept_until = Some(now + self.config.retain_for);
         if t.subscribed {
             self.catch_up_from_window(name);
@@ -330,8 +351,19 @@ impl Tree {
         heads: &[Cursor],
     ) {
         let max_publishers = self.config.max_publishers;
+        // Messages held already were checked when they came: a root handing its window over
+        // again (routing that disagrees for a while about who is root) costs no second check
+        // of each signature.
+        let held: std::collections::HashSet<(Stream, u64)> = self
+            .topics
+            .get(name)
+            .map(|t| t.window.iter().map(|m| (m.stream, m.seq)).collect())
+            .unwrap_or_default();
         let mut checked = Vec::with_capacity(msgs.len());
         for msg in msgs {
+            if held.contains(&(msg.stream, msg.seq)) {
+                continue;
+            }
             if self.verified(&msg) {
                 checked.push(msg);
             } else {
@@ -447,6 +479,7 @@ impl Tree {
         if !t.subscribed {
             return;
         }
+        let msgs_empty = msgs.is_empty();
         let mut checked: Vec<Published> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             if self.verified(&msg) {
@@ -489,8 +522,13 @@ impl Tree {
                 reader.next = Some(msg.seq);
             }
         }
-        if !heads.is_empty() {
+        // The last chunk of a replay carries the root's heads; a root with no stream yet
+        // sends one chunk with neither heads nor messages (every earlier chunk holds
+        // messages). Either way the replay is complete.
+        if !heads.is_empty() || msgs_empty {
             t.replayed = true;
+        }
+        if !heads.is_empty() {
             for head in heads {
                 if t.readers.len() >= max_publishers && !t.readers.contains_key(&head.stream) {
                     continue;
@@ -647,15 +685,11 @@ impl Tree {
                     .fetched_at
                     .map_or(true, |at| now.saturating_duration_since(at) >= gap_wait);
                 if now.saturating_duration_since(since) >= gap_wait && fetched_long_ago {
-                    if t.replayed {
-                        self.fetch(now, &name);
-                    } else {
-                        // No replay came (the root was lost meanwhile): start the streams
-                        // this subscriber has no place in at what it holds, and ask again.
-                        start_at_held(&mut t.readers);
-                        self.release_held(now, &name);
-                        self.fetch(now, &name);
-                    }
+                    // Without a replay yet (the fetch or its answer was lost, or the root
+                    // with it) the subscriber asks again rather than start a stream at the
+                    // first message it holds: messages come out of order, and an earlier
+                    // one may still be on its way.
+                    self.fetch(now, &name);
                 }
             } else {
                 t.lagging_since = None;

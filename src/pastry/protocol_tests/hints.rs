@@ -46,6 +46,47 @@ fn hints_send_first_routes_straight_to_the_root() {
     );
 }
 
+#[test]
+fn a_hinted_root_reported_unreachable_is_no_longer_chosen() {
+    // A layer above (topics' direct sends) finds a key's root unreachable, where this node
+    // knows the root only from an entry's hint: nothing probes it, and until the hint was
+    // refreshed every `next_hop` chose it again.
+    let config = Config {
+        route_cache_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 300, 7);
+    net.run_for(Duration::from_secs(30));
+    let mut checked = 0;
+    for _ in 0..2000 {
+        let from = net.random_live();
+        let key = net.random_key();
+        let root = net.oracle_root(key);
+        let node = &net.nodes[from];
+        let known = node.leaf_set().contains(root)
+            || node.routing_table().find(root).is_some()
+            || root == node.id();
+        if known || node.next_hop(key).map(|p| p.id) != Some(root) {
+            continue;
+        }
+        let now = net.now;
+        net.nodes[from].handle_link_down(now, root);
+        assert_ne!(
+            net.nodes[from].next_hop(key).map(|p| p.id),
+            Some(root),
+            "the next hop is still the root reported unreachable"
+        );
+        checked += 1;
+        if checked == 20 {
+            break;
+        }
+    }
+    assert!(
+        checked >= 5,
+        "too few keys routed straight to a hinted root: {checked}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
