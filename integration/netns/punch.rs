@@ -25,19 +25,9 @@ pub(super) fn home_firewall(router: &Router) {
                      iifname { \"lo\", \"br0\" } accept\n\
                    }\n\
                  }\n";
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &router.ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft refused the firewall");
+    router
+        .nft(rules)
+        .unwrap_or_else(|e| panic!("nft refused the firewall: {e}"));
 }
 
 pub(super) fn testbed(spec: &Spec) -> Testbed {

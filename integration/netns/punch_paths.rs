@@ -289,21 +289,9 @@ fn remap_ports(router: &Router, range: &str) {
          add rule ip wendy_nat postrouting oifname \"eth0\" meta l4proto udp masquerade to :{range}\n\
          add rule ip wendy_nat postrouting oifname \"eth0\" masquerade\n"
     );
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &router.ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft refused the port range"
-    );
+    router
+        .nft(&rules)
+        .unwrap_or_else(|e| panic!("nft refused the port range: {e}"));
 }
 
 /// The external ports `router` maps `host`'s node socket to now, from its conntrack table.

@@ -379,6 +379,11 @@ impl Host {
 }
 
 impl Router {
+    /// Applies an nftables script (`nft -f -`) in the router's namespace.
+    pub fn nft(&self, script: &str) -> Result<(), String> {
+        run_with_input(&["ip", "netns", "exec", &self.ns, "nft", "-f", "-"], script)
+    }
+
     /// Adds a rule that drops forwarded packets matching `selector` (nftables syntax, e.g.
     /// `ip saddr 198.18.0.10 udp dport 7000`), both ways through the router.
     pub fn drop(&self, selector: &str) -> Result<(), String> {
