@@ -171,7 +171,7 @@ fn failures_cost_few_hint_probes() {
     let kills = 15;
     let extra = hint_probes_caused_by_failures(kills);
     println!("hint probes caused by {kills} failures: {extra}");
-    // Asking again on every leaf-set change cost 36 here.
+    // Asking again on every leaf-set change would cost 36 here.
     assert!(
         extra <= kills as i64,
         "{extra} hint probes for {kills} failures"

@@ -284,6 +284,6 @@ fn two_members_that_cannot_reach_each_other_cost_bounded_probes() {
     net.run_for(Duration::from_secs(300));
     let spent = probes(&net) - before;
     println!("probes in 300 s with one pair cut: {spent}");
-    // Each reply starting the next probe cost 19,961 here.
+    // With each reply starting the next probe this would be 19,961.
     assert!(spent < 600, "{spent} probes in 300 s");
 }
