@@ -452,10 +452,7 @@ impl Relays {
                     drop(registered);
                     debug!(%peer, relay = %from, ?end, "incoming relay session ended");
                     if let Some(relays) = relays.upgrade() {
-                        let mut via = lock(&relays.via);
-                        if via.get(&peer) == Some(&from) {
-                            via.remove(&peer);
-                        }
+                        relays.forget_via(peer, from);
                     }
                 });
             }
@@ -564,13 +561,7 @@ impl Relays {
                     self.session_idle,
                 )
                 .await;
-                {
-                    // A session the peer opened meanwhile may carry the link now.
-                    let mut via = lock(&self.via);
-                    if via.get(&peer) == Some(&relay.id) {
-                        via.remove(&peer);
-                    }
-                }
+                self.forget_via(peer, relay.id);
                 match end {
                     SessionEnd::Closed => return,
                     SessionEnd::Stopped | SessionEnd::Idle => {
@@ -595,6 +586,15 @@ impl Relays {
             }
         }
         self.paths.drop_outbound(peer);
+    }
+
+    /// A session with `peer` through `relay` ended: the link to `peer` no longer runs through
+    /// it, unless another session (one the peer opened meanwhile) carries it now.
+    fn forget_via(&self, peer: NodeId, relay: NodeId) {
+        let mut via = lock(&self.via);
+        if via.get(&peer) == Some(&relay) {
+            via.remove(&peer);
+        }
     }
 
     /// The order in which to try a record's relays: the one that just broke this session
@@ -682,7 +682,7 @@ impl Relays {
             // Public peers the node is linked to may be relays too: a node that lost a relay
             // looks among them, not only among the configured and bootstrap addresses (those
             // may be the relay that died). Each that refuses rests in `lost` for the pause.
-            for link in transport.links() {
+            for link in transport.linked_peers() {
                 if candidates.len() >= MAX_CANDIDATES {
                     break;
                 }
