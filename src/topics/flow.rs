@@ -596,7 +596,18 @@ impl Tree {
         match reader.next {
             Some(next) if msg.seq < next => self.stats.duplicates += 1,
             _ if reader.held.contains_key(&msg.seq) => self.stats.duplicates += 1,
-            _ if reader.held.len() >= max_held => self.stats.refused += 1,
+            // Full: the message is taken only if it is nearer the gap than the furthest one
+            // held, which makes room for it (that one comes again with the next fetch). So the
+            // messages that fill the gap always get in, and the bound holds.
+            _ if reader.held.len() >= max_held => {
+                match reader.held.last_key_value().map(|(seq, _)| *seq) {
+                    Some(furthest) if msg.seq < furthest => {
+                        reader.held.remove(&furthest);
+                        reader.held.insert(msg.seq, msg);
+                    }
+                    _ => self.stats.refused += 1,
+                }
+            }
             _ => {
                 reader.held.insert(msg.seq, msg);
                 if t.lagging_since.is_none() {
