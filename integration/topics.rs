@@ -69,6 +69,7 @@ async fn setup(seed: u64) -> Setup {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("set up: {nodes} nodes, {subscribers} subscribers attached");
     Setup {
         cluster,
         publisher,
@@ -105,8 +106,11 @@ async fn collect(
             .iter()
             .all(|id| log.get(id).map_or(0, Vec::len) as u64 >= count)
     };
+    // Events that trickle in must not keep a stuck tree waiting for ever.
+    let deadline = Instant::now() + 3 * HANG_GUARD;
     while !done(log) {
-        let Some(observed) = cluster.next_event(HANG_GUARD).await else {
+        let wait = HANG_GUARD.min(deadline.saturating_duration_since(Instant::now()));
+        let Some(observed) = cluster.next_event(wait).await else {
             let short: Vec<_> = expect
                 .iter()
                 .map(|id| log.get(id).map_or(0, Vec::len))
@@ -129,6 +133,7 @@ async fn collect(
                 .push((msg.seq, observed.when));
         }
     }
+    eprintln!("every subscriber has {count} messages");
 }
 
 /// Every node's place in the tree and counters, for a failure message.
@@ -236,7 +241,9 @@ async fn every_subscriber_gets_every_message_once_in_order_and_no_node_sends_to_
         percentile(&latencies, 0.99),
         sends as f64 / messages as f64,
     );
-    cluster.shutdown().await;
+    tokio::time::timeout(HANG_GUARD, cluster.shutdown())
+        .await
+        .expect("every node stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,5 +366,7 @@ async fn killing_the_root_and_two_forwarders_mid_stream_loses_no_accepted_messag
          subscribers got all, once, in order; recovery {recovery:.2?}; {repairs} re-joins",
         live.len()
     );
-    cluster.shutdown().await;
+    tokio::time::timeout(HANG_GUARD, cluster.shutdown())
+        .await
+        .expect("every node stops");
 }

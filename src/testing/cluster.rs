@@ -68,7 +68,10 @@ pub enum ClusterError {
         size: usize,
     },
     /// Leaf sets still differed from the oracle's when the time ran out.
-    #[error("{mismatched} of {nodes} leaf sets still differ from the true ones after {after:?}")]
+    #[error(
+        "{mismatched} of {nodes} leaf sets still differ from the true ones after {after:?} \
+         (first: {first})"
+    )]
     Unsettled {
         /// Nodes whose leaf set differs.
         mismatched: usize,
@@ -76,6 +79,9 @@ pub enum ClusterError {
         nodes: usize,
         /// How long the cluster was given.
         after: Duration,
+        /// The first of those nodes, what its leaf set lacks and what it holds that it should
+        /// not.
+        first: String,
     },
 }
 
@@ -290,15 +296,26 @@ pub async fn settle(
 ) -> Result<Duration, ClusterError> {
     let started = Instant::now();
     loop {
-        let mismatched = leaf_mismatches(nodes, population, half).await?.len();
-        if mismatched == 0 {
+        let mismatches = leaf_mismatches(nodes, population, half).await?;
+        let Some(first) = mismatches.first() else {
             return Ok(started.elapsed());
-        }
+        };
         if started.elapsed() >= timeout {
+            let lacks: Vec<&NodeId> = first
+                .ideal
+                .iter()
+                .filter(|id| !first.holds.contains(id))
+                .collect();
+            let extra: Vec<&NodeId> = first
+                .holds
+                .iter()
+                .filter(|id| !first.ideal.contains(id))
+                .collect();
             return Err(ClusterError::Unsettled {
-                mismatched,
+                mismatched: mismatches.len(),
                 nodes: nodes.len(),
                 after: timeout,
+                first: format!("{} lacks {lacks:?}, holds {extra:?} too", first.node),
             });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
