@@ -117,7 +117,13 @@ pub(crate) struct Relays {
     next_session: AtomicU64,
     session_idle: Duration,
     record_ttl: Duration,
+    /// Told when a relayed peer's path breaks and moves to another relay (the node's routing
+    /// core: replies lost with the old path do not make the peer dead).
+    path_moving: OnceLock<PathMoving>,
 }
+
+/// What a node does when the relayed path to a peer is moving (see [`Relays::on_path_moving`]).
+pub(crate) type PathMoving = Box<dyn Fn(NodeId) + Send + Sync>;
 
 impl std::fmt::Debug for Relays {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +164,19 @@ impl Relays {
             record_ttl: config
                 .record_ttl
                 .clamp(MIN_RECORD_TTL, Duration::from_millis(MAX_TTL_MS)),
+            path_moving: OnceLock::new(),
+        }
+    }
+
+    /// Sets what to call when the relayed path to a peer breaks and when it is up again
+    /// through another relay.
+    pub(crate) fn on_path_moving(&self, hook: PathMoving) {
+        let _ = self.path_moving.set(hook);
+    }
+
+    fn path_moved(&self, peer: NodeId) {
+        if let Some(hook) = self.path_moving.get() {
+            hook(peer);
         }
     }
 
@@ -453,6 +472,10 @@ impl Relays {
                     debug!(%peer, relay = %from, ?end, "incoming relay session ended");
                     if let Some(relays) = relays.upgrade() {
                         relays.forget_via(peer, from);
+                        if end == SessionEnd::Broken {
+                            // The peer, which dialled, moves the session to another relay.
+                            relays.path_moved(peer);
+                        }
                     }
                 });
             }
@@ -552,6 +575,10 @@ impl Relays {
                     continue;
                 };
                 lock(&self.via).insert(peer, relay.id);
+                if broken.is_some() {
+                    // Up again through another relay: what the peer answers now comes back.
+                    self.path_moved(peer);
+                }
                 let end = session::run(
                     self.paths.clone(),
                     peer,
@@ -573,6 +600,7 @@ impl Relays {
                     SessionEnd::Broken => {}
                 }
                 debug!(%peer, relay = %relay.id, "relayed session broke; trying another relay");
+                self.path_moved(peer);
                 lock(&self.broken).insert(relay.id, std::time::Instant::now());
                 broken = Some(relay.id);
                 carried = true;
