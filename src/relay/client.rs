@@ -48,8 +48,16 @@ const CANDIDATE_DIAL: Duration = Duration::from_secs(2);
 const BROKEN_RELAY_PAUSE: Duration = Duration::from_secs(10);
 
 /// How long a connect through a relay may take when the record names another relay to try
-/// after it (the last one gets [`session::SILENCE`]).
+/// after it and this node has no RTT for its link to the relay (the last one gets
+/// [`session::SILENCE`]).
 const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// With an RTT for the link to the relay, a connect through it that the record can follow
+/// with another relay gets four RTTs plus this (at most [`CONNECT_WAIT`]): the relay answers
+/// once it opened a stream to the target on its own link, about one RTT, and a dead relay
+/// that the node has not yet seen break a session must not hold the move for a whole
+/// second, longer than the peer's probes last on a fast path.
+const CONNECT_MARGIN: Duration = Duration::from_millis(250);
 
 /// How many linked peers a node asks for a relayed peer's record it lacks.
 const QUERY_FANOUT: usize = 8;
@@ -566,16 +574,21 @@ impl Relays {
             let order = self.relay_order(&record.record.relays, broken);
             for (i, relay) in order.iter().enumerate() {
                 let wait = if i + 1 < order.len() {
-                    CONNECT_WAIT
+                    self.connect_wait(relay.id)
                 } else {
                     session::SILENCE
                 };
                 let attempt = tokio::time::timeout(wait, self.connect_via(*relay, peer)).await;
                 let Ok(Ok(mut stream)) = attempt else {
+                    if i + 1 < order.len() {
+                        // The path moves on to the next relay: what was sent to the peer
+                        // meanwhile waited for this one.
+                        self.path_moved(peer);
+                    }
                     continue;
                 };
                 lock(&self.via).insert(peer, relay.id);
-                if broken.is_some() {
+                if broken.is_some() || i > 0 {
                     // Up again through another relay: what the peer answers now comes back.
                     self.path_moved(peer);
                 }
@@ -614,6 +627,14 @@ impl Relays {
             }
         }
         self.paths.drop_outbound(peer);
+    }
+
+    /// How long a connect through `relay` may take when another relay can follow it.
+    fn connect_wait(&self, relay: NodeId) -> Duration {
+        match self.transport.get().and_then(|t| t.rtt(relay)) {
+            Some(rtt) => (rtt * 4 + CONNECT_MARGIN).min(CONNECT_WAIT),
+            None => CONNECT_WAIT,
+        }
     }
 
     /// A session with `peer` through `relay` ended: the link to `peer` no longer runs through
