@@ -294,6 +294,21 @@ impl<L: Links> Runtime<L> {
         }
     }
 
+    /// The relayed path under the link to `peer` is moving to another relay: the core gives
+    /// what waits for the peer's answers its whole timeout again (see
+    /// [`Pastry::handle_path_change`]).
+    pub(super) fn path_moving(&self, peer: NodeId) {
+        let (_, follow_up) = self.with(|driver| {
+            if !driver.stopping {
+                let now = driver.now();
+                driver.pastry.handle_path_change(now, peer);
+            }
+        });
+        if follow_up {
+            self.settle();
+        }
+    }
+
     /// The address of a peer this node knows.
     pub(super) fn address_of(&self, id: NodeId) -> Result<SocketAddr, NodeError> {
         self.lock_running()?

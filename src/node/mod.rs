@@ -646,6 +646,12 @@ impl NodeBuilder {
             relays: Some(relays.clone()),
             punch: Some(punch_requests),
         });
+        let core = Arc::downgrade(&runtime);
+        relays.on_path_moving(Box::new(move |peer| {
+            if let Some(core) = core.upgrade() {
+                core.path_moving(peer);
+            }
+        }));
         let (topic_tx, topic_rx) = mpsc::channel(topics_config.delivery_queue.max(1024));
         runtime.subscribe(PayloadKind::Topic, topic_tx)?;
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {

@@ -289,6 +289,20 @@ impl Pastry {
                 }
             }
             Choice::Peer(next) => {
+                // The same holds for a next hop chosen because the key's root by our leaf set
+                // is under probe: the next closest would deliver it as root (it does not
+                // suspect the root), so the message waits here until the probe settles.
+                if let Some(on) = self.suspected_root_beyond(msg.key, next.id) {
+                    if self.parked.len() < MAX_WAITING {
+                        self.parked.push(Parked {
+                            on,
+                            msg,
+                            excluded,
+                            attempts,
+                        });
+                        return Released::No;
+                    }
+                }
                 if cached.is_none() {
                     self.note_hole(msg.key, next);
                 }
@@ -340,6 +354,17 @@ impl Pastry {
             }
         }
         best
+    }
+
+    /// The leaf-set member closest to `key`, if the leaf set covers `key`, it is closer than
+    /// both `next` and us, and it is being probed: the key's root by our state, which a route
+    /// to `next` would pass over.
+    fn suspected_root_beyond(&self, key: Key, next: NodeId) -> Option<NodeId> {
+        if !self.leaf_set.covers(key) {
+            return None;
+        }
+        self.suspected_closer(key)
+            .filter(|suspect| key.is_closer(*suspect, next))
     }
 
     /// Routes again the parked messages whose suspect's probe has settled.

@@ -538,6 +538,33 @@ impl Pastry {
         }
     }
 
+    /// The path under the link to `peer` is being replaced (a relayed link moving to another
+    /// of the peer's relays): what was sent to it since the old path failed is lost with that
+    /// path, not ignored by the peer. Its probes and the messages waiting for its
+    /// acknowledgement get their whole timeout again, counted from `now`, so the peer is not
+    /// taken for dead (and its keys delivered elsewhere) while its path moves. The runtime
+    /// calls this once per move, and a move needs a relay that accepts it, so a dead peer
+    /// is still declared dead.
+    pub fn handle_path_change(&mut self, now: Time, peer: NodeId) {
+        let probe = self.hop_timeout(peer, self.config.probe_timeout);
+        for p in self
+            .probes
+            .iter_mut()
+            .filter(|p| p.peer.id == peer && !p.held)
+        {
+            p.deadline = p.deadline.max(now + probe);
+        }
+        let ack = self.hop_timeout(peer, self.config.ack_timeout);
+        for f in self
+            .in_flight
+            .iter_mut()
+            .filter(|f| f.next.id == peer && !f.received)
+        {
+            f.deadline = f.deadline.max(now + ack);
+        }
+        self.sync_timers();
+    }
+
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
         self.expire_timers(now);

@@ -48,8 +48,16 @@ const CANDIDATE_DIAL: Duration = Duration::from_secs(2);
 const BROKEN_RELAY_PAUSE: Duration = Duration::from_secs(10);
 
 /// How long a connect through a relay may take when the record names another relay to try
-/// after it (the last one gets [`session::SILENCE`]).
+/// after it and this node has no RTT for its link to the relay (the last one gets
+/// [`session::SILENCE`]).
 const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// With an RTT for the link to the relay, a connect through it that the record can follow
+/// with another relay gets four RTTs plus this (at most [`CONNECT_WAIT`]): the relay answers
+/// once it opened a stream to the target on its own link, about one RTT, and a dead relay
+/// that the node has not yet seen break a session must not hold the move for a whole
+/// second, longer than the peer's probes last on a fast path.
+const CONNECT_MARGIN: Duration = Duration::from_millis(250);
 
 /// How many linked peers a node asks for a relayed peer's record it lacks.
 const QUERY_FANOUT: usize = 8;
@@ -117,7 +125,13 @@ pub(crate) struct Relays {
     next_session: AtomicU64,
     session_idle: Duration,
     record_ttl: Duration,
+    /// Told when a relayed peer's path breaks and moves to another relay (the node's routing
+    /// core: replies lost with the old path do not make the peer dead).
+    path_moving: OnceLock<PathMoving>,
 }
+
+/// What a node does when the relayed path to a peer is moving (see [`Relays::on_path_moving`]).
+pub(crate) type PathMoving = Box<dyn Fn(NodeId) + Send + Sync>;
 
 impl std::fmt::Debug for Relays {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +172,19 @@ impl Relays {
             record_ttl: config
                 .record_ttl
                 .clamp(MIN_RECORD_TTL, Duration::from_millis(MAX_TTL_MS)),
+            path_moving: OnceLock::new(),
+        }
+    }
+
+    /// Sets what to call when the relayed path to a peer breaks and when it is up again
+    /// through another relay.
+    pub(crate) fn on_path_moving(&self, hook: PathMoving) {
+        let _ = self.path_moving.set(hook);
+    }
+
+    fn path_moved(&self, peer: NodeId) {
+        if let Some(hook) = self.path_moving.get() {
+            hook(peer);
         }
     }
 
@@ -453,6 +480,10 @@ impl Relays {
                     debug!(%peer, relay = %from, ?end, "incoming relay session ended");
                     if let Some(relays) = relays.upgrade() {
                         relays.forget_via(peer, from);
+                        if end == SessionEnd::Broken {
+                            // The peer, which dialled, moves the session to another relay.
+                            relays.path_moved(peer);
+                        }
                     }
                 });
             }
@@ -543,15 +574,24 @@ impl Relays {
             let order = self.relay_order(&record.record.relays, broken);
             for (i, relay) in order.iter().enumerate() {
                 let wait = if i + 1 < order.len() {
-                    CONNECT_WAIT
+                    self.connect_wait(relay.id)
                 } else {
                     session::SILENCE
                 };
                 let attempt = tokio::time::timeout(wait, self.connect_via(*relay, peer)).await;
                 let Ok(Ok(mut stream)) = attempt else {
+                    if i + 1 < order.len() {
+                        // The path moves on to the next relay: what was sent to the peer
+                        // meanwhile waited for this one.
+                        self.path_moved(peer);
+                    }
                     continue;
                 };
                 lock(&self.via).insert(peer, relay.id);
+                if broken.is_some() || i > 0 {
+                    // Up again through another relay: what the peer answers now comes back.
+                    self.path_moved(peer);
+                }
                 let end = session::run(
                     self.paths.clone(),
                     peer,
@@ -573,6 +613,7 @@ impl Relays {
                     SessionEnd::Broken => {}
                 }
                 debug!(%peer, relay = %relay.id, "relayed session broke; trying another relay");
+                self.path_moved(peer);
                 lock(&self.broken).insert(relay.id, std::time::Instant::now());
                 broken = Some(relay.id);
                 carried = true;
@@ -586,6 +627,14 @@ impl Relays {
             }
         }
         self.paths.drop_outbound(peer);
+    }
+
+    /// How long a connect through `relay` may take when another relay can follow it.
+    fn connect_wait(&self, relay: NodeId) -> Duration {
+        match self.transport.get().and_then(|t| t.rtt(relay)) {
+            Some(rtt) => (rtt * 4 + CONNECT_MARGIN).min(CONNECT_WAIT),
+            None => CONNECT_WAIT,
+        }
     }
 
     /// A session with `peer` through `relay` ended: the link to `peer` no longer runs through

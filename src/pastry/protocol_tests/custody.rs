@@ -233,3 +233,115 @@ fn a_message_over_the_hop_limit_is_dropped_and_its_sender_released() {
     // `done`, not a receipt: the sender must not keep custody and route it again.
     assert_eq!(route_acks(&outputs.transmits), vec![(prev.id, true)]);
 }
+
+/// `a` routes to a key whose root by its leaf set is `r`; `c` is the next closest. Returns the
+/// node, `r`, `c`, the key, and the time `r`'s ack is due.
+fn routed_to_a_silent_root() -> (Pastry, PeerInfo, PeerInfo, Key, Time) {
+    let mut node = lone(0x10 << 120);
+    let (r, c) = (peer(0x50 << 120), peer(0x60 << 120));
+    meet(&mut node, r);
+    meet(&mut node, c);
+    let key = NodeId::from_u128(0x51 << 120).to_key();
+    node.route(Time::ZERO, key, b"for r".to_vec());
+    let sent = drain(&mut node).transmits;
+    assert!(sent
+        .iter()
+        .any(|t| matches!(t, Transmit::Send { to, msg: Message::Route { .. } } if *to == r)));
+    let due = Time::ZERO + Config::default().ack_timeout;
+    (node, r, c, key, due)
+}
+
+fn routes_to(transmits: &[Transmit], who: PeerInfo) -> usize {
+    transmits
+        .iter()
+        .filter(|t| matches!(t, Transmit::Send { to, msg: Message::Route { .. } } if *to == who))
+        .count()
+}
+
+fn probes_to(transmits: &[Transmit], who: PeerInfo) -> Vec<u64> {
+    transmits
+        .iter()
+        .filter_map(|t| match t {
+            Transmit::Send {
+                to,
+                msg: Message::Probe { nonce, .. },
+            } if *to == who => Some(*nonce),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The next closest node does not suspect the root, so it would deliver the message as root:
+/// a hop whose root went silent waits for the root's probe instead, and sends the message to
+/// the root again when the probe is answered.
+#[test]
+fn a_hop_whose_root_is_silent_waits_for_its_probe_rather_than_pass_the_key_on() {
+    let (mut node, r, c, _key, due) = routed_to_a_silent_root();
+    node.handle_timeout(due);
+    let out = drain(&mut node).transmits;
+    let nonces = probes_to(&out, r);
+    assert_eq!(nonces.len(), 1, "the silent root is probed: {out:?}");
+    assert_eq!(
+        routes_to(&out, c),
+        0,
+        "passed on to the next closest: {out:?}"
+    );
+    // The root answers: the message goes to it again, not to `c`.
+    let later = due + Duration::from_millis(500);
+    node.handle_message(
+        later,
+        r,
+        Message::ProbeReply {
+            nonce: nonces[0],
+            active: true,
+            leaf_set: vec![],
+        },
+    );
+    node.handle_timeout(later);
+    let out = drain(&mut node).transmits;
+    assert_eq!(routes_to(&out, r), 1, "{out:?}");
+    assert_eq!(routes_to(&out, c), 0, "{out:?}");
+}
+
+/// A root that stays silent through its probe is dead: the message then goes to the next
+/// closest node, the key's root without it.
+#[test]
+fn a_message_parked_on_a_root_that_dies_goes_to_the_next_closest() {
+    let (mut node, r, c, _key, due) = routed_to_a_silent_root();
+    let mut now = due;
+    let mut to_c = 0;
+    while now < due + Duration::from_secs(30) && to_c == 0 {
+        node.handle_timeout(now);
+        let out = drain(&mut node).transmits;
+        to_c += routes_to(&out, c);
+        if to_c == 0 {
+            assert!(
+                node.leaf_set().contains(r.id),
+                "passed on before r was found dead"
+            );
+        }
+        now += Duration::from_millis(100);
+    }
+    assert_eq!(to_c, 1);
+    assert!(!node.leaf_set().contains(r.id));
+}
+
+/// A relayed link moving to another relay: the root's probe gets its whole timeout again from
+/// the move, so no retry (and no verdict) is due at the time it would have been.
+#[test]
+fn a_path_change_gives_the_probes_of_its_peer_their_time_again() {
+    let (mut node, r, _c, _key, due) = routed_to_a_silent_root();
+    node.handle_timeout(due);
+    assert_eq!(probes_to(&drain(&mut node).transmits, r).len(), 1);
+    let probe_due = due + Config::default().probe_timeout;
+    let moved = due + (Config::default().probe_timeout - Duration::from_millis(100));
+    node.handle_path_change(moved, r.id);
+    node.handle_timeout(probe_due);
+    assert!(probes_to(&drain(&mut node).transmits, r).is_empty());
+    node.handle_timeout(moved + Config::default().probe_timeout);
+    assert_eq!(
+        probes_to(&drain(&mut node).transmits, r).len(),
+        1,
+        "retried later"
+    );
+}
