@@ -16,6 +16,7 @@
 //! See `docs/relays.md` for the design and what a relay is trusted with.
 
 mod client;
+mod dgram;
 pub mod record;
 mod server;
 mod session;
