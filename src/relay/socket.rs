@@ -718,6 +718,92 @@ mod tests {
         assert_eq!(incoming.try_recv().unwrap(), Bytes::from_static(b"third"));
     }
 
+    /// A relay socket around a real UDP socket, with a datagram path (token 7) from the relay
+    /// at `relay` for the returned peer.
+    fn with_lane(relay: SocketAddr) -> (RelaySocket, Arc<Paths>, NodeId) {
+        use quinn::Runtime;
+        let (paths, _wanted) = Paths::new();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inner = quinn::TokioRuntime.wrap_udp_socket(udp).unwrap();
+        let socket = RelaySocket::new(inner, paths.clone()).unwrap();
+        let peer = Identity::generate().node_id();
+        let activity = Arc::new(super::super::session::Activity::new());
+        paths.attach_lane(
+            Arc::new(Lane::new(peer, relay, 7, activity)),
+            &Side::Outbound,
+        );
+        (socket, paths, peer)
+    }
+
+    fn relay_datagram(token: u64, packet: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        dgram::push_datagram(&mut out, token, packet);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_received_batch_of_one_sessions_datagrams_reaches_quinn_as_the_peers_packets() {
+        let relay: SocketAddr = "192.0.2.1:7000".parse().unwrap();
+        let (socket, paths, peer) = with_lane(relay);
+        // Three datagrams in one buffer, 116 bytes apart, the last shorter (as GRO gives them).
+        let mut buf = relay_datagram(7, &[1; 100]);
+        buf.extend(relay_datagram(7, &[2; 100]));
+        buf.extend(relay_datagram(7, &[3; 40]));
+        let mut meta = RecvMeta {
+            addr: relay,
+            len: buf.len(),
+            stride: 116,
+            ..RecvMeta::default()
+        };
+        socket.sort(&mut buf, &mut meta);
+        assert_eq!((meta.len, meta.stride), (240, 100));
+        assert_eq!(meta.addr, synthetic_addr(peer));
+        assert_eq!(&buf[..100], &[1; 100]);
+        assert_eq!(&buf[100..200], &[2; 100]);
+        assert_eq!(&buf[200..240], &[3; 40]);
+        assert_eq!(paths.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_mixed_batch_keeps_quic_for_quinn_and_drops_spoofed_and_unknown_datagrams() {
+        let relay: SocketAddr = "192.0.2.1:7000".parse().unwrap();
+        let (socket, paths, peer) = with_lane(relay);
+        // A QUIC packet, one of the session's, one with an unknown token, a truncated one.
+        let mut buf = vec![0x40; 30];
+        buf.extend(relay_datagram(7, &[9; 14]));
+        buf.extend(relay_datagram(8, &[9; 14]));
+        buf.extend(&dgram::MAGIC);
+        let mut meta = RecvMeta {
+            addr: relay,
+            len: buf.len(),
+            stride: 30,
+            ..RecvMeta::default()
+        };
+        socket.sort(&mut buf, &mut meta);
+        assert_eq!(
+            (meta.len, meta.addr),
+            (30, relay),
+            "only the QUIC packet stays"
+        );
+        assert_eq!(&buf[..30], &[0x40; 30]);
+        assert_eq!(paths.dropped(), 2);
+        let (from, packet) = lock(&paths.inbound_rx).try_recv().unwrap();
+        assert_eq!((from, &packet[..]), (synthetic_addr(peer), &[9u8; 14][..]));
+
+        // The session's token from another address than its relay's is dropped.
+        let mut spoofed = relay_datagram(7, &[9; 14]);
+        let mut meta = RecvMeta {
+            addr: "192.0.2.2:7000".parse().unwrap(),
+            len: spoofed.len(),
+            stride: spoofed.len(),
+            ..RecvMeta::default()
+        };
+        socket.sort(&mut spoofed, &mut meta);
+        assert_eq!(meta.len, 0);
+        assert_eq!(paths.dropped(), 3);
+        assert!(lock(&paths.inbound_rx).try_recv().is_err());
+    }
+
     #[test]
     fn a_closed_session_is_replaced_by_a_new_one_on_the_next_datagram() {
         let (paths, mut wanted) = Paths::new();
