@@ -26,6 +26,7 @@ mod netns;
 mod origin;
 mod reach;
 mod relay;
+mod relay_dgram;
 mod sim;
 mod topics;
 mod transport;

@@ -276,6 +276,22 @@ async fn figures() {
         Some("Relay"),
         "P1's link to X left the relay"
     );
+    // The relayed bytes crossed the relays' datagram path (see docs/relays.md), not only
+    // their session streams.
+    let (mut datagram_bytes, mut all_bytes) = (0, 0);
+    for relay in [&r0, &r1] {
+        if let Some(server) = relay.relay_status().server {
+            datagram_bytes += server.datagram_bytes_relayed;
+            all_bytes += server.bytes_relayed;
+        }
+    }
+    println!(
+        "netns figures: relays carried {all_bytes} bytes, {datagram_bytes} of them on the datagram path"
+    );
+    assert!(
+        datagram_bytes >= 3 * BULK as u64,
+        "the relayed bulk bytes did not take the datagram path"
+    );
     println!(
         "netns figures: relayed / direct: round trip x{:.2}, QUIC rtt x{:.2}, throughput ratio {:.2}",
         relayed_trip.as_secs_f64() / direct_trip.as_secs_f64(),

@@ -145,13 +145,16 @@ impl std::fmt::Debug for Relays {
 impl Relays {
     pub(crate) fn new(identity: Identity, config: &RelayConfig, paths: Arc<Paths>) -> Self {
         paths.set_private(config.private);
+        let server = config
+            .serve
+            .map(|limits| RelayServer::new(limits, paths.clone()));
         Self {
             me: identity.node_id(),
             identity,
             paths,
             transport: OnceLock::new(),
             advertised_addr: OnceLock::new(),
-            server: config.serve.map(RelayServer::new),
+            server,
             directory: Mutex::new(HashMap::new()),
             record_arrived: Notify::new(),
             homes: Mutex::new(Vec::new()),
@@ -443,7 +446,9 @@ impl Relays {
                         tokio::spawn(async move {
                             if let Some(server) = &relays.server {
                                 server
-                                    .serve_connect(&transport, from, target, advertised, stream)
+                                    .serve_connect(
+                                        &transport, from, from_addr, target, advertised, stream,
+                                    )
                                     .await;
                             }
                         });
@@ -475,7 +480,9 @@ impl Relays {
                 let idle = self.session_idle;
                 let relays = Arc::downgrade(self);
                 tokio::spawn(async move {
-                    let end = session.run(paths, peer, &mut stream, &stop, idle).await;
+                    let end = session
+                        .run(paths, peer, from_addr, &mut stream, &stop, idle)
+                        .await;
                     drop(registered);
                     debug!(%peer, relay = %from, ?end, "incoming relay session ended");
                     if let Some(relays) = relays.upgrade() {
@@ -595,6 +602,7 @@ impl Relays {
                 let end = session::run(
                     self.paths.clone(),
                     peer,
+                    relay.addr,
                     &mut outgoing,
                     &mut stream,
                     &stop,

@@ -12,6 +12,11 @@
 //! relay), `RelayNotHomed` (the target is not homed here), `RelayFull` (no room for another
 //! relayed link or homed node), `RelayTargetUnreachable` (the target's link failed).
 //!
+//! When it pairs the streams, the relay grants each end a token for the link's datagram path
+//! (the first frame it writes on each stream; see `dgram.rs`): datagrams with a token, from the
+//! address of the link to the node it was given to, go out of the relay's socket to the other
+//! end. The link's and the relay's rate limits apply to both paths, and its slot covers both.
+//!
 //! A relayed link ends when either stream ends (an end's link closed, or the end finished its
 //! session) and when it carried nothing but keep-alives for [`RelayLimits::idle`]: the relay
 //! follows the frames' lengths (never their contents) to tell the two apart. Its slot is free
@@ -26,7 +31,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
+use super::dgram;
 use super::session::{Activity, KEEPALIVE, SILENCE};
+use super::socket::Paths;
 use crate::id::NodeId;
 use crate::transport::{RawStream, StreamErrorCode, Transport};
 use crate::wire::Body;
@@ -73,10 +80,17 @@ pub struct RelayServerStatus {
     pub homed: usize,
     /// Relayed links carried now.
     pub links: usize,
-    /// Bytes carried through this relay, both directions, all links.
+    /// Bytes carried through this relay, both directions, all links (both paths).
     pub bytes_relayed: u64,
     /// Home and connect streams refused (any reason).
     pub refused: u64,
+    /// Datagrams forwarded on the datagram path (probes included).
+    pub datagrams_relayed: u64,
+    /// Bytes of those datagrams (part of `bytes_relayed`).
+    pub datagram_bytes_relayed: u64,
+    /// Relay datagrams dropped: unknown token, wrong source, malformed, oversized, or over the
+    /// rate limits.
+    pub datagrams_refused: u64,
 }
 
 /// A token bucket: `take` waits until the bytes fit the rate (a burst of 100 ms is free).
@@ -92,6 +106,28 @@ impl Bucket {
             rate,
             state: Mutex::new((rate as f64 / 10.0, Instant::now())),
         }
+    }
+
+    /// Takes `bytes` if they fit the rate now (a datagram that does not is dropped).
+    fn try_take(&self, bytes: usize) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let rate = self.rate as f64;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let (tokens, last) = *state;
+        let refilled = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate / 10.0);
+        let fits = refilled >= bytes as f64;
+        *state = (
+            if fits {
+                refilled - bytes as f64
+            } else {
+                refilled
+            },
+            now,
+        );
+        fits
     }
 
     async fn take(&self, bytes: usize) {
@@ -130,10 +166,12 @@ pub(crate) struct RelayServer {
     bytes: Arc<AtomicU64>,
     refused: AtomicU64,
     total: Arc<Bucket>,
+    /// The node's socket state, whose forwarder carries the datagram path.
+    paths: Arc<Paths>,
 }
 
 impl RelayServer {
-    pub(crate) fn new(limits: RelayLimits) -> Self {
+    pub(crate) fn new(limits: RelayLimits, paths: Arc<Paths>) -> Self {
         Self {
             limits,
             homes: Mutex::new(HashMap::new()),
@@ -142,10 +180,13 @@ impl RelayServer {
             bytes: Arc::new(AtomicU64::new(0)),
             refused: AtomicU64::new(0),
             total: Arc::new(Bucket::new(limits.total_bytes_per_sec)),
+            paths,
         }
     }
 
     pub(crate) fn status(&self) -> RelayServerStatus {
+        let counts = &self.paths.forwarder.counts;
+        let datagram_bytes = counts.bytes.load(Ordering::Relaxed);
         RelayServerStatus {
             homed: self
                 .homes
@@ -153,8 +194,11 @@ impl RelayServer {
                 .unwrap_or_else(PoisonError::into_inner)
                 .len(),
             links: self.links.load(Ordering::Relaxed),
-            bytes_relayed: self.bytes.load(Ordering::Relaxed),
+            bytes_relayed: self.bytes.load(Ordering::Relaxed) + datagram_bytes,
             refused: self.refused.load(Ordering::Relaxed),
+            datagrams_relayed: counts.datagrams.load(Ordering::Relaxed),
+            datagram_bytes_relayed: datagram_bytes,
+            datagrams_refused: counts.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -186,12 +230,14 @@ impl RelayServer {
         }
     }
 
-    /// Serves a connect stream from `from` to `target`: pairs it with a stream to the target
-    /// and copies bytes between them until either ends.
+    /// Serves a connect stream from `from` (linked at `from_addr`) to `target`: pairs it with a
+    /// stream to the target, grants both ends a datagram path, and copies bytes between the
+    /// streams until either ends.
     pub(crate) async fn serve_connect(
         &self,
         transport: &Transport,
         from: NodeId,
+        from_addr: SocketAddr,
         target: NodeId,
         advertised: SocketAddr,
         mut stream: RawStream,
@@ -220,15 +266,39 @@ impl RelayServer {
                 return self.refuse(&mut stream, StreamErrorCode::RelayTargetUnreachable, from);
             }
         };
-        if stream.write_all(&[ACCEPTED]).await.is_err() {
+        let rate = self.limits.link_bytes_per_sec;
+        let (a_to_b, b_to_a) = (Arc::new(Bucket::new(rate)), Arc::new(Bucket::new(rate)));
+        let activity = Arc::new(Activity::new());
+        let allow = |link: &Arc<Bucket>| {
+            let (link, total) = (link.clone(), self.total.clone());
+            let allow: dgram::Allow =
+                Arc::new(move |bytes| link.try_take(bytes) && total.try_take(bytes));
+            allow
+        };
+        let forwarder = &self.paths.forwarder;
+        let tokens = forwarder.pair(
+            from_addr,
+            target_addr,
+            allow(&a_to_b),
+            allow(&b_to_a),
+            activity.clone(),
+        );
+        let _routes = crate::task::OnDrop::new(|| forwarder.unpair(tokens));
+        let mut accepted = vec![ACCEPTED];
+        accepted.extend_from_slice(&dgram::grant_frame(tokens.0));
+        if stream.write_all(&accepted).await.is_err()
+            || other
+                .write_all(&dgram::grant_frame(tokens.1))
+                .await
+                .is_err()
+        {
             return;
         }
         debug!(%from, %target, "relaying");
         let (a_write, a_read) = stream.io();
         let (b_write, b_read) = other.io();
-        let activity = Activity::new();
-        let a_to_b = copy(a_read, b_write, self, &activity);
-        let b_to_a = copy(b_read, a_write, self, &activity);
+        let a_to_b = copy(a_read, b_write, self, &a_to_b, &activity);
+        let b_to_a = copy(b_read, a_write, self, &b_to_a, &activity);
         tokio::select! {
             () = a_to_b => {}
             () = b_to_a => {}
@@ -274,9 +344,9 @@ async fn copy(
     mut reader: impl AsyncRead + Unpin,
     mut writer: impl AsyncWrite + Unpin,
     relay: &RelayServer,
+    link: &Bucket,
     activity: &Activity,
 ) {
-    let link = Bucket::new(relay.limits.link_bytes_per_sec);
     let mut frames = Frames::default();
     let mut buf = vec![0u8; 64 << 10];
     loop {

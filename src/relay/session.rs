@@ -17,17 +17,26 @@
 //! connection closed), and when no datagram crossed it either way for its idle time (only
 //! keep-alives: the inner connection, whose own keep-alives are far more frequent than that,
 //! is gone). An ended session finishes its stream, so the relay frees the link's slot too.
+//!
+//! Next to the datagrams, the stream carries control frames whose body starts with
+//! [`dgram::MAGIC`] (no QUIC datagram does): the relay's grant of a token for the session's
+//! datagram path (its first frame), and the acks by which each end tells the other that its
+//! datagrams arrive on that path (see `dgram.rs`). An end whose datagram path is proven sends
+//! its packets there and the stream carries keep-alives and acks only.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
+use tracing::debug;
 
-use super::socket::{Paths, SessionSender};
+use super::dgram::{self, Control, Lane};
+use super::socket::{Paths, SessionSender, Side};
 use crate::id::NodeId;
 use crate::transport::RawStream;
 
@@ -78,14 +87,15 @@ impl Stop {
 
 /// When a datagram last crossed a session (either way), and when this end last heard from the
 /// far end.
-pub(super) struct Activity {
+#[derive(Debug)]
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     heard_ms: AtomicU64,
 }
 
 impl Activity {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -98,7 +108,7 @@ impl Activity {
     }
 
     /// A datagram crossed.
-    pub(super) fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let now = self.now_ms();
         let before = self.last_ms.fetch_max(now, Ordering::Relaxed);
         if now.saturating_sub(before) >= ACTIVE_FOR.as_millis() as u64 {
@@ -109,7 +119,7 @@ impl Activity {
     }
 
     /// Bytes came from the far end.
-    fn hear(&self) {
+    pub(crate) fn hear(&self) {
         self.heard_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
     }
 
@@ -151,9 +161,36 @@ impl Activity {
 
 /// Carries datagrams both ways until the stream breaks or goes silent, the node stops the
 /// session, or it idles for `idle`; then finishes this end of the stream.
+/// `relay` is the address of this node's link to the relay.
 pub(crate) async fn run(
     paths: Arc<Paths>,
     peer: NodeId,
+    relay: SocketAddr,
+    outgoing: &mut mpsc::Receiver<Bytes>,
+    stream: &mut RawStream,
+    stop: &Stop,
+    idle: Duration,
+) -> SessionEnd {
+    let ends = Ends {
+        paths: &paths,
+        peer,
+        relay,
+        side: Side::Outbound,
+    };
+    run_as(ends, outgoing, stream, stop, idle).await
+}
+
+/// Who a session runs between, and which of the node's sessions with the peer it is.
+struct Ends<'a> {
+    paths: &'a Paths,
+    peer: NodeId,
+    /// The address of this node's link to the relay.
+    relay: SocketAddr,
+    side: Side,
+}
+
+async fn run_as(
+    ends: Ends<'_>,
     outgoing: &mut mpsc::Receiver<Bytes>,
     stream: &mut RawStream,
     stop: &Stop,
@@ -161,7 +198,7 @@ pub(crate) async fn run(
 ) -> SessionEnd {
     let end = {
         let (writer, reader) = stream.io();
-        carry(writer, reader, &paths, peer, outgoing, stop, idle).await
+        carry(writer, reader, &ends, outgoing, stop, idle).await
     };
     // The relay sees the finish and frees the relayed link (a broken stream is gone already).
     let _ = stream.send.finish();
@@ -171,19 +208,46 @@ pub(crate) async fn run(
 async fn carry(
     writer: impl AsyncWrite + Unpin,
     reader: impl AsyncRead + Unpin,
-    paths: &Paths,
-    peer: NodeId,
+    ends: &Ends<'_>,
     outgoing: &mut mpsc::Receiver<Bytes>,
     stop: &Stop,
     idle: Duration,
 ) -> SessionEnd {
-    let activity = Activity::new();
-    tokio::select! {
-        end = pump_out(writer, outgoing, &activity) => end,
-        () = pump_in(reader, paths, peer, &activity) => SessionEnd::Broken,
+    let activity = Arc::new(Activity::new());
+    let lane = OnceLock::new();
+    let end = tokio::select! {
+        end = pump_out(writer, outgoing, &activity, ends.paths, &lane) => end,
+        () = pump_in(reader, ends, &activity, &lane) => SessionEnd::Broken,
         () = activity.silent() => SessionEnd::Broken,
         () = stop.0.notified() => SessionEnd::Stopped,
         () = activity.idle(idle) => SessionEnd::Idle,
+    };
+    if let Some(lane) = lane.get() {
+        ends.paths.detach_lane(lane);
+    }
+    end
+}
+
+/// The datagram path's share of a write on the stream: an ack if the far end's datagrams
+/// arrived since the last one, a probe while the path is unproven, and the fallback to the
+/// stream when this end's datagrams go unacknowledged.
+fn tend_lane(buf: &mut Vec<u8>, lane: &OnceLock<Arc<Lane>>, paths: &Paths, activity: &Activity) {
+    let Some(lane) = lane.get() else {
+        return;
+    };
+    if lane.take_heard() {
+        push_frame(buf, &dgram::ack());
+    }
+    if lane.check_silence() {
+        debug!(peer = %lane.peer, relay = %lane.relay, "relay datagrams unacknowledged; back on the stream");
+    }
+    let every = if activity.active() {
+        ACTIVE_KEEPALIVE
+    } else {
+        KEEPALIVE
+    };
+    if lane.probe_due(every) {
+        paths.send_probe(lane);
     }
 }
 
@@ -191,6 +255,8 @@ async fn pump_out(
     mut writer: impl AsyncWrite + Unpin,
     outgoing: &mut mpsc::Receiver<Bytes>,
     activity: &Activity,
+    paths: &Paths,
+    lane: &OnceLock<Arc<Lane>>,
 ) -> SessionEnd {
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
@@ -213,7 +279,11 @@ async fn pump_out(
                 activity.touch();
             }
             Ok(None) => return SessionEnd::Closed,
-            Err(_) => buf.extend_from_slice(&[0, 0]),
+            Err(_) => {}
+        }
+        tend_lane(&mut buf, lane, paths, activity);
+        if buf.is_empty() {
+            buf.extend_from_slice(&[0, 0]);
         }
         if writer.write_all(&buf).await.is_err() {
             return SessionEnd::Broken;
@@ -233,10 +303,19 @@ fn push_frame(buf: &mut Vec<u8>, datagram: &[u8]) {
     buf.extend_from_slice(datagram);
 }
 
-async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId, activity: &Activity) {
+async fn pump_in(
+    reader: impl AsyncRead + Unpin,
+    ends: &Ends<'_>,
+    activity: &Arc<Activity>,
+    lane: &OnceLock<Arc<Lane>>,
+) {
     // The silence watch (`Activity::silent`) ends a session whose far end went quiet.
     let mut reader = BufReader::with_capacity(64 << 10, reader);
+    // Only the first frame can be the relay's grant: it writes it before anything it copies,
+    // so a grant later on comes from the peer and is ignored.
+    let mut first = true;
     loop {
+        let may_grant = std::mem::take(&mut first);
         let mut len = [0u8; 2];
         if reader.read_exact(&mut len).await.is_err() {
             return;
@@ -251,8 +330,25 @@ async fn pump_in(reader: impl AsyncRead + Unpin, paths: &Paths, peer: NodeId, ac
             return;
         }
         activity.hear();
+        match dgram::control(&datagram) {
+            None => {}
+            Some(Control::Grant(token)) if may_grant => {
+                let granted = Arc::new(Lane::new(ends.peer, ends.relay, token, activity.clone()));
+                ends.paths.attach_lane(granted.clone(), &ends.side);
+                ends.paths.send_probe(&granted);
+                let _ = lane.set(granted);
+                continue;
+            }
+            Some(Control::Ack) => {
+                if let Some(lane) = lane.get() {
+                    lane.acked();
+                }
+                continue;
+            }
+            Some(_) => continue,
+        }
         activity.touch();
-        if !paths.deliver(peer, datagram.freeze()).await {
+        if !ends.paths.deliver(ends.peer, datagram.freeze()).await {
             return;
         }
     }
@@ -278,16 +374,24 @@ impl Incoming {
         }
     }
 
-    /// Runs the session on `stream`; returns how it ended (it is gone from the socket by then).
+    /// Runs the session on `stream`, from the relay at `relay` (the address of this node's link
+    /// to it); returns how it ended (it is gone from the socket by then).
     pub(crate) async fn run(
         mut self,
         paths: Arc<Paths>,
         peer: NodeId,
+        relay: SocketAddr,
         stream: &mut RawStream,
         stop: &Stop,
         idle: Duration,
     ) -> SessionEnd {
-        let end = run(paths.clone(), peer, &mut self.outgoing, stream, stop, idle).await;
+        let ends = Ends {
+            paths: &paths,
+            peer,
+            relay,
+            side: Side::Incoming(self.sender.clone()),
+        };
+        let end = run_as(ends, &mut self.outgoing, stream, stop, idle).await;
         close(&paths, peer, &self.sender);
         end
     }
@@ -324,7 +428,13 @@ mod tests {
         tokio::spawn(far_end(theirs, every, data));
         let (_sender, mut outgoing) = mpsc::channel(8);
         let (reader, writer) = tokio::io::split(ours);
-        carry(writer, reader, &paths, peer, &mut outgoing, stop, idle).await
+        let ends = Ends {
+            paths: &paths,
+            peer,
+            relay: "127.0.0.1:1".parse().unwrap(),
+            side: Side::Outbound,
+        };
+        carry(writer, reader, &ends, &mut outgoing, stop, idle).await
     }
 
     #[tokio::test]

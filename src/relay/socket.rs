@@ -9,6 +9,12 @@
 //! peer is an ordinary end-to-end one: its packets are already encrypted when they enter a
 //! session, and the relay only ever sees them as opaque bytes.
 //!
+//! Relay datagrams (`dgram.rs`) are taken out of the stream here too, before quinn sees them:
+//! on a relay, those of its relayed links are checked and sent on to the other end; on an end,
+//! those of its sessions are handed to quinn as from the peer's synthetic address (received
+//! batches, several datagrams of one size in one buffer, are sorted datagram by datagram). A
+//! peer whose session's datagram path is proven gets its packets sent on that path.
+//!
 //! The same socket implements the private switch ([`Paths::set_private`]): a private node takes
 //! datagrams from real addresses only if it sent to that address before, as a NAT or a
 //! stateful firewall does, so a peer that never heard from it cannot dial it directly.
@@ -19,7 +25,7 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -27,6 +33,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
+use super::dgram::{self, Forwarder, Lane, HEADER};
 use super::{is_synthetic, synthetic_addr, unmap};
 use crate::id::NodeId;
 
@@ -45,6 +52,17 @@ struct Session {
     /// This node opened it (quinn sent to the peer first); otherwise the peer did, through a
     /// relay.
     outbound: bool,
+    /// Its datagram path, once the relay granted one.
+    lane: Option<Arc<Lane>>,
+}
+
+/// Which session a running session task serves, to find whether its datagram path carries
+/// this node's packets to the peer.
+pub(crate) enum Side {
+    /// The session this node opened to the peer.
+    Outbound,
+    /// A session the peer opened, with the sender the socket knows it by.
+    Incoming(SessionSender),
 }
 
 /// A session wanted by quinn (a datagram went to a relayed peer with no session yet): the
@@ -71,12 +89,48 @@ pub(crate) struct Paths {
     sent_to: Mutex<HashSet<SocketAddr>>,
     /// Datagrams dropped: no session room, unknown synthetic address, or the private filter.
     dropped: AtomicU64,
+    /// The datagram paths of this node's sessions, by token.
+    lanes: RwLock<HashMap<u64, Arc<Lane>>>,
+    /// A relay's datagram routes (empty on other nodes).
+    pub(crate) forwarder: Forwarder,
+    /// The wrapped socket, for probes (set when the socket is made).
+    socket: OnceLock<(Arc<dyn AsyncUdpSocket>, bool)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here is a single map operation: a poisoned lock still guards
     // consistent data.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `addr` in the family of a socket (IPv4 as IPv4-mapped IPv6 on an IPv6 socket).
+fn present(ipv6: bool, addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if ipv6 => {
+            SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        other => other,
+    }
+}
+
+/// What one segment of a received buffer is.
+enum Segment {
+    /// A QUIC datagram: quinn's.
+    Quic,
+    /// A packet of this node's session on `lane`.
+    Mine(Arc<Lane>),
+    /// A relayed link's datagram, to send on.
+    Forward(dgram::Forward),
+    /// Taken: a probe, or dropped.
+    Gone,
 }
 
 impl fmt::Debug for Paths {
@@ -102,6 +156,9 @@ impl Paths {
             private: AtomicBool::new(false),
             sent_to: Mutex::new(HashSet::new()),
             dropped: AtomicU64::new(0),
+            lanes: RwLock::new(HashMap::new()),
+            forwarder: Forwarder::default(),
+            socket: OnceLock::new(),
         });
         (paths, wanted_rx)
     }
@@ -154,6 +211,7 @@ impl Paths {
                 Session {
                     sender,
                     outbound: false,
+                    lane: None,
                 },
             );
         }
@@ -199,6 +257,67 @@ impl Paths {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Takes datagrams on `lane`'s token (from its relay) as its peer's; if `side` is the
+    /// session the socket sends the peer's packets to, they take the lane once it is proven.
+    pub(crate) fn attach_lane(&self, lane: Arc<Lane>, side: &Side) {
+        write(&self.lanes).insert(lane.token, lane.clone());
+        let mut sessions = lock(&self.sessions);
+        if let Some(session) = sessions.get_mut(&lane.peer) {
+            let ours = match side {
+                Side::Outbound => session.outbound,
+                Side::Incoming(sender) => session.sender.same_channel(sender),
+            };
+            if ours {
+                session.lane = Some(lane);
+            }
+        }
+    }
+
+    /// Forgets `lane` (its session ended).
+    pub(crate) fn detach_lane(&self, lane: &Arc<Lane>) {
+        write(&self.lanes).remove(&lane.token);
+        let mut sessions = lock(&self.sessions);
+        if let Some(session) = sessions.get_mut(&lane.peer) {
+            if session.lane.as_ref().is_some_and(|l| Arc::ptr_eq(l, lane)) {
+                session.lane = None;
+            }
+        }
+    }
+
+    /// Sends a probe on `lane` (a header without a packet), best effort.
+    pub(crate) fn send_probe(&self, lane: &Lane) {
+        let Some((socket, ipv6)) = self.socket.get() else {
+            return;
+        };
+        let mut probe = Vec::with_capacity(HEADER);
+        dgram::push_datagram(&mut probe, lane.token, &[]);
+        let transmit = Transmit {
+            destination: present(*ipv6, lane.relay),
+            ecn: None,
+            contents: &probe,
+            segment_size: None,
+            src_ip: None,
+        };
+        // A lost probe is sent again at the next keep-alive.
+        let _ = socket.try_send(&transmit);
+    }
+
+    /// The proven datagram path to the relayed peer at `addr`, if any.
+    fn lane_to(&self, addr: SocketAddr) -> Option<Arc<Lane>> {
+        let peer = self.peer_at(addr)?;
+        let sessions = lock(&self.sessions);
+        let session = sessions.get(&peer)?;
+        session
+            .lane
+            .as_ref()
+            .filter(|lane| lane.confirmed() && !session.sender.is_closed())
+            .cloned()
+    }
+
+    fn lane_for(&self, token: u64) -> Option<Arc<Lane>> {
+        read(&self.lanes).get(&token).cloned()
+    }
+
     /// Queues a datagram for the relayed peer at `addr`, asking for a session if there is none.
     fn send_relayed(&self, addr: SocketAddr, datagram: Bytes) {
         let Some(peer) = self.peer_at(addr) else {
@@ -221,6 +340,7 @@ impl Paths {
                 Session {
                     sender,
                     outbound: true,
+                    lane: None,
                 },
             );
         } else {
@@ -250,17 +370,177 @@ impl RelaySocket {
     /// Wraps `inner` (the node's real socket).
     pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, paths: Arc<Paths>) -> io::Result<Self> {
         let ipv6 = inner.local_addr()?.is_ipv6();
+        let _ = paths.socket.set((inner.clone(), ipv6));
         Ok(Self { inner, paths, ipv6 })
     }
 
-    /// A synthetic source address in the family quinn expects from this socket.
+    /// An address in the family quinn expects from this socket.
     fn present(&self, addr: SocketAddr) -> SocketAddr {
-        match addr {
-            SocketAddr::V4(v4) if self.ipv6 => {
-                SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            other => other,
+        present(self.ipv6, addr)
+    }
+
+    /// Sends quinn's `transmit` on `lane`: each packet behind the lane's header, to the relay,
+    /// in one batch as quinn gave it.
+    fn send_on_lane(&self, lane: &Lane, transmit: &Transmit<'_>) -> io::Result<()> {
+        let contents = transmit.contents;
+        let segment = transmit.segment_size.unwrap_or(contents.len()).max(1);
+        if segment + HEADER > dgram::max_len(lane.relay) {
+            // Too long for the path: lost, as on a path with a smaller MTU (quinn's path MTU
+            // discovery then stays below).
+            self.paths.drop_one();
+            return Ok(());
         }
+        let count = contents.len().div_ceil(segment);
+        let mut framed = Vec::with_capacity(contents.len() + count * HEADER);
+        for packet in contents.chunks(segment) {
+            dgram::push_datagram(&mut framed, lane.token, packet);
+        }
+        let framed = Transmit {
+            destination: self.present(lane.relay),
+            ecn: transmit.ecn,
+            contents: &framed,
+            segment_size: (count > 1).then_some(segment + HEADER),
+            src_ip: None,
+        };
+        self.inner.try_send(&framed)?;
+        lane.sent();
+        lane.activity.touch();
+        Ok(())
+    }
+
+    /// What the segment `datagram` from `from` (unmapped) is; notes probes and drops.
+    fn classify(&self, datagram: &[u8], from: SocketAddr) -> Segment {
+        if !dgram::is_relay_datagram(datagram) {
+            return Segment::Quic;
+        }
+        let token = match dgram::parse(datagram, from) {
+            Ok((token, _)) => token,
+            Err(_) => {
+                self.paths.drop_one();
+                return Segment::Gone;
+            }
+        };
+        if let Some(lane) = self.paths.lane_for(token) {
+            if lane.relay != from {
+                self.paths.drop_one();
+                return Segment::Gone;
+            }
+            lane.heard();
+            lane.activity.hear();
+            if datagram.len() == HEADER {
+                return Segment::Gone;
+            }
+            lane.activity.touch();
+            return Segment::Mine(lane);
+        }
+        match self.paths.forwarder.route(datagram, from) {
+            Ok(forward) => Segment::Forward(forward),
+            Err(_) => {
+                self.paths.drop_one();
+                Segment::Gone
+            }
+        }
+    }
+
+    /// Sends relay datagrams on (`contents`: one, or several of `stride` bytes).
+    fn forward(&self, forward: dgram::Forward, contents: &[u8], stride: usize) {
+        let batch = stride * self.inner.max_transmit_segments().max(1);
+        for chunk in contents.chunks(batch) {
+            let transmit = Transmit {
+                destination: self.present(forward.to),
+                ecn: None,
+                contents: chunk,
+                segment_size: (chunk.len() > stride).then_some(stride),
+                src_ip: None,
+            };
+            // The relay never waits for its socket: a datagram it cannot send is lost, as on
+            // any congested path, and the ends' congestion control slows down.
+            if self.inner.try_send(&transmit).is_err() {
+                self.paths.drop_one();
+            }
+        }
+    }
+
+    /// Takes the relay datagrams out of one received buffer (`meta.len` bytes, in segments of
+    /// `meta.stride`): sends on a relay's, hands this node's sessions' to quinn as from their
+    /// peers, and leaves quinn the QUIC datagrams.
+    fn sort(&self, buf: &mut [u8], meta: &mut RecvMeta) {
+        let len = meta.len.min(buf.len());
+        if len == 0 {
+            return;
+        }
+        let stride = match meta.stride {
+            0 => len,
+            stride => stride.min(len),
+        };
+        let starts = || (0..len).step_by(stride);
+        let end = |start: usize| (start + stride).min(len);
+        if !starts().any(|s| dgram::is_relay_datagram(&buf[s..end(s)])) {
+            return;
+        }
+        let from = unmap(meta.addr);
+        let segments: Vec<Segment> = starts()
+            .map(|s| self.classify(&buf[s..end(s)], from))
+            .collect();
+        // The usual batches: all of one session's packets, or all to forward to one end.
+        if let Some(Segment::Mine(lane)) = segments.first() {
+            if segments
+                .iter()
+                .all(|s| matches!(s, Segment::Mine(l) if Arc::ptr_eq(l, lane)))
+            {
+                let mut kept = 0;
+                for s in starts() {
+                    buf.copy_within(s + HEADER..end(s), kept);
+                    kept += end(s) - s - HEADER;
+                }
+                meta.len = kept;
+                meta.stride = stride - HEADER;
+                meta.addr = self.present(synthetic_addr(lane.peer));
+                return;
+            }
+        }
+        if let Some(Segment::Forward(forward)) = segments.first() {
+            if segments
+                .iter()
+                .all(|s| matches!(s, Segment::Forward(f) if f == forward))
+            {
+                for s in starts() {
+                    dgram::set_token(&mut buf[s..end(s)], forward.token);
+                }
+                self.forward(*forward, &buf[..len], stride);
+                meta.len = 0;
+                return;
+            }
+        }
+        // A mixed batch: QUIC datagrams stay (moved up so the segments stay `stride` apart:
+        // only the last may be shorter), the others go one by one.
+        let mut kept = 0;
+        for (s, segment) in starts().zip(segments) {
+            let e = end(s);
+            match segment {
+                Segment::Quic => {
+                    buf.copy_within(s..e, kept);
+                    kept += e - s;
+                }
+                Segment::Mine(lane) => {
+                    let packet = Bytes::copy_from_slice(&buf[s + HEADER..e]);
+                    if self
+                        .paths
+                        .inbound_tx
+                        .try_send((synthetic_addr(lane.peer), packet))
+                        .is_err()
+                    {
+                        self.paths.drop_one();
+                    }
+                }
+                Segment::Forward(forward) => {
+                    dgram::set_token(&mut buf[s..e], forward.token);
+                    self.forward(forward, &buf[s..e], e - s);
+                }
+                Segment::Gone => {}
+            }
+        }
+        meta.len = kept;
     }
 
     fn poll_relayed(
@@ -310,7 +590,11 @@ impl AsyncUdpSocket for RelaySocket {
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let destination = unmap(transmit.destination);
-        if !is_synthetic(destination) {
+        if is_synthetic(destination) {
+            if let Some(lane) = self.paths.lane_to(destination) {
+                return self.send_on_lane(&lane, transmit);
+            }
+        } else {
             if self.paths.is_private() {
                 lock(&self.paths.sent_to).insert(destination);
             }
@@ -341,13 +625,20 @@ impl AsyncUdpSocket for RelaySocket {
                 Poll::Ready(Ok(count)) => count,
                 other => return other,
             };
+            for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()).take(count) {
+                self.sort(buf, meta);
+            }
             if !self.paths.is_private() {
                 return Poll::Ready(Ok(count));
             }
             let sent_to = lock(&self.paths.sent_to);
             let mut kept = 0;
             for meta in meta.iter_mut().take(count) {
-                if sent_to.contains(&unmap(meta.addr)) {
+                let from = unmap(meta.addr);
+                if meta.len == 0 {
+                    continue;
+                }
+                if sent_to.contains(&from) || is_synthetic(from) {
                     kept += 1;
                 } else {
                     // An empty datagram: quinn reads nothing from it.
@@ -425,6 +716,92 @@ mod tests {
         paths.drop_outbound(peer);
         paths.send_relayed(synthetic_addr(peer), Bytes::from_static(b"third"));
         assert_eq!(incoming.try_recv().unwrap(), Bytes::from_static(b"third"));
+    }
+
+    /// A relay socket around a real UDP socket, with a datagram path (token 7) from the relay
+    /// at `relay` for the returned peer.
+    fn with_lane(relay: SocketAddr) -> (RelaySocket, Arc<Paths>, NodeId) {
+        use quinn::Runtime;
+        let (paths, _wanted) = Paths::new();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inner = quinn::TokioRuntime.wrap_udp_socket(udp).unwrap();
+        let socket = RelaySocket::new(inner, paths.clone()).unwrap();
+        let peer = Identity::generate().node_id();
+        let activity = Arc::new(super::super::session::Activity::new());
+        paths.attach_lane(
+            Arc::new(Lane::new(peer, relay, 7, activity)),
+            &Side::Outbound,
+        );
+        (socket, paths, peer)
+    }
+
+    fn relay_datagram(token: u64, packet: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        dgram::push_datagram(&mut out, token, packet);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_received_batch_of_one_sessions_datagrams_reaches_quinn_as_the_peers_packets() {
+        let relay: SocketAddr = "192.0.2.1:7000".parse().unwrap();
+        let (socket, paths, peer) = with_lane(relay);
+        // Three datagrams in one buffer, 116 bytes apart, the last shorter (as GRO gives them).
+        let mut buf = relay_datagram(7, &[1; 100]);
+        buf.extend(relay_datagram(7, &[2; 100]));
+        buf.extend(relay_datagram(7, &[3; 40]));
+        let mut meta = RecvMeta {
+            addr: relay,
+            len: buf.len(),
+            stride: 116,
+            ..RecvMeta::default()
+        };
+        socket.sort(&mut buf, &mut meta);
+        assert_eq!((meta.len, meta.stride), (240, 100));
+        assert_eq!(meta.addr, synthetic_addr(peer));
+        assert_eq!(&buf[..100], &[1; 100]);
+        assert_eq!(&buf[100..200], &[2; 100]);
+        assert_eq!(&buf[200..240], &[3; 40]);
+        assert_eq!(paths.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_mixed_batch_keeps_quic_for_quinn_and_drops_spoofed_and_unknown_datagrams() {
+        let relay: SocketAddr = "192.0.2.1:7000".parse().unwrap();
+        let (socket, paths, peer) = with_lane(relay);
+        // A QUIC packet, one of the session's, one with an unknown token, a truncated one.
+        let mut buf = vec![0x40; 30];
+        buf.extend(relay_datagram(7, &[9; 14]));
+        buf.extend(relay_datagram(8, &[9; 14]));
+        buf.extend(&dgram::MAGIC);
+        let mut meta = RecvMeta {
+            addr: relay,
+            len: buf.len(),
+            stride: 30,
+            ..RecvMeta::default()
+        };
+        socket.sort(&mut buf, &mut meta);
+        assert_eq!(
+            (meta.len, meta.addr),
+            (30, relay),
+            "only the QUIC packet stays"
+        );
+        assert_eq!(&buf[..30], &[0x40; 30]);
+        assert_eq!(paths.dropped(), 2);
+        let (from, packet) = lock(&paths.inbound_rx).try_recv().unwrap();
+        assert_eq!((from, &packet[..]), (synthetic_addr(peer), &[9u8; 14][..]));
+
+        // The session's token from another address than its relay's is dropped.
+        let mut spoofed = relay_datagram(7, &[9; 14]);
+        let mut meta = RecvMeta {
+            addr: "192.0.2.2:7000".parse().unwrap(),
+            len: spoofed.len(),
+            stride: spoofed.len(),
+            ..RecvMeta::default()
+        };
+        socket.sort(&mut spoofed, &mut meta);
+        assert_eq!(meta.len, 0);
+        assert_eq!(paths.dropped(), 3);
+        assert!(lock(&paths.inbound_rx).try_recv().is_err());
     }
 
     #[test]
