@@ -133,6 +133,21 @@ struct Driver<L> {
     punch: Option<mpsc::Sender<crate::punch::Request>>,
 }
 
+/// The core's view of which peers the node holds links to (see [`pastry::LinkView`]).
+struct LinkedPeers<L>(L);
+
+impl<L: Links> pastry::LinkView for LinkedPeers<L> {
+    fn is_linked(&self, peer: NodeId) -> bool {
+        self.0.link_addr(peer).is_some()
+    }
+}
+
+impl<L> std::fmt::Debug for LinkedPeers<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkedPeers")
+    }
+}
+
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
 pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     let span = tracing::info_span!("node", id = %setup.me.id);
@@ -150,6 +165,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     if let Some(auth) = setup.origin_auth {
         pastry.set_origin_auth(auth);
     }
+    pastry.set_link_view(Box::new(LinkedPeers(setup.transport.clone())));
     let driver = Driver {
         pastry,
         epoch: now,
@@ -950,6 +966,7 @@ impl<L: Links> Driver<L> {
             route_cache_roots: self.pastry.route_cache_len(),
             route_cache_hits: stats.route_cache_hits,
             route_cache_stale: stats.route_cache_stale,
+            route_cache_unlinked: stats.route_cache_unlinked,
             hints_held: self.pastry.hints_len(),
             hint_probes: stats.hint_probes,
             hints_learned: stats.hints_learned,

@@ -99,6 +99,9 @@ pub struct Status {
     /// Of those, the ones another node answered for (the entry was stale; the message took a
     /// detour, never a wrong delivery).
     pub route_cache_stale: u64,
+    /// Own messages a cached root's member would have taken had this node held a link to it:
+    /// they went through the routing table's links instead of opening one (a handshake).
+    pub route_cache_unlinked: u64,
     /// Sparse routing-table rows' entries whose nearest neighbours this node holds, so that
     /// a route through one of them can skip its final hops (see [`crate::pastry`]'s hints).
     pub hints_held: usize,

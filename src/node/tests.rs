@@ -148,6 +148,14 @@ impl Links for FakeLinks {
         Vec::new()
     }
 
+    /// Every reachable member counts as linked: the in-memory network has no handshakes.
+    fn link_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        match self.unreachable(peer) {
+            None => self.net.member(peer).map(|(addr, _, _)| addr),
+            Some(_) => None,
+        }
+    }
+
     fn set_inbox(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inbox.set(inbox);
     }

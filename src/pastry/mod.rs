@@ -161,6 +161,7 @@ pub use message::{Message, MessageKind, PeerInfo};
 pub use neighbourhood::NeighbourhoodSet;
 pub use origin::{route_digest, OriginAuth, OriginProof, ProofError};
 pub use output::{Event, ForwardVerdict, Transmit};
+pub use route_cache::LinkView;
 pub use routing_table::{Insertion, RoutingTable, Slot};
 pub use state::Pastry;
 pub use stats::{Counter, Stats};

@@ -15,7 +15,7 @@ use super::hints::Hints;
 use super::join::{JoinMsg, Joining};
 use super::liveness::{PendingProbe, ProbeKind, RTT_CACHE};
 use super::origin::OriginAuth;
-use super::route_cache::RouteCache;
+use super::route_cache::{LinkView, RouteCache};
 use super::routing::{HeldForward, Parked, RouteMsg};
 #[cfg(doc)]
 use super::timers::Timer;
@@ -72,6 +72,9 @@ pub struct Pastry {
     /// Signs the messages this node originates and checks those of other origins; `None`
     /// runs unauthenticated (see [`Pastry::set_origin_auth`]).
     pub(super) auth: Option<Box<dyn OriginAuth>>,
+    /// Which peers the runtime holds links to; `None` takes every peer as linked (see
+    /// [`Pastry::set_link_view`]).
+    pub(super) links: Option<Box<dyn LinkView>>,
     pub(super) in_flight: Vec<InFlight>,
     pub(super) held: Vec<HeldForward>,
     pub(super) delivered: VecDeque<(NodeId, u64)>,
@@ -133,6 +136,7 @@ impl Pastry {
             next_id,
             route_ids,
             auth: None,
+            links: None,
             in_flight: Vec::new(),
             held: Vec::new(),
             delivered: VecDeque::new(),
@@ -206,6 +210,13 @@ impl Pastry {
     /// proof only from its origin itself.
     pub fn set_origin_auth(&mut self, auth: Box<dyn OriginAuth>) {
         self.auth = Some(auth);
+    }
+
+    /// Installs what the runtime knows of its links: the route cache then sends only to
+    /// members this node is linked to (see the `route_cache` module). Without one (the
+    /// default, and the simulator's, which has no links) every peer counts as linked.
+    pub fn set_link_view(&mut self, links: Box<dyn LinkView>) {
+        self.links = Some(links);
     }
 
     /// Whether an authenticator is installed ([`Self::set_origin_auth`]).

@@ -74,6 +74,9 @@ pub struct Stats {
     /// Of those, the ones whose answer came from another node: the entry was stale (the
     /// receiver routed the message on).
     pub route_cache_stale: u64,
+    /// Own messages whose cached member this node holds no link to, routed through the
+    /// routing table instead (see [`crate::pastry::LinkView`]).
+    pub route_cache_unlinked: u64,
     /// Roots' answers ([`Message::RootAnswer`]) accepted.
     pub root_answers: u64,
     /// Roots' answers ignored: for no message of ours, or with a claim that does not hold.

@@ -52,6 +52,35 @@ fn a_repeated_key_goes_straight_to_its_root_after_the_first_answer() {
     assert_eq!(net.nodes[from].stats().route_cache_stale, 0);
 }
 
+/// Links to every peer but one.
+#[derive(Debug)]
+struct AllBut(NodeId);
+
+impl crate::pastry::LinkView for AllBut {
+    fn is_linked(&self, peer: NodeId) -> bool {
+        peer != self.0
+    }
+}
+
+#[test]
+fn the_cache_sends_only_to_a_member_this_node_is_linked_to() {
+    let mut net = Net::build(Config::default(), 80, 3);
+    let (from, key) = far_key(&mut net);
+    let root = net.oracle_root(key);
+    route_once(&mut net, from, key);
+    assert_eq!(net.nodes[from].route_cache_len(), 1);
+    net.nodes[from].set_link_view(Box::new(AllBut(root)));
+
+    let (at, hops) = route_once(&mut net, from, key);
+    assert_eq!(at, root, "delivered to the root all the same");
+    assert!(
+        hops > 1,
+        "through the routing table, not straight to the unlinked root"
+    );
+    let stats = net.nodes[from].stats();
+    assert_eq!((stats.route_cache_hits, stats.route_cache_unlinked), (0, 1));
+}
+
 #[test]
 fn with_the_cache_off_roots_do_not_answer_and_routes_are_unchanged() {
     let config = Config {
