@@ -81,6 +81,11 @@ pub(super) struct Hints {
     /// grown by [`REFRESH_GROWTH`] or the next maintenance round, so the many leaf-set changes
     /// of a failure cost no hint probes.
     asked: Vec<(NodeId, f64)>,
+    /// The highest estimated size a scan for entries to ask ran at (0 before the first).
+    peak: f64,
+    /// An entry that wanted asking was not, the in-flight bound being reached: the next
+    /// leaf-set change scans again.
+    deferred: bool,
 }
 
 impl Hints {
@@ -123,6 +128,8 @@ impl Hints {
     pub(super) fn clear(&mut self) {
         self.entries.clear();
         self.asked.clear();
+        self.peak = 0.0;
+        self.deferred = false;
     }
 }
 
@@ -216,6 +223,7 @@ impl Pastry {
             .filter(|p| p.kind == super::liveness::ProbeKind::Hint)
             .count();
         if in_flight >= MAX_HINT_PROBES {
+            self.hints.deferred = true;
             return;
         }
         let size = self.estimated_size();
@@ -226,6 +234,14 @@ impl Pastry {
     /// Probes the sparse rows' entries: those without a hint or whose hint was learned when the
     /// overlay was [`REFRESH_GROWTH`] times smaller, or all of them (`refresh`), as many as the
     /// in-flight bound allows. Drops the hints of nodes no longer such entries.
+    ///
+    /// Without `refresh` (a leaf-set change) the scan runs only when the estimated size is the
+    /// highest seen yet, or an earlier scan or new entry hit the in-flight bound. While the
+    /// overlay grows that is nearly every change; after a failure, whose leaf-set changes move
+    /// the estimate up and down by a member's gap each, it is rarely any: the hints near their
+    /// refresh point would otherwise all be asked again by that jitter, a burst of probes the
+    /// failure did not call for (the table entries that replace the dead are asked as they
+    /// enter).
     pub(super) fn probe_hints(&mut self, now: Time, refresh: bool) {
         let keep: Vec<NodeId> = self
             .hints
@@ -239,6 +255,11 @@ impl Pastry {
             self.hints.asked.clear();
         }
         let size = self.estimated_size();
+        if !(refresh || size > self.hints.peak || self.hints.deferred) {
+            return;
+        }
+        self.hints.peak = self.hints.peak.max(size);
+        self.hints.deferred = false;
         let wanted: Vec<PeerInfo> = self
             .table
             .iter()
