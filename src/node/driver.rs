@@ -133,21 +133,6 @@ struct Driver<L> {
     punch: Option<mpsc::Sender<crate::punch::Request>>,
 }
 
-/// The core's view of which peers the node holds links to (see [`pastry::LinkView`]).
-struct LinkedPeers<L>(L);
-
-impl<L: Links> pastry::LinkView for LinkedPeers<L> {
-    fn is_linked(&self, peer: NodeId) -> bool {
-        self.0.link_addr(peer).is_some()
-    }
-}
-
-impl<L> std::fmt::Debug for LinkedPeers<L> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LinkedPeers")
-    }
-}
-
 /// Starts a node's task; returns the state its [`Node`](super::Node) handles use.
 pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     let span = tracing::info_span!("node", id = %setup.me.id);
@@ -165,7 +150,7 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     if let Some(auth) = setup.origin_auth {
         pastry.set_origin_auth(auth);
     }
-    pastry.set_link_view(Box::new(LinkedPeers(setup.transport.clone())));
+    pastry.set_link_view(Box::new(super::links::LinkedPeers(setup.transport.clone())));
     let driver = Driver {
         pastry,
         epoch: now,

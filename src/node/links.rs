@@ -101,3 +101,18 @@ impl Links for Transport {
         Self::protect(self, peers);
     }
 }
+
+/// The core's view of which peers the node holds links to (see [`crate::pastry::LinkView`]).
+pub(super) struct LinkedPeers<L>(pub(super) L);
+
+impl<L: Links> crate::pastry::LinkView for LinkedPeers<L> {
+    fn is_linked(&self, peer: NodeId) -> bool {
+        self.0.link_addr(peer).is_some()
+    }
+}
+
+impl<L> std::fmt::Debug for LinkedPeers<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkedPeers")
+    }
+}
