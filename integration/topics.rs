@@ -253,8 +253,8 @@ async fn every_subscriber_gets_every_message_once_in_order_and_no_node_sends_to_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "in 2 of 11 runs at load 6-10 the last 2-3 messages never reached 20-56 subscribers \
-            (their heads did not show them missing); run by hand with --ignored"]
+#[ignore = "in 1 of 15 runs under load 7 subscribers stopped at 973 of 1000, and in 1 the seed's \
+            publisher was the topic's root; run by hand with --ignored"]
 async fn killing_the_root_and_two_forwarders_mid_stream_loses_no_accepted_message() {
     let _turn = SCALE.lock().await;
     let Setup {

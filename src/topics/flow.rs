@@ -18,6 +18,13 @@ const REPLAY_CHUNK: usize = 256 * 1024;
 /// root whose copies stop short of what the old root acknowledged.
 const ACKED_KEPT: usize = 4;
 
+/// How far below a stream's head a new root looks for holes in its window: a publisher sends
+/// again at most this many messages an earlier root acknowledged, so an older hole never fills
+/// and must not hold the stream back.
+pub(super) fn resend_span(max_in_flight: usize) -> u64 {
+    (max_in_flight * ACKED_KEPT) as u64
+}
+
 impl Tree {
     /// A new message of this node's in `name`: numbered, signed and routed to the root. The
     /// caller checked [`Tree::can_publish`].
@@ -163,27 +170,7 @@ impl Tree {
                 },
             });
         }
-        // A subscriber's heads are what its parents told it; a root's are what it accepted. Each
-        // stream goes on only as far as the window holds it without a hole (the publisher sends
-        // the rest again), and one it holds nothing of starts where the publisher says.
-        let held: std::collections::HashSet<(Stream, u64)> =
-            t.window.iter().map(|m| (m.stream, m.seq)).collect();
-        let mut first: HashMap<Stream, u64> = HashMap::new();
-        for m in &t.window {
-            let seq = first.entry(m.stream).or_insert(m.seq);
-            *seq = (*seq).min(m.seq);
-        }
-        t.heads.retain(|stream, head| {
-            let Some(start) = first.get(stream) else {
-                return false;
-            };
-            let mut reach = *start;
-            while held.contains(&(*stream, reach)) {
-                reach += 1;
-            }
-            *head = (*head).min(reach);
-            true
-        });
+        t.heads_from_window();
         t.kept_until = Some(now + self.config.retain_for);
         if t.subscribed {
             self.catch_up_from_window(name);

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::message::{Published, TopicWire};
+use super::message::{Cursor, Published, TopicWire};
 use super::tree::{Action, Tree, View};
 use super::{topic_key, TopicsConfig};
 use crate::id::{Key, NodeId};
@@ -459,4 +459,54 @@ fn a_publisher_sends_acknowledged_messages_again_to_a_root_that_lacks_them() {
         })
         .collect();
     assert_eq!(again, vec![4, 5]);
+}
+
+#[test]
+fn a_subscriber_that_becomes_root_through_its_join_acknowledges_only_what_its_window_holds() {
+    // The old root accepted 1..=5 and sent them down the tree, but only 1..=3 of its copies
+    // reached this subscriber before it died. Routing now makes the subscriber the root: it
+    // acknowledges 3, not the 5 its parent told it of, so the publisher sends 4 and 5 again.
+    let me = Identity::generate();
+    let parent = peer(5);
+    let mut tree = subscriber(&me, parent);
+    let publisher = Identity::generate().origin_signer();
+    let msg = |seq| Published::sign(&publisher, "t", 9, seq, vec![seq as u8]);
+    let via = FakeView {
+        next: Some(Some(parent)),
+    };
+    let now = Instant::now();
+    for seq in 1..=5 {
+        tree.on_data(now, parent.id, msg(seq), &via);
+    }
+    let copies: Vec<Published> = (1..=3).map(msg).collect();
+    let heads = vec![Cursor {
+        stream: copies[0].stream,
+        next: 4,
+    }];
+    tree.on_replica(now, "t", copies, &heads);
+    tree.peer_gone(now, parent.id, &root_view());
+    assert!(tree.place("t").is_some_and(|p| p.root));
+    tree.out.clear();
+    let publish = TopicWire::Publish {
+        msg: msg(6),
+        first_unacked: 6,
+    };
+    tree.on_routed(
+        now,
+        publisher.node_id(),
+        topic_key("t"),
+        publish,
+        &root_view(),
+    );
+    let acks: Vec<u64> = std::mem::take(&mut tree.out)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Route {
+                msg: TopicWire::Ack { seq, .. },
+                ..
+            } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![3]);
 }

@@ -145,10 +145,13 @@ pub(super) struct Topic {
     /// Until when a window nobody subscribes to is kept (a root's, or a replica's).
     pub(super) kept_until: Option<Instant>,
     next_redirect: usize,
+    /// How far below a stream's head a new root looks for holes in its window
+    /// ([`super::flow::resend_span`]).
+    resend_span: u64,
 }
 
 impl Topic {
-    fn new(key: Key) -> Self {
+    fn new(key: Key, resend_span: u64) -> Self {
         Self {
             key,
             subscribed: false,
@@ -177,6 +180,7 @@ impl Topic {
             },
             kept_until: None,
             next_redirect: 0,
+            resend_span,
         }
     }
 
@@ -251,6 +255,33 @@ impl Topic {
         }
     }
 
+    /// Takes the heads back to what the window holds, for a node that becomes root: a
+    /// subscriber's heads are what its parents told it, a root's are what it accepted. Each
+    /// stream goes on only as far as the window holds it without a hole within
+    /// [`Topic::resend_span`] below its head (the publisher sends those messages again), and one the window holds nothing
+    /// of starts where the publisher says.
+    pub(super) fn heads_from_window(&mut self) {
+        let span = self.resend_span;
+        let held: std::collections::HashSet<(Stream, u64)> =
+            self.window.iter().map(|m| (m.stream, m.seq)).collect();
+        let mut first: HashMap<Stream, u64> = HashMap::new();
+        for m in &self.window {
+            let seq = first.entry(m.stream).or_insert(m.seq);
+            *seq = (*seq).min(m.seq);
+        }
+        self.heads.retain(|stream, head| {
+            let Some(start) = first.get(stream) else {
+                return false;
+            };
+            let mut reach = (*start).max(head.saturating_sub(span));
+            while held.contains(&(*stream, reach)) {
+                reach += 1;
+            }
+            *head = (*head).min(reach);
+            true
+        });
+    }
+
     /// Raises the known heads (never lowers them); new streams only while there is room.
     pub(super) fn merge_heads(&mut self, heads: &[Cursor], max: usize) {
         for head in heads {
@@ -306,11 +337,12 @@ impl Tree {
         if !self.has_room_for(name) {
             return None;
         }
-        Some(
-            self.topics
-                .entry(name.to_owned())
-                .or_insert_with(|| Topic::new(topic_key(name))),
-        )
+        Some(self.topics.entry(name.to_owned()).or_insert_with(|| {
+            Topic::new(
+                topic_key(name),
+                super::flow::resend_span(self.config.max_in_flight),
+            )
+        }))
     }
 
     /// Topics held (as member, root, replica or publisher).
@@ -351,10 +383,12 @@ impl Tree {
         if !self.has_room_for(name) {
             return false;
         }
-        let t = self
-            .topics
-            .entry(name.to_owned())
-            .or_insert_with(|| Topic::new(topic_key(name)));
+        let t = self.topics.entry(name.to_owned()).or_insert_with(|| {
+            Topic::new(
+                topic_key(name),
+                super::flow::resend_span(self.config.max_in_flight),
+            )
+        });
         if t.subscribed {
             return true;
         }
@@ -467,10 +501,12 @@ impl Tree {
             });
             return;
         }
-        let t = self
-            .topics
-            .entry(name.to_owned())
-            .or_insert_with(|| Topic::new(topic_key(name)));
+        let t = self.topics.entry(name.to_owned()).or_insert_with(|| {
+            Topic::new(
+                topic_key(name),
+                super::flow::resend_span(self.config.max_in_flight),
+            )
+        });
         if t.parent.as_ref().is_some_and(|p| p.peer.id == from) || t.path.contains(&from) {
             // An ancestor asks to be a child (routing changed under the tree): taking it would
             // close a loop, so this node lets go of its parent and joins anew (through
@@ -757,6 +793,9 @@ pub(super) fn start_join(
         return;
     };
     let Some(peer) = hop else {
+        if !t.root {
+            t.heads_from_window();
+        }
         t.root = true;
         t.parent = None;
         t.joining = None;
