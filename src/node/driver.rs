@@ -284,25 +284,23 @@ impl<L: Links> Runtime<L> {
     /// A layer above the node could not reach `peer`: the core treats it as a link failure
     /// (it probes the peer, and routes around it meanwhile).
     pub(super) fn link_down(&self, peer: NodeId) {
-        let (_, follow_up) = self.with(|driver| {
-            if !driver.stopping {
-                let now = driver.now();
-                driver.pastry.handle_link_down(now, peer);
-            }
-        });
-        if follow_up {
-            self.settle();
-        }
+        self.tell_core(|pastry, now| pastry.handle_link_down(now, peer));
     }
 
     /// The relayed path under the link to `peer` is moving to another relay: the core gives
     /// what waits for the peer's answers its whole timeout again (see
     /// [`Pastry::handle_path_change`]).
     pub(super) fn path_moving(&self, peer: NodeId) {
+        self.tell_core(|pastry, now| pastry.handle_path_change(now, peer));
+    }
+
+    /// Gives the core an input from outside it (unless the node is stopping) and carries out
+    /// what follows.
+    fn tell_core(&self, input: impl FnOnce(&mut Pastry, Time)) {
         let (_, follow_up) = self.with(|driver| {
             if !driver.stopping {
                 let now = driver.now();
-                driver.pastry.handle_path_change(now, peer);
+                input(&mut driver.pastry, now);
             }
         });
         if follow_up {

@@ -129,6 +129,15 @@ impl Activity {
         self.now_ms().saturating_sub(last) < ACTIVE_FOR.as_millis() as u64
     }
 
+    /// How often this end sends a keep-alive when it has nothing else to send.
+    fn keepalive(&self) -> Duration {
+        if self.active() {
+            ACTIVE_KEEPALIVE
+        } else {
+            KEEPALIVE
+        }
+    }
+
     /// Returns once the far end has been silent for [`ACTIVE_SILENCE`] while the session is
     /// active, or for [`SILENCE`].
     async fn silent(&self) {
@@ -241,12 +250,7 @@ fn tend_lane(buf: &mut Vec<u8>, lane: &OnceLock<Arc<Lane>>, paths: &Paths, activ
     if lane.check_silence() {
         debug!(peer = %lane.peer, relay = %lane.relay, "relay datagrams unacknowledged; back on the stream");
     }
-    let every = if activity.active() {
-        ACTIVE_KEEPALIVE
-    } else {
-        KEEPALIVE
-    };
-    if lane.probe_due(every) {
+    if lane.probe_due(activity.keepalive()) {
         paths.send_probe(lane);
     }
 }
@@ -261,12 +265,7 @@ async fn pump_out(
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
         buf.clear();
-        let keepalive = if activity.active() {
-            ACTIVE_KEEPALIVE
-        } else {
-            KEEPALIVE
-        };
-        match tokio::time::timeout(keepalive, outgoing.recv()).await {
+        match tokio::time::timeout(activity.keepalive(), outgoing.recv()).await {
             Ok(Some(datagram)) => {
                 push_frame(&mut buf, &datagram);
                 // Batch what is already queued into one write.
