@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use wendy::id::NodeId;
 use wendy::node::{Node, NodeConfig, NodeEvent};
 use wendy::testing::{Cluster, Via};
-use wendy::topics::TopicMessage;
+use wendy::topics::{topic_key, TopicMessage};
 
 use crate::common::HANG_GUARD;
 
@@ -38,16 +38,33 @@ struct Setup {
 }
 
 async fn setup(seed: u64) -> Setup {
+    // `WENDY_TOPICS_LOG=wendy::topics=debug` (a tracing filter) logs the nodes to stderr.
+    if let Ok(filter) = std::env::var("WENDY_TOPICS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let nodes = knob("WENDY_TOPICS_NODES", 64);
-    let subscribers = knob("WENDY_TOPICS_SUBSCRIBERS", 60).min(nodes - 1);
+    let subscribers = knob("WENDY_TOPICS_SUBSCRIBERS", 60).min(nodes - 2);
     let mut cluster = Cluster::new(seed).with_event_filter(|e| matches!(e, NodeEvent::Topic(_)));
     cluster
         .grow(nodes, &NodeConfig::default(), Via::Random, &mut |_| {})
         .await
         .expect("grow");
     cluster.settle(HANG_GUARD).await.expect("settle");
-    // The publisher is the last node; the subscribers the first ones.
-    let publisher = cluster.nodes[nodes - 1].clone();
+    // The subscribers are the first nodes; the publisher the last one that is not the topic's
+    // root (ids are random, so the root may be any node; the kill test kills the root and must
+    // keep the publisher).
+    let root = topic_key(TOPIC)
+        .closest(cluster.nodes.iter().map(Node::id))
+        .expect("nodes");
+    let publisher = cluster.nodes[subscribers..]
+        .iter()
+        .rev()
+        .find(|n| n.id() != root)
+        .expect("a non-subscriber that is not the root")
+        .clone();
     let mut ids = Vec::new();
     for node in &cluster.nodes[..subscribers] {
         node.topics().subscribe(TOPIC).await.expect("subscribe");

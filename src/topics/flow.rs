@@ -212,10 +212,12 @@ impl Tree {
         let next = t.heads.get(&stream).copied().unwrap_or(1);
         if msg.seq >= next {
             if msg.seq - next >= max_in_flight {
+                // Too far ahead to hold; still acknowledged below, so that a publisher whose
+                // earlier root accepted more than this one holds sends those messages again.
                 self.stats.refused += 1;
-                return;
+            } else {
+                t.pending.entry(stream).or_default().insert(msg.seq, msg);
             }
-            t.pending.entry(stream).or_default().insert(msg.seq, msg);
         }
         loop {
             let Some(t) = self.topics.get_mut(&name) else {
@@ -418,6 +420,8 @@ impl Tree {
                         .map_or(true, |c| m.seq >= c.next)
                 };
                 let msgs: Vec<Published> = t.window.iter().filter(wanted).cloned().collect();
+                tracing::debug!(topic = name, %origin, msgs = msgs.len(), heads = ?t.heads(),
+                    "answering a fetch");
                 (msgs, t.heads())
             }
             None => (Vec::new(), Vec::new()),
@@ -467,6 +471,7 @@ impl Tree {
             return;
         }
         let msgs_empty = msgs.is_empty();
+        tracing::debug!(topic = name, msgs = msgs.len(), ?heads, "replay");
         let mut checked: Vec<Published> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             if self.verified(&msg) {
@@ -482,14 +487,21 @@ impl Tree {
         };
         if !heads.is_empty() {
             // The chunk with the heads holds the window's oldest messages: a stream whose
-            // oldest there is past this subscriber's cursor lost the messages between (cut off
-            // longer than the window lasts). The subscriber goes on from the window rather
-            // than wait forever for them.
+            // oldest there is past this subscriber's cursor, and below the root's head, lost
+            // the messages between (cut off longer than the window lasts, or in a hole no
+            // publisher sends again). The subscriber goes on from the window rather than wait
+            // forever for them. Messages at or past the root's head lie beyond a hole that
+            // the publisher fills again (a root that took over with some copies missing):
+            // nothing is lost there, and the subscriber waits for them.
             let mut oldest: HashMap<Stream, u64> = HashMap::new();
             for msg in &checked {
                 oldest.entry(msg.stream).or_insert(msg.seq);
             }
             for (stream, first) in oldest {
+                let below_head = heads.iter().any(|h| h.stream == stream && first < h.next);
+                if !below_head {
+                    continue;
+                }
                 if let Some(reader) = t.readers.get_mut(&stream) {
                     if let Some(next) = reader.next.filter(|next| *next < first) {
                         tracing::warn!(topic = name, publisher = %stream.publisher, missed = first - next,
@@ -552,6 +564,7 @@ impl Tree {
         };
         t.fetched_at = Some(now);
         self.stats.fetches += 1;
+        tracing::debug!(topic = name, cursors = ?t.cursors(), heads = ?t.heads(), "fetching");
         let msg = TopicWire::Fetch {
             topic: name.to_owned(),
             cursors: t.cursors(),

@@ -510,3 +510,124 @@ fn a_subscriber_that_becomes_root_through_its_join_acknowledges_only_what_its_wi
         .collect();
     assert_eq!(acks, vec![3]);
 }
+
+#[test]
+fn a_replay_from_a_root_with_a_hole_in_its_window_skips_nothing() {
+    // The subscriber has 1..=5. A root that took over holds 1..=3 and, past a hole, 8 and 9
+    // (the old root's copies of 4..=7 were lost with it; the publisher sends them again). Its
+    // answer to a fetch from 6 holds 8 and 9, with the head 4: 6 and 7 are not lost, they
+    // come later, and the subscriber delivers 6..=9 in order.
+    let me = Identity::generate();
+    let parent = peer(5);
+    let mut tree = subscriber(&me, parent);
+    let publisher = Identity::generate().origin_signer();
+    let msg = |seq| Published::sign(&publisher, "t", 9, seq, vec![seq as u8]);
+    let view = FakeView {
+        next: Some(Some(parent)),
+    };
+    let now = Instant::now();
+    for seq in 1..=5 {
+        tree.on_data(now, parent.id, msg(seq), &view);
+    }
+    let stream = msg(1).stream;
+    let heads = vec![Cursor { stream, next: 4 }];
+    let replay = TopicWire::Replay {
+        topic: "t".into(),
+        msgs: vec![msg(8), msg(9)],
+        heads,
+    };
+    tree.on_routed(now, parent.id, Key::from(me.node_id()), replay, &view);
+    assert_eq!(tree.stats.lost, 0);
+    assert_eq!(
+        tree.delivered.len(),
+        5,
+        "nothing past the hole is delivered yet"
+    );
+    for seq in 6..=9 {
+        tree.on_data(now, parent.id, msg(seq), &view);
+    }
+    let delivered: Vec<u64> = tree.delivered.iter().map(|m| m.seq).collect();
+    assert_eq!(delivered, (1..=9).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_replay_whose_window_starts_past_the_cursor_skips_what_the_root_no_longer_holds() {
+    // The root's window holds 8..=12 (head 13); the subscriber, cut off for long, is at 6:
+    // 6 and 7 are gone for good, and it goes on from 8.
+    let me = Identity::generate();
+    let parent = peer(5);
+    let mut tree = subscriber(&me, parent);
+    let publisher = Identity::generate().origin_signer();
+    let msg = |seq| Published::sign(&publisher, "t", 9, seq, vec![seq as u8]);
+    let view = FakeView {
+        next: Some(Some(parent)),
+    };
+    let now = Instant::now();
+    for seq in 1..=5 {
+        tree.on_data(now, parent.id, msg(seq), &view);
+    }
+    let stream = msg(1).stream;
+    let heads = vec![Cursor { stream, next: 13 }];
+    let replay = TopicWire::Replay {
+        topic: "t".into(),
+        msgs: (8..=12).map(msg).collect(),
+        heads,
+    };
+    tree.on_routed(now, parent.id, Key::from(me.node_id()), replay, &view);
+    assert_eq!(tree.stats.lost, 2);
+    let delivered: Vec<u64> = tree.delivered.iter().map(|m| m.seq).collect();
+    assert_eq!(delivered, [1, 2, 3, 4, 5, 8, 9, 10, 11, 12]);
+}
+
+#[test]
+fn a_root_far_behind_the_publisher_still_acknowledges_what_it_holds() {
+    // The old root accepted up to 100 and died; the subscriber that takes over holds 1..=3.
+    // The publisher's next message is more than `max_in_flight` past that, too far to hold,
+    // but the root acknowledges 3 all the same: otherwise the publisher never learns to send
+    // 4..=100 again, and the stream stops for good.
+    let me = Identity::generate();
+    let parent = peer(5);
+    let mut tree = subscriber(&me, parent);
+    let publisher = Identity::generate().origin_signer();
+    let msg = |seq| Published::sign(&publisher, "t", 9, seq, vec![seq as u8]);
+    let via = FakeView {
+        next: Some(Some(parent)),
+    };
+    let now = Instant::now();
+    for seq in 1..=3 {
+        tree.on_data(now, parent.id, msg(seq), &via);
+    }
+    let copies: Vec<Published> = (1..=3).map(msg).collect();
+    let heads = vec![Cursor {
+        stream: copies[0].stream,
+        next: 4,
+    }];
+    tree.on_replica(now, "t", copies, &heads);
+    tree.peer_gone(now, parent.id, &root_view());
+    assert!(tree.place("t").is_some_and(|p| p.root));
+    let far = 4 + tree.config.max_in_flight as u64 + 10;
+    tree.out.clear();
+    let publish = TopicWire::Publish {
+        msg: msg(far),
+        first_unacked: far,
+    };
+    tree.on_routed(
+        now,
+        publisher.node_id(),
+        topic_key("t"),
+        publish,
+        &root_view(),
+    );
+    let acks: Vec<u64> = std::mem::take(&mut tree.out)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Route {
+                msg: TopicWire::Ack { seq, .. },
+                ..
+            } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![3]);
+    assert_eq!(tree.stats.accepted_as_root, 0);
+}

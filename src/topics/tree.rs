@@ -597,6 +597,7 @@ impl Tree {
         }
         if from_joined {
             if let Some((peer, _)) = t.joining.take() {
+                tracing::debug!(topic = name, parent = %peer.id, ?heads, "attached");
                 t.parent = Some(Parent {
                     peer,
                     heard: now,
@@ -647,6 +648,7 @@ impl Tree {
             let lost = t.parent.as_ref().is_some_and(|p| p.peer.id == peer)
                 || t.joining.is_some_and(|(p, _)| p.id == peer);
             if lost {
+                tracing::debug!(topic = %name, %peer, "parent gone");
                 t.parent = None;
                 t.joining = None;
                 t.avoid = Some((peer, now + self.config.parent_timeout));
@@ -824,6 +826,7 @@ pub(super) fn start_join(
         });
     }
     stats.joins += 1;
+    tracing::debug!(topic = name, to = %peer.id, "joining");
     t.joining = Some((peer, now));
     out.push(Action::Send {
         to: peer,
