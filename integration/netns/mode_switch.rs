@@ -176,6 +176,9 @@ fn a_public_node_behind_a_new_firewall_turns_private_and_back_and_routes_keep_re
         .proc
         .saw_event("reachability", |v| v["reachability"] == "public");
     assert!(!nodes[subject].proc.printed("mode"));
+    // The first answer is confirmed through a second peer within a few seconds: the rule
+    // below then meets a confirmed verdict, whose next check comes after 15 s.
+    std::thread::sleep(Duration::from_secs(5));
 
     // The firewall appears.
     bed.public[3].nft(FIREWALL).unwrap();

@@ -2,7 +2,11 @@
 //!
 //! - [`Verdict`]: a check whose answer contradicts the confirmed verdict (or the first one) is
 //!   confirmed at once by a second check through another peer; only two agreeing answers
-//!   from distinct peers change the verdict. After a change, checks come sooner than the
+//!   from distinct peers change the verdict. When the confirming answer disagrees, the verdict
+//!   stands if it agrees with it; otherwise (no verdict yet) the newer answer is confirmed in
+//!   turn, once: a second disagreement in a row waits for the next regular check, so a
+//!   flapping network or a lying peer costs at most three checks per period. After a change,
+//!   checks come sooner than the
 //!   ten-minute period ([`FRESH_RECHECK`], doubling up to [`RECHECK_EVERY`]), so a verdict
 //!   that was wrong, or a network that changes again, is seen soon.
 //! - [`ModeSwitch`]: the node's private or public mode follows the confirmed verdict, but a
@@ -39,6 +43,8 @@ pub struct Verdict {
     /// An answer that contradicts `confirmed`, and the peer that gave it: waiting for a second
     /// check through another peer.
     candidate: Option<(bool, NodeId)>,
+    /// Whether the candidate is itself an answer that disagreed with the one before it.
+    disagreed: bool,
     recheck_after: Duration,
 }
 
@@ -47,6 +53,7 @@ impl Default for Verdict {
         Self {
             confirmed: Reachability::Unknown,
             candidate: None,
+            disagreed: false,
             recheck_after: FRESH_RECHECK,
         }
     }
@@ -85,14 +92,31 @@ impl Verdict {
             }
             Some((wanted, _)) if wanted == reachable => {
                 self.candidate = None;
+                self.disagreed = false;
                 self.confirmed = answer;
                 self.recheck_after = FRESH_RECHECK;
                 Some(answer)
             }
-            Some(_) => {
-                // Two peers disagree: the verdict stands; look again later, less often while
-                // they keep disagreeing.
+            Some(_) if answer == self.confirmed => {
+                // The contradiction was not confirmed: the verdict stands, and is checked
+                // again soon.
                 self.candidate = None;
+                self.disagreed = false;
+                self.recheck_after = FRESH_RECHECK;
+                None
+            }
+            Some(_) if !self.disagreed => {
+                // No verdict yet and two peers disagree (the network may have changed
+                // between the two checks): the newer answer is confirmed in turn.
+                self.candidate = Some((reachable, peer));
+                self.disagreed = true;
+                None
+            }
+            Some(_) => {
+                // They keep disagreeing: look again at the next regular check, less often
+                // while this goes on.
+                self.candidate = None;
+                self.disagreed = false;
                 self.recheck_after = (self.recheck_after * 2).min(RECHECK_EVERY);
                 None
             }
@@ -102,6 +126,7 @@ impl Verdict {
             }
             None => {
                 self.candidate = Some((reachable, peer));
+                self.disagreed = false;
                 None
             }
         }
@@ -207,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn peers_that_disagree_leave_the_verdict_as_it_was() {
+    fn an_unconfirmed_contradiction_leaves_the_verdict_as_it_was() {
         let mut verdict = Verdict::default();
         verdict.on_answer(false, peer(1));
         verdict.on_answer(false, peer(2));
@@ -216,7 +241,40 @@ mod tests {
         assert_eq!(verdict.on_answer(false, peer(4)), None);
         assert_eq!(verdict.confirmed(), Reachability::Private);
         assert_eq!(verdict.confirming(), None);
-        assert!(verdict.recheck_after() > FRESH_RECHECK);
+        assert_eq!(verdict.recheck_after(), FRESH_RECHECK);
+    }
+
+    #[test]
+    fn a_first_verdict_follows_a_network_that_changed_between_two_checks() {
+        let mut verdict = Verdict::default();
+        // Reachable, then a firewall appears before the confirmation.
+        assert_eq!(verdict.on_answer(true, peer(1)), None);
+        assert_eq!(verdict.on_answer(false, peer(2)), None);
+        // The newer answer is confirmed at once, through yet another peer.
+        assert_eq!(verdict.confirming(), Some(peer(2)));
+        assert_eq!(
+            verdict.on_answer(false, peer(3)),
+            Some(Reachability::Private)
+        );
+    }
+
+    #[test]
+    fn answers_that_keep_disagreeing_cost_at_most_three_checks_per_period() {
+        let mut verdict = Verdict::default();
+        let mut reachable = true;
+        let mut immediate = 0;
+        for n in 0..30 {
+            verdict.on_answer(reachable, peer(n));
+            reachable = !reachable;
+            if verdict.confirming().is_some() {
+                immediate += 1;
+            }
+        }
+        // Each round: an answer asks for a confirmation at once, the disagreeing confirmation
+        // for one more, and the third answer, disagreeing again, waits for the next period.
+        assert_eq!(verdict.confirmed(), Reachability::Unknown);
+        assert_eq!(immediate, 20);
+        assert_eq!(verdict.recheck_after(), RECHECK_EVERY);
     }
 
     #[test]
