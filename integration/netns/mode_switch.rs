@@ -98,6 +98,15 @@ fn route_to(
     }
 }
 
+/// The subject's entry in `status["connections"]`.
+fn connection_to(status: &Value, id: NodeId) -> Option<Value> {
+    status["connections"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id.to_string())
+        .cloned()
+}
+
 /// The addresses `status` holds for node `id` in its routing table and neighbourhood.
 fn addrs_of(status: &Value, id: NodeId) -> Vec<String> {
     ["routing_table", "neighbourhood"]
@@ -194,7 +203,17 @@ fn a_public_node_behind_a_new_firewall_turns_private_and_back_and_routes_keep_re
         "still advertises its own address: {status}"
     );
 
-    // A node that joins now can reach the subject only through its relays.
+    // A node that joins now can reach the subject only through its relays. The subject may
+    // not dial it either (its links to the others, made before the rule, are direct): their
+    // link must come in through the subject's relays.
+    bed.public[3]
+        .nft(&format!(
+            "add chain inet wendy_fw output {{ type filter hook output priority filter; \
+             policy accept; }}\n\
+             add rule inet wendy_fw output ip daddr {} meta l4proto udp ct state new drop\n",
+            bed.public[4].ipv4
+        ))
+        .unwrap();
     nodes.push(start(&dir, &bed.public[4], false, Some(&bed.public[0])));
     let late = 4;
     let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
@@ -227,6 +246,20 @@ fn a_public_node_behind_a_new_firewall_turns_private_and_back_and_routes_keep_re
         })
         .sum();
     assert!(homed >= 1, "no relay counts the subject as homed");
+    let link = connection_to(&nodes[late].proc.status(), subject_id);
+    assert_eq!(
+        link.as_ref().map(|l| l["path"].clone()),
+        Some(Value::from("relay")),
+        "the late node's link to the subject: {link:?}"
+    );
+    let relayed: u64 = (0..3)
+        .map(|i| {
+            nodes[i].proc.status()["relay"]["bytes_relayed"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(relayed > 0, "the relays carried nothing");
 
     // The firewall goes.
     bed.public[3].nft("delete table inet wendy_fw\n").unwrap();
@@ -246,6 +279,12 @@ fn a_public_node_behind_a_new_firewall_turns_private_and_back_and_routes_keep_re
     everyone_knows(&mut nodes, subject, "the subject at its own address", |a| {
         a == own
     });
+    // The subject moved its relayed link to the late node onto a direct one.
+    nodes[late]
+        .proc
+        .status_until("a direct link to the subject", |s| {
+            connection_to(s, subject_id).is_some_and(|l| l["path"] == "direct")
+        });
     for relay in &mut nodes[..3] {
         relay.proc.status_until("the subject no longer homed", |s| {
             s["relay"]["homed"].as_u64() == Some(0)
@@ -261,7 +300,7 @@ fn a_public_node_behind_a_new_firewall_turns_private_and_back_and_routes_keep_re
     println!(
         "netns mode switch: private {} ms after the firewall rule (the switch itself {} ms, \
          {relays} relays), public {} ms after it was lifted (the switch itself {} ms); \
-         100 + 100 routes at the subject",
+         100 + 100 routes at the subject, {relayed} bytes relayed",
         to_private.as_millis(),
         event["took_ms"],
         to_public.as_millis(),
