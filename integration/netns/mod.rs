@@ -10,6 +10,7 @@ pub mod testbed;
 
 mod figures;
 mod mesh;
+mod mode_switch;
 mod punch;
 mod punch_mixed;
 mod punch_paths;

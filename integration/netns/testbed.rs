@@ -376,6 +376,12 @@ impl Host {
     pub fn v4(&self, port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.ipv4), port)
     }
+
+    /// Applies an nftables script (`nft -f -`) in the host's namespace (a firewall on the
+    /// host itself).
+    pub fn nft(&self, script: &str) -> Result<(), String> {
+        run_with_input(&["ip", "netns", "exec", &self.ns, "nft", "-f", "-"], script)
+    }
 }
 
 impl Router {

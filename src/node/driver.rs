@@ -296,7 +296,7 @@ impl<L: Links> Runtime<L> {
 
     /// Gives the core an input from outside it (unless the node is stopping) and carries out
     /// what follows.
-    fn tell_core(&self, input: impl FnOnce(&mut Pastry, Time)) {
+    pub(super) fn tell_core(&self, input: impl FnOnce(&mut Pastry, Time)) {
         let (_, follow_up) = self.with(|driver| {
             if !driver.stopping {
                 let now = driver.now();

@@ -41,6 +41,8 @@
 mod driver;
 mod kinds;
 mod links;
+mod mode;
+pub use mode::ModeStatus;
 mod origin;
 mod status;
 pub use status::{ConnectionStatus, LinkPath, PeerStatus, Status};
@@ -609,16 +611,17 @@ impl NodeBuilder {
             socket: Some(socket),
         };
         let (transport, transport_events) = Transport::bind(transport_config).await?;
+        let direct = match self.advertise {
+            Some(addr) if addr.port() == 0 => {
+                SocketAddr::new(addr.ip(), transport.local_addr().port())
+            }
+            Some(addr) => addr,
+            None => transport.local_addr(),
+        };
         let addr = if self.relay.private {
             crate::relay::synthetic_addr(id)
         } else {
-            match self.advertise {
-                Some(addr) if addr.port() == 0 => {
-                    SocketAddr::new(addr.ip(), transport.local_addr().port())
-                }
-                Some(addr) => addr,
-                None => transport.local_addr(),
-            }
+            direct
         };
         let me = PeerInfo { id, addr };
         relays.start(transport.clone(), addr, wanted);
@@ -629,8 +632,15 @@ impl NodeBuilder {
         let topic_events = events_tx.clone();
         let counters = Arc::new(Counters::default());
         let (reach_requests, reach) = reach::spawn(transport.clone());
-        let (punch_requests, punch) =
-            crate::punch::spawn(transport.clone(), directs, probes, id, addr, reach.clone());
+        let (punch_addr, punch_addr_rx) = tokio::sync::watch::channel(addr);
+        let (punch_requests, punch) = crate::punch::spawn(
+            transport.clone(),
+            directs,
+            probes,
+            id,
+            punch_addr_rx,
+            reach.clone(),
+        );
         let runtime = driver::spawn(driver::Setup {
             me,
             config: self.config,
@@ -652,10 +662,28 @@ impl NodeBuilder {
                 core.path_moving(peer);
             }
         }));
+        let (mode_tx, mode) = tokio::sync::watch::channel(ModeStatus {
+            private: self.relay.private,
+            addr,
+            switches: 0,
+            relays: Vec::new(),
+            switch_took: None,
+        });
+        mode::spawn(mode::Setup {
+            id,
+            relays: relays.clone(),
+            runtime: Arc::downgrade(&runtime),
+            reach: reach.clone(),
+            punch_addr,
+            status: mode_tx,
+            direct,
+            follow: self.relay.follow_reachability,
+        });
         let (topic_tx, topic_rx) = mpsc::channel(topics_config.delivery_queue.max(1024));
         runtime.subscribe(PayloadKind::Topic, topic_tx)?;
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {
             me,
+            mode,
             relays,
             transport,
             counters,
@@ -675,7 +703,9 @@ impl NodeBuilder {
 }
 
 struct Shared {
+    /// This node's id and the address it advertised at start (see `mode` for the one now).
     me: PeerInfo,
+    mode: tokio::sync::watch::Receiver<ModeStatus>,
     relays: Arc<Relays>,
     transport: Transport,
     counters: Arc<Counters>,
@@ -728,7 +758,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.shared.me.id)
-            .field("addr", &self.shared.me.addr)
+            .field("addr", &self.addr())
             .finish()
     }
 }
@@ -755,14 +785,28 @@ impl Node {
         self.shared.me.id
     }
 
-    /// The address other nodes dial.
+    /// The address other nodes dial (its synthetic one while the node is private: see
+    /// [`Self::mode`]).
     pub fn addr(&self) -> SocketAddr {
-        self.shared.me.addr
+        self.shared.mode.borrow().addr
     }
 
     /// The node's id and address.
     pub fn peer_info(&self) -> PeerInfo {
-        self.shared.me
+        PeerInfo {
+            id: self.shared.me.id,
+            addr: self.addr(),
+        }
+    }
+
+    /// Whether the node is private (reached through relays) or public now, as a watch channel
+    /// that changes when the node switches. The mode follows the reachability verdict
+    /// ([`Self::reachability`]) unless [`RelayConfig::follow_reachability`] is off: a public
+    /// node that finds it cannot be dialled (a firewall appeared) homes on relays and
+    /// advertises its synthetic address; a private node found reachable withdraws its relay
+    /// record and advertises its own address again.
+    pub fn mode(&self) -> tokio::sync::watch::Receiver<ModeStatus> {
+        self.shared.mode.clone()
     }
 
     /// Joins the overlay through the first reachable of `bootstrap`, and resolves once this

@@ -234,6 +234,12 @@ impl Pastry {
         self.me
     }
 
+    /// This node advertises `addr` from now on (it turned private or public while running):
+    /// the messages it sends carry it; peers learn it as they measure this node again.
+    pub fn set_address(&mut self, addr: std::net::SocketAddr) {
+        self.me.addr = addr;
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config

@@ -148,6 +148,11 @@ impl Machine {
         }
     }
 
+    /// The node now advertises `advertised` (it turned private or public at run time).
+    pub(super) fn set_advertised(&mut self, advertised: SocketAddr) {
+        self.me_private = is_synthetic(advertised);
+    }
+
     fn initiates(&self, peer: NodeId) -> bool {
         self.me < peer
     }

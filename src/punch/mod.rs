@@ -123,13 +123,14 @@ impl Shared {
     }
 }
 
-/// Starts the punch service of a node whose advertised address is `advertised`.
+/// Starts the punch service of a node whose advertised address is `advertised` (it changes
+/// when the node turns private or public).
 pub(crate) fn spawn(
     transport: crate::transport::Transport,
     directs: Arc<socket::Directs>,
     probes: tokio::sync::mpsc::Receiver<socket::Received>,
     me: NodeId,
-    advertised: SocketAddr,
+    advertised: tokio::sync::watch::Receiver<SocketAddr>,
     reach: tokio::sync::watch::Receiver<crate::reach::ReachStatus>,
 ) -> (tokio::sync::mpsc::Sender<Request>, Arc<Shared>) {
     let shared = Arc::new(Shared::default());

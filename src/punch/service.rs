@@ -43,6 +43,8 @@ pub(super) struct Service {
     transport: Transport,
     directs: Arc<Directs>,
     advertised: SocketAddr,
+    /// The advertised address as the node's mode changes it.
+    advertised_now: watch::Receiver<SocketAddr>,
     reach: watch::Receiver<ReachStatus>,
     shared: Arc<Shared>,
     machine: Machine,
@@ -54,14 +56,16 @@ impl Service {
         transport: Transport,
         directs: Arc<Directs>,
         me: NodeId,
-        advertised: SocketAddr,
+        advertised_now: watch::Receiver<SocketAddr>,
         reach: watch::Receiver<ReachStatus>,
         shared: Arc<Shared>,
     ) -> Self {
+        let advertised = *advertised_now.borrow();
         Self {
             transport,
             directs,
             advertised,
+            advertised_now,
             reach,
             shared,
             machine: Machine::new(me, advertised),
@@ -83,6 +87,10 @@ impl Service {
             tokio::select! {
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if self.advertised_now.has_changed().unwrap_or(false) {
+                        self.advertised = *self.advertised_now.borrow_and_update();
+                        self.machine.set_advertised(self.advertised);
+                    }
                     if self.machine.scan_due(now) {
                         self.machine.scan(now, &self.relayed(), &mut effects);
                     }

@@ -21,6 +21,11 @@
 //!   to two minutes. It checks as soon as it has a link (a check that gets no answer is retried
 //!   with another peer after a pause that doubles, up to a minute), then every ten minutes, or
 //!   at once when its believed addresses change.
+//! - **Verdict.** An answer that contradicts the confirmed verdict (or is the first) is checked
+//!   again at once through another peer; two agreeing answers from distinct peers make the
+//!   verdict ([`ReachStatus::verdict`]), which the node's private or public mode follows.
+//!   After a change the checks come sooner (15 s, doubling to the ten-minute period); see
+//!   [`verdict`].
 //!
 //! The state is [`Reachability::Unknown`] until the first check answers; status reports show
 //! it as `"private"` (a node nobody has dialled back is not known to be reachable).
@@ -34,6 +39,7 @@
 
 pub mod message;
 pub mod observed;
+pub mod verdict;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +52,7 @@ use tracing::{debug, info};
 
 pub use message::ReachMessage;
 pub use observed::{ObservedAddrs, RateLimiter};
+pub use verdict::Verdict;
 
 use crate::id::NodeId;
 use crate::transport::{Responder, Transport};
@@ -79,6 +86,9 @@ impl Reachability {
 pub struct ReachStatus {
     /// The latest check's outcome.
     pub reachability: Reachability,
+    /// The confirmed verdict: what two checks through distinct peers agreed on last
+    /// (`Unknown` until then). The node's private or public mode follows it.
+    pub verdict: Reachability,
     /// Addresses at least two distinct peers see this node at, sorted.
     pub observed_addrs: Vec<SocketAddr>,
     /// How long after the node started its reachability was first known.
@@ -105,7 +115,6 @@ pub(crate) const REQUEST_QUEUE: usize = 256;
 const UNKNOWN_TICK: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 const OBSERVE_EVERY: Duration = Duration::from_secs(120);
-const RECHECK_EVERY: Duration = Duration::from_secs(600);
 const OBSERVE_FANOUT: usize = 3;
 const REPORT_MAX_AGE: Duration = Duration::from_secs(900);
 const MAX_REPORTERS: usize = 32;
@@ -122,7 +131,8 @@ const DIAL_BACKS_IN_FLIGHT: usize = 8;
 
 enum Outcome {
     Observed(NodeId, SocketAddr),
-    Checked(Option<bool>),
+    /// A check through this peer answered (`None`: no answer believed).
+    Checked(NodeId, Option<bool>),
 }
 
 /// Starts the service; returns the queue the runtime hands requests to and the status channel.
@@ -144,6 +154,7 @@ pub(crate) fn spawn(transport: Transport) -> (mpsc::Sender<Request>, watch::Rece
         refused: 0,
         outcomes,
         reachability: Reachability::Unknown,
+        verdict: Verdict::default(),
         checks_done: 0,
         check_pending: false,
         last_check: None,
@@ -172,6 +183,7 @@ struct Service {
     refused: u64,
     outcomes: mpsc::Sender<Outcome>,
     reachability: Reachability,
+    verdict: Verdict,
     checks_done: u64,
     check_pending: bool,
     last_check: Option<Instant>,
@@ -219,6 +231,7 @@ impl Service {
             + self.dial_back_limit.refused();
         let next = ReachStatus {
             reachability: self.reachability,
+            verdict: self.verdict.confirmed(),
             observed_addrs: self.observed.confirmed(),
             learned_after,
             checks: self.checks_done,
@@ -266,14 +279,21 @@ impl Service {
             }
         }
         let addrs_changed = self.observed.confirmed() != self.checked_for;
+        let confirming = self.verdict.confirming();
         let check_due = unknown
             || addrs_changed
-            || self
-                .last_check
-                .map_or(true, |at| now.duration_since(at) >= RECHECK_EVERY);
-        if check_due && !self.check_pending && now >= self.retry_at {
+            || confirming.is_some()
+            || self.last_check.map_or(true, |at| {
+                now.duration_since(at) >= self.verdict.recheck_after()
+            });
+        // A confirmation goes through another peer than the answer it confirms.
+        let link = (0..links.len())
+            .map(|i| &links[(self.turn + i) % links.len()])
+            .find(|link| Some(link.peer) != confirming);
+        if let (true, false, true, Some(link)) =
+            (check_due, self.check_pending, now >= self.retry_at, link)
+        {
             self.check_pending = true;
-            let link = &links[self.turn % links.len()];
             let (transport, outcomes, peer, addr) = (
                 self.transport.clone(),
                 self.outcomes.clone(),
@@ -314,7 +334,7 @@ impl Service {
                         None
                     }
                 };
-                let _ = outcomes.send(Outcome::Checked(answer)).await;
+                let _ = outcomes.send(Outcome::Checked(peer, answer)).await;
             });
         }
         self.turn = self.turn.wrapping_add(1);
@@ -325,7 +345,7 @@ impl Service {
             Outcome::Observed(peer, addr) => {
                 self.observed.report(peer, addr, Instant::now().into_std());
             }
-            Outcome::Checked(answer) => {
+            Outcome::Checked(peer, answer) => {
                 self.check_pending = false;
                 if answer.is_none() {
                     // Ask another peer next, after a pause that doubles while checks fail.
@@ -346,6 +366,9 @@ impl Service {
                     self.checks_done += 1;
                     self.last_check = Some(Instant::now());
                     self.checked_for = self.observed.confirmed();
+                    if let Some(confirmed) = self.verdict.on_answer(reachable, peer) {
+                        info!(verdict = confirmed.as_str(), "reachability confirmed");
+                    }
                 }
             }
         }

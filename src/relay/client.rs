@@ -1,9 +1,12 @@
 //! [`Relays`]: a node's side of relaying: homing on relays when private, publishing its relay
 //! record, keeping the records of relayed peers, and opening the sessions quinn wants.
+//! Turning private or public at run time is in `switch.rs`.
+
+mod switch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -101,7 +104,16 @@ pub(crate) struct Relays {
     identity: Identity,
     paths: Arc<Paths>,
     transport: OnceLock<Transport>,
-    advertised_addr: OnceLock<SocketAddr>,
+    /// The address this node advertises (its synthetic one while private), told to the
+    /// relays it connects through.
+    advertised_addr: Mutex<Option<SocketAddr>>,
+    /// Whether the node is private now (the mode; the socket's NAT-like filter is set only
+    /// for a node private from the start, see [`Paths::set_private`]).
+    private: AtomicBool,
+    /// Whether the homing loop runs (it ends once the node is public).
+    homing: AtomicBool,
+    /// Ends the home stream to each relay (the node turned public).
+    home_stops: Mutex<HashMap<NodeId, Arc<Notify>>>,
     server: Option<RelayServer>,
     directory: Mutex<HashMap<NodeId, SignedRelayRecord>>,
     record_arrived: Notify,
@@ -153,7 +165,10 @@ impl Relays {
             identity,
             paths,
             transport: OnceLock::new(),
-            advertised_addr: OnceLock::new(),
+            advertised_addr: Mutex::new(None),
+            private: AtomicBool::new(config.private),
+            homing: AtomicBool::new(false),
+            home_stops: Mutex::new(HashMap::new()),
             server,
             directory: Mutex::new(HashMap::new()),
             record_arrived: Notify::new(),
@@ -206,7 +221,7 @@ impl Relays {
             paths.learn(peer)
         })));
         let _ = self.transport.set(transport);
-        let _ = self.advertised_addr.set(advertised);
+        *lock(&self.advertised_addr) = Some(advertised);
         let span = tracing::info_span!("relay", node = %self.me);
         let relays = Arc::downgrade(self);
         tokio::spawn(
@@ -220,22 +235,34 @@ impl Relays {
             }
             .instrument(span.clone()),
         );
-        if self.paths.is_private() {
-            let relays = Arc::downgrade(self);
-            tokio::spawn(Self::keep_homes(relays).instrument(span));
+        if self.is_private() {
+            self.start_homing();
         }
+    }
+
+    /// Spawns the homing loop unless it runs.
+    fn start_homing(self: &Arc<Self>) {
+        if self.homing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let span = tracing::info_span!("relay", node = %self.me);
+        let relays = Arc::downgrade(self);
+        tokio::spawn(Self::keep_homes(relays).instrument(span));
     }
 
     /// Whether the node is private.
     pub(crate) fn is_private(&self) -> bool {
-        self.paths.is_private()
+        self.private.load(Ordering::SeqCst)
     }
 
     /// Waits until the node is homed on a relay, at most `timeout`.
     pub(crate) async fn wait_homed(&self, timeout: Duration) -> Result<(), crate::node::NodeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if lock(&self.own).is_some() {
+            if lock(&self.own)
+                .as_ref()
+                .is_some_and(|own| !own.record.is_direct())
+            {
                 return Ok(());
             }
             self.home_lost.notify_one();
@@ -266,7 +293,10 @@ impl Relays {
             sessions: lock(&self.sessions).len(),
             records: {
                 self.drop_expired(unix_ms_now());
-                lock(&self.directory).len()
+                lock(&self.directory)
+                    .values()
+                    .filter(|signed| !signed.record.is_direct())
+                    .count()
             },
         }
     }
@@ -334,9 +364,9 @@ impl Relays {
             // it dialled can use: everyone else reaches it at its synthetic address (where a
             // link to it exists, that address uses the link).
             let now = unix_ms_now();
-            let relayed = lock(&self.directory)
-                .get(&peer)
-                .is_some_and(|signed| signed.record.expires_unix_ms > now);
+            let relayed = lock(&self.directory).get(&peer).is_some_and(|signed| {
+                signed.record.expires_unix_ms > now && !signed.record.is_direct()
+            });
             if relayed {
                 return super::synthetic_addr(peer);
             }
@@ -345,8 +375,15 @@ impl Relays {
         lock(&self.claimed).get(&peer).copied().unwrap_or(addr)
     }
 
-    /// Checks and keeps a relay record a peer sent.
-    pub(crate) fn on_record(&self, from: NodeId, bytes: &[u8]) -> Result<(), RelayRecordError> {
+    /// Checks and keeps a relay record a peer sent. Returns the record's node and whether it
+    /// is relayed now when the record changed that (a first relayed record, or a direct one
+    /// replacing a relayed one): the routing core should measure the node again at the address
+    /// that now reaches it, or it would keep the old one in its tables.
+    pub(crate) fn on_record(
+        &self,
+        from: NodeId,
+        bytes: &[u8],
+    ) -> Result<Option<(NodeId, bool)>, RelayRecordError> {
         let signed = match SignedRelayRecord::decode_verified(bytes, unix_ms_now()) {
             Ok(signed) => signed,
             Err(error) => {
@@ -355,26 +392,32 @@ impl Relays {
                 return Err(error);
             }
         };
-        self.keep_record(signed);
-        Ok(())
+        Ok(self.keep_record(signed))
     }
 
-    fn keep_record(&self, signed: SignedRelayRecord) {
+    /// Keeps `signed` if it is newer than the record held for its node (see
+    /// [`Self::on_record`] for what it returns).
+    fn keep_record(&self, signed: SignedRelayRecord) -> Option<(NodeId, bool)> {
         let node = signed.record.node;
         if node == self.me {
-            return;
+            return None;
         }
         self.drop_expired(unix_ms_now());
         let mut directory = lock(&self.directory);
-        let newer = directory
-            .get(&node)
-            .map_or(true, |old| old.record.sequence < signed.record.sequence);
-        if newer && (directory.len() < MAX_RECORDS || directory.contains_key(&node)) {
-            directory.insert(node, signed);
+        let old = directory.get(&node);
+        let newer = old.map_or(true, |old| old.record.sequence < signed.record.sequence);
+        if !newer || (directory.len() >= MAX_RECORDS && old.is_none()) {
+            return None;
+        }
+        let was_relayed = old.is_some_and(|old| !old.record.is_direct());
+        let relayed = !signed.record.is_direct();
+        directory.insert(node, signed);
+        drop(directory);
+        if relayed {
             self.paths.learn(node);
-            drop(directory);
             self.record_arrived.notify_waiters();
         }
+        (was_relayed != relayed).then_some((node, relayed))
     }
 
     /// Tells a peer whose link just came up the relay records it may need to dial relayed
@@ -505,6 +548,7 @@ impl Relays {
             return lock(&self.own).as_ref().map(SignedRelayRecord::encode);
         }
         let now = unix_ms_now();
+        // A direct record is answered too: it withdraws the relayed one the asker may hold.
         lock(&self.directory)
             .get(&node)
             .filter(|signed| signed.record.expires_unix_ms > now)
@@ -551,7 +595,7 @@ impl Relays {
         loop {
             let arrived = self.record_arrived.notified();
             if let Some(record) = lock(&self.directory).get(&peer) {
-                if record.record.expires_unix_ms > unix_ms_now() {
+                if record.record.expires_unix_ms > unix_ms_now() && !record.record.is_direct() {
                     return Some(record.clone());
                 }
             }
@@ -670,7 +714,7 @@ impl Relays {
 
     async fn connect_via(&self, relay: RelayEntry, target: NodeId) -> Result<RawStream, String> {
         let transport = self.transport.get().ok_or("not started")?;
-        let advertised = self.advertised_addr.get().copied().ok_or("not started")?;
+        let advertised = lock(&self.advertised_addr).ok_or("not started")?;
         let header = Body::RelayConnect { target, advertised };
         let mut stream = transport
             .open_stream(relay.id, relay.addr, &header)
@@ -694,6 +738,14 @@ impl Relays {
             let Some(this) = relays.upgrade() else {
                 return;
             };
+            if !this.is_private() {
+                // Turned public: the loop ends, unless the node turned private again meanwhile
+                // (then it found the loop still marked running and started none).
+                this.homing.store(false, Ordering::SeqCst);
+                if !this.is_private() || this.homing.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
             let wake = this.home_lost.clone();
             let lost = wake.notified();
             if lock(&this.homes).len() < HOMES {
@@ -794,16 +846,32 @@ impl Relays {
                     continue;
                 }
             }
+            if !self.is_private() {
+                // Turned public while this home was being set up.
+                let _ = stream.send.finish();
+                break;
+            }
             info!(relay = %id, %addr, "homed on a relay");
             let entry = RelayEntry { id, addr };
             lock(&self.homes).push(entry);
             changed = true;
             let relays = Arc::downgrade(self);
+            let stop = Arc::new(Notify::new());
+            lock(&self.home_stops).insert(id, stop.clone());
             tokio::spawn(async move {
-                keep_alive(&mut stream).await;
+                let stopped = tokio::select! {
+                    () = keep_alive(&mut stream) => false,
+                    () = stop.notified() => true,
+                };
+                if stopped {
+                    // Turned public: the relay forgets this node at once.
+                    let _ = stream.send.finish();
+                    return;
+                }
                 let Some(relays) = relays.upgrade() else {
                     return;
                 };
+                lock(&relays.home_stops).remove(&id);
                 warn!(relay = %id, "lost a relay; homing elsewhere");
                 lock(&relays.homes).retain(|home| home.id != id);
                 lock(&relays.lost).insert(addr, std::time::Instant::now());
@@ -823,12 +891,18 @@ impl Relays {
     /// Signs a record naming the current homes and sends it to every linked peer.
     async fn publish(&self) {
         let homes = lock(&self.homes).clone();
+        if homes.is_empty() || !self.is_private() {
+            return;
+        }
+        self.sign_and_send(homes);
+    }
+
+    /// Signs a record naming `homes` (none: a direct record), keeps it as this node's own and
+    /// sends it to every linked peer.
+    fn sign_and_send(&self, homes: Vec<RelayEntry>) {
         let Some(transport) = self.transport.get().cloned() else {
             return;
         };
-        if homes.is_empty() {
-            return;
-        }
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let ttl_ms = u64::try_from(self.record_ttl.as_millis()).unwrap_or(MAX_TTL_MS);
         let record = RelayRecord::new(&self.identity, homes, sequence, unix_ms_now() + ttl_ms)

@@ -45,8 +45,13 @@ pub struct RelayConfig {
     pub serve: Option<RelayLimits>,
     /// Whether this node is private: nobody can dial it, so it homes on relays, advertises a
     /// relay record, and takes datagrams from real addresses only if it sent to them first
-    /// (as behind a NAT). The reachability check, or an operator, sets it.
+    /// (as behind a NAT). This is the mode at start; with
+    /// [`follow_reachability`](Self::follow_reachability) it then follows the reachability
+    /// verdict.
     pub private: bool,
+    /// Whether the node turns private or public at run time when the reachability check's
+    /// confirmed verdict says so ([`crate::node::Node::mode`]). Default: on.
+    pub follow_reachability: bool,
     /// Addresses of relays to home on when private (the join's bootstrap addresses are tried
     /// as well).
     pub relays: Vec<SocketAddr>,
@@ -65,6 +70,7 @@ impl Default for RelayConfig {
         Self {
             serve: None,
             private: false,
+            follow_reachability: true,
             relays: Vec::new(),
             session_idle: Duration::from_secs(90),
             record_ttl: Duration::from_millis(record::MAX_TTL_MS) - Duration::from_secs(60),

@@ -7,6 +7,11 @@
 //! must hash to the node's id), a sequence number (a reader keeps the highest) and an expiry,
 //! and is at most [`MAX_RECORD_SIZE`] bytes encoded. A reader checks all of that before it
 //! dials a relay on the record's word; a record that fails gets a [`RelayRecordError`].
+//!
+//! A record that names no relay is **direct**: the node signs one when it turns public again
+//! ([`RelayRecord::is_direct`]). Its higher sequence number replaces the relayed record at every
+//! holder, and holders keep it (not its relays: it has none) so that an older relayed record
+//! arriving later cannot bring the relays back.
 
 use std::net::SocketAddr;
 
@@ -48,7 +53,8 @@ pub struct RelayRecord {
     pub sequence: u64,
     /// When the record stops being valid, in milliseconds since the Unix epoch.
     pub expires_unix_ms: u64,
-    /// The relays the node is homed on, preferred first (1 to [`MAX_RELAYS`]).
+    /// The relays the node is homed on, preferred first (at most [`MAX_RELAYS`]); none in a
+    /// direct record (the node is public again and dialled at its own address).
     pub relays: Vec<RelayEntry>,
 }
 
@@ -75,8 +81,8 @@ pub enum RelayRecordError {
     /// The bytes are not a record.
     #[error("malformed relay record: {0}")]
     Malformed(String),
-    /// The record names no relay, or more than [`MAX_RELAYS`].
-    #[error("relay record for {node} names {count} relays (1 to {MAX_RELAYS} allowed)")]
+    /// The record names more than [`MAX_RELAYS`] relays.
+    #[error("relay record for {node} names {count} relays (at most {MAX_RELAYS} allowed)")]
     RelayCount {
         /// The node.
         node: NodeId,
@@ -127,6 +133,12 @@ impl RelayRecord {
         }
     }
 
+    /// Whether the record says the node is dialled directly (it names no relay): it withdraws
+    /// the node's earlier relayed records.
+    pub fn is_direct(&self) -> bool {
+        self.relays.is_empty()
+    }
+
     /// Signs the record with `identity` (the node's own key, or readers refuse it).
     pub fn sign(self, identity: &Identity) -> SignedRelayRecord {
         let signature = identity.sign(&self.signing_bytes()).to_bytes().to_vec();
@@ -167,7 +179,7 @@ impl SignedRelayRecord {
     pub fn verify(&self, now_unix_ms: u64) -> Result<(), RelayRecordError> {
         let record = &self.record;
         let node = record.node;
-        if record.relays.is_empty() || record.relays.len() > MAX_RELAYS {
+        if record.relays.len() > MAX_RELAYS {
             return Err(RelayRecordError::RelayCount {
                 node,
                 count: record.relays.len(),
@@ -291,11 +303,10 @@ mod tests {
             many.verify(NOW),
             Err(RelayRecordError::RelayCount { count, .. }) if count == MAX_RELAYS + 1
         ));
-        let none = RelayRecord::new(&identity, Vec::new(), 1, NOW + 1000).sign(&identity);
-        assert!(matches!(
-            none.verify(NOW),
-            Err(RelayRecordError::RelayCount { count: 0, .. })
-        ));
+        // No relay at all is a direct record, which verifies.
+        let direct = RelayRecord::new(&identity, Vec::new(), 1, NOW + 1000).sign(&identity);
+        assert_eq!(direct.verify(NOW), Ok(()));
+        assert!(direct.record.is_direct());
         assert!(matches!(
             SignedRelayRecord::decode_verified(&[1, 2, 3], NOW),
             Err(RelayRecordError::Malformed(_))

@@ -164,7 +164,9 @@ impl Paths {
     }
 
     /// Makes the node private (`true`): datagrams from real addresses it never sent to are
-    /// dropped, as behind a NAT. The reachability check, or an operator, sets it.
+    /// dropped, as behind a NAT. Set at start for a node configured private; a node that turns
+    /// private at run time leaves it off (its network filters already, and the dial-backs
+    /// that find it reachable again must get through).
     pub(crate) fn set_private(&self, private: bool) {
         self.private.store(private, Ordering::SeqCst);
     }

@@ -136,6 +136,14 @@ async fn serve(options: NodeOptions, trust: trust::Trust) -> CmdResult {
             }
         }
     });
+    // A `mode` line whenever the node turns private or public at run time.
+    let mut mode = node.mode();
+    tokio::spawn(async move {
+        while mode.changed().await.is_ok() {
+            let status = mode.borrow_and_update().clone();
+            printer.print(&Out::mode(&status));
+        }
+    });
     let observed = Observed::default();
     if let Some(admin) = admin {
         let addr = admin.local_addr()?;

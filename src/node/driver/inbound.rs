@@ -26,6 +26,25 @@ impl<L: Links> Driver<L> {
         self.pastry.handle_message(now, peer, msg);
     }
 
+    /// A relay record changed whether `node` is relayed (it turned private or public): the
+    /// core measures it again at the address that reaches it now (its synthetic one, or its
+    /// direct link's), or its tables would keep the old one until the next sample.
+    fn remeasure(&mut self, node: NodeId, relayed: bool) {
+        if !self.pastry.knows(node) {
+            return;
+        }
+        let addr = if relayed {
+            Some(crate::relay::synthetic_addr(node))
+        } else {
+            self.transport
+                .link_addr(node)
+                .filter(|addr| !crate::relay::is_synthetic(*addr))
+        };
+        if let Some(addr) = addr {
+            self.measure(PeerInfo { id: node, addr });
+        }
+    }
+
     pub(super) fn on_transport(&mut self, event: TransportEvent) {
         if self.stopping {
             return;
@@ -73,14 +92,12 @@ impl<L: Links> Driver<L> {
                     });
                 }
                 Body::RelayRecord { record } => {
-                    let refused = self
-                        .relays
-                        .as_ref()
-                        .and_then(|relays| relays.on_record(from, &record).err());
-                    if let Some(error) = refused {
-                        self.emit(NodeEvent::Error(format!(
+                    match self.relays.as_ref().map(|r| r.on_record(from, &record)) {
+                        Some(Err(error)) => self.emit(NodeEvent::Error(format!(
                             "refused a relay record from {from}: {error}"
-                        )));
+                        ))),
+                        Some(Ok(Some((node, relayed)))) => self.remeasure(node, relayed),
+                        _ => {}
                     }
                 }
                 other => debug!(%from, kind = other.kind_name(), "ignored one-way frame"),

@@ -121,6 +121,8 @@ pub(crate) struct FileConfig {
     admin: AdminTable,
     relay: Option<bool>,
     private: Option<bool>,
+    /// Whether the node turns private or public at run time with the reachability verdict.
+    follow_reachability: Option<bool>,
     relay_via: Option<Vec<String>>,
     #[serde(default)]
     relay_limits: RelayLimitsTable,
@@ -314,6 +316,7 @@ impl NodeOptions {
         let relay = RelayConfig {
             serve: (args.relay || file.relay.unwrap_or(false)).then_some(relay_limits),
             private: args.private || file.private.unwrap_or(false),
+            follow_reachability: file.follow_reachability.unwrap_or(true),
             relays: relay_via
                 .iter()
                 .map(|text| resolve_addr("--relay-via", text))
@@ -727,6 +730,33 @@ mod tests {
         ]);
         let err = NodeOptions::resolve(no_admin).unwrap_err();
         assert!(err.contains("needs --admin ADDR"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_can_keep_the_mode_as_started() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |text: &str| {
+            use clap::Parser;
+            let path = dir.path().join("node.toml");
+            std::fs::write(
+                &path,
+                format!("listen = \"127.0.0.1:0\"\nkey = \"k.pem\"\n{text}"),
+            )
+            .unwrap();
+            let argv = ["node", "--config", path.to_str().unwrap()];
+            NodeOptions::resolve(Cli::try_parse_from(argv).unwrap().node).unwrap()
+        };
+        assert!(resolve("").relay.follow_reachability);
+        assert!(
+            !resolve("follow_reachability = false\n")
+                .relay
+                .follow_reachability
+        );
     }
 
     #[test]

@@ -20,6 +20,19 @@ use wendy::node::{LinkPath, NodeEvent, PeerStatus, Status};
 use super::config::EventFormat;
 
 impl Out {
+    /// The `mode` event for a mode change.
+    pub(crate) fn mode(status: &wendy::node::ModeStatus) -> Self {
+        Self::Mode {
+            mode: if status.private { "private" } else { "public" },
+            addr: status.addr.to_string(),
+            relays: status.relays.iter().map(ToString::to_string).collect(),
+            switches: status.switches,
+            took_ms: status
+                .switch_took
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
     /// The `reachability` event for a reachability status.
     pub(crate) fn reachability(status: &wendy::reach::ReachStatus) -> Self {
         Self::Reachability {
@@ -96,6 +109,16 @@ pub(crate) enum Out {
         reachability: &'static str,
         observed_addrs: Vec<String>,
         learned_after_ms: Option<u64>,
+    },
+    /// This node turned private (homed on relays, advertising its synthetic address) or public
+    /// (advertising its own address, its relay record withdrawn) because the reachability
+    /// verdict changed.
+    Mode {
+        mode: &'static str,
+        addr: String,
+        relays: Vec<String>,
+        switches: u64,
+        took_ms: Option<u64>,
     },
     /// A message of a topic this node subscribes to: the publisher (`from`, verified by its
     /// signature) and its sequence number (per publisher, each once and in order).
@@ -370,6 +393,9 @@ impl Out {
                 "reachability: {reachability}; observed at: {}",
                 list_or_none(observed_addrs)
             ),
+            Self::Mode {
+                mode, addr, relays, ..
+            } => format!("mode: {mode} at {addr}; relays: {}", list_or_none(relays)),
             Self::TopicMessage {
                 topic,
                 from,
