@@ -107,8 +107,8 @@ impl Pastry {
         }
         msg.avoid.truncate(super::message::MAX_AVOID);
         msg.avoid.retain(|a| *a != self.me.id);
-        for dead in &msg.avoid {
-            self.distrust(now, *dead);
+        for named in &msg.avoid {
+            self.doubt(now, *named);
         }
         if hops > self.config.max_hops {
             tracing::debug!(?key, hops, "dropping a message that exceeded max hops");
@@ -337,6 +337,26 @@ impl Pastry {
                 Released::No
             }
         }
+    }
+
+    /// A previous hop names `id` in a message's `avoid` list: a node that did not take the
+    /// message in time. That is a claim about a third party, and under load a live node's ack
+    /// can be late: this node checks a member it knows and has not heard from lately with a
+    /// probe that leaves it usable meanwhile (silence declares it dead), and drops nothing on
+    /// another node's word. The message itself still avoids it.
+    fn doubt(&mut self, now: Time, id: NodeId) {
+        let known = self
+            .leaf_set
+            .get(id)
+            .or_else(|| self.table.find(id))
+            .map(|slot| slot.peer);
+        let Some(peer) = known else {
+            return;
+        };
+        if self.heard_within(now, id, self.config.probe_timeout) {
+            return;
+        }
+        self.start_probe(now, peer, ProbeKind::Verify);
     }
 
     /// The leaf-set member closest to `key`, if it is closer than us and being probed.

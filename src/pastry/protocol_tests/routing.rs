@@ -324,3 +324,42 @@ fn a_message_is_not_bounced_back_to_its_sender() {
         Transmit::Send { to, msg: Message::Heartbeat { .. } } if to.id.as_u128() == a
     )));
 }
+
+#[test]
+fn a_node_named_in_a_messages_avoid_list_is_checked_not_dropped() {
+    // Peer `c` passes on a message whose avoid list names `x`: `x` was late with an ack
+    // somewhere. This node checks `x` with a probe, keeps it and still routes to it; only
+    // `x`'s silence would remove it.
+    let me = hex("50000000000000000000000000000000");
+    let mut node = lone(me);
+    let x = peer(hex("90000000000000000000000000000000"));
+    let c = peer(hex("20000000000000000000000000000000"));
+    meet(&mut node, x);
+    meet(&mut node, c);
+    let near_x = NodeId::from_u128(x.id.as_u128() + 1).to_key();
+    assert_eq!(node.next_hop(near_x).map(|p| p.id), Some(x.id));
+    let later = Time::from_micros(60_000_000);
+    let msg = Message::Route {
+        id: 9,
+        key: NodeId::from_u128(me + 1).to_key(),
+        origin: c,
+        hops: 1,
+        avoid: vec![x.id],
+        payload: vec![],
+        proof: None,
+    };
+    node.handle_message(later, c, msg);
+    let outputs = drain(&mut node);
+    assert!(
+        outputs.transmits.iter().any(|t| matches!(
+            t,
+            Transmit::Send { to, msg: Message::Probe { .. } } if to.id == x.id
+        )),
+        "x is probed"
+    );
+    assert_eq!(
+        node.next_hop(near_x).map(|p| p.id),
+        Some(x.id),
+        "x is still used while the probe runs"
+    );
+}
