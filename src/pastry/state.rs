@@ -213,7 +213,9 @@ impl Pastry {
     }
 
     /// Installs what the runtime knows of its links: the route cache then sends only to
-    /// members this node is linked to (see the `route_cache` module). Without one (the
+    /// members this node is linked to (see the `route_cache` module), and a neighbour hint is
+    /// followed to an unlinked root only if the routing-table entry it belongs to is unlinked
+    /// too. Without one (the
     /// default, and the simulator's, which has no links) every peer counts as linked.
     pub fn set_link_view(&mut self, links: Box<dyn LinkView>) {
         self.links = Some(links);
