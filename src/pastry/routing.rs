@@ -120,14 +120,7 @@ impl Pastry {
             // The receipt goes after the routing step, and not at all if that step
             // already released the sender (delivered here at once): one ack, not two.
             if self.route_step(now, msg, Vec::new(), 0) == Released::No {
-                self.send(
-                    from,
-                    Message::RouteAck {
-                        origin: origin_id,
-                        id,
-                        done: false,
-                    },
-                );
+                self.acknowledge_receipt(now, from, origin_id, id);
             }
         }
     }
