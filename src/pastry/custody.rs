@@ -1,5 +1,12 @@
 //! Custody: messages passed to a next hop and held until it acknowledges (`RouteAck`) and
 //! passes them on (`done`), and re-routing when a next hop stays silent.
+//!
+//! A hop that passes a message on holds its receipt to the sender back for a short while
+//! ([`Pastry::receipt_delay`]): if its own next hop answers within it (the common case), the
+//! sender gets the one `done` instead of a receipt and then a `done`, which saves a QUIC stream,
+//! a datagram and the datagram's acknowledgement. The sender waits at least
+//! [`Config::timeout_slack`](super::Config::timeout_slack) for either, and the delay is a small
+//! part of that, so a held receipt never makes it take a live hop for a dead one.
 
 use crate::id::NodeId;
 
@@ -37,7 +44,67 @@ pub(super) struct InFlight {
     pub(super) received: bool,
 }
 
+/// A receipt not sent yet: to `to`, for message `(origin, id)`, due at `due`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HeldReceipt {
+    to: PeerInfo,
+    origin: NodeId,
+    id: u64,
+    pub(super) due: Time,
+}
+
+/// The share of [`Config::timeout_slack`](super::Config::timeout_slack) a receipt may be held.
+const RECEIPT_DELAY_DIVISOR: u32 = 8;
+
 impl Pastry {
+    /// How long a hop that passed a message on holds its receipt back.
+    pub(super) fn receipt_delay(&self) -> std::time::Duration {
+        self.config.timeout_slack / RECEIPT_DELAY_DIVISOR
+    }
+
+    /// Acknowledges receipt of message `(origin, id)` to `to`, the hop it came from: at once
+    /// without a delay, else when the delay ends unless its `done` went first.
+    pub(super) fn acknowledge_receipt(&mut self, now: Time, to: PeerInfo, origin: NodeId, id: u64) {
+        let delay = self.receipt_delay();
+        if delay.is_zero() {
+            self.send_receipt(to, origin, id);
+        } else {
+            self.receipts.push(HeldReceipt {
+                to,
+                origin,
+                id,
+                due: now + delay,
+            });
+        }
+    }
+
+    fn send_receipt(&mut self, to: PeerInfo, origin: NodeId, id: u64) {
+        self.send(
+            to,
+            Message::RouteAck {
+                origin,
+                id,
+                done: false,
+            },
+        );
+    }
+
+    /// Sends the held receipts that are due.
+    pub(super) fn send_due_receipts(&mut self, now: Time) {
+        let mut index = 0;
+        while index < self.receipts.len() {
+            if self.receipts[index].due <= now {
+                let r = self.receipts.swap_remove(index);
+                self.send_receipt(r.to, r.origin, r.id);
+            } else {
+                index += 1;
+            }
+        }
+        if self.receipts.is_empty() && self.receipts.capacity() > 16 {
+            self.receipts = Vec::new();
+        }
+    }
+
     /// A [`Message::RouteAck`] from `from`. Returns false if it acknowledges nothing we hold.
     pub(super) fn on_route_ack(
         &mut self,
@@ -171,8 +238,11 @@ impl Pastry {
         true
     }
 
-    /// Tells `prev` that we passed on (or delivered) message `(origin, id)`.
+    /// Tells `prev` that we passed on (or delivered) message `(origin, id)`; a receipt still
+    /// held for it is not needed any more.
     pub(super) fn release(&mut self, prev: PeerInfo, origin: NodeId, id: u64) {
+        self.receipts
+            .retain(|r| !(r.to.id == prev.id && r.origin == origin && r.id == id));
         self.send(
             prev,
             Message::RouteAck {
@@ -184,6 +254,7 @@ impl Pastry {
     }
 
     pub(super) fn expire_in_flight(&mut self, now: Time) {
+        self.send_due_receipts(now);
         let mut due = Vec::new();
         let mut index = 0;
         while index < self.in_flight.len() {

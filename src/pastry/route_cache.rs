@@ -18,8 +18,10 @@
 //! A node that knows which peers it holds links to ([`Pastry::set_link_view`]) sends from the
 //! cache only to a member it is linked to: a first contact costs a handshake (about 0.7 ms of
 //! CPU on both ends together) that the message would wait for, so it takes the routing
-//! table's links instead, and the member is sent to directly once another exchange (a root's
-//! answer, a measurement) has linked the two.
+//! table's links instead, and the member is sent to directly once another exchange (a
+//! measurement, a liveness probe) has linked the two. For the same reason a root answers only
+//! an origin it holds a link to: an answer to any other would open a connection that no
+//! message needed (the origin reached the root through its links).
 
 use std::collections::VecDeque;
 
@@ -187,6 +189,12 @@ impl Pastry {
         key: Key,
     ) {
         if origin.id == self.me.id || self.config.route_cache_size == 0 {
+            return;
+        }
+        if !self.is_linked(origin.id) {
+            // The answer would open a connection (a handshake on both ends) that the message
+            // itself did not need: the origin reached us through its links, and keeps doing so.
+            self.stats.root_answers_unlinked += 1;
             return;
         }
         let leaf_set = if prev.map_or(true, |p| p.id == origin.id) {

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::id::{Key, NodeId, DIGITS};
 
 use super::candidates::{Measuring, Queued};
-use super::custody::InFlight;
+use super::custody::{HeldReceipt, InFlight};
 use super::hints::Hints;
 use super::join::{JoinMsg, Joining};
 use super::liveness::{PendingProbe, ProbeKind, RTT_CACHE};
@@ -76,6 +76,8 @@ pub struct Pastry {
     /// [`Pastry::set_link_view`]).
     pub(super) links: Option<Box<dyn LinkView>>,
     pub(super) in_flight: Vec<InFlight>,
+    /// Receipts held back a short while, in case the message's `done` can go instead.
+    pub(super) receipts: Vec<HeldReceipt>,
     pub(super) held: Vec<HeldForward>,
     pub(super) delivered: VecDeque<(NodeId, u64)>,
     pub(super) probes: Vec<PendingProbe>,
@@ -138,6 +140,7 @@ impl Pastry {
             auth: None,
             links: None,
             in_flight: Vec::new(),
+            receipts: Vec::new(),
             held: Vec::new(),
             delivered: VecDeque::new(),
             probes: Vec::new(),
@@ -213,7 +216,9 @@ impl Pastry {
     }
 
     /// Installs what the runtime knows of its links: the route cache then sends only to
-    /// members this node is linked to (see the `route_cache` module). Without one (the
+    /// members this node is linked to (see the `route_cache` module), and a neighbour hint is
+    /// followed to an unlinked root only if the routing-table entry it belongs to is unlinked
+    /// too. Without one (the
     /// default, and the simulator's, which has no links) every peer counts as linked.
     pub fn set_link_view(&mut self, links: Box<dyn LinkView>) {
         self.links = Some(links);
@@ -345,6 +350,7 @@ impl Pastry {
         self.phase = Phase::Left;
         self.timers.stop_all();
         self.in_flight.clear();
+        self.receipts.clear();
         self.held.clear();
         self.waiting.clear();
         self.parked.clear();

@@ -81,6 +81,9 @@ pub struct Stats {
     pub root_answers: u64,
     /// Roots' answers ignored: for no message of ours, or with a claim that does not hold.
     pub root_answers_rejected: u64,
+    /// Roots' answers not sent: the origin reached this node through other nodes and holds no
+    /// link to it (see [`crate::pastry::LinkView`]).
+    pub root_answers_unlinked: u64,
     /// Probes of sparse rows' entries for their leaf sets (neighbour hints).
     pub hint_probes: u64,
     /// Neighbour hints kept.

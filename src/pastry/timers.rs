@@ -21,7 +21,8 @@ pub(super) enum Timer {
     Join,
     /// The earliest probe deadline: a reply is due (retry, or the peer is declared dead).
     Probe,
-    /// The earliest custody deadline: an ack, or a next hop's `done`, is due (re-route).
+    /// The earliest custody deadline: an ack, or a next hop's `done`, is due (re-route), or a
+    /// held receipt is due.
     Custody,
     /// The earliest deadline of a measurement the driver has not answered (its place in the
     /// caps is freed).
@@ -108,7 +109,12 @@ impl Pastry {
     pub(super) fn sync_timers(&mut self) {
         let probe = self.probes.iter().map(|p| p.deadline).min();
         self.timers.set_or_stop(Timer::Probe, probe);
-        let custody = self.in_flight.iter().map(|f| f.deadline).min();
+        let custody = self
+            .in_flight
+            .iter()
+            .map(|f| f.deadline)
+            .chain(self.receipts.iter().map(|r| r.due))
+            .min();
         self.timers.set_or_stop(Timer::Custody, custody);
         let measure = self.measure_deadline();
         self.timers.set_or_stop(Timer::Measure, measure);

@@ -156,8 +156,9 @@ fn a_root_acknowledges_a_message_it_delivers_at_once_with_one_ack() {
     assert_eq!(route_acks(&outputs.transmits), vec![(prev.id, true)]);
 }
 
-#[test]
-fn a_hop_whose_next_hop_delivered_at_once_releases_its_predecessor() {
+/// A node at 0x50.. that has forwarded message 7 from `prev` (0x90..) to `root` (0x20..);
+/// returns the node, `prev` and `root`.
+fn forwarding_hop() -> (Pastry, PeerInfo, PeerInfo) {
     let me = hex("50000000000000000000000000000000");
     let mut node = lone(me);
     let prev = peer(hex("90000000000000000000000000000000"));
@@ -171,18 +172,45 @@ fn a_hop_whose_next_hop_delivered_at_once_releases_its_predecessor() {
         |t| matches!(t, Transmit::Send { to, msg: Message::Route { .. } } if to.id == root.id),
     );
     assert!(forwarded);
-    // Not delivered here: the predecessor gets a receipt only.
-    assert_eq!(route_acks(&outputs.transmits), vec![(prev.id, false)]);
-    // The root delivered at once and acks only `done: true`: the predecessor is released.
-    node.handle_message(
-        Time::ZERO,
-        root,
-        Message::RouteAck {
-            origin: prev.id,
-            id: 7,
-            done: true,
-        },
+    // Not delivered here, and the receipt is held back for the root's answer.
+    assert_eq!(route_acks(&outputs.transmits), vec![]);
+    (node, prev, root)
+}
+
+fn root_done(prev: PeerInfo) -> Message {
+    Message::RouteAck {
+        origin: prev.id,
+        id: 7,
+        done: true,
+    }
+}
+
+#[test]
+fn a_hop_whose_next_hop_delivered_at_once_releases_its_predecessor_with_one_ack() {
+    let (mut node, prev, root) = forwarding_hop();
+    // The root delivered at once and acks only `done: true`: the predecessor is released, and
+    // gets no receipt before or after.
+    let soon = Time::ZERO + Duration::from_millis(1);
+    node.handle_message(soon, root, root_done(prev));
+    assert_eq!(
+        route_acks(&drain(&mut node).transmits),
+        vec![(prev.id, true)]
     );
+    node.handle_timeout(Time::ZERO + Config::default().ack_timeout);
+    assert_eq!(route_acks(&drain(&mut node).transmits), vec![]);
+}
+
+#[test]
+fn a_hop_whose_next_hop_is_slow_sends_its_receipt_well_within_the_senders_wait() {
+    let (mut node, prev, root) = forwarding_hop();
+    // The sender waits at least `timeout_slack` for it.
+    let due = Time::ZERO + Config::default().timeout_slack / 4;
+    node.handle_timeout(due);
+    assert_eq!(
+        route_acks(&drain(&mut node).transmits),
+        vec![(prev.id, false)]
+    );
+    node.handle_message(due, root, root_done(prev));
     assert_eq!(
         route_acks(&drain(&mut node).transmits),
         vec![(prev.id, true)]

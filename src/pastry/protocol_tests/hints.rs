@@ -46,6 +46,58 @@ fn hints_send_first_routes_straight_to_the_root() {
     );
 }
 
+/// Links to every peer but the listed ones.
+#[derive(Debug)]
+struct AllBut(Vec<NodeId>);
+
+impl crate::pastry::LinkView for AllBut {
+    fn is_linked(&self, peer: NodeId) -> bool {
+        !self.0.contains(&peer)
+    }
+}
+
+#[test]
+fn a_hinted_root_without_a_link_waits_until_its_entry_has_none_either() {
+    let config = Config {
+        route_cache_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 300, 7);
+    net.run_for(Duration::from_secs(30));
+    let mut checked = 0;
+    for _ in 0..2000 {
+        let from = net.random_live();
+        let key = net.random_key();
+        let root = net.oracle_root(key);
+        let node = &net.nodes[from];
+        let row = node.id().shared_prefix_len(key);
+        if node.leaf_set().covers(key) || row >= crate::id::DIGITS {
+            continue;
+        }
+        let Some(entry) = node.routing_table().get(row, usize::from(key.digit(row))) else {
+            continue;
+        };
+        let entry = entry.peer.id;
+        if entry == root || node.next_hop(key).map(|p| p.id) != Some(root) {
+            continue;
+        }
+        // Hinted straight to the root; without a link to it, the message takes the entry's.
+        net.nodes[from].set_link_view(Box::new(AllBut(vec![root])));
+        assert_eq!(net.nodes[from].next_hop(key).map(|p| p.id), Some(entry));
+        // Neither linked: the root it is (one handshake either way, and one hop fewer).
+        net.nodes[from].set_link_view(Box::new(AllBut(vec![root, entry])));
+        assert_eq!(net.nodes[from].next_hop(key).map(|p| p.id), Some(root));
+        checked += 1;
+        if checked == 20 {
+            break;
+        }
+    }
+    assert!(
+        checked >= 5,
+        "too few keys routed straight to a hinted root: {checked}"
+    );
+}
+
 #[test]
 fn a_hinted_root_reported_unreachable_is_no_longer_chosen() {
     // A layer above (topics' direct sends) finds a key's root unreachable, where this node

@@ -82,6 +82,31 @@ fn the_cache_sends_only_to_a_member_this_node_is_linked_to() {
 }
 
 #[test]
+fn a_root_does_not_answer_an_origin_it_holds_no_link_to() {
+    let mut net = Net::build(Config::default(), 80, 3);
+    let (from, key) = far_key(&mut net);
+    let (origin, root) = (net.nodes[from].id(), net.oracle_root(key));
+    let Some(at) = net.nodes.iter().position(|n| n.id() == root) else {
+        panic!("the oracle's root is not a node");
+    };
+    net.nodes[at].set_link_view(Box::new(AllBut(origin)));
+
+    let (delivered_at, hops) = route_once(&mut net, from, key);
+    assert_eq!(delivered_at, root);
+    assert!(hops > 1);
+    assert_eq!(
+        net.nodes[from].route_cache_len(),
+        0,
+        "no answer, so nothing cached"
+    );
+    assert_eq!(net.nodes[at].stats().root_answers_unlinked, 1);
+    assert_eq!(
+        net.nodes[at].stats().sent_of(MessageKind::RootAnswer).msgs,
+        0
+    );
+}
+
+#[test]
 fn with_the_cache_off_roots_do_not_answer_and_routes_are_unchanged() {
     let config = Config {
         route_cache_size: 0,
