@@ -348,22 +348,23 @@ impl Pastry {
 
     /// A previous hop names `id` in a message's `avoid` list: a node that did not take the
     /// message in time. That is a claim about a third party, and under load a live node's ack
-    /// can be late: this node checks a member it knows and has not heard from lately with a
-    /// probe that leaves it usable meanwhile (silence declares it dead), and drops nothing on
-    /// another node's word. The message itself still avoids it.
+    /// can be late: this node checks it, and drops nothing on another node's word. A leaf-set
+    /// member is probed and avoided until it answers (it may be a key's root, and a message
+    /// delivered past it would be misdelivered); a routing-table entry is probed and stays
+    /// usable meanwhile. Silence declares either dead. The message itself still avoids it.
     fn doubt(&mut self, now: Time, id: NodeId) {
-        let known = self
-            .leaf_set
-            .get(id)
-            .or_else(|| self.table.find(id))
-            .map(|slot| slot.peer);
-        let Some(peer) = known else {
-            return;
-        };
+        self.route_cache.forget(id);
+        self.hints.forget(id);
         if self.heard_within(now, id, self.config.probe_timeout) {
             return;
         }
-        self.start_probe(now, peer, ProbeKind::Verify);
+        if let Some(slot) = self.leaf_set.get(id) {
+            let peer = slot.peer;
+            self.start_probe(now, peer, ProbeKind::Member);
+        } else if let Some(slot) = self.table.find(id) {
+            let peer = slot.peer;
+            self.start_probe(now, peer, ProbeKind::Verify);
+        }
     }
 
     /// The leaf-set member closest to `key`, if it is closer than us and being probed.

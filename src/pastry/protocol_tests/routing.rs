@@ -327,11 +327,15 @@ fn a_message_is_not_bounced_back_to_its_sender() {
 
 #[test]
 fn a_node_named_in_a_messages_avoid_list_is_checked_not_dropped() {
-    // Peer `c` passes on a message whose avoid list names `x`: `x` was late with an ack
-    // somewhere. This node checks `x` with a probe, keeps it and still routes to it; only
-    // `x`'s silence would remove it.
+    // Peer `c` passes on a message whose avoid list names `x`, a routing-table entry: `x` was
+    // late with an ack somewhere. This node checks `x` with a probe, keeps it and still routes
+    // to it; only `x`'s silence would remove it.
     let me = hex("50000000000000000000000000000000");
     let mut node = lone(me);
+    for k in 1..=8 {
+        meet(&mut node, peer(me + k));
+        meet(&mut node, peer(me - k));
+    }
     let x = peer(hex("90000000000000000000000000000000"));
     let c = peer(hex("20000000000000000000000000000000"));
     meet(&mut node, x);
