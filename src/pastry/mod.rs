@@ -149,6 +149,7 @@ mod stats;
 mod time;
 mod timers;
 mod validate;
+mod witness;
 
 #[cfg(all(test, feature = "sim"))]
 mod harness;
@@ -157,7 +158,7 @@ mod protocol_tests;
 
 pub use config::{Config, ConfigError};
 pub use leaf_set::{ideal_leaf_set, LeafSet, Side};
-pub use message::{Message, MessageKind, PeerInfo};
+pub use message::{FailureClaim, Message, MessageKind, PeerInfo, MAX_CLAIMS};
 pub use neighbourhood::NeighbourhoodSet;
 pub use origin::{route_digest, OriginAuth, OriginProof, ProofError};
 pub use output::{Event, ForwardVerdict, Transmit};
