@@ -35,8 +35,9 @@ pub use codes::{ErrorCode, PayloadKind};
 /// [`crate::pastry::Message::RootAnswer`], and relays, whose frames an older build cannot
 /// serve, and private nodes advertised at synthetic addresses an older build cannot dial, see
 /// [`crate::relay`]; 5: the control messages a node sends one peer at once share a frame,
-/// [`Body::PastryBatch`], which an older build would drop, losing acknowledgements).
-pub const VERSION: u8 = 5;
+/// [`Body::PastryBatch`], which an older build would drop, losing acknowledgements; 6: probes
+/// and their replies carry failure claims, [`crate::pastry::FailureClaim`]).
+pub const VERSION: u8 = 6;
 
 /// Most messages one [`Body::PastryBatch`] frame may carry; a frame with more is malformed.
 pub const MAX_PASTRY_BATCH: usize = 64;

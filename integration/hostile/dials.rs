@@ -47,6 +47,7 @@ fn a_peer_list_of_two_thousand_made_up_ids_costs_a_bounded_number_of_dials() {
                 nonce: 1,
                 active: true,
                 leaf_set: made_up_peers(MADE_UP, &sinks[2].addrs),
+                failed: vec![],
             },
         ),
     ];

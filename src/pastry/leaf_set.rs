@@ -33,6 +33,16 @@ pub enum Side {
     Right,
 }
 
+impl Side {
+    /// The other side.
+    pub fn opposite(self) -> Self {
+        match self {
+            Self::Left => Self::Right,
+            Self::Right => Self::Left,
+        }
+    }
+}
+
 /// The leaf set: the `L/2` nearest known nodes walking counter-clockwise ([`Side::Left`]) and
 /// the `L/2` nearest walking clockwise ([`Side::Right`]), each side sorted nearest first.
 ///

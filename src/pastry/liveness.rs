@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::state::Pastry;
 use super::timers::Timer;
-use super::{Message, PeerInfo, Side, Slot, Time};
+use super::witness::Doubt;
+use super::{FailureClaim, Message, PeerInfo, Side, Slot, Time};
 use crate::id::NodeId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,12 +29,13 @@ pub(super) struct PendingProbe {
     pub(super) deadline: Time,
     pub(super) retries_left: u8,
     pub(super) kind: ProbeKind,
-    /// Set when a failure notice started (or joined) this probe: who its sender says it told.
-    /// If the probe fails, the news spreads as a received notice would (only to the members
-    /// the sender did not tell), not as a new detection.
-    pub(super) notice: Option<Vec<NodeId>>,
+    /// Set when someone told us the peer failed (a notice, or a claim passed on): the accounts
+    /// collected (see [`super::witness`]). If the probe fails, the news spreads as a received
+    /// notice would, not as a new detection.
+    pub(super) doubt: Option<Box<Doubt>>,
     /// Not sent yet: a candidate's probe waits until `deadline` in case the candidate probes us
-    /// first (see [`Pastry::hold_candidate`]), then is sent only if still needed.
+    /// first (see [`Pastry::hold_candidate`]), then is sent only if still needed; a suspect's
+    /// waits for a second account of its failure (see [`Pastry::hold_suspect`]).
     pub(super) held: bool,
 }
 
@@ -51,9 +53,13 @@ impl Pastry {
         nonce: u64,
         active: bool,
         leaf_set: &[PeerInfo],
+        failed: &[FailureClaim],
     ) {
         if active && self.is_active() {
+            // Before admitting the prober: it may replace the member it says failed.
+            self.take_claims(now, from, failed, true);
             self.add_live(now, from, false);
+            self.vouch(now, from);
         } else if !active && self.is_active() {
             // A joiner's probe (MSPastry's consistent join): admit it to the leaf set
             // before replying. It becomes active only once every member of its leaf set
@@ -65,6 +71,7 @@ impl Pastry {
             nonce,
             active: self.is_active(),
             leaf_set: self.leaf_set.peers(),
+            failed: self.claims(now),
         };
         self.send(from, reply);
         self.merge_candidates(now, from.id, leaf_set);
@@ -91,12 +98,19 @@ impl Pastry {
         from: PeerInfo,
         active: bool,
         leaf_set: &[PeerInfo],
+        failed: &[FailureClaim],
     ) {
         if let Some(index) = self.probes.iter().position(|p| p.peer.id == from.id) {
             self.probes.swap_remove(index);
         }
         if active {
+            if self.is_active() {
+                self.take_claims(now, from, failed, false);
+            }
             self.add_live(now, from, false);
+            if self.is_active() {
+                self.vouch(now, from);
+            }
         }
         self.merge_candidates(now, from.id, leaf_set);
         if active && self.is_active() {
@@ -221,10 +235,27 @@ impl Pastry {
             deadline: now + self.hop_timeout(peer.id, self.config.probe_timeout),
             retries_left,
             kind,
-            notice: None,
+            doubt: None,
             held: false,
         });
-        self.send_probe(peer);
+        self.send_probe(now, peer);
+    }
+
+    /// Starts a suspect's probe held back for two probe timeouts: someone told us `peer`
+    /// failed, and a second account (see [`super::witness`]) usually comes sooner, with the
+    /// probe that fills its place (held up to two thirds of a probe timeout, after the other
+    /// side's own check of up to one). Routing avoids the suspect meanwhile, as during any
+    /// member's probe.
+    pub(super) fn hold_suspect(&mut self, now: Time, peer: PeerInfo) {
+        self.stats.suspect_probes += 1;
+        self.probes.push(PendingProbe {
+            peer,
+            deadline: now + self.config.probe_timeout * 2,
+            retries_left: 0,
+            kind: ProbeKind::Member,
+            doubt: None,
+            held: true,
+        });
     }
 
     /// Whether candidates' probes in flight (held back ones included) are at their node-wide
@@ -242,12 +273,13 @@ impl Pastry {
         full
     }
 
-    /// Starts a candidate's probe held back for a while (`CANDIDATE_HOLD`), for a candidate on
-    /// our left. When a node between two others fails, each of the two is the other's new
-    /// leaf-set member and both learn it from the same notice: the left one's probe admits it
-    /// to the right one's leaf set too (a probe from an active node proves it alive), so the
-    /// right one waits for that probe rather than sending its own. If none came, it probes.
-    pub(super) fn hold_candidate(&mut self, now: Time, peer: PeerInfo) {
+    /// Starts a candidate's probe held back for `wait` (a multiple of `probe_timeout /`
+    /// [`CANDIDATE_HOLD_DIVISOR`]). When a node between two others fails, each of the two is the
+    /// other's new leaf-set member and both learn it from the failure's notices: the left one's
+    /// probe admits it to the right one's leaf set too (a probe from an active node proves it
+    /// alive), so the right one waits for that probe rather than sending its own. If none came,
+    /// it probes.
+    pub(super) fn hold_candidate(&mut self, now: Time, peer: PeerInfo, wait: Duration) {
         if self.probes.iter().any(|p| p.peer.id == peer.id) {
             return;
         }
@@ -256,10 +288,10 @@ impl Pastry {
         }
         self.probes.push(PendingProbe {
             peer,
-            deadline: now + self.config.probe_timeout / CANDIDATE_HOLD_DIVISOR,
+            deadline: now + wait,
             retries_left: 0,
             kind: ProbeKind::Candidate,
-            notice: None,
+            doubt: None,
             held: true,
         });
     }
@@ -276,8 +308,8 @@ impl Pastry {
         self.rtt_cache.retain(|(cached, _)| *cached != id);
         self.route_cache.forget(id);
         self.hints.forget(id);
-        if let Some((row, _)) = self.table.remove(id) {
-            self.repair_table_row(row);
+        if let Some((row, column)) = self.table.remove(id) {
+            self.repair_table_row(now, row, column);
         }
     }
 
@@ -306,12 +338,13 @@ impl Pastry {
         }
     }
 
-    pub(super) fn send_probe(&mut self, peer: PeerInfo) {
+    pub(super) fn send_probe(&mut self, now: Time, peer: PeerInfo) {
         let nonce = self.fresh_id();
         let msg = Message::Probe {
             nonce,
             active: self.is_active(),
             leaf_set: self.leaf_set.peers(),
+            failed: self.claims(now),
         };
         self.send(peer, msg);
     }
@@ -333,6 +366,13 @@ impl Pastry {
             if p.deadline > now {
                 return true;
             }
+            if p.held && p.kind != ProbeKind::Candidate {
+                // No second account came: check it ourselves.
+                p.held = false;
+                p.deadline = now + timeout;
+                resend.push(p.peer);
+                return true;
+            }
             if p.held {
                 release.push(p.peer);
                 return false;
@@ -344,29 +384,31 @@ impl Pastry {
                 resend.push(p.peer);
                 true
             } else {
-                failed.push((p.peer, p.kind, p.notice.take()));
+                failed.push((p.peer, p.kind, p.doubt.take()));
                 false
             }
         });
         for peer in resend {
-            self.send_probe(peer);
+            self.send_probe(now, peer);
         }
         // A held candidate's probe is sent only if the candidate did not probe us meanwhile
         // and would still enter the leaf set.
+        let without = self.leaf_set_without_doubted();
         for peer in release {
+            let base = without.as_ref().unwrap_or(&self.leaf_set);
             if self.is_active()
-                && !self.leaf_set.contains(peer.id)
-                && self.leaf_set.would_accept(peer.id)
+                && !base.contains(peer.id)
+                && base.would_accept(peer.id)
                 && !self.is_dead(peer.id)
             {
                 self.start_probe(now, peer, ProbeKind::Candidate);
             }
         }
-        for (peer, kind, notice) in failed {
-            match (kind, notice) {
-                (ProbeKind::Member | ProbeKind::Verify, Some(told)) => {
-                    // Our own probe confirms the notice.
-                    self.forget_dead(now, peer.id, false, &told);
+        for (peer, kind, doubt) in failed {
+            match (kind, doubt) {
+                (ProbeKind::Member | ProbeKind::Verify, Some(doubt)) => {
+                    // Our own probe confirms what we were told.
+                    self.conclude(now, peer.id, *doubt, None);
                 }
                 (ProbeKind::Member | ProbeKind::Verify, None) => self.declare_dead(now, peer),
                 (ProbeKind::Candidate, _) => self.note_dead(now, peer.id),

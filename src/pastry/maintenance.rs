@@ -4,7 +4,7 @@
 
 use rand::Rng;
 
-use crate::id::{Key, DIGITS};
+use crate::id::{Key, NodeId, DIGITS};
 
 use super::state::Pastry;
 use super::{Message, PeerInfo, Time};
@@ -82,6 +82,34 @@ impl Pastry {
         }
     }
 
+    /// Fills the empty slot `(row, column)` with the nearest member of our neighbourhood set or
+    /// leaf set that belongs there and whose RTT we know, if any: no message needed. The
+    /// neighbourhood set holds the nodes nearest by proximity, so for the first rows (a slot
+    /// there fits one node in 16 or 256) it often has one, as good a choice as a row's
+    /// measured candidates.
+    pub(super) fn refill_from_known(&mut self, now: Time, row: usize, column: usize) -> bool {
+        if self.table.get(row, column).is_some() {
+            return false;
+        }
+        let fits = |this: &Self, id: NodeId| {
+            id != this.me.id && this.table.position(id) == Some((row, column)) && !this.is_dead(id)
+        };
+        let best = self
+            .neighbourhood
+            .iter()
+            .chain(self.leaf_set.iter())
+            .filter(|s| fits(self, s.peer.id) && !self.is_suspect(s.peer.id))
+            .filter_map(|s| s.rtt().map(|rtt| (s.peer, rtt)))
+            .min_by_key(|(_, rtt)| *rtt);
+        match best {
+            Some((peer, rtt)) => {
+                self.offer(now, peer, Some(rtt));
+                self.table.get(row, column).is_some()
+            }
+            None => false,
+        }
+    }
+
     /// Asks `peer` for its routing-table row `row`.
     pub(super) fn request_row(&mut self, peer: PeerInfo, row: usize, improve: bool) {
         if self.row_requests.len() >= MAX_ROW_REQUESTS {
@@ -91,9 +119,14 @@ impl Pastry {
         self.send(peer, Message::RowRequest { row: row as u8 });
     }
 
-    /// Lazy routing-table repair: ask another entry of the same row (or the next) for its row.
-    pub(super) fn repair_table_row(&mut self, row: usize) {
+    /// Lazy routing-table repair of the slot `(row, column)` whose entry was found dead: from a
+    /// node we already know near (see [`Self::refill_from_known`]), else by asking another
+    /// entry of the same row (or the next) for its row.
+    pub(super) fn repair_table_row(&mut self, now: Time, row: usize, column: usize) {
         if !self.is_active() {
+            return;
+        }
+        if self.refill_from_known(now, row, column) {
             return;
         }
         for r in [row, row + 1] {

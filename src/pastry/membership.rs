@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::id::NodeId;
 
-use super::liveness::ProbeKind;
+use super::liveness::{ProbeKind, CANDIDATE_HOLD_DIVISOR};
 use super::state::{Pastry, Phase};
 use super::{Event, Message, PeerInfo, Side, Time};
 
@@ -13,11 +13,13 @@ pub(super) const DEAD_MEMORY: usize = 32;
 pub(super) const ANNOUNCED_MEMORY: usize = 8;
 
 impl Pastry {
-    /// A [`Message::NodeFailed`] from `from`: it found `node` dead (or, if it is us, suspects
-    /// us). Not believed on its word: we probe the node ourselves and drop it only if our probe
-    /// fails, spreading the news then as the notice would have. A node we heard from within a
-    /// probe timeout stays usable for routing meanwhile; any other is probed as a suspect
-    /// member (routing parks messages for its keys until the probe settles). The sender's leaf set is merged as candidates either way.
+    /// A [`Message::NodeFailed`] from `from`: it holds `node` dead (or, if it is us, suspects
+    /// us). Not believed on its word: it is one account (see [`super::witness`]). A node we
+    /// heard from within a probe timeout is probed at once and stays usable for routing
+    /// meanwhile; any other waits for a second account that shares no node with this one, or
+    /// else our own probe, and routing parks messages for its keys until then. The sender's
+    /// leaf set is merged as candidates either way (as if the node were gone, so that the
+    /// probes that fill its place, which carry the second account, go out at once).
     pub(super) fn on_node_failed(
         &mut self,
         now: Time,
@@ -30,35 +32,16 @@ impl Pastry {
             if self.is_active() {
                 self.start_probe(now, from, ProbeKind::Member);
             }
-        } else if let Some(peer) = self.known_peer(node) {
-            // The sender told its own leaf set: if our probe confirms, we tell only the members
-            // it lacks.
-            let told: Vec<NodeId> = leaf_set
-                .iter()
-                .map(|p| p.id)
-                .chain(std::iter::once(from.id))
-                .collect();
+        } else if self.known_peer(node).is_some() {
             let window = self.hop_timeout(node, self.config.probe_timeout);
-            let kind = if self.heard_within(now, node, window) {
+            if self.heard_within(now, node, window) {
                 // It spoke to us more recently than a probe could tell, so the notice is stale
-                // or false, or the node died just after: check it without holding its keys
-                // (it stays usable for routing until our own probe fails).
+                // or false, or the node died just after.
                 self.stats.notices_contradicted += 1;
-                ProbeKind::Verify
             } else {
                 self.stats.notices_verified += 1;
-                ProbeKind::Member
-            };
-            self.start_probe(now, peer, kind);
-            if let Some(probe) = self.probes.iter_mut().find(|p| p.peer.id == node) {
-                probe.notice.get_or_insert(told);
-                // The notice's sender found it silent to a first try and a retry: one
-                // unanswered try of our own confirms it (a live node answers it, so a false
-                // notice still evicts nothing). A node heard from lately gets its retry.
-                if probe.kind == ProbeKind::Member {
-                    probe.retries_left = 0;
-                }
             }
+            self.take_account(now, from, node, from.id, false);
         }
         self.merge_candidates(now, from.id, leaf_set);
     }
@@ -218,10 +201,14 @@ impl Pastry {
             // Leaf sets of nearby nodes also fill empty routing-table slots of the deepest rows.
             self.consider_named(now, source, peers, false);
         }
+        // Members we were told failed count as gone: the probes that replace them carry the
+        // second account of their failure (see `witness`).
+        let without = self.leaf_set_without_doubted();
         let fits = |this: &Self, peer: &PeerInfo| {
+            let base = without.as_ref().unwrap_or(&this.leaf_set);
             peer.id != this.me.id
-                && !this.leaf_set.contains(peer.id)
-                && this.leaf_set.would_accept(peer.id)
+                && !base.contains(peer.id)
+                && base.would_accept(peer.id)
                 && !this.is_dead(peer.id)
         };
         if !peers.iter().any(|p| fits(self, p)) {
@@ -229,7 +216,7 @@ impl Pastry {
         }
         // Probe only the candidates that would still be members if every candidate (and every
         // one already being probed) answered: a hole of one needs one probe, not eight.
-        let mut hypothetical = self.leaf_set.clone();
+        let mut hypothetical = without.clone().unwrap_or_else(|| self.leaf_set.clone());
         for probe in &self.probes {
             if probe.kind == ProbeKind::Candidate {
                 hypothetical.insert(probe.peer, None);
@@ -240,14 +227,23 @@ impl Pastry {
         }
         // An active node whose leaf set has a hole holds back the probes of candidates on its
         // left (see `hold_candidate`); a joiner and a node of a small overlay probe at once.
+        // A candidate that fits only once a member we were told failed is gone waits on both
+        // sides, longer on the left: the other side's account of the failure may still be on
+        // its way, and a probe that arrives after it needs no extra notice to be believed.
         let hold = self.is_active() && self.leaf_set.overlay_exceeds();
+        let step = self.config.probe_timeout / CANDIDATE_HOLD_DIVISOR;
         for peer in peers {
             if fits(self, peer)
                 && hypothetical.contains(peer.id)
                 && !self.probes.iter().any(|p| p.peer.id == peer.id)
             {
-                if hold && peer.id.precedes(self.me.id) {
-                    self.hold_candidate(now, *peer);
+                let on_left = peer.id.precedes(self.me.id);
+                let for_doubted = without.is_some() && !self.leaf_set.would_accept(peer.id);
+                if hold && for_doubted {
+                    let wait = if on_left { step * 3 } else { step * 2 };
+                    self.hold_candidate(now, *peer, wait);
+                } else if hold && on_left {
+                    self.hold_candidate(now, *peer, step);
                 } else {
                     self.start_probe(now, *peer, ProbeKind::Candidate);
                 }
@@ -306,13 +302,30 @@ impl Pastry {
         if !was_leaf || !self.is_active() {
             return;
         }
+        self.note_failed(now, id);
         let leaf_set = self.leaf_set.peers();
-        if position.is_some_and(|(_, rank)| rank == 0) {
-            // We were its neighbour: tell our leaf set (but not who the sender already told).
-            // The notice carries our leaf set, meaning "everyone here has been told".
-            for member in leaf_set.iter().filter(|p| !told.contains(&p.id)) {
+        if let Some((side, 0)) = position {
+            // We were its neighbour: tell the members on our far side that hold it (those
+            // fewer than half a leaf set away from it) and its other neighbour, now ours. That
+            // neighbour tells its own far side: each holder hears one account from its side
+            // and a second with the probe of its new member from the other (see `witness`).
+            let half = self.leaf_set.half();
+            let far = self
+                .leaf_set
+                .side_slots(side.opposite())
+                .iter()
+                .take(half.saturating_sub(1))
+                .map(|s| s.peer);
+            let across = self.leaf_set.neighbour(side).map(|s| s.peer);
+            let mut recipients: Vec<PeerInfo> = Vec::new();
+            for peer in far.chain(across) {
+                if !told.contains(&peer.id) && !recipients.iter().any(|p| p.id == peer.id) {
+                    recipients.push(peer);
+                }
+            }
+            for member in recipients {
                 self.send(
-                    *member,
+                    member,
                     Message::NodeFailed {
                         node: id,
                         leaf_set: leaf_set.clone(),

@@ -20,6 +20,22 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
+/// A node's word, passed on in a probe or its reply, that `node` failed: the sender found it
+/// dead itself (`witness` is the sender), or `witness` told the sender so in a
+/// [`Message::NodeFailed`] that the sender has not confirmed yet. A receiver believes a failure
+/// only from two accounts that share no node (see the core's `witness` module), so that one
+/// lying peer cannot evict a live node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FailureClaim {
+    /// The node said to have failed.
+    pub node: NodeId,
+    /// Who found it dead.
+    pub witness: NodeId,
+}
+
+/// Most [`FailureClaim`]s a [`Message::Probe`] or [`Message::ProbeReply`] carries.
+pub const MAX_CLAIMS: usize = 4;
+
 /// One Pastry protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -60,6 +76,8 @@ pub enum Message {
         active: bool,
         /// The sender's leaf set.
         leaf_set: Vec<PeerInfo>,
+        /// Failures the sender found or was told of lately (at most [`MAX_CLAIMS`]).
+        failed: Vec<FailureClaim>,
     },
     /// The reply to a probe.
     ProbeReply {
@@ -69,18 +87,23 @@ pub enum Message {
         active: bool,
         /// The sender's leaf set.
         leaf_set: Vec<PeerInfo>,
+        /// Failures the sender found or was told of lately (at most [`MAX_CLAIMS`]).
+        failed: Vec<FailureClaim>,
     },
     /// A one-way leaf-set heartbeat to an immediate neighbour, carrying the sender's leaf set.
     Heartbeat {
         /// The sender's leaf set.
         leaf_set: Vec<PeerInfo>,
     },
-    /// The sender found `node` dead (it stopped answering probes); sent to the leaf set.
+    /// The sender holds `node` dead: one of its neighbours tells the members on its own side
+    /// that hold it and the failed node's other neighbour; a node that found it dead otherwise
+    /// tells its two neighbours; a node that believed it from two accounts tells the peers whose
+    /// account named another witness. Not believed on its own (see [`FailureClaim`]).
     NodeFailed {
         /// The failed node.
         node: NodeId,
-        /// The sender's leaf set after removing `node` (to fill the hole), all of whom the
-        /// sender also told; empty when the sender told only the failed node's neighbours.
+        /// The sender's leaf set after removing `node` (candidates to fill the hole); empty
+        /// from a sender that is not the failed node's neighbour.
         leaf_set: Vec<PeerInfo>,
     },
     /// Asks for one routing-table row (lazy repair and periodic proximity maintenance).
@@ -346,6 +369,13 @@ pub(crate) mod strategy {
         vec(peer_info(), 0..20)
     }
 
+    fn claims() -> impl Strategy<Value = Vec<FailureClaim>> {
+        vec(
+            (node_id(), node_id()).prop_map(|(node, witness)| FailureClaim { node, witness }),
+            0..=MAX_CLAIMS,
+        )
+    }
+
     /// Any message, every variant.
     pub(crate) fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
@@ -368,20 +398,22 @@ pub(crate) mod strategy {
                     leaf_set
                 }),
             peers().prop_map(|leaf_set| Message::Announce { leaf_set }),
-            (any::<u64>(), any::<bool>(), peers()).prop_map(|(nonce, active, leaf_set)| {
-                Message::Probe {
+            (any::<u64>(), any::<bool>(), peers(), claims()).prop_map(
+                |(nonce, active, leaf_set, failed)| Message::Probe {
                     nonce,
                     active,
                     leaf_set,
+                    failed,
                 }
-            }),
-            (any::<u64>(), any::<bool>(), peers()).prop_map(|(nonce, active, leaf_set)| {
-                Message::ProbeReply {
+            ),
+            (any::<u64>(), any::<bool>(), peers(), claims()).prop_map(
+                |(nonce, active, leaf_set, failed)| Message::ProbeReply {
                     nonce,
                     active,
                     leaf_set,
+                    failed,
                 }
-            }),
+            ),
             peers().prop_map(|leaf_set| Message::Heartbeat { leaf_set }),
             (node_id(), peers())
                 .prop_map(|(node, leaf_set)| Message::NodeFailed { node, leaf_set }),

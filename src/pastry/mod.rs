@@ -82,14 +82,16 @@
 //! * **Leaf-set maintenance.** Every `probe_period` a node sends a [`Message::Heartbeat`]
 //!   carrying its leaf set to its two immediate neighbours (about 0.13 msgs/s at the default
 //!   15 s). A neighbour silent for `probe_period + probe_timeout` is probed; no answer (after
-//!   `probe_retries`) declares it dead. The dead node's neighbours tell their leaf sets
-//!   ([`Message::NodeFailed`]); a member that a live neighbour's leaf set should contain but
+//!   `probe_retries`) declares it dead. Each of the dead node's neighbours tells the members
+//!   on its far side that hold it, and the other neighbour ([`Message::NodeFailed`]); a member that a live neighbour's leaf set should contain but
 //!   lacks is probed too, so far members learn of failures. Second-hand candidates are
 //!   probed before admission, and only as many as the holes need. A short side asks its
 //!   farthest member (a probe: the reply carries its leaf set).
 //! * **Nothing a peer says is believed on its word.** A notice never removes a node by
-//!   itself: a receiver that heard from the node within a probe timeout keeps it, any other
-//!   probes it and drops it only if its own probe fails. Every peer list is checked against
+//!   itself: a receiver that heard from the node within a probe timeout probes it at once and
+//!   keeps it unless the probe fails; any other waits for a second account of the failure that
+//!   shares no node with the first (the probe of the member that replaces it carries one, a
+//!   [`FailureClaim`]), and probes it if none comes (see `witness`). Every peer list is checked against
 //!   the shape of the structure it describes before use; a misshapen one is ignored and
 //!   reported ([`Event::Misbehaved`], [`Misbehaviour`]). Whatever one message names yields a
 //!   bounded number of measurements and probes, with node-wide and per-peer caps on those in
@@ -149,6 +151,7 @@ mod stats;
 mod time;
 mod timers;
 mod validate;
+mod witness;
 
 #[cfg(all(test, feature = "sim"))]
 mod harness;
@@ -157,7 +160,7 @@ mod protocol_tests;
 
 pub use config::{Config, ConfigError};
 pub use leaf_set::{ideal_leaf_set, LeafSet, Side};
-pub use message::{Message, MessageKind, PeerInfo};
+pub use message::{FailureClaim, Message, MessageKind, PeerInfo, MAX_CLAIMS};
 pub use neighbourhood::NeighbourhoodSet;
 pub use origin::{route_digest, OriginAuth, OriginProof, ProofError};
 pub use output::{Event, ForwardVerdict, Transmit};

@@ -83,6 +83,9 @@ pub struct Pastry {
     pub(super) probes: Vec<PendingProbe>,
     /// Recently dead nodes: not re-admitted from second-hand leaf sets for a while.
     pub(super) dead: VecDeque<(NodeId, Time)>,
+    /// Leaf-set members we found dead or believed so lately: our own claims (see
+    /// [`super::witness`]).
+    pub(super) failed_lately: VecDeque<(NodeId, Time)>,
     /// Peers we asked the driver to measure (bounded: see `candidates`).
     pub(super) measuring: Vec<Measuring>,
     /// Candidates waiting for a measurement (bounded: see `candidates`).
@@ -145,6 +148,7 @@ impl Pastry {
             delivered: VecDeque::new(),
             probes: Vec::new(),
             dead: VecDeque::new(),
+            failed_lately: VecDeque::new(),
             measuring: Vec::new(),
             measure_queue: VecDeque::new(),
             watch: [None, None],
@@ -440,10 +444,14 @@ impl Pastry {
                 nonce,
                 active,
                 leaf_set,
-            } => self.on_probe(now, from, nonce, active, &leaf_set),
+                failed,
+            } => self.on_probe(now, from, nonce, active, &leaf_set, &failed),
             Message::ProbeReply {
-                active, leaf_set, ..
-            } => self.on_probe_reply(now, from, active, &leaf_set),
+                active,
+                leaf_set,
+                failed,
+                ..
+            } => self.on_probe_reply(now, from, active, &leaf_set, &failed),
             Message::Heartbeat { leaf_set } => self.on_heartbeat(now, from, &leaf_set),
             Message::NodeFailed { node, leaf_set } => {
                 self.on_node_failed(now, from, node, &leaf_set);

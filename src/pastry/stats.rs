@@ -61,6 +61,9 @@ pub struct Stats {
     pub notices_contradicted: u64,
     /// Failure notices about a node not heard from lately: probed as a suspect.
     pub notices_verified: u64,
+    /// Failures believed from two accounts that share no node, without a probe of our own
+    /// (the core's `witness` rule).
+    pub failures_believed: u64,
     /// Routed messages dropped on arrival because their origin could not be verified
     /// ([`Event::OriginRejected`]).
     pub origins_rejected: u64,

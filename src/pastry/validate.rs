@@ -13,7 +13,7 @@
 use crate::id::{NodeId, DIGITS, DIGIT_VALUES};
 
 use super::state::Pastry;
-use super::{Event, Message, MessageKind, PeerInfo};
+use super::{Event, Message, MessageKind, PeerInfo, MAX_CLAIMS};
 
 /// What was wrong with a message a peer sent ([`Event::Misbehaved`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +86,7 @@ fn distinct_and_allowed(
     }
 }
 
-fn at_most(kind: MessageKind, list: &[PeerInfo], max: usize) -> Result<(), Misbehaviour> {
+fn at_most<T>(kind: MessageKind, list: &[T], max: usize) -> Result<(), Misbehaviour> {
     if list.len() > max {
         return Err(Misbehaviour::TooManyPeers {
             kind,
@@ -113,11 +113,13 @@ impl Pastry {
                 nonce,
                 active,
                 leaf_set: vec![],
+                failed: vec![],
             }),
             Message::ProbeReply { nonce, active, .. } => Some(Message::ProbeReply {
                 nonce,
                 active,
                 leaf_set: vec![],
+                failed: vec![],
             }),
             Message::Heartbeat { .. } => Some(Message::Heartbeat { leaf_set: vec![] }),
             Message::NodeFailed { node, .. } => Some(Message::NodeFailed {
@@ -141,9 +143,17 @@ impl Pastry {
         let leaf_max = self.config.leaf_set_size;
         match msg {
             // A leaf set never holds its owner; ours may hold us.
+            Message::Probe {
+                leaf_set, failed, ..
+            }
+            | Message::ProbeReply {
+                leaf_set, failed, ..
+            } => {
+                at_most(kind, failed, MAX_CLAIMS)?;
+                at_most(kind, leaf_set, leaf_max)?;
+                distinct_and_allowed(kind, leaf_set, &[from])
+            }
             Message::Announce { leaf_set }
-            | Message::Probe { leaf_set, .. }
-            | Message::ProbeReply { leaf_set, .. }
             | Message::Heartbeat { leaf_set }
             | Message::Leave { leaf_set }
             | Message::RootAnswer { leaf_set, .. } => {

@@ -164,6 +164,7 @@ impl SimNode for StandIn {
                     nonce,
                     active: true,
                     leaf_set: Vec::new(),
+                    failed: vec![],
                 },
             }),
             _ => {}
@@ -190,6 +191,7 @@ impl SimNode for StandIn {
                         msg: Message::Probe {
                             nonce: now,
                             active: true,
+                            failed: vec![],
                             leaf_set: Vec::new(),
                         },
                     });

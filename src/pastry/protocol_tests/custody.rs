@@ -323,6 +323,7 @@ fn a_hop_whose_root_is_silent_waits_for_its_probe_rather_than_pass_the_key_on() 
             nonce: nonces[0],
             active: true,
             leaf_set: vec![],
+            failed: vec![],
         },
     );
     node.handle_timeout(later);

@@ -1,7 +1,7 @@
 //! Hostile peers: misshapen peer lists, lists of made-up ids, forged failure notices.
 
 use super::*;
-use crate::pastry::Misbehaviour;
+use crate::pastry::{FailureClaim, Misbehaviour};
 
 /// A made-up peer at an address of the attacker's choosing.
 fn made_up(n: u128) -> PeerInfo {
@@ -83,6 +83,7 @@ fn a_list_of_two_thousand_made_up_ids_is_refused_whole_and_reported() {
             nonce: 9,
             active: true,
             leaf_set: ids.clone(),
+            failed: vec![],
         },
         Message::RowReply {
             row: 0,
@@ -461,8 +462,9 @@ fn a_true_failure_notice_is_confirmed_and_acted_on() {
         );
         net.flush(i);
     }
-    // Their own probes (first try and one retry, each at most `probe_timeout`) settle it.
-    net.run_for(Duration::from_secs(7));
+    // One account each (the teller's) and no replacement to bring a second: their own probes,
+    // after two probe timeouts' wait for another account, settle it.
+    net.run_for(Duration::from_secs(10));
     for &i in &holders[1..] {
         assert!(!net.nodes[i].knows(c), "node {i} still holds the dead node");
         assert!(net
@@ -470,4 +472,145 @@ fn a_true_failure_notice_is_confirmed_and_acted_on() {
             .iter()
             .any(|(at, e, t)| *at == i && *e == Event::NodeLeft(c) && *t >= killed_at));
     }
+}
+
+/// The strongest one liar can do with accounts: it tells every holder of a live node that the
+/// node failed, and passes on in probes that another holder (an honest node that said nothing)
+/// told it so. Every account rests on the liar: nothing is believed, nothing is evicted.
+#[test]
+fn a_liar_that_also_names_honest_witnesses_evicts_nothing() {
+    let mut net = Net::build(Config::default(), 60, 8);
+    net.run_for(Duration::from_secs(20));
+    let victim = 17;
+    let c = net.nodes[victim].id();
+    let holders: Vec<usize> = (0..net.nodes.len())
+        .filter(|&i| i != victim && net.nodes[i].leaf_set().contains(c))
+        .collect();
+    let liar = (0..net.nodes.len())
+        .find(|&i| i != victim && !holders.contains(&i))
+        .unwrap();
+    let liar_info = net.peer(liar);
+    let forged_at = net.now;
+    for (n, &i) in holders.iter().enumerate() {
+        let witness = net.peer(holders[(n + 1) % holders.len()]).id;
+        let now = net.now;
+        net.nodes[i].handle_message(
+            now,
+            liar_info,
+            Message::NodeFailed {
+                node: c,
+                leaf_set: vec![],
+            },
+        );
+        net.nodes[i].handle_message(
+            now,
+            liar_info,
+            Message::Probe {
+                nonce: 77,
+                active: true,
+                leaf_set: vec![],
+                failed: vec![
+                    FailureClaim { node: c, witness },
+                    FailureClaim {
+                        node: c,
+                        witness: liar_info.id,
+                    },
+                ],
+            },
+        );
+        net.flush(i);
+        for k in 0..3u128 {
+            let from = net.random_live();
+            net.route(from, Key::from_u128(c.as_u128() + k), b"to c".to_vec());
+        }
+        net.run_for(Duration::from_millis(30));
+    }
+    net.run_for(Duration::from_secs(30));
+    let left: Vec<_> = net
+        .events
+        .iter()
+        .filter(|(_, e, t)| *e == Event::NodeLeft(c) && *t >= forged_at)
+        .collect();
+    assert!(left.is_empty(), "NodeLeft for the live node: {left:?}");
+    for &i in &holders {
+        assert!(net.nodes[i].leaf_set().contains(c), "node {i} dropped C");
+        assert_eq!(net.nodes[i].stats().failures_believed, 0, "node {i}");
+    }
+    let to_c: Vec<_> = net
+        .delivered
+        .iter()
+        .filter(|d| d.payload == b"to c")
+        .collect();
+    assert_eq!(to_c.len(), 3 * holders.len());
+    assert!(
+        to_c.iter().all(|d| d.at == victim && d.correct),
+        "misdelivered"
+    );
+}
+
+/// A dead node's holder told by one node (a notice) and by another that passes on a third's
+/// word (a probe's claim): the two accounts share no node, so it drops the dead node at once,
+/// without a probe of its own. Either account alone is not enough.
+#[test]
+fn two_accounts_that_share_no_node_are_believed_without_a_probe() {
+    let mut net = Net::build(Config::default(), 60, 9);
+    net.run_for(Duration::from_secs(20));
+    let victim = 23;
+    let c = net.nodes[victim].id();
+    let holders: Vec<usize> = (0..net.nodes.len())
+        .filter(|&i| i != victim && net.nodes[i].leaf_set().contains(c))
+        .collect();
+    assert!(holders.len() >= 4);
+    net.kill(victim);
+    let (h, a, b, d) = (holders[0], holders[1], holders[2], holders[3]);
+    let (pa, pb, pd, ph) = (net.peer(a), net.peer(b), net.peer(d), net.peer(h));
+    let now = net.now;
+    let probe = |witness: NodeId| Message::Probe {
+        nonce: 5,
+        active: true,
+        leaf_set: vec![],
+        failed: vec![FailureClaim { node: c, witness }],
+    };
+    // B passing on A's word shares A with A's own notice: not believed.
+    net.nodes[h].handle_message(
+        now,
+        pa,
+        Message::NodeFailed {
+            node: c,
+            leaf_set: vec![],
+        },
+    );
+    net.nodes[h].handle_message(now, pb, probe(pa.id));
+    let first = drain(&mut net.nodes[h]);
+    assert!(net.nodes[h].leaf_set().contains(c));
+    let probed_c = |out: &Drained| {
+        out.transmits
+            .iter()
+            .any(|t| matches!(t, Transmit::Send { to, msg: Message::Probe { .. } } if to.id == c))
+    };
+    // A suspect that is not our neighbour waits for a second account before probing.
+    if !net.nodes[h]
+        .leaf_set()
+        .neighbour(Side::Left)
+        .is_some_and(|s| s.peer.id == c)
+        && !net.nodes[h]
+            .leaf_set()
+            .neighbour(Side::Right)
+            .is_some_and(|s| s.peer.id == c)
+    {
+        assert!(!probed_c(&first), "probed at once");
+    }
+    // D passing on B's word shares nothing with A's notice: believed at once.
+    net.nodes[h].handle_message(now, pd, probe(pb.id));
+    let second = drain(&mut net.nodes[h]);
+    assert!(!net.nodes[h].knows(c), "still holds the dead node");
+    assert!(second.events.contains(&Event::NodeLeft(c)));
+    assert!(!probed_c(&second));
+    assert_eq!(net.nodes[h].stats().failures_believed, 1);
+    // Its reply to D says it now holds C dead itself.
+    assert!(second.transmits.iter().any(|t| matches!(
+        t,
+        Transmit::Send { to, msg: Message::ProbeReply { failed, .. } }
+            if to.id == pd.id && failed.contains(&FailureClaim { node: c, witness: ph.id })
+    )));
 }

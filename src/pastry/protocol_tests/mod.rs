@@ -113,6 +113,7 @@ fn meet(node: &mut Pastry, p: PeerInfo) -> Drained {
             nonce: 1,
             active: true,
             leaf_set: vec![],
+            failed: vec![],
         },
     );
     drain(node)

@@ -15,6 +15,7 @@ fn stats_count_messages_by_kind_with_exact_sizes() {
             nonce: 3,
             active: true,
             leaf_set: vec![],
+            failed: vec![],
         },
     );
     let outputs = drain(&mut node);
