@@ -122,7 +122,14 @@ async fn switch(setup: &Setup, private: bool, observed: &[SocketAddr], switches:
     let Some(runtime) = setup.runtime.upgrade() else {
         return;
     };
-    runtime.tell_core(|pastry, _| pastry.set_address(addr));
+    let mut holders = Vec::new();
+    runtime.tell_core(|pastry, _| {
+        pastry.set_address(addr);
+        holders = record_holders(pastry);
+    });
+    // Linked peers got the record with the switch; the nodes that hold this one in their state
+    // without a link would otherwise keep its old address until they next meet it.
+    setup.relays.send_own_record(holders);
     let _ = setup.punch_addr.send(addr);
     let relays = if private {
         setup.relays.status().homes.iter().map(|h| h.id).collect()
@@ -137,4 +144,28 @@ async fn switch(setup: &Setup, private: bool, observed: &[SocketAddr], switches:
         relays,
         switch_took: Some(started.elapsed()),
     });
+}
+
+/// The most peers a switch sends its record to besides its linked ones: the leaf set first
+/// (they hold this node for certain), then the routing table and the neighbourhood set.
+const RECORD_HOLDERS: usize = 64;
+
+/// The peers of this node's state, which are likely to hold it in theirs.
+fn record_holders(pastry: &crate::pastry::Pastry) -> Vec<crate::pastry::PeerInfo> {
+    let mut peers: Vec<crate::pastry::PeerInfo> = pastry.leaf_set().peers();
+    let more = pastry
+        .routing_table()
+        .iter()
+        .chain(pastry.neighbourhood().iter())
+        .map(|slot| slot.peer);
+    for peer in more {
+        if peers.len() >= RECORD_HOLDERS {
+            break;
+        }
+        if !peers.iter().any(|p| p.id == peer.id) {
+            peers.push(peer);
+        }
+    }
+    peers.truncate(RECORD_HOLDERS);
+    peers
 }

@@ -897,6 +897,27 @@ impl Relays {
         self.sign_and_send(homes);
     }
 
+    /// Sends this node's own record to each of `peers` it has no link to (dialling it): the
+    /// linked ones had it when it was signed.
+    pub(crate) fn send_own_record(&self, peers: Vec<crate::pastry::PeerInfo>) {
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        let Some(bytes) = lock(&self.own).as_ref().map(SignedRelayRecord::encode) else {
+            return;
+        };
+        let linked: Vec<NodeId> = transport.links().iter().map(|l| l.peer).collect();
+        for peer in peers.into_iter().filter(|p| !linked.contains(&p.id)) {
+            let body = Body::RelayRecord {
+                record: bytes.clone(),
+            };
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                let _ = transport.send(peer.id, peer.addr, &body).await;
+            });
+        }
+    }
+
     /// Signs a record naming `homes` (none: a direct record), keeps it as this node's own and
     /// sends it to every linked peer.
     fn sign_and_send(&self, homes: Vec<RelayEntry>) {
