@@ -64,6 +64,49 @@ fn join(topic: &str) -> TopicWire {
     }
 }
 
+/// The root's acknowledgements this node sent since the last look.
+fn acks(tree: &mut Tree) -> Vec<u64> {
+    std::mem::take(&mut tree.out)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Route {
+                msg: TopicWire::Ack { seq, .. },
+                ..
+            } => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A subscriber that had messages `1..=delivered` from its parent and the old root's copies of
+/// `1..=copies`, made root when that parent (the old root) is gone.
+fn root_after_take_over(
+    now: Instant,
+    msg: &dyn Fn(u64) -> Published,
+    delivered: u64,
+    copies: u64,
+) -> Tree {
+    let me = Identity::generate();
+    let parent = peer(5);
+    let mut tree = subscriber(&me, parent);
+    let via = FakeView {
+        next: Some(Some(parent)),
+    };
+    for seq in 1..=delivered {
+        tree.on_data(now, parent.id, msg(seq), &via);
+    }
+    let held: Vec<Published> = (1..=copies).map(msg).collect();
+    let heads = vec![Cursor {
+        stream: held[0].stream,
+        next: copies + 1,
+    }];
+    tree.on_replica(now, "t", held, &heads);
+    tree.peer_gone(now, parent.id, &root_view());
+    assert!(tree.place("t").is_some_and(|p| p.root));
+    tree.out.clear();
+    tree
+}
+
 #[test]
 fn a_node_with_max_children_pushes_a_newcomer_down_to_one_of_them() {
     let me = Identity::generate();
@@ -221,18 +264,6 @@ fn the_root_accepts_a_publishers_messages_in_order_and_acknowledges_the_highest(
     let publish = |seq| TopicWire::Publish {
         msg: Published::sign(&publisher, "t", 9, seq, vec![]),
         first_unacked: 1,
-    };
-    let acks = |tree: &mut Tree| -> Vec<u64> {
-        std::mem::take(&mut tree.out)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Route {
-                    msg: TopicWire::Ack { seq, .. },
-                    ..
-                } => Some(seq),
-                _ => None,
-            })
-            .collect()
     };
     tree.on_routed(now, publisher.node_id(), key, publish(2), &root_view());
     assert_eq!(acks(&mut tree), vec![0], "2 waits for 1");
@@ -466,27 +497,10 @@ fn a_subscriber_that_becomes_root_through_its_join_acknowledges_only_what_its_wi
     // The old root accepted 1..=5 and sent them down the tree, but only 1..=3 of its copies
     // reached this subscriber before it died. Routing now makes the subscriber the root: it
     // acknowledges 3, not the 5 its parent told it of, so the publisher sends 4 and 5 again.
-    let me = Identity::generate();
-    let parent = peer(5);
-    let mut tree = subscriber(&me, parent);
     let publisher = Identity::generate().origin_signer();
     let msg = |seq| Published::sign(&publisher, "t", 9, seq, vec![seq as u8]);
-    let via = FakeView {
-        next: Some(Some(parent)),
-    };
     let now = Instant::now();
-    for seq in 1..=5 {
-        tree.on_data(now, parent.id, msg(seq), &via);
-    }
-    let copies: Vec<Published> = (1..=3).map(msg).collect();
-    let heads = vec![Cursor {
-        stream: copies[0].stream,
-        next: 4,
-    }];
-    tree.on_replica(now, "t", copies, &heads);
-    tree.peer_gone(now, parent.id, &root_view());
-    assert!(tree.place("t").is_some_and(|p| p.root));
-    tree.out.clear();
+    let mut tree = root_after_take_over(now, &msg, 5, 3);
     let publish = TopicWire::Publish {
         msg: msg(6),
         first_unacked: 6,
@@ -498,17 +512,7 @@ fn a_subscriber_that_becomes_root_through_its_join_acknowledges_only_what_its_wi
         publish,
         &root_view(),
     );
-    let acks: Vec<u64> = std::mem::take(&mut tree.out)
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Route {
-                msg: TopicWire::Ack { seq, .. },
-                ..
-            } => Some(seq),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(acks, vec![3]);
+    assert_eq!(acks(&mut tree), vec![3]);
 }
 
 #[test]
@@ -585,28 +589,11 @@ fn a_root_far_behind_the_publisher_still_acknowledges_what_it_holds() {
     // The publisher's next message is more than `max_in_flight` past that, too far to hold,
     // but the root acknowledges 3 all the same: otherwise the publisher never learns to send
     // 4..=100 again, and the stream stops for good.
-    let me = Identity::generate();
-    let parent = peer(5);
-    let mut tree = subscriber(&me, parent);
     let publisher = Identity::generate().origin_signer();
     let msg = |seq| Published::sign(&publisher, "t", 9, seq, vec![seq as u8]);
-    let via = FakeView {
-        next: Some(Some(parent)),
-    };
     let now = Instant::now();
-    for seq in 1..=3 {
-        tree.on_data(now, parent.id, msg(seq), &via);
-    }
-    let copies: Vec<Published> = (1..=3).map(msg).collect();
-    let heads = vec![Cursor {
-        stream: copies[0].stream,
-        next: 4,
-    }];
-    tree.on_replica(now, "t", copies, &heads);
-    tree.peer_gone(now, parent.id, &root_view());
-    assert!(tree.place("t").is_some_and(|p| p.root));
+    let mut tree = root_after_take_over(now, &msg, 3, 3);
     let far = 4 + tree.config.max_in_flight as u64 + 10;
-    tree.out.clear();
     let publish = TopicWire::Publish {
         msg: msg(far),
         first_unacked: far,
@@ -618,16 +605,6 @@ fn a_root_far_behind_the_publisher_still_acknowledges_what_it_holds() {
         publish,
         &root_view(),
     );
-    let acks: Vec<u64> = std::mem::take(&mut tree.out)
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Route {
-                msg: TopicWire::Ack { seq, .. },
-                ..
-            } => Some(seq),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(acks, vec![3]);
+    assert_eq!(acks(&mut tree), vec![3]);
     assert_eq!(tree.stats.accepted_as_root, 0);
 }
