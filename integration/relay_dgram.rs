@@ -115,13 +115,7 @@ async fn send_bulk(from: &Node, to: &Node, bytes: usize) {
         .open_stream_to(to.id(), to.addr(), "bulk")
         .await
         .unwrap();
-    let chunk = vec![7u8; 1 << 16];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        stream.write_all(&chunk[..n]).await.unwrap();
-        left -= n;
-    }
+    crate::common::write_filler(&mut stream, bytes).await;
     stream.send.finish().unwrap();
     let mut total = [0u8; 8];
     tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut total))

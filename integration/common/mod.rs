@@ -152,3 +152,14 @@ pub async fn assert_good_peer_served(server: &mut Node) {
     assert_eq!(got, payload);
     good.transport.shutdown().await;
 }
+
+/// Writes `bytes` bytes of filler to `stream` in 64 KiB writes (a bulk transfer's payload).
+pub async fn write_filler(stream: &mut wendy::transport::RawStream, bytes: usize) {
+    let chunk = vec![7u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        stream.write_all(&chunk[..n]).await.unwrap();
+        left -= n;
+    }
+}

@@ -92,13 +92,7 @@ async fn transfer(stream: &mut RawStream, mode: u8, bytes: usize) -> Duration {
     request[1..].copy_from_slice(&(bytes as u64).to_be_bytes());
     stream.write_all(&request).await.unwrap();
     if mode == SINK {
-        let chunk = vec![7u8; 1 << 16];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            stream.write_all(&chunk[..n]).await.unwrap();
-            left -= n;
-        }
+        crate::common::write_filler(stream, bytes).await;
         stream.send.finish().unwrap();
         let mut total = [0u8; 8];
         stream.read_exact(&mut total).await.unwrap();

@@ -907,15 +907,11 @@ impl Relays {
             return;
         };
         let linked: Vec<NodeId> = transport.links().iter().map(|l| l.peer).collect();
-        for peer in peers.into_iter().filter(|p| !linked.contains(&p.id)) {
-            let body = Body::RelayRecord {
-                record: bytes.clone(),
-            };
-            let transport = transport.clone();
-            tokio::spawn(async move {
-                let _ = transport.send(peer.id, peer.addr, &body).await;
-            });
-        }
+        let unlinked = peers
+            .into_iter()
+            .filter(|p| !linked.contains(&p.id))
+            .map(|p| (p.id, p.addr));
+        send_record(&transport, &bytes, unlinked);
     }
 
     /// Signs a record naming `homes` (none: a direct record), keeps it as this node's own and
@@ -930,14 +926,26 @@ impl Relays {
             .sign(&self.identity);
         let bytes = record.encode();
         *lock(&self.own) = Some(record);
-        for link in transport.links() {
-            let body = Body::RelayRecord {
-                record: bytes.clone(),
-            };
-            let transport = transport.clone();
-            tokio::spawn(async move {
-                let _ = transport.send(link.peer, link.addr, &body).await;
-            });
-        }
+        let linked = transport.links().into_iter().map(|l| (l.peer, l.addr));
+        send_record(&transport, &bytes, linked);
+    }
+}
+
+/// Sends the encoded record `bytes` to each of `peers`, each on its own task (a dial where
+/// there is no link); a send that fails is not retried: the record also travels with links
+/// that come up later.
+fn send_record(
+    transport: &Transport,
+    bytes: &[u8],
+    peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
+) {
+    for (peer, addr) in peers {
+        let body = Body::RelayRecord {
+            record: bytes.to_vec(),
+        };
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            let _ = transport.send(peer, addr, &body).await;
+        });
     }
 }
