@@ -11,6 +11,8 @@ use crate::common::hostile::{fresh_client_config, mib, scaled, Attacker, ProcClu
 const STREAMS: usize = 48;
 const MAX_STREAMS_GROWTH_KIB: i64 = 10 * 1024;
 const MAX_AFTER_CLOSE_GROWTH_KIB: i64 = 2 * 1024;
+/// The longest the node is given to return its memory after the link closed.
+const AFTER_CLOSE_WAIT: Duration = Duration::from_secs(20);
 const MAX_HANDSHAKES_GROWTH_KIB: i64 = 100 * 1024;
 
 /// The start of a direct-message frame announcing a payload that fits the default frame limit:
@@ -91,13 +93,16 @@ fn unfinished_streams_on_one_link_cost_bounded_memory_returned_when_it_closes() 
     std::thread::sleep(Duration::from_secs(1));
     let peak_growth = peak.finish() as i64 - before as i64;
 
-    // Close the link; the node's memory should come back within a few seconds.
+    // Close the link; the node's memory should come back within seconds. The node trims its
+    // heap 2 s after a link closed (`transport::heap`), and on a loaded machine its process
+    // may get little CPU before that: the wait ends as soon as the memory is back, and is long
+    // enough that only memory that stays is a failure.
     link.close(0u32.into(), b"done");
     drop(streams);
     let closed_at = Instant::now();
     let mut after = node.rss_kib();
     while (after as i64 - before as i64) >= MAX_AFTER_CLOSE_GROWTH_KIB
-        && closed_at.elapsed() < Duration::from_secs(5)
+        && closed_at.elapsed() < AFTER_CLOSE_WAIT
     {
         std::thread::sleep(Duration::from_millis(200));
         after = node.rss_kib();
