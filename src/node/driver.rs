@@ -93,6 +93,10 @@ enum Internal {
 /// in the core's order.
 type Deferred = Vec<(PeerInfo, Message)>;
 
+/// The longest a graceful leave waits for its notices to be acknowledged: a peer that does not
+/// answer within it finds out by probing, as for a failure.
+const LEAVE_NOTICE_WAIT: Duration = Duration::from_secs(1);
+
 /// A node's runtime state, shared by the node's task, its transport's reading tasks and the
 /// application's [`Node`](super::Node) handles: the [`Driver`] (the Pastry core and what the
 /// runtime keeps beside it) behind its lock, and what lets any thread hand it an input.
@@ -384,22 +388,49 @@ impl<L: Links> Runtime<L> {
         debug!("node driver stopped");
     }
 
-    /// Leaves gracefully: tells the leaf set, gives the notices a moment to be handed to QUIC,
-    /// and closes the transport.
+    /// Leaves gracefully: tells the peers that hold this node, waits until each notice is
+    /// acknowledged (at most [`LEAVE_NOTICE_WAIT`]), and closes the transport, which would
+    /// discard whatever QUIC had not delivered yet.
     async fn leave(&self) -> Result<(), NodeError> {
-        let transport = {
+        let (transport, notices) = {
             let _runtime = self.tokio.enter();
             let mut driver = self.lock_running()?;
             let now = driver.now();
             driver.pastry.leave(now);
-            driver.drain_outputs();
-            driver.finish_deferred();
+            while let Some(event) = driver.pastry.poll_event() {
+                driver.on_core_event(event);
+            }
+            let mut sends = std::mem::take(&mut driver.deferred);
+            while let Some(transmit) = driver.pastry.poll_transmit() {
+                if let Transmit::Send { to, msg } = transmit {
+                    sends.push((to, msg));
+                }
+            }
             driver.stopping = true;
-            driver.transport.clone()
+            (driver.transport.clone(), batch::frames(sends))
         };
-        // The leave notices are in flight on their own streams; give them a moment to be
-        // handed to QUIC before the links close.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut sending = tokio::task::JoinSet::new();
+        for (to, body) in notices {
+            let transport = transport.clone();
+            sending.spawn(
+                async move {
+                    if let Err(error) = transport.send_acknowledged(to.id, to.addr, &body).await {
+                        debug!(peer = %to.id, %error, "leave notice not acknowledged");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        let all_sent = async { while sending.join_next().await.is_some() {} };
+        if tokio::time::timeout(LEAVE_NOTICE_WAIT, all_sent)
+            .await
+            .is_err()
+        {
+            debug!(
+                unacknowledged = sending.len(),
+                "closing before every leave notice was acknowledged"
+            );
+        }
         transport.shutdown().await;
         Ok(())
     }

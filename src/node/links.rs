@@ -26,6 +26,17 @@ pub(crate) trait Links: Clone + Send + Sync + 'static {
         body: &Body,
     ) -> impl Future<Output = Result<(), SendError>> + Send;
 
+    /// Like [`Self::send`], but resolves only once the peer has acknowledged the whole frame:
+    /// for the last messages before [`Self::shutdown`], which drops what is not delivered yet.
+    fn send_acknowledged(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        body: &Body,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.send(peer, addr, body)
+    }
+
     /// Ensures a link to `addr` (to `expected`, if given) and returns the peer's verified id.
     fn connect(
         &self,
@@ -67,6 +78,15 @@ impl Links for Transport {
         body: &Body,
     ) -> impl Future<Output = Result<(), SendError>> + Send {
         Self::send(self, peer, addr, body)
+    }
+
+    fn send_acknowledged(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        body: &Body,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        Self::send_acknowledged(self, peer, addr, body)
     }
 
     fn connect(

@@ -114,8 +114,9 @@
 //!   the node runtime always does, the simulator never), a routed message carries its origin's
 //!   signature, checked on arrival by every hop that did not get it from the origin itself,
 //!   before custody, delivery and the duplicate filter; ids are random. See [`origin`].
-//! * **Leave.** [`Pastry::leave`] sends [`Message::Leave`] to the leaf set; receivers drop the
-//!   node at once and report [`Event::NodeLeft`].
+//! * **Leave.** [`Pastry::leave`] sends [`Message::Leave`] to the leaf set, the peers it is
+//!   probing and its routing-table entries; receivers drop the node at once and report
+//!   [`Event::NodeLeft`].
 //!
 //! # The tie rule
 //!

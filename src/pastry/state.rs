@@ -337,14 +337,28 @@ impl Pastry {
         id
     }
 
-    /// Leaves gracefully: tells the leaf set (whose members report [`Event::NodeLeft`] at
-    /// once) and stops. Messages in flight are dropped.
+    /// Leaves gracefully: tells every peer that may hold this node in its state (whose
+    /// members report [`Event::NodeLeft`] at once) and stops. Messages in flight are dropped.
+    ///
+    /// The leaf set alone is not enough: a node that has just joined is already in the leaf
+    /// sets of peers it is still probing (they heard its announcement), and routing-table
+    /// entries are held both ways. Each of those is told once, so the cost is bounded by this
+    /// node's own state.
     pub fn leave(&mut self, _now: Time) {
         if self.is_active() {
             let leaf_set = self.leaf_set.peers();
-            for peer in &leaf_set {
+            let mut told: Vec<PeerInfo> = Vec::new();
+            let others = self.table.iter().map(|s| s.peer);
+            let probed = self.probes.iter().map(|p| p.peer);
+            for peer in leaf_set.iter().copied().chain(probed).chain(others) {
+                if peer.id == self.me.id || told.iter().any(|t| t.id == peer.id) {
+                    continue;
+                }
+                told.push(peer);
+            }
+            for peer in told {
                 self.send(
-                    *peer,
+                    peer,
                     Message::Leave {
                         leaf_set: leaf_set.clone(),
                     },

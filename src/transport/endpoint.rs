@@ -308,6 +308,29 @@ impl Transport {
         Ok(())
     }
 
+    /// Like [`Self::send`], but returns only once the peer has acknowledged every byte of the
+    /// frame (not necessarily processed it). For the last messages before [`Self::shutdown`],
+    /// which discards what QUIC has not delivered yet.
+    pub async fn send_acknowledged(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        body: &Body,
+    ) -> Result<(), SendError> {
+        let frame = wire::encode_bounded(body, self.inner.limits.max_message_size)
+            .map_err(SendError::Encode)?;
+        let (_guard, mut stream) = self
+            .inner
+            .open(peer, addr, |conn| async move { conn.open_uni().await })
+            .await?;
+        stream.write_chunk(frame).await.map_err(StreamError::from)?;
+        stream.finish().map_err(StreamError::from)?;
+        match stream.stopped().await.map_err(StreamError::from)? {
+            None => Ok(()),
+            Some(code) => Err(StreamError::refused(code).into()),
+        }
+    }
+
     /// Sends a request to `peer` on a bi stream and waits for its answer (at most
     /// [`Limits::request_timeout`]).
     pub async fn request(

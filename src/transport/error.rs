@@ -209,7 +209,7 @@ pub enum StreamError {
 }
 
 impl StreamError {
-    fn refused(code: quinn::VarInt) -> Self {
+    pub(crate) fn refused(code: quinn::VarInt) -> Self {
         Self::Refused {
             code: code.into_inner(),
             known: StreamErrorCode::from_u64(code.into_inner()),
@@ -235,6 +235,15 @@ impl From<ReadError> for StreamError {
             ReadError::Reset(code) => Self::refused(code),
             ReadError::ConnectionLost(error) => Self::ConnectionLost(error),
             other => Self::Read(other),
+        }
+    }
+}
+
+impl From<quinn::StoppedError> for StreamError {
+    fn from(error: quinn::StoppedError) -> Self {
+        match error {
+            quinn::StoppedError::ConnectionLost(error) => Self::ConnectionLost(error),
+            quinn::StoppedError::ZeroRttRejected => Self::Write(WriteError::ZeroRttRejected),
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Each suite prints a readable table, or one JSON object with `--json`; progress goes to
 //! stderr. `wendy bench all` runs every suite in its own child process (so the memory and idle
-//! figures see no leftovers of the other suites) and prints one object keyed by suite.
+//! figures see no leftovers of the other suites) and prints one object keyed by suite; the
+//! simulator runs beside the suites that count rather than time (see [`BESIDE_SIM`]).
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
@@ -265,43 +266,81 @@ fn idle_in_private_netns(args: &SuiteArgs, window_s: Option<f64>) -> Option<crat
     Some(run())
 }
 
-/// Runs every suite as a child process of this executable and gathers their JSON.
+/// The suites whose figures are speeds: run one at a time, with nothing beside them.
+const TIMED: [&str; 4] = ["link", "route", "join", "regions"];
+
+/// The suites whose figures are counts (resident memory of their own process, datagrams and
+/// bytes per node): they run beside the simulator, whose busy core changes none of them, so
+/// that `bench all` fits in a quarter of an hour. The simulator's figures are deterministic.
+const BESIDE_SIM: [&str; 2] = ["memory", "idle"];
+
+/// Starts `suite` as a child process of this executable, its JSON on a pipe.
+fn start_suite(exe: &std::path::Path, suite: &str, quick: bool) -> std::io::Result<Child> {
+    let mut command = Command::new(exe);
+    command.args(["bench", suite, "--json"]);
+    if quick {
+        command.arg("--quick");
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+/// Waits for a suite started at `started` and files its report (or its failure).
+fn finish_suite(
+    suite: &'static str,
+    child: Child,
+    started: Instant,
+    reports: &mut Map<String, Value>,
+    failed: &mut Vec<&'static str>,
+) -> std::io::Result<()> {
+    let output = child.wait_with_output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let parsed = if output.status.success() {
+        serde_json::from_slice::<Value>(&output.stdout).map_err(|e| e.to_string())
+    } else {
+        Err(format!("exited with {}", output.status))
+    };
+    match parsed {
+        Ok(mut report) => {
+            if let Some(object) = report.as_object_mut() {
+                object.insert("suite_seconds".into(), json!(seconds));
+            }
+            reports.insert(suite.into(), report);
+        }
+        Err(error) => {
+            failed.push(suite);
+            reports.insert(suite.into(), json!({ "error": error }));
+        }
+    }
+    Ok(())
+}
+
+/// Runs every suite as a child process of this executable and gathers their JSON: the timed
+/// suites one by one, then the simulator with the counting suites one by one beside it.
 fn run_all(args: &SuiteArgs) -> crate::CmdResult {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut reports = Map::new();
     let mut failed = Vec::new();
-    for suite in SUITES {
+    for suite in TIMED {
         progress(&format!("== {suite}"));
-        let mut command = Command::new(&exe);
-        command.args(["bench", suite, "--json"]);
-        if args.quick {
-            command.arg("--quick");
-        }
         let suite_started = Instant::now();
-        let output = command
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()?;
-        let seconds = suite_started.elapsed().as_secs_f64();
-        let parsed = if output.status.success() {
-            serde_json::from_slice::<Value>(&output.stdout).map_err(|e| e.to_string())
-        } else {
-            Err(format!("exited with {}", output.status))
-        };
-        match parsed {
-            Ok(mut report) => {
-                if let Some(object) = report.as_object_mut() {
-                    object.insert("suite_seconds".into(), json!(seconds));
-                }
-                reports.insert(suite.into(), report);
-            }
-            Err(error) => {
-                failed.push(suite);
-                reports.insert(suite.into(), json!({ "error": error }));
-            }
-        }
+        let child = start_suite(&exe, suite, args.quick)?;
+        finish_suite(suite, child, suite_started, &mut reports, &mut failed)?;
     }
+    progress("== sim (beside memory and idle)");
+    let sim_started = Instant::now();
+    let sim = start_suite(&exe, "sim", args.quick)?;
+    for suite in BESIDE_SIM {
+        progress(&format!("== {suite}"));
+        let suite_started = Instant::now();
+        let child = start_suite(&exe, suite, args.quick)?;
+        finish_suite(suite, child, suite_started, &mut reports, &mut failed)?;
+    }
+    finish_suite("sim", sim, sim_started, &mut reports, &mut failed)?;
     progress(&format!(
         "== all suites in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -672,5 +711,20 @@ fn print_goals(all: &Value, quick: bool) {
             "  {suite:<7} {field:<30} {value:>10.3}  goal {goal:<8} {}",
             if met { "met" } else { "MISSED" }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BESIDE_SIM, SUITES, TIMED};
+
+    #[test]
+    fn all_runs_every_suite_exactly_once() {
+        let mut run: Vec<&str> = TIMED.iter().chain(&BESIDE_SIM).copied().collect();
+        run.push("sim");
+        run.sort_unstable();
+        let mut every = SUITES.to_vec();
+        every.sort_unstable();
+        assert_eq!(run, every);
     }
 }

@@ -122,6 +122,39 @@ fn graceful_leave_notifies_the_leaf_set_at_once() {
     check_lookups(&mut net, 100);
 }
 
+/// A node that leaves right after joining is already held by peers it has not yet admitted
+/// (they heard its announcement while it was still probing them): they are told too, and
+/// drop it at once rather than after a probe timeout.
+#[test]
+fn a_node_that_leaves_right_after_joining_is_dropped_by_every_holder_at_once() {
+    let mut net = Net::build(Config::default(), 40, 9);
+    let mut lingering = Vec::new();
+    for _ in 0..5 {
+        let leaver = net.add(None);
+        net.join_until_active(leaver);
+        let id = net.nodes[leaver].id();
+        net.leave(leaver);
+        // Far less than a probe timeout: only a notice can have removed it by then.
+        net.run_for(Duration::from_millis(500));
+        for i in 0..net.nodes.len() {
+            let node = &net.nodes[i];
+            if i != leaver
+                && net.alive[i]
+                && (node.leaf_set().contains(id) || node.routing_table().contains(id))
+            {
+                lingering.push((i, id));
+            }
+        }
+        net.run_for(Duration::from_secs(30));
+    }
+    assert_eq!(
+        lingering,
+        Vec::new(),
+        "(holder, leaver) pairs still holding the leaver"
+    );
+    assert_eq!(net.wrong_leaf_sets(), Vec::<usize>::new());
+}
+
 /// `Transmit::Measure` whose dial fails: the driver calls `handle_link_down`. A candidate we were
 /// only measuring is not admitted (a late sample is ignored) nor measured again for a while; a
 /// peer in our state is probed (suspected).
