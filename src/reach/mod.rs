@@ -389,8 +389,10 @@ impl Service {
             reply,
         } = request;
         let now = Instant::now().into_std();
-        if is_synthetic(from_addr) {
-            // A relayed asker: the address this node sees it at is its synthetic one.
+        let about_the_asker = matches!(message, ReachMessage::Observe | ReachMessage::Check);
+        if about_the_asker && is_synthetic(from_addr) {
+            // A relayed asker: the address this node sees it at is its synthetic one. (A
+            // dial-back request names its target itself, and may come over any link.)
             self.refused += 1;
             self.publish();
             return refuse(
