@@ -93,9 +93,23 @@ impl NodeProc {
         }
     }
 
-    /// Everything the node printed so far, for failure messages.
+    /// Everything the node printed so far, for failure messages; of the `status` answers
+    /// (a test polling the status gets thousands) only the last, and how many came before.
     pub fn context(&self) -> String {
-        let lines: Vec<String> = self.seen.iter().map(Value::to_string).collect();
+        let last_status = self.seen.iter().rposition(|v| v["event"] == "status");
+        let mut skipped = 0;
+        let mut lines: Vec<String> = Vec::new();
+        for (i, line) in self.seen.iter().enumerate() {
+            if line["event"] == "status" && Some(i) != last_status {
+                skipped += 1;
+                continue;
+            }
+            if skipped > 0 {
+                lines.push(format!("({skipped} earlier status answers left out)"));
+                skipped = 0;
+            }
+            lines.push(line.to_string());
+        }
         format!(
             "node {} stdout so far:\n{}\nstderr:\n{}",
             self.name,

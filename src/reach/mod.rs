@@ -13,6 +13,11 @@
 //!   and reports to X, which tells P. Success makes P [`Reachability::Public`], failure
 //!   [`Reachability::Private`]. P believes "reachable" only if a dial-back handshake really
 //!   reached it meanwhile ([`Transport::dial_backs_answered`]).
+//! - **Over relays, nothing.** A peer whose link to this node runs through a relay sees it at
+//!   a synthetic address, which says nothing of its network: a dial-back there from a fresh
+//!   socket cannot arrive, so its "unreachable" would be wrong for a public node. Such peers
+//!   are not asked ([`askable`]), a request that comes in over a relay is refused, and a
+//!   synthetic address is never believed as an observed one.
 //! - **Bounds.** Every request is rate-limited per requester (observe, check and dial-back each
 //!   with their own budget, refused with [`ErrorCode::Refused`] past it); checks relayed and
 //!   dial-backs made are capped in number at once ([`ErrorCode::Unavailable`] past it) and
@@ -55,7 +60,8 @@ pub use observed::{ObservedAddrs, RateLimiter};
 pub use verdict::Verdict;
 
 use crate::id::NodeId;
-use crate::transport::{Responder, Transport};
+use crate::relay::is_synthetic;
+use crate::transport::{LinkedPeer, Responder, Transport};
 use crate::wire::{Body, ErrorCode};
 
 /// Whether nodes this node never sent to can dial it.
@@ -248,7 +254,7 @@ impl Service {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.observed.expire(now.into_std());
-        let links = self.transport.linked_peers();
+        let links = askable(self.transport.linked_peers());
         if links.is_empty() {
             return;
         }
@@ -383,6 +389,18 @@ impl Service {
             reply,
         } = request;
         let now = Instant::now().into_std();
+        let about_the_asker = matches!(message, ReachMessage::Observe | ReachMessage::Check);
+        if about_the_asker && is_synthetic(from_addr) {
+            // A relayed asker: the address this node sees it at is its synthetic one. (A
+            // dial-back request names its target itself, and may come over any link.)
+            self.refused += 1;
+            self.publish();
+            return refuse(
+                reply,
+                ErrorCode::BadRequest,
+                "no address to observe or dial back over a relay",
+            );
+        }
         match message {
             ReachMessage::Observe => {
                 if !self.observe_limit.allow(from, now) {
@@ -477,6 +495,7 @@ impl Service {
         }
         let ip = addr.ip();
         if peer == self.transport.local_id()
+            || is_synthetic(addr)
             || addr.port() == 0
             || ip.is_unspecified()
             || ip.is_multicast()
@@ -511,6 +530,15 @@ impl Service {
     }
 }
 
+/// The links worth asking to observe this node or check it: those that do not run through a
+/// relay (a relayed peer sees only this node's synthetic address; see the module docs).
+fn askable(links: Vec<LinkedPeer>) -> Vec<LinkedPeer> {
+    links
+        .into_iter()
+        .filter(|link| !is_synthetic(link.addr))
+        .collect()
+}
+
 fn refuse(reply: Responder, code: ErrorCode, message: &str) {
     let answer = Body::Error {
         code: code as u16,
@@ -519,4 +547,33 @@ fn refuse(reply: Responder, code: ErrorCode, message: &str) {
     tokio::spawn(async move {
         let _ = reply.reply(&answer).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::relay::synthetic_addr;
+
+    #[test]
+    fn peers_linked_through_a_relay_are_not_asked_to_observe_or_check() {
+        let direct = LinkedPeer {
+            peer: Identity::generate().node_id(),
+            addr: "198.18.0.10:7000".parse().unwrap(),
+        };
+        let relayed_id = Identity::generate().node_id();
+        let relayed = LinkedPeer {
+            peer: relayed_id,
+            addr: synthetic_addr(relayed_id),
+        };
+        // The same, as an IPv6 socket shows it.
+        let mapped = LinkedPeer {
+            peer: relayed_id,
+            addr: match synthetic_addr(relayed_id) {
+                SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+                v6 => v6,
+            },
+        };
+        assert_eq!(askable(vec![relayed, direct, mapped]), vec![direct]);
+    }
 }

@@ -30,8 +30,13 @@ impl ObservedAddrs {
         }
     }
 
-    /// Records that `reporter` sees this node at `addr` (replacing its earlier report).
+    /// Records that `reporter` sees this node at `addr` (replacing its earlier report). A
+    /// synthetic address (the one peers linked through a relay see) is no address of this
+    /// node's network, whoever reports it: it is not recorded.
     pub fn report(&mut self, reporter: NodeId, addr: SocketAddr, now: Instant) {
+        if crate::relay::is_synthetic(addr) {
+            return;
+        }
         self.expire(now);
         if !self.reports.contains_key(&reporter) && self.reports.len() >= self.max_reporters {
             let oldest = self
@@ -155,6 +160,18 @@ mod tests {
         assert!(set.confirmed().is_empty());
         set.report(NodeId::from_u128(2), addr(4000), now);
         assert_eq!(set.confirmed(), vec![addr(4000)]);
+    }
+
+    #[test]
+    fn a_synthetic_address_is_not_believed_however_many_relayed_peers_report_it() {
+        let now = Instant::now();
+        let mut set = ObservedAddrs::new(16, Duration::from_secs(600));
+        let me = crate::relay::synthetic_addr(NodeId::from_u128(9));
+        for n in 0..4 {
+            set.report(NodeId::from_u128(n), me, now);
+        }
+        assert!(set.confirmed().is_empty());
+        assert_eq!(set.reporters(), 0);
     }
 
     #[test]

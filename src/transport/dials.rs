@@ -154,6 +154,13 @@ impl Dials {
         );
     }
 
+    /// Ends the back-off of every address that failed (this node's network changed, so the
+    /// failures say nothing of the addresses now). An address known to hold another node
+    /// stays known: a change on this side does not change who answers there.
+    pub(crate) fn forget_failures(&mut self) {
+        self.failed.retain(|_, failed| failed.holder.is_some());
+    }
+
     /// A link from `addr` came up: whoever is there answers.
     pub(crate) fn link_up(&mut self, addr: SocketAddr) {
         self.failed.remove(&canonical(addr));
@@ -238,6 +245,21 @@ mod tests {
         // Other addresses were never affected, and a neutral end leaves no entry.
         dials.end(addr(1), Outcome::Neutral, now);
         dials.begin(addr(1), None, now).unwrap();
+    }
+
+    #[test]
+    fn a_change_of_network_ends_the_back_offs_but_not_what_an_address_holds() {
+        let now = Instant::now();
+        let mut dials = Dials::new(4, BASE, BASE);
+        dials.begin(addr(1), Some(id(1)), now).unwrap();
+        dials.end(addr(1), Outcome::Failed, now);
+        dials.begin(addr(2), Some(id(9)), now).unwrap();
+        dials.end(addr(2), Outcome::HeldBy(id(2)), now);
+        assert!(dials.begin(addr(1), Some(id(1)), now).is_err());
+        dials.forget_failures();
+        dials.begin(addr(1), Some(id(1)), now).unwrap();
+        assert!(dials.begin(addr(2), Some(id(9)), now).is_err());
+        dials.begin(addr(2), Some(id(2)), now).unwrap();
     }
 
     #[test]

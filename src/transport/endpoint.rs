@@ -428,6 +428,17 @@ impl Transport {
         lock(&self.inner.pool).protect(peers);
     }
 
+    /// Forgets the addresses whose dials failed (their back-offs end now; see
+    /// `transport/dials.rs`), for a node whose own network just changed: a dial that a
+    /// firewall in front of this node stopped says nothing of the address once it is gone.
+    pub(crate) fn forget_failed_dials(&self) {
+        self.inner
+            .dials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget_failures();
+    }
+
     /// Dials in flight now (at most [`Limits::max_dials_in_flight`]).
     pub fn dials_in_flight(&self) -> usize {
         self.inner

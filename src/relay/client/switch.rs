@@ -25,6 +25,9 @@ impl Relays {
         // The socket's NAT-like filter stays off: the network already keeps dials out, and
         // the dial-backs that find the node reachable again must get through.
         self.private.store(true, Ordering::SeqCst);
+        if let Some(transport) = self.transport.get() {
+            transport.forget_failed_dials();
+        }
         *lock(&self.advertised_addr) = Some(synthetic_addr(self.me));
         info!("turning private: homing on relays");
         self.start_homing();
@@ -52,6 +55,10 @@ impl Relays {
         let Some(transport) = self.transport.get().cloned() else {
             return;
         };
+        // The dials that failed while the node was private (a firewall in front of it, for
+        // one) would hold the re-dials below back for their back-off, and each would fall
+        // back to the relayed link it is meant to replace.
+        transport.forget_failed_dials();
         let relayed: Vec<(NodeId, SocketAddr)> = {
             let claimed = lock(&self.claimed);
             transport
