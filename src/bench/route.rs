@@ -8,6 +8,11 @@
 //!   Its connection is made before the cluster is built, and its samples are taken one by one
 //!   interleaved with the Wendy 1-hop samples (alternating which goes first), so both sides see
 //!   the same machine load and the same process (100 idle nodes beside them).
+//!   One-way is also taken *detached*, the way the Wendy side is timed: the sending task returns
+//!   once its stream is finished (as [`Node::route`] returns once the message is handed to
+//!   QUIC), and the bench's own thread, woken by that task's end while the message is in
+//!   flight, waits for the arrival. The plain one-way sample keeps its sending task waiting for
+//!   the arrival, so nothing else runs during its flight.
 //! - **Wendy 1 hop**: in a settled cluster, a node routes a 200-byte message to the key equal to
 //!   its clockwise neighbour's id (a leaf, so one hop), timed from [`Node::route`] (called on a
 //!   runtime worker, where the baseline is timed too) until the neighbour's application reads
@@ -93,6 +98,9 @@ pub struct RouteBenchReport {
     pub raw_quinn_request_response: Latency,
     /// Raw quinn one-way message on a uni stream.
     pub raw_quinn_one_way: Latency,
+    /// Raw quinn one-way message timed as the Wendy 1-hop sample is: the sending task returns
+    /// once the stream is finished, and the bench's thread waits for the arrival.
+    pub raw_quinn_one_way_detached: Latency,
     /// Wendy routed message to a leaf (1 hop), route call to delivery.
     pub one_hop: Latency,
     /// Wendy 1-hop request and direct answer, route call to the answer's arrival.
@@ -105,6 +113,8 @@ pub struct RouteBenchReport {
     pub one_hop_p50_ratio: f64,
     /// `one_hop.p50 / raw_quinn_one_way.p50`.
     pub one_hop_one_way_p50_ratio: f64,
+    /// `one_hop.p50 / raw_quinn_one_way_detached.p50`.
+    pub one_hop_one_way_detached_p50_ratio: f64,
     /// `one_hop_request_response.p50 / raw_quinn_request_response.p50`.
     pub one_hop_request_response_p50_ratio: f64,
     /// Routed messages delivered per second per node, all nodes routing at once.
@@ -163,7 +173,7 @@ pub async fn run(
 
     progress("route: 1 hop, interleaved with raw quinn");
     let (mut one_hop, mut one_hop_rr) = (Vec::new(), Vec::new());
-    let (mut raw_rr, mut raw_one_way) = (Vec::new(), Vec::new());
+    let (mut raw_rr, mut raw_one_way, mut raw_detached) = (Vec::new(), Vec::new(), Vec::new());
     let index: HashMap<NodeId, usize> = cluster
         .ids()
         .into_iter()
@@ -217,11 +227,14 @@ pub async fn run(
                 sample
             }
         };
+        // Last in the round, so the samples above keep their order.
+        let detached = raw.one_way_detached().await?;
         if round >= warmup {
             one_hop.push(ms(delivered - started));
             one_hop_rr.push(ms(answered - started));
             raw_rr.push(ms(rr));
             raw_one_way.push(ms(one_way));
+            raw_detached.push(ms(detached));
         }
     }
     raw.close();
@@ -270,12 +283,14 @@ pub async fn run(
     let one_hop_rr = Latency::of(&mut one_hop_rr);
     let raw_rr = Latency::of(&mut raw_rr);
     let raw_one_way = Latency::of(&mut raw_one_way);
+    let raw_detached = Latency::of(&mut raw_detached);
     let ratio = |a: f64, b: f64| a / b.max(1e-9);
     Ok(RouteBenchReport {
         nodes,
         size: config.size,
         raw_quinn_request_response: raw_rr,
         raw_quinn_one_way: raw_one_way,
+        raw_quinn_one_way_detached: raw_detached,
         one_hop,
         one_hop_request_response: one_hop_rr,
         three_hop: Latency::of(&mut three_or_more),
@@ -285,6 +300,7 @@ pub async fn run(
             .collect(),
         one_hop_p50_ratio: ratio(one_hop.p50_ms, raw_rr.p50_ms),
         one_hop_one_way_p50_ratio: ratio(one_hop.p50_ms, raw_one_way.p50_ms),
+        one_hop_one_way_detached_p50_ratio: ratio(one_hop.p50_ms, raw_detached.p50_ms),
         one_hop_request_response_p50_ratio: ratio(one_hop_rr.p50_ms, raw_rr.p50_ms),
         routed_msgs_per_s_per_node: throughput / nodes as f64,
         routed_msgs_per_s: throughput,
@@ -589,6 +605,32 @@ impl RawQuinn {
             .await
             .map_err(|_| BenchError::Quinn("request timed out".into()))??;
         Ok(answered - started)
+    }
+
+    /// One message on a fresh uni stream sent by a runtime worker's task that returns once the
+    /// stream is finished, as [`timed_route`]'s does; this (the bench's) thread waits for the
+    /// arrival. Returns how long until the server had read it.
+    async fn one_way_detached(&mut self) -> Result<Duration, BenchError> {
+        let conn = self.conn.clone();
+        let request = self.request.clone();
+        let sent = tokio::spawn(async move {
+            let sent = Instant::now();
+            let mut stream = conn.open_uni().await.map_err(|e| quinn_error(&e))?;
+            stream
+                .write_chunk(request)
+                .await
+                .map_err(|e| quinn_error(&e))?;
+            stream.finish().map_err(|e| quinn_error(&e))?;
+            Ok::<_, BenchError>(sent)
+        })
+        .await
+        .map_err(|e| BenchError::Incomplete(format!("the baseline task failed: {e}")))??;
+        let arrival = tokio::time::timeout(MESSAGE_TIMEOUT, self.arrived.recv())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| BenchError::Quinn("one-way message lost".into()))?;
+        Ok(arrival - sent)
     }
 
     /// One message on a fresh uni stream: returns how long until the server had read it.
