@@ -16,7 +16,7 @@
 //! - **Over relays, nothing.** A peer whose link to this node runs through a relay sees it at
 //!   a synthetic address, which says nothing of its network: a dial-back there from a fresh
 //!   socket cannot arrive, so its "unreachable" would be wrong for a public node. Such peers
-//!   are not asked ([`askable`]), a request that comes in over a relay is refused, and a
+//!   are not asked (`askable`), a request that comes in over a relay is refused, and a
 //!   synthetic address is never believed as an observed one.
 //! - **Bounds.** Every request is rate-limited per requester (observe, check and dial-back each
 //!   with their own budget, refused with [`ErrorCode::Refused`] past it); checks relayed and
