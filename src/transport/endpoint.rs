@@ -25,7 +25,7 @@ use self::serve::UniCredit;
 use super::budget::Budget;
 use super::dials::Dials;
 use super::pool::Pool;
-use super::stream::{write_header, RawStream};
+use super::stream::{write_header, LinkGuard, RawStream};
 use super::tls::TlsContext;
 use super::{
     BindError, CloseCode, ConfigError, ConnectError, Inbox, Limits, LinkInfo, LinkLostReason,
@@ -297,15 +297,7 @@ impl Transport {
     ///
     /// Returns once the frame is handed to QUIC (delivery is reliable while the link lives).
     pub async fn send(&self, peer: NodeId, addr: SocketAddr, body: &Body) -> Result<(), SendError> {
-        let frame = wire::encode_bounded(body, self.inner.limits.max_message_size)
-            .map_err(SendError::Encode)?;
-        let (_guard, mut stream) = self
-            .inner
-            .open(peer, addr, |conn| async move { conn.open_uni().await })
-            .await?;
-        stream.write_chunk(frame).await.map_err(StreamError::from)?;
-        stream.finish().map_err(StreamError::from)?;
-        Ok(())
+        self.write_finished(peer, addr, body).await.map(drop)
     }
 
     /// Like [`Self::send`], but returns only once the peer has acknowledged every byte of the
@@ -317,18 +309,30 @@ impl Transport {
         addr: SocketAddr,
         body: &Body,
     ) -> Result<(), SendError> {
+        let (_guard, stream) = self.write_finished(peer, addr, body).await?;
+        match stream.stopped().await.map_err(StreamError::from)? {
+            None => Ok(()),
+            Some(code) => Err(StreamError::refused(code).into()),
+        }
+    }
+
+    /// Writes `body` on a fresh uni stream to `peer` (dialling `addr` if there is no link) and
+    /// finishes it; the stream comes back with the guard that keeps the pool from evicting its link.
+    async fn write_finished(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        body: &Body,
+    ) -> Result<(LinkGuard, quinn::SendStream), SendError> {
         let frame = wire::encode_bounded(body, self.inner.limits.max_message_size)
             .map_err(SendError::Encode)?;
-        let (_guard, mut stream) = self
+        let (guard, mut stream) = self
             .inner
             .open(peer, addr, |conn| async move { conn.open_uni().await })
             .await?;
         stream.write_chunk(frame).await.map_err(StreamError::from)?;
         stream.finish().map_err(StreamError::from)?;
-        match stream.stopped().await.map_err(StreamError::from)? {
-            None => Ok(()),
-            Some(code) => Err(StreamError::refused(code).into()),
-        }
+        Ok((guard, stream))
     }
 
     /// Sends a request to `peer` on a bi stream and waits for its answer (at most
