@@ -611,43 +611,26 @@ impl RawQuinn {
     /// stream is finished, as [`timed_route`]'s does; this (the bench's) thread waits for the
     /// arrival. Returns how long until the server had read it.
     async fn one_way_detached(&mut self) -> Result<Duration, BenchError> {
-        let conn = self.conn.clone();
-        let request = self.request.clone();
-        let sent = tokio::spawn(async move {
-            let sent = Instant::now();
-            let mut stream = conn.open_uni().await.map_err(|e| quinn_error(&e))?;
-            stream
-                .write_chunk(request)
-                .await
-                .map_err(|e| quinn_error(&e))?;
-            stream.finish().map_err(|e| quinn_error(&e))?;
-            Ok::<_, BenchError>(sent)
-        })
-        .await
-        .map_err(|e| BenchError::Incomplete(format!("the baseline task failed: {e}")))??;
-        let arrival = tokio::time::timeout(MESSAGE_TIMEOUT, self.arrived.recv())
+        let (conn, request) = (self.conn.clone(), self.request.clone());
+        let sent = tokio::spawn(async move { send_one(&conn, request).await })
             .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| BenchError::Quinn("one-way message lost".into()))?;
-        Ok(arrival - sent)
+            .map_err(|e| BenchError::Incomplete(format!("the baseline task failed: {e}")))??;
+        Ok(self.arrival().await? - sent)
     }
 
     /// One message on a fresh uni stream: returns how long until the server had read it.
     async fn one_way(&mut self) -> Result<Duration, BenchError> {
-        let sent = Instant::now();
-        let mut stream = self.conn.open_uni().await.map_err(|e| quinn_error(&e))?;
-        stream
-            .write_chunk(self.request.clone())
-            .await
-            .map_err(|e| quinn_error(&e))?;
-        stream.finish().map_err(|e| quinn_error(&e))?;
-        let arrival = tokio::time::timeout(MESSAGE_TIMEOUT, self.arrived.recv())
+        let sent = send_one(&self.conn, self.request.clone()).await?;
+        Ok(self.arrival().await? - sent)
+    }
+
+    /// When the server read the next one-way message.
+    async fn arrival(&mut self) -> Result<Instant, BenchError> {
+        tokio::time::timeout(MESSAGE_TIMEOUT, self.arrived.recv())
             .await
             .ok()
             .flatten()
-            .ok_or_else(|| BenchError::Quinn("one-way message lost".into()))?;
-        Ok(arrival - sent)
+            .ok_or_else(|| BenchError::Quinn("one-way message lost".into()))
     }
 
     fn close(self) {
@@ -656,4 +639,16 @@ impl RawQuinn {
         self.server.close(0u32.into(), b"done");
         self.accept.abort();
     }
+}
+
+/// Sends `request` on a fresh uni stream of `conn` and finishes it; returns when it started.
+async fn send_one(conn: &quinn::Connection, request: bytes::Bytes) -> Result<Instant, BenchError> {
+    let sent = Instant::now();
+    let mut stream = conn.open_uni().await.map_err(|e| quinn_error(&e))?;
+    stream
+        .write_chunk(request)
+        .await
+        .map_err(|e| quinn_error(&e))?;
+    stream.finish().map_err(|e| quinn_error(&e))?;
+    Ok(sent)
 }
