@@ -20,6 +20,7 @@ const FIELDS: [(&str, &[&str]); 7] = [
             "one_hop_one_way_p50_ratio",
             "one_hop_one_way_detached_p50_ratio",
             "one_hop_request_response_p50_ratio",
+            "routed_hops_vs_raw_mesh",
         ],
     ),
     ("join", &["join_ms_p50_n32", "join_ms_p50_n100"]),
@@ -79,6 +80,13 @@ fn bench_all_quick_json_reports_every_suite_with_finite_figures() {
         );
     }
     assert_eq!(report["route"]["one_hop"]["samples"], 100);
+    for field in ["msgs_per_s", "with_receipt_msgs_per_s"] {
+        let rate = report["route"]["raw_quinn_mesh"][field].as_f64();
+        assert!(
+            rate.is_some_and(|r| r > 0.0),
+            "route.raw_quinn_mesh.{field}: {rate:?}"
+        );
+    }
     assert!(report["sim"]["delivered_correct"].as_u64().unwrap() > 0);
     assert_eq!(
         report["regions"]["delivered_at_root"],

@@ -20,6 +20,7 @@ pub mod idle;
 pub mod join;
 pub mod link;
 pub mod memory;
+pub mod mesh;
 pub mod regions;
 pub mod route;
 pub mod sim;

@@ -26,6 +26,9 @@
 //!   hops or more).
 //! - **Throughput**: every node routes to random keys at once (a window of messages in flight),
 //!   delivered messages per second divided by the node count.
+//! - **Raw mesh** ([`super::mesh`]): before the cluster is built, raw quinn's rate over as many
+//!   endpoints with the throughput phase's window, one-way and with a receipt per message: the
+//!   ceiling of the routed rate for any design with a stream per message.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -35,6 +38,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::mesh::RawMeshThroughput;
 use super::{ms, payload, BenchError, Latency, Progress};
 use crate::id::{Key, NodeId};
 use crate::identity::{Identity, Validity};
@@ -127,6 +131,12 @@ pub struct RouteBenchReport {
     pub cpu_ms_per_routed_msg: Option<f64>,
     /// What authenticating origins costs (every node of the run signs and checks them).
     pub auth: AuthCost,
+    /// Raw quinn's throughput over a mesh of as many endpoints, in the same process before the
+    /// cluster is built: the ceiling of `routed_msgs_per_s` for a stream per message.
+    pub raw_quinn_mesh: RawMeshThroughput,
+    /// `routed_msgs_per_s * mean hops / raw_quinn_mesh.with_receipt_msgs_per_s`: the share of
+    /// the raw mesh's hop rate (each hop with its receipt) the routed messages' hops reached.
+    pub routed_hops_vs_raw_mesh: f64,
 }
 
 /// The cost of origin authentication on this machine, measured in the same process before the
@@ -147,6 +157,10 @@ pub struct AuthCost {
     pub checks_per_routed_msg: f64,
 }
 
+/// Mixed into the seed for the raw mesh's choice of links, so the cluster's draws stay as
+/// they were.
+const MESH_SEED: u64 = 0x6d65_7368;
+
 /// How long any single message may take before the run is declared broken (a hang guard).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -162,6 +176,16 @@ pub async fn run(
     }
     progress("route: signature costs");
     let mut auth = auth_cost(config.size);
+    progress("route: raw quinn mesh throughput");
+    let mut mesh_rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ MESH_SEED);
+    let raw_quinn_mesh = super::mesh::measure(
+        config.nodes,
+        config.throughput_messages,
+        config.window,
+        config.size,
+        &mut mesh_rng,
+    )
+    .await?;
     // The baseline's connection is up before the cluster, so both share the process from here.
     let mut raw = RawQuinn::start(config.size).await?;
     let mut cluster = super::cluster(config.seed);
@@ -275,6 +299,12 @@ pub async fn run(
         )
     });
     auth.checks_per_routed_msg = checks as f64 / routed.max(1) as f64;
+    // The random-key phase's keys are drawn as the throughput phase's are.
+    let mean_hops = by_hops
+        .iter()
+        .map(|(hops, v)| f64::from(*hops) * v.len() as f64)
+        .sum::<f64>()
+        / routed.max(1) as f64;
     let mut three_or_more: Vec<f64> = by_hops
         .range(3..)
         .flat_map(|(_, samples)| samples.iter().copied())
@@ -306,6 +336,9 @@ pub async fn run(
         routed_msgs_per_s: throughput,
         cpu_ms_per_routed_msg,
         auth,
+        routed_hops_vs_raw_mesh: throughput * mean_hops
+            / raw_quinn_mesh.with_receipt_msgs_per_s.max(1e-9),
+        raw_quinn_mesh,
     })
 }
 
@@ -486,7 +519,7 @@ async fn throughput(
     Ok(total as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-fn transport_config() -> Result<TransportConfig, BenchError> {
+pub(super) fn transport_config() -> Result<TransportConfig, BenchError> {
     let identity = Identity::generate();
     let certificate = identity.self_signed_certificate(Validity::days_from_now(1))?;
     let mut config = TransportConfig::new(
@@ -511,7 +544,7 @@ struct RawQuinn {
     max: usize,
 }
 
-fn quinn_error(error: &dyn std::fmt::Display) -> BenchError {
+pub(super) fn quinn_error(error: &dyn std::fmt::Display) -> BenchError {
     BenchError::Quinn(error.to_string())
 }
 

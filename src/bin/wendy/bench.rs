@@ -458,6 +458,23 @@ fn print_suite(suite: &str, r: &Value) {
             if let Some(cpu) = r["cpu_ms_per_routed_msg"].as_f64() {
                 println!("  process CPU per routed message: {cpu:.3} ms");
             }
+            let mesh = &r["raw_quinn_mesh"];
+            let cpu = |key: &str| {
+                mesh[key]
+                    .as_f64()
+                    .map_or_else(|| "-".to_string(), |cpu| format!("{cpu:.3}"))
+            };
+            println!(
+                "  raw quinn mesh ({} endpoints, {} links): {:.0} msgs/s one-way ({} ms CPU each), \
+                 {:.0} with a receipt each ({} ms CPU); routed hops reached {:.3} of it",
+                mesh["endpoints"],
+                mesh["links"],
+                num(mesh, &["msgs_per_s"]),
+                cpu("cpu_ms_per_msg"),
+                num(mesh, &["with_receipt_msgs_per_s"]),
+                cpu("with_receipt_cpu_ms_per_msg"),
+                num(r, &["routed_hops_vs_raw_mesh"])
+            );
             println!(
                 "  origin authentication, us: sign {:.1}, check {:.1} (new origin {:.1}), \
                  digest {:.2}; {:.2} checks per routed message",
