@@ -38,20 +38,20 @@ pub use cluster::{
     leaf_mismatches, seq_of, settle, Cluster, ClusterError, LeafMismatch, Observed, Via,
 };
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::ReadBuf;
-use tokio::sync::mpsc;
 
 /// Which region each address is in, and the round-trip time between every pair of regions.
 ///
@@ -160,14 +160,15 @@ pub struct DelaySocket {
     map: RegionMap,
     silenced: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
-    /// One delay line per destination region: the delay to a region is constant, so each line
-    /// is FIFO (datagrams keep their order, like on a real path) and one task serves it.
-    lines: Vec<mpsc::UnboundedSender<Delayed>>,
+    /// The delay lines' thread (see [`Self::serve_lines`]).
+    lines: mpsc::Sender<Delayed>,
 }
 
 /// A datagram waiting in a delay line.
 struct Delayed {
-    due: tokio::time::Instant,
+    due: Instant,
+    /// The destination's region: its delay line.
+    line: usize,
     destination: SocketAddr,
     contents: Vec<u8>,
 }
@@ -189,24 +190,21 @@ impl DelaySocket {
     pub fn bind(addr: SocketAddr, map: &RegionMap, region: usize) -> io::Result<Arc<Self>> {
         let std_socket = std::net::UdpSocket::bind(addr)?;
         std_socket.set_nonblocking(true)?;
+        let sender = std_socket.try_clone()?;
         let io = tokio::net::UdpSocket::from_std(std_socket)?;
         let local_addr = io.local_addr()?;
         map.assign(local_addr, region);
         let io = Arc::new(io);
         let silenced = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
-        let lines = (0..map.region_count())
-            .map(|_| {
-                let (line, queue) = mpsc::unbounded_channel();
-                tokio::spawn(Self::serve_line(
-                    queue,
-                    io.clone(),
-                    silenced.clone(),
-                    dropped.clone(),
-                ));
-                line
-            })
-            .collect();
+        let (lines, queue) = mpsc::channel();
+        let (line_count, line_silenced, line_dropped) =
+            (map.region_count(), silenced.clone(), dropped.clone());
+        std::thread::Builder::new()
+            .name("delay-lines".into())
+            .spawn(move || {
+                Self::serve_lines(queue, line_count, &sender, &line_silenced, &line_dropped);
+            })?;
         Ok(Arc::new(Self {
             io,
             local_addr,
@@ -218,21 +216,57 @@ impl DelaySocket {
         }))
     }
 
-    /// Sends each datagram of one delay line when it is due; ends with the socket.
-    async fn serve_line(
-        mut queue: mpsc::UnboundedReceiver<Delayed>,
-        io: Arc<tokio::net::UdpSocket>,
-        silenced: Arc<AtomicBool>,
-        dropped: Arc<AtomicU64>,
+    /// Sends each delayed datagram when it is due; ends with the socket.
+    ///
+    /// One delay line per destination region: the delay to a region is constant, so each line
+    /// is FIFO (datagrams keep their order, like on a real path). One thread serves the lines
+    /// of a socket and waits on its queue with a timeout until the earliest is due: a thread's
+    /// timed wait wakes within tens of microseconds, where a tokio timer fires on the next
+    /// millisecond tick (up to a whole millisecond late, added to every emulated hop).
+    fn serve_lines(
+        queue: mpsc::Receiver<Delayed>,
+        line_count: usize,
+        io: &std::net::UdpSocket,
+        silenced: &AtomicBool,
+        dropped: &AtomicU64,
     ) {
-        while let Some(datagram) = queue.recv().await {
-            tokio::time::sleep_until(datagram.due).await;
-            if silenced.load(Ordering::SeqCst) {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
+        let mut lines: Vec<VecDeque<Delayed>> = (0..line_count).map(|_| VecDeque::new()).collect();
+        loop {
+            let earliest = lines
+                .iter()
+                .enumerate()
+                .filter_map(|(i, line)| line.front().map(|d| (d.due, i)))
+                .min();
+            let received = match earliest {
+                Some((due, i)) => {
+                    let now = Instant::now();
+                    if due <= now {
+                        if let Some(datagram) = lines[i].pop_front() {
+                            if silenced.load(Ordering::SeqCst) {
+                                dropped.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                // Like a real network, a datagram that cannot be sent (a full
+                                // buffer) is simply lost.
+                                let _ = io.send_to(&datagram.contents, datagram.destination);
+                            }
+                        }
+                        continue;
+                    }
+                    queue.recv_timeout(due - now)
+                }
+                None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(datagram) => match lines.get_mut(datagram.line) {
+                    Some(line) => line.push_back(datagram),
+                    None => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Err(RecvTimeoutError::Timeout) => {}
+                // The socket is gone: so is its host.
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            // Like a real network, a datagram that cannot be sent is simply lost.
-            let _ = io.send_to(&datagram.contents, datagram.destination).await;
         }
     }
 
@@ -294,17 +328,18 @@ impl AsyncUdpSocket for DelaySocket {
                 .try_send_to(transmit.contents, destination)
                 .map(drop);
         }
-        let line = self
-            .map
-            .region_of(destination)
-            .and_then(|region| self.lines.get(region));
+        // A delay is only non-zero for a destination in the map, so its region is known.
+        let Some(line) = self.map.region_of(destination) else {
+            self.drop_one();
+            return Ok(());
+        };
         let datagram = Delayed {
-            due: tokio::time::Instant::now() + delay,
+            due: Instant::now() + delay,
+            line,
             destination,
             contents: transmit.contents.to_vec(),
         };
-        // A delay is only non-zero for a destination in the map, so its line exists.
-        if !line.is_some_and(|line| line.send(datagram).is_ok()) {
+        if self.lines.send(datagram).is_err() {
             self.drop_one();
         }
         Ok(())
@@ -376,5 +411,40 @@ mod tests {
         map.assign(b, 1);
         assert_eq!(map.rtt_between(a, b), ms(30));
         assert_eq!(map.rtt_between(a, c), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn datagrams_arrive_no_sooner_than_their_delay_and_in_order() {
+        let ms = Duration::from_millis;
+        let map = RegionMap::new(vec![vec![ms(1), ms(30)], vec![ms(30), ms(1)]]);
+        let socket = DelaySocket::bind("127.0.0.1:0".parse().unwrap(), &map, 0).unwrap();
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A hang guard: a lost datagram fails the test instead of blocking it.
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let to = receiver.local_addr().unwrap();
+        map.assign(to, 1);
+        let sent = Instant::now();
+        for n in 0..3u8 {
+            let contents = [n];
+            let transmit = Transmit {
+                destination: to,
+                ecn: None,
+                contents: &contents,
+                segment_size: None,
+                src_ip: None,
+            };
+            socket.try_send(&transmit).unwrap();
+        }
+        let mut buf = [0u8; 8];
+        for n in 0..3u8 {
+            let (len, _) = receiver.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..len], &[n]);
+            assert!(
+                sent.elapsed() >= ms(15),
+                "released before its one-way delay"
+            );
+        }
     }
 }

@@ -36,8 +36,11 @@ pub use codes::{ErrorCode, PayloadKind};
 /// serve, and private nodes advertised at synthetic addresses an older build cannot dial, see
 /// [`crate::relay`]; 5: the control messages a node sends one peer at once share a frame,
 /// [`Body::PastryBatch`], which an older build would drop, losing acknowledgements; 6: probes
-/// and their replies carry failure claims, [`crate::pastry::FailureClaim`]).
-pub const VERSION: u8 = 6;
+/// and their replies carry failure claims, [`crate::pastry::FailureClaim`]; 7: a root without a
+/// link to a message's origin passes its answer back along the route,
+/// [`crate::pastry::Message::RootAnswerRelay`], which an older hop would drop as an unknown
+/// message and an older origin could not use).
+pub const VERSION: u8 = 7;
 
 /// Most messages one [`Body::PastryBatch`] frame may carry; a frame with more is malformed.
 pub const MAX_PASTRY_BATCH: usize = 64;

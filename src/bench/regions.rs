@@ -24,6 +24,15 @@
 //!   each route the suite notes which pairs of nodes have a pooled link (a lookup, no
 //!   message): a route with a hop between two nodes without one paid a QUIC handshake first
 //!   (`first_contact_routes`), and `ratio_of_means_over_links` leaves those routes out.
+//! - **Measured direct baseline**: right after each route, when its origin already holds a
+//!   link to the root, the origin sends the root a plain direct message over the same nodes
+//!   and sockets, timed exactly like the route (the send call until the root's application
+//!   reads it). Only over an existing link, because a new link would change the routes that
+//!   follow (a root answers, and a route cache sends, only over links). After the last round,
+//!   a pair still without a sample gets an untimed direct message first (its handshake) and
+//!   then a timed one (`measured_direct_warmed_pairs`). Each pair's baseline is the median of
+//!   its samples, and `..._vs_measured_direct` divides by it: direct and routed messages pay
+//!   the same per-message cost of this process, so the ratio is the overlay's alone.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -137,6 +146,17 @@ pub struct Stretch {
     /// Routes whose recorded hops do not chain from origin to root (a hop re-routed after a
     /// missing ack, which the forward hook does not see): their path figures are left out.
     pub incomplete_paths: usize,
+    /// Mean of the routes' measured direct baselines (their pair's median direct message,
+    /// end to end), ms.
+    pub measured_direct_mean_ms: f64,
+    /// Mean measured latency over `measured_direct_mean_ms`.
+    pub ratio_of_means_vs_measured_direct: f64,
+    /// Mean of the per-route ratios against the pair's measured direct baseline.
+    pub mean_vs_measured_direct: f64,
+    /// Median of the per-route ratios against the pair's measured direct baseline.
+    pub median_vs_measured_direct: f64,
+    /// 95th percentile of the per-route ratios against the pair's measured direct baseline.
+    pub p95_vs_measured_direct: f64,
 }
 
 /// The regions benchmark's result.
@@ -178,10 +198,26 @@ pub struct RegionsBenchReport {
     pub routes: usize,
     /// Routes delivered at the key's true root (the closest live id), exactly once.
     pub delivered_at_root: usize,
+    /// What the measured direct baseline (`..._vs_measured_direct`) is.
+    pub measured_direct_is: String,
+    /// Timed direct messages behind the measured direct baselines.
+    pub measured_direct_samples: usize,
+    /// Pairs whose only sample was taken after the routes, behind an untimed first message
+    /// (the pair had no link during any round).
+    pub measured_direct_warmed_pairs: usize,
+    /// Median of (measured direct message - emulated one-way) over the pairs' samples, ms:
+    /// this process's cost per one-way message, on the routes' own pairs.
+    pub measured_direct_floor_ms: f64,
     /// Messages sent straight to a cached root (all nodes, status counters).
     pub route_cache_hits: u64,
     /// Of those, the ones another node answered for.
     pub route_cache_stale: u64,
+    /// Own messages whose cached root had no link, sent through the routing table instead.
+    pub route_cache_unlinked: u64,
+    /// Links asked for to such roots, in the background (all nodes).
+    pub route_cache_links_requested: u64,
+    /// Roots' answers sent back along the route, the root holding no link to the origin.
+    pub root_answers_relayed: u64,
 }
 
 /// How long any single message may take before the run is declared broken (a hang guard).
@@ -199,6 +235,8 @@ struct Sample {
     hops: u8,
     /// Whether a recorded hop had no link when the route was sent.
     first_contact: bool,
+    /// The route's (origin, root) pair: an index into the suite's pairs.
+    pair: usize,
 }
 
 /// Runs the benchmark (needs a multi-threaded tokio runtime).
@@ -316,6 +354,9 @@ pub async fn run(
     let mut delivered_at_root = 0;
     let mut first = Vec::new();
     let mut repeat = Vec::new();
+    // Timed direct messages, per pair, and their excess over the emulated one-way delay.
+    let mut direct: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
+    let mut direct_excess = Vec::new();
     for round in 0..=config.repeats {
         progress(&format!(
             "regions: {} routes ({})",
@@ -326,7 +367,7 @@ pub async fn run(
                 format!("repeat {round} of {}", config.repeats)
             }
         ));
-        for &(key, origin, root) in &pairs {
+        for (pair, &(key, origin, root)) in pairs.iter().enumerate() {
             seq += 1;
             routes += 1;
             let node = cluster.nodes[origin].clone();
@@ -358,11 +399,20 @@ pub async fn run(
                 first_contact: recorded
                     .iter()
                     .any(|&(a, b)| !linked.contains(&(a, b)) && !linked.contains(&(b, a))),
+                pair,
             };
             if round == 0 {
                 first.push(sample);
             } else {
                 repeat.push(sample);
+            }
+            // The pair's measured direct baseline, interleaved with the routes: only over a
+            // link the origin holds already (a new one would change the routes that follow).
+            if node.rtt(root).is_some() {
+                seq += 1;
+                let ms_taken = timed_direct(&mut cluster, &node, root, seq, config.size).await?;
+                direct[pair].push(ms_taken);
+                direct_excess.push(ms_taken - one_way_ms(node.id(), root));
             }
         }
         // Let the last roots' answers (which fill the route cache) arrive before the next
@@ -370,11 +420,35 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Pairs never linked during the rounds: a first message for the handshake, then the
+    // timed one.
+    let mut measured_direct_warmed_pairs = 0;
+    for (pair, &(_, origin, root)) in pairs.iter().enumerate() {
+        if !direct[pair].is_empty() {
+            continue;
+        }
+        measured_direct_warmed_pairs += 1;
+        let node = cluster.nodes[origin].clone();
+        seq += 1;
+        timed_direct(&mut cluster, &node, root, seq, config.size).await?;
+        seq += 1;
+        let ms_taken = timed_direct(&mut cluster, &node, root, seq, config.size).await?;
+        direct[pair].push(ms_taken);
+        direct_excess.push(ms_taken - one_way_ms(node.id(), root));
+    }
+    let measured_direct_samples = direct.iter().map(Vec::len).sum();
+    let measured: Vec<f64> = direct.iter_mut().map(|d| super::median(d)).collect();
+
     let (mut route_cache_hits, mut route_cache_stale) = (0, 0);
+    let (mut route_cache_unlinked, mut route_cache_links_requested, mut root_answers_relayed) =
+        (0, 0, 0);
     for node in &cluster.nodes {
         let status = node.status().await?;
         route_cache_hits += status.route_cache_hits;
         route_cache_stale += status.route_cache_stale;
+        route_cache_unlinked += status.route_cache_unlinked;
+        route_cache_links_requested += status.route_cache_links_requested;
+        root_answers_relayed += status.root_answers_relayed;
     }
     let nodes = cluster.nodes.len();
     cluster.shutdown().await;
@@ -397,12 +471,22 @@ pub async fn run(
         table_entries_same_region: same_region,
         loopback_floor_ms,
         loopback_floor_samples,
-        stretch_first: stretch(&first, loopback_floor_ms),
-        stretch_repeat: stretch(&repeat, loopback_floor_ms),
+        stretch_first: stretch(&first, loopback_floor_ms, &measured),
+        stretch_repeat: stretch(&repeat, loopback_floor_ms, &measured),
+        measured_direct_is: "per (origin, root) pair, the median of plain direct messages from \
+                             the origin to the root over the same nodes and sockets, timed like \
+                             a route (send call to the root application's read)"
+            .into(),
+        measured_direct_samples,
+        measured_direct_warmed_pairs,
+        measured_direct_floor_ms: super::median(&mut direct_excess),
         routes,
         delivered_at_root,
         route_cache_hits,
         route_cache_stale,
+        route_cache_unlinked,
+        route_cache_links_requested,
+        root_answers_relayed,
     })
 }
 
@@ -441,7 +525,8 @@ async fn settle_tables(
     }
 }
 
-fn stretch(samples: &[Sample], floor_ms: f64) -> Stretch {
+/// `measured`: each pair's measured direct baseline, ms.
+fn stretch(samples: &[Sample], floor_ms: f64, measured: &[f64]) -> Stretch {
     if samples.is_empty() {
         return Stretch::default();
     }
@@ -476,6 +561,13 @@ fn stretch(samples: &[Sample], floor_ms: f64) -> Stretch {
         .map(|s| s.latency_ms - path_of(s))
         .collect();
     contact_excess.sort_by(f64::total_cmp);
+    let measured_of = |s: &Sample| measured.get(s.pair).copied().unwrap_or_default();
+    let measured_direct_mean_ms = mean(&measured_of);
+    let mut vs_measured: Vec<f64> = samples
+        .iter()
+        .map(|s| s.latency_ms / measured_of(s).max(1e-9))
+        .collect();
+    vs_measured.sort_by(f64::total_cmp);
     let mut by_hops = std::collections::BTreeMap::new();
     for s in samples {
         *by_hops.entry(s.hops).or_insert(0) += 1;
@@ -504,6 +596,11 @@ fn stretch(samples: &[Sample], floor_ms: f64) -> Stretch {
         ratio_of_means_over_links_with_floor: linked_latency
             / (linked_direct + floor_ms * linked.len() as f64).max(1e-9),
         incomplete_paths: samples.len() - pathed.len(),
+        measured_direct_mean_ms,
+        ratio_of_means_vs_measured_direct: latency_mean_ms / measured_direct_mean_ms.max(1e-9),
+        mean_vs_measured_direct: vs_measured.iter().sum::<f64>() / n,
+        median_vs_measured_direct: quantile(&vs_measured, 0.5),
+        p95_vs_measured_direct: quantile(&vs_measured, 0.95),
     }
 }
 
@@ -529,6 +626,20 @@ async fn timed(node: &Node, send: Send, payload: Vec<u8>) -> Result<Instant, Ben
     })
     .await
     .map_err(|e| BenchError::Incomplete(format!("the sending task failed: {e}")))?
+}
+
+/// Sends message `seq` from `node` straight to `to` and returns the time from the send call
+/// until `to`'s application read it, ms.
+async fn timed_direct(
+    cluster: &mut Cluster,
+    node: &Node,
+    to: NodeId,
+    seq: u64,
+    size: usize,
+) -> Result<f64, BenchError> {
+    let started = timed(node, Send::Direct(to), payload(seq, size)).await?;
+    let arrived = await_event(cluster, seq, false).await?.2;
+    Ok(ms(arrived - started))
 }
 
 /// Waits for message `seq` (a delivery if `routed`, else a direct message): where, in how
@@ -581,9 +692,25 @@ mod tests {
         assert!(report.stretch_first.max_hops >= 1);
         assert!(report.stretch_first.direct_mean_ms >= 0.5);
         assert!(report.loopback_floor_samples > 0);
+        // Every pair has a measured direct baseline, and a direct message is never faster
+        // than the emulated delay it crosses.
+        assert!(report.measured_direct_samples >= config.keys);
+        assert!(report.measured_direct_floor_ms > 0.0);
+        for s in [&report.stretch_first, &report.stretch_repeat] {
+            assert!(s.measured_direct_mean_ms >= s.direct_mean_ms);
+        }
         let json = serde_json::to_value(&report).unwrap();
         for kind in ["stretch_first", "stretch_repeat"] {
-            for field in ["mean", "median", "ratio_of_means", "p95", "mean_hops"] {
+            for field in [
+                "mean",
+                "median",
+                "ratio_of_means",
+                "p95",
+                "mean_hops",
+                "measured_direct_mean_ms",
+                "ratio_of_means_vs_measured_direct",
+                "median_vs_measured_direct",
+            ] {
                 let value = json[kind][field].as_f64();
                 assert!(
                     value.is_some_and(|v| v.is_finite() && v > 0.0),

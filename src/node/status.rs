@@ -102,6 +102,13 @@ pub struct Status {
     /// Own messages a cached root's member would have taken had this node held a link to it:
     /// they went through the routing table's links instead of opening one (a handshake).
     pub route_cache_unlinked: u64,
+    /// Links this node asked for to such members, in the background, so that later messages
+    /// go to them straight.
+    pub route_cache_links_requested: u64,
+    /// Roots' answers this node sent back along the route, holding no link to the origin.
+    pub root_answers_relayed: u64,
+    /// Relayed answers this node passed on towards their origin, as a hop of the route.
+    pub root_answer_relays: u64,
     /// Sparse routing-table rows' entries whose nearest neighbours this node holds, so that
     /// a route through one of them can skip its final hops (see [`crate::pastry`]'s hints).
     pub hints_held: usize,

@@ -176,6 +176,22 @@ pub enum Message {
         /// the message came straight from its origin.
         leaf_set: Vec<PeerInfo>,
     },
+    /// A [`Message::RootAnswer`] from a root that holds no link to the message's origin, passed
+    /// back along the message's route: each hop passes it to the node it received the message
+    /// from, and only for a message it forwarded lately to the relay's sender, once (see the
+    /// core's route cache). The origin checks it like a root's own answer.
+    RootAnswerRelay {
+        /// The delivered message's origin (the last receiver of the relay).
+        origin: NodeId,
+        /// The delivered message's id.
+        id: u64,
+        /// Its key.
+        key: Key,
+        /// The root that delivered it, as it names itself.
+        root: PeerInfo,
+        /// The root's leaf set (at most the leaf-set size, without the root).
+        leaf_set: Vec<PeerInfo>,
+    },
 }
 
 /// Most node ids a [`Message::Route`] carries in `avoid`.
@@ -212,11 +228,13 @@ pub enum MessageKind {
     ProofWanted,
     /// [`Message::RootAnswer`]
     RootAnswer,
+    /// [`Message::RootAnswerRelay`]
+    RootAnswerRelay,
 }
 
 impl MessageKind {
     /// Number of kinds.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every kind, in declaration order (`kind as usize` indexes this array).
     pub const ALL: [Self; Self::COUNT] = [
@@ -234,6 +252,7 @@ impl MessageKind {
         Self::Leave,
         Self::ProofWanted,
         Self::RootAnswer,
+        Self::RootAnswerRelay,
     ];
 
     /// A short lower-case name, for reports.
@@ -253,15 +272,21 @@ impl MessageKind {
             Self::Leave => "leave",
             Self::ProofWanted => "proof_wanted",
             Self::RootAnswer => "root_answer",
+            Self::RootAnswerRelay => "root_answer_relay",
         }
     }
 
     /// Whether this is overlay maintenance traffic, as opposed to carrying application
-    /// messages (`Route`, its per-hop `RouteAck`, `ProofWanted` and the root's `RootAnswer`).
+    /// messages (`Route`, its per-hop `RouteAck`, `ProofWanted` and the root's `RootAnswer`,
+    /// relayed or not).
     pub const fn is_control(self) -> bool {
         !matches!(
             self,
-            Self::Route | Self::RouteAck | Self::ProofWanted | Self::RootAnswer
+            Self::Route
+                | Self::RouteAck
+                | Self::ProofWanted
+                | Self::RootAnswer
+                | Self::RootAnswerRelay
         )
     }
 }
@@ -284,6 +309,7 @@ impl Message {
             Self::Leave { .. } => MessageKind::Leave,
             Self::ProofWanted { .. } => MessageKind::ProofWanted,
             Self::RootAnswer { .. } => MessageKind::RootAnswer,
+            Self::RootAnswerRelay { .. } => MessageKind::RootAnswerRelay,
         }
     }
 
@@ -459,6 +485,15 @@ pub(crate) mod strategy {
                     leaf_set,
                 }
             }),
+            (node_id(), any::<u64>(), any::<u128>(), peer_info(), peers()).prop_map(
+                |(origin, id, key, root, leaf_set)| Message::RootAnswerRelay {
+                    origin,
+                    id,
+                    key: Key::from_u128(key),
+                    root,
+                    leaf_set,
+                }
+            ),
         ]
     }
 }

@@ -19,16 +19,23 @@
 //! cache only to a member it is linked to: a first contact costs a handshake (about 0.7 ms of
 //! CPU on both ends together) that the message would wait for, so it takes the routing
 //! table's links instead, and the member is sent to directly once another exchange (a
-//! measurement, a liveness probe) has linked the two. For the same reason a root answers only
-//! an origin it holds a link to: an answer to any other would open a connection that no
-//! message needed (the origin reached the root through its links).
+//! measurement, a liveness probe) has linked the two. For the same reason a root answers
+//! directly only an origin it holds a link to; any other origin hears the answer back along
+//! the route ([`Message::RootAnswerRelay`]), each hop passing it over the link the message came
+//! by, so no connection is opened for it. A hop passes on a relay only for a message it
+//! forwarded lately ([`MAX_FORWARDED`]) to the relay's sender, and only once; the origin checks
+//! a relayed answer like a direct one, and in addition that it came from the node the origin
+//! sent the message to. An origin whose cached member it holds no link to asks the runtime to
+//! link to it in the background ([`Transmit::Measure`], at most once per [`LINK_RETRY`] per
+//! member), and sends to it straight once the link is up.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use crate::id::{Key, NodeId};
 
 use super::state::Pastry;
-use super::{Event, Message, PeerInfo, Time};
+use super::{Event, Message, PeerInfo, Time, Transmit};
 
 #[cfg(doc)]
 use super::Config;
@@ -40,6 +47,17 @@ pub(super) const MAX_SPAN_RATIO: u128 = 4;
 
 /// Most of this node's own messages awaiting their root's answer.
 const MAX_AWAITED: usize = 256;
+
+/// Most messages remembered as forwarded (own ones included), for passing their roots' relayed
+/// answers back: a relay comes back within about one round trip of the forward.
+pub(super) const MAX_FORWARDED: usize = 256;
+
+/// Most cached members this node asked the runtime to link to and still remembers.
+const MAX_LINKING: usize = 32;
+
+/// A cached member is asked for a link at most once in this long (the dial may fail, or the
+/// link may close again while idle).
+pub(super) const LINK_RETRY: Duration = Duration::from_secs(30);
 
 /// What the runtime knows of its links ([`Pastry::set_link_view`]).
 pub trait LinkView: Send + std::fmt::Debug {
@@ -91,11 +109,27 @@ pub(super) struct Awaited {
     via_cache: Option<NodeId>,
 }
 
+/// A message this node passed on (or sent, as origin), for passing its root's relayed answer
+/// back to where it came from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Forwarded {
+    origin: NodeId,
+    id: u64,
+    key: Key,
+    /// Where it came from (none at its origin).
+    prev: Option<PeerInfo>,
+    /// Where it went: the only node a relay for it is taken from.
+    next: NodeId,
+}
+
 /// The cache and the answers this node awaits.
 #[derive(Debug, Default)]
 pub(super) struct RouteCache {
     entries: Vec<CachedRoot>,
     awaited: VecDeque<Awaited>,
+    forwarded: VecDeque<Forwarded>,
+    /// Cached members this node asked a link to, and when.
+    linking: VecDeque<(NodeId, Time)>,
     tick: u64,
 }
 
@@ -114,6 +148,8 @@ impl RouteCache {
     pub(super) fn clear(&mut self) {
         self.entries.clear();
         self.awaited.clear();
+        self.forwarded.clear();
+        self.linking.clear();
     }
 }
 
@@ -146,12 +182,70 @@ impl Pastry {
             .is_some_and(|links| !links.is_linked(target.id))
         {
             self.stats.route_cache_unlinked += 1;
+            self.request_link(now, target);
             return None;
         }
         self.route_cache.tick += 1;
         self.route_cache.entries[index].used = self.route_cache.tick;
         self.stats.route_cache_hits += 1;
         Some(target)
+    }
+
+    /// Asks the runtime to link to cached member `target` in the background (a measurement
+    /// dials it), unless it was asked lately: the keys that follow then go to it straight.
+    fn request_link(&mut self, now: Time, target: PeerInfo) {
+        let linking = &mut self.route_cache.linking;
+        linking.retain(|(_, asked)| now - *asked < LINK_RETRY);
+        if linking.iter().any(|(id, _)| *id == target.id) {
+            return;
+        }
+        if linking.len() >= MAX_LINKING {
+            linking.pop_front();
+        }
+        linking.push_back((target.id, now));
+        self.stats.route_cache_links_requested += 1;
+        self.transmits.push_back(Transmit::Measure { peer: target });
+    }
+
+    /// The runtime could not link to (or lost its link to) `peer`: if the cache asked for the
+    /// link, the entries naming `peer` go (a member that cannot be dialled is no shortcut).
+    pub(super) fn cached_link_down(&mut self, peer: NodeId) {
+        let linking = &mut self.route_cache.linking;
+        let before = linking.len();
+        linking.retain(|(id, _)| *id != peer);
+        if linking.len() != before {
+            self.route_cache.forget(peer);
+        }
+    }
+
+    /// Remembers that message `(origin, id)` for `key`, which came from `prev`, goes to `next`,
+    /// so that its root's relayed answer can be passed back. Only with a link view: without
+    /// one every origin counts as linked, so every root answers it directly.
+    pub(super) fn note_forward(
+        &mut self,
+        origin: NodeId,
+        id: u64,
+        key: Key,
+        prev: Option<PeerInfo>,
+        next: NodeId,
+    ) {
+        if self.links.is_none() || self.config.route_cache_size == 0 {
+            return;
+        }
+        let forwarded = &mut self.route_cache.forwarded;
+        // A message routed again (a hop did not acknowledge it) went to another node: the
+        // relay comes from there.
+        forwarded.retain(|f| !(f.origin == origin && f.id == id));
+        if forwarded.len() >= MAX_FORWARDED {
+            forwarded.pop_front();
+        }
+        forwarded.push_back(Forwarded {
+            origin,
+            id,
+            key,
+            prev,
+            next,
+        });
     }
 
     /// Remembers that our message `id` for `key` left at `now` (through the cache to `via`),
@@ -191,18 +285,83 @@ impl Pastry {
         if origin.id == self.me.id || self.config.route_cache_size == 0 {
             return;
         }
-        if !self.is_linked(origin.id) {
-            // The answer would open a connection (a handshake on both ends) that the message
-            // itself did not need: the origin reached us through its links, and keeps doing so.
-            self.stats.root_answers_unlinked += 1;
-            return;
-        }
         let leaf_set = if prev.map_or(true, |p| p.id == origin.id) {
             Vec::new()
         } else {
             self.leaf_set.peers()
         };
+        if !self.is_linked(origin.id) {
+            // A direct answer would open a connection (a handshake on both ends) that the
+            // message itself did not need. The hop it came from holds a link to us (it just
+            // used it), and one to its own predecessor: the answer goes back that way.
+            self.stats.root_answers_unlinked += 1;
+            if let Some(prev) = prev.filter(|_| !leaf_set.is_empty()) {
+                self.stats.root_answers_relayed += 1;
+                let root = self.me;
+                self.send(
+                    prev,
+                    Message::RootAnswerRelay {
+                        origin: origin.id,
+                        id,
+                        key,
+                        root,
+                        leaf_set,
+                    },
+                );
+            }
+            return;
+        }
         self.send(origin, Message::RootAnswer { id, key, leaf_set });
+    }
+
+    /// A [`Message::RootAnswerRelay`] from `from`: passed on towards `origin` if this node
+    /// forwarded the message to `from` lately (once), taken as `root`'s answer if we are the
+    /// origin, ignored otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_root_answer_relay(
+        &mut self,
+        now: Time,
+        from: PeerInfo,
+        origin: NodeId,
+        id: u64,
+        key: Key,
+        root: PeerInfo,
+        leaf_set: Vec<PeerInfo>,
+    ) {
+        let forwarded = &mut self.route_cache.forwarded;
+        let Some(index) = forwarded
+            .iter()
+            .position(|f| f.origin == origin && f.id == id && f.key == key && f.next == from.id)
+        else {
+            // Not a message we sent that way, or relayed already: a forged or replayed relay
+            // goes no further.
+            self.stats.root_answer_relays_rejected += 1;
+            return;
+        };
+        let prev = forwarded.remove(index).and_then(|f| f.prev);
+        if origin == self.me.id {
+            if leaf_set.is_empty() || root.id == self.me.id {
+                self.stats.root_answers_rejected += 1;
+                return;
+            }
+            self.on_root_answer(now, root, id, key, leaf_set);
+            return;
+        }
+        let Some(prev) = prev else {
+            self.stats.root_answer_relays_rejected += 1;
+            return;
+        };
+        self.stats.root_answer_relays += 1;
+        self.send(
+            prev,
+            Message::RootAnswerRelay {
+                origin,
+                id,
+                key,
+                root,
+                leaf_set,
+            },
+        );
     }
 
     /// A [`Message::RootAnswer`] from `from`: times the message it answers and, if the claim

@@ -316,6 +316,7 @@ impl Pastry {
                 if own_first && self.config.route_cache_size > 0 {
                     self.await_answer(now, msg.id, msg.key, cached.map(|c| c.id));
                 }
+                self.note_forward(msg.origin.id, msg.id, msg.key, msg.prev, next.id);
                 if self.config.intercept_forwards && attempts == 0 {
                     let token = self.fresh_id();
                     let mut held = msg;

@@ -510,6 +510,17 @@ impl Pastry {
                 self.on_root_answer(now, from, id, key, leaf_set);
                 return;
             }
+            Message::RootAnswerRelay {
+                origin,
+                id,
+                key,
+                root,
+                leaf_set,
+            } => {
+                // Changes no membership state either.
+                self.on_root_answer_relay(now, from, origin, id, key, root, leaf_set);
+                return;
+            }
         }
         // The sender may have just entered our state.
         self.mark_heard(now, from.id);
@@ -554,6 +565,7 @@ impl Pastry {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
+        self.cached_link_down(peer);
         if self.take_measuring(peer) {
             if !self.knows(peer) {
                 self.note_dead(now, peer);

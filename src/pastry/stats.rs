@@ -87,6 +87,16 @@ pub struct Stats {
     /// Roots' answers not sent: the origin reached this node through other nodes and holds no
     /// link to it (see [`crate::pastry::LinkView`]).
     pub root_answers_unlinked: u64,
+    /// Of those, the ones sent back along the route instead ([`Message::RootAnswerRelay`]).
+    pub root_answers_relayed: u64,
+    /// Relayed answers passed on towards their origin by this node as a hop.
+    pub root_answer_relays: u64,
+    /// Relayed answers ignored: for no message this node forwarded to their sender lately, or
+    /// passed on already.
+    pub root_answer_relays_rejected: u64,
+    /// Links to cached members asked of the runtime ([`Transmit::Measure`]), for own messages
+    /// whose cached member this node held no link to.
+    pub route_cache_links_requested: u64,
     /// Probes of sparse rows' entries for their leaf sets (neighbour hints).
     pub hint_probes: u64,
     /// Neighbour hints kept.

@@ -160,6 +160,11 @@ impl Pastry {
                 at_most(kind, leaf_set, leaf_max)?;
                 distinct_and_allowed(kind, leaf_set, &[from])
             }
+            // The root's leaf set, relayed: the relaying hop may be in it, the root may not.
+            Message::RootAnswerRelay { root, leaf_set, .. } => {
+                at_most(kind, leaf_set, leaf_max)?;
+                distinct_and_allowed(kind, leaf_set, &[root.id])
+            }
             // The sender's leaf set after it dropped `node`.
             Message::NodeFailed { node, leaf_set } => {
                 at_most(kind, leaf_set, leaf_max)?;

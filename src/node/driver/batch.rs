@@ -25,6 +25,8 @@ fn batchable_size(msg: &Message) -> Option<usize> {
         Message::ProofWanted { .. } => Some(16),
         // Tag, id, key (16), the leaf set's length and its peers.
         Message::RootAnswer { leaf_set, .. } => Some(32 + PEER * leaf_set.len()),
+        // Tag, origin (16), id, key (16), the root, the leaf set's length and its peers.
+        Message::RootAnswerRelay { leaf_set, .. } => Some(48 + PEER * (1 + leaf_set.len())),
         _ => None,
     }
 }

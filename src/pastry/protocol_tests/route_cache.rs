@@ -79,31 +79,133 @@ fn the_cache_sends_only_to_a_member_this_node_is_linked_to() {
     );
     let stats = net.nodes[from].stats();
     assert_eq!((stats.route_cache_hits, stats.route_cache_unlinked), (0, 1));
+    assert_eq!(
+        stats.route_cache_links_requested, 1,
+        "the origin asked for a link to the cached root"
+    );
+
+    // Asked once: a key routed again soon does not dial again.
+    route_once(&mut net, from, key);
+    let stats = net.nodes[from].stats();
+    assert_eq!(
+        (
+            stats.route_cache_unlinked,
+            stats.route_cache_links_requested
+        ),
+        (2, 1)
+    );
+
+    // Once the link is up, the key goes straight to its root.
+    net.nodes[from].set_link_view(Box::new(AllLinked));
+    assert_eq!(route_once(&mut net, from, key), (root, 1));
+}
+
+/// Links to every peer (a link view that changes no decision, but lets the node remember the
+/// messages it forwards for relayed answers).
+#[derive(Debug)]
+struct AllLinked;
+
+impl crate::pastry::LinkView for AllLinked {
+    fn is_linked(&self, _: NodeId) -> bool {
+        true
+    }
 }
 
 #[test]
-fn a_root_does_not_answer_an_origin_it_holds_no_link_to() {
+fn a_root_without_a_link_to_the_origin_answers_it_back_along_the_route() {
     let mut net = Net::build(Config::default(), 80, 3);
     let (from, key) = far_key(&mut net);
     let (origin, root) = (net.nodes[from].id(), net.oracle_root(key));
-    let Some(at) = net.nodes.iter().position(|n| n.id() == root) else {
-        panic!("the oracle's root is not a node");
-    };
-    net.nodes[at].set_link_view(Box::new(AllBut(origin)));
+    let at = net.index_of(root);
+    for (i, node) in net.nodes.iter_mut().enumerate() {
+        if i == at {
+            node.set_link_view(Box::new(AllBut(origin)));
+        } else {
+            node.set_link_view(Box::new(AllLinked));
+        }
+    }
 
     let (delivered_at, hops) = route_once(&mut net, from, key);
     assert_eq!(delivered_at, root);
     assert!(hops > 1);
+    let root_stats = net.nodes[at].stats();
+    assert_eq!(root_stats.root_answers_unlinked, 1);
+    assert_eq!(
+        root_stats.sent_of(MessageKind::RootAnswer).msgs,
+        0,
+        "no direct answer (it would open a connection)"
+    );
+    let relays: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.stats().sent_of(MessageKind::RootAnswerRelay).msgs)
+        .sum();
+    assert_eq!(
+        relays,
+        u64::from(hops),
+        "one relay per hop, back to the origin"
+    );
+    assert_eq!(net.nodes[from].stats().root_answers, 1);
     assert_eq!(
         net.nodes[from].route_cache_len(),
-        0,
-        "no answer, so nothing cached"
+        1,
+        "the origin learned the root"
     );
-    assert_eq!(net.nodes[at].stats().root_answers_unlinked, 1);
+    let answered = net.events.iter().any(|(i, e, _)| {
+        *i == from
+            && matches!(e, Event::RouteAnswered { key: k, root: r, .. } if *k == key && *r == root)
+    });
+    assert!(answered, "the origin timed its route");
+
+    // The origin holds a link to the root: the repeated key takes one hop.
+    assert_eq!(route_once(&mut net, from, key), (root, 1));
+}
+
+#[test]
+fn a_relayed_answer_from_anyone_but_the_next_hop_or_for_no_forwarded_message_is_ignored() {
+    let mut net = Net::build(Config::default(), 80, 7);
+    for node in &mut net.nodes {
+        node.set_link_view(Box::new(AllLinked));
+    }
+    let (from, key) = far_key(&mut net);
+    let (origin, root) = (net.nodes[from].id(), net.oracle_root(key));
+    let root_index = net.index_of(root);
+    let first_hop = net.nodes[from].next_hop(key).map(|p| p.id);
+    let id = net.route(from, key, b"x".to_vec());
+    // Neither the origin, nor the node it sent the message to, nor the root.
+    let Some(liar) = (0..net.nodes.len())
+        .find(|&i| i != from && i != root_index && Some(net.nodes[i].id()) != first_hop)
+    else {
+        panic!("no bystander");
+    };
+    let relay = Message::RootAnswerRelay {
+        origin,
+        id,
+        key,
+        root: net.peer(root_index),
+        leaf_set: net.nodes[root_index].leaf_set().peers(),
+    };
+    let (now, liar_peer, root_peer) = (net.now, net.peer(liar), net.peer(root_index));
+    // At the origin, from a node it did not send the message to: an honest-looking claim.
+    net.nodes[from].handle_message(now, liar_peer, relay.clone());
+    // At a node that never forwarded the message: it is not passed on.
+    net.nodes[liar].handle_message(now, root_peer, relay);
+    net.flush(from);
+    net.flush(liar);
+    let stats = net.nodes[from].stats();
     assert_eq!(
-        net.nodes[at].stats().sent_of(MessageKind::RootAnswer).msgs,
-        0
+        (stats.root_answer_relays_rejected, stats.root_answers),
+        (1, 0)
     );
+    assert_eq!(net.nodes[from].route_cache_len(), 0, "nothing believed");
+    let stats = net.nodes[liar].stats();
+    assert_eq!(stats.root_answer_relays_rejected, 1);
+    assert_eq!(stats.sent_of(MessageKind::RootAnswerRelay).msgs, 0);
+
+    // The root's own answer (it holds a link to the origin) is still taken.
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(net.nodes[from].stats().root_answers, 1);
+    assert_eq!(net.nodes[from].route_cache_len(), 1);
 }
 
 #[test]
