@@ -175,6 +175,7 @@ async fn a_shut_down_node_refuses_calls_and_ends_its_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_nodes_match_the_oracle() {
+    common::log_from_env();
     let mut nodes = Vec::new();
     for seed in 100..132u8 {
         nodes.push(spawn(seed).await);
@@ -211,19 +212,54 @@ async fn thirty_two_nodes_match_the_oracle() {
             Key::from_u128(u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
         let from = &nodes[(i as usize * 7) % nodes.len()];
         from.route(key, i.to_be_bytes().to_vec()).await.unwrap();
-        expected.insert(i, key.closest(ids.iter().copied()).unwrap());
+        expected.insert(i, (key.closest(ids.iter().copied()).unwrap(), from.id()));
     }
-    let mut seen = std::collections::HashSet::new();
+    // Where and how each message arrived, to tell a second copy's story if one comes.
+    let mut seen: std::collections::HashMap<u64, (NodeId, u8)> = std::collections::HashMap::new();
     while seen.len() < 1000 {
         let (at, d) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .expect("a routed message was lost (hang guard)")
             .expect("channel open");
         let seq = u64::from_be_bytes(d.payload[..8].try_into().unwrap());
-        assert!(seen.insert(seq), "message {seq} delivered twice");
+        let (root, from) = expected[&seq];
+        if let Some(&(first_at, first_hops)) = seen.get(&seq) {
+            let mut counters = Vec::new();
+            for node in &nodes {
+                let status = node.status().await.unwrap();
+                if status.reroutes > 0 || status.duplicates_suppressed > 0 {
+                    counters.push(format!(
+                        "{}: {} re-routed, {} duplicates suppressed",
+                        node.id(),
+                        status.reroutes,
+                        status.duplicates_suppressed
+                    ));
+                }
+            }
+            panic!(
+                "message {seq} (id {} of {}) delivered twice: to the root {root}, first at \
+                 {first_at} after {first_hops} hops ({}), again at {at} after {} hops ({}); \
+                 nodes that re-routed or suppressed: {counters:#?}",
+                d.id,
+                d.origin,
+                if first_at == root {
+                    "the root"
+                } else {
+                    "NOT the root"
+                },
+                d.hops,
+                if at == root {
+                    "the root"
+                } else {
+                    "NOT the root"
+                },
+            );
+        }
+        seen.insert(seq, (at, d.hops));
         assert_eq!(
-            at, expected[&seq],
-            "message {seq} delivered at the wrong node"
+            at, root,
+            "message {seq} from {from} delivered at the wrong node after {} hops",
+            d.hops
         );
         assert!(d.hops <= bound, "message {seq} took {} hops", d.hops);
     }

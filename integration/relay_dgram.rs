@@ -222,6 +222,7 @@ const BULK: usize = 8 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_connections_bulk_bytes_cross_the_relay_as_datagrams() {
+    crate::common::log_from_env();
     let net = start(120).await;
     // The first bytes go over the stream while the datagram path is being proven.
     send_bulk(&net.outsider, &net.private, 1 << 20).await;

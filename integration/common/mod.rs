@@ -15,6 +15,17 @@ use wendy::transport::{Admission, Limits, Transport, TransportConfig, TransportE
 /// Hang guard for waiting on events: generous, never a speed assertion.
 pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
+/// Logs the in-process nodes to stderr when `WENDY_TEST_LOG` holds a tracing filter (e.g.
+/// `wendy::pastry=debug,wendy::relay=debug`); a no-op otherwise, and after the first call.
+pub fn log_from_env() {
+    if let Ok(filter) = std::env::var("WENDY_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }

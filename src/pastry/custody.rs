@@ -266,6 +266,15 @@ impl Pastry {
         }
         for mut f in due {
             self.stats.reroutes += 1;
+            let (origin, id) = f.carried.ident();
+            tracing::debug!(
+                me = %self.me.id,
+                next = %f.next.id,
+                %origin,
+                id,
+                received = f.received,
+                "the next hop did not pass a message on in time; routing it again"
+            );
             if f.received {
                 // It took the message but never passed it on: it may have died holding it, or
                 // be slow. Check it without dropping it, and try another way.

@@ -168,7 +168,9 @@ impl Pastry {
             .is_some_and(|slot| slot.heard_since(since))
     }
 
-    pub(super) fn heard_from(&mut self, now: Time, id: NodeId) {
+    /// A message from `id` arrived at `now`. Returns whether it ended a suspicion of `id` (a
+    /// member's or a verify probe), which messages parked on `id` wait for.
+    pub(super) fn heard_from(&mut self, now: Time, id: NodeId) -> bool {
         self.mark_heard(now, id);
         for side in [Side::Left, Side::Right] {
             if self.watch[side as usize] == Some(id) {
@@ -179,9 +181,11 @@ impl Pastry {
         self.dead.retain(|(dead, _)| *dead != id);
         // Any message proves it alive: a suspicion (a late ack, a missed heartbeat) is over.
         // A candidate's probe still waits for its reply (which says whether it is active).
+        let before = self.probes.len();
         self.probes.retain(|p| {
             p.peer.id != id || matches!(p.kind, ProbeKind::Candidate | ProbeKind::Hint)
         });
+        self.probes.len() != before
     }
 
     pub(super) fn refresh_watches(&mut self, now: Time) {

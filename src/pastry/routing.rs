@@ -107,9 +107,11 @@ impl Pastry {
         }
         msg.avoid.truncate(super::message::MAX_AVOID);
         msg.avoid.retain(|a| *a != self.me.id);
-        for named in &msg.avoid {
-            self.doubt(now, *named);
-        }
+        let named = std::mem::take(&mut msg.avoid);
+        msg.avoid = named
+            .into_iter()
+            .filter(|id| self.doubt(now, *id))
+            .collect();
         if hops > self.config.max_hops {
             tracing::debug!(?key, hops, "dropping a message that exceeded max hops");
             // The drop is deliberate: `done` releases the sender, which would otherwise
@@ -352,12 +354,18 @@ impl Pastry {
     /// can be late: this node checks it, and drops nothing on another node's word. A leaf-set
     /// member is probed and avoided until it answers (it may be a key's root, and a message
     /// delivered past it would be misdelivered); a routing-table entry is probed and stays
-    /// usable meanwhile. Silence declares either dead. The message itself still avoids it.
-    fn doubt(&mut self, now: Time, id: NodeId) {
+    /// usable meanwhile. Silence declares either dead.
+    ///
+    /// Returns whether the message still avoids `id`. It does, unless `id` is a leaf-set member
+    /// this node heard from within a probe timeout: then this node's own evidence says it is
+    /// alive, and it may well be the key's root whose ack to the previous hop was merely late
+    /// (and which delivered the message already). Passing over it would deliver a second copy
+    /// at the next closest node; sent to it, a copy it delivered is suppressed there.
+    fn doubt(&mut self, now: Time, id: NodeId) -> bool {
         self.route_cache.forget(id);
         self.hints.forget(id);
         if self.heard_within(now, id, self.config.probe_timeout) {
-            return;
+            return !self.leaf_set.contains(id);
         }
         if let Some(slot) = self.leaf_set.get(id) {
             let peer = slot.peer;
@@ -366,6 +374,7 @@ impl Pastry {
             let peer = slot.peer;
             self.start_probe(now, peer, ProbeKind::Verify);
         }
+        true
     }
 
     /// The leaf-set member closest to `key`, if it is closer than us and being probed.
@@ -437,6 +446,15 @@ impl Pastry {
         }
         self.delivered.push_back(ident);
         self.stats.delivered += 1;
+        tracing::trace!(
+            me = %self.me.id,
+            origin = %msg.origin.id,
+            id = msg.id,
+            hops = msg.hops,
+            prev = ?msg.prev.map(|p| p.id),
+            avoid = ?msg.avoid,
+            "delivering as root"
+        );
         self.answer_origin(msg.origin, msg.prev, msg.id, msg.key);
         self.emit(Event::Deliver {
             key: msg.key,

@@ -428,7 +428,7 @@ impl Pastry {
         if matches!(self.phase, Phase::Idle | Phase::Left) || from.id == self.me.id {
             return;
         }
-        self.heard_from(now, from.id);
+        let suspicion_ended = self.heard_from(now, from.id);
         let Some(msg) = self.screen(from, msg) else {
             return;
         };
@@ -494,14 +494,16 @@ impl Pastry {
                 self.on_route(now, from, msg);
             }
             Message::RouteAck { origin, id, done } => {
-                if !self.on_route_ack(now, from, origin, id, done) {
-                    // An ack for nothing we hold changes nothing: no state to re-check.
+                if !self.on_route_ack(now, from, origin, id, done) && !suspicion_ended {
+                    // An ack for nothing we hold changes nothing: no state to re-check. A late
+                    // one that ended its sender's suspicion does: the messages parked on the
+                    // sender go to it now.
                     return;
                 }
             }
             Message::Leave { leaf_set } => self.on_leave(now, from, &leaf_set),
             Message::ProofWanted { id } => {
-                if !self.on_proof_wanted(now, from, id) {
+                if !self.on_proof_wanted(now, from, id) && !suspicion_ended {
                     return;
                 }
             }

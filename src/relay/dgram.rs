@@ -54,6 +54,13 @@ const MAX_V6: usize = 1452;
 /// back to the stream.
 pub(crate) const LANE_SILENCE: Duration = Duration::from_secs(1);
 
+/// The pause before an unproven path's second probe; each later one waits twice as long, up to
+/// the session's keep-alive period. The first probes often reach the far end before it has read
+/// its own grant (the relay writes both grants at once), and are dropped there as unknown
+/// tokens: at the keep-alive pace the next try would come only 100 ms later, and a bulk
+/// transfer that started meanwhile would cross the stream.
+const FIRST_PROBE_GAP: Duration = Duration::from_millis(5);
+
 /// The control frames a session's stream carries next to the datagrams (their body starts
 /// with [`MAGIC`], which no QUIC datagram does).
 const GRANT: u8 = 1;
@@ -188,6 +195,11 @@ pub(crate) struct Lane {
     /// left.
     unacked_since: AtomicU64,
     last_probe: AtomicU64,
+    /// The pause before the next probe, in ms (see [`FIRST_PROBE_GAP`]).
+    probe_gap: AtomicU64,
+    /// A probe of the far end arrived: it waits for an ack, which the session sends at once
+    /// rather than at its next keep-alive.
+    probed: tokio::sync::Notify,
     /// Times the path went back to the stream.
     pub(crate) fallbacks: AtomicU64,
 }
@@ -209,6 +221,8 @@ impl Lane {
             heard: AtomicBool::new(false),
             unacked_since: AtomicU64::new(0),
             last_probe: AtomicU64::new(0),
+            probe_gap: AtomicU64::new(FIRST_PROBE_GAP.as_millis() as u64),
+            probed: tokio::sync::Notify::new(),
             fallbacks: AtomicU64::new(0),
         }
     }
@@ -241,15 +255,26 @@ impl Lane {
         self.heard.store(true, Ordering::Relaxed);
     }
 
+    /// A probe of the far end arrived: it is waiting for an ack.
+    pub(crate) fn probe_heard(&self) {
+        self.heard();
+        self.probed.notify_one();
+    }
+
+    /// Returns once a probe of the far end arrived (since the last call returned).
+    pub(crate) async fn ack_wanted(&self) {
+        self.probed.notified().await;
+    }
+
     /// Whether to send an ack now (a datagram arrived since the last one).
     pub(crate) fn take_heard(&self) -> bool {
         self.heard.swap(false, Ordering::Relaxed)
     }
 
-    /// The far end acknowledged: the path works.
-    pub(crate) fn acked(&self) {
+    /// The far end acknowledged: the path works. Returns whether it was unproven until now.
+    pub(crate) fn acked(&self) -> bool {
         self.unacked_since.store(0, Ordering::Relaxed);
-        self.confirmed.store(true, Ordering::Relaxed);
+        !self.confirmed.swap(true, Ordering::Relaxed)
     }
 
     /// Goes back to the stream if datagrams went unacknowledged for [`LANE_SILENCE`]; returns
@@ -263,21 +288,30 @@ impl Lane {
             self.confirmed.store(false, Ordering::Relaxed);
             self.unacked_since.store(0, Ordering::Relaxed);
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.probe_gap
+                .store(FIRST_PROBE_GAP.as_millis() as u64, Ordering::Relaxed);
         }
         silent
     }
 
-    /// Whether an unproven path is due a probe (at most one per `every`); notes it as sent.
+    /// Whether an unproven path is due a probe; notes it as sent. The probes after the first
+    /// come [`FIRST_PROBE_GAP`] apart, then twice as far each time, and at most `every` apart.
     pub(crate) fn probe_due(&self, every: Duration) -> bool {
         if self.confirmed() {
             return false;
         }
         let now = self.now_ms();
         let last = self.last_probe.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < every.as_millis() as u64 {
+        let every = every.as_millis() as u64;
+        let gap = self.probe_gap.load(Ordering::Relaxed).min(every);
+        if last != 0 && now.saturating_sub(last) < gap {
             return false;
         }
         self.last_probe.store(now, Ordering::Relaxed);
+        if last != 0 {
+            self.probe_gap
+                .store(gap.saturating_mul(2).min(every), Ordering::Relaxed);
+        }
         true
     }
 }
@@ -542,6 +576,32 @@ mod tests {
             forwarder.route(&datagram(ta, &[1; 60]), a),
             Err(DatagramError::RateLimited)
         );
+    }
+
+    #[tokio::test]
+    async fn an_unproven_lane_probes_again_soon_and_a_heard_probe_is_answered_at_once() {
+        let lane = Lane::new(
+            crate::identity::Identity::generate().node_id(),
+            addr("192.0.2.1:7000"),
+            5,
+            Arc::new(Activity::new()),
+        );
+        let keepalive = Duration::from_millis(100);
+        assert!(lane.probe_due(keepalive));
+        assert!(!lane.probe_due(keepalive));
+        // The first probe may reach the far end before its grant: the next one does not wait
+        // for the keep-alive period.
+        tokio::time::sleep(FIRST_PROBE_GAP * 3).await;
+        assert!(
+            lane.probe_due(keepalive),
+            "the second probe waited for the keep-alive"
+        );
+        // A probe from the far end wants its ack now, not at the next keep-alive.
+        lane.probe_heard();
+        tokio::time::timeout(Duration::from_secs(60), lane.ack_wanted())
+            .await
+            .expect("a heard probe wakes the session (hang guard)");
+        assert!(lane.take_heard());
     }
 
     #[tokio::test]

@@ -245,12 +245,14 @@ fn tend_lane(buf: &mut Vec<u8>, lane: &OnceLock<Arc<Lane>>, paths: &Paths, activ
         return;
     };
     if lane.take_heard() {
+        tracing::trace!(peer = %lane.peer, "acknowledging relay datagrams");
         push_frame(buf, &dgram::ack());
     }
     if lane.check_silence() {
         debug!(peer = %lane.peer, relay = %lane.relay, "relay datagrams unacknowledged; back on the stream");
     }
     if lane.probe_due(activity.keepalive()) {
+        tracing::trace!(peer = %lane.peer, "probing the relay datagram path");
         paths.send_probe(lane);
     }
 }
@@ -265,7 +267,19 @@ async fn pump_out(
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
         buf.clear();
-        match tokio::time::timeout(activity.keepalive(), outgoing.recv()).await {
+        // A probe of the far end is answered at once: it waits for the ack to use the path.
+        let probed = async {
+            match lane.get() {
+                Some(lane) => lane.ack_wanted().await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            received = outgoing.recv() => Ok(received),
+            () = tokio::time::sleep(activity.keepalive()) => Err(()),
+            () = probed => Err(()),
+        };
+        match next {
             Ok(Some(datagram)) => {
                 push_frame(&mut buf, &datagram);
                 // Batch what is already queued into one write.
@@ -340,7 +354,9 @@ async fn pump_in(
             }
             Some(Control::Ack) => {
                 if let Some(lane) = lane.get() {
-                    lane.acked();
+                    if lane.acked() {
+                        debug!(peer = %lane.peer, relay = %lane.relay, "relay datagram path proven");
+                    }
                 }
                 continue;
             }

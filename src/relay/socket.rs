@@ -300,8 +300,11 @@ impl Paths {
             segment_size: None,
             src_ip: None,
         };
-        // A lost probe is sent again at the next keep-alive.
-        let _ = socket.try_send(&transmit);
+        // A lost probe is sent again by the lane's probe schedule (soon at first, then at the
+        // keep-alive period).
+        if let Err(error) = socket.try_send(&transmit) {
+            tracing::debug!(peer = %lane.peer, relay = %lane.relay, %error, "relay datagram probe not sent");
+        }
     }
 
     /// The proven datagram path to the relayed peer at `addr`, if any.
@@ -427,11 +430,12 @@ impl RelaySocket {
                 self.paths.drop_one();
                 return Segment::Gone;
             }
-            lane.heard();
             lane.activity.hear();
             if datagram.len() == HEADER {
+                lane.probe_heard();
                 return Segment::Gone;
             }
+            lane.heard();
             lane.activity.touch();
             return Segment::Mine(lane);
         }

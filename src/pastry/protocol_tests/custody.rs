@@ -374,3 +374,43 @@ fn a_path_change_gives_the_probes_of_its_peer_their_time_again() {
         "retried later"
     );
 }
+
+/// The root's ack was only late: it arrives while the root's probe runs, which proves the root
+/// alive, so the message parked on it goes to it again at once (it drops a copy it delivered),
+/// not at whatever timer comes next.
+#[test]
+fn a_late_ack_from_a_suspected_root_sends_the_messages_parked_on_it_at_once() {
+    let mut node = lone(0x10 << 120);
+    let (r, c) = (peer(0x50 << 120), peer(0x60 << 120));
+    meet(&mut node, r);
+    meet(&mut node, c);
+    let key = NodeId::from_u128(0x51 << 120).to_key();
+    let id = node.route(Time::ZERO, key, b"for r".to_vec());
+    assert_eq!(routes_to(&drain(&mut node).transmits, r), 1);
+    let due = Time::ZERO + Config::default().ack_timeout;
+    node.handle_timeout(due);
+    let out = drain(&mut node).transmits;
+    assert_eq!(
+        probes_to(&out, r).len(),
+        1,
+        "the silent root is probed: {out:?}"
+    );
+    assert_eq!(
+        routes_to(&out, c),
+        0,
+        "passed on to the next closest: {out:?}"
+    );
+    let late = due + Duration::from_millis(10);
+    node.handle_message(
+        late,
+        r,
+        Message::RouteAck {
+            origin: node.id(),
+            id,
+            done: true,
+        },
+    );
+    let out = drain(&mut node).transmits;
+    assert_eq!(routes_to(&out, r), 1, "still parked: {out:?}");
+    assert_eq!(routes_to(&out, c), 0, "{out:?}");
+}

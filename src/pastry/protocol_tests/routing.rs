@@ -367,3 +367,57 @@ fn a_node_named_in_a_messages_avoid_list_is_checked_not_dropped() {
         "x is still used while the probe runs"
     );
 }
+
+#[test]
+fn a_live_root_named_in_a_messages_avoid_list_still_gets_the_message() {
+    // Peer `c` passes on a message whose avoid list names `x`, the key's root: `c`'s ack from
+    // `x` was late, so `c` routed the message again, but `x` may well have delivered it. This
+    // node heard from `x` just now: the message goes to `x` (which drops a copy it delivered),
+    // not to the next closest member, which would deliver a second copy.
+    let me = hex("50000000000000000000000000000000");
+    let mut node = lone(me);
+    for k in 1..=8u128 {
+        meet(&mut node, peer(me + k * 16));
+        meet(&mut node, peer(me - k * 16));
+    }
+    let x = peer(me + 16);
+    let next_closest = peer(me + 32);
+    let c = peer(hex("20000000000000000000000000000000"));
+    meet(&mut node, c);
+    let key = Key::from_u128(me + 17);
+    assert_eq!(node.next_hop(key).map(|p| p.id), Some(x.id));
+    let later = Time::from_micros(60_000_000);
+    node.handle_message(later, x, Message::Heartbeat { leaf_set: vec![] });
+    drain(&mut node);
+    let msg = Message::Route {
+        id: 9,
+        key,
+        origin: c,
+        hops: 1,
+        avoid: vec![x.id],
+        payload: vec![],
+        proof: None,
+    };
+    node.handle_message(later, c, msg);
+    let outputs = drain(&mut node);
+    let routed_to: Vec<NodeId> = outputs
+        .transmits
+        .iter()
+        .filter_map(|t| match t {
+            Transmit::Send {
+                to,
+                msg: Message::Route { .. },
+            } => Some(to.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routed_to, vec![x.id], "not sent to the live root");
+    assert!(!routed_to.contains(&next_closest.id));
+    assert!(
+        !outputs
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Deliver { .. })),
+        "delivered past the live root"
+    );
+}
