@@ -42,6 +42,12 @@ pub(super) struct InFlight {
     pub(super) excluded: Vec<NodeId>,
     /// The next hop acknowledged receipt; we wait for it to pass the message on.
     pub(super) received: bool,
+    /// When a copy goes on to another hop if `next` has not acknowledged receipt by then
+    /// (see [`super::hedge`]); `None`: never.
+    pub(super) hedge_at: Option<Time>,
+    /// A copy went on to another hop, whose own custody entry carries the message: this one
+    /// is not routed again when it expires.
+    pub(super) hedged: bool,
 }
 
 /// A receipt not sent yet: to `to`, for message `(origin, id)`, due at `due`.
@@ -55,6 +61,10 @@ pub(super) struct HeldReceipt {
 
 /// The share of [`Config::timeout_slack`](super::Config::timeout_slack) a receipt may be held.
 const RECEIPT_DELAY_DIVISOR: u32 = 8;
+
+/// Fresh rounds of [`Config::max_route_attempts`](super::Config::max_route_attempts) the
+/// origin of a message starts before it gives the message up ([`super::Event::RouteFailed`]).
+const MAX_FRESH_ROUNDS: u8 = 2;
 
 impl Pastry {
     /// How long a hop that passed a message on holds its receipt back.
@@ -135,6 +145,7 @@ impl Pastry {
             // and release our predecessor.
             let f = &mut self.in_flight[index];
             f.received = true;
+            f.hedge_at = None;
             f.deadline = now + self.config.custody_timeout;
             let prev = match &f.carried {
                 Carried::Route(m) => m.prev.map(|p| (p, m.origin.id, m.id)),
@@ -172,6 +183,7 @@ impl Pastry {
         }
         self.transmit_route(next, &msg, &excluded);
         let deadline = now + self.hop_timeout(next.id, self.config.ack_timeout);
+        let hedge_at = self.hedge_time(now, next.id, msg.key, attempts);
         self.in_flight.push(InFlight {
             carried: Carried::Route(msg),
             next,
@@ -179,11 +191,13 @@ impl Pastry {
             attempts,
             excluded,
             received: false,
+            hedge_at,
+            hedged: false,
         });
     }
 
     /// Sends `msg` to `next`, one hop further, avoiding `excluded` too.
-    fn transmit_route(&mut self, next: PeerInfo, msg: &RouteMsg, excluded: &[NodeId]) {
+    pub(super) fn transmit_route(&mut self, next: PeerInfo, msg: &RouteMsg, excluded: &[NodeId]) {
         let mut avoid = msg.avoid.clone();
         for id in excluded {
             if !avoid.contains(id) {
@@ -208,7 +222,7 @@ impl Pastry {
     }
 
     /// Our proof over our own message `msg` (`None` without an authenticator).
-    fn sign_own(&mut self, msg: &RouteMsg) -> Option<Box<OriginProof>> {
+    pub(super) fn sign_own(&mut self, msg: &RouteMsg) -> Option<Box<OriginProof>> {
         let digest = route_digest(self.me.id, msg.id, msg.key, &msg.payload);
         self.auth.as_mut().map(|auth| Box::new(auth.sign(&digest)))
     }
@@ -233,6 +247,8 @@ impl Pastry {
             self.transmit_route(f.next, m, &excluded);
         }
         f.received = false;
+        // It answered: not silent.
+        f.hedge_at = None;
         f.deadline = now + self.hop_timeout(f.next.id, self.config.ack_timeout);
         self.in_flight.push(f);
         true
@@ -255,6 +271,7 @@ impl Pastry {
 
     pub(super) fn expire_in_flight(&mut self, now: Time) {
         self.send_due_receipts(now);
+        self.send_due_hedges(now);
         let mut due = Vec::new();
         let mut index = 0;
         while index < self.in_flight.len() {
@@ -265,6 +282,18 @@ impl Pastry {
             }
         }
         for mut f in due {
+            if f.hedged {
+                // Its copy went on to another hop, which holds it in custody: the message is
+                // not routed a third way; the silent hop is checked as any other.
+                if f.received {
+                    if self.knows(f.next.id) {
+                        self.start_probe(now, f.next, ProbeKind::Verify);
+                    }
+                } else {
+                    self.distrust(now, f.next.id);
+                }
+                continue;
+            }
             self.stats.reroutes += 1;
             let (origin, id) = f.carried.ident();
             tracing::debug!(
@@ -287,8 +316,21 @@ impl Pastry {
             f.excluded.push(f.next.id);
             let attempts = f.attempts.saturating_add(1);
             if attempts >= self.config.max_route_attempts {
-                if let Carried::Route(m) = f.carried {
-                    self.fail_route(m.origin.id, m.id, m.key);
+                if let Carried::Route(mut m) = f.carried {
+                    if m.prev.is_none()
+                        && m.origin.id == self.me.id
+                        && m.fresh_rounds < MAX_FRESH_ROUNDS
+                    {
+                        // Our own message, and we are its only holder: giving up loses it.
+                        // The hops that failed it are out of our state by now (dropped from
+                        // the table, or under probe), so a fresh round of attempts, with no
+                        // exclusions, takes other routes.
+                        m.fresh_rounds += 1;
+                        self.stats.fresh_rounds += 1;
+                        self.route_step(now, m, Vec::new(), 1);
+                    } else {
+                        self.fail_route(m.origin.id, m.id, m.key);
+                    }
                 }
                 continue;
             }

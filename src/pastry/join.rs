@@ -171,6 +171,8 @@ impl Pastry {
                     attempts,
                     excluded,
                     received: false,
+                    hedge_at: None,
+                    hedged: false,
                 });
             }
         }

@@ -50,8 +50,8 @@
 //! ```
 //!
 //! The core's code is split by sub-protocol: `state` (the struct and its entry points),
-//! `routing`, `custody`, `origin`, `join`, `membership`, `candidates`, `validate`, `liveness`,
-//! `maintenance`, `route_cache`, `timers`, `config`, `stats` and `output`.
+//! `routing`, `custody`, `hedge`, `origin`, `join`, `membership`, `candidates`, `validate`,
+//! `liveness`, `maintenance`, `route_cache`, `timers`, `config`, `stats` and `output`.
 //!
 //! # What this module owns
 //!
@@ -104,12 +104,18 @@
 //! * **Reliable routing (MSPastry).** Every [`Message::Route`] hop is acknowledged
 //!   ([`Message::RouteAck`]); the timeout is `3 * rtt + timeout_slack` when the next hop's RTT
 //!   is known. On timeout the hop is dropped from the table (probed if a leaf) and the message
-//!   re-routed to the next best candidate, up to `max_route_attempts`; unresponsive hops travel
-//!   with the message (`avoid`) so later hops skip them. A hop keeps its copy until the next
-//!   hop reports it passed the message on (`RouteAck { done: true }`), and re-routes after
-//!   `custody_timeout` otherwise, so a hop dying with a message does not lose it. A message
-//!   about to go straight back to its sender is routed around it (the two leaf sets disagree;
-//!   the sender gets ours). The root drops duplicates (a ring of recent `(origin, id)`).
+//!   re-routed to the next best candidate, up to `max_route_attempts` (the origin of a message
+//!   then starts up to two fresh rounds, without exclusions, rather than give it up);
+//!   unresponsive hops travel with the message (`avoid`) so later hops skip them. A hop keeps
+//!   its copy until the next hop reports it passed the message on (`RouteAck { done: true }`),
+//!   and re-routes after `custody_timeout` otherwise, so a hop dying with a message does not
+//!   lose it. A message about to go straight back to its sender is routed around it (the two
+//!   leaf sets disagree; the sender gets ours). The root drops duplicates (a ring of recent
+//!   `(origin, id)`).
+//! * **Hedged hops.** A message sent to a hop that was silent for a probe period and whose
+//!   RTT is known is copied once to the next-best hop if no receipt came within
+//!   `2 * rtt + timeout_slack / 4`, not after the whole acknowledgement timeout; never for a
+//!   key our leaf set covers (see `hedge`). A re-route skips neighbour hints.
 //! * **Authenticated origins.** With an [`OriginAuth`] installed ([`Pastry::set_origin_auth`];
 //!   the node runtime always does, the simulator never), a routed message carries its origin's
 //!   signature, checked on arrival by every hop that did not get it from the origin itself,
@@ -134,6 +140,7 @@
 mod candidates;
 mod config;
 mod custody;
+mod hedge;
 mod hints;
 mod join;
 mod leaf_set;

@@ -23,6 +23,10 @@ pub(super) struct RouteMsg {
     pub(super) payload: Vec<u8>,
     /// The origin's proof, passed on unchanged (see [`super::origin`]).
     pub(super) proof: Option<Box<OriginProof>>,
+    /// Fresh rounds of attempts its origin started after using up
+    /// [`Config::max_route_attempts`](super::Config::max_route_attempts) (see `custody`);
+    /// local to the origin, never sent.
+    pub(super) fresh_rounds: u8,
 }
 
 /// A message held for the application's [`ForwardVerdict`].
@@ -177,7 +181,17 @@ impl Pastry {
                     // would wait for a handshake (about 0.7 ms of CPU on both ends, and round
                     // trips) where one more hop over a link costs far less, and the root's
                     // answer links the two for the keys that follow.
-                    if let Some(root) = self.hinted(key, slot.peer.id, usable) {
+                    // A message that already met a silent node (`excluded` is not empty) goes
+                    // to the entry itself: hints are refreshed once a maintenance period, so
+                    // under churn the hinted root's neighbours are often gone too, and each
+                    // costs a whole timeout (no RTT is known for them), while the entry's RTT
+                    // is known and its silence is hedged (see `hedge`).
+                    let hint = if excluded.is_empty() {
+                        self.hinted(key, slot.peer.id, usable)
+                    } else {
+                        None
+                    };
+                    if let Some(root) = hint {
                         if self.is_linked(root.id) || !self.is_linked(slot.peer.id) {
                             return Choice::Peer(root);
                         }
@@ -397,7 +411,7 @@ impl Pastry {
     /// The leaf-set member closest to `key`, if the leaf set covers `key`, it is closer than
     /// both `next` and us, and it is being probed: the key's root by our state, which a route
     /// to `next` would pass over.
-    fn suspected_root_beyond(&self, key: Key, next: NodeId) -> Option<NodeId> {
+    pub(super) fn suspected_root_beyond(&self, key: Key, next: NodeId) -> Option<NodeId> {
         if !self.leaf_set.covers(key) {
             return None;
         }

@@ -490,6 +490,7 @@ impl Pastry {
                     prev: Some(from),
                     payload,
                     proof,
+                    fresh_rounds: 0,
                 };
                 self.on_route(now, from, msg);
             }
@@ -676,6 +677,7 @@ impl Pastry {
             prev: None,
             payload,
             proof: None,
+            fresh_rounds: 0,
         }
     }
 

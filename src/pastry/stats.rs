@@ -34,6 +34,12 @@ pub struct Stats {
     pub forwarded: u64,
     /// Hops that timed out and were re-routed.
     pub reroutes: u64,
+    /// Copies of a message sent on to another hop because its next hop, silent lately, did
+    /// not acknowledge it within about two round trips (hedged hops).
+    pub hedges: u64,
+    /// Own messages that used up their attempts and were routed again from scratch rather
+    /// than given up (at most two rounds per message).
+    pub fresh_rounds: u64,
     /// Messages given up ([`Event::RouteFailed`]).
     pub routes_failed: u64,
     /// Duplicate deliveries suppressed.

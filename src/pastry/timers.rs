@@ -112,7 +112,7 @@ impl Pastry {
         let custody = self
             .in_flight
             .iter()
-            .map(|f| f.deadline)
+            .map(|f| f.hedge_at.map_or(f.deadline, |h| h.min(f.deadline)))
             .chain(self.receipts.iter().map(|r| r.due))
             .min();
         self.timers.set_or_stop(Timer::Custody, custody);

@@ -232,6 +232,9 @@ impl<P: SimNode> Simulation<P> {
     fn handle(&mut self, event: NetEvent<Ev>) {
         match event {
             NetEvent::Message { from, to, msg } => {
+                if let Message::Route { payload, .. } = &msg {
+                    self.lookup_arrived(to, payload);
+                }
                 let from = self.net.peer(from);
                 self.call(to, false, |p, now| p.handle_message(now, from, msg));
             }

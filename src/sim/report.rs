@@ -33,6 +33,9 @@ pub struct Report {
     pub route_failed: u64,
     /// Lost lookups whose origin failed within 10 s of issuing them (also in `lost`).
     pub lost_origin_died: u64,
+    /// Lost lookups that never left their origin: no other live node received a copy (also in
+    /// `lost`). The rest were lost on the way.
+    pub lost_at_origin: u64,
     /// Mean hops of delivered lookups.
     pub mean_hops: f64,
     /// Largest hop count of a delivered lookup.
@@ -249,12 +252,13 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "lookups {}: correct {}, lost {} ({} of them with a failed origin, {} given up), \
-             misdelivered {}, duplicates {}",
+            "lookups {}: correct {}, lost {} ({} of them with a failed origin, {} never left \
+             their origin, {} given up), misdelivered {}, duplicates {}",
             self.lookups,
             self.delivered_correct,
             self.lost,
             self.lost_origin_died,
+            self.lost_at_origin,
             self.route_failed,
             self.misdelivered,
             self.duplicates

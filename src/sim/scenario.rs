@@ -86,6 +86,8 @@ pub(super) struct LookupRec {
     pub(super) hops: u8,
     pub(super) correct: bool,
     pub(super) failed: bool,
+    /// Another live node received a copy of it.
+    pub(super) left_origin: bool,
     /// Its origin routed to this key before.
     pub(super) repeat: bool,
 }
@@ -359,6 +361,7 @@ impl<P: SimNode> Simulation<P> {
             hops: 0,
             correct: false,
             failed: false,
+            left_origin: false,
         });
         if origin == NOBODY {
             return;
@@ -369,6 +372,24 @@ impl<P: SimNode> Simulation<P> {
             message_id = p.route(now, key, payload);
         });
         self.lookups.route_ids.insert((origin, message_id), index);
+    }
+
+    /// A copy of a lookup (its payload) reached node `at`: if `at` is alive and not the
+    /// lookup's origin, the lookup left its origin.
+    pub(super) fn lookup_arrived(&mut self, at: u32, payload: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(payload) else {
+            return;
+        };
+        let alive = self
+            .nodes
+            .get(at as usize)
+            .is_some_and(|n| n.proto.is_some());
+        let index = u64::from_le_bytes(bytes) as usize;
+        if let Some(rec) = self.lookups.recs.get_mut(index) {
+            if alive && rec.origin != at {
+                rec.left_origin = true;
+            }
+        }
     }
 
     /// Node `at` delivered a lookup: checks it against the oracle and records its delay.

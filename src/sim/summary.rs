@@ -130,7 +130,7 @@ impl<P: SimNode> Simulation<P> {
     pub(super) fn report(&self) -> Report {
         let mut histogram: Vec<u64> = Vec::new();
         let (mut correct, mut lost, mut misdelivered, mut route_failed) = (0, 0, 0, 0);
-        let mut lost_origin_died = 0;
+        let (mut lost_origin_died, mut lost_at_origin) = (0, 0);
         let mut hops_by_phase = [(0u64, 0u64); 3];
         let mut lost_by_phase = [0u64; 3];
         let mut mis_by_phase = [0u64; 3];
@@ -147,6 +147,9 @@ impl<P: SimNode> Simulation<P> {
                     .map_or(NEVER, |n| n.died_at);
                 if origin_died.saturating_sub(rec.issued) <= ORIGIN_DEATH_WINDOW_US {
                     lost_origin_died += 1;
+                }
+                if !rec.left_origin {
+                    lost_at_origin += 1;
                 }
                 lost_by_phase[phase] += 1;
                 continue;
@@ -304,6 +307,7 @@ impl<P: SimNode> Simulation<P> {
             duplicates: self.lookups.duplicates,
             route_failed,
             lost_origin_died,
+            lost_at_origin,
             mean_hops: mean((total_hops, delivered)),
             max_hops: histogram.len().saturating_sub(1) as u32,
             hops_histogram: histogram,

@@ -111,7 +111,10 @@ fn a_hop_that_dies_holding_a_message_does_not_lose_it() {
         .collect();
     assert_eq!(got.len(), 1, "lost with the hop");
     assert!(got[0].correct);
-    assert!(net.nodes[from].stats().reroutes >= 1);
+    // The hop died before its held receipt went out: the origin sent the message another way,
+    // by a hedged copy if the hop had been silent lately, else on its ack timeout.
+    let stats = net.nodes[from].stats();
+    assert!(stats.reroutes + stats.hedges >= 1);
 }
 
 /// The `RouteAck`s among `transmits`: (to, done).

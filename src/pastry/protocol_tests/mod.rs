@@ -14,6 +14,7 @@ use super::{
 };
 
 mod custody;
+mod hedge;
 mod hints;
 mod hostile;
 mod join;
