@@ -204,6 +204,11 @@ fn metrics_and_status_show_a_routed_message_and_the_peers() {
         0.0
     );
     assert_eq!(before["wendy_active"], 1.0);
+    // A healthy trio copies nothing to a second hop and routes nothing afresh.
+    for outcome in ["hedged", "rerouted_afresh"] {
+        let key = format!("wendy_routed_messages_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(before.get(&key), Some(&0.0), "{key}");
+    }
     assert_eq!(
         before["wendy_links{direction=\"inbound\"}"]
             + before["wendy_links{direction=\"outbound\"}"],

@@ -925,6 +925,8 @@ impl<L: Links> Driver<L> {
             control_msgs_sent: control.msgs,
             control_bytes_sent: control.bytes,
             reroutes: stats.reroutes,
+            hedges: stats.hedges,
+            fresh_rounds: stats.fresh_rounds,
             duplicates_suppressed: stats.duplicates_suppressed,
             in_custody: self.pastry.in_custody(),
             route_cache_roots: self.pastry.route_cache_len(),

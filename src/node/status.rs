@@ -87,6 +87,11 @@ pub struct Status {
     /// Routed messages this node sent again another way because a next hop did not
     /// acknowledge in time (0 in a healthy overlay).
     pub reroutes: u64,
+    /// Copies of routed messages this node sent on to a second next hop because the first, not
+    /// heard from lately, had not acknowledged within twice its round trip (hedged hops).
+    pub hedges: u64,
+    /// Own messages that used up their attempts and were routed afresh instead of failing.
+    pub fresh_rounds: u64,
     /// Second copies of routed messages this node received as root and did not deliver again.
     pub duplicates_suppressed: u64,
     /// Routed messages this node passed on and holds until the next hop acknowledges that it

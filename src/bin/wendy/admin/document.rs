@@ -101,6 +101,9 @@ pub(crate) struct Document {
     /// Every node this node knows, once each, closest on the ring first.
     peers: Vec<PeerDoc>,
     reroutes: u64,
+    /// Routed messages copied to a second next hop, and own messages routed afresh.
+    hedges: u64,
+    fresh_rounds: u64,
     duplicates_suppressed: u64,
     in_custody: usize,
     /// Roots held in the route cache.
@@ -186,6 +189,8 @@ impl Document {
             },
             peers: peers(snapshot),
             reroutes: status.reroutes,
+            hedges: status.hedges,
+            fresh_rounds: status.fresh_rounds,
             duplicates_suppressed: status.duplicates_suppressed,
             in_custody: status.in_custody,
             route_cache_roots: status.route_cache_roots,

@@ -188,6 +188,8 @@ impl Collector for SnapshotMetrics {
                 ([("outcome", "vetoed")], stats.vetoed),
                 ([("outcome", "failed")], stats.routes_failed),
                 ([("outcome", "rerouted")], status.reroutes),
+                ([("outcome", "hedged")], status.hedges),
+                ([("outcome", "rerouted_afresh")], status.fresh_rounds),
                 ([("outcome", "duplicate")], status.duplicates_suppressed),
             ],
         )?;
