@@ -27,7 +27,8 @@
 //! a relayed answer like a direct one, and in addition that it came from the node the origin
 //! sent the message to. An origin whose cached member it holds no link to asks the runtime to
 //! link to it in the background ([`Transmit::Measure`], at most once per [`LINK_RETRY`] per
-//! member), and sends to it straight once the link is up.
+//! member) when the key is one it routed lately (a key used again, not merely one in a cached
+//! range), and sends to it straight once the link is up.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -54,6 +55,10 @@ pub(super) const MAX_FORWARDED: usize = 256;
 
 /// Most cached members this node asked the runtime to link to and still remembers.
 const MAX_LINKING: usize = 32;
+
+/// Most keys of this node's own messages remembered, to tell a key used again from a new
+/// one that merely falls in a cached range.
+const MAX_RECENT_KEYS: usize = 256;
 
 /// A cached member is asked for a link at most once in this long (the dial may fail, or the
 /// link may close again while idle).
@@ -130,6 +135,8 @@ pub(super) struct RouteCache {
     forwarded: VecDeque<Forwarded>,
     /// Cached members this node asked a link to, and when.
     linking: VecDeque<(NodeId, Time)>,
+    /// Keys of this node's latest own messages, newest last.
+    recent_keys: VecDeque<Key>,
     tick: u64,
 }
 
@@ -150,6 +157,19 @@ impl RouteCache {
         self.awaited.clear();
         self.forwarded.clear();
         self.linking.clear();
+        self.recent_keys.clear();
+    }
+
+    /// Remembers `key` as routed now; whether it was routed lately already.
+    fn note_key(&mut self, key: Key) -> bool {
+        let again = self.recent_keys.contains(&key);
+        if !again {
+            if self.recent_keys.len() >= MAX_RECENT_KEYS {
+                self.recent_keys.pop_front();
+            }
+            self.recent_keys.push_back(key);
+        }
+        again
     }
 }
 
@@ -165,6 +185,7 @@ impl Pastry {
         if self.config.route_cache_size == 0 || self.leaf_set.covers(key) {
             return None;
         }
+        let again = self.route_cache.note_key(key);
         let ttl = self.config.route_cache_ttl;
         self.route_cache.entries.retain(|e| now - e.learned < ttl);
         let index = self
@@ -182,7 +203,12 @@ impl Pastry {
             .is_some_and(|links| !links.is_linked(target.id))
         {
             self.stats.route_cache_unlinked += 1;
-            self.request_link(now, target);
+            // Only for a key used again: a new key that falls in a cached range (in a small
+            // overlay one root's range is a sizeable share of the ring) would have the node
+            // dial most roots, a handshake each, for keys that may never come back.
+            if again {
+                self.request_link(now, target);
+            }
             return None;
         }
         self.route_cache.tick += 1;

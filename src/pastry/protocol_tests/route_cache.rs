@@ -71,6 +71,21 @@ fn the_cache_sends_only_to_a_member_this_node_is_linked_to() {
     assert_eq!(net.nodes[from].route_cache_len(), 1);
     net.nodes[from].set_link_view(Box::new(AllBut(root)));
 
+    // A new key in the cached range (next to the first, so with the same root) is not a key
+    // used again: it goes through the table, and no link is asked for.
+    let near = Key::from_u128(key.as_u128().wrapping_add(1));
+    assert_eq!(net.oracle_root(near), root);
+    assert_eq!(route_once(&mut net, from, near).0, root);
+    let stats = net.nodes[from].stats();
+    assert_eq!(
+        (
+            stats.route_cache_unlinked,
+            stats.route_cache_links_requested
+        ),
+        (1, 0),
+        "a new key in a cached range dials nobody"
+    );
+
     let (at, hops) = route_once(&mut net, from, key);
     assert_eq!(at, root, "delivered to the root all the same");
     assert!(
@@ -78,10 +93,10 @@ fn the_cache_sends_only_to_a_member_this_node_is_linked_to() {
         "through the routing table, not straight to the unlinked root"
     );
     let stats = net.nodes[from].stats();
-    assert_eq!((stats.route_cache_hits, stats.route_cache_unlinked), (0, 1));
+    assert_eq!((stats.route_cache_hits, stats.route_cache_unlinked), (0, 2));
     assert_eq!(
         stats.route_cache_links_requested, 1,
-        "the origin asked for a link to the cached root"
+        "the origin asked for a link to the cached root of a key it routed again"
     );
 
     // Asked once: a key routed again soon does not dial again.
@@ -92,7 +107,7 @@ fn the_cache_sends_only_to_a_member_this_node_is_linked_to() {
             stats.route_cache_unlinked,
             stats.route_cache_links_requested
         ),
-        (2, 1)
+        (3, 1)
     );
 
     // Once the link is up, the key goes straight to its root.
