@@ -182,6 +182,19 @@ impl Pastry {
             }
         }
         self.transmit_route(next, &msg, &excluded);
+        self.hold_sent(now, next, msg, excluded, attempts);
+    }
+
+    /// Holds `msg`, just sent to `next`, in custody until `next` acknowledges it: its
+    /// acknowledgement deadline and, if it is hedged, when a copy goes elsewhere.
+    pub(super) fn hold_sent(
+        &mut self,
+        now: Time,
+        next: PeerInfo,
+        msg: RouteMsg,
+        excluded: Vec<NodeId>,
+        attempts: u8,
+    ) {
         let deadline = now + self.hop_timeout(next.id, self.config.ack_timeout);
         let hedge_at = self.hedge_time(now, next.id, msg.key, attempts);
         self.in_flight.push(InFlight {

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use crate::id::{Key, NodeId};
 
-use super::custody::{Carried, InFlight};
+use super::custody::Carried;
 use super::routing::Choice;
 use super::state::Pastry;
 use super::Time;
@@ -120,20 +120,8 @@ impl Pastry {
             // key's root, and a hop told to avoid it could deliver in its place. Its own
             // timeout names it, as for any hop.
             self.transmit_route(target, &msg, &named);
-            let deadline = now + self.hop_timeout(target.id, self.config.ack_timeout);
-            let attempts = attempts.saturating_add(1);
             // The copy's hop may be silent too: it gets one copy of its own, if still due.
-            let hedge_at = self.hedge_time(now, target.id, msg.key, attempts);
-            self.in_flight.push(InFlight {
-                carried: Carried::Route(msg),
-                next: target,
-                deadline,
-                attempts,
-                excluded,
-                received: false,
-                hedge_at,
-                hedged: false,
-            });
+            self.hold_sent(now, target, msg, excluded, attempts.saturating_add(1));
         }
     }
 }
