@@ -200,6 +200,16 @@ fn ticks_between(before: Option<u64>, after: Option<u64>) -> Option<u64> {
         .map(|(before, after)| after.saturating_sub(before))
 }
 
+/// Process CPU ms per item since `before` (a [`process_cpu_ticks`] reading), `None` without
+/// readings or items.
+pub(crate) fn cpu_ms_per(before: Option<u64>, items: usize) -> Option<f64> {
+    before
+        .zip(process_cpu_ticks())
+        .filter(|_| items > 0)
+        // Linux clock ticks are 10 ms.
+        .map(|(before, after)| (after - before) as f64 * 10.0 / items as f64)
+}
+
 /// User + system CPU time of this process, in clock ticks, from `/proc/self/stat` (Linux).
 pub(crate) fn process_cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;

@@ -181,12 +181,7 @@ impl Mesh {
             counted += 1;
         }
         let rate = total as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        // Linux clock ticks are 10 ms.
-        let cpu = cpu_before
-            .zip(super::link::process_cpu_ticks())
-            .filter(|_| total > 0)
-            .map(|(before, after)| (after - before) as f64 * 10.0 / total as f64);
-        Ok((rate, cpu))
+        Ok((rate, super::link::cpu_ms_per(cpu_before, total)))
     }
 
     fn close(self) {

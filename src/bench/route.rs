@@ -284,11 +284,7 @@ pub async fn run(
     progress("route: throughput");
     let cpu_before = super::link::process_cpu_ticks();
     let throughput = throughput(&mut cluster, &config, &mut rng, &mut seq).await?;
-    let cpu_ms_per_routed_msg = cpu_before
-        .zip(super::link::process_cpu_ticks())
-        .filter(|_| config.throughput_messages > 0)
-        // Linux clock ticks are 10 ms.
-        .map(|(before, after)| (after - before) as f64 * 10.0 / config.throughput_messages as f64);
+    let cpu_ms_per_routed_msg = super::link::cpu_ms_per(cpu_before, config.throughput_messages);
     let nodes = cluster.nodes.len();
     cluster.shutdown().await;
 
