@@ -117,6 +117,8 @@ impl Pastry {
             self.learn_hint(now, from, leaf_set);
             self.check_against(now, from, leaf_set);
         }
+        self.hints.answered(from.id);
+        self.continue_hints(now);
     }
 
     /// Compares our leaf set with a live neighbour's: a member of ours that lies within the
@@ -419,6 +421,7 @@ impl Pastry {
                 (ProbeKind::Hint, _) => self.hints.forget(peer.id),
             }
         }
+        self.continue_hints(now);
     }
 
     /// The immediate neighbour on `side` was not heard from for `probe_period +

@@ -187,7 +187,7 @@ impl Pastry {
                     // costs a whole timeout (no RTT is known for them), while the entry's RTT
                     // is known and its silence is hedged (see `hedge`).
                     let hint = if excluded.is_empty() {
-                        self.hinted(key, slot.peer.id, usable)
+                        self.hinted(key, (row, usize::from(key.digit(row))), usable)
                     } else {
                         None
                     };

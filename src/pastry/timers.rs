@@ -150,6 +150,7 @@ impl Pastry {
             self.timers
                 .set(Timer::Heartbeat, now + self.config.probe_period);
             self.heartbeat(now);
+            self.settle_hints(now);
         }
         if self.timers.is_expired(Timer::Maintenance, now) {
             self.timers

@@ -46,6 +46,46 @@ fn hints_send_first_routes_straight_to_the_root() {
     );
 }
 
+#[test]
+fn hints_cover_slots_wider_than_one_leaf_set_and_name_later_joiners() {
+    // 600 nodes: row 0's slots hold about 37 nodes each, more than the 17 an entry's leaf set
+    // names, so only the extensions towards the slot's ends cover the rest; and the overlay
+    // grew after most hints were learned, so only the settling round names the nodes that
+    // joined since.
+    let config = Config {
+        route_cache_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 400, 3);
+    net.run_for(Duration::from_secs(120));
+    let (mut far, mut straight) = (0, 0);
+    for _ in 0..600 {
+        let from = net.random_live();
+        let key = net.random_key();
+        let node = &net.nodes[from];
+        let row = node.id().shared_prefix_len(key);
+        if node.leaf_set().covers(key) || row >= crate::id::DIGITS {
+            continue;
+        }
+        let Some(entry) = node.routing_table().get(row, usize::from(key.digit(row))) else {
+            continue;
+        };
+        let root = net.oracle_root(key);
+        if entry.peer.id == root {
+            continue;
+        }
+        far += 1;
+        if node.next_hop(key).map(|p| p.id) == Some(root) {
+            straight += 1;
+        }
+    }
+    assert!(far > 200, "too few far keys: {far}");
+    assert!(
+        straight * 10 >= far * 9,
+        "only {straight} of {far} far keys went straight to their root"
+    );
+}
+
 /// Links to every peer but the listed ones.
 #[derive(Debug)]
 struct AllBut(Vec<NodeId>);
