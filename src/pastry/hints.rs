@@ -153,8 +153,14 @@ impl Hints {
     /// `peer` was heard from directly: it goes into every hint whose range it lies in (a node
     /// that joined since the hint was learned is then named where it is the key's root),
     /// where it displaces the farthest member on its side.
-    pub(super) fn heard(&mut self, peer: PeerInfo) {
-        for hint in &mut self.entries {
+    pub(super) fn heard(&mut self, me: NodeId, peer: PeerInfo) {
+        let row = me.shared_prefix_len(peer.id);
+        if row >= crate::id::DIGITS {
+            return;
+        }
+        // Only the hints of its own slot route keys it may be the root of.
+        let slot = (row, usize::from(peer.id.digit(row)));
+        for hint in self.entries.iter_mut().filter(|h| h.slot == slot) {
             if hint.anchor.id != peer.id && hint.near.covers(Key::from(peer.id)) {
                 hint.near.insert(peer, None);
             }
@@ -325,6 +331,7 @@ impl Pastry {
         // holds its side back.
         let wait = self.config.probe_timeout * 2;
         self.hints.extending.retain(|(.., at)| now - *at < wait);
+        let size = self.estimated_size();
         for side in [Side::Left, Side::Right] {
             let held = self.hints.of_slot(slot).count()
                 + self
@@ -362,7 +369,6 @@ impl Pastry {
             let Some(next) = farthest.filter(|_| !reached) else {
                 continue;
             };
-            let size = self.estimated_size();
             // Asked once per size step or round: a node whose reply gave no hint (refused, or
             // it entered the table in between) is not asked again on every later reply.
             if next.id == self.me.id
@@ -459,6 +465,7 @@ impl Pastry {
         if !refresh && size > self.hints.peak {
             self.hints.settle = Some(now + self.config.probe_period * 2);
         }
+        let resumed = self.hints.deferred;
         self.hints.peak = self.hints.peak.max(size);
         self.hints.deferred = false;
         let wanted: Vec<PeerInfo> = self
@@ -470,7 +477,8 @@ impl Pastry {
         for peer in wanted {
             self.probe_for_hint(now, peer);
         }
-        if !refresh {
+        // Extensions start as hints are learned; those the in-flight bound held back go on here.
+        if resumed && !refresh {
             let mut slots: Vec<SlotIx> = self.hints.entries.iter().map(|h| h.slot).collect();
             slots.sort_unstable();
             slots.dedup();

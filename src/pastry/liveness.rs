@@ -100,7 +100,9 @@ impl Pastry {
         leaf_set: &[PeerInfo],
         failed: &[FailureClaim],
     ) {
+        let mut hint_probe = false;
         if let Some(index) = self.probes.iter().position(|p| p.peer.id == from.id) {
+            hint_probe = self.probes[index].kind == ProbeKind::Hint;
             self.probes.swap_remove(index);
         }
         if active {
@@ -118,7 +120,9 @@ impl Pastry {
             self.check_against(now, from, leaf_set);
         }
         self.hints.answered(from.id);
-        self.continue_hints(now);
+        if hint_probe {
+            self.continue_hints(now);
+        }
     }
 
     /// Compares our leaf set with a live neighbour's: a member of ours that lies within the
@@ -410,6 +414,7 @@ impl Pastry {
                 self.start_probe(now, peer, ProbeKind::Candidate);
             }
         }
+        let hint_failed = failed.iter().any(|(_, kind, _)| *kind == ProbeKind::Hint);
         for (peer, kind, doubt) in failed {
             match (kind, doubt) {
                 (ProbeKind::Member | ProbeKind::Verify, Some(doubt)) => {
@@ -421,7 +426,9 @@ impl Pastry {
                 (ProbeKind::Hint, _) => self.hints.forget(peer.id),
             }
         }
-        self.continue_hints(now);
+        if hint_failed {
+            self.continue_hints(now);
+        }
     }
 
     /// The immediate neighbour on `side` was not heard from for `probe_period +

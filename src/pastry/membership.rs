@@ -81,7 +81,7 @@ impl Pastry {
     /// may be nearer than the holder: this keeps existing tables proximity-aware as nodes join).
     pub(super) fn add_live(&mut self, now: Time, peer: PeerInfo, improve: bool) {
         let was_known = self.knows(peer.id);
-        self.hints.heard(peer);
+        self.hints.heard(self.me.id, peer);
         if self.leaf_set.insert(peer, None) && self.is_active() {
             if !was_known {
                 self.emit(Event::NodeJoined(peer.id));
