@@ -114,8 +114,9 @@ pub struct Status {
     pub root_answers_relayed: u64,
     /// Relayed answers this node passed on towards their origin, as a hop of the route.
     pub root_answer_relays: u64,
-    /// Sparse routing-table rows' entries whose nearest neighbours this node holds, so that
-    /// a route through one of them can skip its final hops (see [`crate::pastry`]'s hints).
+    /// Leaf sets this node holds of nodes in its sparse routing-table rows' slots (the slots'
+    /// entries and the extensions towards the slots' ends), so that a route through one of
+    /// those slots can skip its final hops (see [`crate::pastry`]'s hints).
     pub hints_held: usize,
     /// Probes this node sent to such entries for their neighbours.
     pub hint_probes: u64,

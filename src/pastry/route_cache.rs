@@ -543,7 +543,7 @@ impl Pastry {
         self.route_cache.len()
     }
 
-    /// Routing-table entries whose nearest neighbours this node holds (neighbour hints).
+    /// Leaf sets held of nodes in the sparse rows' slots (neighbour hints).
     pub fn hints_len(&self) -> usize {
         self.hints.len()
     }

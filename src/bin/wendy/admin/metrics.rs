@@ -301,7 +301,7 @@ impl Collector for SnapshotMetrics {
         gauge1(
             &mut e,
             "hints_held",
-            "Sparse rows' entries whose nearest neighbours are held (neighbour hints)",
+            "Leaf sets held of nodes in sparse routing-table slots (neighbour hints)",
             int(status.hints_held),
         )?;
         counter1(
