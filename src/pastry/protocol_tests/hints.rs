@@ -3,63 +3,12 @@
 
 use super::*;
 
-#[test]
-fn hints_send_first_routes_straight_to_the_root() {
-    // Route cache off: only the hints can skip hops here.
-    let config = Config {
-        route_cache_size: 0,
-        ..Config::default()
-    };
-    let mut net = Net::build(config, 300, 7);
-    net.run_for(Duration::from_secs(30));
-    let learned: u64 = (0..net.nodes.len())
-        .map(|i| net.nodes[i].stats().hints_learned)
-        .sum();
-    assert!(learned > 0, "no hint was learned");
-    // Pairs where the routing table alone would not reach the root in one hop.
+/// Of `samples` random (origin, key) pairs, those where the routing table alone would not reach
+/// the root in one hop (the key outside the origin's leaf set, its entry not the root), and how
+/// many of them the origin sends straight to the root.
+fn far_keys_routed_straight(net: &mut Net, samples: usize) -> (usize, usize) {
     let (mut far, mut straight) = (0, 0);
-    for _ in 0..400 {
-        let from = net.random_live();
-        let key = net.random_key();
-        let node = &net.nodes[from];
-        let me = node.id();
-        let row = me.shared_prefix_len(key);
-        if node.leaf_set().covers(key) || row >= crate::id::DIGITS {
-            continue;
-        }
-        let Some(entry) = node.routing_table().get(row, usize::from(key.digit(row))) else {
-            continue;
-        };
-        let root = net.oracle_root(key);
-        if entry.peer.id == root {
-            continue;
-        }
-        far += 1;
-        if node.next_hop(key).map(|p| p.id) == Some(root) {
-            straight += 1;
-        }
-    }
-    assert!(far > 50, "too few far keys: {far}");
-    assert!(
-        straight * 2 > far,
-        "only {straight} of {far} far keys went straight to their root"
-    );
-}
-
-#[test]
-fn hints_cover_slots_wider_than_one_leaf_set_and_name_later_joiners() {
-    // 600 nodes: row 0's slots hold about 37 nodes each, more than the 17 an entry's leaf set
-    // names, so only the extensions towards the slot's ends cover the rest; and the overlay
-    // grew after most hints were learned, so only the settling round names the nodes that
-    // joined since.
-    let config = Config {
-        route_cache_size: 0,
-        ..Config::default()
-    };
-    let mut net = Net::build(config, 400, 3);
-    net.run_for(Duration::from_secs(120));
-    let (mut far, mut straight) = (0, 0);
-    for _ in 0..600 {
+    for _ in 0..samples {
         let from = net.random_live();
         let key = net.random_key();
         let node = &net.nodes[from];
@@ -79,6 +28,43 @@ fn hints_cover_slots_wider_than_one_leaf_set_and_name_later_joiners() {
             straight += 1;
         }
     }
+    (far, straight)
+}
+
+#[test]
+fn hints_send_first_routes_straight_to_the_root() {
+    // Route cache off: only the hints can skip hops here.
+    let config = Config {
+        route_cache_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 300, 7);
+    net.run_for(Duration::from_secs(30));
+    let learned: u64 = (0..net.nodes.len())
+        .map(|i| net.nodes[i].stats().hints_learned)
+        .sum();
+    assert!(learned > 0, "no hint was learned");
+    let (far, straight) = far_keys_routed_straight(&mut net, 400);
+    assert!(far > 50, "too few far keys: {far}");
+    assert!(
+        straight * 2 > far,
+        "only {straight} of {far} far keys went straight to their root"
+    );
+}
+
+#[test]
+fn hints_cover_slots_wider_than_one_leaf_set_and_name_later_joiners() {
+    // 400 nodes: row 0's slots hold about 25 nodes each, more than the 17 an entry's leaf set
+    // names, so only the extensions towards the slot's ends cover the rest; and the overlay
+    // grew after most hints were learned, so only the settling round names the nodes that
+    // joined since.
+    let config = Config {
+        route_cache_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::build(config, 400, 3);
+    net.run_for(Duration::from_secs(120));
+    let (far, straight) = far_keys_routed_straight(&mut net, 600);
     assert!(far > 200, "too few far keys: {far}");
     assert!(
         straight * 10 >= far * 9,
