@@ -61,14 +61,15 @@ impl IdleBenchConfig {
     /// routing-table maintenance period opens half a period after the last join, so it holds
     /// exactly one maintenance round of every node (the first round comes 0.5 to 1.5 periods
     /// after a node starts, then one per period) and every heartbeat: the steady state, not a
-    /// quiet stretch between rounds. A shorter one opens 30 s after the last join, once the
-    /// joins' own traffic (row refreshes, announcements) is over.
+    /// quiet stretch between rounds. A shorter one opens once the joins' own traffic (row
+    /// refreshes, announcements, the hints' settling round and the links it opened) is over
+    /// ([`super::join_traffic_ends`]).
     pub fn with_window(window: Duration) -> Self {
         let period = NodeConfig::default().pastry.maintenance_period;
         let warmup = if window >= period {
             period / 2 + Duration::from_secs(5)
         } else {
-            Duration::from_secs(30)
+            super::join_traffic_ends()
         };
         Self {
             nodes: 100,

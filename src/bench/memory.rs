@@ -40,10 +40,10 @@ fn bare_transport_config(links: usize) -> Result<TransportConfig, BenchError> {
 pub struct MemoryBenchConfig {
     /// Nodes in the process.
     pub nodes: usize,
-    /// How long the settled cluster idles before the last reading. Default 45 s: longer than
-    /// the transport's idle-link timeout (20 s) plus the pool's look-up period (5 s) and the
-    /// heap trim after the closures (2 s), so the links a build opened once have closed and an
-    /// idle node is measured, not one still holding its join's links.
+    /// How long the settled cluster idles before the last reading. Default: until the join
+    /// traffic is over ([`super::join_traffic_ends`], 75 s), so the links a build and its
+    /// settling round opened once have closed and an idle node is measured, not one still
+    /// holding its join's links.
     pub idle: Duration,
     /// Seed of the bootstrap choices.
     pub seed: u64,
@@ -55,7 +55,7 @@ impl Default for MemoryBenchConfig {
     fn default() -> Self {
         Self {
             nodes: 100,
-            idle: Duration::from_secs(45),
+            idle: super::join_traffic_ends(),
             seed: 1,
             links_endpoints: 20,
         }

@@ -40,6 +40,18 @@ pub(crate) fn node_config() -> crate::node::NodeConfig {
     config
 }
 
+/// How long after a cluster's last join its join traffic is over, as the shipped configuration
+/// makes it: once the overlay stops growing, every node asks its sparse rows' entries for their
+/// leaf sets once more (the hints' settling round: due two probe periods after the last
+/// growth, run on the next heartbeat tick, one probe period apart; see `pastry::hints`), which
+/// opens links that the pool closes after the idle-link timeout; then the heap those links
+/// held is trimmed (within a few seconds). A node measured sooner is still joining, not idle.
+pub(crate) fn join_traffic_ends() -> std::time::Duration {
+    let config = node_config();
+    let settled = config.pastry.probe_period * 3;
+    settled + config.limits.idle_link_timeout + std::time::Duration::from_secs(10)
+}
+
 /// Where a suite reports its progress (one short line at a time).
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
