@@ -74,6 +74,11 @@ pub struct Config {
     /// A cached root is forgotten this long after its answer (or a confirmation). Default
     /// 120 s.
     pub route_cache_ttl: Duration,
+    /// Whether to learn the neighbourhoods of sparse routing-table rows' slots (neighbour
+    /// hints: a few probes per slot per maintenance period), so first routes to a key skip
+    /// their final hops. Off, a first route takes the table's hops and the leaf-set hop, and
+    /// only the route cache shortens later ones. Default true.
+    pub neighbour_hints: bool,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             dedup_capacity: 128,
             route_cache_size: 128,
             route_cache_ttl: Duration::from_secs(120),
+            neighbour_hints: true,
         }
     }
 }

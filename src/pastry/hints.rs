@@ -192,9 +192,11 @@ impl Hints {
 }
 
 impl Pastry {
-    /// Whether routing-table row `row` is sparse at the overlay's estimated size.
+    /// Whether routing-table row `row` is sparse at the overlay's estimated size, and so gets
+    /// hints (never with [`Config::neighbour_hints`](super::Config::neighbour_hints) off).
     pub(super) fn row_is_sparse(&self, row: usize) -> bool {
-        self.estimated_size() / 16f64.powi(row as i32 + 1) < SPARSE_CANDIDATES
+        self.config.neighbour_hints
+            && self.estimated_size() / 16f64.powi(row as i32 + 1) < SPARSE_CANDIDATES
     }
 
     /// Whether `id` lies in routing-table slot `slot` (shares its row's prefix with us and has

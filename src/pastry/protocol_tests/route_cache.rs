@@ -351,9 +351,12 @@ proptest! {
 
     /// Warm caches, then change who the roots are (silent failures and joins of nodes whose
     /// ids are the cached keys): every lookup is still delivered once, at the oracle's root.
+    /// Without neighbour hints: at these sizes they send nearly every first route straight to
+    /// its root, whose answer then caches nothing, and the cache would go untested.
     #[test]
     fn cached_routes_never_misdeliver(n in 30usize..70, seed in any::<u64>()) {
-        let mut net = Net::build(Config::default(), n, seed);
+        let config = Config { neighbour_hints: false, ..Config::default() };
+        let mut net = Net::build(config, n, seed);
         let newcomers: Vec<usize> = (0..3).map(|_| net.add(None)).collect();
         let mut keys: Vec<Key> = newcomers.iter().map(|&i| net.nodes[i].id().to_key()).collect();
         for _ in 0..5 {
