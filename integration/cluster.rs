@@ -82,7 +82,7 @@ async fn routed_message_reaches_closest() {
         _ => None,
     })
     .await;
-    assert_eq!(d.payload, b"hi");
+    assert_eq!(d.payload, &b"hi"[..]);
     assert_eq!(d.key, key);
 }
 
@@ -404,7 +404,7 @@ async fn routes_called_from_outside_tokio_are_delivered() {
         _ => None,
     })
     .await;
-    assert_eq!(payload, b"from a plain thread");
+    assert_eq!(payload, &b"from a plain thread"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,5 +439,5 @@ async fn a_panicking_forward_hook_drops_only_its_message() {
         _ => None,
     })
     .await;
-    assert_eq!(payload, b"fine", "the vetoed message was delivered");
+    assert_eq!(payload, &b"fine"[..], "the vetoed message was delivered");
 }

@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of Wendy's hot paths: the route decision on a full table, wire
-//! frame encode/decode, and leaf-set / routing-table updates.
+//! frame encode/decode (copying, and sharing the payload as a hop does), and leaf-set /
+//! routing-table updates.
 //!
 //! `cargo bench --bench micro` (add `-- --quick` for a fast look). These print timings; no
 //! test asserts them.
@@ -71,7 +72,7 @@ fn route_message(payload: usize) -> Body {
         origin: peer(&mut rng),
         hops: 2,
         avoid: vec![],
-        payload: vec![0x5a; payload],
+        payload: vec![0x5a; payload].into(),
         // A signed message, as the node runtime sends them.
         proof: Some(Box::new(OriginProof {
             public_key: [7; 32],
@@ -100,6 +101,16 @@ fn frames(c: &mut Criterion) {
         });
         group.bench_function(format!("decode {name}"), |b| {
             b.iter(|| wire::decode(std::hint::black_box(&frame), wire::DEFAULT_MAX_FRAME_SIZE))
+        });
+        // What a hop does: the payload stays in the frame it came in, and goes out as a
+        // chunk of its own (when it is large enough to be worth one).
+        group.bench_function(format!("decode shared {name}"), |b| {
+            b.iter(|| {
+                wire::decode_shared(std::hint::black_box(&frame), wire::DEFAULT_MAX_FRAME_SIZE)
+            })
+        });
+        group.bench_function(format!("encode chunks {name}"), |b| {
+            b.iter(|| wire::encode_chunks(std::hint::black_box(body), wire::DEFAULT_MAX_FRAME_SIZE))
         });
     }
     group.finish();

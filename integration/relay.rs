@@ -112,7 +112,7 @@ async fn next_direct(
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(NodeEvent::Direct { from, payload })) => return Some((from, payload)),
+            Ok(Some(NodeEvent::Direct { from, payload })) => return Some((from, payload.to_vec())),
             Ok(Some(_)) => {}
             _ => return None,
         }

@@ -15,7 +15,7 @@ use wendy::wire::{Body, WireError, VERSION};
 
 fn direct(payload: &[u8]) -> Body {
     Body::Direct {
-        payload: payload.to_vec(),
+        payload: payload.to_vec().into(),
     }
 }
 
@@ -101,7 +101,7 @@ async fn ten_thousand_concurrent_messages_are_each_delivered_exactly_once() {
         let Body::Direct { payload } = body else {
             panic!("unexpected body {body:?}")
         };
-        let index = u32::from_be_bytes(payload.try_into().unwrap());
+        let index = u32::from_be_bytes(payload[..].try_into().unwrap());
         assert!(index < COUNT);
         assert!(seen.insert(index), "message {index} delivered twice");
         received += 1;
@@ -928,7 +928,7 @@ async fn a_slow_consumer_applies_backpressure_to_the_sender() {
         let Body::Direct { payload } = body else {
             panic!("unexpected {body:?}")
         };
-        assert!(seen.insert(u32::from_be_bytes(payload.try_into().unwrap())));
+        assert!(seen.insert(u32::from_be_bytes(payload[..].try_into().unwrap())));
     }
     a.transport
         .send(b.id(), b.addr(), &direct(b"after"))

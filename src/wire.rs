@@ -26,8 +26,10 @@ use crate::pastry;
 
 pub mod codes;
 pub mod envelope;
+pub mod shared;
 
 pub use codes::{ErrorCode, PayloadKind};
+pub use shared::{decode_shared, encode_chunks};
 
 /// The frame format version this build writes and reads (2: routed and direct payloads are in
 /// an [`envelope`]; 3: a routed message carries its origin's signature, see
@@ -59,8 +61,8 @@ pub enum Body {
     /// A payload sent directly to this peer (not routed).
     Direct {
         /// The payload in its [`envelope`] (which says whose it is).
-        #[serde(with = "byte_buf")]
-        payload: Vec<u8>,
+        #[serde(with = "shared")]
+        payload: Bytes,
     },
     /// An error answer to a request, or a notice that something the peer sent was refused.
     Error {
@@ -336,8 +338,9 @@ pub(crate) mod strategy {
     pub(crate) fn any_body() -> impl Strategy<Value = Body> {
         prop_oneof![
             crate::pastry::message::strategy::message().prop_map(Body::Pastry),
-            proptest::collection::vec(any::<u8>(), 0..512)
-                .prop_map(|payload| Body::Direct { payload }),
+            proptest::collection::vec(any::<u8>(), 0..512).prop_map(|payload| Body::Direct {
+                payload: payload.into(),
+            }),
             (any::<u16>(), ".{0,64}").prop_map(|(code, message)| Body::Error { code, message }),
             any::<u64>().prop_map(|nonce| Body::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Body::Pong { nonce }),
@@ -402,7 +405,10 @@ mod tests {
             payload: payload.clone(),
         })
         .unwrap();
-        let ours = encode(&Body::Direct { payload }).unwrap();
+        let ours = encode(&Body::Direct {
+            payload: payload.into(),
+        })
+        .unwrap();
         assert_eq!(&ours[1..], &plain[..]);
     }
 
@@ -483,7 +489,7 @@ mod tests {
     #[test]
     fn oversized_frames_are_rejected_both_ways() {
         let body = Body::Direct {
-            payload: vec![0; 100],
+            payload: vec![0; 100].into(),
         };
         let frame = encode(&body).unwrap();
         assert_eq!(
@@ -527,7 +533,7 @@ mod tests {
             origin: peer(9),
             hops: 3,
             avoid: vec![peer(4).id],
-            payload: b"hi".to_vec(),
+            payload: b"hi".to_vec().into(),
             proof: Some(Box::new(crate::pastry::OriginProof {
                 public_key: [7; 32],
                 signature: [8; 64],

@@ -144,7 +144,7 @@ pub async fn assert_good_peer_served(server: &mut Node) {
             server.id(),
             server.addr(),
             &wendy::wire::Body::Direct {
-                payload: payload.clone(),
+                payload: payload.clone().into(),
             },
         )
         .await

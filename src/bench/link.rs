@@ -245,7 +245,7 @@ async fn run_ours(
         (received, Instant::now())
     });
     let body = Body::Direct {
-        payload: vec![0x5a; config.size],
+        payload: vec![0x5a; config.size].into(),
     };
     let cpu_before = process_cpu_ticks();
     let start = Instant::now();

@@ -182,7 +182,7 @@ async fn application_payloads_are_passed_on_whatever_their_bytes_and_mesh_garbag
     mesh.inner.on_event(
         NodeEvent::Direct {
             from,
-            payload: old_magic.clone(),
+            payload: old_magic.clone().into(),
         },
         &app,
     );
@@ -193,7 +193,7 @@ async fn application_payloads_are_passed_on_whatever_their_bytes_and_mesh_garbag
     // A mesh payload that does not decode is dropped, not handed to the application.
     mesh.inner.on_message(NodeEvent::Direct {
         from,
-        payload: vec![0xEE; 16],
+        payload: vec![0xEE; 16].into(),
     });
     assert!(app_events.try_recv().is_err());
     // An answer nobody asked for changes nothing and panics nothing.

@@ -22,6 +22,8 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -593,22 +595,26 @@ impl<L: Links> Driver<L> {
     ///
     /// The hook sees (and may change) the application's payload only, out of its envelope;
     /// payloads of other kinds, known or not, pass on untouched without being shown to it.
-    fn on_forward(&mut self, token: u64, info: Forwarded, mut payload: Vec<u8>) {
+    fn on_forward(&mut self, token: u64, info: Forwarded, mut payload: Bytes) {
         let key = info.key;
         let mut modified = false;
         let action = match (&self.forward, envelope::peek(&payload)) {
             (Some(hook), Ok((PayloadKind::Application, header))) => {
-                // `payload` keeps the header (and its capacity), the hook gets the rest.
-                let mut application = payload.split_off(header);
-                // A changed payload is no longer the one its origin signed (see
-                // `ForwardVerdict::Modified`): keep the original to tell.
-                let original = application.clone();
+                // The hook gets a copy of the application's part to change; the shared
+                // original tells whether it did (a changed payload is no longer the one its
+                // origin signed: see `ForwardVerdict::Modified`).
+                let mut application = payload[header..].to_vec();
                 // The hook runs on a transport task or the application's: a panic
                 // in it must not take that task (a link's reader) down with it.
                 let called =
                     std::panic::catch_unwind(AssertUnwindSafe(|| hook(&info, &mut application)));
-                modified = application != original;
-                payload.append(&mut application);
+                if application[..] != payload[header..] {
+                    modified = true;
+                    let mut changed = Vec::with_capacity(header + application.len());
+                    changed.extend_from_slice(&payload[..header]);
+                    changed.append(&mut application);
+                    payload = Bytes::from(changed);
+                }
                 called.unwrap_or_else(|_| {
                     warn!(%key, "the forward hook panicked; message dropped");
                     self.emit(NodeEvent::Error(format!(
@@ -795,8 +801,8 @@ impl<L: Links> Driver<L> {
         &self,
         sender: NodeId,
         what: &str,
-        wrapped: Vec<u8>,
-        event: impl FnOnce(Vec<u8>) -> NodeEvent,
+        wrapped: Bytes,
+        event: impl FnOnce(Bytes) -> NodeEvent,
     ) {
         match envelope::open(wrapped) {
             Ok((PayloadKind::Application, payload)) => self.emit(event(payload)),

@@ -54,6 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::id::{Key, NodeId};
@@ -211,8 +212,9 @@ pub struct Delivery {
     pub id: u64,
     /// Overlay hops taken (0 if the origin is the root).
     pub hops: u8,
-    /// The application payload.
-    pub payload: Vec<u8>,
+    /// The application payload (a view of the frame it arrived in: see
+    /// [`crate::wire::shared`]).
+    pub payload: Bytes,
 }
 
 /// What the overlay tells the application.
@@ -231,7 +233,7 @@ pub enum NodeEvent {
         /// The sender (authenticated by its certificate).
         from: NodeId,
         /// The payload.
-        payload: Vec<u8>,
+        payload: Bytes,
     },
     /// The leaf set's membership changed.
     LeafSetChanged {

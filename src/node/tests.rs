@@ -512,7 +512,7 @@ async fn a_link_lost_while_sends_are_deferred_settles_them_and_the_peer_is_decla
             _ => None,
         })
         .await;
-    assert_eq!(delivery.payload, b"alone");
+    assert_eq!(delivery.payload, &b"alone"[..]);
 }
 
 #[tokio::test]
@@ -560,7 +560,10 @@ async fn an_invalid_config_is_refused_before_anything_binds() {
 /// in-band mesh tag and a mesh probe, and a forged envelope of kind `Mesh`.
 fn forged_mesh_payloads() -> Vec<Vec<u8>> {
     let old_tag = [0xFF, b'w', b'm', b'e', b's', b'h', b'/', b'1', 6];
-    vec![old_tag.to_vec(), envelope::wrap(PayloadKind::Mesh, &[6])]
+    vec![
+        old_tag.to_vec(),
+        envelope::wrap(PayloadKind::Mesh, &[6]).to_vec(),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,7 +612,7 @@ async fn an_application_payload_is_the_applications_whatever_its_bytes() {
         .unwrap();
     let got = guard(mesh.recv()).await.unwrap();
     assert!(
-        matches!(&got, NodeEvent::Deliver(d) if d.payload == b"mesh" && d.origin == a.me.id),
+        matches!(&got, NodeEvent::Deliver(d) if d.payload == b"mesh"[..] && d.origin == a.me.id),
         "{got:?}"
     );
     // Nothing forged reached the subscriber before it, and the application saw no mesh payload.
@@ -637,11 +640,16 @@ async fn a_payload_of_an_unknown_kind_is_dropped_alone_and_reported_with_its_sen
         origin: a.me,
         hops: 0,
         avoid: Vec::new(),
-        payload: unknown.clone(),
+        payload: unknown.clone().into(),
         proof: None,
     });
     let expected = WireError::UnknownPayloadKind(0x3ff).to_string();
-    for body in [Body::Direct { payload: unknown }, routed] {
+    for body in [
+        Body::Direct {
+            payload: unknown.into(),
+        },
+        routed,
+    ] {
         Inbox::event(&*b.runtime, from_a(body));
         let error = b
             .next_event(|event| match event {
@@ -665,7 +673,7 @@ async fn a_payload_of_an_unknown_kind_is_dropped_alone_and_reported_with_its_sen
             _ => None,
         })
         .await;
-    assert_eq!(delivery.payload, b"after");
+    assert_eq!(delivery.payload, &b"after"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,7 +717,7 @@ async fn the_forward_hook_sees_and_changes_only_application_payloads() {
     Inbox::event(&*b.runtime, via_b(1, PayloadKind::Mesh, b"mesh"));
     let got = guard(mesh.recv()).await.unwrap();
     assert!(
-        matches!(&got, NodeEvent::Deliver(d) if d.payload == b"mesh"),
+        matches!(&got, NodeEvent::Deliver(d) if d.payload == b"mesh"[..]),
         "{got:?}"
     );
     Inbox::event(&*b.runtime, via_b(2, PayloadKind::Application, b"app"));
@@ -719,7 +727,7 @@ async fn the_forward_hook_sees_and_changes_only_application_payloads() {
             _ => None,
         })
         .await;
-    assert_eq!(delivery.payload, b"app (seen)");
+    assert_eq!(delivery.payload, &b"app (seen)"[..]);
     assert_eq!(*seen.lock().unwrap(), vec![b"app".to_vec()]);
 }
 

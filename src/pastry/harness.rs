@@ -7,6 +7,7 @@
 //! the timers and the oracle; `Net` keeps the nodes, what they delivered and reported, and the
 //! tests' knobs (`drop_if`, `kill`, `leave`).
 
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::time::Duration;
@@ -28,7 +29,7 @@ pub(crate) struct Delivered {
     pub(crate) origin: NodeId,
     pub(crate) id: u64,
     pub(crate) hops: u8,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Bytes,
     pub(crate) time: Time,
     /// Whether `at` was the oracle's root when the message arrived.
     pub(crate) correct: bool,
@@ -39,7 +40,7 @@ pub(crate) struct Delivered {
 pub(crate) struct Held {
     pub(crate) at: usize,
     pub(crate) token: u64,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Bytes,
 }
 
 /// Decides whether a message from node `from` to node `to` is lost (`from`, `to`, message).

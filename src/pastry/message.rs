@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{Key, NodeId};
@@ -131,9 +132,10 @@ pub enum Message {
         /// Nodes the sender found unresponsive while routing this message (at most
         /// [`MAX_AVOID`]): the receiver does not route it to them either.
         avoid: Vec<NodeId>,
-        /// The application payload.
-        #[serde(with = "byte_buf")]
-        payload: Vec<u8>,
+        /// The application payload (shared, not copied, by the hops it crosses: see
+        /// [`crate::wire::shared`]).
+        #[serde(with = "crate::wire::shared")]
+        payload: Bytes,
         /// The origin's proof that it sent this `id`, `key` and `payload` (see
         /// [`super::origin`]); `None` only from a node running without an authenticator (the
         /// simulator), which nodes with one accept only from the origin itself.
@@ -470,7 +472,7 @@ pub(crate) mod strategy {
                         origin,
                         hops,
                         avoid,
-                        payload,
+                        payload: payload.into(),
                         proof,
                     }
                 }),

@@ -2,6 +2,7 @@
 //! [`Transmit`]s for the network ([`Pastry::poll_transmit`]) and [`Event`]s for the
 //! application ([`Pastry::poll_event`]).
 
+use bytes::Bytes;
 use std::time::Duration;
 
 use crate::id::{Key, NodeId};
@@ -34,12 +35,12 @@ pub enum Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForwardVerdict {
     /// Forward the message with this payload, the one [`Event::Forward`] handed out.
-    Continue(Vec<u8>),
+    Continue(Bytes),
     /// Forward the message with this payload, which the application changed. With an
     /// authenticator ([`Pastry::set_origin_auth`]) the origin's signature no longer covers it,
     /// so this node routes it on as its own message (it becomes the origin, with a fresh id);
     /// without one it is [`Self::Continue`].
-    Modified(Vec<u8>),
+    Modified(Bytes),
     /// Drop the message.
     Drop,
 }
@@ -59,7 +60,7 @@ pub enum Event {
         /// Overlay hops the message took.
         hops: u8,
         /// The application payload.
-        payload: Vec<u8>,
+        payload: Bytes,
     },
     /// (Only with [`Config::intercept_forwards`].) The message is about to be forwarded to
     /// `next_hop`; answer with [`Pastry::resume_forward`] and this `token`.
@@ -75,7 +76,7 @@ pub enum Event {
         /// Hops taken so far.
         hops: u8,
         /// The application payload (hand it back, possibly modified).
-        payload: Vec<u8>,
+        payload: Bytes,
     },
     /// This node became active: its leaf set is confirmed and it may deliver as root.
     Joined,

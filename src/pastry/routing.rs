@@ -3,6 +3,7 @@
 //! node is still joining (waiting).
 
 use crate::id::{Key, NodeId, DIGITS};
+use bytes::Bytes;
 
 use super::liveness::ProbeKind;
 use super::origin::{route_digest, OriginProof, ProofError};
@@ -20,7 +21,7 @@ pub(super) struct RouteMsg {
     pub(super) avoid: Vec<NodeId>,
     /// The node we received it from (none at the origin).
     pub(super) prev: Option<PeerInfo>,
-    pub(super) payload: Vec<u8>,
+    pub(super) payload: Bytes,
     /// The origin's proof, passed on unchanged (see [`super::origin`]).
     pub(super) proof: Option<Box<OriginProof>>,
     /// Fresh rounds of attempts its origin started after using up

@@ -1,6 +1,7 @@
 //! `Pastry` itself: the state of one node, its constructor and accessors, and the entry points
 //! (commands, `handle_*`, `poll_*`). The sub-protocols live in their own modules.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -325,10 +326,10 @@ impl Pastry {
 
     /// Routes `payload` towards `key`; returns the message id that [`Event::Deliver`] and
     /// [`Event::RouteFailed`] carry. A node that is not active fails the message at once.
-    pub fn route(&mut self, now: Time, key: Key, payload: Vec<u8>) -> u64 {
+    pub fn route(&mut self, now: Time, key: Key, payload: impl Into<Bytes>) -> u64 {
         let id = self.fresh_route_id();
         if self.is_active() {
-            let msg = self.originate(id, key, 0, payload);
+            let msg = self.originate(id, key, 0, payload.into());
             self.route_step(now, msg, Vec::new(), 0);
         } else {
             self.fail_route(self.me.id, id, key);
@@ -667,7 +668,7 @@ impl Pastry {
 
     /// A message this node originates (signed when it is first sent to a peer, if need be:
     /// see `Pastry::send_route`).
-    pub(super) fn originate(&mut self, id: u64, key: Key, hops: u8, payload: Vec<u8>) -> RouteMsg {
+    pub(super) fn originate(&mut self, id: u64, key: Key, hops: u8, payload: Bytes) -> RouteMsg {
         RouteMsg {
             id,
             key,

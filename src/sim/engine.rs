@@ -326,7 +326,7 @@ impl<P: SimNode> Simulation<P> {
                 };
                 if self.config.trace_routes {
                     if let Message::Route { payload, .. } = &msg {
-                        if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_slice()) {
+                        if let Ok(bytes) = <[u8; 8]>::try_from(&payload[..]) {
                             let lookup = u64::from_le_bytes(bytes) as u32;
                             let now = self.now();
                             self.lookups.paths.push((lookup, from, to, now));

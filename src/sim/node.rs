@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::id::{Key, NodeId};
 use crate::pastry::{Config, Event, Message, Pastry, PeerInfo, Time, Transmit};
 
@@ -53,7 +55,7 @@ pub enum Effect {
         /// Hops the message took.
         hops: u8,
         /// The application payload.
-        payload: Vec<u8>,
+        payload: Bytes,
     },
     /// A message is held for the application's verdict before it is forwarded (only if the
     /// protocol intercepts forwards, which the simulator turns off; the unit-test harness
@@ -62,7 +64,7 @@ pub enum Effect {
         /// Identifies the held message.
         token: u64,
         /// The application payload.
-        payload: Vec<u8>,
+        payload: Bytes,
     },
     /// Something the application may want to know; the simulator looks only at
     /// [`Event::RouteFailed`] (a route this node originated was given up).

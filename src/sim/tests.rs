@@ -96,7 +96,7 @@ impl SimNode for StandIn {
                 origin: self.me.id,
                 id: self.next_id,
                 hops: 0,
-                payload,
+                payload: payload.into(),
             });
         } else {
             self.out.push(Effect::Send {
@@ -107,7 +107,7 @@ impl SimNode for StandIn {
                     origin: self.me,
                     hops: 1,
                     avoid: Vec::new(),
-                    payload,
+                    payload: payload.into(),
                     proof: None,
                 },
             });

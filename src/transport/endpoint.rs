@@ -324,13 +324,17 @@ impl Transport {
         addr: SocketAddr,
         body: &Body,
     ) -> Result<(LinkGuard, quinn::SendStream), SendError> {
-        let frame = wire::encode_bounded(body, self.inner.limits.max_message_size)
+        // A large routed payload goes out as a chunk of its own (see `wire::shared`).
+        let mut frame = wire::encode_chunks(body, self.inner.limits.max_message_size)
             .map_err(SendError::Encode)?;
         let (guard, mut stream) = self
             .inner
             .open(peer, addr, |conn| async move { conn.open_uni().await })
             .await?;
-        stream.write_chunk(frame).await.map_err(StreamError::from)?;
+        stream
+            .write_all_chunks(&mut frame)
+            .await
+            .map_err(StreamError::from)?;
         stream.finish().map_err(StreamError::from)?;
         Ok((guard, stream))
     }

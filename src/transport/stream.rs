@@ -381,7 +381,9 @@ impl<'a> FrameReader<'a> {
                 frame.extend_from_slice(&chunk);
             }
         }
-        wire::decode(&frame, self.max).map_err(ReadFrameError::Wire)
+        // Payloads stay in the frame's buffer (see `wire::shared`).
+        let frame = Bytes::from(frame);
+        wire::decode_shared(&frame, self.max).map_err(ReadFrameError::Wire)
     }
 
     /// The stream ended after `read` bytes: the frame's end, or early if its length was

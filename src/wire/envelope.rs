@@ -21,6 +21,8 @@
 //! [`Node::route`]: crate::node::Node::route
 //! [`Node::send`]: crate::node::Node::send
 
+use bytes::Bytes;
+
 use super::codes::PayloadKind;
 use super::{read_varint_u32, WireError};
 
@@ -32,10 +34,10 @@ const MAX_HEADER: usize = 5;
 /// ```
 /// use wendy::wire::{envelope, PayloadKind};
 /// let wrapped = envelope::wrap(PayloadKind::Application, b"hi");
-/// assert_eq!(envelope::open(wrapped)?, (PayloadKind::Application, b"hi".to_vec()));
+/// assert_eq!(envelope::open(wrapped)?.1, &b"hi"[..]);
 /// # Ok::<(), wendy::wire::WireError>(())
 /// ```
-pub fn wrap(kind: PayloadKind, payload: &[u8]) -> Vec<u8> {
+pub fn wrap(kind: PayloadKind, payload: &[u8]) -> Bytes {
     let mut wrapped = Vec::with_capacity(MAX_HEADER + payload.len());
     let mut value = kind.value();
     loop {
@@ -49,7 +51,7 @@ pub fn wrap(kind: PayloadKind, payload: &[u8]) -> Vec<u8> {
         wrapped.push(low | 0x80);
     }
     wrapped.extend_from_slice(payload);
-    wrapped
+    Bytes::from(wrapped)
 }
 
 /// The kind of a wrapped payload and the length of its header, without touching the payload.
@@ -60,11 +62,10 @@ pub fn peek(wrapped: &[u8]) -> Result<(PayloadKind, usize), WireError> {
     Ok((kind, len))
 }
 
-/// Takes a payload out of its envelope: its kind and its bytes (in the same allocation).
-pub fn open(mut wrapped: Vec<u8>) -> Result<(PayloadKind, Vec<u8>), WireError> {
+/// Takes a payload out of its envelope: its kind and its bytes (a view of the same buffer).
+pub fn open(wrapped: Bytes) -> Result<(PayloadKind, Bytes), WireError> {
     let (kind, header) = peek(&wrapped)?;
-    wrapped.drain(..header);
-    Ok((kind, wrapped))
+    Ok((kind, wrapped.slice(header..)))
 }
 
 #[cfg(test)]
@@ -79,10 +80,10 @@ mod tests {
             let wrapped = wrap(kind, b"payload");
             assert_eq!(wrapped.len(), 2 + 7);
             assert_eq!(peek(&wrapped), Ok((kind, 2)));
-            assert_eq!(open(wrapped), Ok((kind, b"payload".to_vec())));
+            assert_eq!(open(wrapped), Ok((kind, Bytes::from_static(b"payload"))));
         }
         // 0x300 = 0b11_0000000: low seven bits 0 with the continuation bit, then 6.
-        assert_eq!(wrap(PayloadKind::Application, b""), [0x80, 0x06]);
+        assert_eq!(wrap(PayloadKind::Application, b""), &[0x80, 0x06][..]);
     }
 
     #[test]
@@ -91,24 +92,27 @@ mod tests {
         let wrapped = wrap(PayloadKind::Application, &old_magic);
         assert_eq!(
             open(wrapped),
-            Ok((PayloadKind::Application, old_magic.to_vec()))
+            Ok((PayloadKind::Application, Bytes::copy_from_slice(&old_magic)))
         );
         // Unwrapped, the same bytes are no envelope Wendy knows.
-        assert!(open(old_magic.to_vec()).is_err());
+        assert!(open(Bytes::copy_from_slice(&old_magic)).is_err());
     }
 
     #[test]
     fn an_unknown_kind_is_its_own_error_and_a_missing_one_is_truncated() {
         // 0x3ff is in the range but unregistered; 0x7f is outside it.
         assert_eq!(
-            open(vec![0xff, 0x07, 1]),
+            open(Bytes::from(vec![0xff, 0x07, 1])),
             Err(WireError::UnknownPayloadKind(0x3ff))
         );
-        assert_eq!(open(vec![0x7f]), Err(WireError::UnknownPayloadKind(0x7f)));
-        assert_eq!(open(Vec::new()), Err(WireError::Truncated));
-        assert_eq!(open(vec![0x80]), Err(WireError::Truncated));
+        assert_eq!(
+            open(Bytes::from(vec![0x7f])),
+            Err(WireError::UnknownPayloadKind(0x7f))
+        );
+        assert_eq!(open(Bytes::new()), Err(WireError::Truncated));
+        assert_eq!(open(Bytes::from(vec![0x80])), Err(WireError::Truncated));
         assert!(matches!(
-            open(vec![0xff, 0xff, 0xff, 0xff, 0x7f]),
+            open(Bytes::from(vec![0xff, 0xff, 0xff, 0xff, 0x7f])),
             Err(WireError::Malformed(_))
         ));
     }
@@ -117,12 +121,12 @@ mod tests {
         #[test]
         fn every_payload_survives_its_envelope(payload in proptest::collection::vec(any::<u8>(), 0..256), mesh: bool) {
             let kind = if mesh { PayloadKind::Mesh } else { PayloadKind::Application };
-            prop_assert_eq!(open(wrap(kind, &payload)), Ok((kind, payload)));
+            prop_assert_eq!(open(wrap(kind, &payload)), Ok((kind, Bytes::from(payload))));
         }
 
         #[test]
         fn opening_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..16)) {
-            if let Ok((kind, payload)) = open(bytes.clone()) {
+            if let Ok((kind, payload)) = open(Bytes::from(bytes.clone())) {
                 prop_assert_eq!(wrap(kind, &payload), bytes);
             }
         }

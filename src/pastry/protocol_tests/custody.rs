@@ -138,7 +138,7 @@ fn route_msg(origin: PeerInfo, id: u64, key: Key) -> Message {
         origin,
         hops: 1,
         avoid: vec![],
-        payload: b"x".to_vec(),
+        payload: b"x".to_vec().into(),
         proof: None,
     }
 }

@@ -422,7 +422,7 @@ fn a_forged_failure_notice_for_a_live_node_removes_nothing_and_misdelivers_nothi
     let to_c: Vec<_> = net
         .delivered
         .iter()
-        .filter(|d| d.payload == b"to c")
+        .filter(|d| d.payload == b"to c"[..])
         .collect();
     assert_eq!(to_c.len(), 3 * holders.len());
     assert!(
@@ -539,7 +539,7 @@ fn a_liar_that_also_names_honest_witnesses_evicts_nothing() {
     let to_c: Vec<_> = net
         .delivered
         .iter()
-        .filter(|d| d.payload == b"to c")
+        .filter(|d| d.payload == b"to c"[..])
         .collect();
     assert_eq!(to_c.len(), 3 * holders.len());
     assert!(

@@ -72,7 +72,7 @@ fn an_inactive_joiner_never_delivers_as_root() {
         origin: net.peer(0),
         hops: 1,
         avoid: vec![],
-        payload: b"early".to_vec(),
+        payload: b"early".to_vec().into(),
         proof: None,
     };
     let from = net.peer(0);

@@ -24,7 +24,7 @@ fn signed(origin: u128, id: u64, key: u128, payload: &[u8]) -> Message {
         origin: peer(origin),
         hops: 1,
         avoid: vec![],
-        payload: payload.to_vec(),
+        payload: payload.to_vec().into(),
         proof: Some(Box::new(FakeAuth::proof_of(peer(origin).id, &digest))),
     }
 }
@@ -146,7 +146,9 @@ fn a_tampered_id_key_or_payload_breaks_the_proof() {
             id, key, payload, ..
         } = &mut msg
         {
-            f(id, key, payload);
+            let mut bytes = payload.to_vec();
+            f(id, key, &mut bytes);
+            *payload = bytes.into();
         }
         msg
     };
@@ -311,10 +313,10 @@ fn a_forward_hook_that_changes_the_payload_makes_its_node_the_origin() {
     for _ in 0..20 {
         net.run_for(Duration::from_millis(500));
         for h in std::mem::take(&mut net.held) {
-            let mut payload = h.payload.clone();
+            let mut payload = h.payload.to_vec();
             payload.push(b'+');
             last_modifier = Some(net.nodes[h.at].id());
-            net.resume(&h, ForwardVerdict::Modified(payload));
+            net.resume(&h, ForwardVerdict::Modified(payload.into()));
         }
     }
     let got: Vec<_> = net
@@ -374,7 +376,7 @@ fn an_unsigned_first_hop_that_is_not_the_root_gets_the_proof_when_it_asks() {
                         proof,
                         ..
                     },
-            } if to.id == first.id && got == id => Some((key, payload, proof)),
+            } if to.id == first.id && got == id => Some((key, payload.to_vec(), proof)),
             _ => None,
         })
         .collect();
@@ -432,7 +434,7 @@ fn a_first_hop_asks_for_the_proof_instead_of_passing_an_unsigned_message_on() {
         origin,
         hops: 0,
         avoid: vec![],
-        payload: b"x".to_vec(),
+        payload: b"x".to_vec().into(),
         proof: None,
     };
     net.nodes[h].handle_message(net.now, origin, unsigned);

@@ -13,7 +13,7 @@ fn a_node_suppresses_a_message_it_already_delivered() {
         origin: peer(7),
         hops: 2,
         avoid: vec![],
-        payload: vec![],
+        payload: Default::default(),
         proof: None,
     };
     node.handle_message(Time::ZERO, peer(7), msg.clone());
@@ -77,7 +77,7 @@ fn only_the_origin_hears_that_its_message_was_given_up() {
         origin: peer(7),
         hops: Config::default().max_hops + 1,
         avoid: vec![],
-        payload: vec![],
+        payload: Default::default(),
         proof: None,
     };
     node.handle_message(Time::ZERO, peer(8), over_the_limit);
@@ -136,9 +136,9 @@ fn forward_interception_can_modify_or_veto() {
         net.run_for(Duration::from_millis(500));
         let held = std::mem::take(&mut net.held);
         for h in held {
-            let mut payload = h.payload.clone();
+            let mut payload = h.payload.to_vec();
             payload.push(b'+');
-            net.resume(&h, ForwardVerdict::Continue(payload));
+            net.resume(&h, ForwardVerdict::Continue(payload.into()));
         }
     }
     let origin = net.nodes[from].id();
@@ -300,7 +300,7 @@ fn a_message_is_not_bounced_back_to_its_sender() {
             origin: peer(a),
             hops: 1,
             avoid: vec![],
-            payload: vec![],
+            payload: Default::default(),
             proof: None,
         },
     );
@@ -349,7 +349,7 @@ fn a_node_named_in_a_messages_avoid_list_is_checked_not_dropped() {
         origin: c,
         hops: 1,
         avoid: vec![x.id],
-        payload: vec![],
+        payload: Default::default(),
         proof: None,
     };
     node.handle_message(later, c, msg);
@@ -395,7 +395,7 @@ fn a_live_root_named_in_a_messages_avoid_list_still_gets_the_message() {
         origin: c,
         hops: 1,
         avoid: vec![x.id],
-        payload: vec![],
+        payload: Default::default(),
         proof: None,
     };
     node.handle_message(later, c, msg);
