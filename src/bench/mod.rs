@@ -46,7 +46,7 @@ pub(crate) fn node_config() -> crate::node::NodeConfig {
 /// growth, run on the next heartbeat tick, one probe period apart; see `pastry::hints`), which
 /// opens links that the pool closes after the idle-link timeout; then the heap those links
 /// held is trimmed (within a few seconds). A node measured sooner is still joining, not idle.
-pub(crate) fn join_traffic_ends() -> std::time::Duration {
+pub fn join_traffic_ends() -> std::time::Duration {
     let config = node_config();
     let settled = config.pastry.probe_period * 3;
     settled + config.limits.idle_link_timeout + std::time::Duration::from_secs(10)
