@@ -206,7 +206,7 @@ pub enum WireError {
 ///
 /// ```
 /// use wendy::wire::{decode, encode, Body, DEFAULT_MAX_FRAME_SIZE};
-/// let body = Body::Direct { payload: b"hello".to_vec() };
+/// let body = Body::Direct { payload: b"hello".to_vec().into() };
 /// let frame = encode(&body)?;
 /// assert_eq!(decode(&frame, DEFAULT_MAX_FRAME_SIZE)?, body);
 /// # Ok::<(), wendy::wire::WireError>(())

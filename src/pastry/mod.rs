@@ -43,7 +43,7 @@
 //! }
 //! while let Some(event) = node.poll_event() {
 //!     if let Event::Deliver { payload, .. } = event {
-//!         assert_eq!(payload, b"hi"); // alone, this node is the root of every key
+//!         assert_eq!(payload, b"hi"[..]); // alone, this node is the root of every key
 //!     }
 //! }
 //! assert!(node.poll_timeout().is_some()); // the heartbeat, at the latest

@@ -47,7 +47,7 @@
 //! let (transport, mut events) = Transport::bind(config).await?;
 //! let peer_addr = "127.0.0.1:4000".parse()?;
 //! let peer = transport.connect(peer_addr, None).await?;
-//! transport.send(peer, peer_addr, &Body::Direct { payload: b"hello".to_vec() }).await?;
+//! transport.send(peer, peer_addr, &Body::Direct { payload: b"hello".to_vec().into() }).await?;
 //! while let Some(event) = events.recv().await {
 //!     if let TransportEvent::Message { from, body, .. } = event {
 //!         println!("{from}: {body:?}");
