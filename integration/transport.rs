@@ -46,6 +46,55 @@ async fn two_nodes_exchange_messages_both_ways() {
     assert_eq!(b.transport.links().len(), 1);
 }
 
+/// A routed message as a hop passes it on: decoded with its payload left in the frame it came
+/// in, then sent again with the payload as a chunk of its own. Over two real links, payloads
+/// on both sides of the chunk threshold arrive byte for byte (that the large ones are not
+/// copied is checked by the unit tests of `wire::shared`).
+#[tokio::test]
+async fn a_forwarded_payload_crosses_two_links_intact() {
+    use wendy::id::Key;
+    use wendy::pastry::{Message, PeerInfo};
+    use wendy::wire::shared::SPLICE_MIN;
+
+    let a = Node::open().await;
+    let mut b = Node::open().await;
+    let mut c = Node::open().await;
+    let origin = PeerInfo {
+        id: a.id(),
+        addr: a.addr(),
+    };
+    for (i, len) in [0, 200, SPLICE_MIN - 1, SPLICE_MIN, 64 << 10, 900 << 10]
+        .into_iter()
+        .enumerate()
+    {
+        let payload: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+        let sent = Body::Pastry(Message::Route {
+            id: i as u64,
+            key: Key::from_u128(7),
+            origin,
+            hops: 0,
+            avoid: Vec::new(),
+            payload: payload.clone().into(),
+            proof: None,
+        });
+        a.transport.send(b.id(), b.addr(), &sent).await.unwrap();
+        let (from, at_b) = next_message(&mut b).await;
+        assert_eq!(
+            (from, &at_b),
+            (a.id(), &sent),
+            "{len} bytes at the first hop"
+        );
+        b.transport.send(c.id(), c.addr(), &at_b).await.unwrap();
+        let (from, at_c) = next_message(&mut c).await;
+        assert_eq!(from, b.id());
+        let Body::Pastry(Message::Route { payload: got, .. }) = at_c else {
+            panic!("not a routed message: {at_c:?}")
+        };
+        assert_eq!(got.len(), len);
+        assert!(got[..] == payload[..], "{len} bytes changed on the way");
+    }
+}
+
 #[tokio::test]
 async fn link_up_is_announced_before_messages_with_rtt() {
     let a = Node::open().await;
