@@ -163,6 +163,11 @@ impl Machine {
             .map_or(true, |at| now.duration_since(at) >= SCAN_EVERY)
     }
 
+    /// Whether the machine follows no relayed link: nothing to time but the next scan.
+    pub(super) fn is_idle(&self) -> bool {
+        self.peers.is_empty()
+    }
+
     /// Whether `peer` has a relayed link the machine follows.
     pub(super) fn knows(&self, peer: NodeId) -> bool {
         self.peers.contains_key(&peer)

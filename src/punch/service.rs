@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::machine::{Effect, Machine};
+use super::machine::{Effect, Machine, SCAN_EVERY};
 use super::message::{usable, PunchMessage, MAX_ADDRS};
 use super::socket::{Directs, Received};
 use super::{Request, Shared, MAX_PUNCHING};
@@ -22,7 +22,9 @@ use crate::relay::{is_synthetic, unmap};
 use crate::transport::Transport;
 use crate::wire::Body;
 
-/// How often the service looks at its timers.
+/// How often the service looks at its timers while it follows relayed links. Without any,
+/// it wakes only for the next scan ([`SCAN_EVERY`]): most nodes have no relayed link, and a
+/// node should not wake twenty times a second for nothing.
 const TICK: Duration = Duration::from_millis(50);
 /// How long an offer waits for its answer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,12 +82,11 @@ impl Service {
         mut probes: mpsc::Receiver<Received>,
     ) {
         let (answers, mut answers_rx) = mpsc::channel(MAX_PUNCHING * 2);
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut effects = Vec::new();
+        let mut next_tick = Instant::now();
         loop {
             tokio::select! {
-                _ = tick.tick() => {
+                () = tokio::time::sleep_until(next_tick) => {
                     let now = Instant::now();
                     if self.advertised_now.has_changed().unwrap_or(false) {
                         self.advertised = *self.advertised_now.borrow_and_update();
@@ -95,6 +96,7 @@ impl Service {
                         self.machine.scan(now, &self.relayed(), &mut effects);
                     }
                     self.machine.tick(now, &mut effects);
+                    next_tick = Instant::now() + self.period();
                 }
                 request = requests.recv() => match request {
                     Some(request) => self.on_request(request, Instant::now(), &mut effects),
@@ -110,7 +112,18 @@ impl Service {
             for effect in effects.drain(..) {
                 self.carry_out(effect, &answers);
             }
+            // A request or an answer may have given the machine a link to follow.
+            next_tick = next_tick.min(Instant::now() + self.period());
             self.publish();
+        }
+    }
+
+    /// How long until the machine's timers are looked at again.
+    fn period(&self) -> Duration {
+        if self.machine.is_idle() {
+            SCAN_EVERY
+        } else {
+            TICK
         }
     }
 
