@@ -5,6 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
+use tracing::Instrument;
+
 /// Lets the tasks this task just woke run first, then continues.
 ///
 /// tokio runs the task woken last by a worker's task next (its LIFO slot), and puts a task that
@@ -31,7 +33,8 @@ pub(crate) async fn step_aside() {
 /// uni stream, queue the frame, finish), so the hot path costs no task hand-off; a send that
 /// must dial, or wait for credit, continues in its own task and the caller never waits on a
 /// peer. The first poll uses a no-op waker: a future that returns `Pending` is polled again by
-/// the spawned task, which registers the real waker before anything can be missed.
+/// the spawned task, which registers the real waker before anything can be missed. The first
+/// poll runs in the caller's span; a spawned rest is instrumented with it.
 pub(crate) fn run_inline_or_spawn<F>(work: F)
 where
     F: Future<Output = ()> + Send + 'static,
@@ -40,7 +43,7 @@ where
     let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
     if work.as_mut().poll(&mut cx).is_pending() {
-        tokio::spawn(work);
+        tokio::spawn(work.in_current_span());
     }
 }
 

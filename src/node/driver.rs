@@ -736,27 +736,24 @@ impl<L: Links> Driver<L> {
         let transport = self.transport.clone();
         let internal = self.internal.clone();
         let counters = self.counters.clone();
-        run_inline_or_spawn(
-            async move {
-                if let Err(error) = transport.send(to.id, to.addr, &body).await {
-                    bump(&counters.send_failures);
-                    if let SendError::Connect(error) = &error {
-                        counters.dial_failures.count(error);
-                        if let ConnectError::IdentityInUse { live_at } = error {
-                            let _ = internal.send(Internal::IdentityClaim(*live_at));
-                        }
-                        if is_refusal(error) {
-                            let _ = internal.send(Internal::Refused(to.addr, error.to_string()));
-                        }
+        run_inline_or_spawn(async move {
+            if let Err(error) = transport.send(to.id, to.addr, &body).await {
+                bump(&counters.send_failures);
+                if let SendError::Connect(error) = &error {
+                    counters.dial_failures.count(error);
+                    if let ConnectError::IdentityInUse { live_at } = error {
+                        let _ = internal.send(Internal::IdentityClaim(*live_at));
                     }
-                    debug!(peer = %to.id, %error, "send failed");
-                    if is_peer_failure(&error) {
-                        let _ = internal.send(Internal::Unreachable(to.id));
+                    if is_refusal(error) {
+                        let _ = internal.send(Internal::Refused(to.addr, error.to_string()));
                     }
                 }
+                debug!(peer = %to.id, %error, "send failed");
+                if is_peer_failure(&error) {
+                    let _ = internal.send(Internal::Unreachable(to.id));
+                }
             }
-            .in_current_span(),
-        );
+        });
     }
 
     fn measure(&self, peer: PeerInfo) {

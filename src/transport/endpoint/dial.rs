@@ -69,14 +69,14 @@ impl Inner {
                 Err(_) => return Err(SendError::OpenStreamTimeout),
                 Ok(Ok(stream)) => return Ok((guard, stream)),
                 Ok(Err(error)) if identity_in_use(&error).is_some() => {
-                    self.forget(&link, &error).await;
+                    Box::pin(self.forget(&link, &error)).await;
                     let reason = identity_in_use(&error).unwrap_or_default();
                     return Err(ConnectError::identity_in_use(reason).into());
                 }
                 Ok(Err(error)) if !retried => {
                     debug!(%peer, %error, "pooled link was closed; dialling again");
                     drop(guard);
-                    self.forget(&link, &error).await;
+                    Box::pin(self.forget(&link, &error)).await;
                     retried = true;
                 }
                 Ok(Err(error)) => return Err(SendError::Connection(error)),
@@ -135,9 +135,11 @@ impl Inner {
                 }
                 return Ok(link);
             }
-            return self.dial_peer(peer, addr).await;
+            // Boxed, as `forget` above: a send's future would otherwise carry a dial's large
+            // state (and be allocated at that size) on every send over a pooled link.
+            return Box::pin(self.dial_peer(peer, addr)).await;
         }
-        self.dial(addr, None).await
+        Box::pin(self.dial(addr, None)).await
     }
 
     /// Dials `peer` at `addr` (one dial per peer at a time) unless a link there appeared
