@@ -19,6 +19,7 @@ const FIELDS: [(&str, &[&str]); 7] = [
             "routed_msgs_per_s_per_node",
             "one_hop_one_way_p50_ratio",
             "one_hop_one_way_detached_p50_ratio",
+            "one_hop_one_way_mixed_p50_ratio",
             "one_hop_request_response_p50_ratio",
             "routed_hops_vs_raw_mesh",
         ],

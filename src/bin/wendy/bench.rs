@@ -418,6 +418,7 @@ fn print_suite(suite: &str, r: &Value) {
                 ("raw quinn one-way", "raw_quinn_one_way"),
                 ("raw quinn one-way, detached", "raw_quinn_one_way_detached"),
                 ("wendy 1 hop (route -> deliver)", "one_hop"),
+                ("wendy 1 hop, attached", "one_hop_attached"),
                 ("wendy 1 hop request/response", "one_hop_request_response"),
                 ("wendy 3+ hops (random keys)", "three_hop"),
             ];
@@ -445,9 +446,10 @@ fn print_suite(suite: &str, r: &Value) {
                 num(r, &["one_hop_p50_ratio"])
             );
             println!(
-                "  wendy 1 hop / raw quinn one-way: {:.3} ({:.3} detached); wendy request/response / raw quinn: {:.3}",
+                "  wendy 1 hop / raw quinn one-way: {:.3} attached, {:.3} detached ({:.3} mixed); wendy request/response / raw quinn: {:.3}",
                 num(r, &["one_hop_one_way_p50_ratio"]),
                 num(r, &["one_hop_one_way_detached_p50_ratio"]),
+                num(r, &["one_hop_one_way_mixed_p50_ratio"]),
                 num(r, &["one_hop_request_response_p50_ratio"])
             );
             println!(
