@@ -125,6 +125,10 @@ pub struct IdleBenchReport {
     pub links_per_node: f64,
     /// Links opened during the window, per node.
     pub links_opened_per_node: f64,
+    /// Process CPU time (user + system) during the window, ms per node per second (Linux; `None`
+    /// elsewhere): what the nodes' timers and upkeep cost a host that routes nothing. It
+    /// includes the bench's own once-a-second look at every node's status.
+    pub cpu_ms_per_node_per_s: Option<f64>,
     /// MSPastry's control traffic, msgs per node per second (the anchor to stay below).
     pub mspastry_msgs_per_node_per_s: f64,
     /// Bamboo's control traffic, bytes per node per second (the anchor to stay below).
@@ -167,6 +171,7 @@ pub async fn run(
     } else {
         None
     };
+    let cpu_before = super::link::process_cpu_ticks();
     let started = Instant::now();
     let end = started + config.window;
     let (overlay_after, links) = loop {
@@ -206,6 +211,7 @@ pub async fn run(
         None => None,
     };
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_ms = super::link::cpu_ms_per(cpu_before, config.nodes);
     cluster.shutdown().await;
     let per_node_s = (config.nodes as f64) * elapsed;
     let quic_datagrams = packets as f64 / per_node_s;
@@ -227,6 +233,7 @@ pub async fn run(
             / per_node_s,
         links_per_node: links as f64 / config.nodes as f64,
         links_opened_per_node: opened as f64 / config.nodes as f64,
+        cpu_ms_per_node_per_s: cpu_ms.map(|ms| ms / elapsed),
         mspastry_msgs_per_node_per_s: 0.5,
         bamboo_bytes_per_node_per_s: 900.0,
     })

@@ -559,6 +559,9 @@ fn print_suite(suite: &str, r: &Value) {
                 num(r, &["links_per_node"]),
                 num(r, &["links_opened_per_node"])
             );
+            if let Some(cpu) = r["cpu_ms_per_node_per_s"].as_f64() {
+                println!("  process CPU: {cpu:.3} ms per node per s");
+            }
         }
         "regions" => print_regions(r),
         "sim" => {
