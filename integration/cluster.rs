@@ -38,12 +38,17 @@ async fn two_nodes_know_each_other() {
     a.join(&[]).await.unwrap();
     b.join(&[a.addr()]).await.unwrap();
     // Allow the announce to land at a (a admits b to its leaf set on b's join probe, to its
-    // routing table once b announces itself as active and a has measured it).
+    // routing table once b announces itself as active and a has measured it), and b's
+    // measurement of a to reach b's core (its link's handshake, an event of its own).
     cluster::poll_until(
-        "a never held b in both leaf set and routing table",
+        "a and b never held each other in both leaf set and routing table",
         || async {
             let sa = a.status().await.unwrap();
-            sa.leaf_set.contains(&b.id()) && sa.routing_table.iter().any(|p| p.id == b.id())
+            let sb = b.status().await.unwrap();
+            sa.leaf_set.contains(&b.id())
+                && sa.routing_table.iter().any(|p| p.id == b.id())
+                && sb.leaf_set.contains(&a.id())
+                && sb.routing_table.iter().any(|p| p.id == a.id())
         },
     )
     .await;
