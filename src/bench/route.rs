@@ -244,12 +244,7 @@ pub async fn run(
         )
         .await?;
         let (at, hops, delivered) = await_delivery(&mut cluster, seq).await?;
-        if at != target_id || hops != 1 {
-            return Err(BenchError::Incomplete(format!(
-                "a 1-hop route to a leaf took {hops} hops (at the right node: {})",
-                at == target_id
-            )));
-        }
+        one_hop_to(target_id, at, hops)?;
         // The root's application answers directly, as a request/response service would.
         let root = cluster.nodes[target].clone();
         let answer = payload(seq, config.size);
@@ -271,7 +266,7 @@ pub async fn run(
         let attached = attached_route(
             &mut cluster,
             origin,
-            Key::from(target_id),
+            target_id,
             payload(seq, config.size),
             seq,
         )
@@ -448,14 +443,40 @@ async fn baseline(mut raw: RawQuinn) -> Result<(RawQuinn, (Duration, Duration)),
 /// the call was made. Every Wendy send of the suite is made this way (the root's answer too). (Called on the thread parked in `block_on`, each route would also pay for
 /// waking a worker, as [`baseline`] explains.)
 async fn timed_route(node: &Node, key: Key, payload: Vec<u8>) -> Result<Instant, BenchError> {
+    joined(spawn_route(node, key, payload)).await
+}
+
+/// Starts a route on a runtime worker; the task returns when the call was made.
+fn spawn_route(
+    node: &Node,
+    key: Key,
+    payload: Vec<u8>,
+) -> tokio::task::JoinHandle<Result<Instant, crate::node::NodeError>> {
     let node = node.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        node.route(key, payload).await?;
-        Ok(started)
+        node.route(key, payload).await.map(|_| started)
     })
-    .await
-    .map_err(|e| BenchError::Incomplete(format!("the routing task failed: {e}")))?
+}
+
+/// When a [`spawn_route`] task made its call.
+async fn joined(
+    routing: tokio::task::JoinHandle<Result<Instant, crate::node::NodeError>>,
+) -> Result<Instant, BenchError> {
+    Ok(routing
+        .await
+        .map_err(|e| BenchError::Incomplete(format!("the routing task failed: {e}")))??)
+}
+
+/// Checks that a 1-hop route to `target` was delivered there, in one hop.
+fn one_hop_to(target: NodeId, at: NodeId, hops: u8) -> Result<(), BenchError> {
+    if at != target || hops != 1 {
+        return Err(BenchError::Incomplete(format!(
+            "a 1-hop route to a leaf took {hops} hops (at the right node: {})",
+            at == target
+        )));
+    }
+    Ok(())
 }
 
 /// Routes from a runtime worker, as [`timed_route`] does, but timed attached: the bench waits
@@ -465,24 +486,14 @@ async fn timed_route(node: &Node, key: Key, payload: Vec<u8>) -> Result<Instant,
 async fn attached_route(
     cluster: &mut Cluster,
     origin: usize,
-    key: Key,
+    target: NodeId,
     payload: Vec<u8>,
     seq: u64,
 ) -> Result<Duration, BenchError> {
-    let node = cluster.nodes[origin].clone();
-    let routing = tokio::spawn(async move {
-        let started = Instant::now();
-        node.route(key, payload).await.map(|_| started)
-    });
-    let (_, hops, delivered) = await_delivery(cluster, seq).await?;
-    let started = routing
-        .await
-        .map_err(|e| BenchError::Incomplete(format!("the routing task failed: {e}")))??;
-    if hops != 1 {
-        return Err(BenchError::Incomplete(format!(
-            "a 1-hop route to a leaf took {hops} hops"
-        )));
-    }
+    let routing = spawn_route(&cluster.nodes[origin], Key::from(target), payload);
+    let (at, hops, delivered) = await_delivery(cluster, seq).await?;
+    let started = joined(routing).await?;
+    one_hop_to(target, at, hops)?;
     Ok(delivered - started)
 }
 
