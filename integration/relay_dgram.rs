@@ -143,8 +143,9 @@ fn relayed(relays: &[Node]) -> (u64, u64, u64) {
 struct Net {
     relays: Vec<Node>,
     private: Node,
-    /// Outside the overlay, linked to the first relay only, and deaf to hole-punching probes:
-    /// it reaches the private node through a relay and stays there.
+    /// Outside the overlay, linked to the first relay only, private too (a public end would
+    /// be dialled by the private node), and deaf to hole-punching probes and their answers: it
+    /// reaches the private node through a relay and stays there.
     outsider: Node,
     /// Drops the relay datagrams the private node receives while set.
     private_drops: Arc<AtomicBool>,
@@ -192,6 +193,11 @@ async fn start(seed: u8) -> Net {
             vec![PUNCH_PROBE],
             Arc::new(AtomicBool::new(true)),
         ))
+        .relay(RelayConfig {
+            private: true,
+            relays: relays.iter().map(Node::addr).collect(),
+            ..RelayConfig::default()
+        })
         .spawn()
         .await
         .unwrap();
