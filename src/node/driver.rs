@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -144,8 +145,8 @@ pub(super) fn spawn<L: Links>(setup: Setup<L>) -> Arc<Runtime<L>> {
     let mut pastry = Pastry::new(
         setup.me,
         pastry::Config {
-            // Forwards go through the application's hook (answered at once without one).
-            intercept_forwards: true,
+            // Forwards wait for the application's hook, if it installed one.
+            intercept_forwards: setup.forward.is_some(),
             ..setup.config.pastry.clone()
         },
         setup.seed,
@@ -582,6 +583,9 @@ impl<L: Links> Driver<L> {
         if !hold {
             self.finish_deferred();
         }
+        self.counters
+            .forwarded
+            .store(self.pastry.stats().first_forwards, Ordering::Relaxed);
     }
 
     /// Makes the sends [`Self::drain_outputs`] held back (or has just queued).
@@ -627,14 +631,8 @@ impl<L: Links> Driver<L> {
             _ => ForwardAction::Continue,
         };
         let verdict = match action {
-            ForwardAction::Continue if modified => {
-                bump(&self.counters.forwarded);
-                ForwardVerdict::Modified(payload)
-            }
-            ForwardAction::Continue => {
-                bump(&self.counters.forwarded);
-                ForwardVerdict::Continue(payload)
-            }
+            ForwardAction::Continue if modified => ForwardVerdict::Modified(payload),
+            ForwardAction::Continue => ForwardVerdict::Continue(payload),
             ForwardAction::Veto => {
                 bump(&self.counters.vetoed);
                 ForwardVerdict::Drop

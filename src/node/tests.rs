@@ -731,6 +731,62 @@ async fn the_forward_hook_sees_and_changes_only_application_payloads() {
     assert_eq!(*seen.lock().unwrap(), vec![b"app".to_vec()]);
 }
 
+/// `forwarded` counts the messages a node passed on, with a hook or without one (then the core
+/// forwards without asking), and never the ones the hook vetoed.
+#[tokio::test]
+async fn forwards_are_counted_with_a_hook_and_without_one() {
+    let veto_apps: Arc<ForwardHook> = Arc::new(|_info, payload: &mut Vec<u8>| {
+        if payload.starts_with(b"app") {
+            ForwardAction::Veto
+        } else {
+            ForwardAction::Continue
+        }
+    });
+    for (hook, forwarded, vetoed) in [(None, 3, 0), (Some(veto_apps), 1, 2)] {
+        let net = Arc::new(Net::default());
+        let a = start(&net, 1);
+        let b = start_with_hook(&net, 2, hook);
+        let mut c = start(&net, 3);
+        a.join(&[]).await.unwrap();
+        b.join(&[a.me.addr]).await.unwrap();
+        c.join(&[a.me.addr]).await.unwrap();
+        guard(async {
+            while !b.leaf_set().contains(&c.me.id) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let before = b.counters.snapshot();
+        for (id, payload) in [(1, &b"app 1"[..]), (2, b"other"), (3, b"app 2")] {
+            let route = TransportEvent::Message {
+                from: a.me.id,
+                from_addr: a.me.addr,
+                body: Body::Pastry(Message::Route {
+                    id,
+                    key: Key::from(c.me.id),
+                    origin: a.me,
+                    hops: 0,
+                    avoid: Vec::new(),
+                    payload: envelope::wrap(PayloadKind::Application, payload),
+                    proof: None,
+                }),
+            };
+            Inbox::event(&*b.runtime, route);
+        }
+        // C gets what B passed on.
+        for _ in 0..forwarded {
+            c.next_event(|event| match event {
+                NodeEvent::Deliver(delivery) => Some(delivery),
+                _ => None,
+            })
+            .await;
+        }
+        let after = b.counters.snapshot();
+        assert_eq!(after.forwarded - before.forwarded, forwarded);
+        assert_eq!(after.vetoed - before.vetoed, vetoed);
+    }
+}
+
 fn is_ack_of(msg: &Message, id: u64) -> bool {
     matches!(msg, Message::RouteAck { id: acked, .. } if *acked == id)
 }

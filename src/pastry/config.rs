@@ -55,8 +55,8 @@ pub struct Config {
     /// most of an idle node's traffic, and the join already fills the table with near entries.
     pub maintenance_period: Duration,
     /// Emit [`Event::Forward`] before forwarding and wait for [`Pastry::resume_forward`].
-    /// Default false. The node runtime always turns it on (it runs the application's forward
-    /// hook, and answers at once when none is installed).
+    /// Default false. The node runtime turns it on when the application installed a forward
+    /// hook (`NodeBuilder::on_forward`); without one, the core forwards without asking.
     pub intercept_forwards: bool,
     /// A join not complete after this long is restarted; the node runtime's `Node::join` gives
     /// up after the same time. Default 10 s.

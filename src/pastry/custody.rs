@@ -167,6 +167,9 @@ impl Pastry {
         attempts: u8,
     ) {
         self.stats.forwarded += 1;
+        if attempts == 0 {
+            self.stats.first_forwards += 1;
+        }
         let mut msg = msg;
         if msg.proof.is_none() && msg.origin.id == self.me.id {
             // Our own message. A root needs no proof from the origin itself (the link proves

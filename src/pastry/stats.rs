@@ -32,6 +32,10 @@ pub struct Stats {
     pub delivered: u64,
     /// Route messages sent to a next hop (first tries and re-routes).
     pub forwarded: u64,
+    /// Route messages this node passed to a next hop on their first try here, its own
+    /// included: `forwarded` without re-routes and hedges, and without the forwards the
+    /// application vetoed ([`Event::Forward`](super::Event::Forward)).
+    pub first_forwards: u64,
     /// Hops that timed out and were re-routed.
     pub reroutes: u64,
     /// Copies of a message sent on to another hop because its next hop, silent lately, did
