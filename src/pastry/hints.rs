@@ -51,6 +51,13 @@ pub(super) const MAX_HINT_PROBES: usize = 32;
 /// A routing-table slot: row and column.
 type SlotIx = (usize, usize);
 
+/// The routing-table slot of node `me` that `id` qualifies for: (shared prefix, next digit);
+/// `None` for `me` itself.
+fn slot_of(me: NodeId, id: NodeId) -> Option<SlotIx> {
+    let row = me.shared_prefix_len(id);
+    (row < crate::id::DIGITS).then(|| (row, usize::from(id.digit(row))))
+}
+
 /// One node's nearest neighbours, as its last probe reply listed them.
 #[derive(Debug, Clone)]
 struct Hint {
@@ -154,12 +161,10 @@ impl Hints {
     /// that joined since the hint was learned is then named where it is the key's root),
     /// where it displaces the farthest member on its side.
     pub(super) fn heard(&mut self, me: NodeId, peer: PeerInfo) {
-        let row = me.shared_prefix_len(peer.id);
-        if row >= crate::id::DIGITS {
-            return;
-        }
         // Only the hints of its own slot route keys it may be the root of.
-        let slot = (row, usize::from(peer.id.digit(row)));
+        let Some(slot) = slot_of(me, peer.id) else {
+            return;
+        };
         for hint in self.entries.iter_mut().filter(|h| h.slot == slot) {
             if hint.anchor.id != peer.id && hint.near.covers(Key::from(peer.id)) {
                 hint.near.insert(peer, None);
@@ -201,8 +206,8 @@ impl Pastry {
 
     /// Whether `id` lies in routing-table slot `slot` (shares its row's prefix with us and has
     /// its column as the next digit).
-    fn in_slot(&self, id: NodeId, (row, column): SlotIx) -> bool {
-        self.me.id.shared_prefix_len(id) == row && usize::from(id.digit(row)) == column
+    fn in_slot(&self, id: NodeId, slot: SlotIx) -> bool {
+        slot_of(self.me.id, id) == Some(slot)
     }
 
     /// The slot `id`'s neighbours are wanted for: its own if it is an entry of a sparse row,
