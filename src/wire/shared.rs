@@ -149,20 +149,16 @@ impl postcard::ser_flavors::Flavor for Splicing {
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         // postcard writes a byte string's bytes in one call, from the `Bytes` itself: the same
         // memory and length identify it.
-        let is_splice = self
+        let spliced = self
             .splice
-            .as_ref()
-            .is_some_and(|s| s.as_ptr() == data.as_ptr() && s.len() == data.len());
-        match self.splice.take() {
-            Some(payload) if is_splice => {
+            .take_if(|s| s.as_ptr() == data.as_ptr() && s.len() == data.len());
+        match spliced {
+            Some(payload) => {
                 let before = std::mem::replace(&mut self.current, Vec::with_capacity(128));
                 self.chunks.push(Bytes::from(before));
                 self.chunks.push(payload);
             }
-            other => {
-                self.splice = other;
-                self.current.extend_from_slice(data);
-            }
+            None => self.current.extend_from_slice(data),
         }
         Ok(())
     }
