@@ -676,19 +676,12 @@ async fn a_payload_of_an_unknown_kind_is_dropped_alone_and_reported_with_its_sen
     assert_eq!(delivery.payload, &b"after"[..]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_forward_hook_sees_and_changes_only_application_payloads() {
+/// Three nodes where B passes on what A hands it for C's key: B runs `hook`, if any.
+async fn forwarding_trio(hook: Option<Arc<ForwardHook>>) -> (TestNode, TestNode, TestNode) {
     let net = Arc::new(Net::default());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let hook_seen = seen.clone();
-    let hook: Arc<ForwardHook> = Arc::new(move |_info, payload: &mut Vec<u8>| {
-        hook_seen.lock().unwrap().push(payload.clone());
-        payload.extend_from_slice(b" (seen)");
-        ForwardAction::Continue
-    });
     let a = start(&net, 1);
-    let b = start_with_hook(&net, 2, Some(hook));
-    let mut c = start(&net, 3);
+    let b = start_with_hook(&net, 2, hook);
+    let c = start(&net, 3);
     a.join(&[]).await.unwrap();
     b.join(&[a.me.addr]).await.unwrap();
     c.join(&[a.me.addr]).await.unwrap();
@@ -698,10 +691,18 @@ async fn the_forward_hook_sees_and_changes_only_application_payloads() {
         }
     })
     .await;
-    let (mesh_tx, mut mesh) = mpsc::channel(16);
-    c.runtime.subscribe(PayloadKind::Mesh, mesh_tx).unwrap();
-    // Messages from A for C's key handed to B, which forwards them to C.
-    let via_b = |id: u64, kind: PayloadKind, payload: &[u8]| TransportEvent::Message {
+    (a, b, c)
+}
+
+/// A routed message `id` from A for C's key, as B receives it from A.
+fn from_a_for_c(
+    a: &TestNode,
+    c: &TestNode,
+    id: u64,
+    kind: PayloadKind,
+    payload: &[u8],
+) -> TransportEvent {
+    TransportEvent::Message {
         from: a.me.id,
         from_addr: a.me.addr,
         body: Body::Pastry(Message::Route {
@@ -713,7 +714,24 @@ async fn the_forward_hook_sees_and_changes_only_application_payloads() {
             payload: envelope::wrap(kind, payload),
             proof: None,
         }),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_hook_sees_and_changes_only_application_payloads() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let hook: Arc<ForwardHook> = Arc::new(move |_info, payload: &mut Vec<u8>| {
+        hook_seen.lock().unwrap().push(payload.clone());
+        payload.extend_from_slice(b" (seen)");
+        ForwardAction::Continue
+    });
+    let (a, b, mut c) = forwarding_trio(Some(hook)).await;
+    let (mesh_tx, mut mesh) = mpsc::channel(16);
+    c.runtime.subscribe(PayloadKind::Mesh, mesh_tx).unwrap();
+    // Messages from A for C's key handed to B, which forwards them to C.
+    let via_b =
+        |id: u64, kind: PayloadKind, payload: &[u8]| from_a_for_c(&a, &c, id, kind, payload);
     Inbox::event(&*b.runtime, via_b(1, PayloadKind::Mesh, b"mesh"));
     let got = guard(mesh.recv()).await.unwrap();
     assert!(
@@ -743,34 +761,10 @@ async fn forwards_are_counted_with_a_hook_and_without_one() {
         }
     });
     for (hook, forwarded, vetoed) in [(None, 3, 0), (Some(veto_apps), 1, 2)] {
-        let net = Arc::new(Net::default());
-        let a = start(&net, 1);
-        let b = start_with_hook(&net, 2, hook);
-        let mut c = start(&net, 3);
-        a.join(&[]).await.unwrap();
-        b.join(&[a.me.addr]).await.unwrap();
-        c.join(&[a.me.addr]).await.unwrap();
-        guard(async {
-            while !b.leaf_set().contains(&c.me.id) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        let (a, b, mut c) = forwarding_trio(hook).await;
         let before = b.counters.snapshot();
         for (id, payload) in [(1, &b"app 1"[..]), (2, b"other"), (3, b"app 2")] {
-            let route = TransportEvent::Message {
-                from: a.me.id,
-                from_addr: a.me.addr,
-                body: Body::Pastry(Message::Route {
-                    id,
-                    key: Key::from(c.me.id),
-                    origin: a.me,
-                    hops: 0,
-                    avoid: Vec::new(),
-                    payload: envelope::wrap(PayloadKind::Application, payload),
-                    proof: None,
-                }),
-            };
+            let route = from_a_for_c(&a, &c, id, PayloadKind::Application, payload);
             Inbox::event(&*b.runtime, route);
         }
         // C gets what B passed on.
