@@ -172,17 +172,18 @@ async fn start(seed: u8) -> Net {
         tokio::spawn(sink(events));
         relays.push(relay);
     }
+    let behind_relays = RelayConfig {
+        private: true,
+        relays: relays.iter().map(Node::addr).collect(),
+        ..RelayConfig::default()
+    };
     let private_drops = Arc::new(AtomicBool::new(false));
     let (private, events) = Node::builder(Identity::from_seed([seed + 2; 32]))
         .socket(Filter::bind(
             vec![PUNCH_PROBE, RELAY_DATAGRAM],
             private_drops.clone(),
         ))
-        .relay(RelayConfig {
-            private: true,
-            relays: relays.iter().map(Node::addr).collect(),
-            ..RelayConfig::default()
-        })
+        .relay(behind_relays.clone())
         .spawn()
         .await
         .unwrap();
@@ -193,11 +194,7 @@ async fn start(seed: u8) -> Net {
             vec![PUNCH_PROBE],
             Arc::new(AtomicBool::new(true)),
         ))
-        .relay(RelayConfig {
-            private: true,
-            relays: relays.iter().map(Node::addr).collect(),
-            ..RelayConfig::default()
-        })
+        .relay(behind_relays)
         .spawn()
         .await
         .unwrap();

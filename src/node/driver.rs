@@ -24,8 +24,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{atomic::Ordering, Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
